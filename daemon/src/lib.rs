@@ -1,0 +1,1 @@
+//! The blobsync daemon (see ARCHITECTURE.md).

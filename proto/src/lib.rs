@@ -1,0 +1,1 @@
+//! Generated code for `proto/blobsync.proto` (package `blobsync.v1`). No hand-written logic.

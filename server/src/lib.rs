@@ -1,0 +1,1 @@
+//! The blob server (see ARCHITECTURE.md).

@@ -1,0 +1,6 @@
+//! `blobsync-shared`: what every part of blobsync agrees on — the blob format, keys, validated
+//! ids, the HTTP wire types and the config. This crate runs no servers and opens no sockets.
+
+pub mod id;
+
+pub use id::{BlobId, IdError, Namespace};
