@@ -2,5 +2,6 @@
 //! ids, the HTTP wire types and the config. This crate runs no servers and opens no sockets.
 
 pub mod id;
+pub mod wire;
 
 pub use id::{BlobId, IdError, Namespace};
