@@ -1,9 +1,11 @@
 //! `blobsync-shared`: what every part of blobsync agrees on — the blob format, keys, validated
 //! ids, the HTTP wire types and the config. This crate runs no servers and opens no sockets.
 
+pub mod codec;
 pub mod config;
 pub mod id;
 pub mod paths;
 pub mod wire;
 
+pub use codec::{CodecError, InvalidBlob, StorageKey};
 pub use id::{BlobId, IdError, Namespace};
