@@ -1,1 +1,69 @@
-//! Test harness for blobsync (see ARCHITECTURE.md).
+//! Test harness for blobsync's end-to-end suite and benchmarks.
+//!
+//! This crate starts the real binaries (`blobsync-server`, `blobsyncd`, `blobctl`) on temp
+//! dirs and loopback ports ([`TestEnv`], [`ServerProc`], [`DaemonProc`], [`Blobctl`]), puts a
+//! fault-injecting TCP proxy between them ([`proxy::Proxy`]) and offers the small tools the
+//! scenarios share: deadline waits ([`wait`]), SHA-256 of files ([`digest`]) and a raw HTTP/1.1
+//! client that can send malformed requests ([`rawhttp`]).
+//! It never links the daemon or server code into a test: every part runs as its own process,
+//! as a user would run it.
+
+pub mod bins;
+pub mod ctl;
+pub mod daemon;
+pub mod digest;
+pub mod env;
+pub mod error;
+pub mod proxy;
+pub mod rawhttp;
+pub mod server;
+pub mod wait;
+
+pub use ctl::{Blobctl, CtlOutput};
+pub use daemon::{DaemonOpts, DaemonProc, RemoteSpec};
+pub use env::TestEnv;
+pub use error::HarnessError;
+pub use server::{ServerOpts, ServerProc};
+
+/// Result type of every harness function.
+pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
+
+/// True when the environment asks to skip slow scenarios (`BLOBSYNC_SKIP_SLOW=1`).
+///
+/// CI leaves it unset so every scenario runs there; developers set it for a quick loop.
+pub fn skip_slow() -> bool {
+    env_flag("BLOBSYNC_SKIP_SLOW")
+}
+
+/// True when the environment asks for the full-size scenarios (`BLOBSYNC_TEST_FULL=1`).
+pub fn full_size() -> bool {
+    env_flag("BLOBSYNC_TEST_FULL")
+}
+
+/// Reads a boolean flag from the environment: set, non-empty and not `0`/`false`.
+pub fn env_flag(name: &str) -> bool {
+    match std::env::var(name) {
+        Ok(v) => !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"),
+        Err(_) => false,
+    }
+}
+
+/// Reads a number from the environment, falling back to `default` when unset or unparsable.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// Prints a note and returns true when a slow scenario should be skipped.
+///
+/// Use as `if skip_slow_test("name") { return; }` at the top of a slow test.
+pub fn skip_slow_test(name: &str) -> bool {
+    if skip_slow() {
+        eprintln!("skipping slow scenario {name}: BLOBSYNC_SKIP_SLOW is set");
+        true
+    } else {
+        false
+    }
+}
