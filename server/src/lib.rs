@@ -1,1 +1,347 @@
-//! The blob server (see ARCHITECTURE.md).
+//! `blobsync-server`: Soledad's Blobs HTTP API plus incremental listing, on hyper.
+//!
+//! Owns the HTTP routes ([`http`]), payload files in Soledad's layout ([`layout`]), the
+//! SQLite index with users, tokens, flags, tombstones and sequence numbers ([`index`]),
+//! and the consistency checker ([`fsck`]). The server only ever sees ciphertext: it never
+//! holds keys and never decrypts.
+//!
+//! Entry points: [`ServerState::open`] then [`run`] with a bound listener and a cancellation
+//! token (tests bind `127.0.0.1:0`; `main.rs` binds `--listen`).
+
+pub mod body;
+pub mod fsck;
+pub mod http;
+pub mod index;
+pub mod layout;
+pub mod metrics;
+pub mod token;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use index::{Index, IndexError};
+pub use layout::Layout;
+
+/// Name of the lock file that keeps two servers (or a server and `fsck`) off one data dir.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Server settings, with defaults a small deployment can use as they are.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Data dir: the index and every payload.
+    pub data_dir: PathBuf,
+    /// Largest blob accepted (413 above it). Default 4 GiB.
+    pub max_blob_size: u64,
+    /// Quota of users who have none of their own (507 above it). None: unlimited.
+    pub default_quota: Option<u64>,
+    /// Most connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Bound on a request's header block (hyper's read buffer), in bytes.
+    pub max_header_bytes: usize,
+    /// Largest `limit` of a listing page, and most ids in one `/stream` download.
+    pub max_page: u64,
+    /// Bound on an upstream `/stream` header line and a downstream id list, in bytes.
+    pub max_stream_header: usize,
+    /// Most blobs one `/stream` upload is fsynced in parallel.
+    pub stream_parallel_writes: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// How long a client may take to send its request headers.
+    pub header_timeout: Duration,
+    /// TLS, when set.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+impl ServerConfig {
+    /// Defaults for a data dir.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            max_blob_size: 4 << 30,
+            default_quota: None,
+            max_connections: 1024,
+            max_header_bytes: 64 * 1024,
+            max_page: 100_000,
+            max_stream_header: blobsync_shared::wire::DEFAULT_MAX_UPLOAD_HEADER,
+            stream_parallel_writes: 32,
+            shutdown_grace: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            tls: None,
+        }
+    }
+}
+
+/// Errors of starting and running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the data dir.
+    #[error(
+        "data dir {0} is in use by another blobsync-server or fsck (lock file {LOCK_FILE}); \
+         stop it first"
+    )]
+    Locked(PathBuf),
+    /// TLS setup failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
+}
+
+/// An exclusive lock on a data dir (released on drop).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    /// Takes the lock or fails at once with [`ServerError::Locked`].
+    pub fn acquire(data_dir: &Path) -> Result<Self, ServerError> {
+        use std::os::fd::AsRawFd;
+        let path = data_dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(format!("open {}", path.display())))?;
+        // SAFETY: flock on an fd we own; it has no memory-safety preconditions.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(ServerError::Locked(data_dir.to_path_buf()));
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+/// Creates the data dir (mode 0700) if needed.
+pub fn ensure_data_dir(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(format!("create data dir {}", dir.display())))
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: ServerConfig,
+    pub(crate) index: Index,
+    pub(crate) layout: Layout,
+    pub(crate) metrics: metrics::Metrics,
+    pub(crate) _lock: DirLock,
+}
+
+/// Everything a request needs; cheap to clone.
+#[derive(Clone)]
+pub struct ServerState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerState")
+            .field("data_dir", &self.inner.config.data_dir)
+            .finish()
+    }
+}
+
+impl ServerState {
+    /// Locks the data dir, opens the index and removes temp files left by a crash. Blocking:
+    /// call it before serving (or from `spawn_blocking`).
+    pub fn open(config: ServerConfig) -> Result<Self, ServerError> {
+        ensure_data_dir(&config.data_dir)?;
+        let lock = DirLock::acquire(&config.data_dir)?;
+        let index = Index::open(&config.data_dir)?;
+        let removed = layout::remove_temp_files(&config.data_dir)
+            .map_err(io_err("remove leftover temp files"))?;
+        if removed > 0 {
+            tracing::info!(removed, "removed temp files of uploads cut off earlier");
+        }
+        let layout = Layout::new(&config.data_dir);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                index,
+                layout,
+                metrics: metrics::Metrics::default(),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// The index (blocking API; use from `spawn_blocking`).
+    pub fn index(&self) -> &Index {
+        &self.inner.index
+    }
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| ServerError::Tls(format!("read {}: {e}", p.display())))
+    };
+    let cert_pem = read(&files.cert)?;
+    let key_pem = read(&files.key)?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", files.cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServerError::Tls(format!(
+            "{} holds no PEM certificate",
+            files.cert.display()
+        )));
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", files.key.display())))?
+        .ok_or_else(|| {
+            ServerError::Tls(format!("{} holds no PEM private key", files.key.display()))
+        })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Serves HTTP(S) on `listener` until `cancel` fires; then stops accepting, gives in-flight
+/// requests up to `shutdown_grace`, and returns.
+pub async fn run(
+    listener: TcpListener,
+    state: ServerState,
+    cancel: CancellationToken,
+) -> Result<(), ServerError> {
+    let cfg = state.config().clone();
+    let tls = cfg.tls.as_ref().map(tls_acceptor).transpose()?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .keep_alive(true);
+    loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let st = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, std::convert::Infallible>(http::handle(st, req).await) }
+        });
+        let metrics_state = state.clone();
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let fut = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let m = &metrics_state.inner.metrics;
+                    m.connections
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Err(e) = fut.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    m.connections
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                });
+            }
+            Some(acc) => {
+                // The handshake runs in the task so a slow client cannot stall the accept loop;
+                // it is bounded by the header timeout.
+                let acc = acc.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let hs_timeout = cfg.header_timeout;
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let tls_stream =
+                        match tokio::time::timeout(hs_timeout, acc.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+                    let m = &metrics_state.inner.metrics;
+                    m.connections
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    m.connections
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                });
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!("stopped accepting; waiting for in-flight requests");
+    if tokio::time::timeout(cfg.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = cfg.shutdown_grace.as_secs(),
+            "in-flight requests did not finish in time; closing them"
+        );
+    }
+    Ok(())
+}

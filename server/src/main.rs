@@ -1,1 +1,265 @@
-fn main() {}
+//! `blobsync-server`: command line of the blob server (serve, user and app tokens, fsck).
+//! See the crate docs and ARCHITECTURE.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use blobsync_server::{Index, Layout, ServerConfig, ServerState, TlsFiles, fsck, token};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "blobsync-server", version, about = "blobsync's blob server")]
+struct Cli {
+    /// Data dir (index and payloads). Default: the platform data dir, e.g.
+    /// ~/.local/share/blobsync/server.
+    #[arg(long, global = true, env = "BLOBSYNC_SERVER_DATA")]
+    data: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve the HTTP API until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Manage users (each has one bearer token).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage trusted apps (tokens that may only PUT to /incoming).
+    #[command(subcommand)]
+    App(AppCmd),
+    /// Check the index against the payload files (server must be stopped).
+    Fsck {
+        /// Remove temp files and orphan payloads, recount usage.
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed as
+    /// `listening on ADDR` on stdout).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// PEM certificate chain for HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (with --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Largest blob accepted, in bytes.
+    #[arg(long, default_value_t = 4 << 30)]
+    max_blob_size: u64,
+    /// Quota in bytes of users without their own (default: unlimited).
+    #[arg(long)]
+    default_quota: Option<u64>,
+    /// Most connections served at once.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Largest listing page and most ids per /stream request.
+    #[arg(long, default_value_t = 100_000)]
+    max_page: u64,
+    /// Bound on a request's headers, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// Seconds shutdown waits for in-flight requests.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    /// Add a user and print their token (once, alone on the last line).
+    Add {
+        /// User name: 1 to 128 characters of A-Z a-z 0-9 _ -.
+        name: String,
+        /// Quota in bytes (default: the server's --default-quota).
+        #[arg(long)]
+        quota: Option<u64>,
+    },
+    /// List users with usage.
+    List,
+    /// Remove a user, their token, index entries and payloads.
+    Remove {
+        /// User name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AppCmd {
+    /// Add a trusted app and print its token (once, alone on the last line).
+    Add {
+        /// App name.
+        name: String,
+    },
+    /// List apps.
+    List,
+    /// Remove an app and its token.
+    Remove {
+        /// App name.
+        name: String,
+    },
+}
+
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    let dirs = directories::ProjectDirs::from("", "", "blobsync")
+        .context("cannot find a home directory for the default data dir; pass --data DIR")?;
+    Ok(dirs.data_dir().join("server"))
+}
+
+fn check_name(kind: &str, name: &str) -> anyhow::Result<()> {
+    if blobsync_shared::Namespace::new(name).is_err() {
+        bail!("{kind} name {name:?} is invalid: use 1 to 128 characters of A-Z a-z 0-9 _ -");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let data = match cli.data {
+        Some(d) => d,
+        None => default_data_dir()?,
+    };
+    match cli.cmd {
+        Cmd::Serve(a) => serve(data, a),
+        Cmd::User(c) => {
+            blobsync_server::ensure_data_dir(&data)?;
+            let index = Index::open(&data)
+                .with_context(|| format!("open the index in {}", data.display()))?;
+            match c {
+                UserCmd::Add { name, quota } => {
+                    check_name("user", &name)?;
+                    let t = token::generate();
+                    index.add_user(&name, &token::hash(&t), quota)?;
+                    println!("added user {name}; their token (shown only this once):");
+                    println!("{t}");
+                }
+                UserCmd::List => {
+                    println!(
+                        "{:<24} {:>10} {:>16} {:>16} {:>10}",
+                        "USER", "BLOBS", "USED", "QUOTA", "SEQ"
+                    );
+                    for u in index.list_users()? {
+                        let quota = u
+                            .quota_bytes
+                            .map_or("default".to_string(), |q| q.to_string());
+                        println!(
+                            "{:<24} {:>10} {:>16} {:>16} {:>10}",
+                            u.name, u.blobs, u.used_bytes, quota, u.seq
+                        );
+                    }
+                }
+                UserCmd::Remove { name } => {
+                    if !index.remove_user(&name, &Layout::new(&data))? {
+                        bail!("no user named {name:?}");
+                    }
+                    println!("removed user {name}, their token and their blobs");
+                }
+            }
+            Ok(())
+        }
+        Cmd::App(c) => {
+            blobsync_server::ensure_data_dir(&data)?;
+            let index = Index::open(&data)
+                .with_context(|| format!("open the index in {}", data.display()))?;
+            match c {
+                AppCmd::Add { name } => {
+                    check_name("app", &name)?;
+                    let t = token::generate();
+                    index.add_app(&name, &token::hash(&t))?;
+                    println!("added app {name}; its token (shown only this once):");
+                    println!("{t}");
+                }
+                AppCmd::List => {
+                    for a in index.list_apps()? {
+                        println!("{a}");
+                    }
+                }
+                AppCmd::Remove { name } => {
+                    if !index.remove_app(&name)? {
+                        bail!("no app named {name:?}");
+                    }
+                    println!("removed app {name}");
+                }
+            }
+            Ok(())
+        }
+        Cmd::Fsck { repair } => {
+            let report =
+                fsck::fsck(&data, repair).with_context(|| format!("fsck of {}", data.display()))?;
+            print!("{}", report.render());
+            if !report.is_clean() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut cfg = ServerConfig::new(&data);
+    cfg.max_blob_size = a.max_blob_size;
+    cfg.default_quota = a.default_quota;
+    cfg.max_connections = a.max_connections;
+    cfg.max_page = a.max_page;
+    cfg.max_header_bytes = a.max_header_bytes;
+    cfg.shutdown_grace = Duration::from_secs(a.shutdown_grace);
+    cfg.tls = match (a.tls_cert, a.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    let state =
+        ServerState::open(cfg).with_context(|| format!("open data dir {}", data.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("listen on {}", a.listen))?;
+        let addr = listener.local_addr().context("read the bound address")?;
+        // Parseable by tests and scripts: the one line on stdout.
+        println!("listening on {addr}");
+        tracing::info!(%addr, %scheme, data = %data.display(), "serving");
+        let cancel = CancellationToken::new();
+        let signals = tokio::spawn(wait_for_signal(cancel.clone()));
+        blobsync_server::run(listener, state, cancel.clone())
+            .await
+            .context("serve")?;
+        signals.abort();
+        tracing::info!("shut down");
+        Ok(())
+    })
+}
+
+/// Turns the first SIGTERM or SIGINT into a cancel.
+async fn wait_for_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    cancel.cancel();
+}

@@ -1,0 +1,1144 @@
+//! The HTTP API of DESIGN.md: routing, authentication, query validation, and the handlers
+//! for listing, get (with ranges), put, flags, delete, `/stream` up and down, `/incoming`,
+//! `/healthz` and `/metrics`.
+//!
+//! Handlers validate everything that comes in (ids and namespaces become newtypes before any
+//! path is built) and answer errors as plain text saying what was wrong. Index calls and file
+//! system work go through the blocking pool; blob bytes move in bounded chunks.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Seek};
+use std::sync::Arc;
+
+use blobsync_shared::wire::{
+    self, BlobDetail, CountResponse, Flag, UploadDecoder, UploadEvent, UploadResponse, query,
+};
+use blobsync_shared::{BlobId, Namespace};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::body::{self, Body, CHUNK, TempBlob};
+use crate::index::{
+    self, BlobRow, IndexError, ListQuery, Order, PendingPut, Principal, PutOutcome,
+};
+use crate::{Inner, ServerState};
+
+/// Rows fetched per index query when a listing has no `limit` and is streamed whole.
+const LIST_PAGE: u64 = 10_000;
+
+/// Largest body of a flags POST (four flag names fit many times over).
+const MAX_FLAGS_BODY: usize = 4096;
+
+/// A request failure: its status and a plain-text message for the client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    msg: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+        Self {
+            status,
+            msg: msg.into(),
+        }
+    }
+    fn bad(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, msg)
+    }
+    fn not_found(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, msg)
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal server error: {e}"),
+        )
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let mut r = text(self.status, format!("{}\n", self.msg));
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+impl From<IndexError> for ApiError {
+    fn from(e: IndexError) -> Self {
+        match e {
+            IndexError::UnknownAfter(_) | IndexError::SinceAhead { .. } => {
+                ApiError::bad(e.to_string())
+            }
+            IndexError::UnknownUser(_) => ApiError::not_found(e.to_string()),
+            e => ApiError::internal(e),
+        }
+    }
+}
+
+type ApiResult = Result<Response<Body>, ApiError>;
+
+fn text(status: StatusCode, s: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(body::full(s));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(status: StatusCode, v: &impl serde::Serialize) -> ApiResult {
+    let b = serde_json::to_vec(v).map_err(ApiError::internal)?;
+    let mut r = Response::new(body::full(b));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+/// Runs blocking index or file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    st: &ServerState,
+    f: impl FnOnce(&Inner) -> Result<T, IndexError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let inner = Arc::clone(&st.inner);
+    tokio::task::spawn_blocking(move || f(&inner))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
+}
+
+/// Entry point for every request: routes, counts, and turns errors into plain-text answers.
+pub async fn handle(st: ServerState, req: Request<Incoming>) -> Response<Body> {
+    let (label, result) = route(&st, req).await;
+    let resp = result.unwrap_or_else(ApiError::into_response);
+    st.inner.metrics.request(label, resp.status().as_u16());
+    resp
+}
+
+async fn route(st: &ServerState, req: Request<Incoming>) -> (&'static str, ApiResult) {
+    let path = req.uri().path().to_owned();
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let label = match (segs.as_slice(), &method) {
+        (["healthz"], _) => "healthz",
+        (["metrics"], _) => "metrics",
+        (["blobs", _], &Method::GET) => "list",
+        (["blobs", _, _], &Method::GET) => "get",
+        (["blobs", _, _], &Method::PUT) => "put",
+        (["blobs", _, _], &Method::POST) => "flags",
+        (["blobs", _, _], &Method::DELETE) => "delete",
+        (["stream", _], _) => "stream",
+        (["incoming", _, _], _) => "incoming",
+        _ => "other",
+    };
+    let allowed: &[Method] = match segs.as_slice() {
+        ["healthz"] | ["metrics"] | ["blobs", _] => &[Method::GET],
+        ["blobs", _, _] => &[Method::GET, Method::PUT, Method::POST, Method::DELETE],
+        ["stream", _] => &[Method::POST],
+        ["incoming", _, _] => &[Method::PUT],
+        _ => {
+            return (
+                label,
+                Err(ApiError::not_found(format!(
+                    "no route {path}: use /blobs/{{user}}[/{{id}}], /stream/{{user}}, \
+                     /incoming/{{user}}/{{id}}, /healthz or /metrics"
+                ))),
+            );
+        }
+    };
+    if !allowed.contains(&method) {
+        let list: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+        let mut r = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}; use {}", list.join(", ")),
+        )
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
+            r.headers_mut().insert(header::ALLOW, v);
+        }
+        return (label, Ok(r));
+    }
+    if segs == ["healthz"] {
+        return (label, Ok(text(StatusCode::OK, "ok\n")));
+    }
+    let result = async {
+        let who = authenticate(st, &req).await?;
+        match segs.as_slice() {
+            ["metrics"] => metrics(st).await,
+            ["incoming", user, id] => {
+                let Principal::App(_) = who else {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "only trusted-app tokens may deliver to /incoming; user tokens use /blobs",
+                    ));
+                };
+                incoming(st, user, id, req).await
+            }
+            [_, user, rest @ ..] => {
+                match &who {
+                    Principal::User(u) if u == user => {}
+                    Principal::User(u) => {
+                        return Err(ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            format!("this token belongs to user {u:?}, not {user:?}"),
+                        ));
+                    }
+                    Principal::App(a) => {
+                        return Err(ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            format!("app token {a:?} may only PUT to /incoming/{{user}}/{{id}}"),
+                        ));
+                    }
+                }
+                let user = user.to_string();
+                match (segs[0], rest) {
+                    ("blobs", []) => list(st, user, &req).await,
+                    ("stream", []) => stream(st, user, req).await,
+                    ("blobs", [id]) => {
+                        let id = parse_id(id)?;
+                        match method {
+                            Method::GET => get(st, user, id, &req).await,
+                            Method::PUT => put(st, user, id, req).await,
+                            Method::POST => set_flags(st, user, id, req).await,
+                            _ => delete(st, user, id, &req).await,
+                        }
+                    }
+                    _ => Err(ApiError::not_found(format!("no route {path}"))),
+                }
+            }
+            _ => Err(ApiError::not_found(format!("no route {path}"))),
+        }
+    }
+    .await;
+    (label, result)
+}
+
+async fn authenticate(st: &ServerState, req: &Request<Incoming>) -> Result<Principal, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
+    let Some(v) = req.headers().get(header::AUTHORIZATION) else {
+        return Err(unauthorized(
+            "missing Authorization header: send \"Authorization: Bearer <token>\" \
+             (blobsync-server user add NAME prints a token)",
+        ));
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| unauthorized("Authorization header is not ASCII"))?;
+    let Some(token) = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+    else {
+        return Err(unauthorized(
+            "Authorization header must be \"Bearer <token>\"",
+        ));
+    };
+    let hash = crate::token::hash(token.trim());
+    blocking(st, move |i| i.index.principal(&hash))
+        .await?
+        .ok_or_else(|| unauthorized("unknown or revoked token"))
+}
+
+fn parse_id(s: &str) -> Result<BlobId, ApiError> {
+    BlobId::new(s).map_err(|e| ApiError::bad(e.to_string()))
+}
+
+/// The query string, validated against the parameters a route knows.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(req: &Request<Incoming>, known: &[&str]) -> Result<Self, ApiError> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for pair in req.uri().query().unwrap_or("").split('&') {
+            if pair.is_empty() {
+                continue;
+            }
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = percent_decode(k)?;
+            let v = percent_decode(v)?;
+            if !known.contains(&k.as_str()) {
+                return Err(ApiError::bad(format!(
+                    "unknown query parameter {k:?} for this route; known: {}",
+                    known.join(", ")
+                )));
+            }
+            if out.iter().any(|(x, _)| *x == k) {
+                return Err(ApiError::bad(format!("query parameter {k:?} given twice")));
+            }
+            out.push((k, v));
+        }
+        Ok(Self(out))
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str())
+    }
+
+    fn has(&self, k: &str) -> bool {
+        self.get(k).is_some()
+    }
+
+    fn flag(&self, k: &str) -> Result<bool, ApiError> {
+        match self.get(k) {
+            None => Ok(false),
+            Some("" | "1" | "true" | "yes") => Ok(true),
+            Some("0" | "false" | "no") => Ok(false),
+            Some(v) => Err(ApiError::bad(format!(
+                "{k}={v:?} is not a boolean: use 1 or 0 (true/false)"
+            ))),
+        }
+    }
+
+    fn u64(&self, k: &str) -> Result<Option<u64>, ApiError> {
+        self.get(k)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::bad(format!("{k}={v:?} is not a non-negative integer")))
+            })
+            .transpose()
+    }
+
+    fn namespace(&self, default: &str) -> Result<Namespace, ApiError> {
+        Namespace::new(self.get(query::NAMESPACE).unwrap_or(default))
+            .map_err(|e| ApiError::bad(e.to_string()))
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    // No '+' to space: `order_by=+date` means what it says.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ApiError::bad(format!("bad percent-encoding in query {s:?}")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::bad("query is not UTF-8"))
+}
+
+// ---- /metrics ------------------------------------------------------------------------------
+
+async fn metrics(st: &ServerState) -> ApiResult {
+    let (blobs, bytes) = blocking(st, |i| i.index.totals()).await?;
+    let mut r = text(StatusCode::OK, st.inner.metrics.render(blobs, bytes));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(r)
+}
+
+// ---- GET /blobs/{user} ---------------------------------------------------------------------
+
+fn detail_of(r: BlobRow) -> Result<BlobDetail, ApiError> {
+    Ok(BlobDetail {
+        id: BlobId::new(r.id).map_err(ApiError::internal)?,
+        size: r.size,
+        created: r.created,
+        flags: index::bits_to_flags(r.flags),
+    })
+}
+
+/// Appends rows to a JSON array under construction (`first` tracks the separator).
+fn push_rows(
+    out: &mut Vec<u8>,
+    rows: Vec<BlobRow>,
+    detail: bool,
+    first: &mut bool,
+) -> Result<(), ApiError> {
+    for r in rows {
+        if !*first {
+            out.push(b',');
+        }
+        *first = false;
+        if detail {
+            serde_json::to_writer(&mut *out, &detail_of(r)?).map_err(ApiError::internal)?;
+        } else {
+            serde_json::to_writer(&mut *out, &r.id).map_err(ApiError::internal)?;
+        }
+    }
+    Ok(())
+}
+
+async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiResult {
+    let q = Query::parse(
+        req,
+        &[
+            query::NAMESPACE,
+            query::FILTER_FLAG,
+            query::ORDER_BY,
+            query::DELETED,
+            query::ONLY_COUNT,
+            query::DETAIL,
+            query::SINCE,
+            query::LIMIT,
+            query::AFTER,
+        ],
+    )?;
+    let ns = q.namespace("default")?;
+    let max_page = st.config().max_page;
+    let limit = match q.u64(query::LIMIT)? {
+        Some(l) if l == 0 || l > max_page => {
+            return Err(ApiError::bad(format!(
+                "limit={l} is out of range: use 1 to {max_page}"
+            )));
+        }
+        l => l,
+    };
+    let _ = q.flag(query::DETAIL)?;
+    if let Some(since) = q.u64(query::SINCE)? {
+        for k in [
+            query::FILTER_FLAG,
+            query::ORDER_BY,
+            query::DELETED,
+            query::ONLY_COUNT,
+            query::AFTER,
+        ] {
+            if q.has(k) {
+                return Err(ApiError::bad(format!(
+                    "since cannot be combined with {k}: a since listing returns every change \
+                     (puts and deletes) after the sequence number"
+                )));
+            }
+        }
+        let limit = limit.unwrap_or(max_page);
+        let resp = blocking(st, move |i| i.index.changes(&user, &ns, since, limit)).await?;
+        return json(StatusCode::OK, &resp);
+    }
+    let filter_flag = q
+        .get(query::FILTER_FLAG)
+        .map(|f| f.parse::<Flag>())
+        .transpose()
+        .map_err(|e| ApiError::bad(format!("filter_flag: {e}")))?;
+    let order = match q.get(query::ORDER_BY) {
+        None => Order::Id,
+        Some("date" | "+date") => Order::DateAsc,
+        Some("-date") => Order::DateDesc,
+        Some(v) => {
+            return Err(ApiError::bad(format!(
+                "order_by={v:?} is not known: use date, +date or -date"
+            )));
+        }
+    };
+    let after = q
+        .get(query::AFTER)
+        .map(|a| parse_id(a).map(String::from))
+        .transpose()?;
+    let mut lq = ListQuery {
+        user,
+        namespace: ns,
+        deleted: q.flag(query::DELETED)?,
+        filter_flag,
+        order,
+        after,
+        limit: limit.unwrap_or(LIST_PAGE),
+    };
+    if q.flag(query::ONLY_COUNT)? {
+        let count = blocking(st, move |i| i.index.count(&lq)).await?;
+        return json(StatusCode::OK, &CountResponse { count });
+    }
+    let detail = q.flag(query::DETAIL)?;
+    let first_q = lq.clone();
+    let rows = blocking(st, move |i| i.index.list(&first_q)).await?;
+    let complete = limit.is_some() || (rows.len() as u64) < LIST_PAGE;
+    let mut out = Vec::with_capacity(rows.len() * 40 + 2);
+    out.push(b'[');
+    let mut first = true;
+    let next_after = rows.last().map(|r| r.id.clone());
+    push_rows(&mut out, rows, detail, &mut first)?;
+    if complete {
+        out.push(b']');
+        let mut r = Response::new(body::full(out));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok(r);
+    }
+    // More than one page and no limit: stream the rest page by page, so memory stays bounded
+    // by one page however many blobs the user has.
+    let (tx, body) = body::channel();
+    let st2 = st.clone();
+    lq.after = next_after;
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from(out))).await.is_err() {
+            return;
+        }
+        loop {
+            let page_q = lq.clone();
+            let rows = match blocking(&st2, move |i| i.index.list(&page_q)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.msg))).await;
+                    return;
+                }
+            };
+            let done = (rows.len() as u64) < LIST_PAGE;
+            lq.after = rows.last().map(|r| r.id.clone());
+            let mut chunk = Vec::with_capacity(rows.len() * 40 + 1);
+            if let Err(e) = push_rows(&mut chunk, rows, detail, &mut first) {
+                let _ = tx.send(Err(std::io::Error::other(e.msg))).await;
+                return;
+            }
+            if done {
+                chunk.push(b']');
+            }
+            if tx.send(Ok(Bytes::from(chunk))).await.is_err() || done {
+                return;
+            }
+        }
+    });
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+// ---- GET /blobs/{user}/{id} ------------------------------------------------------------------
+
+/// Parses a single `bytes=` range against `size`: Ok(None) for no header, Err for a range
+/// that cannot be served (416).
+fn parse_range(h: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>, String> {
+    let Some(h) = h else { return Ok(None) };
+    let h = h
+        .to_str()
+        .map_err(|_| "Range header is not ASCII".to_string())?;
+    let spec = h
+        .strip_prefix("bytes=")
+        .ok_or_else(|| format!("Range {h:?} is not in bytes: use bytes=a-b"))?;
+    if spec.contains(',') {
+        return Err(format!(
+            "Range {h:?} has several ranges; ask for one at a time"
+        ));
+    }
+    let (a, b) = spec
+        .split_once('-')
+        .ok_or_else(|| format!("Range {h:?} is malformed: use bytes=a-b, bytes=a- or bytes=-n"))?;
+    let num = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("Range {h:?} is malformed: use bytes=a-b, bytes=a- or bytes=-n"))
+    };
+    let (start, end) = match (a.trim().is_empty(), b.trim().is_empty()) {
+        (true, true) => return Err(format!("Range {h:?} names no bytes")),
+        (true, false) => {
+            let n = num(b)?;
+            if n == 0 || size == 0 {
+                return Err(format!("Range {h:?} is empty or the blob is empty"));
+            }
+            (size.saturating_sub(n), size - 1)
+        }
+        (false, true) => (num(a)?, size.saturating_sub(1)),
+        (false, false) => {
+            let (s, e) = (num(a)?, num(b)?);
+            if e < s {
+                return Err(format!("Range {h:?} ends before it starts"));
+            }
+            (s, e.min(size.saturating_sub(1)))
+        }
+    };
+    if start >= size {
+        return Err(format!(
+            "Range {h:?} starts at or past the end of the {size}-byte blob"
+        ));
+    }
+    Ok(Some((start, end)))
+}
+
+async fn get(st: &ServerState, user: String, id: BlobId, req: &Request<Incoming>) -> ApiResult {
+    let q = Query::parse(req, &[query::NAMESPACE, query::ONLY_FLAGS])?;
+    let ns = q.namespace("default")?;
+    let only_flags = q.flag(query::ONLY_FLAGS)?;
+    let missing = || ApiError::not_found(format!("no blob {id} in namespace {ns} of {user}"));
+    let (u2, n2, i2) = (user.clone(), ns.clone(), id.clone());
+    let row = blocking(st, move |i| i.index.lookup(&u2, &n2, &i2))
+        .await?
+        .filter(|r| !r.deleted)
+        .ok_or_else(missing)?;
+    if only_flags {
+        return json(StatusCode::OK, &index::bits_to_flags(row.flags));
+    }
+    let range = match parse_range(req.headers().get(header::RANGE), row.size) {
+        Ok(r) => r,
+        Err(msg) => {
+            let mut r = ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, msg).into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", row.size)) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(r);
+        }
+    };
+    let (start, end) = range.unwrap_or((0, row.size.saturating_sub(1)));
+    let len = if row.size == 0 { 0 } else { end - start + 1 };
+    let path = st.inner.layout.blob_path(&user, &ns, &id);
+    let file = match open_at(path, start).await {
+        Ok(f) => f,
+        // Deleted between the index lookup and the open.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    let mut r = Response::new(file_body(st, file, len));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if range.is_some() {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{}", row.size)) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(r)
+}
+
+async fn open_at(path: std::path::PathBuf, start: u64) -> std::io::Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(path)?;
+        f.seek(std::io::SeekFrom::Start(start))?;
+        Ok(f)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Streams `len` bytes of `file` (already positioned) in [`CHUNK`]s from a blocking thread.
+fn file_body(st: &ServerState, file: std::fs::File, len: u64) -> Body {
+    let (tx, body) = body::channel();
+    let st = st.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut left = len;
+        let mut file = file;
+        while left > 0 {
+            let mut buf = vec![0u8; (left.min(CHUNK as u64)) as usize];
+            if let Err(e) = file.read_exact(&mut buf) {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+            left -= buf.len() as u64;
+            st.inner.metrics.add_out(buf.len() as u64);
+            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                return; // client went away
+            }
+        }
+    });
+    body
+}
+
+// ---- PUT /blobs/{user}/{id}, PUT /incoming/{user}/{id} -----------------------------------
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn too_large(size: u64, max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("blob of {size} bytes is over this server's limit of {max} bytes"),
+    )
+}
+
+fn over_quota(user: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        format!(
+            "storing this blob would put user {user:?} over their quota; delete blobs or ask for more"
+        ),
+    )
+}
+
+fn exists(id: &BlobId, ns: &Namespace) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!("blob {id} already exists in namespace {ns}; blobs are immutable: delete it first"),
+    )
+}
+
+async fn put(st: &ServerState, user: String, id: BlobId, req: Request<Incoming>) -> ApiResult {
+    let q = Query::parse(&req, &[query::NAMESPACE])?;
+    let ns = q.namespace("default")?;
+    store_one(st, user, ns, id, req, false).await
+}
+
+async fn incoming(st: &ServerState, user: &str, id: &str, req: Request<Incoming>) -> ApiResult {
+    let q = Query::parse(&req, &[query::NAMESPACE])?;
+    let ns = q.namespace("MX")?;
+    if Namespace::new(user).is_err() {
+        return Err(ApiError::bad(format!(
+            "user name {user:?} is invalid: use 1 to 128 characters of A-Z a-z 0-9 _ -"
+        )));
+    }
+    let id = parse_id(id)?;
+    let u = user.to_string();
+    if !blocking(st, move |i| i.index.user_exists(&u)).await? {
+        return Err(ApiError::not_found(format!("no user named {user:?}")));
+    }
+    store_one(st, user.to_string(), ns, id, req, true).await
+}
+
+async fn store_one(
+    st: &ServerState,
+    user: String,
+    ns: Namespace,
+    id: BlobId,
+    req: Request<Incoming>,
+    external: bool,
+) -> ApiResult {
+    let max = st.config().max_blob_size;
+    let default_quota = st.config().default_quota;
+    let declared = content_length(&req);
+    if let Some(n) = declared.filter(|n| *n > max) {
+        return Err(too_large(n, max));
+    }
+    // Early answers save the client the upload; the commit below re-checks under the lock.
+    let (u2, n2, i2) = (user.clone(), ns.clone(), id.clone());
+    let (row, usage) = blocking(st, move |i| {
+        Ok((i.index.lookup(&u2, &n2, &i2)?, i.index.usage(&u2)?))
+    })
+    .await?;
+    if row.is_some_and(|r| !r.deleted) {
+        return Err(exists(&id, &ns));
+    }
+    if let (Some((used, own)), Some(n)) = (usage, declared)
+        && own.or(default_quota).is_some_and(|q| used + n > q)
+    {
+        return Err(over_quota(&user));
+    }
+    let (u2, n2, i2) = (user.clone(), ns.clone(), id.clone());
+    let temp = blocking(st, move |i| {
+        i.layout
+            .temp_path(&u2, &n2, &i2)
+            .map_err(|source| IndexError::Io {
+                op: "create temp file",
+                path: i.layout.blob_dir(&u2, &n2, &i2),
+                source,
+            })
+    })
+    .await?;
+    let mut w = TempBlob::new(temp);
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad(format!("request body failed: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if w.len() + data.len() as u64 > max {
+                return Err(too_large(w.len() + data.len() as u64, max));
+            }
+            w.write(&data).await.map_err(ApiError::internal)?;
+            st.inner.metrics.add_in(data.len() as u64);
+        }
+    }
+    let size = w.len();
+    let temp = w.finish().await.map_err(ApiError::internal)?;
+    let item = PendingPut {
+        id: id.clone(),
+        size,
+        temp,
+        external,
+        flags: if external {
+            index::flag_bit(Flag::Pending)
+        } else {
+            0
+        },
+    };
+    let u2 = user.clone();
+    let n2 = ns.clone();
+    let out = blocking(st, move |i| {
+        i.index
+            .commit_puts(&u2, &n2, vec![item], default_quota, &i.layout)
+    })
+    .await?;
+    match out.first() {
+        Some(PutOutcome::Created(seq)) => {
+            let mut r = text(StatusCode::CREATED, format!("stored {id} ({size} bytes)\n"));
+            r.headers_mut()
+                .insert("x-blobsync-seq", HeaderValue::from(*seq));
+            Ok(r)
+        }
+        Some(PutOutcome::Exists) => Err(exists(&id, &ns)),
+        Some(PutOutcome::OverQuota) => Err(over_quota(&user)),
+        None => Err(ApiError::internal("commit returned no outcome")),
+    }
+}
+
+// ---- POST /blobs/{user}/{id} (flags) ------------------------------------------------------
+
+async fn read_small_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let body = http_body_util::Limited::new(req.into_body(), limit);
+    body.collect().await.map(|c| c.to_bytes()).map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is over {limit} bytes"),
+            )
+        } else {
+            ApiError::bad(format!("request body failed: {e}"))
+        }
+    })
+}
+
+async fn set_flags(
+    st: &ServerState,
+    user: String,
+    id: BlobId,
+    req: Request<Incoming>,
+) -> ApiResult {
+    let q = Query::parse(&req, &[query::NAMESPACE])?;
+    let ns = q.namespace("default")?;
+    let b = read_small_body(req, MAX_FLAGS_BODY).await?;
+    let names: Vec<String> = serde_json::from_slice(&b).map_err(|e| {
+        ApiError::bad(format!(
+            "body must be a JSON list of flag names like [\"PROCESSED\"]: {e}"
+        ))
+    })?;
+    let flags = names
+        .iter()
+        .map(|n| n.parse::<Flag>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::new(StatusCode::NOT_ACCEPTABLE, e.to_string()))?;
+    let bits = index::flags_to_bits(&flags);
+    let (u2, n2, i2) = (user.clone(), ns.clone(), id.clone());
+    if !blocking(st, move |i| i.index.set_flags(&u2, &n2, &i2, bits)).await? {
+        return Err(ApiError::not_found(format!(
+            "no blob {id} in namespace {ns} of {user}"
+        )));
+    }
+    json(StatusCode::OK, &index::bits_to_flags(bits))
+}
+
+// ---- DELETE /blobs/{user}/{id} -------------------------------------------------------------
+
+async fn delete(st: &ServerState, user: String, id: BlobId, req: &Request<Incoming>) -> ApiResult {
+    let q = Query::parse(req, &[query::NAMESPACE])?;
+    let ns = q.namespace("default")?;
+    let (u2, n2, i2) = (user.clone(), ns.clone(), id.clone());
+    if !blocking(st, move |i| i.index.delete(&u2, &n2, &i2, &i.layout)).await? {
+        return Err(ApiError::not_found(format!(
+            "no blob {id} in namespace {ns} of {user}"
+        )));
+    }
+    Ok(text(StatusCode::OK, format!("deleted {id}\n")))
+}
+
+// ---- POST /stream/{user} ---------------------------------------------------------------
+
+async fn stream(st: &ServerState, user: String, req: Request<Incoming>) -> ApiResult {
+    let q = Query::parse(&req, &[query::NAMESPACE, query::DIRECTION])?;
+    let ns = q.namespace("default")?;
+    match q.get(query::DIRECTION) {
+        Some("upload") => stream_up(st, user, ns, req).await,
+        Some("download") => stream_down(st, user, ns, req).await,
+        Some(d) => Err(ApiError::bad(format!(
+            "direction={d:?} is not known: use upload or download"
+        ))),
+        None => Err(ApiError::bad(
+            "missing direction: use direction=upload or direction=download",
+        )),
+    }
+}
+
+/// A blob of a stream upload that reached its end and is being fsynced.
+type Finished = Result<(usize, BlobId, u64, std::path::PathBuf), std::io::Error>;
+
+async fn stream_up(
+    st: &ServerState,
+    user: String,
+    ns: Namespace,
+    req: Request<Incoming>,
+) -> ApiResult {
+    let cfg = st.config().clone();
+    let mut dec = UploadDecoder::new(cfg.max_stream_header);
+    let mut status: UploadResponse = BTreeMap::new();
+    let mut skip: HashSet<BlobId> = HashSet::new();
+    // (header position, writer) of the blob being received; None writer = discarding.
+    let mut current: Option<(usize, Option<TempBlob>)> = None;
+    let mut position = 0usize;
+    let mut fsyncs: tokio::task::JoinSet<Finished> = tokio::task::JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        cfg.stream_parallel_writes.max(1),
+    ));
+    let mut body = req.into_body();
+
+    let result: Result<(), ApiError> = async {
+        let mut eof = false;
+        while !eof {
+            let data = match body.frame().await {
+                None => {
+                    eof = true;
+                    Bytes::new()
+                }
+                Some(f) => match f
+                    .map_err(|e| ApiError::bad(format!("request body failed: {e}")))?
+                    .into_data()
+                {
+                    Ok(d) => d,
+                    Err(_) => continue, // trailers
+                },
+            };
+            let mut input = &data[..];
+            while !input.is_empty() || dec.has_pending_event() {
+                let (used, ev) = dec
+                    .decode(input)
+                    .map_err(|e| ApiError::bad(format!("malformed stream body: {e}")))?;
+                input = &input[used..];
+                match ev {
+                    None => {}
+                    Some(UploadEvent::Header(entries)) => {
+                        if entries.len() as u64 > cfg.max_page {
+                            return Err(ApiError::bad(format!(
+                                "stream of {} blobs is over this server's limit of {} per request",
+                                entries.len(),
+                                cfg.max_page
+                            )));
+                        }
+                        let ids: Vec<BlobId> = entries.iter().map(|(i, _)| i.clone()).collect();
+                        let (u2, n2) = (user.clone(), ns.clone());
+                        let rows =
+                            blocking(st, move |i| i.index.lookup_many(&u2, &n2, &ids)).await?;
+                        for ((id, size), row) in entries.into_iter().zip(rows) {
+                            if row.is_some() {
+                                status.insert(id.clone(), 409);
+                                skip.insert(id);
+                            } else if size > cfg.max_blob_size {
+                                status.insert(id.clone(), 413);
+                                skip.insert(id);
+                            }
+                        }
+                    }
+                    Some(UploadEvent::Blob { id, .. }) => {
+                        let writer = if skip.contains(&id) {
+                            None
+                        } else {
+                            let (u2, n2, i2) = (user.clone(), ns.clone(), id.clone());
+                            let temp = blocking(st, move |i| {
+                                i.layout
+                                    .temp_path(&u2, &n2, &i2)
+                                    .map_err(|source| IndexError::Io {
+                                        op: "create temp file",
+                                        path: i.layout.blob_dir(&u2, &n2, &i2),
+                                        source,
+                                    })
+                            })
+                            .await?;
+                            Some(TempBlob::new(temp))
+                        };
+                        current = Some((position, writer));
+                        position += 1;
+                    }
+                    Some(UploadEvent::Data(d)) => {
+                        st.inner.metrics.add_in(d.len() as u64);
+                        if let Some((_, Some(w))) = current.as_mut() {
+                            w.write(d).await.map_err(ApiError::internal)?;
+                        }
+                    }
+                    Some(UploadEvent::End { id }) => {
+                        if let Some((pos, Some(w))) = current.take() {
+                            let permit = permits
+                                .clone()
+                                .acquire_owned()
+                                .await
+                                .map_err(ApiError::internal)?;
+                            fsyncs.spawn(async move {
+                                let _permit = permit;
+                                let size = w.len();
+                                let path = w.finish().await?;
+                                Ok((pos, id, size, path))
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        dec.finish()
+            .map_err(|e| ApiError::bad(format!("malformed stream body: {e}")))
+    }
+    .await;
+    // Whatever happened, wait for every fsync so no temp file is written after we decide.
+    let mut done: Vec<(usize, BlobId, u64, std::path::PathBuf)> = Vec::new();
+    let mut write_err: Option<std::io::Error> = None;
+    while let Some(r) = fsyncs.join_next().await {
+        match r {
+            Ok(Ok(x)) => done.push(x),
+            Ok(Err(e)) => write_err = Some(e),
+            Err(e) => write_err = Some(std::io::Error::other(e)),
+        }
+    }
+    drop(current);
+    let fail = match (result, write_err) {
+        (Err(e), _) => Some(e),
+        (Ok(()), Some(e)) => Some(ApiError::internal(e)),
+        (Ok(()), None) => None,
+    };
+    if let Some(e) = fail {
+        // Nothing partial is stored: the finished temp files are removed, none was indexed.
+        let paths: Vec<_> = done.into_iter().map(|d| d.3).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for p in paths {
+                let _ = std::fs::remove_file(p);
+            }
+        })
+        .await;
+        return Err(e);
+    }
+    done.sort_by_key(|d| d.0);
+    let items: Vec<PendingPut> = done
+        .into_iter()
+        .map(|(_, id, size, temp)| PendingPut {
+            id,
+            size,
+            temp,
+            external: false,
+            flags: 0,
+        })
+        .collect();
+    let ids: Vec<BlobId> = items.iter().map(|i| i.id.clone()).collect();
+    let default_quota = cfg.default_quota;
+    let (u2, n2) = (user.clone(), ns.clone());
+    let outcomes = blocking(st, move |i| {
+        i.index
+            .commit_puts(&u2, &n2, items, default_quota, &i.layout)
+    })
+    .await?;
+    for (id, out) in ids.into_iter().zip(outcomes) {
+        let code = match out {
+            PutOutcome::Created(_) => 201,
+            PutOutcome::Exists => 409,
+            PutOutcome::OverQuota => 507,
+        };
+        status.insert(id, code);
+    }
+    json(StatusCode::OK, &status)
+}
+
+async fn stream_down(
+    st: &ServerState,
+    user: String,
+    ns: Namespace,
+    req: Request<Incoming>,
+) -> ApiResult {
+    let cfg = st.config().clone();
+    let b = read_small_body(req, cfg.max_stream_header).await?;
+    let ids: Vec<String> = serde_json::from_slice(&b)
+        .map_err(|e| ApiError::bad(format!("body must be a JSON list of blob ids: {e}")))?;
+    if ids.len() as u64 > cfg.max_page {
+        return Err(ApiError::bad(format!(
+            "{} ids is over this server's limit of {} per request",
+            ids.len(),
+            cfg.max_page
+        )));
+    }
+    let ids = ids
+        .into_iter()
+        .map(|i| parse_id(&i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (u2, n2, ids2) = (user.clone(), ns.clone(), ids.clone());
+    let rows = blocking(st, move |i| i.index.lookup_many(&u2, &n2, &ids2)).await?;
+    let (tx, body) = body::channel();
+    let st2 = st.clone();
+    // One blocking thread produces the whole response: small blobs are coalesced into CHUNK
+    // messages, large ones go out in CHUNK pieces; the bounded channel applies backpressure.
+    tokio::task::spawn_blocking(move || {
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+        let send = |buf: &mut Vec<u8>| -> bool {
+            let chunk = Bytes::from(std::mem::replace(buf, Vec::with_capacity(CHUNK)));
+            tx.blocking_send(Ok(chunk)).is_ok()
+        };
+        for (id, row) in ids.iter().zip(rows) {
+            let file = row.and_then(|r| {
+                let path = st2.inner.layout.blob_path(&user, &ns, id);
+                std::fs::File::open(path).ok().map(|f| (f, r.size))
+            });
+            let Some((mut file, size)) = file else {
+                buf.extend_from_slice(&wire::encode_frame_header(id, None));
+                continue;
+            };
+            buf.extend_from_slice(&wire::encode_frame_header(id, Some(size)));
+            let mut left = size;
+            while left > 0 {
+                if buf.len() >= CHUNK && !send(&mut buf) {
+                    return;
+                }
+                let room = (CHUNK.saturating_sub(buf.len()).max(8192) as u64).min(left) as usize;
+                let at = buf.len();
+                buf.resize(at + room, 0);
+                if let Err(e) = file.read_exact(&mut buf[at..]) {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+                left -= room as u64;
+                st2.inner.metrics.add_out(room as u64);
+            }
+            if buf.len() >= CHUNK && !send(&mut buf) {
+                return;
+            }
+        }
+        if !buf.is_empty() {
+            send(&mut buf);
+        }
+    });
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(h: &str, size: u64) -> Result<Option<(u64, u64)>, String> {
+        parse_range(Some(&HeaderValue::from_str(h).unwrap()), size)
+    }
+
+    #[test]
+    fn ranges_at_the_edges() {
+        assert_eq!(range("bytes=0-0", 10), Ok(Some((0, 0))));
+        assert_eq!(range("bytes=0-", 10), Ok(Some((0, 9))));
+        assert_eq!(range("bytes=9-", 10), Ok(Some((9, 9))));
+        assert_eq!(range("bytes=5-100", 10), Ok(Some((5, 9))));
+        assert_eq!(range("bytes=-3", 10), Ok(Some((7, 9))));
+        assert_eq!(range("bytes=-30", 10), Ok(Some((0, 9))));
+        assert!(range("bytes=10-", 10).is_err());
+        assert!(range("bytes=3-2", 10).is_err());
+        assert!(range("bytes=-0", 10).is_err());
+        assert!(range("bytes=0-", 0).is_err());
+        assert!(range("bytes=0-1,3-4", 10).is_err());
+        assert!(range("items=0-1", 10).is_err());
+        assert!(range("bytes=a-b", 10).is_err());
+        assert_eq!(parse_range(None, 10), Ok(None));
+    }
+
+    #[test]
+    fn percent_decoding_keeps_plus() {
+        assert_eq!(percent_decode("+date").unwrap(), "+date");
+        assert_eq!(percent_decode("%2Bdate").unwrap(), "+date");
+        assert!(percent_decode("%zz").is_err());
+    }
+}
