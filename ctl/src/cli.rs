@@ -1,0 +1,620 @@
+//! The command line: clap definitions and the parsers for values that need more than clap
+//! gives (priorities, statuses, flags, byte ranges, rates).
+//!
+//! This module only describes and parses arguments; it never talks to the daemon.
+
+use std::path::PathBuf;
+
+use blobsync_proto::{BlobStatus, Flag, Priority};
+use clap::{Args, Parser, Subcommand};
+
+/// The top-level command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "blobctl",
+    version,
+    about = "Control the blobsync daemon (blobsyncd) over its local socket",
+    long_about = "Control the blobsync daemon (blobsyncd) over its local socket.\n\n\
+        blobctl does no syncing itself: each command is one call to the daemon, which must be \
+        running (`blobsyncd --foreground`, or `systemctl --user start blobsyncd`).",
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage or invalid argument, 3 daemon unreachable.\n\
+        Examples:\n  \
+        blobctl put report.pdf --id report-2026\n  \
+        tar c photos | blobctl put - -n backups --priority low\n  \
+        blobctl get report-2026 -o report.pdf\n  \
+        blobctl ls --status pending-upload --json"
+)]
+pub struct Cli {
+    /// Print one JSON document (one object per line for `watch`) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// The daemon's control socket [default: as the daemon: $XDG_RUNTIME_DIR/blobsync/blobsyncd.sock,
+    /// or the `socket` key of the config file].
+    #[arg(long, global = true, env = "BLOBSYNC_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every blobctl command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Store a new blob from a file or from standard input.
+    #[command(after_help = "Examples:\n  \
+        blobctl put notes.txt                      # random id, printed\n  \
+        blobctl put notes.txt --id notes -n docs --priority high\n  \
+        pg_dump db | blobctl put - --id db-2026-11-29 --wait\n  \
+        blobctl put /srv/big.iso --by-path         # the daemon reads the file itself")]
+    Put(PutArgs),
+    /// Read a blob (or a byte range of it) to a file or standard output.
+    #[command(after_help = "Examples:\n  \
+        blobctl get notes -n docs -o notes.txt\n  \
+        blobctl get db-2026-11-29 | psql db\n  \
+        blobctl get big --range 0-1023 -o head.bin  # first KiB (inclusive, like curl -r)\n  \
+        blobctl get big --range 1048576-           # from 1 MiB to the end")]
+    Get(GetArgs),
+    /// Delete a blob (here at once, on the server at the next sync).
+    #[command(after_help = "Example:\n  blobctl rm notes -n docs")]
+    Rm(BlobArgs),
+    /// List blobs with their sync status (or, with --remote, as the server has them).
+    #[command(after_help = "Examples:\n  \
+        blobctl ls\n  \
+        blobctl ls -n MX --status failed-download --status failed-upload\n  \
+        blobctl ls --remote -n MX --flag pending --json")]
+    Ls(LsArgs),
+    /// Show the daemon's state: counts, transfers, remote, last and next sync.
+    #[command(after_help = "Example:\n  blobctl status --json | jq .counts")]
+    Status,
+    /// Start a sync cycle now.
+    #[command(
+        after_help = "Examples:\n  blobctl sync\n  blobctl sync --wait   # and print what it did"
+    )]
+    Sync(SyncArgs),
+    /// Print daemon events as they happen (Ctrl-C to stop).
+    #[command(after_help = "Examples:\n  \
+        blobctl watch\n  \
+        blobctl watch --since 120 --json   # resume after event 120")]
+    Watch(WatchArgs),
+    /// Re-queue a failed transfer now, or every failed one.
+    #[command(
+        after_help = "Examples:\n  blobctl retry notes -n docs\n  blobctl retry --all-failed"
+    )]
+    Retry(RetryArgs),
+    /// Change a blob's transfer priority (low, medium, high, urgent).
+    #[command(after_help = "Example:\n  blobctl priority big-upload urgent")]
+    Priority(PriorityArgs),
+    /// Pause syncing, for everything or one namespace.
+    #[command(after_help = "Examples:\n  blobctl pause\n  blobctl pause -n backups")]
+    Pause(NsArgs),
+    /// Resume syncing, for everything or one namespace.
+    #[command(after_help = "Examples:\n  blobctl resume\n  blobctl resume -n backups")]
+    Resume(NsArgs),
+    /// Read or set a blob's flags on the server (pending, processing, processed, failed).
+    #[command(after_help = "Examples:\n  \
+        blobctl flags msg-1 -n MX\n  \
+        blobctl flags msg-1 -n MX --set processing\n  \
+        blobctl flags msg-1 -n MX --clear")]
+    Flags(FlagsArgs),
+    /// Check local copies against their recorded hashes (and with --remote, the server's copies).
+    #[command(after_help = "Exits with 1 when any blob fails.\nExamples:\n  \
+        blobctl verify\n  blobctl verify --remote -n docs")]
+    Verify(VerifyArgs),
+    /// Show or change bandwidth and concurrency limits (until the daemon restarts).
+    #[command(
+        after_help = "Rates take K, M, G suffixes (powers of 1024); 0 means unlimited.\nExamples:\n  \
+        blobctl limits\n  \
+        blobctl limits --up 1M --down 0 --transfers 5"
+    )]
+    Limits(LimitsArgs),
+    /// Export or import the storage key, wrapped with a passphrase (works without the daemon).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Print blobctl's and the daemon's versions.
+    Version,
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  \
+        blobctl completions bash > ~/.local/share/bash-completion/completions/blobctl\n  \
+        blobctl completions zsh > ~/.zfunc/_blobctl")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Arguments of `put`.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The file to store, or `-` for standard input.
+    #[arg(value_name = "FILE|-")]
+    pub file: PathBuf,
+    /// The blob id (1-128 of A-Z a-z 0-9 _ -) [default: a random UUID].
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Upload priority: low, medium, high, urgent.
+    #[arg(long, value_parser = parse_priority, default_value = "medium")]
+    pub priority: Priority,
+    /// Keep the blob on this device only; never upload it.
+    #[arg(long)]
+    pub local_only: bool,
+    /// Wait until the blob is uploaded (or failed for good).
+    #[arg(long)]
+    pub wait: bool,
+    /// Let the daemon read FILE itself instead of sending its bytes (FILE must be readable by
+    /// the daemon's user).
+    #[arg(long)]
+    pub by_path: bool,
+}
+
+/// Arguments of `get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The blob id.
+    pub id: String,
+    /// The namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Where to write: a file, or `-` for standard output.
+    #[arg(short = 'o', long, value_name = "FILE|-", default_value = "-")]
+    pub output: PathBuf,
+    /// Only bytes A through B (inclusive, from 0), or from A to the end with `A-`.
+    #[arg(long, value_name = "A-B", value_parser = parse_range)]
+    pub range: Option<ByteRangeArg>,
+    /// Fail instead of fetching a blob that is not downloaded yet.
+    #[arg(long)]
+    pub no_fetch: bool,
+}
+
+/// A blob named by id and namespace.
+#[derive(Debug, Args)]
+pub struct BlobArgs {
+    /// The blob id.
+    pub id: String,
+    /// The namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}
+
+/// Arguments of `ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only this namespace [default: every namespace; with --remote: default].
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Only blobs with this status (repeatable): synced, pending-upload, pending-download,
+    /// failed-download, failed-upload, pending-delete, local-only, remote-only.
+    #[arg(long, value_parser = parse_status, conflicts_with = "remote")]
+    pub status: Vec<BlobStatus>,
+    /// List what the server has instead of the local view.
+    #[arg(long)]
+    pub remote: bool,
+    /// With --remote: only blobs with this flag.
+    #[arg(long, value_parser = parse_flag, requires = "remote")]
+    pub flag: Option<Flag>,
+    /// With --remote: list deleted blobs (tombstones).
+    #[arg(long, requires = "remote")]
+    pub deleted: bool,
+    /// Stop after this many blobs [default: all].
+    #[arg(long)]
+    pub limit: Option<u64>,
+}
+
+/// Arguments of `sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Wait for the cycle to finish and print what it did.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Arguments of `watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Resume after this event id (replays what the daemon still buffers); 0 for all buffered.
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// Only events about this namespace (plus daemon-wide ones).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Leave out transfer progress events.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Arguments of `retry`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["id", "all_failed"])))]
+pub struct RetryArgs {
+    /// The blob id.
+    pub id: Option<String>,
+    /// Every FAILED_UPLOAD and FAILED_DOWNLOAD blob.
+    #[arg(long)]
+    pub all_failed: bool,
+    /// The namespace (with --all-failed: only this one) [default: default; with --all-failed: all].
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+}
+
+/// Arguments of `priority`.
+#[derive(Debug, Args)]
+pub struct PriorityArgs {
+    /// The blob id.
+    pub id: String,
+    /// The new priority: low, medium, high, urgent.
+    #[arg(value_parser = parse_priority)]
+    pub priority: Priority,
+    /// The namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}
+
+/// An optional namespace (pause, resume).
+#[derive(Debug, Args)]
+pub struct NsArgs {
+    /// Only this namespace [default: everything].
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+}
+
+/// Arguments of `flags`.
+#[derive(Debug, Args)]
+pub struct FlagsArgs {
+    /// The blob id.
+    pub id: String,
+    /// The namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Replace the flags with these: pending, processing, processed, failed.
+    #[arg(long, num_args = 1.., value_parser = parse_flag, conflicts_with = "clear")]
+    pub set: Vec<Flag>,
+    /// Remove every flag.
+    #[arg(long)]
+    pub clear: bool,
+}
+
+/// Arguments of `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Also download and authenticate the server's copies.
+    #[arg(long)]
+    pub remote: bool,
+    /// Only this namespace [default: all].
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Only this blob.
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+/// Arguments of `limits`.
+#[derive(Debug, Args)]
+pub struct LimitsArgs {
+    /// Upload bandwidth per second, e.g. 500K, 2M; 0 = unlimited.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub up: Option<u64>,
+    /// Download bandwidth per second, e.g. 500K, 2M; 0 = unlimited.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub down: Option<u64>,
+    /// Transfers at once (at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub transfers: Option<u32>,
+}
+
+/// `key export` and `key import`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write the storage key wrapped with a passphrase, to move it to another device.
+    #[command(
+        after_help = "Example:\n  blobctl key export -o blobsync-key.txt   # asks for a passphrase twice"
+    )]
+    Export(KeyExportArgs),
+    /// Install a key written by `key export` (refuses to replace an existing key without --force).
+    #[command(after_help = "Example:\n  blobctl key import blobsync-key.txt")]
+    Import(KeyImportArgs),
+}
+
+/// Arguments of `key export`.
+#[derive(Debug, Args)]
+pub struct KeyExportArgs {
+    /// Where to write the wrapped key, or `-` for standard output.
+    #[arg(short = 'o', long, value_name = "FILE|-", default_value = "-")]
+    pub output: PathBuf,
+    /// Read the passphrase from the first line of this file instead of asking.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// The key file [default: the daemon's, <config dir>/key or the config's `key_file`].
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Arguments of `key import`.
+#[derive(Debug, Args)]
+pub struct KeyImportArgs {
+    /// The wrapped key written by `key export`, or `-` for standard input.
+    #[arg(value_name = "FILE|-")]
+    pub input: PathBuf,
+    /// Read the passphrase from the first line of this file instead of asking.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// The key file to write [default: the daemon's].
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Replace an existing, different key (data encrypted with it becomes unreadable here).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// A parsed `--range`: `[start, end)` in the proto's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRangeArg {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte; `None` for "to the end".
+    pub end: Option<u64>,
+}
+
+/// Normalises user spelling of an enum value: case-insensitive, `-` or `_`.
+fn canonical(s: &str) -> String {
+    s.trim().to_ascii_uppercase().replace('-', "_")
+}
+
+/// Parses `low|medium|high|urgent` (any case).
+pub fn parse_priority(s: &str) -> Result<Priority, String> {
+    let c = canonical(s);
+    let c = c.strip_prefix("PRIORITY_").unwrap_or(&c);
+    match Priority::from_str_name(&format!("PRIORITY_{c}")) {
+        Some(p) if p != Priority::Unspecified => Ok(p),
+        _ => Err(format!(
+            "{s:?} is not a priority; use low, medium, high or urgent"
+        )),
+    }
+}
+
+/// Parses a status name such as `pending-upload` or `PENDING_UPLOAD`.
+pub fn parse_status(s: &str) -> Result<BlobStatus, String> {
+    let c = canonical(s);
+    let c = c.strip_prefix("BLOB_STATUS_").unwrap_or(&c);
+    match BlobStatus::from_str_name(&format!("BLOB_STATUS_{c}")) {
+        Some(p) if p != BlobStatus::Unspecified => Ok(p),
+        _ => Err(format!(
+            "{s:?} is not a status; use synced, pending-upload, pending-download, \
+             failed-download, failed-upload, pending-delete, local-only or remote-only"
+        )),
+    }
+}
+
+/// Parses a remote flag name such as `processed`.
+pub fn parse_flag(s: &str) -> Result<Flag, String> {
+    let c = canonical(s);
+    let c = c.strip_prefix("FLAG_").unwrap_or(&c);
+    match Flag::from_str_name(&format!("FLAG_{c}")) {
+        Some(p) if p != Flag::Unspecified => Ok(p),
+        _ => Err(format!(
+            "{s:?} is not a flag; use pending, processing, processed or failed"
+        )),
+    }
+}
+
+/// Parses `A-B` (inclusive, like HTTP ranges and `curl -r`) or `A-` into `[A, B+1)`.
+pub fn parse_range(s: &str) -> Result<ByteRangeArg, String> {
+    let bad = || {
+        format!(
+            "{s:?} is not a byte range; write A-B (bytes A through B, from 0) or A- (A to the end)"
+        )
+    };
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let start: u64 = a.trim().parse().map_err(|_| bad())?;
+    let b = b.trim();
+    if b.is_empty() {
+        return Ok(ByteRangeArg { start, end: None });
+    }
+    let last: u64 = b.parse().map_err(|_| bad())?;
+    if last < start {
+        return Err(format!(
+            "{s:?}: the range ends ({last}) before it starts ({start})"
+        ));
+    }
+    let end = last
+        .checked_add(1)
+        .ok_or_else(|| format!("{s:?}: the end is too large"))?;
+    Ok(ByteRangeArg {
+        start,
+        end: Some(end),
+    })
+}
+
+/// Parses a rate like `0`, `512`, `500K`, `2M`, `1G`, `1.5M` (powers of 1024; a trailing
+/// `B`, `iB` or `/s` is allowed).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a rate; write bytes per second like 0, 500K, 2M or 1G");
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    let upper = t.to_ascii_uppercase();
+    let t = upper
+        .strip_suffix("IB")
+        .or_else(|| upper.strip_suffix('B'))
+        .unwrap_or(&upper);
+    let (num, mult) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some(_) => (t, 1),
+        None => return Err(bad()),
+    };
+    let v: f64 = num.trim().parse().map_err(|_| bad())?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(bad());
+    }
+    let bytes = v * mult as f64;
+    if bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("blobctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn put_takes_all_its_options() {
+        let cli = parse(&[
+            "put",
+            "-",
+            "--id",
+            "x1",
+            "-n",
+            "docs",
+            "--priority",
+            "URGENT",
+            "--local-only",
+            "--wait",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Command::Put(p) = cli.command else {
+            panic!()
+        };
+        assert_eq!(p.file, PathBuf::from("-"));
+        assert_eq!(p.id.as_deref(), Some("x1"));
+        assert_eq!(p.namespace, "docs");
+        assert_eq!(p.priority, Priority::Urgent);
+        assert!(p.local_only && p.wait && !p.by_path);
+    }
+
+    #[test]
+    fn defaults_are_default_namespace_and_medium() {
+        let Command::Put(p) = parse(&["put", "f"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(
+            (p.namespace.as_str(), p.priority),
+            ("default", Priority::Medium)
+        );
+        let Command::Get(g) = parse(&["get", "x"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(g.output, PathBuf::from("-"));
+        assert!(g.range.is_none());
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors_that_say_what_is_allowed() {
+        let e = parse(&["priority", "x", "asap"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("low, medium, high or urgent"), "{e}");
+        let e = parse(&["ls", "--status", "done"]).unwrap_err();
+        assert!(e.to_string().contains("pending-upload"), "{e}");
+        let e = parse(&["get", "x", "--range", "9-3"]).unwrap_err();
+        assert!(e.to_string().contains("before it starts"), "{e}");
+        assert!(
+            parse(&["retry"]).is_err(),
+            "retry needs an id or --all-failed"
+        );
+        assert!(parse(&["retry", "x", "--all-failed"]).is_err());
+        assert!(parse(&["limits", "--transfers", "0"]).is_err());
+        assert!(parse(&["flags", "x", "--set"]).is_err());
+        assert!(
+            parse(&["ls", "--flag", "pending"]).is_err(),
+            "--flag needs --remote"
+        );
+    }
+
+    #[test]
+    fn statuses_and_flags_accept_several_spellings() {
+        for s in [
+            "pending-upload",
+            "PENDING_UPLOAD",
+            "Pending_Upload",
+            "BLOB_STATUS_PENDING_UPLOAD",
+        ] {
+            assert_eq!(parse_status(s), Ok(BlobStatus::PendingUpload), "{s}");
+        }
+        assert!(parse_status("unspecified").is_err());
+        assert_eq!(parse_flag("processed"), Ok(Flag::Processed));
+        assert!(parse_flag("done").is_err());
+        let Command::Flags(f) = parse(&["flags", "m", "--set", "pending", "processing"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(f.set, vec![Flag::Pending, Flag::Processing]);
+    }
+
+    #[test]
+    fn ranges_are_inclusive_on_the_command_line_and_half_open_in_the_api() {
+        assert_eq!(
+            parse_range("0-1023"),
+            Ok(ByteRangeArg {
+                start: 0,
+                end: Some(1024)
+            })
+        );
+        assert_eq!(
+            parse_range("5-"),
+            Ok(ByteRangeArg {
+                start: 5,
+                end: None
+            })
+        );
+        assert_eq!(
+            parse_range("7-7"),
+            Ok(ByteRangeArg {
+                start: 7,
+                end: Some(8)
+            })
+        );
+        for bad in [
+            "",
+            "-5",
+            "a-b",
+            "5",
+            "1-2-3",
+            "18446744073709551615-18446744073709551615",
+        ] {
+            assert!(parse_range(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rates_use_binary_suffixes() {
+        assert_eq!(parse_rate("0"), Ok(0));
+        assert_eq!(parse_rate("512"), Ok(512));
+        assert_eq!(parse_rate("500K"), Ok(500 * 1024));
+        assert_eq!(parse_rate("2MiB/s"), Ok(2 << 20));
+        assert_eq!(parse_rate("1.5m"), Ok(3 << 19));
+        assert_eq!(parse_rate("1G"), Ok(1 << 30));
+        for bad in ["", "x", "-1", "5T", "K"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_all_failed_takes_an_optional_namespace() {
+        let Command::Retry(r) = parse(&["retry", "--all-failed", "-n", "MX"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert!(r.all_failed && r.id.is_none());
+        assert_eq!(r.namespace.as_deref(), Some("MX"));
+    }
+}

@@ -1,0 +1,810 @@
+//! One function per command: build the request, make the call, print the answer.
+//!
+//! No sync logic lives here: each command is one RPC (`ls` repeats List for its pages,
+//! and every connection first checks the API version). Anything two clients would need
+//! belongs in the daemon behind an RPC.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use blobsync_proto as pb;
+use clap::CommandFactory;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::cli::{self, Cli, Command};
+use crate::client::{self, Client, CtlError};
+use crate::render::{self, Table};
+
+/// Bytes per Put chunk: big enough that per-message overhead is negligible, small enough
+/// that the bounded queue below holds little memory.
+const PUT_CHUNK: usize = 256 * 1024;
+/// Chunks read ahead of the network (4 x 256 KiB = 1 MiB in flight at most).
+const PUT_QUEUE: usize = 4;
+/// List page size requested from the daemon.
+const LS_PAGE: u32 = 1000;
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CtlError> {
+    let json = cli.json;
+    let socket = cli.socket.clone();
+    let connect = || async {
+        let path = client::discover_socket(socket.as_deref())?;
+        client::connect(&path).await
+    };
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout();
+            clap_complete::generate(shell, &mut Cli::command(), "blobctl", &mut out);
+            Ok(())
+        }
+        Command::Key(k) => crate::keys::run(k, json),
+        Command::Version => version(socket.as_deref(), json).await,
+        Command::Put(a) => put(&mut connect().await?, a, json).await,
+        Command::Get(a) => {
+            if json && a.output == Path::new("-") {
+                return Err(CtlError::Usage(
+                    "--json prints a JSON document on standard output, so it needs -o FILE for \
+                     the blob's bytes"
+                        .into(),
+                ));
+            }
+            get(&mut connect().await?, a, json).await
+        }
+        Command::Rm(a) => rm(&mut connect().await?, a, json).await,
+        Command::Ls(a) if a.remote => ls_remote(&mut connect().await?, a, json).await,
+        Command::Ls(a) => ls(&mut connect().await?, a, json).await,
+        Command::Status => status(&mut connect().await?, json).await,
+        Command::Sync(a) => sync(&mut connect().await?, a, json).await,
+        Command::Watch(a) => watch(&mut connect().await?, a, json).await,
+        Command::Retry(a) => retry(&mut connect().await?, a, json).await,
+        Command::Priority(a) => priority(&mut connect().await?, a, json).await,
+        Command::Pause(a) => pause(&mut connect().await?, a, true, json).await,
+        Command::Resume(a) => pause(&mut connect().await?, a, false, json).await,
+        Command::Flags(a) => flags(&mut connect().await?, a, json).await,
+        Command::Verify(a) => verify(&mut connect().await?, a, json).await,
+        Command::Limits(a) => limits(&mut connect().await?, a, json).await,
+    }
+}
+
+/// Writes text to standard output (a closed pipe ends blobctl quietly, see `main`).
+pub fn out(text: &str) -> Result<(), CtlError> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())
+        .and_then(|_| o.flush())
+        .map_err(|e| CtlError::io("writing to standard output", e))
+}
+
+fn out_json(v: &Value) -> Result<(), CtlError> {
+    // Unwrap: serializing a Value cannot fail.
+    out(&format!("{}\n", serde_json::to_string_pretty(v).unwrap()))
+}
+
+/// Progress bars only for people: stdout a terminal and no --json.
+fn show_progress(json: bool) -> bool {
+    !json && std::io::stdout().is_terminal()
+}
+
+fn bytes_bar(total: Option<u64>, visible: bool, what: &str) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(t) => ProgressBar::new(t).with_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {msg} {bytes} {binary_bytes_per_sec}")
+                .expect("static template"),
+        ),
+    };
+    bar.set_message(what.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn spinner(visible: bool, what: &str) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(what.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn blob_line(b: &pb::BlobInfo) -> String {
+    format!(
+        "{}/{}  {}  {}",
+        b.namespace,
+        b.id,
+        render::human_size(b.size),
+        render::status_name(b.status)
+    )
+}
+
+async fn put(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), CtlError> {
+    let from_stdin = a.file == Path::new("-");
+    let mut header = pb::PutHeader {
+        namespace: a.namespace,
+        id: a.id.unwrap_or_default(),
+        priority: a.priority as i32,
+        local_only: a.local_only,
+        size_hint: None,
+        wait: a.wait,
+    };
+    let visible = show_progress(json);
+    let blob = if a.by_path {
+        if from_stdin {
+            return Err(CtlError::Usage("--by-path needs a file, not `-`".into()));
+        }
+        let path = std::path::absolute(&a.file)
+            .map_err(|e| CtlError::io(format!("resolving {}", a.file.display()), e))?;
+        let spin = spinner(visible && a.wait, "waiting for the upload");
+        let resp = c
+            .put_path(pb::PutPathRequest {
+                header: Some(header),
+                path: path.to_string_lossy().into_owned(),
+            })
+            .await;
+        spin.finish_and_clear();
+        resp?.into_inner().blob
+    } else {
+        let (reader, size): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) = if from_stdin {
+            (Box::new(tokio::io::stdin()), None)
+        } else {
+            let what = || format!("opening {}", a.file.display());
+            let f = tokio::fs::File::open(&a.file)
+                .await
+                .map_err(|e| CtlError::io(what(), e))?;
+            let meta = f.metadata().await.map_err(|e| CtlError::io(what(), e))?;
+            if meta.is_dir() {
+                return Err(CtlError::Usage(format!(
+                    "{} is a directory; blobctl put stores one file (archive a directory first, \
+                     e.g. `tar c DIR | blobctl put -`)",
+                    a.file.display()
+                )));
+            }
+            // Only regular files have a size worth promising; a FIFO or device streams.
+            (Box::new(f), meta.is_file().then_some(meta.len()))
+        };
+        header.size_hint = size;
+        let bar = bytes_bar(size, visible, "uploading to blobsyncd");
+        put_stream(c, header, reader, &bar, &a.file, visible && a.wait).await?
+    };
+    let blob =
+        blob.ok_or_else(|| CtlError::Rpc(tonic::Status::internal("the daemon sent no blob")))?;
+    if json {
+        out_json(&render::blob_json(&blob))?;
+    } else {
+        out(&format!("{}\n", blob_line(&blob)))?;
+    }
+    if blob.status == pb::BlobStatus::FailedUpload as i32 {
+        return Err(CtlError::Problems(format!(
+            "the upload failed for good: {}; see `blobctl ls -n {}` and `blobctl retry {}`",
+            blob.last_error, blob.namespace, blob.id
+        )));
+    }
+    Ok(())
+}
+
+/// Streams `reader` to the daemon as a Put. A read error cancels the call (so the daemon
+/// discards the partial blob) instead of ending the stream, which would commit it.
+async fn put_stream(
+    c: &mut Client,
+    header: pb::PutHeader,
+    mut reader: Box<dyn AsyncRead + Unpin + Send>,
+    bar: &ProgressBar,
+    file: &Path,
+    wait_spinner: bool,
+) -> Result<Option<pb::BlobInfo>, CtlError> {
+    use pb::put_request::Msg;
+    let (tx, rx) = mpsc::channel::<pb::PutRequest>(PUT_QUEUE);
+    tx.send(pb::PutRequest {
+        msg: Some(Msg::Header(header)),
+    })
+    .await
+    .expect("the receiver is alive here");
+    let task_bar = bar.clone();
+    // On a read error the task hands the sender back with the error, so the request
+    // stream stays open until the call below is dropped (a cancel, not a clean end).
+    let mut reader_task = tokio::spawn(async move {
+        loop {
+            let mut buf = Vec::with_capacity(PUT_CHUNK);
+            while buf.len() < PUT_CHUNK {
+                match reader.read_buf(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => return Err((e, tx)),
+                }
+            }
+            if buf.is_empty() {
+                return Ok(());
+            }
+            task_bar.inc(buf.len() as u64);
+            let msg = pb::PutRequest {
+                msg: Some(Msg::Chunk(buf)),
+            };
+            if tx.send(msg).await.is_err() {
+                // The call ended (the daemon answered early, with an error); it reports why.
+                return Ok(());
+            }
+        }
+    });
+    let call = c.put(ReceiverStream::new(rx));
+    tokio::pin!(call);
+    let mut reader_done = false;
+    let mut spin = None;
+    let result = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            r = &mut reader_task, if !reader_done => {
+                reader_done = true;
+                match r {
+                    Ok(Ok(())) => {
+                        bar.finish_and_clear();
+                        if wait_spinner {
+                            spin = Some(spinner(true, "waiting for the upload to the server"));
+                        }
+                    }
+                    Ok(Err((e, _tx))) => {
+                        bar.abandon();
+                        let what = if file == Path::new("-") {
+                            "reading standard input".to_owned()
+                        } else {
+                            format!("reading {}", file.display())
+                        };
+                        return Err(CtlError::io(format!("{what} (nothing was stored)"), e));
+                    }
+                    Err(join) => panic!("the put reader task panicked: {join}"),
+                }
+            }
+        }
+    };
+    if let Some(s) = spin {
+        s.finish_and_clear();
+    }
+    bar.finish_and_clear();
+    reader_task.abort();
+    Ok(result?.into_inner().blob)
+}
+
+async fn get(c: &mut Client, a: cli::GetArgs, json: bool) -> Result<(), CtlError> {
+    use pb::get_response::Msg;
+    let req = pb::GetRequest {
+        namespace: a.namespace,
+        id: a.id,
+        range: a.range.map(|r| pb::ByteRange {
+            start: r.start,
+            end: r.end,
+        }),
+        wait: !a.no_fetch,
+    };
+    let visible = show_progress(json) && a.output != Path::new("-");
+    let fetch = spinner(visible, "fetching");
+    let mut stream = c
+        .get(req)
+        .await
+        .inspect_err(|_| fetch.finish_and_clear())?
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .inspect_err(|_| fetch.finish_and_clear())?;
+    fetch.finish_and_clear();
+    let Some(pb::GetResponse {
+        msg: Some(Msg::Header(header)),
+    }) = first
+    else {
+        return Err(CtlError::Rpc(tonic::Status::internal(
+            "the daemon's Get stream did not start with a header",
+        )));
+    };
+    let blob = header.blob.unwrap_or_default();
+    let to_stdout = a.output == Path::new("-");
+    // A file is written under a temporary name and renamed at the end, so an interrupted
+    // get never leaves a truncated file that looks complete.
+    let part = part_path(&a.output);
+    let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if to_stdout {
+        Box::new(tokio::io::stdout())
+    } else {
+        Box::new(
+            tokio::fs::File::create(&part)
+                .await
+                .map_err(|e| CtlError::io(format!("creating {}", part.display()), e))?,
+        )
+    };
+    let bar = bytes_bar(Some(header.length), visible, "downloading");
+    let mut written = 0u64;
+    let result: Result<(), CtlError> = async {
+        while let Some(msg) = stream.message().await? {
+            if let Some(Msg::Chunk(data)) = msg.msg {
+                sink.write_all(&data)
+                    .await
+                    .map_err(|e| CtlError::io(format!("writing {}", a.output.display()), e))?;
+                written += data.len() as u64;
+                bar.set_position(written);
+            }
+        }
+        sink.flush()
+            .await
+            .map_err(|e| CtlError::io(format!("writing {}", a.output.display()), e))?;
+        if written != header.length {
+            return Err(CtlError::Rpc(tonic::Status::data_loss(format!(
+                "the daemon announced {} bytes and sent {written}",
+                header.length
+            ))));
+        }
+        Ok(())
+    }
+    .await;
+    bar.finish_and_clear();
+    drop(sink);
+    if let Err(e) = result {
+        if !to_stdout {
+            let _ = std::fs::remove_file(&part);
+        }
+        return Err(e);
+    }
+    if !to_stdout {
+        std::fs::rename(&part, &a.output).map_err(|e| {
+            CtlError::io(
+                format!("renaming {} to {}", part.display(), a.output.display()),
+                e,
+            )
+        })?;
+    }
+    if json {
+        out_json(&json!({
+            "namespace": blob.namespace,
+            "id": blob.id,
+            "size": blob.size,
+            "start": header.start,
+            "length": header.length,
+            "output": a.output.display().to_string(),
+        }))?;
+    } else if !to_stdout {
+        out(&format!(
+            "{}/{}: wrote {} to {}\n",
+            blob.namespace,
+            blob.id,
+            render::human_size(written),
+            a.output.display()
+        ))?;
+    }
+    Ok(())
+}
+
+/// `FILE` -> `FILE.blobctl-part` beside it.
+fn part_path(p: &Path) -> PathBuf {
+    let mut name = p.file_name().unwrap_or_default().to_os_string();
+    name.push(".blobctl-part");
+    p.with_file_name(name)
+}
+
+async fn rm(c: &mut Client, a: cli::BlobArgs, json: bool) -> Result<(), CtlError> {
+    let r = c
+        .delete(pb::DeleteRequest {
+            namespace: a.namespace,
+            id: a.id,
+        })
+        .await?
+        .into_inner();
+    let pending = r.status == pb::BlobStatus::PendingDelete as i32;
+    if json {
+        out_json(&json!({
+            "namespace": r.namespace,
+            "id": r.id,
+            "status": if pending { Value::from("PENDING_DELETE") } else { Value::Null },
+        }))
+    } else if pending {
+        out(&format!(
+            "{}/{}: deleted here; the server will be told at the next sync\n",
+            r.namespace, r.id
+        ))
+    } else {
+        out(&format!("{}/{}: deleted\n", r.namespace, r.id))
+    }
+}
+
+async fn ls(c: &mut Client, a: cli::LsArgs, json: bool) -> Result<(), CtlError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut token = String::new();
+    let mut left = a.limit.unwrap_or(u64::MAX);
+    let mut table = render::blobs_table();
+    let mut first = true;
+    if json {
+        out("{\"blobs\": [")?;
+    }
+    // JSON is written page by page, so 100,000 blobs never sit in memory at once.
+    while left > 0 {
+        let page = c
+            .list(pb::ListRequest {
+                namespace: a.namespace.clone().unwrap_or_default(),
+                statuses: a.status.iter().map(|s| *s as i32).collect(),
+                limit: LS_PAGE.min(u32::try_from(left).unwrap_or(u32::MAX)),
+                page_token: token,
+            })
+            .await?
+            .into_inner();
+        let take = page
+            .blobs
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        left -= take as u64;
+        if json {
+            let mut chunk = String::new();
+            for b in &page.blobs[..take] {
+                chunk.push_str(if first { "\n  " } else { ",\n  " });
+                first = false;
+                chunk.push_str(&render::blob_json(b).to_string());
+            }
+            out(&chunk)?;
+        } else {
+            for b in &page.blobs[..take] {
+                table.row(render::blob_row(b, now));
+            }
+        }
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    if json {
+        out("\n]}\n")
+    } else if table.is_empty() {
+        out("no blobs\n")
+    } else {
+        out(&table.render())
+    }
+}
+
+async fn ls_remote(c: &mut Client, a: cli::LsArgs, json: bool) -> Result<(), CtlError> {
+    let mut token = String::new();
+    let mut left = a.limit.unwrap_or(u64::MAX);
+    let mut table = render::remote_table();
+    let mut blobs = Vec::new();
+    let mut namespace = String::new();
+    while left > 0 {
+        let page = c
+            .list_remote(pb::ListRemoteRequest {
+                namespace: a.namespace.clone().unwrap_or_default(),
+                filter_flag: a.flag.map_or(0, |f| f as i32),
+                deleted: a.deleted,
+                limit: LS_PAGE.min(u32::try_from(left).unwrap_or(u32::MAX)),
+                page_token: token,
+            })
+            .await?
+            .into_inner();
+        namespace = page.namespace;
+        let take = page
+            .blobs
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        left -= take as u64;
+        for b in &page.blobs[..take] {
+            if json {
+                blobs.push(render::remote_blob_json(b));
+            } else {
+                table.row(render::remote_row(b));
+            }
+        }
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    if json {
+        out_json(&json!({ "namespace": namespace, "blobs": blobs }))
+    } else if table.is_empty() {
+        out(&format!(
+            "no blobs on the server in namespace {namespace}\n"
+        ))
+    } else {
+        out(&table.render())
+    }
+}
+
+async fn status(c: &mut Client, json: bool) -> Result<(), CtlError> {
+    let s = c.status(pb::StatusRequest {}).await?.into_inner();
+    if json {
+        out_json(&render::status_json(&s))
+    } else {
+        out(&render::status_text(&s))
+    }
+}
+
+async fn sync(c: &mut Client, a: cli::SyncArgs, json: bool) -> Result<(), CtlError> {
+    let spin = spinner(show_progress(json) && a.wait, "syncing");
+    let r = c.sync(pb::SyncRequest { wait: a.wait }).await;
+    spin.finish_and_clear();
+    let r = r?.into_inner();
+    if json {
+        out_json(&json!({
+            "cycle": r.cycle,
+            "summary": r.summary.as_ref().map_or(Value::Null, render::cycle_json),
+        }))?;
+    } else {
+        match &r.summary {
+            Some(s) => out(&format!("{}\n", render::cycle_text(s)))?,
+            None => out(&format!("sync cycle {} started\n", r.cycle))?,
+        }
+    }
+    match r.summary {
+        Some(s) if !s.error.is_empty() => Err(CtlError::Problems(format!(
+            "the sync cycle stopped early: {}",
+            s.error
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn watch(c: &mut Client, a: cli::WatchArgs, json: bool) -> Result<(), CtlError> {
+    let mut stream = c
+        .watch(pb::WatchRequest {
+            since: a.since,
+            namespace: a.namespace.unwrap_or_default(),
+            no_progress: a.no_progress,
+        })
+        .await?
+        .into_inner();
+    while let Some(e) = stream.message().await? {
+        if json {
+            out(&format!("{}\n", render::event_json(&e)))?;
+        } else {
+            out(&format!("{}\n", render::event_text(&e)))?;
+        }
+    }
+    // The daemon ends every watch when it shuts down.
+    eprintln!("blobctl: the daemon closed the event stream (it is shutting down)");
+    Ok(())
+}
+
+async fn retry(c: &mut Client, a: cli::RetryArgs, json: bool) -> Result<(), CtlError> {
+    let r = c
+        .retry(pb::RetryRequest {
+            namespace: a.namespace.unwrap_or_default(),
+            id: a.id.unwrap_or_default(),
+            all_failed: a.all_failed,
+        })
+        .await?
+        .into_inner();
+    if json {
+        out_json(&json!({ "requeued": r.requeued }))
+    } else {
+        out(&format!(
+            "re-queued {} blob{}\n",
+            r.requeued,
+            if r.requeued == 1 { "" } else { "s" }
+        ))
+    }
+}
+
+async fn priority(c: &mut Client, a: cli::PriorityArgs, json: bool) -> Result<(), CtlError> {
+    let r = c
+        .set_priority(pb::SetPriorityRequest {
+            namespace: a.namespace,
+            id: a.id,
+            priority: a.priority as i32,
+        })
+        .await?
+        .into_inner();
+    let blob = r.blob.unwrap_or_default();
+    if json {
+        out_json(&render::blob_json(&blob))
+    } else {
+        out(&format!(
+            "{}/{}: priority {}\n",
+            blob.namespace,
+            blob.id,
+            render::priority_name(blob.priority).to_ascii_lowercase()
+        ))
+    }
+}
+
+async fn pause(c: &mut Client, a: cli::NsArgs, pause: bool, json: bool) -> Result<(), CtlError> {
+    let namespace = a.namespace.unwrap_or_default();
+    let state = if pause {
+        c.pause(pb::PauseRequest { namespace })
+            .await?
+            .into_inner()
+            .state
+    } else {
+        c.resume(pb::ResumeRequest { namespace })
+            .await?
+            .into_inner()
+            .state
+    };
+    if json {
+        out_json(&render::pause_json(state.as_ref()))
+    } else {
+        out(&format!("{}\n", render::pause_text(state.as_ref())))
+    }
+}
+
+async fn flags(c: &mut Client, a: cli::FlagsArgs, json: bool) -> Result<(), CtlError> {
+    let flags = if a.clear || !a.set.is_empty() {
+        c.set_flags(pb::SetFlagsRequest {
+            namespace: a.namespace.clone(),
+            id: a.id.clone(),
+            flags: a.set.iter().map(|f| *f as i32).collect(),
+        })
+        .await?
+        .into_inner()
+        .flags
+    } else {
+        c.get_flags(pb::GetFlagsRequest {
+            namespace: a.namespace.clone(),
+            id: a.id.clone(),
+        })
+        .await?
+        .into_inner()
+        .flags
+    };
+    let names: Vec<String> = flags.iter().map(|f| render::flag_name(*f)).collect();
+    if json {
+        out_json(&json!({ "namespace": a.namespace, "id": a.id, "flags": names }))
+    } else if names.is_empty() {
+        out(&format!("{}/{}: no flags\n", a.namespace, a.id))
+    } else {
+        out(&format!("{}/{}: {}\n", a.namespace, a.id, names.join(", ")))
+    }
+}
+
+async fn verify(c: &mut Client, a: cli::VerifyArgs, json: bool) -> Result<(), CtlError> {
+    use pb::verify_response::Msg;
+    let mut stream = c
+        .verify(pb::VerifyRequest {
+            namespace: a.namespace.unwrap_or_default(),
+            id: a.id.unwrap_or_default(),
+            remote: a.remote,
+        })
+        .await?
+        .into_inner();
+    let visible = show_progress(json);
+    let bar = if visible {
+        let b = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("verifying [{bar:30}] {pos}/{len} blobs {msg}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        b.enable_steady_tick(Duration::from_millis(200));
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut problems = Vec::new();
+    let mut report = None;
+    while let Some(m) = stream.message().await? {
+        match m.msg {
+            Some(Msg::Progress(p)) => {
+                bar.set_length(p.total);
+                bar.set_position(p.checked);
+                bar.set_message(format!(
+                    "{} / {}",
+                    render::human_size(p.bytes_done),
+                    render::human_size(p.bytes_total)
+                ));
+            }
+            Some(Msg::Problem(p)) => {
+                if json {
+                    problems.push(render::problem_json(&p));
+                } else {
+                    bar.suspend(|| out(&format!("{}\n", render::problem_text(&p))))?;
+                }
+            }
+            Some(Msg::Report(r)) => report = Some(r),
+            None => {}
+        }
+    }
+    bar.finish_and_clear();
+    let r = report.ok_or_else(|| {
+        CtlError::Rpc(tonic::Status::internal(
+            "the daemon's Verify stream ended without a report",
+        ))
+    })?;
+    if json {
+        out_json(&json!({
+            "checked": r.checked,
+            "ok": r.ok,
+            "problems": problems,
+            "bytes": r.bytes,
+            "skipped": r.skipped,
+        }))?;
+    } else {
+        out(&format!(
+            "checked {} blob{} ({}): {} ok, {} with problems, {} skipped\n",
+            r.checked,
+            if r.checked == 1 { "" } else { "s" },
+            render::human_size(r.bytes),
+            r.ok,
+            r.problems,
+            r.skipped
+        ))?;
+    }
+    if r.problems > 0 {
+        return Err(CtlError::Problems(format!(
+            "{} blob{} failed verification",
+            r.problems,
+            if r.problems == 1 { "" } else { "s" }
+        )));
+    }
+    Ok(())
+}
+
+async fn limits(c: &mut Client, a: cli::LimitsArgs, json: bool) -> Result<(), CtlError> {
+    let l = c
+        .set_limits(pb::SetLimitsRequest {
+            bwlimit_up: a.up,
+            bwlimit_down: a.down,
+            transfers: a.transfers,
+        })
+        .await?
+        .into_inner()
+        .limits
+        .unwrap_or_default();
+    if json {
+        out_json(&render::limits_json(&l))
+    } else {
+        let mut t = Table::new(&[
+            ("LIMIT", render::Align::Left),
+            ("VALUE", render::Align::Left),
+        ]);
+        t.row(vec!["upload".into(), render::human_rate(l.bwlimit_up)]);
+        t.row(vec!["download".into(), render::human_rate(l.bwlimit_down)]);
+        t.row(vec!["transfers".into(), l.transfers.to_string()]);
+        out(&t.render())
+    }
+}
+
+async fn version(socket: Option<&Path>, json: bool) -> Result<(), CtlError> {
+    let ours = env!("CARGO_PKG_VERSION");
+    if !json {
+        out(&format!(
+            "blobctl {ours} (control API v1.{})\n",
+            pb::API_VERSION
+        ))?;
+    }
+    let path = client::discover_socket(socket)?;
+    let mut c = client::connect(&path).await?;
+    let v = c.get_version(pb::GetVersionRequest {}).await?.into_inner();
+    if json {
+        out_json(&json!({
+            "blobctl_version": ours,
+            "daemon_version": v.daemon_version,
+            "api_version": v.api_version,
+            "socket": path.display().to_string(),
+        }))
+    } else {
+        out(&format!(
+            "blobsyncd {} (control API v1.{}) at {}\n",
+            v.daemon_version,
+            v.api_version,
+            path.display()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_downloads_sit_beside_the_target() {
+        assert_eq!(
+            part_path(Path::new("/tmp/a/out.bin")),
+            PathBuf::from("/tmp/a/out.bin.blobctl-part")
+        );
+        assert_eq!(part_path(Path::new("x")), PathBuf::from("x.blobctl-part"));
+    }
+}
