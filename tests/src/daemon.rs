@@ -22,9 +22,10 @@ use crate::{Result, bins};
 /// How long a daemon gets to open its control socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The environment variable through which tests speed up the daemon's clock (retry delays,
-/// sync interval): the daemon divides every wait by this factor. See NOTES.md.
-pub const TIME_SCALE_ENV: &str = "BLOBSYNC_TIME_SCALE";
+/// The environment variable through which tests speed up the daemon's clock: the daemon
+/// multiplies every wait (retry delays, sync interval) by this factor, so `0.01` turns the
+/// 10, 20, 30 s retry schedule into 0.1, 0.2, 0.3 s (`blobsyncd::retry::TIME_SCALE_ENV`).
+pub const TIME_SCALE_ENV: &str = "BLOBSYNCD_TIME_SCALE";
 
 /// Where a daemon syncs to.
 #[derive(Clone, Debug)]
@@ -51,7 +52,8 @@ pub struct DaemonOpts {
     pub key_file: PathBuf,
     /// `sync_interval` in seconds (daemon time, before scaling); `None` = daemon default.
     pub sync_interval: Option<u64>,
-    /// Test-only clock speed-up (see [`TIME_SCALE_ENV`]); `None` = real time.
+    /// Test-only factor on every daemon wait (see [`TIME_SCALE_ENV`]; `0.01` = 100x faster);
+    /// `None` = real time.
     pub time_scale: Option<f64>,
     /// Extra TOML appended to the config (e.g. `transfers = 1`).
     pub extra_toml: String,

@@ -67,3 +67,32 @@ pub fn skip_slow_test(name: &str) -> bool {
         false
     }
 }
+
+/// Files under `root` that look like half-written temp files: names starting with `.tmp`,
+/// or containing `.tmp`, `.part` or `.partial`. A converged system has none.
+pub fn find_temp_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                walk(&p, out);
+            } else {
+                let name = e.file_name().to_string_lossy().to_ascii_lowercase();
+                if name.starts_with(".tmp")
+                    || name.contains(".tmp")
+                    || name.contains(".part")
+                    || name.ends_with(".partial")
+                {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &mut out);
+    out
+}

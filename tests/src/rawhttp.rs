@@ -69,16 +69,18 @@ pub fn request(
     raw(addr, &bytes)
 }
 
-/// Writes `bytes` as-is, half-closes, and parses the response.
+/// Writes `bytes` as-is and parses the response (the request should say
+/// `Connection: close`, or the read waits for the server's idle timeout).
 ///
 /// A write error (the server answered early and closed) is not fatal: the response it sent
 /// is still read.
 pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Result<Response> {
-    raw_opts(addr, bytes, true)
+    raw_opts(addr, bytes, false)
 }
 
-/// Like [`raw`], but with `half_close = false` the write side stays open, so a server that
-/// waits for more body bytes must answer on its own (or time out).
+/// Like [`raw`], but with `half_close = true` the write side is shut down after `bytes`, as a
+/// client that died mid-request would. hyper closes a connection whose read side ends (it
+/// does not support half-closed clients by default), so expect no response then.
 pub fn raw_opts(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Result<Response> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .ctx(|| format!("connect to {addr}"))?;

@@ -22,7 +22,8 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Options for starting a server.
 #[derive(Clone, Debug, Default)]
 pub struct ServerOpts {
-    /// Extra command-line arguments after the standard ones (quota, max size...).
+    /// Extra `serve` arguments after the standard ones (`--max-blob-size N`,
+    /// `--default-quota N`...).
     pub extra_args: Vec<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
@@ -60,8 +61,9 @@ impl ServerProc {
 
     fn command(bin: &Path, data_dir: &Path, listen: SocketAddr, opts: &ServerOpts) -> Command {
         let mut cmd = Command::new(bin);
-        cmd.arg("--data-dir")
+        cmd.arg("--data")
             .arg(data_dir)
+            .arg("serve")
             .arg("--listen")
             .arg(listen.to_string())
             .args(&opts.extra_args)
@@ -88,8 +90,8 @@ impl ServerProc {
     }
 
     /// The payload path of a blob per DESIGN.md's layout
-    /// (`data/{user}/{namespace}/{id[0..1]}/{id[0..3]}/{id}`), trying both with and without
-    /// the `data/` component since the data dir may itself be the payload root.
+    /// (`{user}/{namespace}/{id[0..1]}/{id[0..3]}/{id}` under the data dir; a `data/`
+    /// component is tried first in case the server moves payloads there).
     pub fn blob_path(&self, user: &str, namespace: &str, id: &str) -> PathBuf {
         let rel = Path::new(user)
             .join(namespace)
@@ -105,10 +107,10 @@ impl ServerProc {
         }
     }
 
-    /// Runs `blobsync-server --data-dir D <args>` to completion and returns its stdout.
+    /// Runs `blobsync-server --data D <args>` to completion and returns its stdout.
     pub fn admin(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(&self.bin)
-            .arg("--data-dir")
+            .arg("--data")
             .arg(&self.data_dir)
             .args(args)
             .output()
