@@ -134,6 +134,15 @@ impl ServerProc {
         )
     }
 
+    /// `user add NAME --quota BYTES`: a user with their own quota; returns the token.
+    pub fn add_user_with_quota(&self, name: &str, quota: u64) -> Result<String> {
+        let q = quota.to_string();
+        last_line(
+            &self.admin(&["user", "add", name, "--quota", &q])?,
+            "blobsync-server user add",
+        )
+    }
+
     /// `app add NAME`: creates a trusted-app token for `/incoming`.
     pub fn add_app(&self, name: &str) -> Result<String> {
         last_line(

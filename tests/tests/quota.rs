@@ -1,0 +1,84 @@
+//! Scenario 7: quota and maximum blob size.
+//!
+//! Server level: a PUT or `/stream` upload over the user's quota gets 507 and over the max
+//! size 413, each with a message; nothing is stored; deleting frees quota; other users are
+//! not affected.
+
+use blobsync_tests::{Result, ServerOpts, ServerProc, TestEnv, find_temp_files};
+
+const MAX_BLOB: u64 = 50_000;
+const QUOTA: u64 = 100_000;
+
+fn json_status(v: &serde_json::Value, id: &str) -> Option<u64> {
+    v.get(id).and_then(|s| s.as_u64())
+}
+
+#[test]
+fn server_refuses_over_quota_and_over_max_size_and_stores_nothing() -> Result<()> {
+    let env = TestEnv::new()?;
+    let server = ServerProc::start(
+        &env,
+        ServerOpts {
+            extra_args: vec![
+                "--max-blob-size".into(),
+                MAX_BLOB.to_string(),
+                "--default-quota".into(),
+                QUOTA.to_string(),
+            ],
+            ..Default::default()
+        },
+    )?;
+    let alice = server.add_user("alice")?;
+    let bob = server.add_user_with_quota("bob", 10 * QUOTA)?;
+    let blob = vec![1u8; 40_000];
+
+    // Two blobs fit (80 000 of 100 000), the third does not.
+    for id in ["q1", "q2"] {
+        let r = server.request(&alice, "PUT", &format!("/blobs/alice/{id}"), &blob)?;
+        assert_eq!(r.status, 201, "{id}: {}", r.text());
+    }
+    let r = server.request(&alice, "PUT", "/blobs/alice/q3", &blob)?;
+    assert_eq!(r.status, 507, "{}", r.text());
+    assert!(
+        r.text().contains("quota"),
+        "message should name the quota: {}",
+        r.text()
+    );
+
+    // Over the max size: refused whatever the quota.
+    let big = vec![2u8; MAX_BLOB as usize + 1];
+    let r = server.request(&bob, "PUT", "/blobs/bob/big", &big)?;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(
+        r.text().contains(&MAX_BLOB.to_string()),
+        "message should name the limit: {}",
+        r.text()
+    );
+
+    // A stream upload: the blob that fits is stored, the one over quota gets 507.
+    let mut body = br#"[["s1",15000],["s2",15000]]"#.to_vec();
+    body.push(b'\n');
+    body.extend(std::iter::repeat_n(3u8, 30_000));
+    let r = server.request(&alice, "POST", "/stream/alice?direction=upload", &body)?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json().unwrap_or_default();
+    assert_eq!(json_status(&v, "s1"), Some(201), "{v}");
+    assert_eq!(json_status(&v, "s2"), Some(507), "{v}");
+
+    // Bob has his own larger quota and is not affected by alice's.
+    let r = server.request(&bob, "PUT", "/blobs/bob/b1", &blob)?;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let mut ids = server.list_ids(&alice, "alice", "default")?;
+    ids.sort();
+    assert_eq!(ids, ["q1", "q2", "s1"]);
+    assert_eq!(server.list_ids(&bob, "bob", "default")?, ["b1"]);
+
+    // Deleting frees quota.
+    let r = server.request(&alice, "DELETE", "/blobs/alice/q1", b"")?;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = server.request(&alice, "PUT", "/blobs/alice/q3", &blob)?;
+    assert_eq!(r.status, 201, "after a delete: {}", r.text());
+    assert!(find_temp_files(server.data_dir()).is_empty());
+    Ok(())
+}
