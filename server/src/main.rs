@@ -15,7 +15,12 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     /// Data dir (index and payloads). Default: the platform data dir, e.g.
     /// ~/.local/share/blobsync/server.
-    #[arg(long, global = true, env = "BLOBSYNC_SERVER_DATA")]
+    #[arg(
+        long,
+        visible_alias = "data-dir",
+        global = true,
+        env = "BLOBSYNC_SERVER_DATA"
+    )]
     data: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,

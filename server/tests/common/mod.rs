@@ -1,0 +1,208 @@
+//! Shared helpers of the server's integration tests: an in-process server on a temp dir and
+//! `127.0.0.1:0`, and a real hyper client to drive it.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use blobsync_server::{ServerConfig, ServerState, token};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+
+pub type ReqBody = BoxBody<Bytes, std::io::Error>;
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.text()))
+    }
+    pub fn header(&self, k: &str) -> Option<&str> {
+        self.headers.get(k).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn body(b: impl Into<Bytes>) -> ReqBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+pub fn client() -> Client<HttpConnector, ReqBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub state: ServerState,
+    pub cancel: CancellationToken,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+    pub dir: tempfile::TempDir,
+    pub client: Client<HttpConnector, ReqBody>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut ServerConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServerConfig::new(dir.path().join("data"));
+        cfg.shutdown_grace = Duration::from_secs(5);
+        f(&mut cfg);
+        let state = tokio::task::spawn_blocking(move || ServerState::open(cfg))
+            .await
+            .unwrap()
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let (s, c) = (state.clone(), cancel.clone());
+        let task = tokio::spawn(async move {
+            blobsync_server::run(listener, s, c).await.unwrap();
+        });
+        Self {
+            addr,
+            state,
+            cancel,
+            task: Some(task),
+            dir,
+            client: client(),
+        }
+    }
+
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn add_user(&self, name: &str, quota: Option<u64>) -> String {
+        let t = token::generate();
+        self.state
+            .index()
+            .add_user(name, &token::hash(&t), quota)
+            .unwrap();
+        t
+    }
+
+    pub fn add_app(&self, name: &str) -> String {
+        let t = token::generate();
+        self.state.index().add_app(name, &token::hash(&t)).unwrap();
+        t
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends a request and reads the whole response.
+    pub async fn req(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        b: ReqBody,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        send(&self.client, method, &self.url(path), token, b, headers).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.req("GET", path, Some(token), body(""), &[]).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, data: impl Into<Bytes>) -> Resp {
+        self.req("PUT", path, Some(token), body(data), &[]).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Resp {
+        self.req("DELETE", path, Some(token), body(""), &[]).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, data: impl Into<Bytes>) -> Resp {
+        self.req("POST", path, Some(token), body(data), &[]).await
+    }
+
+    /// Cancels and waits for `run` to return.
+    pub async fn stop(&mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("run returns after cancel")
+                .unwrap();
+        }
+    }
+}
+
+impl TestServer {
+    /// Stops the server and releases the data dir (its lock included); returns the temp dir.
+    pub async fn into_dir(mut self) -> tempfile::TempDir {
+        self.stop().await;
+        self.dir
+    }
+}
+
+pub async fn send(
+    client: &Client<HttpConnector, ReqBody>,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    b: ReqBody,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let mut r = http::Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        r = r.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let resp = client.request(r.body(b).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Decodes a downstream `/stream` body into (id, Some(bytes) | None when missing).
+pub fn decode_frames(b: &[u8]) -> Vec<(String, Option<Vec<u8>>)> {
+    use blobsync_shared::wire::{FrameDecoder, FrameEvent};
+    let mut dec = FrameDecoder::new();
+    let mut out: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    let mut input = b;
+    while !input.is_empty() || dec.has_pending_event() {
+        let (used, ev) = dec.decode(input).unwrap();
+        input = &input[used..];
+        match ev {
+            Some(FrameEvent::Blob { id, .. }) => out.push((id.to_string(), Some(Vec::new()))),
+            Some(FrameEvent::Missing { id }) => out.push((id.to_string(), None)),
+            Some(FrameEvent::Data(d)) => out
+                .last_mut()
+                .unwrap()
+                .1
+                .as_mut()
+                .unwrap()
+                .extend_from_slice(d),
+            Some(FrameEvent::End { .. }) | None => {}
+        }
+    }
+    dec.finish().unwrap();
+    out
+}
