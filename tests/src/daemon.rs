@@ -6,7 +6,6 @@
 //! fails the wait with its stderr. This module never reads the daemon's SQLite store: tests
 //! observe the daemon through `blobctl` like a user would.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -88,16 +87,12 @@ pub struct DaemonProc {
     ctl: Blobctl,
 }
 
-/// Writes a fresh random storage key file (64 hex chars + newline, mode 0600).
+/// Writes a fresh random storage key file (64 hex chars + newline, mode 0600) with the
+/// shared crate's key-file code, so the format is the one the daemon reads.
 pub fn write_key_file(path: &Path) -> Result<()> {
-    use rand::RngCore;
-    let mut key = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut key);
-    let mut f = std::fs::File::create(path).ctx(|| format!("create {}", path.display()))?;
-    writeln!(f, "{}", hex::encode(key)).ctx(|| format!("write {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .ctx(|| format!("chmod {}", path.display()))?;
-    Ok(())
+    blobsync_shared::keyfile::generate_key_file(path)
+        .map(|_| ())
+        .map_err(|e| crate::HarnessError::protocol("write key file", e.to_string()))
 }
 
 fn toml_str(s: &str) -> String {
@@ -253,6 +248,16 @@ impl DaemonProc {
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
         lock(&self.slot).is_running()
+    }
+
+    /// The running process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        lock(&self.slot).child.as_ref().map(|c| c.id())
+    }
+
+    /// Peak and current resident memory in bytes (`VmHWM`, `VmRSS` from `/proc`).
+    pub fn memory(&self) -> Option<(u64, u64)> {
+        crate::proc_memory(self.pid()?)
     }
 
     /// Starts the daemon again with the same config and data (kills it first if running).

@@ -9,6 +9,7 @@
 //! as a user would run it.
 
 pub mod bins;
+pub mod converge;
 pub mod ctl;
 pub mod daemon;
 pub mod digest;
@@ -95,4 +96,15 @@ pub fn find_temp_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     walk(root, &mut out);
     out
+}
+
+/// Peak and current resident memory of a process in bytes (`VmHWM`, `VmRSS`), Linux only.
+pub fn proc_memory(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
 }

@@ -67,6 +67,7 @@ pub struct Flip {
 /// open connections too.
 #[derive(Clone, Debug, Default)]
 struct Faults {
+    reset: bool,
     cut: [Option<Cut>; 2],
     delay: Duration,
     throttle: [Option<u64>; 2],
@@ -82,10 +83,14 @@ struct Counters {
     failed_connects: AtomicU64,
 }
 
+/// Most accept times kept (oldest dropped first); tests look at a handful.
+const MAX_ACCEPT_TIMES: usize = 10_000;
+
 struct Shared {
     target: SocketAddr,
     faults: Mutex<Faults>,
     counters: Counters,
+    accept_times: Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
 
 impl Shared {
@@ -128,6 +133,7 @@ impl Proxy {
             target,
             faults: Mutex::new(Faults::default()),
             counters: Counters::default(),
+            accept_times: Mutex::new(std::collections::VecDeque::new()),
         });
         let (control, control_rx) = mpsc::unbounded_channel();
         let (kill, kill_rx) = watch::channel(0u64);
@@ -180,6 +186,23 @@ impl Proxy {
         }
     }
 
+    /// Accept connections and close them at once, without contacting the target (the server
+    /// looks down, but every attempt is still counted and timed; see
+    /// [`Proxy::accept_times`]).
+    pub fn set_reset(&self, reset: bool) {
+        self.shared.faults().reset = reset;
+    }
+
+    /// When each connection was accepted, oldest first (the last 10 000).
+    pub fn accept_times(&self) -> Vec<std::time::Instant> {
+        let t = self
+            .shared
+            .accept_times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        t.iter().copied().collect()
+    }
+
     /// Closes every open connection now.
     pub fn kill_connections(&self) {
         self.kill.send_modify(|g| *g += 1);
@@ -210,7 +233,7 @@ impl Proxy {
         self.shared.faults().flip = Some(Flip { offset, times });
     }
 
-    /// Remove every fault except refusal.
+    /// Remove every fault except refusal (reset, cuts, delay, throttle, flips).
     pub fn clear_faults(&self) {
         *self.shared.faults() = Faults::default();
     }
@@ -301,7 +324,18 @@ async fn accept_loop(
             res = accepted => {
                 if let Ok((client, _)) = res {
                     shared.counters.connections.fetch_add(1, Ordering::SeqCst);
-                    tokio::spawn(handle(client, shared.clone(), kill.clone()));
+                    {
+                        let mut t = shared.accept_times.lock().unwrap_or_else(|e| e.into_inner());
+                        if t.len() == MAX_ACCEPT_TIMES {
+                            t.pop_front();
+                        }
+                        t.push_back(std::time::Instant::now());
+                    }
+                    if shared.faults().reset {
+                        drop(client);
+                    } else {
+                        tokio::spawn(handle(client, shared.clone(), kill.clone()));
+                    }
                 }
             }
         }
@@ -565,6 +599,21 @@ mod tests {
         let err = StdStream::connect(p.addr()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
         p.set_refuse(false).unwrap();
+        assert_eq!(roundtrip(&p, b"hello"), b"hello");
+    }
+
+    #[test]
+    fn reset_mode_closes_at_once_and_records_attempts() {
+        let p = Proxy::start(echo_server()).unwrap();
+        p.set_reset(true);
+        for _ in 0..3 {
+            assert!(roundtrip(&p, b"hello").is_empty());
+        }
+        let times = p.accept_times();
+        assert_eq!(times.len(), 3);
+        assert!(times.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(p.bytes(Direction::Up), 0);
+        p.set_reset(false);
         assert_eq!(roundtrip(&p, b"hello"), b"hello");
     }
 
