@@ -106,10 +106,24 @@ impl TempBlob {
         let (file, mut buf) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
             let mut file = match file {
                 Some(f) => f,
-                None => std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)?,
+                None => {
+                    let open = || {
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&path)
+                    };
+                    match open() {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            if let Some(dir) = path.parent() {
+                                std::fs::create_dir_all(dir)?;
+                            }
+                            open()?
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             };
             file.write_all(&buf)?;
             if sync {
@@ -125,9 +139,10 @@ impl TempBlob {
         Ok(())
     }
 
-    /// Writes the rest, fsyncs and closes; returns the temp path, now owned by the caller.
-    pub async fn finish(mut self) -> std::io::Result<PathBuf> {
-        self.flush(true).await?;
+    /// Writes the rest, closes (fsyncing first when `sync`; a batch syncs once later with
+    /// [`crate::layout::sync_files`]) and returns the temp path, now owned by the caller.
+    pub async fn finish(mut self, sync: bool) -> std::io::Result<PathBuf> {
+        self.flush(sync).await?;
         self.file = None;
         self.done = true;
         Ok(self.path.clone())

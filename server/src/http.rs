@@ -26,9 +26,6 @@ use crate::index::{
 };
 use crate::{Inner, ServerState};
 
-/// Rows fetched per index query when a listing has no `limit` and is streamed whole.
-const LIST_PAGE: u64 = 10_000;
-
 /// Largest body of a flags POST (four flag names fit many times over).
 const MAX_FLAGS_BODY: usize = 4096;
 
@@ -396,6 +393,7 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
     )?;
     let ns = q.namespace("default")?;
     let max_page = st.config().max_page;
+    let chunk = st.config().list_chunk.max(1);
     let limit = match q.u64(query::LIMIT)? {
         Some(l) if l == 0 || l > max_page => {
             return Err(ApiError::bad(format!(
@@ -450,7 +448,7 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
         filter_flag,
         order,
         after,
-        limit: limit.unwrap_or(LIST_PAGE),
+        limit: limit.unwrap_or(chunk),
     };
     if q.flag(query::ONLY_COUNT)? {
         let count = blocking(st, move |i| i.index.count(&lq)).await?;
@@ -459,7 +457,7 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
     let detail = q.flag(query::DETAIL)?;
     let first_q = lq.clone();
     let rows = blocking(st, move |i| i.index.list(&first_q)).await?;
-    let complete = limit.is_some() || (rows.len() as u64) < LIST_PAGE;
+    let complete = limit.is_some() || (rows.len() as u64) < chunk;
     let mut out = Vec::with_capacity(rows.len() * 40 + 2);
     out.push(b'[');
     let mut first = true;
@@ -492,7 +490,7 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
                     return;
                 }
             };
-            let done = (rows.len() as u64) < LIST_PAGE;
+            let done = (rows.len() as u64) < chunk;
             lq.after = rows.last().map(|r| r.id.clone());
             let mut chunk = Vec::with_capacity(rows.len() * 40 + 1);
             if let Err(e) = push_rows(&mut chunk, rows, detail, &mut first) {
@@ -730,18 +728,7 @@ async fn store_one(
     {
         return Err(over_quota(&user));
     }
-    let (u2, n2, i2) = (user.clone(), ns.clone(), id.clone());
-    let temp = blocking(st, move |i| {
-        i.layout
-            .temp_path(&u2, &n2, &i2)
-            .map_err(|source| IndexError::Io {
-                op: "create temp file",
-                path: i.layout.blob_dir(&u2, &n2, &i2),
-                source,
-            })
-    })
-    .await?;
-    let mut w = TempBlob::new(temp);
+    let mut w = TempBlob::new(st.inner.layout.temp_path(&user, &ns, &id));
     let mut body = req.into_body();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ApiError::bad(format!("request body failed: {e}")))?;
@@ -754,7 +741,7 @@ async fn store_one(
         }
     }
     let size = w.len();
-    let temp = w.finish().await.map_err(ApiError::internal)?;
+    let temp = w.finish(true).await.map_err(ApiError::internal)?;
     let item = PendingPut {
         id: id.clone(),
         size,
@@ -931,22 +918,8 @@ async fn stream_up(
                         }
                     }
                     Some(UploadEvent::Blob { id, .. }) => {
-                        let writer = if skip.contains(&id) {
-                            None
-                        } else {
-                            let (u2, n2, i2) = (user.clone(), ns.clone(), id.clone());
-                            let temp = blocking(st, move |i| {
-                                i.layout
-                                    .temp_path(&u2, &n2, &i2)
-                                    .map_err(|source| IndexError::Io {
-                                        op: "create temp file",
-                                        path: i.layout.blob_dir(&u2, &n2, &i2),
-                                        source,
-                                    })
-                            })
-                            .await?;
-                            Some(TempBlob::new(temp))
-                        };
+                        let writer = (!skip.contains(&id))
+                            .then(|| TempBlob::new(st.inner.layout.temp_path(&user, &ns, &id)));
                         current = Some((position, writer));
                         position += 1;
                     }
@@ -966,7 +939,7 @@ async fn stream_up(
                             fsyncs.spawn(async move {
                                 let _permit = permit;
                                 let size = w.len();
-                                let path = w.finish().await?;
+                                let path = w.finish(false).await?;
                                 Ok((pos, id, size, path))
                             });
                         }
@@ -996,6 +969,23 @@ async fn stream_up(
     };
     if let Some(e) = fail {
         // Nothing partial is stored: the finished temp files are removed, none was indexed.
+        let paths: Vec<_> = done.into_iter().map(|d| d.3).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for p in paths {
+                let _ = std::fs::remove_file(p);
+            }
+        })
+        .await;
+        return Err(e);
+    }
+    // One durability barrier for the whole batch instead of an fsync per blob.
+    let paths: Vec<_> = done.iter().map(|d| d.3.clone()).collect();
+    let root = st.inner.layout.root().to_path_buf();
+    let synced = tokio::task::spawn_blocking(move || crate::layout::sync_files(&root, &paths))
+        .await
+        .map_err(ApiError::internal)
+        .and_then(|r| r.map_err(ApiError::internal));
+    if let Err(e) = synced {
         let paths: Vec<_> = done.into_iter().map(|d| d.3).collect();
         let _ = tokio::task::spawn_blocking(move || {
             for p in paths {

@@ -689,8 +689,13 @@ impl Index {
                 ])?;
                 outcomes.push(PutOutcome::Created(seq as u64));
             }
-            for d in &dirs {
-                fsync_dir(d)?;
+            if dirs.len() >= crate::layout::SYNCFS_MIN {
+                crate::layout::sync_files(layout.root(), &placed)
+                    .map_err(io("sync renamed files", layout.root()))?;
+            } else {
+                for d in &dirs {
+                    fsync_dir(d)?;
+                }
             }
             tx.execute(
                 "UPDATE users SET seq = ?2, used_bytes = ?3 WHERE name = ?1",

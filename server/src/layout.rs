@@ -53,15 +53,51 @@ impl Layout {
         self.blob_dir(user, ns, id).join(id.as_str())
     }
 
-    /// A fresh temp path beside `id`'s final path (the directory is created).
-    pub fn temp_path(&self, user: &str, ns: &Namespace, id: &BlobId) -> std::io::Result<PathBuf> {
-        let dir = self.blob_dir(user, ns, id);
-        std::fs::create_dir_all(&dir)?;
+    /// A fresh temp path beside `id`'s final path. No I/O: the writer creates the directory
+    /// when it creates the file.
+    pub fn temp_path(&self, user: &str, ns: &Namespace, id: &BlobId) -> PathBuf {
         let mut r = [0u8; 8];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r)
-            .map_err(|_| std::io::Error::other("the OS random source failed"))?;
-        Ok(dir.join(format!("{TEMP_PREFIX}{}-{}", id.as_str(), hex::encode(r))))
+        // Uniqueness, not secrecy: fall back to the clock if the OS source fails.
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r).is_err() {
+            let n = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            r = n.to_be_bytes();
+        }
+        self.blob_dir(user, ns, id)
+            .join(format!("{TEMP_PREFIX}{}-{}", id.as_str(), hex::encode(r)))
     }
+}
+
+/// Batches at least this large are made durable with one `syncfs` of the data dir's file
+/// system instead of one fsync per file (Linux; elsewhere always per file).
+pub const SYNCFS_MIN: usize = 4;
+
+/// Makes `files` (written, closed) and their renames durable: one `syncfs` for a batch, or
+/// one fsync per file for a few.
+pub fn sync_files(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if files.len() >= SYNCFS_MIN {
+        return syncfs(root);
+    }
+    let _ = root;
+    for f in files {
+        std::fs::File::open(f)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Flushes every dirty page and inode of the file system holding `root`.
+#[cfg(target_os = "linux")]
+pub fn syncfs(root: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(root)?;
+    // SAFETY: syncfs on an fd we own; no memory is passed.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A file found under the payload tree.
@@ -175,7 +211,8 @@ mod tests {
         let l = Layout::new(d.path());
         let ns = Namespace::default();
         let id = BlobId::new("abcd").unwrap();
-        let t = l.temp_path("u", &ns, &id).unwrap();
+        let t = l.temp_path("u", &ns, &id);
+        std::fs::create_dir_all(t.parent().unwrap()).unwrap();
         std::fs::write(&t, b"x").unwrap();
         std::fs::write(l.blob_path("u", &ns, &id), b"xyz").unwrap();
         std::fs::write(t.parent().unwrap().join("zzz"), b"").unwrap();

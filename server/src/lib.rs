@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Largest `limit` of a listing page, and most ids in one `/stream` download.
     pub max_page: u64,
+    /// Rows per index query when a listing without `limit` is streamed whole (bounds its
+    /// memory). Default 10,000.
+    pub list_chunk: u64,
     /// Bound on an upstream `/stream` header line and a downstream id list, in bytes.
     pub max_stream_header: usize,
     /// Most blobs one `/stream` upload is fsynced in parallel.
@@ -77,6 +80,7 @@ impl ServerConfig {
             max_connections: 1024,
             max_header_bytes: 64 * 1024,
             max_page: 100_000,
+            list_chunk: 10_000,
             max_stream_header: blobsync_shared::wire::DEFAULT_MAX_UPLOAD_HEADER,
             stream_parallel_writes: 32,
             shutdown_grace: Duration::from_secs(10),

@@ -504,10 +504,10 @@ async fn listing_pages_orders_and_counts() {
 
 #[tokio::test]
 async fn full_listing_streams_past_one_internal_page() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(|c| c.list_chunk = 100).await;
     let t = s.add_user("alice", None);
-    // 25,000 ids through /stream (empty blobs), more than two internal pages of 10,000.
-    let entries: Vec<(BlobId, u64)> = (0..25_000).map(|i| (id(&format!("id{i:06}")), 0)).collect();
+    // 250 ids through /stream (empty blobs): more than two internal pages of 100.
+    let entries: Vec<(BlobId, u64)> = (0..250).map(|i| (id(&format!("id{i:06}")), 0)).collect();
     let r = s
         .post(
             "/stream/alice?direction=upload",
@@ -517,10 +517,16 @@ async fn full_listing_streams_past_one_internal_page() {
         .await;
     assert_eq!(r.status, 200);
     let ids: Vec<String> = s.get("/blobs/alice", &t).await.json();
-    assert_eq!(ids.len(), 25_000);
+    assert_eq!(ids.len(), 250);
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
     let d: Vec<BlobDetail> = s.get("/blobs/alice?detail=1", &t).await.json();
-    assert_eq!(d.len(), 25_000);
+    assert_eq!(d.len(), 250);
+    assert_eq!(d[249].id, id("id000249"));
+    let page: Vec<String> = s
+        .get("/blobs/alice?limit=100&after=id000199", &t)
+        .await
+        .json();
+    assert_eq!(page.len(), 50);
 }
 
 fn stream_body(blobs: &[(String, Vec<u8>)]) -> Vec<u8> {
