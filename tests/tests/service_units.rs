@@ -340,7 +340,7 @@ fn server_unit_runs_as_its_own_user_on_its_state_directory() {
     let args = unit.exec_start();
     let data_dir = args
         .windows(2)
-        .find(|w| w[0] == "--data-dir")
+        .find(|w| w[0] == "--data" || w[0] == "--data-dir")
         .map(|w| w[1].as_str());
     assert_eq!(
         data_dir,
