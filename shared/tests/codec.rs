@@ -7,7 +7,7 @@ use std::io::{Cursor, Read, Write};
 
 use blobsync_shared::codec::{
     CodecError, DecodeError, Decoder, DecryptWriter, Encoder, EncryptReader, Header, InvalidBlob,
-    StorageKey, TAG_LEN, decrypt_range, invalid_blob,
+    StorageKey, TAG_LEN, decrypt_range, decrypt_to, encrypt_to, invalid_blob,
 };
 use common::*;
 
@@ -454,4 +454,34 @@ fn io_errors_carry_the_invalid_blob() {
     let e = w.write_all(&t).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
     assert_eq!(invalid_blob(&e), Some(&InvalidBlob::BadMagic));
+}
+
+#[test]
+fn whole_blob_helpers_round_trip_and_return_typed_errors() {
+    let (key, n, i) = (key(), ns("default"), id("blob"));
+    let plain = pattern(2 * SEG + 3);
+    let header = Header::new(n.clone(), i.clone(), plain.len() as u64, K).unwrap();
+    let mut stored = Vec::new();
+    let written = encrypt_to(&key, header.clone(), &plain[..], &mut stored).unwrap();
+    assert_eq!(written, header.stored_size());
+    let mut out = Vec::new();
+    assert_eq!(
+        decrypt_to(&key, &stored[..], &n, &i, &mut out).unwrap(),
+        header
+    );
+    assert_eq!(out, plain);
+
+    let e = encrypt_to(&key, header, &plain[..10], Vec::new()).unwrap_err();
+    assert!(
+        matches!(e, CodecError::SizeMismatch { actual: 10, .. }),
+        "{e}"
+    );
+    let e = decrypt_to(&key, &stored[..stored.len() - 1], &n, &i, Vec::new()).unwrap_err();
+    assert!(
+        matches!(e, CodecError::Invalid(InvalidBlob::Truncated { .. })),
+        "{e}"
+    );
+    stored[60] ^= 1;
+    let e = decrypt_to(&key, &stored[..], &n, &i, Vec::new()).unwrap_err();
+    assert!(matches!(e, CodecError::Invalid(_)), "{e}");
 }

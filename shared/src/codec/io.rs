@@ -264,3 +264,45 @@ pub fn decrypt_range<R: Read + Seek, W: Write>(
     }
     Ok(written)
 }
+
+/// Encrypts all of `plain` (exactly `header.plain_size` bytes) to `out`: header, then sealed
+/// segments. Returns the stored bytes written. Memory: one segment.
+pub fn encrypt_to<R: Read, W: Write>(
+    key: &StorageKey,
+    header: Header,
+    plain: R,
+    mut out: W,
+) -> Result<u64, CodecError> {
+    let mut r = EncryptReader::new(key, header, plain);
+    io::copy(&mut r, &mut out).map_err(unwrap_codec_error)
+}
+
+/// Decrypts a whole stored blob from `stored` to `out`, verifying every segment before writing
+/// it; fails on any invalid, truncated or over-long input. Returns the header.
+pub fn decrypt_to<R: Read, W: Write>(
+    key: &StorageKey,
+    stored: R,
+    expect_ns: &Namespace,
+    expect_id: &BlobId,
+    out: W,
+) -> Result<Header, CodecError> {
+    let mut stored = stored;
+    let mut w = DecryptWriter::new(key, expect_ns, expect_id, out);
+    io::copy(&mut stored, &mut w).map_err(unwrap_codec_error)?;
+    let (header, mut out) = w.finish()?;
+    out.flush()?;
+    Ok(header)
+}
+
+/// Turns the io errors these adapters make back into the codec's own variants.
+fn unwrap_codec_error(e: io::Error) -> CodecError {
+    if e.get_ref().is_some_and(|i| i.is::<InvalidBlob>()) {
+        let inner = e.into_inner().expect("checked above");
+        return CodecError::Invalid(*inner.downcast::<InvalidBlob>().expect("checked above"));
+    }
+    if e.get_ref().is_some_and(|i| i.is::<CodecError>()) {
+        let inner = e.into_inner().expect("checked above");
+        return *inner.downcast::<CodecError>().expect("checked above");
+    }
+    CodecError::Io(e)
+}

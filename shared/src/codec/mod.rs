@@ -21,7 +21,7 @@ use ring::rand::SecureRandom;
 use crate::id::{BlobId, Namespace};
 
 pub use header::{FIXED_HEADER_LEN, Header, MAX_HEADER_LEN, stored_size};
-pub use io::{DecryptWriter, EncryptReader, decrypt_range, invalid_blob};
+pub use io::{DecryptWriter, EncryptReader, decrypt_range, decrypt_to, encrypt_to, invalid_blob};
 pub use stream::{DecodeError, Decoder, Encoder};
 
 /// First two bytes of every blob (Soledad's magic).
