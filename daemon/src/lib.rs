@@ -1,1 +1,13 @@
-//! The blobsync daemon (see ARCHITECTURE.md).
+//! `blobsyncd`: blobsync's daemon — the local store, the sync engine with its persistent retry
+//! queue, the remotes (HTTP and local directory) and the process plumbing. See
+//! ARCHITECTURE.md for the map. The control service (`control`) only calls
+//! [`handle::EngineHandle`].
+
+pub mod clock;
+pub mod events;
+pub mod retry;
+pub mod status;
+pub mod store;
+pub mod engine;
+pub mod handle;
+pub mod remote;

@@ -1,0 +1,751 @@
+//! The sync engine: the cycle loop (list, diff, apply, transfer), the transfers themselves
+//! (streamed encrypt/upload and download/verify/decrypt with resume), retries on the seed's
+//! schedule, and the state `status` reports.
+//!
+//! `Engine<R: Remote, C: Clock>` receives its remote and clock at construction; the pure
+//! decisions live in [`plan`]. The engine never opens a socket itself (the remote does) and
+//! never touches SQLite directly (the store does).
+
+pub mod plan;
+pub mod ratelimit;
+pub(crate) mod transfer;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use blobsync_shared::config::{Config, NamespacePolicy};
+use blobsync_shared::{BlobId, Namespace, StorageKey};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::clock::Clock;
+use crate::events::{CycleSummary, Direction, EventBus, EventKind};
+use crate::handle::EngineHandle;
+use crate::remote::{Remote, RemoteError};
+use crate::retry::TimeScale;
+use crate::status::Status;
+use crate::store::payload::{self, DataDir};
+use crate::store::{Store, StoreError};
+use plan::{Action, BatchPolicy, ListingKind};
+
+/// Queued sync requests (`blobctl sync`); more than this and callers wait.
+const SYNC_QUEUE: usize = 32;
+
+/// Errors of the sync layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The remote failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The engine is shutting down.
+    #[error("the daemon is shutting down")]
+    Cancelled,
+}
+
+/// The engine's settings (from [`Config`]; limits and interval change at run time).
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Time between cycles (before the time scale).
+    pub sync_interval: Duration,
+    /// Concurrent transfers.
+    pub transfers: usize,
+    /// Verification failures before `FAILED_DOWNLOAD`.
+    pub max_invalid_retries: u32,
+    /// Full listing every N cycles (0: only when needed).
+    pub full_list_every: u32,
+    /// Upload limit, bytes/s (0: none).
+    pub bwlimit_up: u64,
+    /// Download limit, bytes/s (0: none).
+    pub bwlimit_down: u64,
+    /// Per-namespace policies (unlisted: eager).
+    pub namespaces: BTreeMap<Namespace, NamespacePolicy>,
+    /// Segment exponent of new uploads.
+    pub segment_exp: u8,
+    /// Test-only factor on every wait.
+    pub time_scale: TimeScale,
+    /// How long shutdown waits for in-flight transfers.
+    pub drain_timeout: Duration,
+    /// Small-blob batching through `/stream`.
+    pub batch: BatchPolicy,
+}
+
+impl EngineSettings {
+    /// The settings of a config.
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            sync_interval: c.sync_interval,
+            transfers: c.transfers,
+            max_invalid_retries: c.max_invalid_retries,
+            full_list_every: c.full_list_every,
+            bwlimit_up: c.bwlimit_up,
+            bwlimit_down: c.bwlimit_down,
+            namespaces: c.namespaces.clone(),
+            segment_exp: blobsync_shared::codec::DEFAULT_SEGMENT_EXP,
+            time_scale: TimeScale::from_env(),
+            drain_timeout: Duration::from_secs(10),
+            batch: BatchPolicy::default(),
+        }
+    }
+
+    fn policy(&self, ns: &Namespace) -> NamespacePolicy {
+        self.namespaces.get(ns).copied().unwrap_or_default()
+    }
+}
+
+/// A transfer in flight, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferInfo {
+    /// Namespace.
+    pub ns: Namespace,
+    /// Id (the first of a batch).
+    pub id: BlobId,
+    /// Direction.
+    pub dir: Direction,
+    /// Bytes done.
+    pub done: u64,
+    /// Bytes in all.
+    pub total: u64,
+    /// Blobs in this transfer (more than 1 for a `/stream` batch).
+    pub blobs: usize,
+}
+
+/// What `status` says about the remote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteState {
+    /// The remote's description.
+    pub url: String,
+    /// Whether the last contact worked (`None`: not tried yet).
+    pub reachable: Option<bool>,
+    /// Whether it refused our credentials (401/403); transfers stop until it accepts them.
+    pub unauthorized: bool,
+    /// The last error talking to it.
+    pub last_error: Option<String>,
+    /// When we last heard from it.
+    pub last_contact: Option<SystemTime>,
+}
+
+#[derive(Default)]
+pub(crate) struct RuntimeState {
+    pub transfers: HashMap<u64, TransferInfo>,
+    pub next_transfer_id: u64,
+    pub remote: RemoteState,
+    pub last_cycle: Option<CycleSummary>,
+    pub next_cycle: Option<SystemTime>,
+    pub cycle_running: bool,
+    pub rebuild_pending: bool,
+}
+
+pub(crate) struct SyncRequest {
+    pub full: bool,
+    pub reply: Option<oneshot::Sender<CycleSummary>>,
+}
+
+/// Per-blob transfer locks.
+pub(crate) type BlobLocks = HashMap<(Namespace, BlobId), Arc<tokio::sync::Mutex<()>>>;
+
+/// The part of the engine that does not depend on the remote type: shared with handles.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub events: EventBus,
+    pub data: DataDir,
+    pub key: StorageKey,
+    pub settings: RwLock<EngineSettings>,
+    pub state: Mutex<RuntimeState>,
+    pub sync_tx: mpsc::Sender<SyncRequest>,
+    pub kick: Notify,
+    pub up: ratelimit::RateLimiter,
+    pub down: ratelimit::RateLimiter,
+    pub locks: Mutex<BlobLocks>,
+    pub now: Box<dyn Fn() -> SystemTime + Send + Sync>,
+    pub cancel: CancellationToken,
+}
+
+impl Shared {
+    pub fn settings(&self) -> EngineSettings {
+        self.settings.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, RuntimeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The per-blob lock that keeps the loop and an on-demand fetch from transferring the
+    /// same blob twice.
+    pub fn blob_lock(&self, ns: &Namespace, id: &BlobId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.len() > 1024 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry((ns.clone(), id.clone())).or_default().clone()
+    }
+
+    pub fn note_remote_ok(&self) {
+        let now = (self.now)();
+        let mut st = self.state();
+        st.remote.reachable = Some(true);
+        st.remote.unauthorized = false;
+        st.remote.last_error = None;
+        st.remote.last_contact = Some(now);
+    }
+
+    pub fn note_remote_err(&self, e: &RemoteError) {
+        let mut st = self.state();
+        if e.is_unreachable() {
+            st.remote.reachable = Some(false);
+        } else {
+            st.remote.reachable = Some(true);
+            st.remote.last_contact = Some((self.now)());
+        }
+        if e.is_unauthorized() {
+            st.remote.unauthorized = true;
+        }
+        st.remote.last_error = Some(e.to_string());
+    }
+
+    pub fn apply_limits(&self, up: Option<u64>, down: Option<u64>, transfers: Option<usize>) {
+        let mut s = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(up) = up {
+            s.bwlimit_up = up;
+            self.up.set_rate(up);
+        }
+        if let Some(down) = down {
+            s.bwlimit_down = down;
+            self.down.set_rate(down);
+        }
+        if let Some(t) = transfers {
+            s.transfers = t.max(1);
+        }
+        drop(s);
+        // More slots may be free now.
+        self.kick.notify_one();
+    }
+
+    /// Removes a payload file; logged, not fatal (the row is already gone).
+    pub async fn remove_payload(&self, ns: &Namespace, id: &BlobId) {
+        let path = self.data.payload_path(ns, id);
+        if let Err(e) = tokio::task::spawn_blocking(move || payload::remove(&path))
+            .await
+            .unwrap_or_else(|j| Err(std::io::Error::other(j)))
+        {
+            warn!(%ns, %id, error = %e, "could not remove a payload file");
+        }
+    }
+}
+
+/// Counters of one transfer phase.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TransferStats {
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub deleted_remote: u64,
+    pub retried: u64,
+    pub failed: u64,
+}
+
+impl TransferStats {
+    fn add(&mut self, o: TransferStats) {
+        self.uploaded += o.uploaded;
+        self.downloaded += o.downloaded;
+        self.deleted_remote += o.deleted_remote;
+        self.retried += o.retried;
+        self.failed += o.failed;
+    }
+}
+
+/// The sync engine.
+pub struct Engine<R: Remote, C: Clock> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) remote: R,
+    pub(crate) clock: C,
+    sync_rx: tokio::sync::Mutex<mpsc::Receiver<SyncRequest>>,
+    me: std::sync::Weak<Self>,
+}
+
+impl<R: Remote, C: Clock> Engine<R, C> {
+    /// An engine over an open store; `run` starts its loop.
+    pub fn new(
+        store: Store,
+        remote: R,
+        clock: C,
+        key: StorageKey,
+        data: DataDir,
+        settings: EngineSettings,
+        events: EventBus,
+    ) -> Arc<Self> {
+        let (sync_tx, sync_rx) = mpsc::channel(SYNC_QUEUE);
+        let c2 = clock.clone();
+        let state = RuntimeState {
+            remote: RemoteState {
+                url: remote.describe(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            shared: Arc::new(Shared {
+                store,
+                events,
+                data,
+                key,
+                up: ratelimit::RateLimiter::new(settings.bwlimit_up),
+                down: ratelimit::RateLimiter::new(settings.bwlimit_down),
+                settings: RwLock::new(settings),
+                state: Mutex::new(state),
+                sync_tx,
+                kick: Notify::new(),
+                locks: Mutex::new(HashMap::new()),
+                now: Box::new(move || c2.now()),
+                cancel: CancellationToken::new(),
+            }),
+            remote,
+            clock,
+            sync_rx: tokio::sync::Mutex::new(sync_rx),
+        })
+    }
+
+    /// This engine as an `Arc` (it is only ever built inside one, by [`Engine::new`]).
+    pub(crate) fn self_arc(&self) -> Arc<Self> {
+        self.me.upgrade().expect("an engine method runs, so its Arc is alive")
+    }
+
+    /// The handle the control service uses.
+    pub fn handle(self: &Arc<Self>) -> EngineHandle {
+        EngineHandle::new(self.shared.clone(), self.clone())
+    }
+
+    /// The remote (tests reach through it to the fault injector).
+    pub fn remote(&self) -> &R {
+        &self.remote
+    }
+
+    /// Marks the store as freshly rebuilt: the next cycle does a full listing and adopts the
+    /// payload files found on disk.
+    pub fn set_rebuild_pending(&self) {
+        self.shared.state().rebuild_pending = true;
+    }
+
+    /// Changes the reloadable settings (SIGHUP): limits, interval, policies.
+    pub fn reload(&self, new: &EngineSettings) {
+        {
+            let mut s = self.shared.settings.write().unwrap_or_else(|p| p.into_inner());
+            s.sync_interval = new.sync_interval;
+            s.max_invalid_retries = new.max_invalid_retries;
+            s.full_list_every = new.full_list_every;
+            s.namespaces = new.namespaces.clone();
+        }
+        self.shared.apply_limits(
+            Some(new.bwlimit_up),
+            Some(new.bwlimit_down),
+            Some(new.transfers),
+        );
+        // Wake the loop: the interval may be shorter now.
+        let _ = self.shared.sync_tx.try_send(SyncRequest {
+            full: false,
+            reply: None,
+        });
+    }
+
+    /// The cycle loop: a cycle every `sync_interval` and on request; transfers as soon as
+    /// something is put or a retry is due. Returns once `cancel` fires and in-flight transfers
+    /// have drained (bounded by `drain_timeout`).
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut rx = self.sync_rx.lock().await;
+        let mut next_tick = tokio::time::Instant::now();
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= next_tick {
+                let summary = self.run_cycle_inner(false, &cancel).await;
+                let interval = {
+                    let s = self.shared.settings();
+                    s.time_scale.apply(s.sync_interval)
+                };
+                next_tick = tokio::time::Instant::now() + interval;
+                self.shared.state().next_cycle = Some((self.shared.now)() + interval);
+                drop(summary);
+                if cancel.is_cancelled() {
+                    break;
+                }
+                continue;
+            }
+            // Sleep until the next tick or the next due retry, whichever is first.
+            let until_due = match self.shared.store.next_due().await {
+                Ok(Some(t)) => t
+                    .duration_since(self.clock.now())
+                    .unwrap_or(Duration::ZERO)
+                    .max(Duration::from_millis(5)),
+                _ => Duration::MAX,
+            };
+            let wake = next_tick.min(now + until_due.min(Duration::from_secs(86400)));
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(wake) => {
+                    if tokio::time::Instant::now() < next_tick {
+                        self.transfers_only(&cancel).await;
+                    }
+                }
+                Some(first) = rx.recv() => {
+                    // Coalesce every request queued meanwhile into this one cycle.
+                    let mut reqs = vec![first];
+                    while let Ok(r) = rx.try_recv() {
+                        reqs.push(r);
+                    }
+                    let full = reqs.iter().any(|r| r.full);
+                    let summary = self.run_cycle_inner(full, &cancel).await;
+                    for r in reqs {
+                        if let Some(reply) = r.reply {
+                            let _ = reply.send(summary.clone());
+                        }
+                    }
+                }
+                _ = self.shared.kick.notified() => {
+                    self.transfers_only(&cancel).await;
+                }
+            }
+            if cancel.is_cancelled() {
+                break;
+            }
+        }
+        self.shared.cancel.cancel();
+        info!("engine stopped");
+    }
+
+    async fn transfers_only(self: &Arc<Self>, cancel: &CancellationToken) {
+        if self.shared.state().remote.unauthorized {
+            return;
+        }
+        let _ = self.run_transfers(cancel).await;
+    }
+
+    /// One full cycle: list every namespace, apply the diff, run due transfers. For tests and
+    /// the loop; never call it concurrently with `run` (the loop is the only caller there).
+    pub async fn run_cycle(self: &Arc<Self>) -> CycleSummary {
+        self.run_cycle_inner(false, &CancellationToken::new()).await
+    }
+
+    /// Like [`Engine::run_cycle`], forcing a full listing.
+    pub async fn run_full_cycle(self: &Arc<Self>) -> CycleSummary {
+        self.run_cycle_inner(true, &CancellationToken::new()).await
+    }
+
+    async fn run_cycle_inner(
+        self: &Arc<Self>,
+        force_full: bool,
+        cancel: &CancellationToken,
+    ) -> CycleSummary {
+        let cycle = match self.shared.store.next_cycle().await {
+            Ok(n) => n,
+            Err(e) => {
+                let message = format!("cannot start a cycle: {e}");
+                self.shared.events.publish(EventKind::Error {
+                    message: message.clone(),
+                });
+                return CycleSummary {
+                    error: Some(message),
+                    ..Default::default()
+                };
+            }
+        };
+        let span = info_span!("cycle", cycle, full = tracing::field::Empty);
+        async move {
+            let mut summary = CycleSummary {
+                cycle,
+                started: Some(self.clock.now()),
+                ..Default::default()
+            };
+            self.shared.state().cycle_running = true;
+            self.shared.events.publish(EventKind::CycleStarted { cycle });
+            let full_every = self.shared.settings().full_list_every;
+            let periodic_full = full_every > 0 && cycle % u64::from(full_every) == 0;
+            match self.sync_listing(force_full || periodic_full, &mut summary).await {
+                Ok(()) => self.shared.note_remote_ok(),
+                Err(SyncError::Remote(e)) => {
+                    self.shared.note_remote_err(&e);
+                    warn!(error = %e, "listing failed");
+                    summary.error = Some(e.to_string());
+                }
+                Err(e) => summary.error = Some(e.to_string()),
+            }
+            tracing::Span::current().record("full", summary.full_listing);
+            if !self.shared.state().remote.unauthorized {
+                let stats = self.run_transfers(cancel).await;
+                summary.uploaded = stats.uploaded;
+                summary.downloaded = stats.downloaded;
+                summary.deleted_remote = stats.deleted_remote;
+                summary.retried = stats.retried;
+                summary.failed = stats.failed;
+            }
+            summary.finished = Some(self.clock.now());
+            info!(
+                uploaded = summary.uploaded,
+                downloaded = summary.downloaded,
+                deleted_local = summary.deleted_local,
+                deleted_remote = summary.deleted_remote,
+                retried = summary.retried,
+                failed = summary.failed,
+                changes = summary.listed_changes,
+                error = summary.error.as_deref().unwrap_or(""),
+                "cycle finished"
+            );
+            {
+                let mut st = self.shared.state();
+                st.cycle_running = false;
+                st.last_cycle = Some(summary.clone());
+            }
+            self.shared.events.publish(EventKind::CycleFinished {
+                summary: summary.clone(),
+            });
+            summary
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The namespaces a cycle lists: `default`, every configured one, every one with rows.
+    async fn namespaces(&self) -> Result<Vec<Namespace>, StoreError> {
+        let mut set: std::collections::BTreeSet<Namespace> =
+            self.shared.settings().namespaces.keys().cloned().collect();
+        set.insert(Namespace::default());
+        set.extend(self.shared.store.namespaces().await?);
+        Ok(set.into_iter().collect())
+    }
+
+    /// Steps 1-3 of a cycle for every namespace.
+    async fn sync_listing(
+        &self,
+        force_full: bool,
+        summary: &mut CycleSummary,
+    ) -> Result<(), SyncError> {
+        let rebuild = self.shared.state().rebuild_pending;
+        for ns in self.namespaces().await? {
+            self.sync_namespace(&ns, force_full || rebuild, summary)
+                .await?;
+        }
+        if rebuild {
+            self.adopt_payloads().await?;
+            self.shared.state().rebuild_pending = false;
+        }
+        Ok(())
+    }
+
+    async fn sync_namespace(
+        &self,
+        ns: &Namespace,
+        force_full: bool,
+        summary: &mut CycleSummary,
+    ) -> Result<(), SyncError> {
+        let store = &self.shared.store;
+        let cursor = store.cursor(ns).await?;
+        let mut kind = match cursor {
+            Some(_) if !force_full => ListingKind::Incremental,
+            _ => ListingKind::Full,
+        };
+        let (changes, seq) = match self.fetch_changes(ns, kind, cursor).await {
+            Err(SyncError::Remote(RemoteError::CursorInvalid { .. })) => {
+                warn!(%ns, "listing cursor rejected by the server; doing a full listing");
+                store.clear_cursor(ns).await?;
+                kind = ListingKind::Full;
+                self.fetch_changes(ns, kind, None).await?
+            }
+            other => other?,
+        };
+        if kind == ListingKind::Full {
+            summary.full_listing = true;
+        }
+        summary.listed_changes += changes.len() as u64;
+        let local = store.namespace_rows(ns).await?;
+        let policy = self.shared.settings().policy(ns);
+        let facts = plan::diff(&local, &changes, kind, policy);
+        let applied = store
+            .apply_remote(ns, facts, Some(seq), self.clock.now())
+            .await?;
+        for ch in applied {
+            let had_payload = ch.from.is_some_and(Status::has_payload);
+            let keeps_payload = ch.to.is_some_and(Status::has_payload);
+            if had_payload && !keeps_payload {
+                self.shared.remove_payload(&ch.ns, &ch.id).await;
+            }
+            if ch.to.is_none() && ch.from != Some(Status::PendingDelete) {
+                summary.deleted_local += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch_changes(
+        &self,
+        ns: &Namespace,
+        kind: ListingKind,
+        cursor: Option<u64>,
+    ) -> Result<(Vec<blobsync_shared::wire::Change>, u64), SyncError> {
+        let mut since = match kind {
+            ListingKind::Full => 0,
+            ListingKind::Incremental => cursor.unwrap_or(0),
+        };
+        let mut all = Vec::new();
+        loop {
+            let page = self.remote.changes(ns, since).await?;
+            all.extend(page.changes);
+            let progressed = page.seq > since;
+            since = page.seq;
+            if !page.more || !progressed {
+                break;
+            }
+        }
+        Ok((all, since))
+    }
+
+    /// After a rebuild: every payload file on disk without a row becomes `SYNCED` when the
+    /// server has it, else `PENDING_UPLOAD`.
+    async fn adopt_payloads(&self) -> Result<(), SyncError> {
+        let data = self.shared.data.clone();
+        let files = tokio::task::spawn_blocking(move || payload::scan_payloads(&data))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+            .map_err(StoreError::Io)?;
+        let mut adopted = 0u64;
+        for (ns, id, path) in files {
+            let existing = self.shared.store.get(&ns, &id).await?;
+            let (sha, size) = match tokio::task::spawn_blocking(move || payload::sha256_file(&path))
+                .await
+            {
+                Ok(Ok(v)) => v,
+                _ => continue,
+            };
+            match existing {
+                Some(row) if row.status == Status::PendingDownload => {
+                    // The server has it and so do we: adopt without a download.
+                    let u = crate::store::ops::RowUpdate {
+                        size: Some(size),
+                        sha256: Some(sha),
+                        now: Some(self.clock.now()),
+                        ..Default::default()
+                    };
+                    self.shared
+                        .store
+                        .transition(&ns, &id, crate::status::Transition::DownloadSucceeded, u)
+                        .await?;
+                    adopted += 1;
+                }
+                Some(_) => {}
+                None => {
+                    let blob = crate::store::NewLocalBlob {
+                        ns: ns.clone(),
+                        id: id.clone(),
+                        size,
+                        sha256: sha,
+                        priority: Default::default(),
+                        local_only: false,
+                        created: self.clock.now(),
+                    };
+                    self.shared.store.insert_local(blob).await?;
+                    adopted += 1;
+                }
+            }
+        }
+        warn!(adopted, "store rebuilt: adopted payload files found on disk");
+        Ok(())
+    }
+
+    /// Step 4: runs due transfers under the `transfers` limit, highest priority first, until
+    /// nothing is due; picks up new work (puts, retries) as slots free.
+    pub(crate) async fn run_transfers(self: &Arc<Self>, cancel: &CancellationToken) -> TransferStats {
+        let mut stats = TransferStats::default();
+        let mut tasks: JoinSet<TransferStats> = JoinSet::new();
+        let mut in_flight: HashMap<tokio::task::Id, Vec<(String, String)>> = HashMap::new();
+        let child = cancel.child_token();
+        loop {
+            if cancel.is_cancelled() || self.shared.state().remote.unauthorized {
+                break;
+            }
+            let settings = self.shared.settings();
+            let busy: HashSet<(String, String)> = in_flight.values().flatten().cloned().collect();
+            let slots = settings.transfers.saturating_sub(tasks.len());
+            let mut started = 0;
+            if slots > 0 {
+                let due = self
+                    .shared
+                    .store
+                    .due(crate::store::DueFilter {
+                        now: self.clock.now(),
+                        limit: (busy.len() + slots) * settings.batch.max_count.max(1),
+                        statuses: vec![],
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        warn!(error = %e, "cannot read the queue");
+                        Vec::new()
+                    });
+                for action in plan::next_transfers(&due, &busy, slots, settings.batch) {
+                    let keys = action_keys(&action);
+                    let me = self.clone();
+                    let token = child.clone();
+                    let h = tasks.spawn(async move { me.execute(action, token).await });
+                    in_flight.insert(h.id(), keys);
+                    started += 1;
+                }
+            }
+            if tasks.is_empty() && started == 0 {
+                break;
+            }
+            tokio::select! {
+                Some(done) = tasks.join_next_with_id() => {
+                    match done {
+                        Ok((id, s)) => { in_flight.remove(&id); stats.add(s); }
+                        Err(e) => { in_flight.remove(&e.id()); warn!(error = %e, "transfer task failed"); }
+                    }
+                }
+                _ = self.shared.kick.notified() => {}
+                _ = cancel.cancelled() => break,
+            }
+        }
+        if !tasks.is_empty() {
+            // Shutdown: let in-flight transfers finish within the bound, then cut them off;
+            // their rows stay queued, so the next start resumes them.
+            let bound = self.shared.settings().drain_timeout;
+            info!(in_flight = tasks.len(), ?bound, "draining in-flight transfers");
+            let drained = tokio::time::timeout(bound, async {
+                while let Some(done) = tasks.join_next().await {
+                    if let Ok(s) = done {
+                        stats.add(s);
+                    }
+                }
+            })
+            .await;
+            if drained.is_err() {
+                warn!(left = tasks.len(), "drain timed out; cancelling the rest (they stay queued)");
+                child.cancel();
+                while tasks.join_next().await.is_some() {}
+            }
+        }
+        stats
+    }
+
+    async fn execute(self: Arc<Self>, action: Action, cancel: CancellationToken) -> TransferStats {
+        let mut s = TransferStats::default();
+        match action {
+            Action::Upload(b) => self.upload_one(b, &cancel, &mut s).await,
+            Action::Download(b) => {
+                let _ = self.download_one(b, false, &cancel, &mut s).await;
+            }
+            Action::DeleteRemote(b) => self.delete_one(b, &mut s).await,
+            Action::UploadBatch(bs) => self.upload_batch(bs, &cancel, &mut s).await,
+            Action::DownloadBatch(bs) => self.download_batch(bs, &cancel, &mut s).await,
+        }
+        s
+    }
+}
+
+fn action_keys(a: &Action) -> Vec<(String, String)> {
+    let key = |b: &crate::store::BlobInfo| (b.ns.to_string(), b.id.to_string());
+    match a {
+        Action::Upload(b) | Action::Download(b) | Action::DeleteRemote(b) => vec![key(b)],
+        Action::UploadBatch(bs) | Action::DownloadBatch(bs) => bs.iter().map(key).collect(),
+    }
+}

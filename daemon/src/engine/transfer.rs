@@ -1,0 +1,913 @@
+//! The transfers: upload (payload file -> Encoder -> remote body, never the whole blob in
+//! memory), download (remote body -> Decoder -> temp file -> fsync -> link into place, resumed
+//! with a Range request from the last verified segment after a cut), remote deletes, and the
+//! `/stream` batches for many small blobs. Failures are recorded on the seed's schedule.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use blobsync_shared::codec::{DecodeError, Decoder, Encoder, Header, MAX_HEADER_LEN};
+use blobsync_shared::wire::{FrameDecoder, FrameEvent};
+use blobsync_shared::{BlobId, InvalidBlob, Namespace};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info_span, warn};
+
+use super::{Engine, Shared, TransferInfo, TransferStats};
+use crate::clock::Clock;
+use crate::events::{Direction, EventKind};
+use crate::remote::{ByteStream, Remote, RemoteError};
+use crate::retry::next_wait;
+use crate::status::{Status, Transition};
+use crate::store::ops::RowUpdate;
+use crate::store::{BlobInfo, RetryPlan, payload};
+
+/// Encrypted segments buffered ahead of the network per upload (each at most one segment).
+const ENCRYPT_AHEAD: usize = 4;
+/// Segments at least this big are sealed on the blocking pool (CPU work off the runtime).
+const BLOCKING_SEAL: usize = 1 << 20;
+/// Cuts without progress before a download attempt counts as failed.
+const MAX_CUTS_WITHOUT_PROGRESS: u32 = 3;
+/// Progress events per transfer at most every this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Why a download attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DownloadError {
+    /// The bytes are not a valid blob (counts toward `max_invalid_retries`).
+    #[error(transparent)]
+    Invalid(#[from] InvalidBlob),
+    /// The remote failed (retried on the schedule).
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// Local disk trouble.
+    #[error("local i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The blob is not (or no longer) waiting for a download.
+    #[error("blob {0} is {1}, not waiting for a download")]
+    NotWanted(BlobId, Status),
+    /// Shutdown cut it off; the row stays queued.
+    #[error("cancelled by shutdown")]
+    Cancelled,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl From<DownloadError> for crate::handle::EngineError {
+    fn from(e: DownloadError) -> Self {
+        use crate::handle::EngineError as E;
+        match e {
+            DownloadError::Invalid(i) => E::FailedPrecondition(format!(
+                "the server's copy failed verification: {i}"
+            )),
+            DownloadError::Remote(r) => E::Remote(r),
+            DownloadError::Io(io) => E::Io(io),
+            DownloadError::NotWanted(id, s) => {
+                E::FailedPrecondition(format!("blob {id} is {s}, not waiting for a download"))
+            }
+            DownloadError::Cancelled => E::ShuttingDown,
+            DownloadError::Store(s) => E::Store(s),
+        }
+    }
+}
+
+/// Tracks one transfer in `status` and publishes throttled progress events.
+pub(crate) struct Progress {
+    shared: Arc<Shared>,
+    tid: u64,
+    ns: Namespace,
+    id: BlobId,
+    dir: Direction,
+    done: u64,
+    total: u64,
+    last: tokio::time::Instant,
+}
+
+impl Progress {
+    pub fn start(
+        shared: &Arc<Shared>,
+        ns: &Namespace,
+        id: &BlobId,
+        dir: Direction,
+        total: u64,
+        blobs: usize,
+    ) -> Self {
+        let tid = {
+            let mut st = shared.state();
+            st.next_transfer_id += 1;
+            let tid = st.next_transfer_id;
+            st.transfers.insert(
+                tid,
+                TransferInfo {
+                    ns: ns.clone(),
+                    id: id.clone(),
+                    dir,
+                    done: 0,
+                    total,
+                    blobs,
+                },
+            );
+            tid
+        };
+        Self {
+            shared: shared.clone(),
+            tid,
+            ns: ns.clone(),
+            id: id.clone(),
+            dir,
+            done: 0,
+            total,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn set(&mut self, done: u64) {
+        self.done = done;
+        if let Some(t) = self.shared.state().transfers.get_mut(&self.tid) {
+            t.done = done;
+        }
+        if self.last.elapsed() >= PROGRESS_EVERY {
+            self.last = tokio::time::Instant::now();
+            self.shared.events.publish(EventKind::TransferProgress {
+                ns: self.ns.clone(),
+                id: self.id.clone(),
+                dir: self.dir,
+                done,
+                total: self.total,
+            });
+        }
+    }
+
+    pub fn add(&mut self, n: u64) {
+        self.set(self.done + n);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.shared.state().transfers.remove(&self.tid);
+    }
+}
+
+/// Streams `path` through the encoder: header first, then each sealed segment, paced by the
+/// upload limiter. Errors reading the file end the stream with an `Err` item.
+fn encrypt_stream(
+    shared: Arc<Shared>,
+    path: std::path::PathBuf,
+    mut enc: Encoder,
+    progress: Option<Progress>,
+) -> ByteStream {
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(ENCRYPT_AHEAD);
+    tokio::spawn(async move {
+        let mut progress = progress;
+        let header = Bytes::copy_from_slice(enc.header_bytes());
+        shared.up.acquire(header.len()).await;
+        if tx.send(Ok(header)).await.is_err() {
+            return;
+        }
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        while let Some(n) = enc.next_plain_len() {
+            let mut buf = vec![0u8; n];
+            if let Err(e) = file.read_exact(&mut buf).await {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            let sealed = if n >= BLOCKING_SEAL {
+                match tokio::task::spawn_blocking(move || {
+                    let tag = enc.seal_in_place(&mut buf);
+                    (enc, buf, tag)
+                })
+                .await
+                {
+                    Ok((e, mut b, tag)) => {
+                        enc = e;
+                        tag.map(|t| {
+                            b.extend_from_slice(&t);
+                            b
+                        })
+                    }
+                    Err(j) => {
+                        let _ = tx.send(Err(std::io::Error::other(j))).await;
+                        return;
+                    }
+                }
+            } else {
+                enc.seal_in_place(&mut buf).map(|t| {
+                    buf.extend_from_slice(&t);
+                    buf
+                })
+            };
+            let sealed = match sealed {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e))).await;
+                    return;
+                }
+            };
+            shared.up.acquire(sealed.len()).await;
+            if let Some(p) = progress.as_mut() {
+                p.add(sealed.len() as u64);
+            }
+            if tx.send(Ok(Bytes::from(sealed))).await.is_err() {
+                return;
+            }
+        }
+        // The file must not have grown: immutable payloads are exactly `plain_size` long.
+        let mut extra = [0u8; 1];
+        if let Ok(1..) = file.read(&mut extra).await {
+            let _ = tx
+                .send(Err(std::io::Error::other("payload file is longer than recorded")))
+                .await;
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+impl<R: Remote, C: Clock> Engine<R, C> {
+    /// Records a failed attempt on the schedule and publishes it.
+    async fn record_failure(
+        &self,
+        b: &BlobInfo,
+        dir: Direction,
+        error: String,
+        retry_after: Option<Duration>,
+        invalid: bool,
+        stats: &mut TransferStats,
+    ) {
+        let settings = self.shared.settings();
+        let now = self.clock.now();
+        let wait = settings
+            .time_scale
+            .apply(next_wait(b.attempts + 1, retry_after));
+        let plan = RetryPlan {
+            error: error.clone(),
+            next_attempt: now + wait,
+            invalid,
+            max_invalid: settings.max_invalid_retries,
+            now,
+        };
+        let gave_up = match self.shared.store.record_failure(&b.ns, &b.id, plan).await {
+            Ok(change) => change.is_some(),
+            Err(e) => {
+                error!(ns = %b.ns, id = %b.id, error = %e, "cannot record a failed transfer");
+                false
+            }
+        };
+        if gave_up {
+            stats.failed += 1;
+            error!(ns = %b.ns, id = %b.id, %error, "download failed verification for the last allowed time: FAILED_DOWNLOAD");
+        } else {
+            stats.retried += 1;
+            warn!(ns = %b.ns, id = %b.id, %error, attempt = b.attempts + 1, ?wait, "transfer failed; will retry");
+        }
+        self.shared.events.publish(EventKind::TransferFailed {
+            ns: b.ns.clone(),
+            id: b.id.clone(),
+            dir,
+            error,
+            will_retry: !gave_up,
+        });
+    }
+
+    fn finished(&self, b: &BlobInfo, dir: Direction, bytes: u64) {
+        self.shared.events.publish(EventKind::TransferFinished {
+            ns: b.ns.clone(),
+            id: b.id.clone(),
+            dir,
+            bytes,
+        });
+    }
+
+    async fn reject_upload(&self, b: &BlobInfo, reason: String, stats: &mut TransferStats) {
+        error!(ns = %b.ns, id = %b.id, %reason, "upload refused for good: FAILED_UPLOAD");
+        let u = RowUpdate {
+            last_error: Some(reason.clone()),
+            now: Some(self.clock.now()),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .shared
+            .store
+            .transition(&b.ns, &b.id, Transition::UploadRejected, u)
+            .await
+        {
+            error!(error = %e, "cannot record a refused upload");
+        }
+        stats.failed += 1;
+        self.shared.events.publish(EventKind::TransferFailed {
+            ns: b.ns.clone(),
+            id: b.id.clone(),
+            dir: Direction::Upload,
+            error: reason,
+            will_retry: false,
+        });
+    }
+
+    async fn mark_uploaded(&self, b: &BlobInfo, stored: u64, stats: &mut TransferStats) {
+        let u = RowUpdate {
+            remote_size: Some(stored),
+            now: Some(self.clock.now()),
+            ..Default::default()
+        };
+        match self
+            .shared
+            .store
+            .transition(&b.ns, &b.id, Transition::UploadSucceeded, u)
+            .await
+        {
+            Ok(_) => {
+                stats.uploaded += 1;
+                self.finished(b, Direction::Upload, stored);
+            }
+            // Deleted locally while uploading: the PENDING_DELETE that follows removes it.
+            Err(e) => warn!(ns = %b.ns, id = %b.id, error = %e, "uploaded, but the row moved on"),
+        }
+    }
+
+    /// The header our upload of `b` uses: the recorded salt if an attempt was made before
+    /// (so the same ciphertext goes up and a 409 is recognised as ours), else a fresh one,
+    /// recorded before the PUT.
+    async fn upload_header(&self, b: &BlobInfo) -> Result<Header, String> {
+        let size = b.size.ok_or("no local size recorded")?;
+        let seg = self.shared.settings().segment_exp;
+        let mut header =
+            Header::new(b.ns.clone(), b.id.clone(), size, seg).map_err(|e| e.to_string())?;
+        match b.upload_salt {
+            Some(salt) => header.salt = salt,
+            None => self
+                .shared
+                .store
+                .set_upload_salt(&b.ns, &b.id, header.salt)
+                .await
+                .map_err(|e| e.to_string())?,
+        }
+        Ok(header)
+    }
+
+    /// 409: ours (same salt in the server copy's header) or a conflict.
+    async fn is_our_copy(&self, b: &BlobInfo, salt: &[u8; 32]) -> Result<bool, RemoteError> {
+        let resp = self
+            .remote
+            .get(&b.ns, &b.id, Some(0..MAX_HEADER_LEN as u64))
+            .await?;
+        let head = crate::remote::collect_body(resp.body, MAX_HEADER_LEN).await?;
+        Ok(matches!(Header::parse(&head), Ok(Some((h, _))) if &h.salt == salt))
+    }
+
+    pub(super) async fn upload_one(
+        self: &Arc<Self>,
+        b: BlobInfo,
+        cancel: &CancellationToken,
+        stats: &mut TransferStats,
+    ) {
+        let span = info_span!("transfer", ns = %b.ns, blob = %b.id, dir = "up", size = b.size, attempt = b.attempts + 1);
+        async {
+            let lock = self.shared.blob_lock(&b.ns, &b.id);
+            let _g = lock.lock().await;
+            let b = match self.shared.store.get(&b.ns, &b.id).await {
+                Ok(Some(cur)) if cur.status == Status::PendingUpload => cur,
+                _ => return,
+            };
+            let header = match self.upload_header(&b).await {
+                Ok(h) => h,
+                Err(e) => {
+                    self.record_failure(&b, Direction::Upload, e, None, false, stats).await;
+                    return;
+                }
+            };
+            let salt = header.salt;
+            let stored = header.stored_size();
+            let path = self.shared.data.payload_path(&b.ns, &b.id);
+            let progress = Progress::start(&self.shared, &b.ns, &b.id, Direction::Upload, stored, 1);
+            let body = encrypt_stream(
+                self.shared.clone(),
+                path,
+                Encoder::new(&self.shared.key, header),
+                Some(progress),
+            );
+            let res = tokio::select! {
+                r = self.remote.put(&b.ns, &b.id, stored, body) => r,
+                _ = cancel.cancelled() => return,
+            };
+            match res {
+                Ok(()) => {
+                    self.shared.note_remote_ok();
+                    self.mark_uploaded(&b, stored, stats).await;
+                }
+                Err(RemoteError::Conflict) => match self.is_our_copy(&b, &salt).await {
+                    Ok(true) => {
+                        debug!("409 with our own salt: an earlier upload got through");
+                        self.mark_uploaded(&b, stored, stats).await;
+                    }
+                    Ok(false) => {
+                        self.reject_upload(
+                            &b,
+                            "conflict: the server already has a different blob with this id"
+                                .into(),
+                            stats,
+                        )
+                        .await
+                    }
+                    Err(e) => {
+                        self.shared.note_remote_err(&e);
+                        let ra = e.retry_after();
+                        self.record_failure(&b, Direction::Upload, format!("checking a 409: {e}"), ra, false, stats).await
+                    }
+                },
+                Err(e @ (RemoteError::TooLarge | RemoteError::QuotaExceeded)) => {
+                    self.reject_upload(&b, e.to_string(), stats).await
+                }
+                Err(e) => {
+                    self.shared.note_remote_err(&e);
+                    let ra = e.retry_after();
+                    self.record_failure(&b, Direction::Upload, e.to_string(), ra, false, stats)
+                        .await
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub(super) async fn delete_one(self: &Arc<Self>, b: BlobInfo, stats: &mut TransferStats) {
+        let lock = self.shared.blob_lock(&b.ns, &b.id);
+        let _g = lock.lock().await;
+        match self.remote.delete(&b.ns, &b.id).await {
+            Ok(()) | Err(RemoteError::NotFound) => {
+                self.shared.note_remote_ok();
+                let u = RowUpdate {
+                    now: Some(self.clock.now()),
+                    ..Default::default()
+                };
+                if self
+                    .shared
+                    .store
+                    .transition(&b.ns, &b.id, Transition::DeleteConfirmed, u)
+                    .await
+                    .is_ok()
+                {
+                    stats.deleted_remote += 1;
+                }
+            }
+            Err(e) => {
+                self.shared.note_remote_err(&e);
+                let ra = e.retry_after();
+                self.record_failure(&b, Direction::Upload, format!("delete: {e}"), ra, false, stats)
+                    .await
+            }
+        }
+    }
+
+    /// Downloads one blob. `on_demand`: a get asked for it (REMOTE_ONLY allowed; failures of
+    /// a REMOTE_ONLY blob are not queued).
+    pub(crate) async fn download_one(
+        self: &Arc<Self>,
+        b: BlobInfo,
+        on_demand: bool,
+        cancel: &CancellationToken,
+        stats: &mut TransferStats,
+    ) -> Result<(), DownloadError> {
+        let span = info_span!("transfer", ns = %b.ns, blob = %b.id, dir = "down", size = b.remote_size, attempt = b.attempts + 1);
+        async {
+            let lock = self.shared.blob_lock(&b.ns, &b.id);
+            let _g = lock.lock().await;
+            let b = match self.shared.store.get(&b.ns, &b.id).await? {
+                Some(cur) if cur.status == Status::PendingDownload => cur,
+                Some(cur) if on_demand && cur.status == Status::RemoteOnly => cur,
+                Some(cur) if on_demand && cur.status.has_payload() => return Ok(()),
+                Some(cur) => return Err(DownloadError::NotWanted(cur.id, cur.status)),
+                None => return Err(DownloadError::NotWanted(b.id, Status::PendingDelete)),
+            };
+            let res = tokio::select! {
+                r = self.fetch_to_payload(&b) => r,
+                _ = cancel.cancelled() => Err(DownloadError::Cancelled),
+            };
+            match res {
+                Ok((size, sha, stored)) => {
+                    self.shared.note_remote_ok();
+                    let u = RowUpdate {
+                        size: Some(size),
+                        sha256: Some(sha),
+                        remote_size: Some(stored),
+                        now: Some(self.clock.now()),
+                        ..Default::default()
+                    };
+                    self.shared
+                        .store
+                        .transition(&b.ns, &b.id, Transition::DownloadSucceeded, u)
+                        .await?;
+                    stats.downloaded += 1;
+                    self.finished(&b, Direction::Download, stored);
+                    Ok(())
+                }
+                Err(DownloadError::Cancelled) => Err(DownloadError::Cancelled),
+                Err(e) => {
+                    let queued = b.status == Status::PendingDownload;
+                    match &e {
+                        DownloadError::Invalid(inv) => {
+                            warn!(check = inv.check(), "downloaded blob failed verification");
+                            if queued {
+                                self.record_failure(&b, Direction::Download, e.to_string(), None, true, stats).await;
+                            }
+                        }
+                        DownloadError::Remote(re) => {
+                            self.shared.note_remote_err(re);
+                            if queued {
+                                let ra = re.retry_after();
+                                self.record_failure(&b, Direction::Download, e.to_string(), ra, false, stats).await;
+                            }
+                        }
+                        _ => {
+                            if queued {
+                                self.record_failure(&b, Direction::Download, e.to_string(), None, false, stats).await;
+                            }
+                        }
+                    }
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Downloads into the partial file, verifying as it goes, resuming after cuts; then
+    /// fsyncs and links it into place. Returns (plaintext size, sha256, stored size).
+    async fn fetch_to_payload(&self, b: &BlobInfo) -> Result<(u64, [u8; 32], u64), DownloadError> {
+        let partial = self.shared.data.partial_path(&b.ns, &b.id);
+        let mut file = tokio::fs::File::create(&partial).await?;
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut decoder = (!b.external).then(|| Decoder::new(&self.shared.key, &b.ns, &b.id));
+        let mut raw_done = 0u64; // external blobs: bytes written
+        let mut total = b.remote_size.unwrap_or(0);
+        let mut progress = Progress::start(&self.shared, &b.ns, &b.id, Direction::Download, total, 1);
+        let mut cuts = 0u32;
+        let mut plain = Vec::new();
+        loop {
+            let offset = match &decoder {
+                Some(d) => d.verified_stored_bytes(),
+                None => raw_done,
+            };
+            let range = (offset > 0).then_some(offset..u64::MAX);
+            let resp = self.remote.get(&b.ns, &b.id, range).await?;
+            total = resp.total;
+            progress.total = total;
+            let expected_end = resp.offset + resp.len;
+            let mut at = resp.offset;
+            let mut body = resp.body;
+            let mut cut: Option<String> = None;
+            while let Some(chunk) = body.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        cut = Some(e.to_string());
+                        break;
+                    }
+                };
+                self.shared.down.acquire(chunk.len()).await;
+                at += chunk.len() as u64;
+                match decoder.as_mut() {
+                    Some(d) => {
+                        plain.clear();
+                        d.feed(&chunk, |p| {
+                            plain.extend_from_slice(p);
+                            Ok::<(), Infallible>(())
+                        })
+                        .map_err(|e| match e {
+                            DecodeError::Invalid(i) => i,
+                            DecodeError::Sink(never) => match never {},
+                        })?;
+                        hasher.update(&plain);
+                        file.write_all(&plain).await?;
+                    }
+                    None => {
+                        hasher.update(&chunk);
+                        file.write_all(&chunk).await?;
+                        raw_done += chunk.len() as u64;
+                    }
+                }
+                progress.set(at);
+            }
+            if cut.is_none() && at < expected_end {
+                cut = Some(format!("body ended at byte {at} of {expected_end}"));
+            }
+            match cut {
+                None => break,
+                Some(why) => {
+                    // A cut body is a transport fault, never tampering: resume from the last
+                    // verified segment while each attempt makes progress.
+                    let now_at = match &decoder {
+                        Some(d) => d.verified_stored_bytes(),
+                        None => raw_done,
+                    };
+                    if now_at > offset {
+                        cuts = 0;
+                    } else {
+                        cuts += 1;
+                    }
+                    debug!(%why, resume_at = now_at, "download cut short; resuming");
+                    if cuts >= MAX_CUTS_WITHOUT_PROGRESS {
+                        return Err(RemoteError::Transport(format!("download cut short: {why}")).into());
+                    }
+                }
+            }
+        }
+        let size = match decoder {
+            Some(d) => d.finish()?.plain_size,
+            None => raw_done,
+        };
+        file.sync_all().await?;
+        drop(file);
+        let mut sha = [0u8; 32];
+        sha.copy_from_slice(hasher.finish().as_ref());
+        let dest = self.shared.data.payload_path(&b.ns, &b.id);
+        tokio::task::spawn_blocking(move || {
+            // A stale copy (replaced remotely) may still be there.
+            payload::remove(&dest)?;
+            payload::install(&partial, &dest)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok((size, sha, total))
+    }
+
+    /// Many small uploads in one `/stream` request; results recorded in one transaction.
+    pub(super) async fn upload_batch(
+        self: &Arc<Self>,
+        blobs: Vec<BlobInfo>,
+        cancel: &CancellationToken,
+        stats: &mut TransferStats,
+    ) {
+        let ns = blobs[0].ns.clone();
+        let mut entries = Vec::new();
+        let mut encoders = Vec::new();
+        for b in &blobs {
+            match self.upload_header(b).await {
+                Ok(h) => {
+                    entries.push((b.id.clone(), h.stored_size()));
+                    encoders.push((b.clone(), h));
+                }
+                Err(e) => {
+                    self.record_failure(b, Direction::Upload, e, None, false, stats).await
+                }
+            }
+        }
+        if encoders.is_empty() {
+            return;
+        }
+        let total: u64 = entries.iter().map(|e| e.1).sum();
+        let progress = Progress::start(&self.shared, &ns, &encoders[0].0.id, Direction::Upload, total, encoders.len());
+        // Chain the per-blob encrypted streams one after another.
+        let shared = self.shared.clone();
+        let key = self.shared.key.clone();
+        let parts: Vec<(std::path::PathBuf, Header)> = encoders
+            .iter()
+            .map(|(b, h)| (self.shared.data.payload_path(&b.ns, &b.id), h.clone()))
+            .collect();
+        let progress = std::sync::Arc::new(std::sync::Mutex::new(progress));
+        let body: ByteStream = Box::pin(
+            futures_util::stream::iter(parts)
+                .map(move |(path, h)| encrypt_stream(shared.clone(), path, Encoder::new(&key, h), None))
+                .flatten()
+                .inspect(move |item| {
+                    if let Ok(b) = item {
+                        progress.lock().unwrap_or_else(|p| p.into_inner()).add(b.len() as u64);
+                    }
+                }),
+        );
+        let res = tokio::select! {
+            r = self.remote.put_batch(&ns, &entries, body) => r,
+            _ = cancel.cancelled() => return,
+        };
+        let results = match res {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared.note_remote_err(&e);
+                let ra = e.retry_after();
+                for (b, _) in &encoders {
+                    self.record_failure(b, Direction::Upload, format!("batch upload: {e}"), ra, false, stats).await;
+                }
+                return;
+            }
+        };
+        self.shared.note_remote_ok();
+        let now = self.clock.now();
+        let mut ok = Vec::new();
+        for (b, h) in &encoders {
+            let code = results.get(&b.id).copied();
+            match code {
+                Some(200..=299) => ok.push((b.id.clone(), Transition::UploadSucceeded, RowUpdate {
+                    remote_size: Some(h.stored_size()),
+                    now: Some(now),
+                    ..Default::default()
+                })),
+                // The single-blob path handles 409 (salt check), 413, 507 and retries.
+                Some(409) => match self.is_our_copy(b, &h.salt).await {
+                    Ok(true) => ok.push((b.id.clone(), Transition::UploadSucceeded, RowUpdate {
+                        remote_size: Some(h.stored_size()),
+                        now: Some(now),
+                        ..Default::default()
+                    })),
+                    Ok(false) => self.reject_upload(b, "conflict: the server already has a different blob with this id".into(), stats).await,
+                    Err(e) => self.record_failure(b, Direction::Upload, format!("checking a 409: {e}"), None, false, stats).await,
+                },
+                Some(413) => self.reject_upload(b, RemoteError::TooLarge.to_string(), stats).await,
+                Some(507) => self.reject_upload(b, RemoteError::QuotaExceeded.to_string(), stats).await,
+                other => {
+                    let msg = match other {
+                        Some(c) => format!("batch upload: HTTP {c} for this blob"),
+                        None => "batch upload: no result for this blob".to_owned(),
+                    };
+                    self.record_failure(b, Direction::Upload, msg, None, false, stats).await
+                }
+            }
+        }
+        match self.shared.store.transition_many(&ns, ok).await {
+            Ok(changes) => {
+                stats.uploaded += changes.len() as u64;
+                for ch in changes {
+                    if let Some((b, h)) = encoders.iter().find(|(b, _)| b.id == ch.id) {
+                        self.finished(b, Direction::Upload, h.stored_size());
+                    }
+                }
+            }
+            Err(e) => error!(error = %e, "cannot record a batch upload"),
+        }
+    }
+
+    /// Many small downloads in one `/stream` request (each blob is small: held in memory
+    /// for verification); results recorded in one transaction.
+    pub(super) async fn download_batch(
+        self: &Arc<Self>,
+        blobs: Vec<BlobInfo>,
+        cancel: &CancellationToken,
+        stats: &mut TransferStats,
+    ) {
+        let ns = blobs[0].ns.clone();
+        let ids: Vec<BlobId> = blobs.iter().map(|b| b.id.clone()).collect();
+        let total: u64 = blobs.iter().filter_map(|b| b.remote_size).sum();
+        let mut progress = Progress::start(&self.shared, &ns, &ids[0], Direction::Download, total, ids.len());
+        let res = tokio::select! {
+            r = self.remote.get_batch(&ns, &ids) => r,
+            _ = cancel.cancelled() => return,
+        };
+        let mut body = match res {
+            Ok(b) => b,
+            Err(e) => {
+                self.shared.note_remote_err(&e);
+                let ra = e.retry_after();
+                for b in &blobs {
+                    self.record_failure(b, Direction::Download, format!("batch download: {e}"), ra, false, stats).await;
+                }
+                return;
+            }
+        };
+        let mut dec = FrameDecoder::new();
+        let mut current: Option<(BlobId, Vec<u8>)> = None;
+        let mut complete: Vec<(BlobId, Vec<u8>)> = Vec::new();
+        let mut missing: Vec<BlobId> = Vec::new();
+        let mut broken: Option<String> = None;
+        let max_blob = self.shared.settings().batch.max_blob * 2 + MAX_HEADER_LEN as u64;
+        'read: while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    broken = Some(e.to_string());
+                    break;
+                }
+            };
+            self.shared.down.acquire(chunk.len()).await;
+            progress.add(chunk.len() as u64);
+            let mut input = &chunk[..];
+            while !input.is_empty() || dec.has_pending_event() {
+                let (used, ev) = match dec.decode(input) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        broken = Some(e.to_string());
+                        break 'read;
+                    }
+                };
+                input = &input[used..];
+                match ev {
+                    Some(FrameEvent::Blob { id, size }) => {
+                        if size > max_blob {
+                            broken = Some(format!("blob {id} in batch is {size} bytes, more than asked for"));
+                            break 'read;
+                        }
+                        current = Some((id, Vec::with_capacity(size as usize)));
+                    }
+                    Some(FrameEvent::Data(d)) => {
+                        if let Some((_, buf)) = current.as_mut() {
+                            buf.extend_from_slice(d);
+                        }
+                    }
+                    Some(FrameEvent::End { .. }) => complete.extend(current.take()),
+                    Some(FrameEvent::Missing { id }) => missing.push(id),
+                    None => {}
+                }
+            }
+        }
+        if broken.is_none()
+            && let Err(e) = dec.finish()
+        {
+            broken = Some(e.to_string());
+        }
+        drop(progress);
+        self.shared.note_remote_ok();
+        let now = self.clock.now();
+        let mut ok = Vec::new();
+        for (id, stored) in complete {
+            let Some(b) = blobs.iter().find(|b| b.id == id) else { continue };
+            match self.install_small(b, &stored).await {
+                Ok((size, sha)) => ok.push((id, Transition::DownloadSucceeded, RowUpdate {
+                    size: Some(size),
+                    sha256: Some(sha),
+                    remote_size: Some(stored.len() as u64),
+                    now: Some(now),
+                    ..Default::default()
+                })),
+                Err(DownloadError::Invalid(e)) => {
+                    self.record_failure(b, Direction::Download, e.to_string(), None, true, stats).await
+                }
+                Err(e) => self.record_failure(b, Direction::Download, e.to_string(), None, false, stats).await,
+            }
+        }
+        let got: std::collections::HashSet<&BlobId> = ok.iter().map(|(id, _, _)| id).collect();
+        for b in &blobs {
+            if got.contains(&b.id) {
+                continue;
+            }
+            if missing.contains(&b.id) {
+                // Gone meanwhile: the next listing removes the row.
+                continue;
+            }
+            if let Some(why) = &broken {
+                self.record_failure(b, Direction::Download, format!("batch download cut short: {why}"), None, false, stats).await;
+            }
+        }
+        let _g = ();
+        match self.shared.store.transition_many(&ns, ok).await {
+            Ok(changes) => {
+                stats.downloaded += changes.len() as u64;
+                for ch in changes {
+                    if let Some(b) = blobs.iter().find(|b| b.id == ch.id) {
+                        self.finished(b, Direction::Download, b.remote_size.unwrap_or(0));
+                    }
+                }
+            }
+            Err(e) => error!(error = %e, "cannot record a batch download"),
+        }
+    }
+
+    /// Verifies a small stored blob held in memory and installs its plaintext.
+    async fn install_small(&self, b: &BlobInfo, stored: &[u8]) -> Result<(u64, [u8; 32]), DownloadError> {
+        let lock = self.shared.blob_lock(&b.ns, &b.id);
+        let _g = lock.lock().await;
+        let plain = if b.external {
+            stored.to_vec()
+        } else {
+            let mut d = Decoder::new(&self.shared.key, &b.ns, &b.id);
+            let mut out = Vec::with_capacity(stored.len());
+            d.feed(stored, |p| {
+                out.extend_from_slice(p);
+                Ok::<(), Infallible>(())
+            })
+            .map_err(|e| match e {
+                DecodeError::Invalid(i) => i,
+                DecodeError::Sink(never) => match never {},
+            })?;
+            d.finish()?;
+            out
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, &plain);
+        let mut sha = [0u8; 32];
+        sha.copy_from_slice(digest.as_ref());
+        let partial = self.shared.data.partial_path(&b.ns, &b.id);
+        let dest = self.shared.data.payload_path(&b.ns, &b.id);
+        let size = plain.len() as u64;
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&partial)?;
+            f.write_all(&plain)?;
+            f.sync_all()?;
+            payload::remove(&dest)?;
+            payload::install(&partial, &dest)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok((size, sha))
+    }
+}

@@ -1,0 +1,795 @@
+//! [`EngineHandle`]: the only API the control service (and tests) use to drive the daemon —
+//! put, get, delete, list, status, sync, watch, retry, priority, pause/resume, limits,
+//! verify, and remote flags/listing.
+//!
+//! Errors are [`EngineError`]; [`EngineError::code`] says which gRPC code a caller should
+//! map it to. This module never knows about prost types.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use blobsync_shared::codec::Decoder;
+use blobsync_shared::wire::{BlobDetail, Flag};
+use blobsync_shared::{BlobId, Namespace};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::engine::{Engine, RemoteState, Shared, SyncRequest, TransferInfo};
+use crate::events::{CycleSummary, Subscription};
+use crate::remote::{Remote, RemoteError, RemoteListFilter};
+use crate::status::{Priority, Status, Transition};
+use crate::store::ops::RowUpdate;
+use crate::store::{BlobInfo, ListFilter, NewLocalBlob, StoreError, payload};
+
+/// Which gRPC code an [`EngineError`] maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Bad input (ids, ranges, flags, paths).
+    InvalidArgument,
+    /// No such blob.
+    NotFound,
+    /// The blob already exists.
+    AlreadyExists,
+    /// The remote is down or refused us; try later.
+    Unavailable,
+    /// The blob's status does not allow it (e.g. retry on a synced blob).
+    FailedPrecondition,
+    /// A bug or local disk trouble.
+    Internal,
+}
+
+/// Errors of [`EngineHandle`] calls; messages are for humans.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Bad input.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The blob's status does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The remote is needed and not usable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A store error (NotFound/AlreadyExists/illegal transition/internal).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A remote error.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// Local file trouble.
+    #[error("local i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The daemon is shutting down.
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+}
+
+impl EngineError {
+    /// The gRPC code to answer with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            EngineError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            EngineError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            EngineError::Unavailable(_) | EngineError::ShuttingDown => ErrorCode::Unavailable,
+            EngineError::Store(StoreError::NotFound { .. }) => ErrorCode::NotFound,
+            EngineError::Store(StoreError::AlreadyExists { .. }) => ErrorCode::AlreadyExists,
+            EngineError::Store(StoreError::Illegal(_)) => ErrorCode::FailedPrecondition,
+            EngineError::Store(StoreError::Closed) => ErrorCode::Unavailable,
+            EngineError::Store(_) | EngineError::Io(_) => ErrorCode::Internal,
+            EngineError::Remote(e) => match e {
+                RemoteError::NotFound => ErrorCode::NotFound,
+                RemoteError::Conflict => ErrorCode::AlreadyExists,
+                RemoteError::BadFlags(_) | RemoteError::RangeNotSatisfiable => {
+                    ErrorCode::InvalidArgument
+                }
+                RemoteError::TooLarge | RemoteError::QuotaExceeded => {
+                    ErrorCode::FailedPrecondition
+                }
+                _ => ErrorCode::Unavailable,
+            },
+        }
+    }
+}
+
+/// Bandwidth and concurrency limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Upload bytes/s (0: none).
+    pub up: u64,
+    /// Download bytes/s (0: none).
+    pub down: u64,
+    /// Concurrent transfers.
+    pub transfers: usize,
+}
+
+/// A partial change of [`Limits`]; `None` keeps the current value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimitsUpdate {
+    /// Upload bytes/s (0: none).
+    pub up: Option<u64>,
+    /// Download bytes/s (0: none).
+    pub down: Option<u64>,
+    /// Concurrent transfers (at least 1).
+    pub transfers: Option<usize>,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone)]
+pub struct StatusSnapshot {
+    /// Blobs per status (every status present, zeros included).
+    pub counts: BTreeMap<Status, u64>,
+    /// Blobs per namespace and status.
+    pub namespaces: BTreeMap<Namespace, BTreeMap<Status, u64>>,
+    /// Transfers in flight.
+    pub transfers: Vec<TransferInfo>,
+    /// The last finished cycle.
+    pub last_cycle: Option<CycleSummary>,
+    /// When the next periodic cycle is due.
+    pub next_cycle: Option<SystemTime>,
+    /// A cycle is running now.
+    pub cycle_running: bool,
+    /// The remote's state.
+    pub remote: RemoteState,
+    /// Everything is paused.
+    pub paused: bool,
+    /// Paused namespaces.
+    pub paused_namespaces: Vec<Namespace>,
+    /// Current limits.
+    pub limits: Limits,
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// The next event id (a watcher starting now resumes after `next_event_id - 1`).
+    pub next_event_id: u64,
+}
+
+/// Progress of a verify pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyProgress {
+    /// Blobs checked so far.
+    pub checked: u64,
+    /// Blobs to check.
+    pub total: u64,
+    /// The blob just checked.
+    pub ns: Namespace,
+    /// The blob just checked.
+    pub id: BlobId,
+    /// `None`: fine; else what is wrong.
+    pub problem: Option<String>,
+}
+
+/// One damaged blob found by verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Namespace.
+    pub ns: Namespace,
+    /// Id.
+    pub id: BlobId,
+    /// `"local"` or `"remote"`.
+    pub copy: &'static str,
+    /// What is wrong.
+    pub problem: String,
+    /// A download was queued to repair the local copy.
+    pub requeued: bool,
+}
+
+/// What a verify pass found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Local payloads re-hashed.
+    pub checked_local: u64,
+    /// Server copies downloaded and authenticated.
+    pub checked_remote: u64,
+    /// What is damaged.
+    pub damaged: Vec<Damage>,
+}
+
+/// The remote-dependent half of the engine, behind a trait object so the handle is not
+/// generic.
+pub(crate) trait EngineOps: Send + Sync {
+    fn fetch(&self, ns: Namespace, id: BlobId) -> BoxFuture<'_, Result<(), EngineError>>;
+    fn verify_remote_one(&self, b: BlobInfo) -> BoxFuture<'_, Result<Option<String>, EngineError>>;
+    fn get_flags(&self, ns: Namespace, id: BlobId) -> BoxFuture<'_, Result<Vec<Flag>, EngineError>>;
+    fn set_flags(&self, ns: Namespace, id: BlobId, flags: Vec<Flag>) -> BoxFuture<'_, Result<(), EngineError>>;
+    fn list_remote(&self, ns: Namespace, f: RemoteListFilter) -> BoxFuture<'_, Result<Vec<BlobDetail>, EngineError>>;
+}
+
+impl<R: Remote, C: Clock> EngineOps for Engine<R, C> {
+    fn fetch(&self, ns: Namespace, id: BlobId) -> BoxFuture<'_, Result<(), EngineError>> {
+        Box::pin(async move {
+            let me = self.self_arc();
+            let b = me
+                .shared
+                .store
+                .get(&ns, &id)
+                .await?
+                .ok_or(StoreError::NotFound { ns, id })?;
+            let mut stats = Default::default();
+            me.download_one(b, true, &me.shared.cancel.child_token(), &mut stats)
+                .await
+                .map_err(EngineError::from)
+        })
+    }
+
+    fn verify_remote_one(&self, b: BlobInfo) -> BoxFuture<'_, Result<Option<String>, EngineError>> {
+        Box::pin(async move {
+            let resp = self.remote.get(&b.ns, &b.id, None).await?;
+            let mut body = resp.body;
+            let mut d = Decoder::new(&self.shared.key, &b.ns, &b.id);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(RemoteError::from)?;
+                self.shared.down.acquire(chunk.len()).await;
+                if let Err(e) = d.feed(&chunk, |_| Ok::<(), std::convert::Infallible>(())) {
+                    return Ok(Some(e.to_string()));
+                }
+            }
+            Ok(d.finish().err().map(|e| e.to_string()))
+        })
+    }
+
+    fn get_flags(&self, ns: Namespace, id: BlobId) -> BoxFuture<'_, Result<Vec<Flag>, EngineError>> {
+        Box::pin(async move { Ok(self.remote.get_flags(&ns, &id).await?) })
+    }
+
+    fn set_flags(&self, ns: Namespace, id: BlobId, flags: Vec<Flag>) -> BoxFuture<'_, Result<(), EngineError>> {
+        Box::pin(async move { Ok(self.remote.set_flags(&ns, &id, &flags).await?) })
+    }
+
+    fn list_remote(&self, ns: Namespace, f: RemoteListFilter) -> BoxFuture<'_, Result<Vec<BlobDetail>, EngineError>> {
+        Box::pin(async move { Ok(self.remote.list(&ns, &f).await?) })
+    }
+}
+
+/// Cloneable handle to a running engine. Cheap to clone; every method is safe to call
+/// concurrently.
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+    ops: Arc<dyn EngineOps>,
+}
+
+impl EngineHandle {
+    pub(crate) fn new<R: Remote, C: Clock>(shared: Arc<Shared>, engine: Arc<Engine<R, C>>) -> Self {
+        Self {
+            shared,
+            ops: engine,
+        }
+    }
+
+    fn alive(&self) -> Result<(), EngineError> {
+        if self.shared.cancel.is_cancelled() {
+            Err(EngineError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Starts a put: write the bytes, then `commit`. Dropping the writer aborts it (the temp
+    /// file is removed). `id = None` picks a random UUIDv4 id. Fails with `AlreadyExists`
+    /// when the id is taken (checked now and again at commit).
+    pub async fn put_writer(
+        &self,
+        ns: Namespace,
+        id: Option<BlobId>,
+        priority: Priority,
+        local_only: bool,
+    ) -> Result<PutWriter, EngineError> {
+        self.alive()?;
+        let id = id.unwrap_or_else(BlobId::random);
+        if let Some(b) = self.shared.store.get(&ns, &id).await? {
+            return Err(StoreError::AlreadyExists {
+                ns,
+                id,
+                status: b.status,
+            }
+            .into());
+        }
+        let temp = self.shared.data.new_temp_path();
+        let file = tokio::fs::File::create(&temp).await?;
+        Ok(PutWriter {
+            shared: self.shared.clone(),
+            ns,
+            id,
+            priority,
+            local_only,
+            temp: Some(temp),
+            file: Some(file),
+            hasher: ring::digest::Context::new(&ring::digest::SHA256),
+            size: 0,
+        })
+    }
+
+    /// Puts the file at `path` (read by the daemon, streamed).
+    pub async fn put_path(
+        &self,
+        path: &Path,
+        ns: Namespace,
+        id: Option<BlobId>,
+        priority: Priority,
+        local_only: bool,
+    ) -> Result<BlobInfo, EngineError> {
+        use tokio::io::AsyncReadExt;
+        if !path.is_absolute() {
+            return Err(EngineError::InvalidArgument(format!(
+                "{} is not an absolute path; the daemon resolves paths on its own",
+                path.display()
+            )));
+        }
+        let mut src = tokio::fs::File::open(path).await.map_err(|e| {
+            EngineError::InvalidArgument(format!("cannot open {}: {e}", path.display()))
+        })?;
+        let mut w = self.put_writer(ns, id, priority, local_only).await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = src.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n]).await?;
+        }
+        w.commit().await
+    }
+
+    /// Opens a blob's plaintext for reading: a file positioned at `range.start` and the
+    /// number of bytes to read. A `REMOTE_ONLY` or `PENDING_DOWNLOAD` blob is fetched first
+    /// when `fetch_if_missing` (else `FailedPrecondition`).
+    pub async fn open_for_read(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        range: Option<Range<u64>>,
+        fetch_if_missing: bool,
+    ) -> Result<(tokio::fs::File, u64), EngineError> {
+        self.alive()?;
+        let b = self.info(ns, id).await?;
+        let b = match b.status {
+            s if s.has_payload() => b,
+            Status::PendingDelete => {
+                return Err(StoreError::NotFound {
+                    ns: ns.clone(),
+                    id: id.clone(),
+                }
+                .into());
+            }
+            Status::FailedDownload => {
+                return Err(EngineError::FailedPrecondition(format!(
+                    "blob {id} failed verification ({}); `blobctl retry {id}` re-queues it",
+                    b.last_error.as_deref().unwrap_or("no reason kept")
+                )));
+            }
+            s if !fetch_if_missing => {
+                return Err(EngineError::FailedPrecondition(format!(
+                    "blob {id} is {s}: not downloaded yet (ask with fetch to download it now)"
+                )));
+            }
+            _ => {
+                self.ops.fetch(ns.clone(), id.clone()).await?;
+                self.info(ns, id).await?
+            }
+        };
+        let size = b.size.unwrap_or(0);
+        let r = range.unwrap_or(0..size);
+        if r.start > r.end || r.end > size {
+            return Err(EngineError::InvalidArgument(format!(
+                "range {}-{} is outside the blob's {size} bytes",
+                r.start, r.end
+            )));
+        }
+        let mut f = tokio::fs::File::open(self.shared.data.payload_path(ns, id)).await?;
+        f.seek(std::io::SeekFrom::Start(r.start)).await?;
+        Ok((f, r.end - r.start))
+    }
+
+    /// One blob's info.
+    pub async fn info(&self, ns: &Namespace, id: &BlobId) -> Result<BlobInfo, EngineError> {
+        self.shared.store.get(ns, id).await?.ok_or_else(|| {
+            StoreError::NotFound {
+                ns: ns.clone(),
+                id: id.clone(),
+            }
+            .into()
+        })
+    }
+
+    /// Deletes a blob locally and (through the queue) on the server. Returns the new status
+    /// (`PENDING_DELETE`) or `None` when nothing remains to do.
+    pub async fn delete(&self, ns: &Namespace, id: &BlobId) -> Result<Option<Status>, EngineError> {
+        self.alive()?;
+        let lock = self.shared.blob_lock(ns, id);
+        let _g = lock.lock().await;
+        let b = self.info(ns, id).await?;
+        let u = RowUpdate {
+            now: Some((self.shared.now)()),
+            ..Default::default()
+        };
+        let t = Transition::DeletedLocally {
+            maybe_uploaded: b.upload_salt.is_some(),
+        };
+        let ch = self.shared.store.transition(ns, id, t, u).await?;
+        if b.status.has_payload() {
+            self.shared.remove_payload(ns, id).await;
+        }
+        if ch.to.is_some() {
+            self.shared.kick.notify_one();
+        }
+        Ok(ch.to)
+    }
+
+    /// A page of the local view, ordered by (namespace, id); pass the last row's key as
+    /// `after` for the next page.
+    pub async fn list(&self, filter: ListFilter) -> Result<Vec<BlobInfo>, EngineError> {
+        Ok(self.shared.store.list(filter).await?)
+    }
+
+    /// The daemon's state.
+    pub async fn status(&self) -> Result<StatusSnapshot, EngineError> {
+        let counts = self.shared.store.counts().await?;
+        let paused = self.shared.store.paused().await?;
+        let settings = self.shared.settings();
+        let mut by_status: BTreeMap<Status, u64> = Status::ALL.iter().map(|s| (*s, 0)).collect();
+        by_status.extend(counts.by_status);
+        let st = self.shared.state();
+        let mut transfers: Vec<TransferInfo> = st.transfers.values().cloned().collect();
+        transfers.sort_by(|a, b| (&a.ns, &a.id).cmp(&(&b.ns, &b.id)));
+        Ok(StatusSnapshot {
+            counts: by_status,
+            namespaces: counts.by_namespace,
+            transfers,
+            last_cycle: st.last_cycle.clone(),
+            next_cycle: st.next_cycle,
+            cycle_running: st.cycle_running,
+            remote: st.remote.clone(),
+            paused: paused.iter().any(Option::is_none),
+            paused_namespaces: paused.into_iter().flatten().collect(),
+            limits: Limits {
+                up: settings.bwlimit_up,
+                down: settings.bwlimit_down,
+                transfers: settings.transfers,
+            },
+            data_dir: self.shared.data.root().to_path_buf(),
+            next_event_id: self.shared.events.next_id(),
+        })
+    }
+
+    /// Forces a cycle (coalesced with any already requested). With `wait`, returns its
+    /// summary once it finished.
+    pub async fn sync(&self, wait: bool) -> Result<Option<CycleSummary>, EngineError> {
+        self.alive()?;
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .sync_tx
+            .send(SyncRequest {
+                full: false,
+                reply: wait.then_some(tx),
+            })
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        if !wait {
+            return Ok(None);
+        }
+        rx.await.map(Some).map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Follows events; with `since`, replays the buffered ones after it first.
+    pub fn subscribe(&self, since: Option<u64>) -> Subscription {
+        self.shared.events.subscribe(since)
+    }
+
+    /// Re-queues a failed blob (or makes a queued one due now).
+    pub async fn retry(&self, ns: &Namespace, id: &BlobId) -> Result<BlobInfo, EngineError> {
+        self.shared.store.retry(ns, id).await.map_err(|e| match e {
+            StoreError::Illegal(i) => EngineError::FailedPrecondition(format!(
+                "blob {id} is {}: nothing to retry",
+                i.from
+            )),
+            e => e.into(),
+        })?;
+        self.shared.kick.notify_one();
+        self.info(ns, id).await
+    }
+
+    /// Re-queues every failed blob; returns how many.
+    pub async fn retry_all_failed(&self) -> Result<u64, EngineError> {
+        let n = self.shared.store.retry_all_failed().await?.len() as u64;
+        self.shared.kick.notify_one();
+        Ok(n)
+    }
+
+    /// Changes a blob's priority (takes effect at the next pick from the queue).
+    pub async fn set_priority(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        p: Priority,
+    ) -> Result<BlobInfo, EngineError> {
+        Ok(self.shared.store.set_priority(ns, id, p).await?)
+    }
+
+    /// Pauses transfers of one namespace or all (persisted). Transfers already running
+    /// finish; listing continues.
+    pub async fn pause(&self, ns: Option<Namespace>) -> Result<(), EngineError> {
+        Ok(self.shared.store.set_paused(ns, true).await?)
+    }
+
+    /// Resumes one namespace or all (`None` also clears per-namespace pauses).
+    pub async fn resume(&self, ns: Option<Namespace>) -> Result<(), EngineError> {
+        self.shared.store.set_paused(ns, false).await?;
+        self.shared.kick.notify_one();
+        Ok(())
+    }
+
+    /// Changes limits at run time; returns the new ones.
+    pub fn set_limits(&self, u: LimitsUpdate) -> Result<Limits, EngineError> {
+        if u.transfers == Some(0) {
+            return Err(EngineError::InvalidArgument(
+                "transfers must be at least 1".into(),
+            ));
+        }
+        self.shared.apply_limits(u.up, u.down, u.transfers);
+        let s = self.shared.settings();
+        Ok(Limits {
+            up: s.bwlimit_up,
+            down: s.bwlimit_down,
+            transfers: s.transfers,
+        })
+    }
+
+    /// Re-hashes every local payload against its recorded SHA-256 (a damaged `SYNCED` copy
+    /// is re-queued for download); with `remote`, also downloads and authenticates every
+    /// server copy of a synced blob. Progress goes to `progress` (dropped if it is full).
+    pub async fn verify(
+        &self,
+        remote: bool,
+        progress: mpsc::Sender<VerifyProgress>,
+    ) -> Result<VerifyReport, EngineError> {
+        let mut report = VerifyReport::default();
+        let total = self.shared.store.counts().await?.by_status.values().sum::<u64>();
+        let mut checked = 0u64;
+        let mut after = None;
+        loop {
+            let page = self
+                .shared
+                .store
+                .list(ListFilter {
+                    after: after.clone(),
+                    limit: 500,
+                    ..Default::default()
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.ns.clone(), last.id.clone()));
+            for b in page {
+                if self.shared.cancel.is_cancelled() {
+                    return Err(EngineError::ShuttingDown);
+                }
+                checked += 1;
+                let mut problem = None;
+                if b.status.has_payload() && !b.external {
+                    report.checked_local += 1;
+                    if let Some(p) = self.verify_local(&b).await? {
+                        let requeued = b.status == Status::Synced
+                            && self
+                                .shared
+                                .store
+                                .transition(&b.ns, &b.id, Transition::DamageFound, RowUpdate {
+                                    last_error: Some(format!("local copy damaged: {p}")),
+                                    now: Some((self.shared.now)()),
+                                    ..Default::default()
+                                })
+                                .await
+                                .is_ok();
+                        if requeued {
+                            self.shared.remove_payload(&b.ns, &b.id).await;
+                        }
+                        report.damaged.push(Damage {
+                            ns: b.ns.clone(),
+                            id: b.id.clone(),
+                            copy: "local",
+                            problem: p.clone(),
+                            requeued,
+                        });
+                        problem = Some(p);
+                    }
+                }
+                if remote && b.status == Status::Synced && !b.external {
+                    report.checked_remote += 1;
+                    if let Some(p) = self.ops.verify_remote_one(b.clone()).await? {
+                        report.damaged.push(Damage {
+                            ns: b.ns.clone(),
+                            id: b.id.clone(),
+                            copy: "remote",
+                            problem: p.clone(),
+                            requeued: false,
+                        });
+                        problem = Some(p);
+                    }
+                }
+                let _ = progress.try_send(VerifyProgress {
+                    checked,
+                    total,
+                    ns: b.ns,
+                    id: b.id,
+                    problem,
+                });
+            }
+        }
+        if report.damaged.iter().any(|d| d.requeued) {
+            self.shared.kick.notify_one();
+        }
+        Ok(report)
+    }
+
+    async fn verify_local(&self, b: &BlobInfo) -> Result<Option<String>, EngineError> {
+        let path = self.shared.data.payload_path(&b.ns, &b.id);
+        let res = tokio::task::spawn_blocking(move || payload::sha256_file(&path))
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(match res {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some("payload file is missing".into())
+            }
+            Err(e) => Some(format!("cannot read the payload file: {e}")),
+            Ok((sha, size)) => {
+                if Some(size) != b.size {
+                    Some(format!(
+                        "payload is {size} bytes, {} were recorded",
+                        b.size.unwrap_or(0)
+                    ))
+                } else if Some(sha) != b.sha256 {
+                    Some("payload SHA-256 does not match the recorded one (bit rot?)".into())
+                } else {
+                    None
+                }
+            }
+        })
+    }
+
+    /// The remote flags of a blob.
+    pub async fn get_flags(&self, ns: &Namespace, id: &BlobId) -> Result<Vec<Flag>, EngineError> {
+        self.ops.get_flags(ns.clone(), id.clone()).await
+    }
+
+    /// Replaces the remote flags of a blob.
+    pub async fn set_flags(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        flags: Vec<Flag>,
+    ) -> Result<(), EngineError> {
+        self.ops.set_flags(ns.clone(), id.clone(), flags).await
+    }
+
+    /// The server's listing (one page).
+    pub async fn list_remote(
+        &self,
+        ns: &Namespace,
+        filter: RemoteListFilter,
+    ) -> Result<Vec<BlobDetail>, EngineError> {
+        self.ops.list_remote(ns.clone(), filter).await
+    }
+
+    /// A token cancelled when the engine stops (for long streams like watch).
+    pub fn stopped(&self) -> CancellationToken {
+        self.shared.cancel.clone()
+    }
+}
+
+/// A put in progress: `write` chunks, then `commit`. Dropped without commit, it is aborted
+/// and its temp file removed.
+pub struct PutWriter {
+    shared: Arc<Shared>,
+    ns: Namespace,
+    id: BlobId,
+    priority: Priority,
+    local_only: bool,
+    temp: Option<PathBuf>,
+    file: Option<tokio::fs::File>,
+    hasher: ring::digest::Context,
+    size: u64,
+}
+
+impl PutWriter {
+    /// The id the blob will get.
+    pub fn id(&self) -> &BlobId {
+        &self.id
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends bytes.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), EngineError> {
+        let f = self.file.as_mut().ok_or(EngineError::ShuttingDown)?;
+        f.write_all(data).await?;
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the blob durable (fsync, link into place, store commit) and queues its upload,
+    /// which starts at once.
+    pub async fn commit(mut self) -> Result<BlobInfo, EngineError> {
+        let mut file = self.file.take().ok_or(EngineError::ShuttingDown)?;
+        file.flush().await?;
+        file.sync_all().await?;
+        drop(file);
+        let temp = self.temp.take().expect("temp is set until commit or drop"); // invariant
+        let dest = self.shared.data.payload_path(&self.ns, &self.id);
+        let (t2, d2) = (temp.clone(), dest.clone());
+        let linked = tokio::task::spawn_blocking(move || payload::install(&t2, &d2))
+            .await
+            .map_err(std::io::Error::other)?;
+        if let Err(e) = linked {
+            let _ = tokio::fs::remove_file(&temp).await;
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                let status = self
+                    .shared
+                    .store
+                    .get(&self.ns, &self.id)
+                    .await?
+                    .map_or(Status::PendingUpload, |b| b.status);
+                return Err(StoreError::AlreadyExists {
+                    ns: self.ns.clone(),
+                    id: self.id.clone(),
+                    status,
+                }
+                .into());
+            }
+            return Err(e.into());
+        }
+        let mut sha = [0u8; 32];
+        sha.copy_from_slice(self.hasher.clone().finish().as_ref());
+        let blob = NewLocalBlob {
+            ns: self.ns.clone(),
+            id: self.id.clone(),
+            size: self.size,
+            sha256: sha,
+            priority: self.priority,
+            local_only: self.local_only,
+            created: (self.shared.now)(),
+        };
+        match self.shared.store.insert_local(blob).await {
+            Ok(info) => {
+                self.shared.kick.notify_one();
+                Ok(info)
+            }
+            Err(e) => {
+                // The row exists (a lazy blob listed meanwhile): our file must not stay.
+                let _ = tokio::fs::remove_file(&dest).await;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Drop for PutWriter {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            drop(self.file.take());
+            // Unlinking is quick, but keep it off the async workers when a runtime exists.
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn_blocking(move || {
+                        let _ = std::fs::remove_file(temp);
+                    });
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(temp);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! `FaultyRemote`: wraps any [`Remote`] and injects failures on request — the remote being
+//! down, refusing credentials, answering an error once, cutting a download body after N
+//! bytes, or storing an upload but losing the answer (a crash between PUT and commit). It
+//! counts calls so tests can assert "exactly 3 attempts". Used by tests; a real remote
+//! underneath does the real work.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use blobsync_shared::wire::{BlobDetail, ChangesResponse, Flag, UploadResponse};
+use blobsync_shared::{BlobId, Namespace};
+use futures_util::StreamExt;
+
+use super::{ByteStream, GetResponse, Remote, RemoteError, RemoteListFilter};
+
+/// Failure switches and call counters, shared by clones.
+#[derive(Default)]
+pub struct Faults {
+    /// Every call fails as unreachable.
+    pub down: AtomicBool,
+    /// Every call fails with 401.
+    pub unauthorized: AtomicBool,
+    /// The next PUTs store the blob but report a transport error.
+    pub lose_put_answers: AtomicU64,
+    /// The next downloads are cut after this many body bytes each.
+    pub cut_gets_after: Mutex<VecDeque<u64>>,
+    /// Errors the next calls answer with (one per call, before anything else).
+    pub next_errors: Mutex<VecDeque<RemoteError>>,
+    /// PUT calls that reached the wrapper.
+    pub puts: AtomicU64,
+    /// GET calls (ranged or not).
+    pub gets: AtomicU64,
+    /// GET calls that asked for a range.
+    pub ranged_gets: AtomicU64,
+    /// DELETE calls.
+    pub deletes: AtomicU64,
+    /// Listing calls.
+    pub listings: AtomicU64,
+    /// Batch calls (either direction).
+    pub batches: AtomicU64,
+}
+
+impl Faults {
+    /// Queues an error for the next call.
+    pub fn fail_next(&self, e: RemoteError) {
+        self.next_errors.lock().unwrap().push_back(e);
+    }
+
+    /// Cuts the next download after `n` bytes.
+    pub fn cut_next_get(&self, n: u64) {
+        self.cut_gets_after.lock().unwrap().push_back(n);
+    }
+
+    fn check(&self) -> Result<(), RemoteError> {
+        if let Some(e) = self.next_errors.lock().unwrap().pop_front() {
+            return Err(e);
+        }
+        if self.down.load(Ordering::SeqCst) {
+            return Err(RemoteError::Transport("connection refused (injected)".into()));
+        }
+        if self.unauthorized.load(Ordering::SeqCst) {
+            return Err(RemoteError::Unauthorized {
+                status: 401,
+                message: "bad token (injected)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A remote with injectable faults.
+#[derive(Clone)]
+pub struct FaultyRemote<R> {
+    inner: R,
+    /// The switches.
+    pub faults: Arc<Faults>,
+}
+
+impl<R: Remote> FaultyRemote<R> {
+    /// Wraps `inner` with no faults switched on.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            faults: Arc::default(),
+        }
+    }
+
+    /// The wrapped remote.
+    pub fn inner(&self) -> &R {
+        &self.inner
+    }
+}
+
+fn cut(body: ByteStream, after: u64) -> ByteStream {
+    Box::pin(futures_util::stream::unfold(
+        (Some(body), after),
+        |(body, left)| async move {
+            let mut body = body?;
+            if left == 0 {
+                return Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "connection reset (injected cut)",
+                    )),
+                    (None, 0),
+                ));
+            }
+            match body.next().await {
+                None => None,
+                Some(Err(e)) => Some((Err(e), (None, 0))),
+                Some(Ok(mut chunk)) => {
+                    if chunk.len() as u64 > left {
+                        chunk.truncate(left as usize);
+                    }
+                    let n = chunk.len() as u64;
+                    Some((Ok(chunk), (Some(body), left - n)))
+                }
+            }
+        },
+    ))
+}
+
+impl<R: Remote> Remote for FaultyRemote<R> {
+    fn describe(&self) -> String {
+        format!("{} (fault-injecting)", self.inner.describe())
+    }
+
+    async fn changes(&self, ns: &Namespace, since: u64) -> Result<ChangesResponse, RemoteError> {
+        self.faults.listings.fetch_add(1, Ordering::SeqCst);
+        self.faults.check()?;
+        self.inner.changes(ns, since).await
+    }
+
+    async fn list(&self, ns: &Namespace, f: &RemoteListFilter) -> Result<Vec<BlobDetail>, RemoteError> {
+        self.faults.check()?;
+        self.inner.list(ns, f).await
+    }
+
+    async fn put(&self, ns: &Namespace, id: &BlobId, len: u64, body: ByteStream) -> Result<(), RemoteError> {
+        self.faults.puts.fetch_add(1, Ordering::SeqCst);
+        self.faults.check()?;
+        self.inner.put(ns, id, len, body).await?;
+        let lose = self
+            .faults
+            .lose_put_answers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lose {
+            return Err(RemoteError::Transport("answer lost after the server stored it (injected)".into()));
+        }
+        Ok(())
+    }
+
+    async fn get(&self, ns: &Namespace, id: &BlobId, range: Option<Range<u64>>) -> Result<GetResponse, RemoteError> {
+        self.faults.gets.fetch_add(1, Ordering::SeqCst);
+        if range.is_some() {
+            self.faults.ranged_gets.fetch_add(1, Ordering::SeqCst);
+        }
+        self.faults.check()?;
+        let mut r = self.inner.get(ns, id, range).await?;
+        if let Some(n) = self.faults.cut_gets_after.lock().unwrap().pop_front() {
+            r.body = cut(r.body, n);
+        }
+        Ok(r)
+    }
+
+    async fn delete(&self, ns: &Namespace, id: &BlobId) -> Result<(), RemoteError> {
+        self.faults.deletes.fetch_add(1, Ordering::SeqCst);
+        self.faults.check()?;
+        self.inner.delete(ns, id).await
+    }
+
+    async fn get_flags(&self, ns: &Namespace, id: &BlobId) -> Result<Vec<Flag>, RemoteError> {
+        self.faults.check()?;
+        self.inner.get_flags(ns, id).await
+    }
+
+    async fn set_flags(&self, ns: &Namespace, id: &BlobId, flags: &[Flag]) -> Result<(), RemoteError> {
+        self.faults.check()?;
+        self.inner.set_flags(ns, id, flags).await
+    }
+
+    async fn put_batch(&self, ns: &Namespace, entries: &[(BlobId, u64)], body: ByteStream) -> Result<UploadResponse, RemoteError> {
+        self.faults.batches.fetch_add(1, Ordering::SeqCst);
+        self.faults.check()?;
+        self.inner.put_batch(ns, entries, body).await
+    }
+
+    async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {
+        self.faults.batches.fetch_add(1, Ordering::SeqCst);
+        self.faults.check()?;
+        self.inner.get_batch(ns, ids).await
+    }
+}

@@ -1,0 +1,1 @@
+//! `HttpRemote`: placeholder until the HTTP client lands.

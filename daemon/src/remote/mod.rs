@@ -1,0 +1,246 @@
+//! The `Remote` trait: everything the engine asks of a blob server — incremental and full
+//! listings, streamed put, ranged streamed get, delete, flags and `/stream` batches — with
+//! two implementations, [`http::HttpRemote`] (a `blobsync-server`) and [`dir::DirRemote`]
+//! (the same layout in a local folder), plus [`faulty::FaultyRemote`], a wrapper that injects
+//! failures for tests.
+//!
+//! Remotes move opaque stored bytes: they never see keys or plaintext, and never touch the
+//! store.
+
+pub mod dir;
+pub mod faulty;
+pub mod http;
+
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::time::Duration;
+
+use blobsync_shared::wire::{BlobDetail, ChangesResponse, Flag, UploadResponse};
+use blobsync_shared::{BlobId, Namespace};
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// A body of bytes, streamed; an `Err` item means the transfer broke (a transport fault).
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// A (possibly ranged) download.
+pub struct GetResponse {
+    /// The full stored size of the blob.
+    pub total: u64,
+    /// Offset of the first byte of `body` in the stored blob.
+    pub offset: u64,
+    /// Bytes `body` will yield if not cut short.
+    pub len: u64,
+    /// The bytes.
+    pub body: ByteStream,
+}
+
+/// Filters of a remote id listing (`ListRemote`).
+#[derive(Debug, Clone, Default)]
+pub struct RemoteListFilter {
+    /// Only blobs with this flag.
+    pub flag: Option<Flag>,
+    /// Page cursor: ids after this one.
+    pub after: Option<BlobId>,
+    /// Page size.
+    pub limit: Option<u32>,
+    /// List tombstones instead of live blobs.
+    pub deleted: bool,
+}
+
+/// Errors of the remote layer, classified by [`RemoteError::is_retryable`].
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// Connecting or talking to the server failed (refused, reset, timeout, body cut short).
+    #[error("remote unreachable: {0}")]
+    Transport(String),
+    /// Local file I/O of the remote failed (DirRemote) or a body broke.
+    #[error("remote i/o: {0}")]
+    Io(#[from] io::Error),
+    /// 401/403: the token is missing, wrong, or for another user.
+    #[error("remote refused the credentials (HTTP {status}): {message}; check token_file and user")]
+    Unauthorized {
+        /// 401 or 403.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// 404.
+    #[error("not found on the remote")]
+    NotFound,
+    /// 409: the id exists on the server.
+    #[error("the remote already has a blob with this id (HTTP 409)")]
+    Conflict,
+    /// 413: over the server's max blob size.
+    #[error("the remote refused the blob as too large (HTTP 413)")]
+    TooLarge,
+    /// 507: over quota.
+    #[error("the remote is over quota (HTTP 507)")]
+    QuotaExceeded,
+    /// 406: unknown flag.
+    #[error("the remote refused the flags (HTTP 406): {0}")]
+    BadFlags(String),
+    /// 410 or 400 on `since`: the cursor is unusable; do a full listing.
+    #[error("the listing cursor is no longer valid (HTTP {status}): {message}")]
+    CursorInvalid {
+        /// 410 or 400.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// 416.
+    #[error("range not satisfiable (HTTP 416)")]
+    RangeNotSatisfiable,
+    /// Any other HTTP status.
+    #[error("remote answered HTTP {status}: {message}")]
+    Http {
+        /// The status.
+        status: u16,
+        /// The server's message (truncated).
+        message: String,
+        /// `Retry-After`, when given.
+        retry_after: Option<Duration>,
+    },
+    /// The answer did not parse.
+    #[error("remote answered something unexpected: {0}")]
+    Protocol(String),
+    /// The remote is misconfigured (bad URL, CA file, token file).
+    #[error("remote setup: {0}")]
+    Config(String),
+}
+
+impl RemoteError {
+    /// Worth trying again later: transport faults, 5xx, 408, 429, and 401/403 (retried on the
+    /// schedule so a fixed token resumes the queue). 404/409/413/416/507 and bad data are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RemoteError::Transport(_) | RemoteError::Io(_) | RemoteError::Unauthorized { .. } => {
+                true
+            }
+            RemoteError::Http { status, .. } => *status >= 500 || matches!(status, 408 | 429),
+            RemoteError::Protocol(_) => true,
+            _ => false,
+        }
+    }
+
+    /// 401/403.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, RemoteError::Unauthorized { .. })
+    }
+
+    /// The server could not be reached at all (as opposed to answering with an error).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, RemoteError::Transport(_) | RemoteError::Io(_))
+            || matches!(self, RemoteError::Http { status, .. } if matches!(status, 502..=504))
+    }
+
+    /// How long the server asked us to wait (429/503 `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RemoteError::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A blob server, as the engine sees it. Generic (not `dyn`) so methods are plain `async fn`.
+pub trait Remote: Send + Sync + 'static {
+    /// Human description (`http://host:port as alice`, `file:///path`).
+    fn describe(&self) -> String;
+
+    /// Changes of `ns` after `since` (one page; continue while `more`). `since = 0` is the
+    /// full listing: every live blob plus tombstones.
+    fn changes(
+        &self,
+        ns: &Namespace,
+        since: u64,
+    ) -> impl Future<Output = Result<ChangesResponse, RemoteError>> + Send;
+
+    /// Live blobs (or tombstones) with details, one page.
+    fn list(
+        &self,
+        ns: &Namespace,
+        filter: &RemoteListFilter,
+    ) -> impl Future<Output = Result<Vec<BlobDetail>, RemoteError>> + Send;
+
+    /// Stores `len` bytes from `body` as a new blob; `Conflict` if the id exists.
+    fn put(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        len: u64,
+        body: ByteStream,
+    ) -> impl Future<Output = Result<(), RemoteError>> + Send;
+
+    /// The stored bytes, or the byte `range` of them.
+    fn get(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        range: Option<Range<u64>>,
+    ) -> impl Future<Output = Result<GetResponse, RemoteError>> + Send;
+
+    /// Deletes a blob (leaves a tombstone); `NotFound` if it is not there.
+    fn delete(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+    ) -> impl Future<Output = Result<(), RemoteError>> + Send;
+
+    /// The blob's remote flags.
+    fn get_flags(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+    ) -> impl Future<Output = Result<Vec<Flag>, RemoteError>> + Send;
+
+    /// Replaces the blob's remote flags.
+    fn set_flags(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        flags: &[Flag],
+    ) -> impl Future<Output = Result<(), RemoteError>> + Send;
+
+    /// Uploads many blobs in one request: `body` holds their bytes back to back, in the
+    /// order and sizes of `entries`. Returns the HTTP status per id.
+    fn put_batch(
+        &self,
+        ns: &Namespace,
+        entries: &[(BlobId, u64)],
+        body: ByteStream,
+    ) -> impl Future<Output = Result<UploadResponse, RemoteError>> + Send;
+
+    /// Downloads many blobs in one request: the raw downstream frames (decode them with
+    /// `wire::FrameDecoder`).
+    fn get_batch(
+        &self,
+        ns: &Namespace,
+        ids: &[BlobId],
+    ) -> impl Future<Output = Result<ByteStream, RemoteError>> + Send;
+}
+
+/// A body that yields one buffer.
+pub fn once_body(bytes: impl Into<Bytes>) -> ByteStream {
+    Box::pin(futures_util::stream::once(std::future::ready(Ok(
+        bytes.into()
+    ))))
+}
+
+/// Reads a whole (small) body into memory, at most `max` bytes.
+pub async fn collect_body(mut body: ByteStream, max: usize) -> Result<Vec<u8>, RemoteError> {
+    use futures_util::StreamExt;
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if out.len() + chunk.len() > max {
+            return Err(RemoteError::Protocol(format!(
+                "answer longer than {max} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}

@@ -1,0 +1,810 @@
+//! The store's SQL, as plain synchronous functions on a `Connection` (called only on the
+//! store thread, and directly by store tests).
+//!
+//! Status columns are written only by [`transition`], [`insert_local`] and
+//! [`apply_remote`]'s inserts, each of which goes through the state machine.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use blobsync_shared::{BlobId, Namespace};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::StoreError;
+use crate::clock::{from_millis, to_millis};
+use crate::status::{IllegalTransition, Next, Priority, Status, Transition};
+
+/// One blob as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// Namespace.
+    pub ns: Namespace,
+    /// Id.
+    pub id: BlobId,
+    /// Plaintext size, once known (always for local blobs).
+    pub size: Option<u64>,
+    /// Stored (encrypted) size on the server, once known.
+    pub remote_size: Option<u64>,
+    /// SHA-256 of the plaintext, once local.
+    pub sha256: Option<[u8; 32]>,
+    /// Sync status.
+    pub status: Status,
+    /// Queue priority.
+    pub priority: Priority,
+    /// Failed attempts since the last status change.
+    pub attempts: u32,
+    /// When the next attempt is due (`None`: not scheduled / due now).
+    pub next_attempt: Option<SystemTime>,
+    /// The last failure, kept for `ls` and `status`.
+    pub last_error: Option<String>,
+    /// Downloads that failed verification.
+    pub invalid_attempts: u32,
+    /// Header salt of our upload (set before the first PUT).
+    pub upload_salt: Option<[u8; 32]>,
+    /// Delivered by a trusted app through `/incoming`: kept as-is, never decrypted.
+    pub external: bool,
+    /// When the row was created.
+    pub created: SystemTime,
+    /// When the row last changed.
+    pub updated: SystemTime,
+    /// The server's sequence number of the copy we know.
+    pub remote_seq: Option<u64>,
+}
+
+impl BlobInfo {
+    /// The size to show: plaintext when known, else the stored size.
+    pub fn display_size(&self) -> u64 {
+        self.size.or(self.remote_size).unwrap_or(0)
+    }
+}
+
+/// A blob put locally.
+#[derive(Debug, Clone)]
+pub struct NewLocalBlob {
+    /// Namespace.
+    pub ns: Namespace,
+    /// Id.
+    pub id: BlobId,
+    /// Plaintext size.
+    pub size: u64,
+    /// Plaintext SHA-256.
+    pub sha256: [u8; 32],
+    /// Priority.
+    pub priority: Priority,
+    /// `LOCAL_ONLY` instead of `PENDING_UPLOAD`.
+    pub local_only: bool,
+    /// Now.
+    pub created: SystemTime,
+}
+
+/// A page request for [`list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this namespace.
+    pub ns: Option<Namespace>,
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Start after this key (the last of the previous page).
+    pub after: Option<(Namespace, BlobId)>,
+    /// Page size (0 means 1000).
+    pub limit: usize,
+}
+
+/// Which queued blobs [`due`] returns.
+#[derive(Debug, Clone)]
+pub struct DueFilter {
+    /// Only those due at or before this time.
+    pub now: SystemTime,
+    /// At most this many.
+    pub limit: usize,
+    /// Only these statuses (empty: every queued status).
+    pub statuses: Vec<Status>,
+}
+
+/// Counts per status, overall and per namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Blobs per status.
+    pub by_status: BTreeMap<Status, u64>,
+    /// Blobs per namespace and status.
+    pub by_namespace: BTreeMap<Namespace, BTreeMap<Status, u64>>,
+}
+
+/// A committed status change (`from`/`to` `None`: row created/removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    /// Namespace.
+    pub ns: Namespace,
+    /// Id.
+    pub id: BlobId,
+    /// Before.
+    pub from: Option<Status>,
+    /// After.
+    pub to: Option<Status>,
+}
+
+/// Extra column updates that go with a transition.
+#[derive(Debug, Clone, Default)]
+pub struct RowUpdate {
+    /// Plaintext size (after a download).
+    pub size: Option<u64>,
+    /// Plaintext hash (after a download).
+    pub sha256: Option<[u8; 32]>,
+    /// Stored size.
+    pub remote_size: Option<u64>,
+    /// Error to keep (failed statuses); `None` clears it.
+    pub last_error: Option<String>,
+    /// Now.
+    pub now: Option<SystemTime>,
+}
+
+/// A failed attempt: how to record it.
+#[derive(Debug, Clone)]
+pub struct RetryPlan {
+    /// What went wrong.
+    pub error: String,
+    /// When to try again.
+    pub next_attempt: SystemTime,
+    /// The download failed verification (counts toward `max_invalid`).
+    pub invalid: bool,
+    /// Verification failures allowed before `FAILED_DOWNLOAD`.
+    pub max_invalid: u32,
+    /// Now.
+    pub now: SystemTime,
+}
+
+/// What a listing diff decided about one remote id (see `engine::plan`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteFact {
+    /// A blob we did not know: insert it as `status` (PENDING_DOWNLOAD or REMOTE_ONLY).
+    New {
+        /// Id.
+        id: BlobId,
+        /// Stored size.
+        remote_size: u64,
+        /// Server creation time.
+        created: SystemTime,
+        /// From `/incoming`.
+        external: bool,
+        /// Server sequence number (0 if unknown).
+        seq: u64,
+        /// Initial status.
+        status: Status,
+    },
+    /// Gone from the server: apply `DeletedRemotely` (or `DeleteConfirmed`).
+    Gone {
+        /// Id.
+        id: BlobId,
+    },
+    /// Put again on the server after we synced the old copy: download the new one.
+    Replaced {
+        /// Id.
+        id: BlobId,
+        /// New sequence number.
+        seq: u64,
+        /// New stored size.
+        remote_size: u64,
+    },
+    /// Known on both sides: remember the server's sequence number and size.
+    Seen {
+        /// Id.
+        id: BlobId,
+        /// Sequence number.
+        seq: u64,
+        /// Stored size.
+        remote_size: u64,
+    },
+}
+
+const COLS: &str = "ns, id, size, remote_size, sha256, status, priority, attempts, \
+    next_attempt_ms, last_error, invalid_attempts, upload_salt, external, created_ms, \
+    updated_ms, remote_seq";
+
+fn corrupt(what: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, what.into())
+}
+
+fn blob32(v: Option<Vec<u8>>) -> rusqlite::Result<Option<[u8; 32]>> {
+    v.map(|b| {
+        <[u8; 32]>::try_from(b.as_slice())
+            .map_err(|_| corrupt(format!("expected 32 bytes, found {}", b.len())))
+    })
+    .transpose()
+}
+
+fn row(r: &Row<'_>) -> rusqlite::Result<BlobInfo> {
+    let ns: String = r.get(0)?;
+    let id: String = r.get(1)?;
+    let status: i64 = r.get(5)?;
+    let priority: i64 = r.get(6)?;
+    let next_ms: i64 = r.get(8)?;
+    Ok(BlobInfo {
+        ns: Namespace::new(ns).map_err(|e| corrupt(e.to_string()))?,
+        id: BlobId::new(id).map_err(|e| corrupt(e.to_string()))?,
+        size: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+        remote_size: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+        sha256: blob32(r.get(4)?)?,
+        status: Status::from_code(status).ok_or_else(|| corrupt(format!("status {status}")))?,
+        priority: Priority::from_code(priority)
+            .ok_or_else(|| corrupt(format!("priority {priority}")))?,
+        attempts: r.get::<_, i64>(7)? as u32,
+        next_attempt: (next_ms > 0).then(|| from_millis(next_ms)),
+        last_error: r.get(9)?,
+        invalid_attempts: r.get::<_, i64>(10)? as u32,
+        upload_salt: blob32(r.get(11)?)?,
+        external: r.get(12)?,
+        created: from_millis(r.get(13)?),
+        updated: from_millis(r.get(14)?),
+        remote_seq: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
+    })
+}
+
+fn now_ms(t: Option<SystemTime>) -> i64 {
+    to_millis(t.unwrap_or_else(SystemTime::now))
+}
+
+/// Inserts a locally put blob; `AlreadyExists` if the key is taken.
+pub fn insert_local(
+    c: &mut Connection,
+    b: &NewLocalBlob,
+) -> Result<(BlobInfo, StatusChange), StoreError> {
+    let tx = c.transaction()?;
+    if let Some(old) = get(&tx, &b.ns, &b.id)? {
+        return Err(StoreError::AlreadyExists {
+            ns: b.ns.clone(),
+            id: b.id.clone(),
+            status: old.status,
+        });
+    }
+    let status = if b.local_only {
+        Status::LocalOnly
+    } else {
+        Status::PendingUpload
+    };
+    let t = to_millis(b.created);
+    tx.execute(
+        "INSERT INTO blobs (ns, id, size, sha256, status, priority, created_ms, updated_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        params![
+            b.ns.as_str(),
+            b.id.as_str(),
+            b.size as i64,
+            &b.sha256[..],
+            status.code(),
+            b.priority.code(),
+            t
+        ],
+    )?;
+    let info = get(&tx, &b.ns, &b.id)?.expect("inserted just above"); // same transaction
+    tx.commit()?;
+    let change = StatusChange {
+        ns: b.ns.clone(),
+        id: b.id.clone(),
+        from: None,
+        to: Some(status),
+    };
+    Ok((info, change))
+}
+
+/// One blob.
+pub fn get(c: &Connection, ns: &Namespace, id: &BlobId) -> Result<Option<BlobInfo>, StoreError> {
+    let mut st = c.prepare_cached(&format!("SELECT {COLS} FROM blobs WHERE ns = ?1 AND id = ?2"))?;
+    Ok(st
+        .query_row(params![ns.as_str(), id.as_str()], row)
+        .optional()?)
+}
+
+/// A page in (namespace, id) order.
+pub fn list(c: &Connection, f: &ListFilter) -> Result<Vec<BlobInfo>, StoreError> {
+    let mut sql = format!("SELECT {COLS} FROM blobs WHERE 1=1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(ns) = &f.ns {
+        args.push(ns.as_str().to_owned().into());
+        sql.push_str(&format!(" AND ns = ?{}", args.len()));
+    }
+    if let Some(s) = f.status {
+        args.push(s.code().into());
+        sql.push_str(&format!(" AND status = ?{}", args.len()));
+    }
+    if let Some((ans, aid)) = &f.after {
+        args.push(ans.as_str().to_owned().into());
+        args.push(aid.as_str().to_owned().into());
+        sql.push_str(&format!(
+            " AND (ns, id) > (?{}, ?{})",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    let limit = if f.limit == 0 { 1000 } else { f.limit };
+    sql.push_str(&format!(" ORDER BY ns, id LIMIT {limit}"));
+    let mut st = c.prepare_cached(&sql)?;
+    let rows = st.query_map(rusqlite::params_from_iter(args), row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every row of a namespace (the listing diff's local side).
+pub fn namespace_rows(c: &Connection, ns: &Namespace) -> Result<Vec<BlobInfo>, StoreError> {
+    let mut st = c.prepare_cached(&format!("SELECT {COLS} FROM blobs WHERE ns = ?1"))?;
+    let rows = st.query_map(params![ns.as_str()], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+const PAUSE_ALL: &str = "*";
+
+/// Queued blobs due now in unpaused namespaces: priority, then due time, then age.
+pub fn due(c: &Connection, f: &DueFilter) -> Result<Vec<BlobInfo>, StoreError> {
+    if is_paused_all(c)? {
+        return Ok(Vec::new());
+    }
+    let statuses: Vec<String> = if f.statuses.is_empty() {
+        vec![Status::PendingUpload, Status::PendingDownload, Status::PendingDelete]
+    } else {
+        f.statuses.clone()
+    }
+    .iter()
+    .map(|s| s.code().to_string())
+    .collect();
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {COLS} FROM blobs WHERE status IN ({}) AND next_attempt_ms <= ?1 \
+         AND ns NOT IN (SELECT ns FROM paused) \
+         ORDER BY priority DESC, next_attempt_ms, created_ms, ns, id LIMIT ?2",
+        statuses.join(",")
+    ))?;
+    let rows = st.query_map(params![to_millis(f.now), f.limit as i64], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The earliest next attempt of a queued blob (unpaused namespaces).
+pub fn next_due(c: &mut Connection) -> Result<Option<SystemTime>, StoreError> {
+    if is_paused_all(c)? {
+        return Ok(None);
+    }
+    let ms: Option<i64> = c.query_row(
+        "SELECT MIN(next_attempt_ms) FROM blobs WHERE status IN (2, 3, 6) \
+         AND ns NOT IN (SELECT ns FROM paused)",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(ms.map(from_millis))
+}
+
+/// Counts per status and namespace.
+pub fn counts(c: &mut Connection) -> Result<Counts, StoreError> {
+    let mut out = Counts::default();
+    let mut st = c.prepare_cached("SELECT ns, status, COUNT(*) FROM blobs GROUP BY ns, status")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let ns: String = r.get(0)?;
+        let code: i64 = r.get(1)?;
+        let n: i64 = r.get(2)?;
+        let ns = Namespace::new(ns).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let s = Status::from_code(code)
+            .ok_or_else(|| StoreError::Corrupt(format!("status {code}")))?;
+        *out.by_status.entry(s).or_default() += n as u64;
+        *out.by_namespace.entry(ns).or_default().entry(s).or_default() += n as u64;
+    }
+    Ok(out)
+}
+
+/// Namespaces with rows or a cursor.
+pub fn namespaces(c: &mut Connection) -> Result<Vec<Namespace>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT DISTINCT ns FROM blobs UNION SELECT ns FROM cursors ORDER BY 1",
+    )?;
+    let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for ns in rows {
+        out.push(Namespace::new(ns?).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+    }
+    Ok(out)
+}
+
+/// Applies `t` to the blob and writes the row updates. Counters reset on every status change
+/// except into a failed status (which keeps them, to show how many attempts were made).
+pub fn transition(
+    c: &Connection,
+    ns: &Namespace,
+    id: &BlobId,
+    t: Transition,
+    u: &RowUpdate,
+) -> Result<StatusChange, StoreError> {
+    let cur = get(c, ns, id)?.ok_or_else(|| StoreError::NotFound {
+        ns: ns.clone(),
+        id: id.clone(),
+    })?;
+    let next = cur.status.apply(t)?;
+    let to = match next {
+        Next::Gone => {
+            c.execute(
+                "DELETE FROM blobs WHERE ns = ?1 AND id = ?2",
+                params![ns.as_str(), id.as_str()],
+            )?;
+            None
+        }
+        Next::Is(s) => {
+            let keep = matches!(s, Status::FailedDownload | Status::FailedUpload);
+            c.execute(
+                "UPDATE blobs SET status = ?3, \
+                   size = COALESCE(?4, size), sha256 = COALESCE(?5, sha256), \
+                   remote_size = COALESCE(?6, remote_size), last_error = ?7, \
+                   attempts = CASE WHEN ?8 THEN attempts ELSE 0 END, \
+                   invalid_attempts = CASE WHEN ?8 THEN invalid_attempts ELSE 0 END, \
+                   next_attempt_ms = 0, updated_ms = ?9 \
+                 WHERE ns = ?1 AND id = ?2",
+                params![
+                    ns.as_str(),
+                    id.as_str(),
+                    s.code(),
+                    u.size.map(|v| v as i64),
+                    u.sha256.as_ref().map(|h| &h[..]),
+                    u.remote_size.map(|v| v as i64),
+                    u.last_error,
+                    keep,
+                    now_ms(u.now),
+                ],
+            )?;
+            Some(s)
+        }
+    };
+    Ok(StatusChange {
+        ns: ns.clone(),
+        id: id.clone(),
+        from: Some(cur.status),
+        to,
+    })
+}
+
+/// Many transitions in one transaction; illegal or missing ones are skipped.
+pub fn transition_many(
+    c: &mut Connection,
+    ns: &Namespace,
+    items: &[(BlobId, Transition, RowUpdate)],
+) -> Result<Vec<StatusChange>, StoreError> {
+    let tx = c.transaction()?;
+    let mut out = Vec::with_capacity(items.len());
+    for (id, t, u) in items {
+        match transition(&tx, ns, id, *t, u) {
+            Ok(ch) => out.push(ch),
+            Err(StoreError::Illegal(_) | StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Records a failed attempt: attempts + 1, the error and the next attempt time; a download
+/// that failed verification for the `max_invalid`-th time moves to `FAILED_DOWNLOAD`.
+pub fn record_failure(
+    c: &mut Connection,
+    ns: &Namespace,
+    id: &BlobId,
+    p: &RetryPlan,
+) -> Result<Option<StatusChange>, StoreError> {
+    let tx = c.transaction()?;
+    let cur = get(&tx, ns, id)?.ok_or_else(|| StoreError::NotFound {
+        ns: ns.clone(),
+        id: id.clone(),
+    })?;
+    if !cur.status.is_queued() {
+        // The row moved on (deleted, retried by hand) while the transfer ran.
+        return Ok(None);
+    }
+    let invalid = cur.invalid_attempts + u32::from(p.invalid);
+    tx.execute(
+        "UPDATE blobs SET attempts = attempts + 1, invalid_attempts = ?3, last_error = ?4, \
+           next_attempt_ms = ?5, updated_ms = ?6 WHERE ns = ?1 AND id = ?2",
+        params![
+            ns.as_str(),
+            id.as_str(),
+            invalid as i64,
+            p.error,
+            to_millis(p.next_attempt),
+            to_millis(p.now)
+        ],
+    )?;
+    let mut change = None;
+    if p.invalid && invalid >= p.max_invalid {
+        let u = RowUpdate {
+            last_error: Some(format!(
+                "{} (failed verification {invalid} times; `blobctl retry` to try again)",
+                p.error
+            )),
+            now: Some(p.now),
+            ..Default::default()
+        };
+        change = Some(transition(&tx, ns, id, Transition::DownloadInvalid, &u)?);
+    }
+    tx.commit()?;
+    Ok(change)
+}
+
+/// Records the salt of our upload (first attempt only: later attempts reuse it, so a 409
+/// after a lost response is still recognised as ours).
+pub fn set_upload_salt(
+    c: &mut Connection,
+    ns: &Namespace,
+    id: &BlobId,
+    salt: &[u8; 32],
+) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE blobs SET upload_salt = ?3 WHERE ns = ?1 AND id = ?2 AND upload_salt IS NULL",
+        params![ns.as_str(), id.as_str(), &salt[..]],
+    )?;
+    Ok(())
+}
+
+/// Applies listing facts and sets the cursor, in one transaction. Facts that no longer fit
+/// the row (it changed since the diff) are skipped.
+pub fn apply_remote(
+    c: &mut Connection,
+    ns: &Namespace,
+    facts: &[RemoteFact],
+    cursor: Option<u64>,
+    now: SystemTime,
+) -> Result<Vec<StatusChange>, StoreError> {
+    let tx = c.transaction()?;
+    let mut out = Vec::new();
+    let now_ms = to_millis(now);
+    for f in facts {
+        match f {
+            RemoteFact::New {
+                id,
+                remote_size,
+                created,
+                external,
+                seq,
+                status,
+            } => {
+                debug_assert!(matches!(status, Status::PendingDownload | Status::RemoteOnly));
+                let n = tx.execute(
+                    "INSERT OR IGNORE INTO blobs (ns, id, remote_size, status, priority, external, \
+                       created_ms, updated_ms, remote_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        ns.as_str(),
+                        id.as_str(),
+                        *remote_size as i64,
+                        status.code(),
+                        Priority::default().code(),
+                        external,
+                        to_millis(*created),
+                        now_ms,
+                        *seq as i64
+                    ],
+                )?;
+                if n == 1 {
+                    out.push(StatusChange {
+                        ns: ns.clone(),
+                        id: id.clone(),
+                        from: None,
+                        to: Some(*status),
+                    });
+                }
+            }
+            RemoteFact::Gone { id } => {
+                let t = match get(&tx, ns, id)? {
+                    Some(b) if b.status == Status::PendingDelete => Transition::DeleteConfirmed,
+                    Some(_) => Transition::DeletedRemotely,
+                    None => continue,
+                };
+                let u = RowUpdate {
+                    now: Some(now),
+                    ..Default::default()
+                };
+                match transition(&tx, ns, id, t, &u) {
+                    Ok(ch) => out.push(ch),
+                    Err(StoreError::Illegal(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            RemoteFact::Replaced {
+                id,
+                seq,
+                remote_size,
+            } => {
+                let u = RowUpdate {
+                    remote_size: Some(*remote_size),
+                    now: Some(now),
+                    ..Default::default()
+                };
+                match transition(&tx, ns, id, Transition::ReplacedRemotely, &u) {
+                    Ok(ch) => {
+                        tx.execute(
+                            "UPDATE blobs SET remote_seq = ?3, sha256 = NULL, size = NULL \
+                             WHERE ns = ?1 AND id = ?2",
+                            params![ns.as_str(), id.as_str(), *seq as i64],
+                        )?;
+                        out.push(ch);
+                    }
+                    Err(StoreError::Illegal(_) | StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            RemoteFact::Seen {
+                id,
+                seq,
+                remote_size,
+            } => {
+                tx.execute(
+                    "UPDATE blobs SET remote_seq = ?3, remote_size = ?4 WHERE ns = ?1 AND id = ?2",
+                    params![ns.as_str(), id.as_str(), *seq as i64, *remote_size as i64],
+                )?;
+            }
+        }
+    }
+    if let Some(seq) = cursor {
+        tx.execute(
+            "INSERT INTO cursors (ns, seq) VALUES (?1, ?2) \
+             ON CONFLICT (ns) DO UPDATE SET seq = excluded.seq",
+            params![ns.as_str(), seq as i64],
+        )?;
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// `retry` on one blob: a failed blob is re-queued; a queued one becomes due now.
+pub fn retry(c: &mut Connection, ns: &Namespace, id: &BlobId) -> Result<StatusChange, StoreError> {
+    let tx = c.transaction()?;
+    let cur = get(&tx, ns, id)?.ok_or_else(|| StoreError::NotFound {
+        ns: ns.clone(),
+        id: id.clone(),
+    })?;
+    let ch = if cur.status.is_queued() {
+        tx.execute(
+            "UPDATE blobs SET next_attempt_ms = 0, attempts = 0, invalid_attempts = 0 \
+             WHERE ns = ?1 AND id = ?2",
+            params![ns.as_str(), id.as_str()],
+        )?;
+        StatusChange {
+            ns: ns.clone(),
+            id: id.clone(),
+            from: Some(cur.status),
+            to: Some(cur.status),
+        }
+    } else {
+        transition(&tx, ns, id, Transition::Requeue, &RowUpdate::default())?
+    };
+    tx.commit()?;
+    Ok(ch)
+}
+
+/// Re-queues every failed blob.
+pub fn retry_all_failed(c: &mut Connection) -> Result<Vec<StatusChange>, StoreError> {
+    let tx = c.transaction()?;
+    let failed: Vec<(String, String)> = {
+        let mut st = tx.prepare("SELECT ns, id FROM blobs WHERE status IN (4, 5)")?;
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    let mut out = Vec::with_capacity(failed.len());
+    for (ns, id) in failed {
+        let ns = Namespace::new(ns).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = BlobId::new(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        out.push(transition(
+            &tx,
+            &ns,
+            &id,
+            Transition::Requeue,
+            &RowUpdate::default(),
+        )?);
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Sets a blob's priority.
+pub fn set_priority(
+    c: &mut Connection,
+    ns: &Namespace,
+    id: &BlobId,
+    p: Priority,
+) -> Result<BlobInfo, StoreError> {
+    let n = c.execute(
+        "UPDATE blobs SET priority = ?3 WHERE ns = ?1 AND id = ?2",
+        params![ns.as_str(), id.as_str(), p.code()],
+    )?;
+    if n == 0 {
+        return Err(StoreError::NotFound {
+            ns: ns.clone(),
+            id: id.clone(),
+        });
+    }
+    Ok(get(c, ns, id)?.expect("updated just above")) // single-threaded connection
+}
+
+/// A namespace's cursor.
+pub fn cursor(c: &mut Connection, ns: &Namespace) -> Result<Option<u64>, StoreError> {
+    Ok(c.query_row(
+        "SELECT seq FROM cursors WHERE ns = ?1",
+        params![ns.as_str()],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()?
+    .map(|v| v as u64))
+}
+
+/// Forgets a cursor.
+pub fn clear_cursor(c: &mut Connection, ns: &Namespace) -> Result<(), StoreError> {
+    c.execute("DELETE FROM cursors WHERE ns = ?1", params![ns.as_str()])?;
+    Ok(())
+}
+
+fn is_paused_all(c: &Connection) -> Result<bool, StoreError> {
+    Ok(c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM paused WHERE ns = ?1)",
+        params![PAUSE_ALL],
+        |r| r.get(0),
+    )?)
+}
+
+/// Paused namespaces (`None`: all).
+pub fn paused(c: &mut Connection) -> Result<Vec<Option<Namespace>>, StoreError> {
+    let mut st = c.prepare_cached("SELECT ns FROM paused ORDER BY ns")?;
+    let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for ns in rows {
+        let ns = ns?;
+        out.push(if ns == PAUSE_ALL {
+            None
+        } else {
+            Some(Namespace::new(ns).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        });
+    }
+    Ok(out)
+}
+
+/// Pauses or resumes; resuming "all" also clears every per-namespace pause.
+pub fn set_paused(
+    c: &mut Connection,
+    ns: Option<&Namespace>,
+    paused: bool,
+) -> Result<(), StoreError> {
+    let key = ns.map_or(PAUSE_ALL, |n| n.as_str());
+    if paused {
+        c.execute("INSERT OR IGNORE INTO paused (ns) VALUES (?1)", params![key])?;
+    } else if ns.is_none() {
+        c.execute("DELETE FROM paused", [])?;
+    } else {
+        c.execute("DELETE FROM paused WHERE ns = ?1", params![key])?;
+    }
+    Ok(())
+}
+
+/// Increments the persistent cycle counter.
+pub fn next_cycle(c: &mut Connection) -> Result<u64, StoreError> {
+    let n: i64 = c.query_row(
+        "INSERT INTO meta (key, value) VALUES ('cycle', '1') \
+         ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value",
+        [],
+        |r| r.get::<_, String>(0).map(|s| s.parse().unwrap_or(1)),
+    )?;
+    Ok(n as u64)
+}
+
+/// A meta value.
+pub fn meta(c: &mut Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+        r.get(0)
+    })
+    .optional()?)
+}
+
+/// Sets or removes a meta value.
+pub fn set_meta(c: &mut Connection, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+    match value {
+        Some(v) => c.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, v],
+        )?,
+        None => c.execute("DELETE FROM meta WHERE key = ?1", params![key])?,
+    };
+    Ok(())
+}
+
+impl From<IllegalTransition> for rusqlite::Error {
+    fn from(e: IllegalTransition) -> Self {
+        corrupt(e.to_string())
+    }
+}
