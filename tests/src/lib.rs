@@ -9,6 +9,7 @@
 //! as a user would run it.
 
 pub mod bins;
+pub mod cluster;
 pub mod converge;
 pub mod ctl;
 pub mod daemon;
@@ -20,6 +21,7 @@ pub mod rawhttp;
 pub mod server;
 pub mod wait;
 
+pub use cluster::{Cluster, test_seed};
 pub use ctl::{Blobctl, CtlOutput};
 pub use daemon::{DaemonOpts, DaemonProc, RemoteSpec};
 pub use env::TestEnv;
