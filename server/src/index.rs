@@ -795,29 +795,8 @@ impl Index {
         })
     }
 
-    /// Turns a live row whose payload is gone into a tombstone (fsck repair), fixing usage.
-    pub fn tombstone_missing(&self, user: &str, ns: &str, id: &str) -> Result<(), IndexError> {
-        let mut c = self.writer();
-        let tx = c.transaction()?;
-        let Some(row) = lookup_in(&tx, user, ns, id)?.filter(|r| !r.deleted) else {
-            return Ok(());
-        };
-        tx.execute(
-            "UPDATE users SET seq = seq + 1, used_bytes = used_bytes - ?2 WHERE name = ?1",
-            params![user, row.size as i64],
-        )?;
-        tx.execute(
-            "UPDATE blobs SET deleted = 1, created = ?4, \
-             seq = (SELECT seq FROM users WHERE name = ?1) \
-             WHERE user = ?1 AND namespace = ?2 AND id = ?3",
-            params![user, ns, id, now_secs()],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Recomputes every user's `used_bytes` from the rows (fsck repair); returns how many
-    /// users were off.
+    /// Compares every user's recorded `used_bytes` with the sum of their live rows; returns
+    /// (user, recorded, actual) for those that differ, and with `repair` fixes them.
     pub fn fix_usage(&self, repair: bool) -> Result<Vec<(String, u64, u64)>, IndexError> {
         let c = self.writer();
         let mut s = c.prepare(

@@ -829,3 +829,24 @@ async fn fsck_finds_and_repairs_leftovers() {
     assert!(!d.join("alice/default/k/kee/.tmp-keep-1234").exists());
     assert!(d.join("alice/default/k/kee/keep").exists());
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_for_a_free_slot() {
+    let s = TestServer::start_with(|c| c.max_connections = 2).await;
+    let t = s.add_user("alice", None);
+    // Two idle connections take both slots.
+    let a = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let _b = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waited = tokio::time::timeout(Duration::from_millis(300), s.get("/blobs/alice", &t)).await;
+    assert!(
+        waited.is_err(),
+        "a third connection was served beyond the limit"
+    );
+    // Freeing one slot lets the next request through.
+    drop(a);
+    let r = tokio::time::timeout(Duration::from_secs(5), s.get("/blobs/alice", &t))
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(r.status, 200);
+}
