@@ -242,12 +242,15 @@ pub fn decrypt_range<R: Read + Seek, W: Write>(
     }
     let cipher = SegmentCipher::new(key, &header, hbuf[..header_len].to_vec());
     stored.seek(SeekFrom::Start(header.segment_offset(segs.start)))?;
-    let mut buf = vec![0u8; header.segment_sealed_len(segs.start) as usize];
+    // Grown by the bytes that really arrive (reused across segments), not sized from the
+    // header up front: a forged header cannot make a short input allocate 16 MiB.
+    let mut buf = Vec::new();
     let end = plain.end.min(header.plain_size);
     let mut written = 0u64;
     for i in segs {
         let len = header.segment_sealed_len(i) as usize;
-        let got = read_full(&mut stored, &mut buf[..len])?;
+        buf.clear();
+        let got = (&mut stored).take(len as u64).read_to_end(&mut buf)?;
         if got < len {
             return Err(InvalidBlob::Truncated {
                 received: header.segment_offset(i) + got as u64,
