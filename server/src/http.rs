@@ -5,6 +5,13 @@
 //! Handlers validate everything that comes in (ids and namespaces become newtypes before any
 //! path is built) and answer errors as plain text saying what was wrong. Index calls and file
 //! system work go through the blocking pool; blob bytes move in bounded chunks.
+//!
+//! Status codes: 401 no/unknown token (with `WWW-Authenticate: Bearer`); 403 a path user that
+//! is not the token's, an app token outside `/incoming`, a user token on `/incoming`; 400 bad
+//! id, namespace, query parameter (unknown ones too), body or stream framing; 404 unknown
+//! route or blob; 405 wrong method (with `Allow`); 406 unknown flag; 409 id exists; 413 over
+//! `max_blob_size`; 416 unsatisfiable or malformed `Range` (with `Content-Range: bytes */N`);
+//! 507 over quota. `/stream` uploads answer 200 with a per-id status map.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Seek};
@@ -116,9 +123,14 @@ async fn blocking<T: Send + 'static>(
 
 /// Entry point for every request: routes, counts, and turns errors into plain-text answers.
 pub async fn handle(st: ServerState, req: Request<Incoming>) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let (label, result) = route(&st, req).await;
     let resp = result.unwrap_or_else(ApiError::into_response);
-    st.inner.metrics.request(label, resp.status().as_u16());
+    let status = resp.status().as_u16();
+    st.inner.metrics.request(label, status);
+    // Paths hold user names and ids, never tokens; query strings are left out.
+    tracing::debug!(%method, %path, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
     resp
 }
 
