@@ -89,9 +89,7 @@ impl EngineError {
                 RemoteError::BadFlags(_) | RemoteError::RangeNotSatisfiable => {
                     ErrorCode::InvalidArgument
                 }
-                RemoteError::TooLarge | RemoteError::QuotaExceeded => {
-                    ErrorCode::FailedPrecondition
-                }
+                RemoteError::TooLarge | RemoteError::QuotaExceeded => ErrorCode::FailedPrecondition,
                 _ => ErrorCode::Unavailable,
             },
         }
@@ -195,9 +193,19 @@ pub struct VerifyReport {
 pub(crate) trait EngineOps: Send + Sync {
     fn fetch(&self, ns: Namespace, id: BlobId) -> BoxFuture<'_, Result<(), EngineError>>;
     fn verify_remote_one(&self, b: BlobInfo) -> BoxFuture<'_, Result<Option<String>, EngineError>>;
-    fn get_flags(&self, ns: Namespace, id: BlobId) -> BoxFuture<'_, Result<Vec<Flag>, EngineError>>;
-    fn set_flags(&self, ns: Namespace, id: BlobId, flags: Vec<Flag>) -> BoxFuture<'_, Result<(), EngineError>>;
-    fn list_remote(&self, ns: Namespace, f: RemoteListFilter) -> BoxFuture<'_, Result<Vec<BlobDetail>, EngineError>>;
+    fn get_flags(&self, ns: Namespace, id: BlobId)
+    -> BoxFuture<'_, Result<Vec<Flag>, EngineError>>;
+    fn set_flags(
+        &self,
+        ns: Namespace,
+        id: BlobId,
+        flags: Vec<Flag>,
+    ) -> BoxFuture<'_, Result<(), EngineError>>;
+    fn list_remote(
+        &self,
+        ns: Namespace,
+        f: RemoteListFilter,
+    ) -> BoxFuture<'_, Result<Vec<BlobDetail>, EngineError>>;
 }
 
 impl<R: Remote, C: Clock> EngineOps for Engine<R, C> {
@@ -233,15 +241,28 @@ impl<R: Remote, C: Clock> EngineOps for Engine<R, C> {
         })
     }
 
-    fn get_flags(&self, ns: Namespace, id: BlobId) -> BoxFuture<'_, Result<Vec<Flag>, EngineError>> {
+    fn get_flags(
+        &self,
+        ns: Namespace,
+        id: BlobId,
+    ) -> BoxFuture<'_, Result<Vec<Flag>, EngineError>> {
         Box::pin(async move { Ok(self.remote.get_flags(&ns, &id).await?) })
     }
 
-    fn set_flags(&self, ns: Namespace, id: BlobId, flags: Vec<Flag>) -> BoxFuture<'_, Result<(), EngineError>> {
+    fn set_flags(
+        &self,
+        ns: Namespace,
+        id: BlobId,
+        flags: Vec<Flag>,
+    ) -> BoxFuture<'_, Result<(), EngineError>> {
         Box::pin(async move { Ok(self.remote.set_flags(&ns, &id, &flags).await?) })
     }
 
-    fn list_remote(&self, ns: Namespace, f: RemoteListFilter) -> BoxFuture<'_, Result<Vec<BlobDetail>, EngineError>> {
+    fn list_remote(
+        &self,
+        ns: Namespace,
+        f: RemoteListFilter,
+    ) -> BoxFuture<'_, Result<Vec<BlobDetail>, EngineError>> {
         Box::pin(async move { Ok(self.remote.list(&ns, &f).await?) })
     }
 }
@@ -549,7 +570,14 @@ impl EngineHandle {
         progress: mpsc::Sender<VerifyProgress>,
     ) -> Result<VerifyReport, EngineError> {
         let mut report = VerifyReport::default();
-        let total = self.shared.store.counts().await?.by_status.values().sum::<u64>();
+        let total = self
+            .shared
+            .store
+            .counts()
+            .await?
+            .by_status
+            .values()
+            .sum::<u64>();
         let mut checked = 0u64;
         let mut after = None;
         loop {
@@ -577,11 +605,16 @@ impl EngineHandle {
                             && self
                                 .shared
                                 .store
-                                .transition(&b.ns, &b.id, Transition::DamageFound, RowUpdate {
-                                    last_error: Some(format!("local copy damaged: {p}")),
-                                    now: Some((self.shared.now)()),
-                                    ..Default::default()
-                                })
+                                .transition(
+                                    &b.ns,
+                                    &b.id,
+                                    Transition::DamageFound,
+                                    RowUpdate {
+                                        last_error: Some(format!("local copy damaged: {p}")),
+                                        now: Some((self.shared.now)()),
+                                        ..Default::default()
+                                    },
+                                )
                                 .await
                                 .is_ok();
                         if requeued {

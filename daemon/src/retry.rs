@@ -59,11 +59,7 @@ impl TimeScale {
 
     /// `d` scaled.
     pub fn apply(self, d: Duration) -> Duration {
-        if self.0 == 1.0 {
-            d
-        } else {
-            d.mul_f64(self.0)
-        }
+        if self.0 == 1.0 { d } else { d.mul_f64(self.0) }
     }
 }
 

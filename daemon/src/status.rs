@@ -123,8 +123,18 @@ impl Status {
             (Synced | PendingDownload | FailedDownload | RemoteOnly, T::DeletedLocally { .. }) => {
                 Next::Is(PendingDelete)
             }
-            (PendingUpload, T::DeletedLocally { maybe_uploaded: true }) => Next::Is(PendingDelete),
-            (PendingUpload, T::DeletedLocally { maybe_uploaded: false })
+            (
+                PendingUpload,
+                T::DeletedLocally {
+                    maybe_uploaded: true,
+                },
+            ) => Next::Is(PendingDelete),
+            (
+                PendingUpload,
+                T::DeletedLocally {
+                    maybe_uploaded: false,
+                },
+            )
             | (LocalOnly | FailedUpload, T::DeletedLocally { .. }) => Next::Gone,
             (PendingDelete, T::DeleteConfirmed) => Next::Gone,
             (
@@ -292,7 +302,10 @@ mod tests {
             PendingDownload.apply(Transition::DownloadSucceeded),
             Ok(Next::Is(Synced))
         );
-        assert_eq!(RemoteOnly.apply(Transition::Wanted), Ok(Next::Is(PendingDownload)));
+        assert_eq!(
+            RemoteOnly.apply(Transition::Wanted),
+            Ok(Next::Is(PendingDownload))
+        );
         assert_eq!(
             PendingDownload.apply(Transition::DownloadInvalid),
             Ok(Next::Is(FailedDownload))
@@ -307,7 +320,10 @@ mod tests {
             }),
             Ok(Next::Is(PendingDelete))
         );
-        assert_eq!(PendingDelete.apply(Transition::DeleteConfirmed), Ok(Next::Gone));
+        assert_eq!(
+            PendingDelete.apply(Transition::DeleteConfirmed),
+            Ok(Next::Gone)
+        );
     }
 
     #[test]
@@ -315,7 +331,13 @@ mod tests {
         for s in [PendingUpload, LocalOnly, FailedUpload] {
             assert!(s.apply(Transition::DeletedRemotely).is_err(), "{s}");
         }
-        for s in [Synced, PendingDownload, FailedDownload, RemoteOnly, PendingDelete] {
+        for s in [
+            Synced,
+            PendingDownload,
+            FailedDownload,
+            RemoteOnly,
+            PendingDelete,
+        ] {
             assert_eq!(s.apply(Transition::DeletedRemotely), Ok(Next::Gone), "{s}");
         }
     }

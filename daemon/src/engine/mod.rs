@@ -168,7 +168,10 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn settings(&self) -> EngineSettings {
-        self.settings.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn state(&self) -> std::sync::MutexGuard<'_, RuntimeState> {
@@ -312,7 +315,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
 
     /// This engine as an `Arc` (it is only ever built inside one, by [`Engine::new`]).
     pub(crate) fn self_arc(&self) -> Arc<Self> {
-        self.me.upgrade().expect("an engine method runs, so its Arc is alive")
+        self.me
+            .upgrade()
+            .expect("an engine method runs, so its Arc is alive")
     }
 
     /// The handle the control service uses.
@@ -334,7 +339,11 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     /// Changes the reloadable settings (SIGHUP): limits, interval, policies.
     pub fn reload(&self, new: &EngineSettings) {
         {
-            let mut s = self.shared.settings.write().unwrap_or_else(|p| p.into_inner());
+            let mut s = self
+                .shared
+                .settings
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             s.sync_interval = new.sync_interval;
             s.max_invalid_retries = new.max_invalid_retries;
             s.full_list_every = new.full_list_every;
@@ -460,10 +469,15 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 ..Default::default()
             };
             self.shared.state().cycle_running = true;
-            self.shared.events.publish(EventKind::CycleStarted { cycle });
+            self.shared
+                .events
+                .publish(EventKind::CycleStarted { cycle });
             let full_every = self.shared.settings().full_list_every;
             let periodic_full = full_every > 0 && cycle % u64::from(full_every) == 0;
-            match self.sync_listing(force_full || periodic_full, &mut summary).await {
+            match self
+                .sync_listing(force_full || periodic_full, &mut summary)
+                .await
+            {
                 Ok(()) => self.shared.note_remote_ok(),
                 Err(SyncError::Remote(e)) => {
                     self.shared.note_remote_err(&e);
@@ -612,12 +626,11 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let mut adopted = 0u64;
         for (ns, id, path) in files {
             let existing = self.shared.store.get(&ns, &id).await?;
-            let (sha, size) = match tokio::task::spawn_blocking(move || payload::sha256_file(&path))
-                .await
-            {
-                Ok(Ok(v)) => v,
-                _ => continue,
-            };
+            let (sha, size) =
+                match tokio::task::spawn_blocking(move || payload::sha256_file(&path)).await {
+                    Ok(Ok(v)) => v,
+                    _ => continue,
+                };
             match existing {
                 Some(row) if row.status == Status::PendingDownload => {
                     // The server has it and so do we: adopt without a download.
@@ -649,13 +662,19 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 }
             }
         }
-        warn!(adopted, "store rebuilt: adopted payload files found on disk");
+        warn!(
+            adopted,
+            "store rebuilt: adopted payload files found on disk"
+        );
         Ok(())
     }
 
     /// Step 4: runs due transfers under the `transfers` limit, highest priority first, until
     /// nothing is due; picks up new work (puts, retries) as slots free.
-    pub(crate) async fn run_transfers(self: &Arc<Self>, cancel: &CancellationToken) -> TransferStats {
+    pub(crate) async fn run_transfers(
+        self: &Arc<Self>,
+        cancel: &CancellationToken,
+    ) -> TransferStats {
         let mut stats = TransferStats::default();
         let mut tasks: JoinSet<TransferStats> = JoinSet::new();
         let mut in_flight: HashMap<tokio::task::Id, Vec<(String, String)>> = HashMap::new();
@@ -709,7 +728,11 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             // Shutdown: let in-flight transfers finish within the bound, then cut them off;
             // their rows stay queued, so the next start resumes them.
             let bound = self.shared.settings().drain_timeout;
-            info!(in_flight = tasks.len(), ?bound, "draining in-flight transfers");
+            info!(
+                in_flight = tasks.len(),
+                ?bound,
+                "draining in-flight transfers"
+            );
             let drained = tokio::time::timeout(bound, async {
                 while let Some(done) = tasks.join_next().await {
                     if let Ok(s) = done {
@@ -719,7 +742,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             })
             .await;
             if drained.is_err() {
-                warn!(left = tasks.len(), "drain timed out; cancelling the rest (they stay queued)");
+                warn!(
+                    left = tasks.len(),
+                    "drain timed out; cancelling the rest (they stay queued)"
+                );
                 child.cancel();
                 while tasks.join_next().await.is_some() {}
             }

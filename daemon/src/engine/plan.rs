@@ -67,8 +67,8 @@ pub fn diff(
             }
             (ChangeOp::Put, Some(l)) => {
                 live.insert(id);
-                let replaced = l.status == Status::Synced
-                    && l.remote_seq.is_some_and(|known| known != c.seq);
+                let replaced =
+                    l.status == Status::Synced && l.remote_seq.is_some_and(|known| known != c.seq);
                 if replaced {
                     facts.push(RemoteFact::Replaced {
                         id: (*id).clone(),
@@ -97,7 +97,11 @@ pub fn diff(
             .map(|l| &l.id)
             .collect();
         absent.sort();
-        facts.extend(absent.into_iter().map(|id| RemoteFact::Gone { id: id.clone() }));
+        facts.extend(
+            absent
+                .into_iter()
+                .map(|id| RemoteFact::Gone { id: id.clone() }),
+        );
     }
     facts
 }
@@ -165,7 +169,9 @@ pub fn next_transfers(
         .collect();
     let small = |b: &BlobInfo| match b.status {
         Status::PendingUpload => b.size.is_some_and(|s| s <= batch.max_blob),
-        Status::PendingDownload => !b.external && b.remote_size.is_some_and(|s| s <= batch.max_blob),
+        Status::PendingDownload => {
+            !b.external && b.remote_size.is_some_and(|s| s <= batch.max_blob)
+        }
         _ => false,
     };
     // Group small blobs per (namespace, direction), in priority order.
@@ -264,9 +270,22 @@ mod tests {
     fn new_remote_blobs_are_queued_or_kept_remote_by_policy() {
         let ch = [change("a", ChangeOp::Put, 1)];
         let eager = diff(&[], &ch, ListingKind::Incremental, NamespacePolicy::Eager);
-        assert!(matches!(&eager[..], [RemoteFact::New { status: Status::PendingDownload, seq: 1, .. }]));
+        assert!(matches!(
+            &eager[..],
+            [RemoteFact::New {
+                status: Status::PendingDownload,
+                seq: 1,
+                ..
+            }]
+        ));
         let lazy = diff(&[], &ch, ListingKind::Incremental, NamespacePolicy::Lazy);
-        assert!(matches!(&lazy[..], [RemoteFact::New { status: Status::RemoteOnly, .. }]));
+        assert!(matches!(
+            &lazy[..],
+            [RemoteFact::New {
+                status: Status::RemoteOnly,
+                ..
+            }]
+        ));
     }
 
     #[test]
@@ -282,10 +301,18 @@ mod tests {
             .enumerate()
             .map(|(i, n)| change(n, ChangeOp::Delete, 10 + i as u64))
             .collect();
-        let facts = diff(&local, &ch, ListingKind::Incremental, NamespacePolicy::Eager);
+        let facts = diff(
+            &local,
+            &ch,
+            ListingKind::Incremental,
+            NamespacePolicy::Eager,
+        );
         assert_eq!(
             facts,
-            vec![RemoteFact::Gone { id: id("d") }, RemoteFact::Gone { id: id("s") }]
+            vec![
+                RemoteFact::Gone { id: id("d") },
+                RemoteFact::Gone { id: id("s") }
+            ]
         );
     }
 
@@ -301,27 +328,65 @@ mod tests {
         let facts = diff(&local, &ch, ListingKind::Full, NamespacePolicy::Eager);
         assert_eq!(
             facts,
-            vec![RemoteFact::Gone { id: id("gone") }, RemoteFact::Gone { id: id("lazy") }]
+            vec![
+                RemoteFact::Gone { id: id("gone") },
+                RemoteFact::Gone { id: id("lazy") }
+            ]
         );
         // The same listing read incrementally says nothing about absent ids.
-        assert!(diff(&local, &ch, ListingKind::Incremental, NamespacePolicy::Eager).is_empty());
+        assert!(
+            diff(
+                &local,
+                &ch,
+                ListingKind::Incremental,
+                NamespacePolicy::Eager
+            )
+            .is_empty()
+        );
     }
 
     #[test]
     fn our_own_upload_is_seen_not_downloaded_and_a_reput_is_replaced() {
         let mine = row("m", Status::Synced, None);
-        let facts = diff(&[mine], &[change("m", ChangeOp::Put, 7)], ListingKind::Incremental, NamespacePolicy::Eager);
-        assert_eq!(facts, vec![RemoteFact::Seen { id: id("m"), seq: 7, remote_size: 100 }]);
+        let facts = diff(
+            &[mine],
+            &[change("m", ChangeOp::Put, 7)],
+            ListingKind::Incremental,
+            NamespacePolicy::Eager,
+        );
+        assert_eq!(
+            facts,
+            vec![RemoteFact::Seen {
+                id: id("m"),
+                seq: 7,
+                remote_size: 100
+            }]
+        );
         let old = row("m", Status::Synced, Some(7));
-        let facts = diff(&[old], &[change("m", ChangeOp::Put, 9)], ListingKind::Incremental, NamespacePolicy::Eager);
-        assert_eq!(facts, vec![RemoteFact::Replaced { id: id("m"), seq: 9, remote_size: 100 }]);
+        let facts = diff(
+            &[old],
+            &[change("m", ChangeOp::Put, 9)],
+            ListingKind::Incremental,
+            NamespacePolicy::Eager,
+        );
+        assert_eq!(
+            facts,
+            vec![RemoteFact::Replaced {
+                id: id("m"),
+                seq: 9,
+                remote_size: 100
+            }]
+        );
     }
 
     #[test]
     fn transfers_skip_in_flight_and_respect_slots_and_order() {
         let due: Vec<BlobInfo> = ["a", "b", "c"]
             .iter()
-            .map(|n| BlobInfo { size: Some(1 << 20), ..row(n, Status::PendingUpload, None) })
+            .map(|n| BlobInfo {
+                size: Some(1 << 20),
+                ..row(n, Status::PendingUpload, None)
+            })
             .collect();
         let busy: HashSet<_> = [("default".to_string(), "a".to_string())].into();
         let acts = next_transfers(&due, &busy, 1, BatchPolicy::default());
@@ -333,7 +398,10 @@ mod tests {
         let mut due: Vec<BlobInfo> = (0..10)
             .map(|i| row(&format!("s{i}"), Status::PendingUpload, None))
             .collect();
-        due.push(BlobInfo { size: Some(1 << 30), ..row("big", Status::PendingUpload, None) });
+        due.push(BlobInfo {
+            size: Some(1 << 30),
+            ..row("big", Status::PendingUpload, None)
+        });
         let acts = next_transfers(&due, &HashSet::new(), 3, BatchPolicy::default());
         assert_eq!(acts.len(), 2);
         assert!(matches!(&acts[0], Action::UploadBatch(m) if m.len() == 10));

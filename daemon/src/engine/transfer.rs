@@ -62,9 +62,9 @@ impl From<DownloadError> for crate::handle::EngineError {
     fn from(e: DownloadError) -> Self {
         use crate::handle::EngineError as E;
         match e {
-            DownloadError::Invalid(i) => E::FailedPrecondition(format!(
-                "the server's copy failed verification: {i}"
-            )),
+            DownloadError::Invalid(i) => {
+                E::FailedPrecondition(format!("the server's copy failed verification: {i}"))
+            }
             DownloadError::Remote(r) => E::Remote(r),
             DownloadError::Io(io) => E::Io(io),
             DownloadError::NotWanted(id, s) => {
@@ -227,7 +227,9 @@ fn encrypt_stream(
         let mut extra = [0u8; 1];
         if let Ok(1..) = file.read(&mut extra).await {
             let _ = tx
-                .send(Err(std::io::Error::other("payload file is longer than recorded")))
+                .send(Err(std::io::Error::other(
+                    "payload file is longer than recorded",
+                )))
                 .await;
         }
     });
@@ -384,14 +386,16 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             let header = match self.upload_header(&b).await {
                 Ok(h) => h,
                 Err(e) => {
-                    self.record_failure(&b, Direction::Upload, e, None, false, stats).await;
+                    self.record_failure(&b, Direction::Upload, e, None, false, stats)
+                        .await;
                     return;
                 }
             };
             let salt = header.salt;
             let stored = header.stored_size();
             let path = self.shared.data.payload_path(&b.ns, &b.id);
-            let progress = Progress::start(&self.shared, &b.ns, &b.id, Direction::Upload, stored, 1);
+            let progress =
+                Progress::start(&self.shared, &b.ns, &b.id, Direction::Upload, stored, 1);
             let body = encrypt_stream(
                 self.shared.clone(),
                 path,
@@ -415,8 +419,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     Ok(false) => {
                         self.reject_upload(
                             &b,
-                            "conflict: the server already has a different blob with this id"
-                                .into(),
+                            "conflict: the server already has a different blob with this id".into(),
                             stats,
                         )
                         .await
@@ -424,7 +427,15 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     Err(e) => {
                         self.shared.note_remote_err(&e);
                         let ra = e.retry_after();
-                        self.record_failure(&b, Direction::Upload, format!("checking a 409: {e}"), ra, false, stats).await
+                        self.record_failure(
+                            &b,
+                            Direction::Upload,
+                            format!("checking a 409: {e}"),
+                            ra,
+                            false,
+                            stats,
+                        )
+                        .await
                     }
                 },
                 Err(e @ (RemoteError::TooLarge | RemoteError::QuotaExceeded)) => {
@@ -465,8 +476,15 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             Err(e) => {
                 self.shared.note_remote_err(&e);
                 let ra = e.retry_after();
-                self.record_failure(&b, Direction::Upload, format!("delete: {e}"), ra, false, stats)
-                    .await
+                self.record_failure(
+                    &b,
+                    Direction::Upload,
+                    format!("delete: {e}"),
+                    ra,
+                    false,
+                    stats,
+                )
+                .await
             }
         }
     }
@@ -520,19 +538,43 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         DownloadError::Invalid(inv) => {
                             warn!(check = inv.check(), "downloaded blob failed verification");
                             if queued {
-                                self.record_failure(&b, Direction::Download, e.to_string(), None, true, stats).await;
+                                self.record_failure(
+                                    &b,
+                                    Direction::Download,
+                                    e.to_string(),
+                                    None,
+                                    true,
+                                    stats,
+                                )
+                                .await;
                             }
                         }
                         DownloadError::Remote(re) => {
                             self.shared.note_remote_err(re);
                             if queued {
                                 let ra = re.retry_after();
-                                self.record_failure(&b, Direction::Download, e.to_string(), ra, false, stats).await;
+                                self.record_failure(
+                                    &b,
+                                    Direction::Download,
+                                    e.to_string(),
+                                    ra,
+                                    false,
+                                    stats,
+                                )
+                                .await;
                             }
                         }
                         _ => {
                             if queued {
-                                self.record_failure(&b, Direction::Download, e.to_string(), None, false, stats).await;
+                                self.record_failure(
+                                    &b,
+                                    Direction::Download,
+                                    e.to_string(),
+                                    None,
+                                    false,
+                                    stats,
+                                )
+                                .await;
                             }
                         }
                     }
@@ -553,7 +595,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let mut decoder = (!b.external).then(|| Decoder::new(&self.shared.key, &b.ns, &b.id));
         let mut raw_done = 0u64; // external blobs: bytes written
         let mut total = b.remote_size.unwrap_or(0);
-        let mut progress = Progress::start(&self.shared, &b.ns, &b.id, Direction::Download, total, 1);
+        let mut progress =
+            Progress::start(&self.shared, &b.ns, &b.id, Direction::Download, total, 1);
         let mut cuts = 0u32;
         let mut plain = Vec::new();
         loop {
@@ -619,8 +662,25 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         cuts += 1;
                     }
                     debug!(%why, resume_at = now_at, "download cut short; resuming");
+                    // Drop the half-received segment: resume exactly at the boundary.
+                    if let Some(d) = decoder.as_mut()
+                        && let Some(hb) = d.header_bytes()
+                    {
+                        let hb = hb.to_vec();
+                        *d = Decoder::resume(
+                            &self.shared.key,
+                            &hb,
+                            &b.ns,
+                            &b.id,
+                            d.verified_segments(),
+                        )?;
+                    } else if let Some(d) = decoder.as_mut() {
+                        *d = Decoder::new(&self.shared.key, &b.ns, &b.id);
+                    }
                     if cuts >= MAX_CUTS_WITHOUT_PROGRESS {
-                        return Err(RemoteError::Transport(format!("download cut short: {why}")).into());
+                        return Err(
+                            RemoteError::Transport(format!("download cut short: {why}")).into()
+                        );
                     }
                 }
             }
@@ -661,7 +721,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     encoders.push((b.clone(), h));
                 }
                 Err(e) => {
-                    self.record_failure(b, Direction::Upload, e, None, false, stats).await
+                    self.record_failure(b, Direction::Upload, e, None, false, stats)
+                        .await
                 }
             }
         }
@@ -669,7 +730,14 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             return;
         }
         let total: u64 = entries.iter().map(|e| e.1).sum();
-        let progress = Progress::start(&self.shared, &ns, &encoders[0].0.id, Direction::Upload, total, encoders.len());
+        let progress = Progress::start(
+            &self.shared,
+            &ns,
+            &encoders[0].0.id,
+            Direction::Upload,
+            total,
+            encoders.len(),
+        );
         // Chain the per-blob encrypted streams one after another.
         let shared = self.shared.clone();
         let key = self.shared.key.clone();
@@ -680,11 +748,16 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let progress = std::sync::Arc::new(std::sync::Mutex::new(progress));
         let body: ByteStream = Box::pin(
             futures_util::stream::iter(parts)
-                .map(move |(path, h)| encrypt_stream(shared.clone(), path, Encoder::new(&key, h), None))
+                .map(move |(path, h)| {
+                    encrypt_stream(shared.clone(), path, Encoder::new(&key, h), None)
+                })
                 .flatten()
                 .inspect(move |item| {
                     if let Ok(b) = item {
-                        progress.lock().unwrap_or_else(|p| p.into_inner()).add(b.len() as u64);
+                        progress
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .add(b.len() as u64);
                     }
                 }),
         );
@@ -698,7 +771,15 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 self.shared.note_remote_err(&e);
                 let ra = e.retry_after();
                 for (b, _) in &encoders {
-                    self.record_failure(b, Direction::Upload, format!("batch upload: {e}"), ra, false, stats).await;
+                    self.record_failure(
+                        b,
+                        Direction::Upload,
+                        format!("batch upload: {e}"),
+                        ra,
+                        false,
+                        stats,
+                    )
+                    .await;
                 }
                 return;
             }
@@ -709,29 +790,61 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         for (b, h) in &encoders {
             let code = results.get(&b.id).copied();
             match code {
-                Some(200..=299) => ok.push((b.id.clone(), Transition::UploadSucceeded, RowUpdate {
-                    remote_size: Some(h.stored_size()),
-                    now: Some(now),
-                    ..Default::default()
-                })),
-                // The single-blob path handles 409 (salt check), 413, 507 and retries.
-                Some(409) => match self.is_our_copy(b, &h.salt).await {
-                    Ok(true) => ok.push((b.id.clone(), Transition::UploadSucceeded, RowUpdate {
+                Some(200..=299) => ok.push((
+                    b.id.clone(),
+                    Transition::UploadSucceeded,
+                    RowUpdate {
                         remote_size: Some(h.stored_size()),
                         now: Some(now),
                         ..Default::default()
-                    })),
-                    Ok(false) => self.reject_upload(b, "conflict: the server already has a different blob with this id".into(), stats).await,
-                    Err(e) => self.record_failure(b, Direction::Upload, format!("checking a 409: {e}"), None, false, stats).await,
+                    },
+                )),
+                // The single-blob path handles 409 (salt check), 413, 507 and retries.
+                Some(409) => match self.is_our_copy(b, &h.salt).await {
+                    Ok(true) => ok.push((
+                        b.id.clone(),
+                        Transition::UploadSucceeded,
+                        RowUpdate {
+                            remote_size: Some(h.stored_size()),
+                            now: Some(now),
+                            ..Default::default()
+                        },
+                    )),
+                    Ok(false) => {
+                        self.reject_upload(
+                            b,
+                            "conflict: the server already has a different blob with this id".into(),
+                            stats,
+                        )
+                        .await
+                    }
+                    Err(e) => {
+                        self.record_failure(
+                            b,
+                            Direction::Upload,
+                            format!("checking a 409: {e}"),
+                            None,
+                            false,
+                            stats,
+                        )
+                        .await
+                    }
                 },
-                Some(413) => self.reject_upload(b, RemoteError::TooLarge.to_string(), stats).await,
-                Some(507) => self.reject_upload(b, RemoteError::QuotaExceeded.to_string(), stats).await,
+                Some(413) => {
+                    self.reject_upload(b, RemoteError::TooLarge.to_string(), stats)
+                        .await
+                }
+                Some(507) => {
+                    self.reject_upload(b, RemoteError::QuotaExceeded.to_string(), stats)
+                        .await
+                }
                 other => {
                     let msg = match other {
                         Some(c) => format!("batch upload: HTTP {c} for this blob"),
                         None => "batch upload: no result for this blob".to_owned(),
                     };
-                    self.record_failure(b, Direction::Upload, msg, None, false, stats).await
+                    self.record_failure(b, Direction::Upload, msg, None, false, stats)
+                        .await
                 }
             }
         }
@@ -759,7 +872,14 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let ns = blobs[0].ns.clone();
         let ids: Vec<BlobId> = blobs.iter().map(|b| b.id.clone()).collect();
         let total: u64 = blobs.iter().filter_map(|b| b.remote_size).sum();
-        let mut progress = Progress::start(&self.shared, &ns, &ids[0], Direction::Download, total, ids.len());
+        let mut progress = Progress::start(
+            &self.shared,
+            &ns,
+            &ids[0],
+            Direction::Download,
+            total,
+            ids.len(),
+        );
         let res = tokio::select! {
             r = self.remote.get_batch(&ns, &ids) => r,
             _ = cancel.cancelled() => return,
@@ -770,7 +890,15 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 self.shared.note_remote_err(&e);
                 let ra = e.retry_after();
                 for b in &blobs {
-                    self.record_failure(b, Direction::Download, format!("batch download: {e}"), ra, false, stats).await;
+                    self.record_failure(
+                        b,
+                        Direction::Download,
+                        format!("batch download: {e}"),
+                        ra,
+                        false,
+                        stats,
+                    )
+                    .await;
                 }
                 return;
             }
@@ -804,7 +932,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 match ev {
                     Some(FrameEvent::Blob { id, size }) => {
                         if size > max_blob {
-                            broken = Some(format!("blob {id} in batch is {size} bytes, more than asked for"));
+                            broken = Some(format!(
+                                "blob {id} in batch is {size} bytes, more than asked for"
+                            ));
                             break 'read;
                         }
                         current = Some((id, Vec::with_capacity(size as usize)));
@@ -830,19 +960,29 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let now = self.clock.now();
         let mut ok = Vec::new();
         for (id, stored) in complete {
-            let Some(b) = blobs.iter().find(|b| b.id == id) else { continue };
+            let Some(b) = blobs.iter().find(|b| b.id == id) else {
+                continue;
+            };
             match self.install_small(b, &stored).await {
-                Ok((size, sha)) => ok.push((id, Transition::DownloadSucceeded, RowUpdate {
-                    size: Some(size),
-                    sha256: Some(sha),
-                    remote_size: Some(stored.len() as u64),
-                    now: Some(now),
-                    ..Default::default()
-                })),
+                Ok((size, sha)) => ok.push((
+                    id,
+                    Transition::DownloadSucceeded,
+                    RowUpdate {
+                        size: Some(size),
+                        sha256: Some(sha),
+                        remote_size: Some(stored.len() as u64),
+                        now: Some(now),
+                        ..Default::default()
+                    },
+                )),
                 Err(DownloadError::Invalid(e)) => {
-                    self.record_failure(b, Direction::Download, e.to_string(), None, true, stats).await
+                    self.record_failure(b, Direction::Download, e.to_string(), None, true, stats)
+                        .await
                 }
-                Err(e) => self.record_failure(b, Direction::Download, e.to_string(), None, false, stats).await,
+                Err(e) => {
+                    self.record_failure(b, Direction::Download, e.to_string(), None, false, stats)
+                        .await
+                }
             }
         }
         let got: std::collections::HashSet<&BlobId> = ok.iter().map(|(id, _, _)| id).collect();
@@ -855,7 +995,15 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 continue;
             }
             if let Some(why) = &broken {
-                self.record_failure(b, Direction::Download, format!("batch download cut short: {why}"), None, false, stats).await;
+                self.record_failure(
+                    b,
+                    Direction::Download,
+                    format!("batch download cut short: {why}"),
+                    None,
+                    false,
+                    stats,
+                )
+                .await;
             }
         }
         let _g = ();
@@ -873,7 +1021,11 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     }
 
     /// Verifies a small stored blob held in memory and installs its plaintext.
-    async fn install_small(&self, b: &BlobInfo, stored: &[u8]) -> Result<(u64, [u8; 32]), DownloadError> {
+    async fn install_small(
+        &self,
+        b: &BlobInfo,
+        stored: &[u8],
+    ) -> Result<(u64, [u8; 32]), DownloadError> {
         let lock = self.shared.blob_lock(&b.ns, &b.id);
         let _g = lock.lock().await;
         let plain = if b.external {

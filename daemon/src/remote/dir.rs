@@ -90,7 +90,10 @@ impl DirRemote {
     }
 
     /// Runs `f` under the folder's exclusive lock with the change log caught up.
-    fn locked<T>(&self, f: impl FnOnce(&Self, &mut Cache) -> Result<T, RemoteError>) -> Result<T, RemoteError> {
+    fn locked<T>(
+        &self,
+        f: impl FnOnce(&Self, &mut Cache) -> Result<T, RemoteError>,
+    ) -> Result<T, RemoteError> {
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -131,15 +134,20 @@ impl DirRemote {
 
     fn append(&self, cache: &mut Cache, mut line: LogLine) -> Result<(), RemoteError> {
         line.seq = cache.seq + 1;
-        let mut f = OpenOptions::new().create(true).append(true).open(self.log_path())?;
-        let mut text = serde_json::to_string(&line)
-            .map_err(|e| RemoteError::Protocol(e.to_string()))?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut text =
+            serde_json::to_string(&line).map_err(|e| RemoteError::Protocol(e.to_string()))?;
         text.push('\n');
         f.write_all(text.as_bytes())?;
         f.sync_data()?;
         cache.offset += text.len() as u64;
         cache.seq = line.seq;
-        cache.latest.insert((line.ns.clone(), line.id.clone()), line);
+        cache
+            .latest
+            .insert((line.ns.clone(), line.id.clone()), line);
         Ok(())
     }
 
@@ -200,7 +208,9 @@ impl DirRemote {
         let mut got = 0u64;
         let res: Result<(), RemoteError> = async {
             while got < len {
-                let Some(chunk) = body.next().await else { break };
+                let Some(chunk) = body.next().await else {
+                    break;
+                };
                 let chunk = chunk?;
                 let take = ((len - got) as usize).min(chunk.len());
                 f.write_all(&chunk[..take]).await?;
@@ -269,7 +279,10 @@ fn file_stream(f: File, len: u64) -> ByteStream {
 
 impl Remote for DirRemote {
     fn describe(&self) -> String {
-        format!("file://{}", self.root.parent().unwrap_or(&self.root).display())
+        format!(
+            "file://{}",
+            self.root.parent().unwrap_or(&self.root).display()
+        )
     }
 
     async fn changes(&self, ns: &Namespace, since: u64) -> Result<ChangesResponse, RemoteError> {
@@ -334,7 +347,11 @@ impl Remote for DirRemote {
                     if l.ns != ns || l.op != want {
                         continue;
                     }
-                    if filter.after.as_ref().is_some_and(|a| l.id.as_str() <= a.as_str()) {
+                    if filter
+                        .after
+                        .as_ref()
+                        .is_some_and(|a| l.id.as_str() <= a.as_str())
+                    {
                         continue;
                     }
                     let flags = read_flags(&me.flags_path(&l.ns, &l.id))?;
@@ -444,7 +461,12 @@ impl Remote for DirRemote {
         .await
     }
 
-    async fn set_flags(&self, ns: &Namespace, id: &BlobId, flags: &[Flag]) -> Result<(), RemoteError> {
+    async fn set_flags(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        flags: &[Flag],
+    ) -> Result<(), RemoteError> {
         let (ns, id) = (ns.to_string(), id.to_string());
         let mut flags = flags.to_vec();
         flags.sort();
@@ -454,7 +476,8 @@ impl Remote for DirRemote {
                 if Self::is_live(cache, &ns, &id).is_none() {
                     return Err(RemoteError::NotFound);
                 }
-                let text = serde_json::to_vec(&flags).map_err(|e| RemoteError::Protocol(e.to_string()))?;
+                let text =
+                    serde_json::to_vec(&flags).map_err(|e| RemoteError::Protocol(e.to_string()))?;
                 fs::write(me.flags_path(&ns, &id), text)?;
                 Ok(())
             })
@@ -529,7 +552,8 @@ impl Remote for DirRemote {
 
 fn read_flags(path: &Path) -> Result<Vec<Flag>, RemoteError> {
     match fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| RemoteError::Protocol(format!("flags file: {e}"))),
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| RemoteError::Protocol(format!("flags file: {e}"))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e.into()),
     }

@@ -28,6 +28,8 @@ pub struct Faults {
     pub cut_gets_after: Mutex<VecDeque<u64>>,
     /// Errors the next calls answer with (one per call, before anything else).
     pub next_errors: Mutex<VecDeque<RemoteError>>,
+    /// Errors the next PUTs answer with (one per PUT).
+    pub next_put_errors: Mutex<VecDeque<RemoteError>>,
     /// PUT calls that reached the wrapper.
     pub puts: AtomicU64,
     /// GET calls (ranged or not).
@@ -48,6 +50,11 @@ impl Faults {
         self.next_errors.lock().unwrap().push_back(e);
     }
 
+    /// Queues an error for the next PUT.
+    pub fn fail_next_put(&self, e: RemoteError) {
+        self.next_put_errors.lock().unwrap().push_back(e);
+    }
+
     /// Cuts the next download after `n` bytes.
     pub fn cut_next_get(&self, n: u64) {
         self.cut_gets_after.lock().unwrap().push_back(n);
@@ -58,7 +65,9 @@ impl Faults {
             return Err(e);
         }
         if self.down.load(Ordering::SeqCst) {
-            return Err(RemoteError::Transport("connection refused (injected)".into()));
+            return Err(RemoteError::Transport(
+                "connection refused (injected)".into(),
+            ));
         }
         if self.unauthorized.load(Ordering::SeqCst) {
             return Err(RemoteError::Unauthorized {
@@ -133,14 +142,27 @@ impl<R: Remote> Remote for FaultyRemote<R> {
         self.inner.changes(ns, since).await
     }
 
-    async fn list(&self, ns: &Namespace, f: &RemoteListFilter) -> Result<Vec<BlobDetail>, RemoteError> {
+    async fn list(
+        &self,
+        ns: &Namespace,
+        f: &RemoteListFilter,
+    ) -> Result<Vec<BlobDetail>, RemoteError> {
         self.faults.check()?;
         self.inner.list(ns, f).await
     }
 
-    async fn put(&self, ns: &Namespace, id: &BlobId, len: u64, body: ByteStream) -> Result<(), RemoteError> {
+    async fn put(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        len: u64,
+        body: ByteStream,
+    ) -> Result<(), RemoteError> {
         self.faults.puts.fetch_add(1, Ordering::SeqCst);
         self.faults.check()?;
+        if let Some(e) = self.faults.next_put_errors.lock().unwrap().pop_front() {
+            return Err(e);
+        }
         self.inner.put(ns, id, len, body).await?;
         let lose = self
             .faults
@@ -148,12 +170,19 @@ impl<R: Remote> Remote for FaultyRemote<R> {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         if lose {
-            return Err(RemoteError::Transport("answer lost after the server stored it (injected)".into()));
+            return Err(RemoteError::Transport(
+                "answer lost after the server stored it (injected)".into(),
+            ));
         }
         Ok(())
     }
 
-    async fn get(&self, ns: &Namespace, id: &BlobId, range: Option<Range<u64>>) -> Result<GetResponse, RemoteError> {
+    async fn get(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        range: Option<Range<u64>>,
+    ) -> Result<GetResponse, RemoteError> {
         self.faults.gets.fetch_add(1, Ordering::SeqCst);
         if range.is_some() {
             self.faults.ranged_gets.fetch_add(1, Ordering::SeqCst);
@@ -177,12 +206,22 @@ impl<R: Remote> Remote for FaultyRemote<R> {
         self.inner.get_flags(ns, id).await
     }
 
-    async fn set_flags(&self, ns: &Namespace, id: &BlobId, flags: &[Flag]) -> Result<(), RemoteError> {
+    async fn set_flags(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        flags: &[Flag],
+    ) -> Result<(), RemoteError> {
         self.faults.check()?;
         self.inner.set_flags(ns, id, flags).await
     }
 
-    async fn put_batch(&self, ns: &Namespace, entries: &[(BlobId, u64)], body: ByteStream) -> Result<UploadResponse, RemoteError> {
+    async fn put_batch(
+        &self,
+        ns: &Namespace,
+        entries: &[(BlobId, u64)],
+        body: ByteStream,
+    ) -> Result<UploadResponse, RemoteError> {
         self.faults.batches.fetch_add(1, Ordering::SeqCst);
         self.faults.check()?;
         self.inner.put_batch(ns, entries, body).await

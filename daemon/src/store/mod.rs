@@ -56,7 +56,9 @@ pub enum StoreError {
         id: BlobId,
     },
     /// The blob already exists.
-    #[error("blob {id} already exists in namespace {ns} (status {status}); blobs are immutable: delete it first")]
+    #[error(
+        "blob {id} already exists in namespace {ns} (status {status}); blobs are immutable: delete it first"
+    )]
     AlreadyExists {
         /// Namespace.
         ns: Namespace,
@@ -149,7 +151,11 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let _permit = self.permits.acquire().await.map_err(|_| StoreError::Closed)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Box::new(move |c| {

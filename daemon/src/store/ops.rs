@@ -288,7 +288,9 @@ pub fn insert_local(
 
 /// One blob.
 pub fn get(c: &Connection, ns: &Namespace, id: &BlobId) -> Result<Option<BlobInfo>, StoreError> {
-    let mut st = c.prepare_cached(&format!("SELECT {COLS} FROM blobs WHERE ns = ?1 AND id = ?2"))?;
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {COLS} FROM blobs WHERE ns = ?1 AND id = ?2"
+    ))?;
     Ok(st
         .query_row(params![ns.as_str(), id.as_str()], row)
         .optional()?)
@@ -337,7 +339,11 @@ pub fn due(c: &Connection, f: &DueFilter) -> Result<Vec<BlobInfo>, StoreError> {
         return Ok(Vec::new());
     }
     let statuses: Vec<String> = if f.statuses.is_empty() {
-        vec![Status::PendingUpload, Status::PendingDownload, Status::PendingDelete]
+        vec![
+            Status::PendingUpload,
+            Status::PendingDownload,
+            Status::PendingDelete,
+        ]
     } else {
         f.statuses.clone()
     }
@@ -378,19 +384,22 @@ pub fn counts(c: &mut Connection) -> Result<Counts, StoreError> {
         let code: i64 = r.get(1)?;
         let n: i64 = r.get(2)?;
         let ns = Namespace::new(ns).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let s = Status::from_code(code)
-            .ok_or_else(|| StoreError::Corrupt(format!("status {code}")))?;
+        let s =
+            Status::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("status {code}")))?;
         *out.by_status.entry(s).or_default() += n as u64;
-        *out.by_namespace.entry(ns).or_default().entry(s).or_default() += n as u64;
+        *out.by_namespace
+            .entry(ns)
+            .or_default()
+            .entry(s)
+            .or_default() += n as u64;
     }
     Ok(out)
 }
 
 /// Namespaces with rows or a cursor.
 pub fn namespaces(c: &mut Connection) -> Result<Vec<Namespace>, StoreError> {
-    let mut st = c.prepare_cached(
-        "SELECT DISTINCT ns FROM blobs UNION SELECT ns FROM cursors ORDER BY 1",
-    )?;
+    let mut st =
+        c.prepare_cached("SELECT DISTINCT ns FROM blobs UNION SELECT ns FROM cursors ORDER BY 1")?;
     let rows = st.query_map([], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
     for ns in rows {
@@ -556,7 +565,10 @@ pub fn apply_remote(
                 seq,
                 status,
             } => {
-                debug_assert!(matches!(status, Status::PendingDownload | Status::RemoteOnly));
+                debug_assert!(matches!(
+                    status,
+                    Status::PendingDownload | Status::RemoteOnly
+                ));
                 let n = tx.execute(
                     "INSERT OR IGNORE INTO blobs (ns, id, remote_size, status, priority, external, \
                        created_ms, updated_ms, remote_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -762,7 +774,10 @@ pub fn set_paused(
 ) -> Result<(), StoreError> {
     let key = ns.map_or(PAUSE_ALL, |n| n.as_str());
     if paused {
-        c.execute("INSERT OR IGNORE INTO paused (ns) VALUES (?1)", params![key])?;
+        c.execute(
+            "INSERT OR IGNORE INTO paused (ns) VALUES (?1)",
+            params![key],
+        )?;
     } else if ns.is_none() {
         c.execute("DELETE FROM paused", [])?;
     } else {
@@ -784,10 +799,12 @@ pub fn next_cycle(c: &mut Connection) -> Result<u64, StoreError> {
 
 /// A meta value.
 pub fn meta(c: &mut Connection, key: &str) -> Result<Option<String>, StoreError> {
-    Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
-        r.get(0)
-    })
-    .optional()?)
+    Ok(
+        c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+            r.get(0)
+        })
+        .optional()?,
+    )
 }
 
 /// Sets or removes a meta value.

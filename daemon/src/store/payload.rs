@@ -59,7 +59,8 @@ impl DataDir {
 
     /// The partial download of a blob (plaintext of verified segments so far).
     pub fn partial_path(&self, ns: &Namespace, id: &BlobId) -> PathBuf {
-        self.tmp_dir().join(format!("dl.{}.{}", ns.as_str(), id.as_str()))
+        self.tmp_dir()
+            .join(format!("dl.{}.{}", ns.as_str(), id.as_str()))
     }
 
     /// A fresh temp path for a put.

@@ -41,7 +41,9 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     /// The file was written by a newer blobsyncd.
-    #[error("store schema version {found} is newer than this blobsyncd ({SCHEMA_VERSION}); upgrade blobsyncd")]
+    #[error(
+        "store schema version {found} is newer than this blobsyncd ({SCHEMA_VERSION}); upgrade blobsyncd"
+    )]
     TooNew {
         /// The file's version.
         found: u32,

@@ -1,0 +1,154 @@
+//! Shared helpers of the daemon's engine tests: a "device" is a real store in a temp dir, an
+//! engine over a fault-injecting wrapper of a real `DirRemote`, and a `ManualClock`.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blobsync_shared::{BlobId, Namespace, StorageKey};
+use blobsyncd::clock::ManualClock;
+use blobsyncd::engine::{Engine, EngineSettings};
+use blobsyncd::events::EventBus;
+use blobsyncd::handle::EngineHandle;
+use blobsyncd::remote::dir::DirRemote;
+use blobsyncd::remote::faulty::FaultyRemote;
+use blobsyncd::retry::TimeScale;
+use blobsyncd::status::{Priority, Status};
+use blobsyncd::store::payload::DataDir;
+use blobsyncd::store::{BlobInfo, Store};
+use tokio::io::AsyncReadExt;
+
+pub type TestEngine = Engine<FaultyRemote<DirRemote>, ManualClock>;
+
+pub fn key() -> StorageKey {
+    StorageKey::from_bytes([7u8; 32])
+}
+
+pub fn settings() -> EngineSettings {
+    EngineSettings {
+        sync_interval: Duration::from_secs(30),
+        transfers: 3,
+        max_invalid_retries: 3,
+        full_list_every: 20,
+        bwlimit_up: 0,
+        bwlimit_down: 0,
+        namespaces: Default::default(),
+        segment_exp: 12,
+        time_scale: TimeScale::default(),
+        drain_timeout: Duration::from_secs(5),
+        batch: Default::default(),
+    }
+}
+
+/// One device: its own data dir and store, sharing the remote folder `remote_root`.
+pub struct Device {
+    pub data: PathBuf,
+    pub remote_root: PathBuf,
+    pub engine: Arc<TestEngine>,
+    pub handle: EngineHandle,
+    pub clock: ManualClock,
+    pub remote: FaultyRemote<DirRemote>,
+}
+
+impl Device {
+    pub async fn open(data: &Path, remote_root: &Path, settings: EngineSettings) -> Device {
+        Self::open_with_clock(data, remote_root, settings, ManualClock::default()).await
+    }
+
+    pub async fn open_with_clock(
+        data: &Path,
+        remote_root: &Path,
+        settings: EngineSettings,
+        clock: ManualClock,
+    ) -> Device {
+        let dd = DataDir::new(data);
+        dd.create().unwrap();
+        let events = EventBus::new();
+        let (store, outcome) = Store::open(&dd.store_file(), 4, events.clone())
+            .await
+            .unwrap();
+        let remote = FaultyRemote::new(DirRemote::new(remote_root, "alice").unwrap());
+        let engine = Engine::new(
+            store,
+            remote.clone(),
+            clock.clone(),
+            key(),
+            dd,
+            settings,
+            events,
+        );
+        if matches!(outcome, blobsyncd::store::OpenOutcome::Rebuilt { .. }) {
+            engine.set_rebuild_pending();
+        }
+        let handle = engine.handle();
+        Device {
+            data: data.to_path_buf(),
+            remote_root: remote_root.to_path_buf(),
+            engine,
+            handle,
+            clock,
+            remote,
+        }
+    }
+
+    pub async fn put(&self, id: &str, bytes: &[u8]) -> BlobInfo {
+        self.put_ns(Namespace::default(), id, bytes).await
+    }
+
+    pub async fn put_ns(&self, ns: Namespace, id: &str, bytes: &[u8]) -> BlobInfo {
+        let mut w = self
+            .handle
+            .put_writer(ns, Some(BlobId::new(id).unwrap()), Priority::Medium, false)
+            .await
+            .unwrap();
+        for chunk in bytes.chunks(10_000) {
+            w.write(chunk).await.unwrap();
+        }
+        w.commit().await.unwrap()
+    }
+
+    pub async fn info(&self, id: &str) -> Option<BlobInfo> {
+        self.info_ns(&Namespace::default(), id).await
+    }
+
+    pub async fn info_ns(&self, ns: &Namespace, id: &str) -> Option<BlobInfo> {
+        self.handle.info(ns, &BlobId::new(id).unwrap()).await.ok()
+    }
+
+    pub async fn status_of(&self, id: &str) -> Option<Status> {
+        self.info(id).await.map(|b| b.status)
+    }
+
+    pub async fn read(&self, id: &str) -> Vec<u8> {
+        self.read_ns(&Namespace::default(), id, false).await
+    }
+
+    pub async fn read_ns(&self, ns: &Namespace, id: &str, fetch: bool) -> Vec<u8> {
+        let (mut f, len) = self
+            .handle
+            .open_for_read(ns, &BlobId::new(id).unwrap(), None, fetch)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        (&mut f).take(len).read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    pub fn dir_remote(&self) -> &DirRemote {
+        self.remote.inner()
+    }
+
+    /// Advances the clock past any retry wait and runs a cycle.
+    pub async fn cycle_after(&self, secs: u64) -> blobsyncd::events::CycleSummary {
+        self.clock.advance(Duration::from_secs(secs));
+        self.engine.run_cycle().await
+    }
+}
+
+/// Deterministic test bytes.
+pub fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}

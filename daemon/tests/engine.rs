@@ -1,0 +1,449 @@
+//! Engine tests: real stores in temp dirs, a real `DirRemote`, faults injected by
+//! `FaultyRemote`, time from a `ManualClock`.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use blobsync_shared::{BlobId, Namespace};
+use blobsyncd::clock::Clock;
+use blobsyncd::remote::RemoteError;
+use blobsyncd::remote::dir::tamper;
+use blobsyncd::status::Status;
+use common::*;
+
+#[tokio::test]
+async fn put_on_a_appears_on_b_and_delete_on_a_disappears_from_b() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    let data = bytes(200_000, 1);
+    a.put("doc1", &data).await;
+    assert_eq!(a.status_of("doc1").await, Some(Status::PendingUpload));
+    let s = a.engine.run_cycle().await;
+    assert_eq!(s.uploaded, 1, "{s:?}");
+    assert_eq!(a.status_of("doc1").await, Some(Status::Synced));
+
+    let s = b.engine.run_cycle().await;
+    assert_eq!(s.downloaded, 1, "{s:?}");
+    assert_eq!(b.status_of("doc1").await, Some(Status::Synced));
+    assert_eq!(b.read("doc1").await, data);
+
+    // A's next cycle sees its own blob listed: nothing to do, nothing re-uploaded.
+    let puts = a.remote.faults.puts.load(Ordering::SeqCst);
+    let s = a.engine.run_cycle().await;
+    assert_eq!((s.uploaded, s.downloaded), (0, 0), "{s:?}");
+    assert_eq!(a.remote.faults.puts.load(Ordering::SeqCst), puts);
+
+    // Delete on A: PENDING_DELETE until the server confirms, then gone; B follows.
+    let st = a
+        .handle
+        .delete(&Namespace::default(), &BlobId::new("doc1").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(st, Some(Status::PendingDelete));
+    let s = a.engine.run_cycle().await;
+    assert_eq!(s.deleted_remote, 1, "{s:?}");
+    assert_eq!(a.status_of("doc1").await, None);
+    let s = b.engine.run_cycle().await;
+    assert_eq!(s.deleted_local, 1, "{s:?}");
+    assert_eq!(b.status_of("doc1").await, None);
+    assert!(!b.data.join("blobs/default/do/doc1").exists());
+    // And B never uploads it again.
+    b.engine.run_cycle().await;
+    assert_eq!(b.remote.faults.puts.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn full_listing_removes_blobs_deleted_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    a.put("x", b"hello").await;
+    a.engine.run_cycle().await;
+    b.engine.run_cycle().await;
+    assert_eq!(b.status_of("x").await, Some(Status::Synced));
+    a.handle
+        .delete(&Namespace::default(), &BlobId::new("x").unwrap())
+        .await
+        .unwrap();
+    a.engine.run_cycle().await;
+    let s = b.engine.run_full_cycle().await;
+    assert!(s.full_listing);
+    assert_eq!(b.status_of("x").await, None);
+}
+
+#[tokio::test]
+async fn failed_uploads_wait_10_20_30_40_50_60_60_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+    a.put("q", b"queued").await;
+    a.remote.faults.down.store(true, Ordering::SeqCst);
+    let mut waits = Vec::new();
+    for _ in 0..7 {
+        let before = a.remote.faults.puts.load(Ordering::SeqCst);
+        let failed_at = a.clock.now();
+        a.engine.run_cycle().await;
+        assert_eq!(a.remote.faults.puts.load(Ordering::SeqCst), before + 1);
+        let info = a.info("q").await.unwrap();
+        assert_eq!(info.status, Status::PendingUpload);
+        let wait = info
+            .next_attempt
+            .unwrap()
+            .duration_since(failed_at)
+            .unwrap();
+        waits.push(wait.as_secs());
+        // Not due a second early: a cycle then makes no attempt.
+        a.clock.advance(wait - Duration::from_secs(1));
+        a.engine.run_cycle().await;
+        assert_eq!(a.remote.faults.puts.load(Ordering::SeqCst), before + 1);
+        a.clock.advance(Duration::from_secs(1));
+    }
+    assert_eq!(waits, [10, 20, 30, 40, 50, 60, 60]);
+    assert_eq!(a.info("q").await.unwrap().attempts, 7);
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_queue_and_its_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, remote) = (tmp.path().join("a"), tmp.path().join("r"));
+    let clock = blobsyncd::clock::ManualClock::default();
+    {
+        let a = Device::open_with_clock(&data, &remote, settings(), clock.clone()).await;
+        a.put("q", b"queued").await;
+        a.remote.faults.down.store(true, Ordering::SeqCst);
+        a.engine.run_cycle().await;
+        clock.advance(Duration::from_secs(10));
+        a.engine.run_cycle().await;
+        assert_eq!(a.info("q").await.unwrap().attempts, 2);
+    }
+    let a = Device::open_with_clock(&data, &remote, settings(), clock.clone()).await;
+    let info = a.info("q").await.unwrap();
+    assert_eq!((info.status, info.attempts), (Status::PendingUpload, 2));
+    assert_eq!(
+        info.next_attempt
+            .unwrap()
+            .duration_since(clock.now())
+            .unwrap(),
+        Duration::from_secs(20)
+    );
+    clock.advance(Duration::from_secs(20));
+    let s = a.engine.run_cycle().await;
+    assert_eq!(s.uploaded, 1);
+}
+
+#[tokio::test]
+async fn remote_down_then_back_drains_the_queue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+    a.remote.faults.down.store(true, Ordering::SeqCst);
+    for i in 0..5 {
+        a.put(&format!("b{i}"), &bytes(1000 * (i + 1), i as u8))
+            .await;
+    }
+    let s = a.engine.run_cycle().await;
+    assert!(s.error.is_some());
+    let st = a.handle.status().await.unwrap();
+    assert_eq!(st.remote.reachable, Some(false));
+    assert_eq!(st.counts[&Status::PendingUpload], 5);
+    a.remote.faults.down.store(false, Ordering::SeqCst);
+    let s = a.cycle_after(10).await;
+    assert_eq!(s.uploaded, 5, "{s:?}");
+    let st = a.handle.status().await.unwrap();
+    assert_eq!(st.counts[&Status::Synced], 5);
+    assert_eq!(st.remote.reachable, Some(true));
+}
+
+#[tokio::test]
+async fn a_tampered_blob_is_tried_exactly_3_times_then_failed_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    a.put("t", &bytes(50_000, 3)).await;
+    a.engine.run_cycle().await;
+    tamper(
+        a.dir_remote(),
+        &Namespace::default(),
+        &BlobId::new("t").unwrap(),
+        20_000,
+    )
+    .unwrap();
+    let mut gets = 0;
+    for i in 0..6 {
+        b.cycle_after(if i == 0 { 0 } else { 60 }).await;
+        let now = b.remote.faults.gets.load(Ordering::SeqCst);
+        if now > gets {
+            gets = now;
+        }
+    }
+    assert_eq!(b.remote.faults.gets.load(Ordering::SeqCst), 3);
+    let info = b.info("t").await.unwrap();
+    assert_eq!(info.status, Status::FailedDownload);
+    assert_eq!(info.invalid_attempts, 3);
+    let reason = info.last_error.unwrap();
+    assert!(
+        reason.contains("segment") && reason.contains("authentication"),
+        "{reason}"
+    );
+    // No plaintext of a bad blob is left behind.
+    assert!(!b.data.join("blobs/default/t/t").exists());
+    // retry re-queues it.
+    b.handle
+        .retry(&Namespace::default(), &BlobId::new("t").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(b.status_of("t").await, Some(Status::PendingDownload));
+}
+
+#[tokio::test]
+async fn a_cut_download_resumes_with_a_range_and_is_not_tampering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    let data = bytes(300_000, 9);
+    a.put("big", &data).await;
+    a.engine.run_cycle().await;
+    b.remote.faults.cut_next_get(100_000);
+    b.remote.faults.cut_next_get(50_000);
+    let s = b.engine.run_cycle().await;
+    assert_eq!(s.downloaded, 1, "{s:?} {:?}", b.info("big").await);
+    assert_eq!(b.read("big").await, data);
+    assert_eq!(b.remote.faults.ranged_gets.load(Ordering::SeqCst), 2);
+    let info = b.info("big").await.unwrap();
+    assert_eq!((info.attempts, info.invalid_attempts), (0, 0));
+}
+
+#[tokio::test]
+async fn a_body_cut_without_progress_is_a_retry_not_invalid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    a.put("c", &bytes(20_000, 2)).await;
+    a.engine.run_cycle().await;
+    for _ in 0..3 {
+        b.remote.faults.cut_next_get(10);
+    }
+    b.engine.run_cycle().await;
+    let info = b.info("c").await.unwrap();
+    assert_eq!(info.status, Status::PendingDownload);
+    assert_eq!((info.attempts, info.invalid_attempts), (1, 0));
+    let s = b.cycle_after(10).await;
+    assert_eq!(s.downloaded, 1);
+}
+
+#[tokio::test]
+async fn a_lazy_namespace_stays_remote_only_until_fetched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let mx = Namespace::new("MX").unwrap();
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let mut lazy = settings();
+    lazy.namespaces
+        .insert(mx.clone(), blobsync_shared::config::NamespacePolicy::Lazy);
+    let b = Device::open(&tmp.path().join("b"), &remote, lazy).await;
+    let data = bytes(70_000, 5);
+    a.put_ns(mx.clone(), "mail1", &data).await;
+    a.engine.run_cycle().await;
+    let s = b.engine.run_cycle().await;
+    assert_eq!(s.downloaded, 0);
+    assert_eq!(
+        b.info_ns(&mx, "mail1").await.unwrap().status,
+        Status::RemoteOnly
+    );
+    // Without fetch: a clear refusal; with fetch: downloaded on demand.
+    let err = b
+        .handle
+        .open_for_read(&mx, &BlobId::new("mail1").unwrap(), None, false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), blobsyncd::handle::ErrorCode::FailedPrecondition);
+    assert_eq!(b.read_ns(&mx, "mail1", true).await, data);
+    assert_eq!(
+        b.info_ns(&mx, "mail1").await.unwrap().status,
+        Status::Synced
+    );
+}
+
+#[tokio::test]
+async fn a_409_after_a_lost_answer_is_ours_and_becomes_synced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+    a.put("p", &bytes(10_000, 4)).await;
+    a.remote.faults.lose_put_answers.store(1, Ordering::SeqCst);
+    a.engine.run_cycle().await;
+    assert_eq!(a.status_of("p").await, Some(Status::PendingUpload));
+    let s = a.cycle_after(10).await;
+    assert_eq!(s.uploaded, 1, "{s:?}");
+    assert_eq!(a.status_of("p").await, Some(Status::Synced));
+    assert_eq!(a.remote.faults.puts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_409_for_someone_elses_blob_is_failed_upload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("r");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    a.put("same", b"from a").await;
+    b.put("same", b"from b").await;
+    a.engine.run_cycle().await;
+    b.engine.run_cycle().await;
+    let info = b.info("same").await.unwrap();
+    assert_eq!(info.status, Status::FailedUpload);
+    assert!(info.last_error.unwrap().contains("conflict"));
+}
+
+#[tokio::test]
+async fn quota_and_size_refusals_are_failed_upload_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+    a.put("big", b"x").await;
+    a.remote.faults.fail_next_put(RemoteError::QuotaExceeded);
+    a.engine.run_cycle().await;
+    let info = a.info("big").await.unwrap();
+    assert_eq!(info.status, Status::FailedUpload);
+    assert!(info.last_error.unwrap().contains("quota"));
+}
+
+#[tokio::test]
+async fn retry_after_longer_than_the_schedule_is_honoured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+    a.put("r", b"x").await;
+    // The PUT gets 503 with Retry-After: 120 (longer than the schedule's 10 s).
+    a.remote.faults.fail_next_put(RemoteError::Http {
+        status: 503,
+        message: "busy".into(),
+        retry_after: Some(Duration::from_secs(120)),
+    });
+    let t0 = a.clock.now();
+    a.engine.run_cycle().await;
+    let info = a.info("r").await.unwrap();
+    let wait = info.next_attempt.unwrap().duration_since(t0).unwrap();
+    assert_eq!(wait, Duration::from_secs(120));
+}
+
+#[tokio::test]
+async fn unauthorized_stops_transfers_and_shows_in_status_until_fixed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+    a.put("u1", b"1").await;
+    a.put("u2", b"2").await;
+    a.remote.faults.unauthorized.store(true, Ordering::SeqCst);
+    a.engine.run_cycle().await;
+    let st = a.handle.status().await.unwrap();
+    assert!(st.remote.unauthorized);
+    assert_eq!(
+        a.remote.faults.puts.load(Ordering::SeqCst),
+        0,
+        "no transfer while refused"
+    );
+    a.remote.faults.unauthorized.store(false, Ordering::SeqCst);
+    let s = a.engine.run_cycle().await;
+    assert_eq!(s.uploaded, 2);
+    assert!(!a.handle.status().await.unwrap().remote.unauthorized);
+}
+
+#[tokio::test]
+async fn many_small_blobs_go_up_and_down_in_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    for i in 0..40 {
+        a.put(&format!("s{i:02}"), &bytes(100 + i, i as u8)).await;
+    }
+    let s = a.engine.run_cycle().await;
+    assert_eq!(s.uploaded, 40, "{s:?}");
+    assert!(a.remote.faults.batches.load(Ordering::SeqCst) >= 1);
+    assert_eq!(a.remote.faults.puts.load(Ordering::SeqCst), 0);
+    let s = b.engine.run_cycle().await;
+    assert_eq!(s.downloaded, 40, "{s:?}");
+    assert_eq!(b.remote.faults.gets.load(Ordering::SeqCst), 0);
+    for i in [0usize, 17, 39] {
+        assert_eq!(b.read(&format!("s{i:02}")).await, bytes(100 + i, i as u8));
+    }
+}
+
+#[tokio::test]
+async fn pause_is_persisted_and_resume_restarts_transfers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, remote) = (tmp.path().join("a"), tmp.path().join("r"));
+    {
+        let a = Device::open(&data, &remote, settings()).await;
+        a.handle.pause(None).await.unwrap();
+        a.put("p", b"x").await;
+        a.engine.run_cycle().await;
+        assert_eq!(a.status_of("p").await, Some(Status::PendingUpload));
+    }
+    let a = Device::open(&data, &remote, settings()).await;
+    assert!(a.handle.status().await.unwrap().paused);
+    a.engine.run_cycle().await;
+    assert_eq!(a.status_of("p").await, Some(Status::PendingUpload));
+    a.handle.resume(None).await.unwrap();
+    a.engine.run_cycle().await;
+    assert_eq!(a.status_of("p").await, Some(Status::Synced));
+}
+
+#[tokio::test]
+async fn verify_finds_bit_rot_and_requeues_a_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+    let data = bytes(5000, 8);
+    a.put("v", &data).await;
+    a.engine.run_cycle().await;
+    let path = a.data.join("blobs/default/v/v");
+    let mut rotten = std::fs::read(&path).unwrap();
+    rotten[100] ^= 1;
+    std::fs::write(&path, rotten).unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::channel(100);
+    let report = a.handle.verify(true, tx).await.unwrap();
+    assert_eq!(report.checked_local, 1);
+    assert_eq!(report.damaged.len(), 1);
+    assert!(report.damaged[0].requeued);
+    assert_eq!(a.status_of("v").await, Some(Status::PendingDownload));
+    a.engine.run_cycle().await;
+    assert_eq!(a.read("v").await, data);
+}
+
+#[tokio::test]
+async fn events_report_status_changes_and_cycles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+    let mut sub = a.handle.subscribe(Some(0));
+    a.put("e", b"x").await;
+    a.engine.run_cycle().await;
+    let mut kinds = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+        if let blobsyncd::events::Delivery::Event(e) = d {
+            kinds.push(e.kind);
+        }
+    }
+    use blobsyncd::events::EventKind as K;
+    assert!(kinds.iter().any(|k| matches!(
+        k,
+        K::StatusChanged {
+            from: None,
+            to: Some(Status::PendingUpload),
+            ..
+        }
+    )));
+    assert!(kinds.iter().any(|k| matches!(
+        k,
+        K::StatusChanged {
+            to: Some(Status::Synced),
+            ..
+        }
+    )));
+    assert!(
+        kinds
+            .iter()
+            .any(|k| matches!(k, K::CycleFinished { summary } if summary.uploaded == 1))
+    );
+}
