@@ -273,7 +273,10 @@ impl Config {
         let full_list_every = range("full_list_every", file.full_list_every, 20, 0, 1_000_000)?;
         let log = file.log.unwrap_or_else(|| "info".to_owned());
         if log.trim().is_empty() {
-            return Err(bad("log", "empty; use e.g. \"info\" or \"blobsyncd=debug\"".into()));
+            return Err(bad(
+                "log",
+                "empty; use e.g. \"info\" or \"blobsyncd=debug\"".into(),
+            ));
         }
         let mut namespaces = BTreeMap::new();
         for (name, ns) in file.namespaces {
@@ -340,7 +343,10 @@ mod tests {
         assert_eq!((c.transfers, c.db_ops, c.max_invalid_retries), (3, 10, 3));
         assert_eq!(c.full_list_every, 20);
         assert_eq!(c.key_file, Path::new("/home/a/.config/blobsync/key"));
-        assert_eq!(c.socket, Path::new("/run/user/1000/blobsync/blobsyncd.sock"));
+        assert_eq!(
+            c.socket,
+            Path::new("/run/user/1000/blobsync/blobsyncd.sock")
+        );
         assert_eq!(c.log, "info");
         assert_eq!(c, Config::defaults(&defaults()));
     }
@@ -374,7 +380,10 @@ mod tests {
         assert_eq!(c.data_dir, Path::new("/d"));
         assert_eq!(c.transfers, 4);
         assert_eq!(c.bwlimit_down, 2000);
-        assert_eq!(c.policy(&Namespace::new("MX").unwrap()), NamespacePolicy::Lazy);
+        assert_eq!(
+            c.policy(&Namespace::new("MX").unwrap()),
+            NamespacePolicy::Lazy
+        );
         assert_eq!(c.policy(&Namespace::default()), NamespacePolicy::Eager);
     }
 
@@ -388,7 +397,9 @@ mod tests {
         assert!(e.contains("sync_interval"), "{e}");
         let e = parse("remote = \"ftp://x\"").unwrap_err().to_string();
         assert!(e.contains("`remote`"), "{e}");
-        let e = parse("[namespaces.MX]\npolicy = \"sometimes\"").unwrap_err().to_string();
+        let e = parse("[namespaces.MX]\npolicy = \"sometimes\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("policy"), "{e}");
         let e = parse("[namespaces.\"a b\"]").unwrap_err().to_string();
         assert!(e.contains("namespaces.a b"), "{e}");

@@ -39,8 +39,7 @@ pub struct DefaultPaths {
 impl DefaultPaths {
     /// The platform defaults for the current user.
     pub fn discover() -> Result<Self, PathsError> {
-        let dirs =
-            directories::ProjectDirs::from("", "", "blobsync").ok_or(PathsError::NoHome)?;
+        let dirs = directories::ProjectDirs::from("", "", "blobsync").ok_or(PathsError::NoHome)?;
         Ok(Self {
             config_dir: dirs.config_dir().to_path_buf(),
             data_dir: dirs.data_dir().to_path_buf(),
