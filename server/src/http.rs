@@ -10,7 +10,7 @@
 //! is not the token's, an app token outside `/incoming`, a user token on `/incoming`; 400 bad
 //! id, namespace, query parameter (unknown ones too), body or stream framing; 404 unknown
 //! route or blob; 405 wrong method (with `Allow`); 406 unknown flag; 409 id exists; 413 over
-//! `max_blob_size`; 416 unsatisfiable or malformed `Range` (with `Content-Range: bytes */N`);
+//! `max_blob_size`; 410 a `since` cursor older than purged tombstones; 416 unsatisfiable or malformed `Range` (with `Content-Range: bytes */N`);
 //! 507 over quota. `/stream` uploads answer 200 with a per-id status map.
 
 use std::collections::{BTreeMap, HashSet};
@@ -81,6 +81,7 @@ impl From<IndexError> for ApiError {
                 ApiError::bad(e.to_string())
             }
             IndexError::UnknownUser(_) => ApiError::not_found(e.to_string()),
+            IndexError::Gone { .. } => ApiError::new(StatusCode::GONE, e.to_string()),
             e => ApiError::internal(e),
         }
     }

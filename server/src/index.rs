@@ -61,6 +61,17 @@ pub enum IndexError {
         /// Current.
         current: u64,
     },
+    /// Tombstones after the cursor were purged: the client must do a full listing.
+    #[error(
+        "since={since} is older than this server keeps deletions for (tombstones up to seq \
+         {purged} were purged): do a full listing, then continue from its seq"
+    )]
+    Gone {
+        /// Requested.
+        since: u64,
+        /// Highest purged tombstone seq.
+        purged: u64,
+    },
     /// The schema on disk is newer than this binary.
     #[error("index schema version {0} is newer than this server understands ({1}); upgrade it")]
     SchemaTooNew(i64, i64),
@@ -75,7 +86,8 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> In
 }
 
 /// Numbered migrations, applied in order at open; never edit a released one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     name TEXT PRIMARY KEY,
     token_hash BLOB NOT NULL UNIQUE,
@@ -103,7 +115,13 @@ CREATE TABLE blobs (
 ) WITHOUT ROWID;
 CREATE INDEX blobs_by_seq ON blobs (user, namespace, seq);
 CREATE INDEX blobs_by_date ON blobs (user, namespace, deleted, created, seq);
-"#];
+"#,
+    r#"
+-- Highest seq of a tombstone purged by `purge-tombstones`: a `since` cursor in (0, purged_seq)
+-- can no longer be answered completely (410 Gone).
+ALTER TABLE users ADD COLUMN purged_seq INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 /// Unix seconds now.
 pub fn now_secs() -> i64 {
@@ -566,14 +584,19 @@ impl Index {
             // One read transaction: the rows and the user's seq come from one snapshot, so a
             // change committed meanwhile is either in both or in neither.
             let tx = c.transaction()?;
-            let current: i64 = tx
-                .prepare_cached("SELECT seq FROM users WHERE name = ?1")?
-                .query_row([user], |r| r.get(0))
+            let (current, purged): (i64, i64) = tx
+                .prepare_cached("SELECT seq, purged_seq FROM users WHERE name = ?1")?
+                .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?
                 .ok_or_else(|| IndexError::UnknownUser(user.to_owned()))?;
-            let current = current as u64;
+            let (current, purged) = (current as u64, purged as u64);
             if since > current {
                 return Err(IndexError::SinceAhead { since, current });
+            }
+            // since=0 means "everything": a client with no cursor has nothing to delete, so the
+            // purged tombstones are not missed.
+            if since > 0 && since < purged {
+                return Err(IndexError::Gone { since, purged });
             }
             let mut s = tx.prepare_cached(
                 "SELECT id, size, created, flags, seq, deleted, external FROM blobs \
@@ -760,6 +783,26 @@ impl Index {
             Err(e) => return Err(io("remove", &path)(e)),
         }
         Ok(true)
+    }
+
+    /// Deletes tombstones older than `before` (unix seconds) and raises each affected user's
+    /// `purged_seq`, so cursors from before then get 410 Gone instead of a listing that
+    /// silently misses deletions. Returns how many tombstones were removed.
+    pub fn purge_tombstones(&self, before: i64) -> Result<u64, IndexError> {
+        let mut c = self.writer();
+        let tx = c.transaction()?;
+        tx.execute(
+            "UPDATE users SET purged_seq = max(purged_seq, \
+             (SELECT coalesce(max(seq), 0) FROM blobs b \
+              WHERE b.user = users.name AND b.deleted = 1 AND b.created < ?1))",
+            [before],
+        )?;
+        let n = tx.execute(
+            "DELETE FROM blobs WHERE deleted = 1 AND created < ?1",
+            [before],
+        )?;
+        tx.commit()?;
+        Ok(n as u64)
     }
 
     /// Sets a live blob's flags; false if there is none.

@@ -36,6 +36,13 @@ enum Cmd {
     /// Manage trusted apps (tokens that may only PUT to /incoming).
     #[command(subcommand)]
     App(AppCmd),
+    /// Forget deletions older than DAYS (their tombstones); clients whose `since` cursor is
+    /// older then get 410 Gone and do a full listing. Safe while the server runs.
+    PurgeTombstones {
+        /// Age in days of the tombstones to remove.
+        #[arg(long)]
+        older_than_days: u64,
+    },
     /// Check the index against the payload files (server must be stopped).
     Fsck {
         /// Remove temp files and orphan payloads, recount usage.
@@ -192,6 +199,15 @@ fn main() -> anyhow::Result<()> {
                     println!("removed app {name}");
                 }
             }
+            Ok(())
+        }
+        Cmd::PurgeTombstones { older_than_days } => {
+            let index = Index::open(&data)
+                .with_context(|| format!("open the index in {}", data.display()))?;
+            let before = blobsync_server::index::now_secs()
+                .saturating_sub(older_than_days.saturating_mul(86_400) as i64);
+            let n = index.purge_tombstones(before)?;
+            println!("purged {n} tombstones older than {older_than_days} days");
             Ok(())
         }
         Cmd::Fsck { repair } => {

@@ -850,3 +850,35 @@ async fn connections_over_the_limit_wait_for_a_free_slot() {
         .expect("served once a slot is free");
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn since_older_than_purged_tombstones_is_410() {
+    let s = TestServer::start().await;
+    let t = s.add_user("alice", None);
+    s.put("/blobs/alice/a", &t, "a").await; // seq 1
+    s.put("/blobs/alice/b", &t, "b").await; // seq 2
+    s.delete("/blobs/alice/a", &t).await; // seq 3
+    s.put("/blobs/alice/c", &t, "c").await; // seq 4
+    // Purge every tombstone (all are older than "one second from now").
+    let idx = s.state.index();
+    assert_eq!(
+        idx.purge_tombstones(blobsync_server::index::now_secs() + 1)
+            .unwrap(),
+        1
+    );
+    let r = s.get("/blobs/alice?since=2", &t).await;
+    assert_eq!(r.status, 410, "{}", r.text());
+    assert!(r.text().contains("full listing"), "{}", r.text());
+    // A cursor at or past the purged delete still works; since=0 lists the live state.
+    let ch: ChangesResponse = s.get("/blobs/alice?since=3", &t).await.json();
+    assert_eq!(ch.changes.len(), 1);
+    let ch: ChangesResponse = s.get("/blobs/alice?since=0", &t).await.json();
+    let ids: Vec<String> = ch.changes.iter().map(|c| c.id.to_string()).collect();
+    assert_eq!(ids, ["b", "c"]);
+    assert!(
+        s.get("/blobs/alice?deleted=1", &t)
+            .await
+            .json::<Vec<String>>()
+            .is_empty()
+    );
+}
