@@ -143,7 +143,7 @@ async fn route(st: &ServerState, req: Request<Incoming>) -> (&'static str, ApiRe
         (["healthz"], _) => "healthz",
         (["metrics"], _) => "metrics",
         (["blobs", _], &Method::GET) => "list",
-        (["blobs", _, _], &Method::GET) => "get",
+        (["blobs", _, _], &Method::GET | &Method::HEAD) => "get",
         (["blobs", _, _], &Method::PUT) => "put",
         (["blobs", _, _], &Method::POST) => "flags",
         (["blobs", _, _], &Method::DELETE) => "delete",
@@ -153,7 +153,13 @@ async fn route(st: &ServerState, req: Request<Incoming>) -> (&'static str, ApiRe
     };
     let allowed: &[Method] = match segs.as_slice() {
         ["healthz"] | ["metrics"] | ["blobs", _] => &[Method::GET],
-        ["blobs", _, _] => &[Method::GET, Method::PUT, Method::POST, Method::DELETE],
+        ["blobs", _, _] => &[
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+        ],
         ["stream", _] => &[Method::POST],
         ["incoming", _, _] => &[Method::PUT],
         _ => {
@@ -217,7 +223,7 @@ async fn route(st: &ServerState, req: Request<Incoming>) -> (&'static str, ApiRe
                     ("blobs", [id]) => {
                         let id = parse_id(id)?;
                         match method {
-                            Method::GET => get(st, user, id, &req).await,
+                            Method::GET | Method::HEAD => get(st, user, id, &req).await,
                             Method::PUT => put(st, user, id, req).await,
                             Method::POST => set_flags(st, user, id, req).await,
                             _ => delete(st, user, id, &req).await,
@@ -603,13 +609,19 @@ async fn get(st: &ServerState, user: String, id: BlobId, req: &Request<Incoming>
     let (start, end) = range.unwrap_or((0, row.size.saturating_sub(1)));
     let len = if row.size == 0 { 0 } else { end - start + 1 };
     let path = st.inner.layout.blob_path(&user, &ns, &id);
+    let head = req.method() == Method::HEAD;
     let file = match open_at(path, start).await {
         Ok(f) => f,
         // Deleted between the index lookup and the open.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
         Err(e) => return Err(ApiError::internal(e)),
     };
-    let mut r = Response::new(file_body(st, file, len));
+    // HEAD: the same headers (size, ranges) without reading the payload.
+    let mut r = Response::new(if head {
+        body::empty()
+    } else {
+        file_body(st, file, len)
+    });
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

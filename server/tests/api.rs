@@ -328,6 +328,18 @@ async fn get_ranges_at_the_edges() {
     assert_eq!(r.status, 416);
     let r = s.get("/blobs/alice/r", &t).await;
     assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    // HEAD gives the size without the bytes.
+    let r = s
+        .req("HEAD", "/blobs/alice/r", Some(&t), body(""), &[])
+        .await;
+    assert_eq!(
+        (r.status, r.header("content-length"), r.body.len()),
+        (200, Some("1000"), 0)
+    );
+    let r = s
+        .req("HEAD", "/blobs/alice/nope", Some(&t), body(""), &[])
+        .await;
+    assert_eq!(r.status, 404);
 }
 
 #[tokio::test]
