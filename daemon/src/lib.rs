@@ -4,6 +4,7 @@
 //! [`handle::EngineHandle`].
 
 pub mod clock;
+pub mod control;
 pub mod events;
 pub mod retry;
 pub mod status;
