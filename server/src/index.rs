@@ -72,6 +72,9 @@ pub enum IndexError {
         /// Highest purged tombstone seq.
         purged: u64,
     },
+    /// The batch this write was committed with failed for another reason (logged).
+    #[error("index commit failed: {0}")]
+    Batch(String),
     /// The schema on disk is newer than this binary.
     #[error("index schema version {0} is newer than this server understands ({1}); upgrade it")]
     SchemaTooNew(i64, i64),
@@ -252,6 +255,8 @@ pub struct UserInfo {
 pub struct Index {
     path: PathBuf,
     writer: Mutex<Connection>,
+    /// Put batches waiting for the writer (group commit; see [`Index::commit_puts`]).
+    queue: Mutex<Vec<CommitJob>>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -291,6 +296,7 @@ impl Index {
         Ok(Self {
             path,
             writer: Mutex::new(c),
+            queue: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::new()),
         })
     }
@@ -646,6 +652,10 @@ impl Index {
     /// renamed to its final name, the directories are fsynced, then the transaction commits.
     /// A crash before the commit leaves payload files with no index row, which no request can
     /// see and `fsck` removes; it never leaves an index row without its payload.
+    ///
+    /// Group commit: callers queue their job, then take the writer lock; whoever holds it
+    /// drains every queued job into one transaction (one set of directory fsyncs, one WAL
+    /// fsync). Concurrent PUTs thus share their durability cost instead of queueing for it.
     pub fn commit_puts(
         &self,
         user: &str,
@@ -654,97 +664,29 @@ impl Index {
         default_quota: Option<u64>,
         layout: &Layout,
     ) -> Result<Vec<PutOutcome>, IndexError> {
-        let mut c = self.writer();
-        let tx = c.transaction()?;
-        let (mut seq, quota, mut used): (i64, Option<i64>, i64) = tx
-            .query_row(
-                "SELECT seq, quota_bytes, used_bytes FROM users WHERE name = ?1",
-                [user],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?
-            .ok_or_else(|| IndexError::UnknownUser(user.to_owned()))?;
-        let quota = quota.map(|q| q as u64).or(default_quota);
-        let now = now_secs();
-        let mut outcomes = Vec::with_capacity(items.len());
-        let mut placed: Vec<PathBuf> = Vec::new();
-        let mut dirs: std::collections::BTreeSet<PathBuf> = Default::default();
-        let result = (|| -> Result<(), IndexError> {
-            for it in &items {
-                let live: bool = tx
-                    .prepare_cached(
-                        "SELECT 1 FROM blobs WHERE user = ?1 AND namespace = ?2 AND id = ?3 \
-                         AND deleted = 0",
-                    )?
-                    .exists(params![user, ns.as_str(), it.id.as_str()])?;
-                if live {
-                    outcomes.push(PutOutcome::Exists);
-                    continue;
-                }
-                if quota.is_some_and(|q| used as u64 + it.size > q) {
-                    outcomes.push(PutOutcome::OverQuota);
-                    continue;
-                }
-                let dest = layout.blob_path(user, ns, &it.id);
-                std::fs::rename(&it.temp, &dest).map_err(io("rename into place", &dest))?;
-                placed.push(dest.clone());
-                if let Some(d) = dest.parent() {
-                    dirs.insert(d.to_path_buf());
-                }
-                seq += 1;
-                used += it.size as i64;
-                tx.prepare_cached(
-                    "INSERT INTO blobs (user, namespace, id, size, created, seq, deleted, flags, external) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8) \
-                     ON CONFLICT (user, namespace, id) DO UPDATE SET size = excluded.size, \
-                     created = excluded.created, seq = excluded.seq, deleted = 0, \
-                     flags = excluded.flags, external = excluded.external",
-                )?
-                .execute(params![
-                    user,
-                    ns.as_str(),
-                    it.id.as_str(),
-                    it.size as i64,
-                    now,
-                    seq,
-                    it.flags,
-                    it.external
-                ])?;
-                outcomes.push(PutOutcome::Created(seq as u64));
-            }
-            if dirs.len() >= crate::layout::SYNCFS_MIN {
-                crate::layout::sync_files(layout.root(), &placed)
-                    .map_err(io("sync renamed files", layout.root()))?;
-            } else {
-                for d in &dirs {
-                    fsync_dir(d)?;
-                }
-            }
-            tx.execute(
-                "UPDATE users SET seq = ?2, used_bytes = ?3 WHERE name = ?1",
-                params![user, seq, used],
-            )?;
-            Ok(())
-        })();
-        let result = result.and_then(|()| tx.commit().map_err(IndexError::from));
-        // Temp files that were not placed (conflict, quota, or failure) are removed here.
-        for (it, out) in items
-            .iter()
-            .zip(outcomes.iter().map(Some).chain(std::iter::repeat(None)))
+        let (reply, result) = std::sync::mpsc::sync_channel(1);
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(CommitJob {
+                user: user.to_owned(),
+                ns: ns.clone(),
+                items,
+                default_quota,
+                reply,
+            });
         {
-            if !matches!(out, Some(PutOutcome::Created(_))) {
-                let _ = std::fs::remove_file(&it.temp);
+            let mut c = self.writer();
+            let jobs = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+            if !jobs.is_empty() {
+                commit_jobs(&mut c, jobs, layout);
             }
         }
-        if let Err(e) = result {
-            // Nothing was committed: payloads placed under no index row are removed so a
-            // later GET cannot find them (it would not anyway: the index decides).
-            for p in placed {
-                let _ = std::fs::remove_file(p);
-            }
-            return Err(e);
-        }
-        Ok(outcomes)
+        // Our job was drained by us or by an earlier lock holder, who replied before
+        // releasing the lock; so the reply is already there.
+        result
+            .recv()
+            .unwrap_or_else(|_| Err(IndexError::Batch("commit worker vanished".into())))
     }
 
     /// Deletes a live blob: tombstone with a new seq, then unlink the payload. False if there
@@ -880,6 +822,141 @@ impl Index {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(v.into_iter().filter(|l| l != "ok").collect())
         })
+    }
+}
+
+/// One caller's share of a group commit.
+struct CommitJob {
+    user: String,
+    ns: Namespace,
+    items: Vec<PendingPut>,
+    default_quota: Option<u64>,
+    reply: std::sync::mpsc::SyncSender<Result<Vec<PutOutcome>, IndexError>>,
+}
+
+/// Applies one job inside the batch transaction: renames and rows. A missing user fails only
+/// this job (Ok(Err)); any other error fails the batch.
+fn apply_job(
+    tx: &rusqlite::Transaction<'_>,
+    job: &CommitJob,
+    now: i64,
+    layout: &Layout,
+    placed: &mut Vec<PathBuf>,
+    dirs: &mut std::collections::BTreeSet<PathBuf>,
+) -> Result<Result<Vec<PutOutcome>, IndexError>, IndexError> {
+    let (user, ns) = (job.user.as_str(), &job.ns);
+    let row: Option<(i64, Option<i64>, i64)> = tx
+        .prepare_cached("SELECT seq, quota_bytes, used_bytes FROM users WHERE name = ?1")?
+        .query_row([user], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((mut seq, quota, mut used)) = row else {
+        return Ok(Err(IndexError::UnknownUser(user.to_owned())));
+    };
+    let quota = quota.map(|q| q as u64).or(job.default_quota);
+    let mut outcomes = Vec::with_capacity(job.items.len());
+    for it in &job.items {
+        let live: bool = tx
+            .prepare_cached(
+                "SELECT 1 FROM blobs WHERE user = ?1 AND namespace = ?2 AND id = ?3 \
+                 AND deleted = 0",
+            )?
+            .exists(params![user, ns.as_str(), it.id.as_str()])?;
+        if live {
+            outcomes.push(PutOutcome::Exists);
+            continue;
+        }
+        if quota.is_some_and(|q| used as u64 + it.size > q) {
+            outcomes.push(PutOutcome::OverQuota);
+            continue;
+        }
+        let dest = layout.blob_path(user, ns, &it.id);
+        std::fs::rename(&it.temp, &dest).map_err(io("rename into place", &dest))?;
+        placed.push(dest.clone());
+        if let Some(d) = dest.parent() {
+            dirs.insert(d.to_path_buf());
+        }
+        seq += 1;
+        used += it.size as i64;
+        tx.prepare_cached(
+            "INSERT INTO blobs (user, namespace, id, size, created, seq, deleted, flags, external) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8) \
+             ON CONFLICT (user, namespace, id) DO UPDATE SET size = excluded.size, \
+             created = excluded.created, seq = excluded.seq, deleted = 0, \
+             flags = excluded.flags, external = excluded.external",
+        )?
+        .execute(params![
+            user,
+            ns.as_str(),
+            it.id.as_str(),
+            it.size as i64,
+            now,
+            seq,
+            it.flags,
+            it.external
+        ])?;
+        outcomes.push(PutOutcome::Created(seq as u64));
+    }
+    tx.prepare_cached("UPDATE users SET seq = ?2, used_bytes = ?3 WHERE name = ?1")?
+        .execute(params![user, seq, used])?;
+    Ok(Ok(outcomes))
+}
+
+/// Commits queued jobs in one transaction and replies to each. Runs under the writer lock.
+fn commit_jobs(c: &mut Connection, jobs: Vec<CommitJob>, layout: &Layout) {
+    let mut placed: Vec<PathBuf> = Vec::new();
+    let mut dirs: std::collections::BTreeSet<PathBuf> = Default::default();
+    let mut results: Vec<Result<Vec<PutOutcome>, IndexError>> = Vec::with_capacity(jobs.len());
+    let batch = (|| -> Result<(), IndexError> {
+        let tx = c.transaction()?;
+        let now = now_secs();
+        for job in &jobs {
+            results.push(apply_job(&tx, job, now, layout, &mut placed, &mut dirs)?);
+        }
+        if dirs.len() >= crate::layout::SYNCFS_MIN {
+            crate::layout::sync_files(layout.root(), &placed)
+                .map_err(io("sync renamed files", layout.root()))?;
+        } else {
+            for d in &dirs {
+                fsync_dir(d)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    if let Err(e) = batch {
+        // Nothing was committed: payloads placed under no index row are removed (no request
+        // could see them anyway: the index decides what exists).
+        for p in &placed {
+            let _ = std::fs::remove_file(p);
+        }
+        tracing::error!(error = %e, jobs = jobs.len(), "index commit failed");
+        let msg = e.to_string();
+        let mut first = Some(e);
+        results = jobs
+            .iter()
+            .map(|_| {
+                Err(first
+                    .take()
+                    .unwrap_or_else(|| IndexError::Batch(msg.clone())))
+            })
+            .collect();
+    }
+    for (job, result) in jobs.into_iter().zip(results) {
+        // Temp files that were not placed (conflict, quota, failure) are removed here.
+        let created: Vec<bool> = match &result {
+            Ok(outs) => outs
+                .iter()
+                .map(|o| matches!(o, PutOutcome::Created(_)))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for (i, it) in job.items.iter().enumerate() {
+            if !created.get(i).copied().unwrap_or(false) {
+                let _ = std::fs::remove_file(&it.temp);
+            }
+        }
+        // The caller waits on this channel; it has room for the one reply.
+        let _ = job.reply.send(result);
     }
 }
 
