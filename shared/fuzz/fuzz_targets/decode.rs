@@ -1,6 +1,6 @@
 //! Fuzzes the blob decoder: header parsing, the segment stream in arbitrary chunkings, and
 //! ranged reads. Nothing may panic, and no input may decode unless it is a blob sealed with
-//! the fuzz key (the seeds in `corpus/decode/` are; mutations of them must then fail).
+//! the fuzz key (the seeds in `seeds/decode/` are; mutations of them must then fail).
 
 #![no_main]
 
