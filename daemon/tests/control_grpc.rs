@@ -1,0 +1,1063 @@
+//! The control service over a real Unix socket, in process: a real engine (store in a temp
+//! dir, `DirRemote`), `control::bind` + `control::serve`, and the generated gRPC client.
+//! Covers every RPC's happy path, every INVALID_ARGUMENT case, paging, streaming put/get,
+//! watch, and shutdown. The process-level behaviour (blobctl, exit codes, memory, peer uid,
+//! Python) is in `ctl/tests/control_e2e.rs`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use blobsync_proto as pb;
+use blobsync_proto::control_client::ControlClient;
+use common::{Device, bytes, settings};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dev: Device,
+    socket: PathBuf,
+    cancel: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), blobsyncd::control::ControlError>>,
+    engine_task: tokio::task::JoinHandle<()>,
+}
+
+impl Fixture {
+    async fn start() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let dev = Device::open(
+            &tmp.path().join("data"),
+            &tmp.path().join("remote"),
+            settings(),
+        )
+        .await;
+        let cancel = CancellationToken::new();
+        let engine_task = tokio::spawn(dev.engine.clone().run(cancel.child_token()));
+        let socket = tmp.path().join("run/blobsync/blobsyncd.sock");
+        let listener = blobsyncd::control::bind(&socket).unwrap();
+        let server = tokio::spawn(blobsyncd::control::serve(
+            listener,
+            dev.handle.clone(),
+            cancel.child_token(),
+        ));
+        Fixture {
+            _tmp: tmp,
+            dev,
+            socket,
+            cancel,
+            server,
+            engine_task,
+        }
+    }
+
+    async fn client(&self) -> ControlClient<Channel> {
+        connect(&self.socket).await
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.server)
+            .await
+            .expect("serve returns after cancel")
+            .unwrap()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.engine_task)
+            .await
+            .expect("the engine stops after cancel")
+            .unwrap();
+        assert!(
+            !self.socket.exists(),
+            "serve removes its socket on the way out"
+        );
+    }
+}
+
+async fn connect(socket: &Path) -> ControlClient<Channel> {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://blobsyncd.local")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    ControlClient::new(channel)
+}
+
+fn header(id: &str, size_hint: Option<u64>) -> pb::PutRequest {
+    pb::PutRequest {
+        msg: Some(pb::put_request::Msg::Header(pb::PutHeader {
+            id: id.into(),
+            size_hint,
+            ..Default::default()
+        })),
+    }
+}
+
+fn chunk(data: &[u8]) -> pb::PutRequest {
+    pb::PutRequest {
+        msg: Some(pb::put_request::Msg::Chunk(data.to_vec())),
+    }
+}
+
+async fn put(
+    c: &mut ControlClient<Channel>,
+    ns: &str,
+    id: &str,
+    data: &[u8],
+    local_only: bool,
+) -> pb::BlobInfo {
+    let mut msgs = vec![pb::PutRequest {
+        msg: Some(pb::put_request::Msg::Header(pb::PutHeader {
+            namespace: ns.into(),
+            id: id.into(),
+            local_only,
+            size_hint: Some(data.len() as u64),
+            ..Default::default()
+        })),
+    }];
+    msgs.extend(data.chunks(100_000).map(chunk));
+    c.put(tokio_stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner()
+        .blob
+        .unwrap()
+}
+
+async fn get(
+    c: &mut ControlClient<Channel>,
+    id: &str,
+    range: Option<pb::ByteRange>,
+) -> Result<(pb::GetHeader, Vec<u8>), tonic::Status> {
+    let mut s = c
+        .get(pb::GetRequest {
+            namespace: String::new(),
+            id: id.into(),
+            range,
+            wait: true,
+        })
+        .await?
+        .into_inner();
+    let Some(pb::GetResponse {
+        msg: Some(pb::get_response::Msg::Header(h)),
+    }) = s.message().await?
+    else {
+        panic!("no header first");
+    };
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await? {
+        if let Some(pb::get_response::Msg::Chunk(d)) = m.msg {
+            assert!(d.len() <= 1 << 20, "chunks are at most 1 MiB");
+            out.extend_from_slice(&d);
+        }
+    }
+    Ok((h, out))
+}
+
+/// The code of a call's outcome; every refusal must carry a message.
+fn code<T>(r: Result<T, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => {
+            assert!(!s.message().is_empty(), "{s:?}");
+            assert!(
+                !s.message().contains("{ ") && !s.message().contains("Error("),
+                "debug dump in message: {s:?}"
+            );
+            s.code()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_ranges_list_pages_and_delete() {
+    let f = Fixture::start().await;
+    let mut c = f.client().await;
+    let data = bytes(250_000, 3);
+    let b = put(&mut c, "", "doc", &data, false).await;
+    assert_eq!(
+        (b.namespace.as_str(), b.id.as_str(), b.size),
+        ("default", "doc", 250_000)
+    );
+    assert!(
+        b.status == pb::BlobStatus::PendingUpload as i32
+            || b.status == pb::BlobStatus::Synced as i32
+    );
+    assert_eq!(b.priority, pb::Priority::Medium as i32);
+
+    let (h, whole) = get(&mut c, "doc", None).await.unwrap();
+    assert_eq!((h.start, h.length), (0, 250_000));
+    assert_eq!(whole, data);
+    let (h, part) = get(
+        &mut c,
+        "doc",
+        Some(pb::ByteRange {
+            start: 1000,
+            end: Some(71_000),
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!((h.start, h.length), (1000, 70_000));
+    assert_eq!(part, &data[1000..71_000]);
+    // A range reaching past the end is cut at the end.
+    let (h, tail) = get(
+        &mut c,
+        "doc",
+        Some(pb::ByteRange {
+            start: 249_990,
+            end: Some(1 << 40),
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(h.length, 10);
+    assert_eq!(tail, &data[249_990..]);
+    let (_, tail) = get(
+        &mut c,
+        "doc",
+        Some(pb::ByteRange {
+            start: 249_999,
+            end: None,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tail, &data[249_999..]);
+
+    // An empty blob, and a random id.
+    let empty = put(&mut c, "", "", b"", true).await;
+    assert_eq!(empty.id.len(), 32);
+    assert_eq!(empty.status, pb::BlobStatus::LocalOnly as i32);
+    let (h, got) = get(
+        &mut c,
+        &empty.id,
+        Some(pb::ByteRange {
+            start: 0,
+            end: None,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!((h.length, got.len()), (0, 0));
+
+    // Pages: 25 blobs in namespace "p", 10 per page, three statuses filtered at once.
+    for i in 0..25 {
+        put(&mut c, "p", &format!("b{i:02}"), &[i as u8], i % 2 == 0).await;
+    }
+    let mut token = String::new();
+    let mut seen = Vec::new();
+    loop {
+        let page = c
+            .list(pb::ListRequest {
+                namespace: "p".into(),
+                limit: 10,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.blobs.len() <= 10);
+        seen.extend(page.blobs.into_iter().map(|b| b.id));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let want: Vec<String> = (0..25).map(|i| format!("b{i:02}")).collect();
+    assert_eq!(seen, want, "every blob once, in order");
+    let local_only = c
+        .list(pb::ListRequest {
+            namespace: "p".into(),
+            statuses: vec![
+                pb::BlobStatus::LocalOnly as i32,
+                pb::BlobStatus::FailedUpload as i32,
+            ],
+            limit: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(local_only.blobs.len(), 4);
+    assert!(
+        local_only
+            .blobs
+            .iter()
+            .all(|b| b.status == pb::BlobStatus::LocalOnly as i32)
+    );
+    assert!(!local_only.next_page_token.is_empty());
+
+    let d = c
+        .delete(pb::DeleteRequest {
+            namespace: "p".into(),
+            id: "b00".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.status, 0, "a local-only blob is simply gone");
+    assert_eq!(code(get(&mut c, "nope", None).await), Code::NotFound);
+    assert_eq!(
+        code(
+            c.delete(pb::DeleteRequest {
+                namespace: "p".into(),
+                id: "b00".into()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    let dup = c
+        .put(tokio_stream::iter(vec![header("doc", None), chunk(b"x")]))
+        .await;
+    assert_eq!(code(dup), Code::AlreadyExists);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invalid_argument_is_refused_with_a_message() {
+    let f = Fixture::start().await;
+    let mut c = f.client().await;
+    put(&mut c, "", "ok", &bytes(100, 1), true).await;
+    let inv = Code::InvalidArgument;
+    let long = "x".repeat(129);
+    for (ns, id) in [
+        ("", "bad id"),
+        ("", "../etc/passwd"),
+        ("", long.as_str()),
+        ("a/b", "ok"),
+        ("é", "ok"),
+        ("", ""),
+    ] {
+        let what = format!("ns {ns:?} id {id:?}");
+        assert_eq!(
+            code(
+                c.get(pb::GetRequest {
+                    namespace: ns.into(),
+                    id: id.into(),
+                    range: None,
+                    wait: false
+                })
+                .await
+            ),
+            inv,
+            "get {what}"
+        );
+        assert_eq!(
+            code(
+                c.delete(pb::DeleteRequest {
+                    namespace: ns.into(),
+                    id: id.into()
+                })
+                .await
+            ),
+            inv,
+            "delete {what}"
+        );
+        assert_eq!(
+            code(
+                c.set_priority(pb::SetPriorityRequest {
+                    namespace: ns.into(),
+                    id: id.into(),
+                    priority: 1
+                })
+                .await
+            ),
+            inv,
+            "priority {what}"
+        );
+        assert_eq!(
+            code(
+                c.get_flags(pb::GetFlagsRequest {
+                    namespace: ns.into(),
+                    id: id.into()
+                })
+                .await
+            ),
+            inv,
+            "flags {what}"
+        );
+        assert_eq!(
+            code(
+                c.retry(pb::RetryRequest {
+                    namespace: ns.into(),
+                    id: id.into(),
+                    all_failed: false
+                })
+                .await
+            ),
+            inv,
+            "retry {what}"
+        );
+        if !id.is_empty() {
+            let h = pb::PutRequest {
+                msg: Some(pb::put_request::Msg::Header(pb::PutHeader {
+                    namespace: ns.into(),
+                    id: id.into(),
+                    ..Default::default()
+                })),
+            };
+            assert_eq!(
+                code(c.put(tokio_stream::iter(vec![h])).await),
+                inv,
+                "put {what}"
+            );
+        }
+    }
+    for ns in ["a b", "../x"] {
+        assert_eq!(
+            code(
+                c.list(pb::ListRequest {
+                    namespace: ns.into(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            inv
+        );
+        assert_eq!(
+            code(
+                c.pause(pb::PauseRequest {
+                    namespace: ns.into()
+                })
+                .await
+            ),
+            inv
+        );
+        assert_eq!(
+            code(
+                c.resume(pb::ResumeRequest {
+                    namespace: ns.into()
+                })
+                .await
+            ),
+            inv
+        );
+        assert_eq!(
+            code(
+                c.watch(pb::WatchRequest {
+                    namespace: ns.into(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            inv
+        );
+        assert_eq!(
+            code(
+                c.list_remote(pb::ListRemoteRequest {
+                    namespace: ns.into(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            inv
+        );
+    }
+    // Enums out of range or UNSPECIFIED where a value is required.
+    for p in [0, 5, -1] {
+        assert_eq!(
+            code(
+                c.set_priority(pb::SetPriorityRequest {
+                    namespace: String::new(),
+                    id: "ok".into(),
+                    priority: p
+                })
+                .await
+            ),
+            inv,
+            "priority {p}"
+        );
+    }
+    let bad_prio = pb::PutRequest {
+        msg: Some(pb::put_request::Msg::Header(pb::PutHeader {
+            id: "p9".into(),
+            priority: 9,
+            ..Default::default()
+        })),
+    };
+    assert_eq!(code(c.put(tokio_stream::iter(vec![bad_prio])).await), inv);
+    for flags in [vec![0], vec![99], vec![1, 0]] {
+        assert_eq!(
+            code(
+                c.set_flags(pb::SetFlagsRequest {
+                    namespace: String::new(),
+                    id: "ok".into(),
+                    flags
+                })
+                .await
+            ),
+            inv
+        );
+    }
+    assert_eq!(
+        code(
+            c.list_remote(pb::ListRemoteRequest {
+                filter_flag: 42,
+                ..Default::default()
+            })
+            .await
+        ),
+        inv
+    );
+    assert_eq!(
+        code(
+            c.list(pb::ListRequest {
+                statuses: vec![0],
+                ..Default::default()
+            })
+            .await
+        ),
+        inv
+    );
+    assert_eq!(
+        code(
+            c.list(pb::ListRequest {
+                statuses: vec![42],
+                ..Default::default()
+            })
+            .await
+        ),
+        inv
+    );
+    // Page tokens this daemon never issued.
+    for t in ["garbage!", "a/b/c", "/x"] {
+        assert_eq!(
+            code(
+                c.list(pb::ListRequest {
+                    page_token: t.into(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            inv,
+            "{t}"
+        );
+    }
+    assert_eq!(
+        code(
+            c.list_remote(pb::ListRemoteRequest {
+                page_token: "no good".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        inv
+    );
+    // Limits and retry shapes.
+    assert_eq!(
+        code(
+            c.set_limits(pb::SetLimitsRequest {
+                transfers: Some(0),
+                ..Default::default()
+            })
+            .await
+        ),
+        inv
+    );
+    assert_eq!(
+        code(c.retry(pb::RetryRequest::default()).await),
+        inv,
+        "neither id nor all_failed"
+    );
+    assert_eq!(
+        code(
+            c.retry(pb::RetryRequest {
+                id: "ok".into(),
+                all_failed: true,
+                ..Default::default()
+            })
+            .await
+        ),
+        inv,
+        "both"
+    );
+    // Ranges.
+    let range = |start, end| pb::GetRequest {
+        namespace: String::new(),
+        id: "ok".into(),
+        range: Some(pb::ByteRange { start, end }),
+        wait: false,
+    };
+    assert_eq!(code(c.get(range(10, Some(10))).await), inv, "empty range");
+    assert_eq!(code(c.get(range(10, Some(5))).await), inv, "reversed range");
+    assert_eq!(code(c.get(range(100, None)).await), inv, "start at the end");
+    assert_eq!(
+        code(c.get(range(500, Some(600))).await),
+        inv,
+        "start past the end"
+    );
+    // Put stream shapes.
+    assert_eq!(
+        code(c.put(tokio_stream::iter(vec![chunk(b"abc")])).await),
+        inv,
+        "chunk before header"
+    );
+    assert_eq!(
+        code(
+            c.put(tokio_stream::iter(vec![
+                header("h1", None),
+                header("h1", None)
+            ]))
+            .await
+        ),
+        inv,
+        "two headers"
+    );
+    assert_eq!(
+        code(
+            c.put(tokio_stream::iter(vec![
+                header("h2", Some(5)),
+                chunk(b"abc")
+            ]))
+            .await
+        ),
+        inv,
+        "short of size_hint"
+    );
+    assert_eq!(
+        code(
+            c.put(tokio_stream::iter(vec![
+                header("h3", Some(2)),
+                chunk(b"abc")
+            ]))
+            .await
+        ),
+        inv,
+        "over size_hint"
+    );
+    assert_eq!(
+        code(
+            c.put(tokio_stream::iter(Vec::<pb::PutRequest>::new()))
+                .await
+        ),
+        inv,
+        "empty stream"
+    );
+    // PutPath with a relative path.
+    let pp = pb::PutPathRequest {
+        header: Some(pb::PutHeader {
+            id: "pp".into(),
+            ..Default::default()
+        }),
+        path: "relative/file".into(),
+    };
+    assert_eq!(code(c.put_path(pp).await), inv);
+
+    // Nothing refused left a blob or a temp file behind.
+    let ls = c
+        .list(pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = ls.blobs.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(ids, ["ok"]);
+    tokio::time::sleep(Duration::from_millis(200)).await; // temp-file removal runs on a blocking thread
+    let tmp_files: Vec<_> = walk(&f.dev.data)
+        .into_iter()
+        .filter(|p| {
+            p.strip_prefix(&f.dev.data)
+                .unwrap()
+                .to_string_lossy()
+                .contains("tmp")
+        })
+        .collect();
+    assert!(tmp_files.is_empty(), "left behind: {tmp_files:?}");
+    f.stop().await;
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_an_upload_and_resumes_with_since() {
+    let f = Fixture::start().await;
+    let mut c = f.client().await;
+    let before = c
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .last_event_id;
+    let mut w = c
+        .watch(pb::WatchRequest {
+            since: Some(before),
+            no_progress: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    put(&mut c, "", "w1", &bytes(70_000, 9), false).await;
+    let mut statuses = Vec::new();
+    let mut last = before;
+    while !statuses.contains(&pb::BlobStatus::Synced) {
+        let e = tokio::time::timeout(Duration::from_secs(20), w.message())
+            .await
+            .unwrap_or_else(|_| panic!("saw only {statuses:?}"))
+            .unwrap()
+            .unwrap();
+        assert!(e.id > last, "ids grow: {last} then {}", e.id);
+        last = e.id;
+        assert!(
+            !matches!(e.kind, Some(pb::event::Kind::TransferProgress(_))),
+            "no_progress honoured"
+        );
+        if let Some(pb::event::Kind::StatusChanged(s)) = e.kind
+            && s.id == "w1"
+        {
+            statuses.push(pb::BlobStatus::try_from(s.new_status).unwrap());
+        }
+    }
+    assert_eq!(statuses[0], pb::BlobStatus::PendingUpload, "{statuses:?}");
+
+    // A second watcher resuming from `before` replays the same events.
+    let mut again = c
+        .watch(pb::WatchRequest {
+            since: Some(before),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = again.message().await.unwrap().unwrap();
+    assert_eq!(first.id, before + 1);
+
+    // Shutdown ends open watches: serve returns although watchers are connected.
+    f.stop().await;
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match again.message().await {
+                Ok(Some(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await
+    .expect("the watch stream ends at shutdown");
+    let _ = end;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_sync_pause_limits_flags_remote_listing_verify_and_version() {
+    let f = Fixture::start().await;
+    let mut c = f.client().await;
+    let mut put_wait = vec![pb::PutRequest {
+        msg: Some(pb::put_request::Msg::Header(pb::PutHeader {
+            id: "s1".into(),
+            wait: true,
+            ..Default::default()
+        })),
+    }];
+    put_wait.push(chunk(&bytes(5000, 4)));
+    let b = c
+        .put(tokio_stream::iter(put_wait))
+        .await
+        .unwrap()
+        .into_inner()
+        .blob
+        .unwrap();
+    assert_eq!(
+        b.status,
+        pb::BlobStatus::Synced as i32,
+        "wait returns once uploaded: {b:?}"
+    );
+
+    let st = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    let synced = st
+        .counts
+        .iter()
+        .find(|c| c.status == pb::BlobStatus::Synced as i32)
+        .map(|c| c.count);
+    assert_eq!(synced, Some(1), "{st:?}");
+    assert_eq!(
+        st.namespaces
+            .iter()
+            .map(|n| n.namespace.as_str())
+            .collect::<Vec<_>>(),
+        ["default"]
+    );
+    assert_eq!(st.api_version, pb::API_VERSION);
+    assert!(!st.daemon_version.is_empty());
+    assert!(st.remote.as_ref().unwrap().reachable, "{st:?}");
+    assert!(st.last_event_id > 0);
+
+    let s = c
+        .sync(pb::SyncRequest { wait: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let sum = s.summary.unwrap();
+    assert!(sum.cycle >= 1 && sum.error.is_empty(), "{sum:?}");
+    assert_eq!(s.cycle, sum.cycle);
+
+    let p = c
+        .pause(pb::PauseRequest {
+            namespace: "MX".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap();
+    assert_eq!(
+        (p.all, p.namespaces.as_slice()),
+        (false, &["MX".to_string()][..])
+    );
+    let p = c
+        .pause(pb::PauseRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap();
+    assert!(p.all);
+    assert!(
+        c.status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .paused
+    );
+    let p = c
+        .resume(pb::ResumeRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap();
+    assert_eq!(
+        (p.all, p.namespaces.len()),
+        (false, 0),
+        "resuming all clears namespace pauses"
+    );
+
+    let l = c
+        .set_limits(pb::SetLimitsRequest {
+            bwlimit_up: Some(1 << 20),
+            transfers: Some(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .limits
+        .unwrap();
+    assert_eq!((l.bwlimit_up, l.bwlimit_down, l.transfers), (1 << 20, 0, 5));
+    let l = c
+        .set_limits(pb::SetLimitsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .limits
+        .unwrap();
+    assert_eq!(l.transfers, 5, "an empty request changes nothing");
+
+    let pr = c
+        .set_priority(pb::SetPriorityRequest {
+            namespace: String::new(),
+            id: "s1".into(),
+            priority: pb::Priority::Urgent as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pr.blob.unwrap().priority, pb::Priority::Urgent as i32);
+
+    let set = c
+        .set_flags(pb::SetFlagsRequest {
+            namespace: String::new(),
+            id: "s1".into(),
+            flags: vec![pb::Flag::Processing as i32],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.flags, [pb::Flag::Processing as i32]);
+    let got = c
+        .get_flags(pb::GetFlagsRequest {
+            namespace: String::new(),
+            id: "s1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.flags, [pb::Flag::Processing as i32]);
+    assert_eq!(
+        code(
+            c.get_flags(pb::GetFlagsRequest {
+                namespace: String::new(),
+                id: "absent".into()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+
+    let remote = c
+        .list_remote(pb::ListRemoteRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(remote.namespace, "default");
+    assert_eq!(
+        remote
+            .blobs
+            .iter()
+            .map(|b| b.id.as_str())
+            .collect::<Vec<_>>(),
+        ["s1"]
+    );
+    assert!(
+        remote.blobs[0].size > 5000,
+        "stored size includes the header and tags"
+    );
+
+    let r = c
+        .retry(pb::RetryRequest {
+            all_failed: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.requeued, 0);
+    let r = c
+        .retry(pb::RetryRequest {
+            all_failed: true,
+            namespace: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.requeued, 0);
+    assert_eq!(
+        code(
+            c.retry(pb::RetryRequest {
+                id: "s1".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::FailedPrecondition,
+        "nothing to retry on a synced blob"
+    );
+
+    let mut v = c
+        .verify(pb::VerifyRequest {
+            remote: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut report = None;
+    while let Some(m) = v.message().await.unwrap() {
+        match m.msg {
+            Some(pb::verify_response::Msg::Report(r)) => report = Some(r),
+            Some(pb::verify_response::Msg::Problem(p)) => panic!("unexpected problem {p:?}"),
+            _ => {}
+        }
+    }
+    let report = report.expect("verify ends with a report");
+    assert_eq!((report.checked, report.ok, report.problems), (1, 1, 0));
+
+    let ver = c
+        .get_version(pb::GetVersionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ver.api_version, pb::API_VERSION);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_a_damaged_local_copy() {
+    let f = Fixture::start().await;
+    let mut c = f.client().await;
+    put(&mut c, "", "v1", &bytes(10_000, 5), true).await;
+    // Flip bytes of the payload file behind the daemon's back.
+    let payload = walk(&f.dev.data)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "v1"))
+        .expect("payload file");
+    let mut raw = std::fs::read(&payload).unwrap();
+    raw[100] ^= 0xff;
+    std::fs::write(&payload, raw).unwrap();
+    let mut v = c
+        .verify(pb::VerifyRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut problems = Vec::new();
+    let mut report = None;
+    while let Some(m) = v.message().await.unwrap() {
+        match m.msg {
+            Some(pb::verify_response::Msg::Problem(p)) => problems.push(p),
+            Some(pb::verify_response::Msg::Report(r)) => report = Some(r),
+            _ => {}
+        }
+    }
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(
+        (problems[0].id.as_str(), problems[0].kind),
+        ("v1", pb::verify_problem::Kind::LocalCorrupt as i32)
+    );
+    assert_eq!(report.unwrap().problems, 1);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_put_stores_nothing() {
+    let f = Fixture::start().await;
+    let mut c = f.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(header("cut", None)).await.unwrap();
+    tx.send(chunk(&bytes(100_000, 1))).await.unwrap();
+    let mut c2 = c.clone();
+    let call = tokio::spawn(async move {
+        c2.put(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    call.abort(); // the client goes away mid-stream, without ending the stream
+    let _ = call.await;
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        code(
+            c.get(pb::GetRequest {
+                namespace: String::new(),
+                id: "cut".into(),
+                range: None,
+                wait: false
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    f.stop().await;
+}
