@@ -467,6 +467,7 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
         filter_flag,
         order,
         after,
+        after_date: None,
         limit: limit.unwrap_or(chunk),
     };
     if q.flag(query::ONLY_COUNT)? {
@@ -480,7 +481,7 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
     let mut out = Vec::with_capacity(rows.len() * 40 + 2);
     out.push(b'[');
     let mut first = true;
-    let next_after = rows.last().map(|r| r.id.clone());
+    let next_after = rows.last().map(|r| (r.id.clone(), (r.created, r.seq)));
     push_rows(&mut out, rows, detail, &mut first)?;
     if complete {
         out.push(b']');
@@ -495,7 +496,7 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
     // by one page however many blobs the user has.
     let (tx, body) = body::channel();
     let st2 = st.clone();
-    lq.after = next_after;
+    (lq.after, lq.after_date) = next_after.unzip();
     tokio::spawn(async move {
         if tx.send(Ok(Bytes::from(out))).await.is_err() {
             return;
@@ -510,7 +511,10 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
                 }
             };
             let done = (rows.len() as u64) < chunk;
-            lq.after = rows.last().map(|r| r.id.clone());
+            (lq.after, lq.after_date) = rows
+                .last()
+                .map(|r| (r.id.clone(), (r.created, r.seq)))
+                .unzip();
             let mut chunk = Vec::with_capacity(rows.len() * 40 + 1);
             if let Err(e) = push_rows(&mut chunk, rows, detail, &mut first) {
                 let _ = tx.send(Err(std::io::Error::other(e.msg))).await;

@@ -206,6 +206,9 @@ pub struct ListQuery {
     pub order: Order,
     /// Continue after this id (in `order`).
     pub after: Option<String>,
+    /// For date orders: continue after this `(created, seq)` instead of looking `after` up
+    /// (the server's own paging uses it, so a blob deleted meanwhile cannot break a page).
+    pub after_date: Option<(i64, u64)>,
     /// Page size.
     pub limit: u64,
 }
@@ -517,15 +520,19 @@ impl Index {
                     None
                 }
                 (Some(a), _) => {
-                    let row = lookup_in(c, &q.user, q.namespace.as_str(), a)?
-                        .filter(|r| r.deleted == q.deleted)
-                        .ok_or_else(|| IndexError::UnknownAfter(a.clone()))?;
+                    let (created, seq) = match q.after_date {
+                        Some(k) => k,
+                        None => lookup_in(c, &q.user, q.namespace.as_str(), a)?
+                            .filter(|r| r.deleted == q.deleted)
+                            .map(|r| (r.created, r.seq))
+                            .ok_or_else(|| IndexError::UnknownAfter(a.clone()))?,
+                    };
                     sql.push_str(if q.order == Order::DateAsc {
                         " AND (created, seq) > (?6, ?7)"
                     } else {
                         " AND (created, seq) < (?6, ?7)"
                     });
-                    Some((row.created, row.seq as i64))
+                    Some((created, seq as i64))
                 }
             };
             sql.push_str(match q.order {

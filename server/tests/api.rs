@@ -534,6 +534,13 @@ async fn full_listing_streams_past_one_internal_page() {
     let d: Vec<BlobDetail> = s.get("/blobs/alice?detail=1", &t).await.json();
     assert_eq!(d.len(), 250);
     assert_eq!(d[249].id, id("id000249"));
+    // Date order streams past the internal page too (paging by (created, seq)).
+    let newest: Vec<String> = s.get("/blobs/alice?order_by=-date", &t).await.json();
+    assert_eq!(newest.len(), 250);
+    assert_eq!(
+        (newest[0].as_str(), newest[249].as_str()),
+        ("id000249", "id000000")
+    );
     let page: Vec<String> = s
         .get("/blobs/alice?limit=100&after=id000199", &t)
         .await
