@@ -1,0 +1,637 @@
+//! Model-based tests of the sync planner, in the style of Dropbox's CanopyCheck.
+//!
+//! Two simulated devices run the daemon's real pure planning functions
+//! (`engine::plan::diff`, `engine::plan::next_transfers`), its real status machine and its
+//! real store operations (`store::ops` on an in-memory SQLite with the real migrations)
+//! against a simulated server (ids, sequence numbers, tombstones). Random correlated
+//! histories are generated: local puts and deletes on either device, puts and deletes by a
+//! third party on the server, sync cycles whose planned actions run in shuffled order and
+//! each succeed, fail in transport, fail verification, or succeed with the response lost,
+//! and clock jumps. Only the transfer I/O is simulated, mirroring `engine::transfer`.
+//!
+//! Invariants checked at every step: nothing panics and no illegal transition is attempted;
+//! only `PENDING_UPLOAD` blobs are uploaded and a blob is never uploaded again after it was
+//! synced or after the server deleted our stored copy; a transport fault never yields
+//! `FAILED_DOWNLOAD`; verification failures yield `FAILED_DOWNLOAD` at exactly
+//! `max_invalid_retries`; attempts count up by one per failure. At the end, fault-free cycles
+//! (plus `retry --all-failed`) converge both devices to the server in a bounded number of
+//! rounds, after which a cycle plans nothing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use blobsync_shared::config::NamespacePolicy;
+use blobsync_shared::wire::{Change, ChangeOp};
+use blobsync_shared::{BlobId, Namespace};
+use blobsyncd::engine::plan::{self, Action, BatchPolicy, ListingKind};
+use blobsyncd::retry::retry_delay;
+use blobsyncd::status::{Priority, Status, Transition};
+use blobsyncd::store::ops::{self, RowUpdate};
+use blobsyncd::store::{BlobInfo, DueFilter, NewLocalBlob, RetryPlan, schema};
+use proptest::prelude::*;
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
+use rusqlite::Connection;
+
+const MAX_INVALID: u32 = 3;
+const THIRD_PARTY: usize = 99;
+
+#[test]
+fn retry_delay_follows_the_seed_schedule() {
+    let got: Vec<u64> = (1..=9).map(|n| retry_delay(n).as_secs()).collect();
+    assert_eq!(got, [10, 20, 30, 40, 50, 60, 60, 60, 60]);
+    assert_eq!(
+        retry_delay(0).as_secs(),
+        10,
+        "0 is treated as the first failure"
+    );
+    assert_eq!(retry_delay(u32::MAX).as_secs(), 60);
+}
+
+/// The simulated server: live blobs and tombstones with sequence numbers.
+#[derive(Default, Debug)]
+struct Server {
+    seq: u64,
+    /// id -> (seq, size, uploader)
+    live: BTreeMap<String, (u64, u64, usize)>,
+    /// id -> (seq of the delete, uploader of the deleted copy)
+    dead: BTreeMap<String, (u64, usize)>,
+}
+
+impl Server {
+    fn put(&mut self, id: &str, size: u64, who: usize) -> Result<(), usize> {
+        if let Some((_, _, owner)) = self.live.get(id) {
+            return Err(*owner);
+        }
+        self.seq += 1;
+        self.dead.remove(id);
+        self.live.insert(id.to_string(), (self.seq, size, who));
+        Ok(())
+    }
+
+    fn delete(&mut self, id: &str) -> bool {
+        match self.live.remove(id) {
+            Some((_, _, who)) => {
+                self.seq += 1;
+                self.dead.insert(id.to_string(), (self.seq, who));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The latest state of each id changed after `since`, ascending seq (the `since` listing).
+    fn changes_since(&self, since: u64) -> Vec<Change> {
+        let mut out: Vec<Change> = self
+            .live
+            .iter()
+            .filter(|(_, (s, _, _))| *s > since)
+            .map(|(id, (s, size, _))| change(id, ChangeOp::Put, *size, *s))
+            .chain(
+                self.dead
+                    .iter()
+                    .filter(|(_, (s, _))| *s > since)
+                    .map(|(id, (s, _))| change(id, ChangeOp::Delete, 0, *s)),
+            )
+            .collect();
+        out.sort_by_key(|c| c.seq);
+        out
+    }
+}
+
+fn change(id: &str, op: ChangeOp, size: u64, seq: u64) -> Change {
+    Change {
+        id: BlobId::new(id).expect("generated ids are valid"),
+        op,
+        size,
+        created: 1_700_000_000,
+        seq,
+        external: false,
+    }
+}
+
+struct Device {
+    conn: Connection,
+    cursor: Option<u64>,
+    /// Ids this device ever had SYNCED (they must never be uploaded again).
+    ever_synced: HashSet<String>,
+}
+
+impl Device {
+    fn new() -> Device {
+        let mut conn = Connection::open_in_memory().expect("in-memory SQLite");
+        schema::migrate(&mut conn).expect("migrations apply to an empty database");
+        Device {
+            conn,
+            cursor: None,
+            ever_synced: HashSet::new(),
+        }
+    }
+
+    fn rows(&self, ns: &Namespace) -> Vec<BlobInfo> {
+        ops::namespace_rows(&self.conn, ns).expect("read rows")
+    }
+
+    fn row(&self, ns: &Namespace, id: &BlobId) -> Option<BlobInfo> {
+        ops::get(&self.conn, ns, id).expect("read row")
+    }
+
+    fn note_synced(&mut self, ns: &Namespace) {
+        for r in self.rows(ns) {
+            if r.status == Status::Synced {
+                self.ever_synced.insert(r.id.to_string());
+            }
+        }
+    }
+}
+
+/// What happens to one planned transfer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outcome {
+    Ok,
+    Transport,
+    /// Downloads: the blob fails verification. Uploads: transport.
+    Invalid,
+    /// Uploads: the server stored it but the response was lost. Others: transport.
+    Lost,
+}
+
+fn outcome(code: u8) -> Outcome {
+    match code % 10 {
+        0..=5 => Outcome::Ok,
+        6 | 7 => Outcome::Transport,
+        8 => Outcome::Invalid,
+        _ => Outcome::Lost,
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put {
+        dev: usize,
+        size: u64,
+    },
+    LocalDelete {
+        dev: usize,
+        pick: usize,
+    },
+    RemotePut {
+        size: u64,
+    },
+    RemoteDelete {
+        pick: usize,
+    },
+    Cycle {
+        dev: usize,
+        full: bool,
+        outcomes: Vec<u8>,
+        shuffle: u64,
+    },
+    Advance {
+        secs: u64,
+    },
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..2usize, 0..200_000u64).prop_map(|(dev, size)| Op::Put { dev, size }),
+        1 => (0..2usize, any::<usize>()).prop_map(|(dev, pick)| Op::LocalDelete { dev, pick }),
+        1 => (0..200_000u64).prop_map(|size| Op::RemotePut { size }),
+        1 => any::<usize>().prop_map(|pick| Op::RemoteDelete { pick }),
+        4 => (0..2usize, any::<bool>(), prop::collection::vec(any::<u8>(), 1..8), any::<u64>())
+            .prop_map(|(dev, full, outcomes, shuffle)| Op::Cycle { dev, full, outcomes, shuffle }),
+        2 => (1..90u64).prop_map(|secs| Op::Advance { secs }),
+    ]
+}
+
+struct Sim {
+    server: Server,
+    devices: [Device; 2],
+    now: SystemTime,
+    ns: Namespace,
+    next_id: u32,
+    mode: Mode,
+}
+
+/// Which histories a property explores.
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    /// Uploads may be stored with the response lost (crash between PUT and commit).
+    lost_responses: bool,
+    /// Local and remote deletes happen.
+    deletes: bool,
+}
+
+impl Sim {
+    fn new(mode: Mode) -> Sim {
+        Sim {
+            mode,
+            server: Server::default(),
+            devices: [Device::new(), Device::new()],
+            now: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            ns: Namespace::new("default").expect("valid namespace"),
+            next_id: 0,
+        }
+    }
+
+    fn fresh_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("id{}", self.next_id)
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), String> {
+        match op {
+            Op::Put { dev, size } => {
+                let id = self.fresh_id();
+                let b = NewLocalBlob {
+                    ns: self.ns.clone(),
+                    id: BlobId::new(&id).expect("valid id"),
+                    size: *size,
+                    sha256: [7; 32],
+                    priority: Priority::default(),
+                    local_only: false,
+                    created: self.now,
+                };
+                ops::insert_local(&mut self.devices[*dev].conn, &b).map_err(|e| e.to_string())?;
+            }
+            Op::LocalDelete { .. } if !self.mode.deletes => {}
+            Op::LocalDelete { dev, pick } => {
+                let rows = self.devices[*dev].rows(&self.ns);
+                if !rows.is_empty() {
+                    let b = &rows[pick % rows.len()];
+                    let t = Transition::DeletedLocally {
+                        maybe_uploaded: b.upload_salt.is_some(),
+                    };
+                    // A user may delete in any status; illegal moves are refused, not applied.
+                    if b.status.apply(t).is_ok() {
+                        let u = RowUpdate {
+                            now: Some(self.now),
+                            ..Default::default()
+                        };
+                        ops::transition(&self.devices[*dev].conn, &self.ns, &b.id, t, &u)
+                            .map_err(|e| format!("local delete of {} ({}): {e}", b.id, b.status))?;
+                    }
+                }
+            }
+            Op::RemotePut { size } => {
+                let id = self.fresh_id();
+                self.server.put(&id, *size, THIRD_PARTY).expect("fresh id");
+            }
+            Op::RemoteDelete { pick } => {
+                if !self.mode.deletes {
+                    return Ok(());
+                }
+                let ids: Vec<String> = self.server.live.keys().cloned().collect();
+                if !ids.is_empty() {
+                    self.server.delete(&ids[pick % ids.len()]);
+                }
+            }
+            Op::Cycle {
+                dev,
+                full,
+                outcomes,
+                shuffle,
+            } => {
+                let outs: Vec<Outcome> = outcomes
+                    .iter()
+                    .map(|c| match outcome(*c) {
+                        Outcome::Lost if !self.mode.lost_responses => Outcome::Transport,
+                        o => o,
+                    })
+                    .collect();
+                self.cycle(*dev, *full, &outs, *shuffle)?;
+            }
+            Op::Advance { secs } => self.now += Duration::from_secs(*secs),
+        }
+        for d in &mut self.devices {
+            d.note_synced(&self.ns);
+        }
+        Ok(())
+    }
+
+    /// One sync cycle of device `dev`: list, diff, apply, plan, execute (shuffled).
+    /// Returns how many actions it planned.
+    fn cycle(
+        &mut self,
+        dev: usize,
+        full: bool,
+        outs: &[Outcome],
+        shuffle: u64,
+    ) -> Result<usize, String> {
+        let ns = self.ns.clone();
+        let now = self.now;
+        let d = &mut self.devices[dev];
+        let since = if full { 0 } else { d.cursor.unwrap_or(0) };
+        let kind = if since == 0 {
+            ListingKind::Full
+        } else {
+            ListingKind::Incremental
+        };
+        let changes = self.server.changes_since(since);
+        let facts = plan::diff(&d.rows(&ns), &changes, kind, NamespacePolicy::Eager);
+        ops::apply_remote(&mut d.conn, &ns, &facts, Some(self.server.seq), now)
+            .map_err(|e| format!("apply_remote {facts:?}: {e}"))?;
+        d.cursor = Some(self.server.seq);
+        let due = ops::due(
+            &d.conn,
+            &DueFilter {
+                now,
+                limit: 10_000,
+                statuses: Vec::new(),
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let mut actions =
+            plan::next_transfers(&due, &HashSet::new(), 1_000, BatchPolicy::default());
+        let planned = actions.len();
+        let mut seen = HashSet::new();
+        for a in &actions {
+            let ids: Vec<&BlobInfo> = match a {
+                Action::Upload(b) | Action::Download(b) | Action::DeleteRemote(b) => vec![b],
+                Action::UploadBatch(v) | Action::DownloadBatch(v) => v.iter().collect(),
+            };
+            for b in ids {
+                if !seen.insert(b.id.clone()) {
+                    return Err(format!(
+                        "blob {} planned twice in one cycle: {actions:?}",
+                        b.id
+                    ));
+                }
+            }
+        }
+        actions.shuffle(&mut StdRng::seed_from_u64(shuffle));
+        let mut k = 0usize;
+        for a in actions {
+            let members: Vec<(BlobInfo, bool)> = match a {
+                Action::Upload(b) => vec![(b, true)],
+                Action::UploadBatch(v) => v.into_iter().map(|b| (b, true)).collect(),
+                Action::Download(b) => vec![(b, false)],
+                Action::DownloadBatch(v) => v.into_iter().map(|b| (b, false)).collect(),
+                Action::DeleteRemote(b) => {
+                    let o = outs[k % outs.len()];
+                    k += 1;
+                    self.delete_remote(dev, b, o)?;
+                    continue;
+                }
+            };
+            for (b, up) in members {
+                let o = if outs.is_empty() {
+                    Outcome::Ok
+                } else {
+                    outs[k % outs.len()]
+                };
+                k += 1;
+                if up {
+                    self.upload(dev, b, o)?;
+                } else {
+                    self.download(dev, b, o)?;
+                }
+            }
+        }
+        Ok(planned)
+    }
+
+    fn fail(&mut self, dev: usize, b: &BlobInfo, invalid: bool) -> Result<(), String> {
+        let now = self.now;
+        let d = &mut self.devices[dev];
+        let before = d.row(&b.ns, &b.id).ok_or("failed row vanished")?;
+        let plan = RetryPlan {
+            error: if invalid {
+                "tag mismatch".into()
+            } else {
+                "connection refused".into()
+            },
+            next_attempt: now + retry_delay(b.attempts + 1),
+            invalid,
+            max_invalid: MAX_INVALID,
+            now,
+        };
+        ops::record_failure(&mut d.conn, &b.ns, &b.id, &plan).map_err(|e| e.to_string())?;
+        let after = d.row(&b.ns, &b.id).ok_or("row vanished on failure")?;
+        if after.attempts != before.attempts + 1 {
+            return Err(format!(
+                "attempts {} -> {} on a failure",
+                before.attempts, after.attempts
+            ));
+        }
+        // Still queued: due again exactly one schedule step later (FAILED_DOWNLOAD is not due).
+        if after.status.is_queued() && after.next_attempt != Some(plan.next_attempt) {
+            return Err(format!(
+                "{}: next attempt {:?}, want {:?}",
+                b.id, after.next_attempt, plan.next_attempt
+            ));
+        }
+        if !invalid
+            && after.status == Status::FailedDownload
+            && before.status != Status::FailedDownload
+        {
+            return Err(format!(
+                "{}: a transport fault made it FAILED_DOWNLOAD",
+                b.id
+            ));
+        }
+        if invalid {
+            let want = if after.invalid_attempts >= MAX_INVALID {
+                Status::FailedDownload
+            } else {
+                Status::PendingDownload
+            };
+            if after.status != want {
+                return Err(format!(
+                    "{}: after {} verification failures status is {}, want {want}",
+                    b.id, after.invalid_attempts, after.status
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn upload(&mut self, dev: usize, b: BlobInfo, o: Outcome) -> Result<(), String> {
+        let id = b.id.to_string();
+        if b.status != Status::PendingUpload {
+            return Err(format!("planned an upload of {id} in status {}", b.status));
+        }
+        if self.devices[dev].ever_synced.contains(&id) {
+            return Err(format!(
+                "device {dev} uploads {id} again after it was synced"
+            ));
+        }
+        if let Some((_, who)) = self.server.dead.get(&id)
+            && *who == dev
+        {
+            return Err(format!(
+                "device {dev} uploads {id} again after the server deleted the copy it stored"
+            ));
+        }
+        let salt = [dev as u8 + 1; 32];
+        ops::set_upload_salt(&mut self.devices[dev].conn, &b.ns, &b.id, &salt)
+            .map_err(|e| e.to_string())?;
+        match o {
+            Outcome::Transport | Outcome::Invalid => self.fail(dev, &b, false),
+            Outcome::Lost => {
+                let _ = self.server.put(&id, b.size.unwrap_or(0), dev);
+                self.fail(dev, &b, false)
+            }
+            Outcome::Ok => {
+                let t = match self.server.put(&id, b.size.unwrap_or(0), dev) {
+                    Ok(()) => Transition::UploadSucceeded,
+                    // 409: our own earlier upload (same salt) or a conflict.
+                    Err(owner) if owner == dev => Transition::UploadSucceeded,
+                    Err(_) => Transition::UploadRejected,
+                };
+                let u = RowUpdate {
+                    now: Some(self.now),
+                    ..Default::default()
+                };
+                ops::transition(&self.devices[dev].conn, &b.ns, &b.id, t, &u)
+                    .map(|_| ())
+                    .map_err(|e| format!("{t:?} on {id}: {e}"))
+            }
+        }
+    }
+
+    fn download(&mut self, dev: usize, b: BlobInfo, o: Outcome) -> Result<(), String> {
+        let id = b.id.to_string();
+        if b.status != Status::PendingDownload {
+            return Err(format!("planned a download of {id} in status {}", b.status));
+        }
+        match (o, self.server.live.get(&id).copied()) {
+            (Outcome::Invalid, Some(_)) => self.fail(dev, &b, true),
+            (Outcome::Ok, Some((_, size, _))) => {
+                let u = RowUpdate {
+                    size: Some(size),
+                    sha256: Some([7; 32]),
+                    remote_size: Some(size),
+                    now: Some(self.now),
+                    ..Default::default()
+                };
+                ops::transition(
+                    &self.devices[dev].conn,
+                    &b.ns,
+                    &b.id,
+                    Transition::DownloadSucceeded,
+                    &u,
+                )
+                .map(|_| ())
+                .map_err(|e| format!("DownloadSucceeded on {id}: {e}"))
+            }
+            // Transport faults, and a 404 for a blob deleted since the listing (the next
+            // listing removes it).
+            _ => self.fail(dev, &b, false),
+        }
+    }
+
+    fn delete_remote(&mut self, dev: usize, b: BlobInfo, o: Outcome) -> Result<(), String> {
+        if b.status != Status::PendingDelete {
+            return Err(format!(
+                "planned a remote delete of {} in status {}",
+                b.id, b.status
+            ));
+        }
+        if o != Outcome::Ok {
+            return self.fail(dev, &b, false);
+        }
+        // 200 or 404: either way the server no longer has it.
+        self.server.delete(b.id.as_str());
+        let u = RowUpdate {
+            now: Some(self.now),
+            ..Default::default()
+        };
+        ops::transition(
+            &self.devices[dev].conn,
+            &b.ns,
+            &b.id,
+            Transition::DeleteConfirmed,
+            &u,
+        )
+        .map(|_| ())
+        .map_err(|e| format!("DeleteConfirmed on {}: {e}", b.id))
+    }
+
+    /// Fault-free cycles until both devices match the server; then one more plans nothing.
+    fn converge(&mut self) -> Result<(), String> {
+        for round in 0..12 {
+            for dev in 0..2 {
+                self.now += Duration::from_secs(61);
+                let failed = ops::retry_all_failed(&mut self.devices[dev].conn)
+                    .map_err(|e| e.to_string())?;
+                let _ = failed;
+                self.cycle(dev, round % 3 == 2, &[Outcome::Ok], 0)?;
+                self.devices[dev].note_synced(&self.ns);
+            }
+            if self.converged().is_ok() {
+                for dev in 0..2 {
+                    self.now += Duration::from_secs(61);
+                    let n = self.cycle(dev, false, &[Outcome::Ok], 0)?;
+                    if n != 0 {
+                        return Err(format!(
+                            "device {dev} still plans {n} actions after converging"
+                        ));
+                    }
+                }
+                return self.converged();
+            }
+        }
+        self.converged()
+    }
+
+    fn converged(&self) -> Result<(), String> {
+        let want: Vec<&String> = self.server.live.keys().collect();
+        for (i, d) in self.devices.iter().enumerate() {
+            let rows = d.rows(&self.ns);
+            let mut got: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+            got.sort();
+            let got_refs: Vec<&String> = got.iter().collect();
+            if got_refs != want {
+                return Err(format!("device {i} has {got:?}, server {want:?}"));
+            }
+            if let Some(r) = rows.iter().find(|r| r.status != Status::Synced) {
+                return Err(format!("device {i}: {} is {}", r.id, r.status));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run(ops_list: &[Op], mode: Mode) -> Result<(), String> {
+    let mut sim = Sim::new(mode);
+    for (i, op) in ops_list.iter().enumerate() {
+        sim.apply(op).map_err(|e| format!("step {i} {op:?}: {e}"))?;
+    }
+    sim.converge()
+        .map_err(|e| format!("after {} steps, no convergence: {e}", ops_list.len()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: blobsync_tests::env_number("BLOBSYNC_PLANNER_CASES", 200u32),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn planner_keeps_its_invariants_and_converges(ops in prop::collection::vec(op_strategy(), 1..60)) {
+        if let Err(e) = run(&ops, Mode { lost_responses: false, deletes: true }) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+
+    /// Lost upload responses (the server stored it, the device does not know): the retry's
+    /// 409 with our own salt counts as success, nothing is uploaded twice.
+    #[test]
+    fn lost_upload_responses_are_recognised_as_our_own_uploads(ops in prop::collection::vec(op_strategy(), 1..60)) {
+        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: false }) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+
+    /// A device whose upload was stored but whose response was lost (crash between PUT and
+    /// commit) keeps the blob PENDING_UPLOAD; if another device deletes it on the server
+    /// before the retry, the retry PUTs it again and the deleted blob comes back everywhere.
+    #[test]
+    #[ignore = "bug: a PENDING_UPLOAD blob whose stored copy was deleted elsewhere is uploaded again (see NOTES.md)"]
+    fn a_blob_deleted_on_the_server_is_never_uploaded_again(ops in prop::collection::vec(op_strategy(), 1..60)) {
+        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true }) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}
