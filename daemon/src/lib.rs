@@ -5,10 +5,11 @@
 
 pub mod clock;
 pub mod control;
+pub mod engine;
 pub mod events;
+pub mod handle;
+pub mod notify;
+pub mod remote;
 pub mod retry;
 pub mod status;
 pub mod store;
-pub mod engine;
-pub mod handle;
-pub mod remote;
