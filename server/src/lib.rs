@@ -208,6 +208,11 @@ impl ServerState {
         &self.inner.config
     }
 
+    /// The server's counters.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
+    }
+
     /// The index (blocking API; use from `spawn_blocking`).
     pub fn index(&self) -> &Index {
         &self.inner.index

@@ -803,12 +803,31 @@ async fn shutdown_lets_in_flight_requests_finish() {
     tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"first "))))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Wait until the server is inside the request (it has received the first bytes).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s
+        .state
+        .metrics()
+        .bytes_in
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 6
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upload never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     s.cancel.cancel();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // New connections are refused once cancelled...
-    let refused = tokio::net::TcpStream::connect(s.addr).await;
-    assert!(refused.is_err(), "listener still accepting after cancel");
+    // New connections are refused once the accept loop has seen the cancel...
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(s.addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "listener still accepting after cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // ...but the upload in flight completes.
     tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"second"))))
         .await
