@@ -496,17 +496,32 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 summary.failed = stats.failed;
             }
             summary.finished = Some(self.clock.now());
-            info!(
-                uploaded = summary.uploaded,
-                downloaded = summary.downloaded,
-                deleted_local = summary.deleted_local,
-                deleted_remote = summary.deleted_remote,
-                retried = summary.retried,
-                failed = summary.failed,
-                changes = summary.listed_changes,
-                error = summary.error.as_deref().unwrap_or(""),
-                "cycle finished"
-            );
+            let busy = summary.uploaded
+                + summary.downloaded
+                + summary.deleted_local
+                + summary.deleted_remote
+                + summary.retried
+                + summary.failed
+                > 0;
+            // Quiet cycles are debug: one info line a minute per idle daemon is noise.
+            if busy || summary.error.is_some() || summary.full_listing {
+                info!(
+                    uploaded = summary.uploaded,
+                    downloaded = summary.downloaded,
+                    deleted_local = summary.deleted_local,
+                    deleted_remote = summary.deleted_remote,
+                    retried = summary.retried,
+                    failed = summary.failed,
+                    changes = summary.listed_changes,
+                    error = summary.error.as_deref().unwrap_or(""),
+                    "cycle finished"
+                );
+            } else {
+                tracing::debug!(
+                    changes = summary.listed_changes,
+                    "cycle finished: nothing to do"
+                );
+            }
             {
                 let mut st = self.shared.state();
                 st.cycle_running = false;

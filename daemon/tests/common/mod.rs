@@ -11,6 +11,7 @@ use blobsyncd::clock::ManualClock;
 use blobsyncd::engine::{Engine, EngineSettings};
 use blobsyncd::events::EventBus;
 use blobsyncd::handle::EngineHandle;
+use blobsyncd::remote::Remote;
 use blobsyncd::remote::dir::DirRemote;
 use blobsyncd::remote::faulty::FaultyRemote;
 use blobsyncd::retry::TimeScale;
@@ -19,7 +20,7 @@ use blobsyncd::store::payload::DataDir;
 use blobsyncd::store::{BlobInfo, Store};
 use tokio::io::AsyncReadExt;
 
-pub type TestEngine = Engine<FaultyRemote<DirRemote>, ManualClock>;
+pub type TestEngine<X = DirRemote> = Engine<FaultyRemote<X>, ManualClock>;
 
 pub fn key() -> StorageKey {
     StorageKey::from_bytes([7u8; 32])
@@ -42,16 +43,15 @@ pub fn settings() -> EngineSettings {
 }
 
 /// One device: its own data dir and store, sharing the remote folder `remote_root`.
-pub struct Device {
+pub struct Device<X: Remote + Clone = DirRemote> {
     pub data: PathBuf,
-    pub remote_root: PathBuf,
-    pub engine: Arc<TestEngine>,
+    pub engine: Arc<TestEngine<X>>,
     pub handle: EngineHandle,
     pub clock: ManualClock,
-    pub remote: FaultyRemote<DirRemote>,
+    pub remote: FaultyRemote<X>,
 }
 
-impl Device {
+impl Device<DirRemote> {
     pub async fn open(data: &Path, remote_root: &Path, settings: EngineSettings) -> Device {
         Self::open_with_clock(data, remote_root, settings, ManualClock::default()).await
     }
@@ -62,13 +62,34 @@ impl Device {
         settings: EngineSettings,
         clock: ManualClock,
     ) -> Device {
+        Device::open_on(
+            data,
+            DirRemote::new(remote_root, "alice").unwrap(),
+            settings,
+            clock,
+        )
+        .await
+    }
+
+    pub fn dir_remote(&self) -> &DirRemote {
+        self.remote.inner()
+    }
+}
+
+impl<X: Remote + Clone> Device<X> {
+    pub async fn open_on(
+        data: &Path,
+        inner: X,
+        settings: EngineSettings,
+        clock: ManualClock,
+    ) -> Device<X> {
         let dd = DataDir::new(data);
         dd.create().unwrap();
         let events = EventBus::new();
         let (store, outcome) = Store::open(&dd.store_file(), 4, events.clone())
             .await
             .unwrap();
-        let remote = FaultyRemote::new(DirRemote::new(remote_root, "alice").unwrap());
+        let remote = FaultyRemote::new(inner);
         let engine = Engine::new(
             store,
             remote.clone(),
@@ -84,7 +105,6 @@ impl Device {
         let handle = engine.handle();
         Device {
             data: data.to_path_buf(),
-            remote_root: remote_root.to_path_buf(),
             engine,
             handle,
             clock,
@@ -133,10 +153,6 @@ impl Device {
         let mut out = Vec::new();
         (&mut f).take(len).read_to_end(&mut out).await.unwrap();
         out
-    }
-
-    pub fn dir_remote(&self) -> &DirRemote {
-        self.remote.inner()
     }
 
     /// Advances the clock past any retry wait and runs a cycle.
