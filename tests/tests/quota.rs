@@ -82,3 +82,102 @@ fn server_refuses_over_quota_and_over_max_size_and_stores_nothing() -> Result<()
     assert!(find_temp_files(server.data_dir()).is_empty());
     Ok(())
 }
+
+/// Daemon level: over-max-size and over-quota uploads end `FAILED_UPLOAD` with the reason;
+/// the blobs that fit sync, and a second device sees exactly those.
+#[test]
+fn daemon_marks_over_quota_and_oversized_puts_failed_upload_and_keeps_syncing() -> Result<()> {
+    use blobsync_tests::converge::{Model, assert_converged};
+    use blobsync_tests::digest::write_random_file;
+    use blobsync_tests::{Cluster, DaemonProc};
+    use std::time::Duration;
+
+    let env = TestEnv::new()?;
+    // Stored size limit 1 MiB; quota 2 MiB for every user.
+    let cluster = Cluster::start(
+        &env,
+        &["alice"],
+        ServerOpts {
+            extra_args: vec![
+                "--max-blob-size".into(),
+                (1u64 << 20).to_string(),
+                "--default-quota".into(),
+                (2u64 << 20).to_string(),
+            ],
+            ..Default::default()
+        },
+    )?;
+    let a = cluster.start_device(&env, "device-a", 0)?;
+    let mut model: Model = Model::new();
+    // --wait: one upload at a time, so which one crosses the quota is fixed. A put whose
+    // upload fails for good exits 1 with the blob's row (FAILED_UPLOAD) on stdout.
+    let put = |dev: &DaemonProc, id: &str, size: u64| -> Result<(String, i32)> {
+        let file = dev.dir().join("put.src");
+        let sha = write_random_file(&file, size, size)?;
+        let out = dev
+            .ctl()
+            .run(&["put", &file.display().to_string(), "--id", id, "--wait"])?;
+        Ok((sha, out.code))
+    };
+    let status_of = |id: &str| -> Result<(String, String)> {
+        let rows = a.ctl().ls()?;
+        let r = rows
+            .iter()
+            .find(|r| r.id == id)
+            .expect("row for a put blob");
+        Ok((r.status.clone(), r.last_error.clone()))
+    };
+
+    let (sha, code) = put(&a, "small1", 100_000)?;
+    assert_eq!(code, 0);
+    model.insert(("default".into(), "small1".into()), sha);
+    assert_eq!(
+        put(&a, "big", 2 << 20)?.1,
+        1,
+        "put --wait of a refused blob exits 1"
+    );
+    let (st, why) = status_of("big")?;
+    assert_eq!(st, "FAILED_UPLOAD", "over max size: {why}");
+    assert!(!why.is_empty(), "over max size needs a reason");
+    for id in ["q1", "q2"] {
+        let (sha, code) = put(&a, id, 900_000)?;
+        assert_eq!(code, 0, "{id} fits the quota");
+        model.insert(("default".into(), id.into()), sha);
+    }
+    assert_eq!(
+        put(&a, "q3", 900_000)?.1,
+        1,
+        "put --wait over quota exits 1"
+    );
+    let (st, why) = status_of("q3")?;
+    assert_eq!(st, "FAILED_UPLOAD", "over quota: {why}");
+    assert!(
+        why.to_lowercase().contains("quota"),
+        "the reason should say quota: {why:?}"
+    );
+    // Something that still fits goes through.
+    let (sha, code) = put(&a, "small2", 10_000)?;
+    assert_eq!(code, 0, "a blob that still fits goes through");
+    model.insert(("default".into(), "small2".into()), sha);
+
+    let b = cluster.start_device(&env, "device-b", 0)?;
+    assert_converged(
+        &[&b],
+        Some(&cluster.view(0)),
+        &model,
+        Duration::from_secs(60),
+    )?;
+    // A holds the model as SYNCED plus the two failures, and they stay failed.
+    a.ctl().sync_wait()?;
+    let rows = a.ctl().ls()?;
+    for r in &rows {
+        let want = if r.id == "big" || r.id == "q3" {
+            "FAILED_UPLOAD"
+        } else {
+            "SYNCED"
+        };
+        assert_eq!(r.status, want, "{:?}", r.raw);
+    }
+    assert_eq!(rows.len(), model.len() + 2);
+    Ok(())
+}
