@@ -267,6 +267,11 @@ async fn serve<R: Remote>(
         });
     }
 
+    // Signals: TERM/INT cancel, HUP reloads. Installed before READY=1: systemd may send
+    // `reload` (SIGHUP, whose default action kills) the moment it sees READY.
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("cannot install signal handlers")?;
+    let sig_handle = signals.handle();
     let engine_task = tokio::spawn(engine.clone().run(cancel.child_token()));
     info!(
         remote = %remote_desc,
@@ -278,10 +283,6 @@ async fn serve<R: Remote>(
     let _ = notify("READY=1");
     tasks.spawn(status_lines(handle.clone(), cancel.child_token()));
 
-    // Signals: TERM/INT cancel, HUP reloads.
-    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .context("cannot install signal handlers")?;
-    let sig_handle = signals.handle();
     while let Some(sig) = signals.next().await {
         match sig {
             SIGHUP => reload(&args, &defaults, &source, &cfg, &engine, &log),
