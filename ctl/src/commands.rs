@@ -722,11 +722,15 @@ async fn verify(c: &mut Client, a: cli::VerifyArgs, json: bool) -> Result<(), Ct
             "skipped": r.skipped,
         }))?;
     } else {
+        let read = if r.bytes > 0 {
+            format!(" ({} read)", render::human_size(r.bytes))
+        } else {
+            String::new()
+        };
         out(&format!(
-            "checked {} blob{} ({}): {} ok, {} with problems, {} skipped\n",
+            "checked {} blob{}{read}: {} ok, {} with problems, {} skipped\n",
             r.checked,
             if r.checked == 1 { "" } else { "s" },
-            render::human_size(r.bytes),
             r.ok,
             r.problems,
             r.skipped

@@ -434,7 +434,10 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
         format!("next cycle {}", relative(&s.next_cycle, now))
     };
     let last = s.last_cycle.as_ref().map_or("none yet".to_owned(), |c| {
-        let when = relative(&c.finished, now);
+        let when = match relative(&c.finished, now).as_str() {
+            "now" => "just now".to_owned(),
+            w => w.to_owned(),
+        };
         let err = if c.error.is_empty() {
             String::new()
         } else {
@@ -456,47 +459,63 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
         );
     }
     out.push('\n');
-    let mut t = Table::new(&[
-        ("STATUS", Align::Left),
-        ("BLOBS", Align::Right),
-        ("SIZE", Align::Right),
-    ]);
+    // A daemon that does not track sizes per status sends zeros: show no SIZE column then
+    // rather than a column of misleading "0 B".
+    let sizes = s.counts.iter().any(|c| c.bytes > 0);
+    let mut cols = vec![("STATUS", Align::Left), ("BLOBS", Align::Right)];
+    if sizes {
+        cols.push(("SIZE", Align::Right));
+    }
+    let mut t = Table::new(&cols);
     for st in STATUSES {
         let c = s.counts.iter().find(|c| c.status == st as i32);
         let (n, b) = c.map_or((0, 0), |c| (c.count, c.bytes));
-        t.row(vec![status_name(st as i32), n.to_string(), human_size(b)]);
+        let mut row = vec![status_name(st as i32), n.to_string()];
+        if sizes {
+            row.push(human_size(b));
+        }
+        t.row(row);
     }
     out.push_str(&t.render());
     if !s.namespaces.is_empty() {
         out.push('\n');
-        let mut t = Table::new(&[
-            ("NAMESPACE", Align::Left),
-            ("BLOBS", Align::Right),
-            ("SIZE", Align::Right),
-            ("POLICY", Align::Left),
-            ("STATE", Align::Left),
-        ]);
+        let mut cols = vec![("NAMESPACE", Align::Left), ("BLOBS", Align::Right)];
+        if sizes {
+            cols.push(("SIZE", Align::Right));
+        }
+        cols.extend([("POLICY", Align::Left), ("STATE", Align::Left)]);
+        let mut t = Table::new(&cols);
         for ns in &s.namespaces {
             let n: u64 = ns.counts.iter().map(|c| c.count).sum();
             let b: u64 = ns.counts.iter().map(|c| c.bytes).sum();
-            let pending: u64 = ns
+            // Settled states need nothing more from the sync engine.
+            let settled = [
+                pb::BlobStatus::Synced as i32,
+                pb::BlobStatus::LocalOnly as i32,
+                pb::BlobStatus::RemoteOnly as i32,
+            ];
+            let unsettled: u64 = ns
                 .counts
                 .iter()
-                .filter(|c| c.status != pb::BlobStatus::Synced as i32)
+                .filter(|c| !settled.contains(&c.status))
                 .map(|c| c.count)
                 .sum();
-            let state = match (ns.paused, pending) {
+            let state = match (ns.paused, unsettled) {
                 (true, _) => "paused".to_owned(),
                 (false, 0) => "in sync".to_owned(),
                 (false, p) => format!("{p} not synced"),
             };
-            t.row(vec![
-                ns.namespace.clone(),
-                n.to_string(),
-                human_size(b),
-                policy_name(ns.policy).to_ascii_lowercase(),
-                state,
-            ]);
+            let mut row = vec![ns.namespace.clone(), n.to_string()];
+            if sizes {
+                row.push(human_size(b));
+            }
+            row.push(if ns.policy == 0 {
+                "-".to_owned()
+            } else {
+                policy_name(ns.policy).to_ascii_lowercase()
+            });
+            row.push(state);
+            t.row(row);
         }
         out.push_str(&t.render());
     }

@@ -932,3 +932,123 @@ fn a_python_client_lists_services_by_reflection_and_calls_status() {
         "{doc}"
     );
 }
+
+#[test]
+fn with_a_real_server_flags_remote_listing_and_get_fetches_a_lazy_blob_on_demand() {
+    use blobsync_tests::{ServerOpts, ServerProc};
+    let env = TestEnv::new().unwrap();
+    let server = ServerProc::start(&env, ServerOpts::default()).unwrap();
+    let token = server.add_user("alice").unwrap();
+    let key = env.root().join("alice.key");
+    write_key_file(&key).unwrap();
+    let remote = RemoteSpec::Http {
+        url: server.url(),
+        user: "alice".into(),
+        token,
+    };
+    let mut opts = DaemonOpts::new(remote.clone(), &key);
+    opts.time_scale = Some(0.01);
+    let a = DaemonProc::start(&env, "laptop", opts.clone()).unwrap();
+    opts.extra_toml = "[namespaces.MX]\npolicy = \"lazy\"\n".into();
+    let b = DaemonProc::start(&env, "phone", opts).unwrap();
+
+    let file = env.root().join("mail.eml");
+    let data = write_file(&file, 200_000, 11);
+    let put = ctl_json(
+        a.socket(),
+        &[
+            "put",
+            file.to_str().unwrap(),
+            "--id",
+            "m1",
+            "-n",
+            "MX",
+            "--wait",
+        ],
+    );
+    assert_eq!(put["status"], "SYNCED", "{put}");
+
+    // Remote flags and listing go through the daemon to the server.
+    let f = ctl_json(
+        a.socket(),
+        &["flags", "m1", "-n", "MX", "--set", "processed"],
+    );
+    assert_eq!(f["flags"], serde_json::json!(["PROCESSED"]));
+    let listed = ctl_json(
+        b.socket(),
+        &["ls", "--remote", "-n", "MX", "--flag", "processed"],
+    );
+    assert_eq!(listed["blobs"][0]["id"], "m1", "{listed}");
+    assert_eq!(
+        listed["blobs"][0]["flags"],
+        serde_json::json!(["PROCESSED"])
+    );
+
+    // The phone keeps MX lazy: after a sync it knows m1 but has not downloaded it.
+    ctl_json(b.socket(), &["sync", "--wait"]);
+    wait_status(b.socket(), "m1", "REMOTE_ONLY");
+    let out = env.root().join("fetched.eml");
+    let (code, doc) = ctl_json_err(
+        b.socket(),
+        &[
+            "get",
+            "m1",
+            "-n",
+            "MX",
+            "--no-fetch",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert_eq!(doc["error"]["code"], "FAILED_PRECONDITION", "{doc}");
+    assert!(!out.exists());
+    // A get fetches it on demand, and a ranged get of it reads the local copy afterwards.
+    ctl_json(
+        b.socket(),
+        &["get", "m1", "-n", "MX", "-o", out.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let part = env.root().join("part.eml");
+    ctl_json(
+        b.socket(),
+        &[
+            "get",
+            "m1",
+            "-n",
+            "MX",
+            "--range",
+            "100-199",
+            "-o",
+            part.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read(&part).unwrap(), &data[100..200]);
+    let row = wait_status(b.socket(), "m1", "SYNCED");
+    assert_eq!(row["size"], 200_000);
+}
+
+#[test]
+fn put_by_path_lets_the_daemon_read_the_file() {
+    let env = TestEnv::new().unwrap();
+    let d = start_daemon(&env, "bypath");
+    let file = env.root().join("shared.bin");
+    let data = write_file(&file, 1_000_000, 2);
+    let put = ctl_json(
+        d.socket(),
+        &["put", file.to_str().unwrap(), "--by-path", "--id", "bp"],
+    );
+    assert_eq!(put["size"], 1_000_000);
+    let out = env.root().join("back.bin");
+    ctl_json(d.socket(), &["get", "bp", "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let (code, doc) = ctl_json_err(d.socket(), &["put", "/nonexistent/file", "--by-path"]);
+    assert_eq!(code, 2, "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/file"),
+        "{doc}"
+    );
+}
