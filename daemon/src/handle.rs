@@ -762,9 +762,23 @@ impl PutWriter {
         let temp = self.temp.take().expect("temp is set until commit or drop"); // invariant
         let dest = self.shared.data.payload_path(&self.ns, &self.id);
         let (t2, d2) = (temp.clone(), dest.clone());
-        let linked = tokio::task::spawn_blocking(move || payload::install(&t2, &d2))
+        let mut linked = tokio::task::spawn_blocking(move || payload::install(&t2, &d2))
             .await
             .map_err(std::io::Error::other)?;
+        if matches!(&linked, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
+            && self.shared.store.get(&self.ns, &self.id).await?.is_none()
+        {
+            // A payload without a row: left by a crash between link and commit. It was never
+            // committed, so it is garbage: replace it.
+            tracing::warn!(ns = %self.ns, id = %self.id, "removing an uncommitted payload left by a crash");
+            let (t2, d2) = (temp.clone(), dest.clone());
+            linked = tokio::task::spawn_blocking(move || {
+                payload::remove(&d2)?;
+                payload::install(&t2, &d2)
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+        }
         if let Err(e) = linked {
             let _ = tokio::fs::remove_file(&temp).await;
             if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -782,6 +796,9 @@ impl PutWriter {
                 .into());
             }
             return Err(e.into());
+        }
+        if self.shared.crash_here("put.after_link") {
+            return Err(EngineError::ShuttingDown);
         }
         let mut sha = [0u8; 32];
         sha.copy_from_slice(self.hasher.clone().finish().as_ref());

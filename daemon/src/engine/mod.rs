@@ -164,9 +164,29 @@ pub(crate) struct Shared {
     pub locks: Mutex<BlobLocks>,
     pub now: Box<dyn Fn() -> SystemTime + Send + Sync>,
     pub cancel: CancellationToken,
+    /// Armed crash points (tests): see [`Engine::arm_crash_point`].
+    pub crash_points: Mutex<HashSet<&'static str>>,
+    /// Set when a crash point fired (tests).
+    pub crashed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// True (once) when the test armed `point`: the caller stops right there, leaving disk
+    /// and store exactly as a process killed at that step would.
+    pub fn crash_here(&self, point: &'static str) -> bool {
+        let hit = self
+            .crash_points
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(point);
+        if hit {
+            // A dead process starts nothing more: the transfer loop checks this.
+            self.crashed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        hit
+    }
+
     pub fn settings(&self) -> EngineSettings {
         self.settings
             .read()
@@ -306,6 +326,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 locks: Mutex::new(HashMap::new()),
                 now: Box::new(move || c2.now()),
                 cancel: CancellationToken::new(),
+                crash_points: Mutex::new(HashSet::new()),
+                crashed: Default::default(),
             }),
             remote,
             clock,
@@ -328,6 +350,19 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     /// The remote (tests reach through it to the fault injector).
     pub fn remote(&self) -> &R {
         &self.remote
+    }
+
+    /// Test hook: the next time the engine reaches `point` it stops there as if the process
+    /// died (no further disk or store writes for that operation). Points:
+    /// `put.after_link`, `upload.after_salt`, `upload.after_put`, `download.after_body`,
+    /// `download.after_install`, `delete.after_remote`.
+    #[doc(hidden)]
+    pub fn arm_crash_point(&self, point: &'static str) {
+        self.shared
+            .crash_points
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(point);
     }
 
     /// Marks the store as freshly rebuilt: the next cycle does a full listing and adopts the
@@ -695,7 +730,13 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let mut in_flight: HashMap<tokio::task::Id, Vec<(String, String)>> = HashMap::new();
         let child = cancel.child_token();
         loop {
-            if cancel.is_cancelled() || self.shared.state().remote.unauthorized {
+            if cancel.is_cancelled()
+                || self.shared.state().remote.unauthorized
+                || self
+                    .shared
+                    .crashed
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            {
                 break;
             }
             let settings = self.shared.settings();

@@ -391,6 +391,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     return;
                 }
             };
+            if self.shared.crash_here("upload.after_salt") {
+                return;
+            }
             let salt = header.salt;
             let stored = header.stored_size();
             let path = self.shared.data.payload_path(&b.ns, &b.id);
@@ -406,6 +409,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 r = self.remote.put(&b.ns, &b.id, stored, body) => r,
                 _ = cancel.cancelled() => return,
             };
+            if self.shared.crash_here("upload.after_put") {
+                return;
+            }
             match res {
                 Ok(()) => {
                     self.shared.note_remote_ok();
@@ -457,6 +463,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let lock = self.shared.blob_lock(&b.ns, &b.id);
         let _g = lock.lock().await;
         match self.remote.delete(&b.ns, &b.id).await {
+            Ok(()) | Err(RemoteError::NotFound)
+                if self.shared.crash_here("delete.after_remote") => {}
             Ok(()) | Err(RemoteError::NotFound) => {
                 self.shared.note_remote_ok();
                 let u = RowUpdate {
@@ -513,6 +521,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 r = self.fetch_to_payload(&b) => r,
                 _ = cancel.cancelled() => Err(DownloadError::Cancelled),
             };
+            if self.shared.crash_here("download.after_install") {
+                return Err(DownloadError::Cancelled);
+            }
             match res {
                 Ok((size, sha, stored)) => {
                     self.shared.note_remote_ok();
@@ -689,6 +700,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             Some(d) => d.finish()?.plain_size,
             None => raw_done,
         };
+        if self.shared.crash_here("download.after_body") {
+            return Err(DownloadError::Cancelled);
+        }
         file.sync_all().await?;
         drop(file);
         let mut sha = [0u8; 32];

@@ -85,6 +85,8 @@ impl<X: Remote + Clone> Device<X> {
     ) -> Device<X> {
         let dd = DataDir::new(data);
         dd.create().unwrap();
+        // As main does at start: temps of a crashed put are garbage.
+        blobsyncd::store::payload::sweep_temps(&dd).unwrap();
         let events = EventBus::new();
         let (store, outcome) = Store::open(&dd.store_file(), 4, events.clone())
             .await
