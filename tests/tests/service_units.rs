@@ -2,7 +2,9 @@
 //! the binaries they start: `systemd-analyze verify` on every unit, `systemd-sysusers` on the
 //! users file, an XML parse of the launchd plist, the system config example through the
 //! daemon's own config parser, each `ExecStart=` command line through the binary's own
-//! argument parser, and the daemon's `Type=notify` handshake over a real `NOTIFY_SOCKET`.
+//! argument parser, and what the daemon units promise systemd: `READY=1` and `STATUS=` on a
+//! real `NOTIFY_SOCKET` once the control socket accepts, a config reload on SIGHUP
+//! (`ExecReload=`), and exit 0 on SIGTERM.
 //!
 //! `systemd-analyze verify` refuses a unit whose `ExecStart=` binary does not exist, and the
 //! units name the installed path (`/usr/local/bin/...`). So each unit is verified as a copy in
@@ -47,24 +49,9 @@ fn systemd_dir() -> PathBuf {
     workspace_root().join("systemd")
 }
 
-/// The built binary `name` from this build's target dir (`target/<profile>/`, the parent of
-/// the `deps/` dir this test runs from), or a panic that says how to build it.
+/// The built binary `name` (found by the harness's `bins`), or a panic that says how to build it.
 fn built(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let deps = exe.parent().expect("a test binary lives in a directory");
-    let profile_dir = if deps.file_name().is_some_and(|n| n == "deps") {
-        deps.parent().unwrap_or(deps)
-    } else {
-        deps
-    };
-    let path = profile_dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is not built; run `cargo build --workspace --bins` before the tests \
-         (the README's test command does)",
-        path.display()
-    );
-    path
+    blobsync_tests::bins::bin_path(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A systemd tool from `PATH` (or the usual sbin dirs), or a panic saying how to install it.
@@ -593,8 +580,24 @@ fn wait_with_deadline(child: &mut Child, deadline: Duration) -> Option<ExitStatu
     None
 }
 
+/// The daemon's `transfers` limit as `blobctl limits --json` reports it (None if blobctl fails).
+fn transfers_limit(socket: &Path) -> Option<u64> {
+    let out = Command::new(built("blobctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["limits", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    json.get("transfers")?.as_u64()
+}
+
 #[test]
-fn daemon_tells_systemd_it_is_ready_and_exits_zero_on_sigterm() {
+fn daemon_tells_systemd_it_is_ready_reloads_on_sighup_and_exits_zero_on_sigterm() {
     let daemon = built("blobsyncd");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -615,7 +618,8 @@ fn daemon_tells_systemd_it_is_ready_and_exits_zero_on_sigterm() {
     fs::write(
         &config,
         format!(
-            "data_dir = \"{data}\"\nkey_file = \"{data}/key\"\nsocket = \"{socket}\"\n",
+            "data_dir = \"{data}\"\nkey_file = \"{data}/key\"\nsocket = \"{socket}\"\n\
+             transfers = 2\n",
             data = dir.join("data").display(),
             socket = socket.display(),
         ),
@@ -691,9 +695,31 @@ fn daemon_tells_systemd_it_is_ready_and_exits_zero_on_sigterm() {
     });
 
     // `systemctl reload` is `kill -HUP`: the daemon must survive it (SIGHUP's default action
-    // is to terminate). Whichever of HUP and TERM it handles first, an unhandled HUP shows as
-    // death by signal below instead of exit 0.
+    // is to terminate) and re-read its config. Watch a reloadable key change through blobctl.
+    assert_eq!(
+        transfers_limit(&socket),
+        Some(2),
+        "the config's limit before the reload"
+    );
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(&config, text.replace("transfers = 2", "transfers = 5")).unwrap();
     send_signal(&child.0, libc::SIGHUP);
+    let start = Instant::now();
+    while transfers_limit(&socket) != Some(5) {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!(
+                "blobsyncd died on SIGHUP ({status}); log:\n{}",
+                daemon_log()
+            );
+        }
+        assert!(
+            start.elapsed() < DAEMON_DEADLINE,
+            "SIGHUP did not reload `transfers` within {DAEMON_DEADLINE:?}; log:\n{}",
+            daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     send_signal(&child.0, libc::SIGTERM);
     let status = wait_with_deadline(&mut child.0, DAEMON_DEADLINE).unwrap_or_else(|| {
         panic!(
@@ -704,7 +730,7 @@ fn daemon_tells_systemd_it_is_ready_and_exits_zero_on_sigterm() {
     assert_eq!(
         status.code(),
         Some(0),
-        "blobsyncd must exit 0 on SIGTERM after a reload, got {status}; log:\n{}",
+        "blobsyncd must exit 0 on SIGTERM, got {status}; log:\n{}",
         daemon_log()
     );
 }
