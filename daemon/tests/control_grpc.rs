@@ -11,14 +11,21 @@ use std::time::Duration;
 
 use blobsync_proto as pb;
 use blobsync_proto::control_client::ControlClient;
-use common::{Device, bytes, settings};
+use blobsyncd::clock::ManualClock;
+use blobsyncd::engine::Engine;
+use blobsyncd::events::{EventBus, EventKind, RING_CAPACITY};
+use blobsyncd::remote::dir::DirRemote;
+use blobsyncd::store::Store;
+use blobsyncd::store::payload::DataDir;
+use common::{bytes, key, settings};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 
 struct Fixture {
     _tmp: tempfile::TempDir,
-    dev: Device,
+    data: PathBuf,
+    events: EventBus,
     socket: PathBuf,
     cancel: CancellationToken,
     server: tokio::task::JoinHandle<Result<(), blobsyncd::control::ControlError>>,
@@ -26,26 +33,40 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// A real engine (store, `DirRemote`, manual clock) with its control socket; the event
+    /// bus is kept so tests can flood it.
     async fn start() -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
-        let dev = Device::open(
-            &tmp.path().join("data"),
-            &tmp.path().join("remote"),
+        let data = tmp.path().join("data");
+        let dd = DataDir::new(&data);
+        dd.create().unwrap();
+        let events = EventBus::new();
+        let (store, _) = Store::open(&dd.store_file(), 4, events.clone())
+            .await
+            .unwrap();
+        let remote = DirRemote::new(tmp.path().join("remote"), "alice").unwrap();
+        let engine = Engine::new(
+            store,
+            remote,
+            ManualClock::default(),
+            key(),
+            dd,
             settings(),
-        )
-        .await;
+            events.clone(),
+        );
         let cancel = CancellationToken::new();
-        let engine_task = tokio::spawn(dev.engine.clone().run(cancel.child_token()));
+        let engine_task = tokio::spawn(engine.clone().run(cancel.child_token()));
         let socket = tmp.path().join("run/blobsync/blobsyncd.sock");
         let listener = blobsyncd::control::bind(&socket).unwrap();
         let server = tokio::spawn(blobsyncd::control::serve(
             listener,
-            dev.handle.clone(),
+            engine.handle(),
             cancel.child_token(),
         ));
         Fixture {
             _tmp: tmp,
-            dev,
+            data,
+            events,
             socket,
             cancel,
             server,
@@ -663,10 +684,10 @@ async fn every_invalid_argument_is_refused_with_a_message() {
     let ids: Vec<_> = ls.blobs.iter().map(|b| b.id.as_str()).collect();
     assert_eq!(ids, ["ok"]);
     tokio::time::sleep(Duration::from_millis(200)).await; // temp-file removal runs on a blocking thread
-    let tmp_files: Vec<_> = walk(&f.dev.data)
+    let tmp_files: Vec<_> = walk(&f.data)
         .into_iter()
         .filter(|p| {
-            p.strip_prefix(&f.dev.data)
+            p.strip_prefix(&f.data)
                 .unwrap()
                 .to_string_lossy()
                 .contains("tmp")
@@ -1000,7 +1021,7 @@ async fn verify_reports_a_damaged_local_copy() {
     let mut c = f.client().await;
     put(&mut c, "", "v1", &bytes(10_000, 5), true).await;
     // Flip bytes of the payload file behind the daemon's back.
-    let payload = walk(&f.dev.data)
+    let payload = walk(&f.data)
         .into_iter()
         .find(|p| p.file_name().is_some_and(|n| n == "v1"))
         .expect("payload file");
@@ -1059,5 +1080,101 @@ async fn a_cancelled_put_stores_nothing() {
         ),
         Code::NotFound
     );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_gets_a_gap_marker_and_never_slows_the_daemon() {
+    let f = Fixture::start().await;
+    let mut c = f.client().await;
+    let first_id = c
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .last_event_id
+        + 1;
+    let mut w = c
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Make sure the watcher is subscribed before the flood.
+    let marker = f.events.publish(EventKind::Error {
+        message: "start".into(),
+    });
+    loop {
+        let e = w.message().await.unwrap().unwrap();
+        if e.id == marker {
+            break;
+        }
+    }
+    // The watcher does not read while the daemon publishes far more than every buffer on
+    // the way (bus, stream queue, HTTP/2 window) holds. Publishing never waits for it.
+    const FLOOD: u64 = 20_000;
+    let t = std::time::Instant::now();
+    for i in 0..FLOOD {
+        f.events.publish(EventKind::Error {
+            message: format!("event {i}"),
+        });
+    }
+    let publish_time = t.elapsed();
+    eprintln!("published {FLOOD} events with a stalled watcher in {publish_time:?}");
+    let last = marker + FLOOD;
+    let mut expect = marker + 1;
+    let mut missed = 0;
+    let mut gaps = 0;
+    while expect <= last {
+        let e = tokio::time::timeout(Duration::from_secs(10), w.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match e.kind {
+            Some(pb::event::Kind::EventsMissed(m)) => {
+                assert_eq!(m.reason, pb::events_missed::Reason::SlowWatcher as i32);
+                assert_eq!(
+                    m.first_id, expect,
+                    "the gap starts right after the last event seen"
+                );
+                assert_eq!(e.id, m.last_id);
+                missed += m.last_id - m.first_id + 1;
+                gaps += 1;
+                expect = m.last_id + 1;
+            }
+            Some(pb::event::Kind::Error(_)) => {
+                assert_eq!(e.id, expect, "no silent gap");
+                expect += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        gaps >= 1 && missed > 0,
+        "a stalled watcher must be told it missed events"
+    );
+    assert!(first_id <= marker);
+
+    // Resuming from an id the ring no longer holds says so too.
+    let mut old = c
+        .watch(pb::WatchRequest {
+            since: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = old.message().await.unwrap().unwrap();
+    let Some(pb::event::Kind::EventsMissed(m)) = e.kind else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        m.reason,
+        pb::events_missed::Reason::BufferOverwritten as i32
+    );
+    assert_eq!(m.first_id, 1);
+    assert_eq!(m.last_id, last - RING_CAPACITY as u64);
+    let next = old.message().await.unwrap().unwrap();
+    assert_eq!(next.id, m.last_id + 1);
     f.stop().await;
 }
