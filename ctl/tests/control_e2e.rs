@@ -1052,3 +1052,102 @@ fn put_by_path_lets_the_daemon_read_the_file() {
         "{doc}"
     );
 }
+
+#[test]
+fn sigterm_ends_open_watches_and_the_daemon_exits_0() {
+    let env = TestEnv::new().unwrap();
+    let mut d = start_daemon(&env, "term");
+    let mut watch = Command::new(ctl_bin())
+        .args([
+            "--socket",
+            d.socket().to_str().unwrap(),
+            "watch",
+            "--since",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first line proves the watch is connected.
+    let mut first = String::new();
+    BufReader::new(watch.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains('#'), "{first}");
+    let code = d.terminate(Duration::from_secs(15));
+    assert_eq!(
+        code,
+        Some(0),
+        "SIGTERM with a watcher connected must still exit 0 promptly"
+    );
+    let out = watch.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shutting down"));
+    assert!(
+        !d.socket().exists(),
+        "the daemon removes its socket on the way out"
+    );
+}
+
+#[test]
+fn key_export_and_import_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    write_key_file(&key).unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "a long enough passphrase\n").unwrap();
+    let wrapped = dir.path().join("export.txt");
+    let sock = dir.path().join("unused.sock");
+    let k = key.to_str().unwrap();
+    let p = pass.to_str().unwrap();
+    let w = wrapped.to_str().unwrap();
+    let doc = ctl_json(
+        &sock,
+        &[
+            "key",
+            "export",
+            "--key-file",
+            k,
+            "--passphrase-file",
+            p,
+            "-o",
+            w,
+        ],
+    );
+    assert_eq!(doc["output"], w);
+    let other = dir.path().join("device2/key");
+    let o = other.to_str().unwrap();
+    let doc = ctl_json(
+        &sock,
+        &["key", "import", w, "--key-file", o, "--passphrase-file", p],
+    );
+    assert_eq!(doc["unchanged"], false);
+    assert_eq!(std::fs::read(&other).unwrap(), std::fs::read(&key).unwrap());
+    // No terminal and no --passphrase-file: a usage error, not a hang. setsid detaches the
+    // child from any controlling terminal the test runner has.
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(ctl_bin());
+    cmd.args(["--json", "key", "export", "--key-file", k, "-o"])
+        .arg(dir.path().join("x"))
+        .stdin(Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--passphrase-file"));
+}
