@@ -1,0 +1,204 @@
+//! Scenario 8 (control half): bad arguments to every control RPC, through the real `blobctl`
+//! and the real `blobsyncd` over its Unix socket.
+//!
+//! Each row must exit with DESIGN's code (2 for usage and INVALID_ARGUMENT, 1 for other
+//! errors, 3 when the daemon is unreachable) and print `{"error": {"code", "message"}}` with
+//! the expected gRPC code name and a non-empty message. Afterwards the daemon holds exactly
+//! what it held before: bad input stores nothing. (The daemon's own in-process tests cover
+//! each RPC's validation with a gRPC client; this table covers the path a user takes.)
+
+use std::time::Duration;
+
+use blobsync_tests::converge::{Model, assert_converged};
+use blobsync_tests::digest::write_random_file;
+use blobsync_tests::{Blobctl, Cluster, Result, ServerOpts, TestEnv};
+
+/// (args, exit code, acceptable error codes)
+type Row = (Vec<String>, i32, &'static [&'static str]);
+
+const INVALID: &[&str] = &["INVALID_ARGUMENT", "USAGE"];
+const NOT_FOUND: &[&str] = &["NOT_FOUND"];
+
+fn row(args: &[&str], exit: i32, codes: &'static [&'static str]) -> Row {
+    (args.iter().map(|s| s.to_string()).collect(), exit, codes)
+}
+
+#[test]
+fn bad_control_requests_get_the_right_codes_and_store_nothing() -> Result<()> {
+    let env = TestEnv::new()?;
+    let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
+    let a = cluster.start_device(&env, "device-a", 0)?;
+    let file = a.dir().join("put.src");
+    let sha = write_random_file(&file, 5_000, 1)?;
+    a.ctl().put(&file, "existing", &[])?;
+    let mut model = Model::new();
+    model.insert(("default".into(), "existing".into()), sha);
+    assert_converged(
+        &[&a],
+        Some(&cluster.view(0)),
+        &model,
+        Duration::from_secs(60),
+    )?;
+
+    let f = file.display().to_string();
+    let long = "x".repeat(129);
+    let missing_file = a.dir().join("no-such-file").display().to_string();
+    let out = a.dir().join("get.out").display().to_string();
+    let rows: Vec<Row> = vec![
+        // Put / PutPath.
+        row(&["put", &f, "--id", "bad.id"], 2, INVALID),
+        row(&["put", &f, "--id", &long], 2, INVALID),
+        row(&["put", &f, "--id", "ok1", "-n", "bad ns"], 2, INVALID),
+        row(
+            &["put", &f, "--id", "ok2", "--priority", "soon"],
+            2,
+            INVALID,
+        ),
+        row(&["put", &f, "--id", "existing"], 1, &["ALREADY_EXISTS"]),
+        row(
+            &["put", &missing_file, "--id", "ok3"],
+            1,
+            &["IO", "NOT_FOUND"],
+        ),
+        row(&["put", &f, "--id", "bad/id", "--by-path"], 2, INVALID),
+        // Get.
+        row(&["get", "bad.id", "-o", &out], 2, INVALID),
+        row(&["get", "missing", "-o", &out], 1, NOT_FOUND),
+        row(
+            &["get", "existing", "-n", "other", "-o", &out],
+            1,
+            NOT_FOUND,
+        ),
+        row(
+            &["get", "existing", "--range", "9-2", "-o", &out],
+            2,
+            INVALID,
+        ),
+        row(
+            &["get", "existing", "--range", "abc", "-o", &out],
+            2,
+            INVALID,
+        ),
+        row(
+            &["get", "existing", "--range", "900000-", "-o", &out],
+            2,
+            &["INVALID_ARGUMENT", "OUT_OF_RANGE"],
+        ),
+        // Delete.
+        row(&["rm", "bad.id"], 2, INVALID),
+        row(&["rm", "missing"], 1, NOT_FOUND),
+        row(&["rm", "existing", "-n", "a.b"], 2, INVALID),
+        // List, ListRemote.
+        row(&["ls", "-n", "bad.ns"], 2, INVALID),
+        row(&["ls", "--status", "bogus"], 2, INVALID),
+        row(&["ls", "--remote", "-n", "bad.ns"], 2, INVALID),
+        row(&["ls", "--remote", "--flag", "bogus"], 2, INVALID),
+        // Retry, SetPriority.
+        row(&["retry", "bad.id"], 2, INVALID),
+        row(&["retry", "missing"], 1, NOT_FOUND),
+        row(&["retry", "existing"], 1, &["FAILED_PRECONDITION"]),
+        row(&["priority", "bad.id", "high"], 2, INVALID),
+        row(&["priority", "missing", "high"], 1, NOT_FOUND),
+        row(&["priority", "existing", "soon"], 2, INVALID),
+        // Pause, Resume.
+        row(&["pause", "-n", "bad.ns"], 2, INVALID),
+        row(&["resume", "-n", "bad ns"], 2, INVALID),
+        // GetFlags, SetFlags.
+        row(&["flags", "bad.id"], 2, INVALID),
+        row(&["flags", "missing"], 1, NOT_FOUND),
+        row(&["flags", "existing", "--set", "bogus"], 2, INVALID),
+        row(&["flags", "missing", "--set", "processed"], 1, NOT_FOUND),
+        // Verify, SetLimits.
+        row(&["verify", "--id", "bad.id"], 2, INVALID),
+        row(&["verify", "-n", "bad.ns"], 2, INVALID),
+        row(&["limits", "--transfers", "0"], 2, INVALID),
+        row(&["limits", "--up", "fast"], 2, INVALID),
+    ];
+
+    let mut failures = Vec::new();
+    for (args, exit, codes) in &rows {
+        let o = a.ctl().run(args)?;
+        let err: Option<serde_json::Value> = serde_json::from_str(o.stderr.trim())
+            .ok()
+            .or_else(|| o.json.clone());
+        let code = err
+            .as_ref()
+            .and_then(|v| v["error"]["code"].as_str())
+            .unwrap_or("")
+            .to_string();
+        let msg = err
+            .as_ref()
+            .and_then(|v| v["error"]["message"].as_str())
+            .unwrap_or("")
+            .to_string();
+        // clap rejects some rows before any RPC; it prints plain text, which is fine for
+        // usage errors as long as the exit code is 2 and it says something.
+        let clap_usage = o.code == 2 && code.is_empty() && !o.stderr.trim().is_empty();
+        if o.code != *exit
+            || (!clap_usage && !codes.contains(&code.as_str()))
+            || (!clap_usage && msg.trim().is_empty())
+        {
+            failures.push(format!(
+                "blobctl {}: exit {} code {code:?} (want exit {exit}, one of {codes:?}); stderr: {}",
+                args.join(" "),
+                o.code,
+                o.stderr.trim()
+            ));
+        }
+    }
+
+    // An unreachable daemon: exit 3 with a message saying how to start it.
+    let nowhere = Blobctl::new(&env.root().join("no-daemon.sock"))?;
+    let o = nowhere.run(&["status"])?;
+    if o.code != 3 || !o.stderr.contains("blobsyncd") {
+        failures.push(format!(
+            "unreachable daemon: exit {} stderr {}",
+            o.code,
+            o.stderr.trim()
+        ));
+    }
+
+    // Nothing was stored, nothing changed.
+    let rows_after = a.ctl().ls()?;
+    let ids: Vec<(&str, &str, &str)> = rows_after
+        .iter()
+        .map(|r| (r.namespace.as_str(), r.id.as_str(), r.status.as_str()))
+        .collect();
+    if ids != [("default", "existing", "SYNCED")] {
+        failures.push(format!("daemon holds {ids:?} after the bad requests"));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed:\n{}",
+        failures.len(),
+        rows.len() + 1,
+        failures.join("\n")
+    );
+    assert_converged(
+        &[&a],
+        Some(&cluster.view(0)),
+        &model,
+        Duration::from_secs(60),
+    )
+}
+
+/// blobsync.proto: PutPath fails with "NOT_FOUND / PERMISSION_DENIED when the daemon cannot
+/// open `path`".
+#[test]
+#[ignore = "bug: PutPath of a missing file answers INVALID_ARGUMENT, the proto says NOT_FOUND (see NOTES.md)"]
+fn put_by_path_of_a_missing_file_is_not_found() -> Result<()> {
+    let env = TestEnv::new()?;
+    let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
+    let a = cluster.start_device(&env, "device-a", 0)?;
+    let missing = a.dir().join("no-such-file").display().to_string();
+    let o = a.ctl().run(&["put", &missing, "--id", "x", "--by-path"])?;
+    let err: serde_json::Value = serde_json::from_str(o.stderr.trim()).unwrap_or_default();
+    assert_eq!(
+        (o.code, err["error"]["code"].as_str()),
+        (1, Some("NOT_FOUND")),
+        "{}",
+        o.stderr
+    );
+    assert!(a.ctl().ls()?.is_empty());
+    Ok(())
+}
