@@ -14,6 +14,7 @@
 //!                   PENDING_UPLOAD that may have reached the server ──► PENDING_DELETE
 //!                   LOCAL_ONLY, FAILED_UPLOAD, a never-tried PENDING_UPLOAD ──► (gone)
 //!  PENDING_DELETE ──server confirms (or 404)──► (gone)
+//!  PENDING_UPLOAD ──tombstone of our own lost-answer upload──► (gone)
 //!  deleted remotely: SYNCED, PENDING_DOWNLOAD, FAILED_DOWNLOAD, REMOTE_ONLY,
 //!                    PENDING_DELETE ──► (gone)     (PENDING_UPLOAD, LOCAL_ONLY and
 //!                    FAILED_UPLOAD are never touched by a remote deletion)
@@ -137,6 +138,7 @@ impl Status {
             )
             | (LocalOnly | FailedUpload, T::DeletedLocally { .. }) => Next::Gone,
             (PendingDelete, T::DeleteConfirmed) => Next::Gone,
+            (PendingUpload, T::UploadDeletedRemotely) => Next::Gone,
             (
                 Synced | PendingDownload | FailedDownload | RemoteOnly | PendingDelete,
                 T::DeletedRemotely,
@@ -194,6 +196,9 @@ pub enum Transition {
     DeleteConfirmed,
     /// A listing says the server no longer has it.
     DeletedRemotely,
+    /// A tombstone of exactly our upload (same stored size, after an attempt whose answer
+    /// was lost): it reached the server and was deleted elsewhere. Never upload it again.
+    UploadDeletedRemotely,
     /// Verify found the local copy damaged.
     DamageFound,
     /// The server has a newer blob under the same id (deleted and put again elsewhere).

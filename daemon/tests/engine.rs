@@ -447,3 +447,36 @@ async fn events_report_status_changes_and_cycles() {
             .any(|k| matches!(k, K::CycleFinished { summary } if summary.uploaded == 1))
     );
 }
+
+#[tokio::test]
+async fn a_blob_deleted_elsewhere_after_a_lost_put_answer_is_not_resurrected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    a.put("x", &bytes(5000, 1)).await;
+    a.remote.faults.lose_put_answers.store(1, Ordering::SeqCst);
+    a.engine.run_cycle().await;
+    assert_eq!(a.status_of("x").await, Some(Status::PendingUpload));
+    b.engine.run_cycle().await;
+    assert_eq!(b.status_of("x").await, Some(Status::Synced));
+    b.handle
+        .delete(&Namespace::default(), &BlobId::new("x").unwrap())
+        .await
+        .unwrap();
+    b.engine.run_cycle().await;
+    let puts = a.remote.faults.puts.load(Ordering::SeqCst);
+    a.cycle_after(60).await;
+    assert_eq!(
+        a.status_of("x").await,
+        None,
+        "deleted elsewhere: gone here too"
+    );
+    assert_eq!(
+        a.remote.faults.puts.load(Ordering::SeqCst),
+        puts,
+        "never re-uploaded"
+    );
+    b.engine.run_cycle().await;
+    assert_eq!(b.status_of("x").await, None);
+}

@@ -86,6 +86,16 @@ pub fn diff(
             (ChangeOp::Delete, Some(l)) if removable(l.status) => {
                 facts.push(RemoteFact::Gone { id: (*id).clone() });
             }
+            // Our upload got through but its answer was lost, and another device deleted it
+            // since: the tombstone is of a blob of exactly the size we sent (recorded with the
+            // salt before the first PUT). Re-uploading would resurrect a deleted blob.
+            (ChangeOp::Delete, Some(l))
+                if l.status == Status::PendingUpload
+                    && l.upload_salt.is_some()
+                    && l.remote_size == Some(c.size) =>
+            {
+                facts.push(RemoteFact::Gone { id: (*id).clone() });
+            }
             (ChangeOp::Delete, _) => {}
         }
     }
@@ -376,6 +386,43 @@ mod tests {
                 seq: 9,
                 remote_size: 100
             }]
+        );
+    }
+
+    #[test]
+    fn a_tombstone_of_our_own_lost_answer_upload_is_never_uploaded_again() {
+        let mut tried = row("x", Status::PendingUpload, None);
+        tried.upload_salt = Some([1; 32]);
+        tried.remote_size = Some(100);
+        let del = [change("x", ChangeOp::Delete, 5)];
+        let facts = diff(
+            &[tried.clone()],
+            &del,
+            ListingKind::Incremental,
+            NamespacePolicy::Eager,
+        );
+        assert_eq!(facts, vec![RemoteFact::Gone { id: id("x") }]);
+        // Another size: someone else's blob with this id was deleted; ours is still new.
+        tried.remote_size = Some(99);
+        assert!(
+            diff(
+                &[tried.clone()],
+                &del,
+                ListingKind::Incremental,
+                NamespacePolicy::Eager
+            )
+            .is_empty()
+        );
+        // Never tried: certainly not ours.
+        let fresh = row("x", Status::PendingUpload, None);
+        assert!(
+            diff(
+                &[fresh],
+                &del,
+                ListingKind::Incremental,
+                NamespacePolicy::Eager
+            )
+            .is_empty()
         );
     }
 

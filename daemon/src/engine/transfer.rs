@@ -352,7 +352,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             None => self
                 .shared
                 .store
-                .set_upload_salt(&b.ns, &b.id, header.salt)
+                .set_upload_salt(&b.ns, &b.id, header.salt, header.stored_size())
                 .await
                 .map_err(|e| e.to_string())?,
         }

@@ -283,15 +283,17 @@ impl Store {
         Ok(ch)
     }
 
-    /// Records the header salt of an upload before its PUT (kept across attempts).
+    /// Records the header salt and stored size of an upload before its PUT (kept across
+    /// attempts).
     pub async fn set_upload_salt(
         &self,
         ns: &Namespace,
         id: &BlobId,
         salt: [u8; 32],
+        stored_size: u64,
     ) -> Result<(), StoreError> {
         let (ns, id) = (ns.clone(), id.clone());
-        self.call(move |c| ops::set_upload_salt(c, &ns, &id, &salt))
+        self.call(move |c| ops::record_upload_attempt(c, &ns, &id, &salt, stored_size))
             .await
     }
 

@@ -432,6 +432,14 @@ pub fn transition(
         }
         Next::Is(s) => {
             let keep = matches!(s, Status::FailedDownload | Status::FailedUpload);
+            // Our own upload: the seq of any earlier copy under this id is not ours, and must
+            // not make the next listing think our blob was replaced.
+            if t == Transition::UploadSucceeded {
+                c.execute(
+                    "UPDATE blobs SET remote_seq = NULL WHERE ns = ?1 AND id = ?2",
+                    params![ns.as_str(), id.as_str()],
+                )?;
+            }
             c.execute(
                 "UPDATE blobs SET status = ?3, \
                    size = COALESCE(?4, size), sha256 = COALESCE(?5, sha256), \
@@ -543,6 +551,23 @@ pub fn set_upload_salt(
     Ok(())
 }
 
+/// Records the salt AND the stored size of our first upload attempt: the size lets a later
+/// tombstone be recognised as our own upload deleted elsewhere (see `engine::plan::diff`).
+pub fn record_upload_attempt(
+    c: &mut Connection,
+    ns: &Namespace,
+    id: &BlobId,
+    salt: &[u8; 32],
+    stored_size: u64,
+) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE blobs SET upload_salt = ?3, remote_size = ?4 \
+         WHERE ns = ?1 AND id = ?2 AND upload_salt IS NULL",
+        params![ns.as_str(), id.as_str(), &salt[..], stored_size as i64],
+    )?;
+    Ok(())
+}
+
 /// Applies listing facts and sets the cursor, in one transaction. Facts that no longer fit
 /// the row (it changed since the diff) are skipped.
 pub fn apply_remote(
@@ -596,6 +621,9 @@ pub fn apply_remote(
             RemoteFact::Gone { id } => {
                 let t = match get(&tx, ns, id)? {
                     Some(b) if b.status == Status::PendingDelete => Transition::DeleteConfirmed,
+                    Some(b) if b.status == Status::PendingUpload => {
+                        Transition::UploadDeletedRemotely
+                    }
                     Some(_) => Transition::DeletedRemotely,
                     None => continue,
                 };
