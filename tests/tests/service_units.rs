@@ -284,6 +284,14 @@ fn daemon_units_are_notify_services_with_reload_restart_and_hardening() {
 
     let system = Unit::load("blobsyncd.service");
     assert_eq!(system.one("User"), "blobsync");
+    // systemd leaves a ConfigurationDirectory owned by root, so the service user gets in only
+    // through the "other" bits.
+    let mode = u32::from_str_radix(system.one("ConfigurationDirectoryMode"), 8).unwrap();
+    assert_eq!(
+        mode & 0o005,
+        0o005,
+        "blobsync could not read /etc/blobsync (mode {mode:o})"
+    );
     assert_eq!(system.one("StateDirectory"), "blobsync");
     assert_eq!(system.one("ProtectHome"), "yes");
     assert!(
