@@ -29,8 +29,8 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// The daemon's control socket [default: as the daemon: $XDG_RUNTIME_DIR/blobsync/blobsyncd.sock,
-    /// or the `socket` key of the config file].
+    /// The daemon's control socket (default: as the daemon: $XDG_RUNTIME_DIR/blobsync/blobsyncd.sock,
+    /// or the `socket` key of the config file).
     #[arg(long, global = true, env = "BLOBSYNC_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
@@ -130,7 +130,7 @@ pub struct PutArgs {
     /// The file to store, or `-` for standard input.
     #[arg(value_name = "FILE|-")]
     pub file: PathBuf,
-    /// The blob id (1-128 of A-Z a-z 0-9 _ -) [default: a random UUID].
+    /// The blob id, 1-128 of A-Z a-z 0-9 _ - (default: a random UUID).
     #[arg(long)]
     pub id: Option<String>,
     /// The namespace.
@@ -183,7 +183,7 @@ pub struct BlobArgs {
 /// Arguments of `ls`.
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Only this namespace [default: every namespace; with --remote: default].
+    /// Only this namespace (default: every namespace; with --remote: default).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
     /// Only blobs with this status (repeatable): synced, pending-upload, pending-download,
@@ -199,7 +199,7 @@ pub struct LsArgs {
     /// With --remote: list deleted blobs (tombstones).
     #[arg(long, requires = "remote")]
     pub deleted: bool,
-    /// Stop after this many blobs [default: all].
+    /// Stop after this many blobs (default: all).
     #[arg(long)]
     pub limit: Option<u64>,
 }
@@ -235,7 +235,7 @@ pub struct RetryArgs {
     /// Every FAILED_UPLOAD and FAILED_DOWNLOAD blob.
     #[arg(long)]
     pub all_failed: bool,
-    /// The namespace (with --all-failed: only this one) [default: default; with --all-failed: all].
+    /// The namespace (default: `default`; with --all-failed: every namespace).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
 }
@@ -256,7 +256,7 @@ pub struct PriorityArgs {
 /// An optional namespace (pause, resume).
 #[derive(Debug, Args)]
 pub struct NsArgs {
-    /// Only this namespace [default: everything].
+    /// Only this namespace (default: everything).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
 }
@@ -283,7 +283,7 @@ pub struct VerifyArgs {
     /// Also download and authenticate the server's copies.
     #[arg(long)]
     pub remote: bool,
-    /// Only this namespace [default: all].
+    /// Only this namespace (default: all).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
     /// Only this blob.
@@ -327,7 +327,7 @@ pub struct KeyExportArgs {
     /// Read the passphrase from the first line of this file instead of asking.
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
-    /// The key file [default: the daemon's, <config dir>/key or the config's `key_file`].
+    /// The key file (default: the daemon's, CONFIG_DIR/key or the config's `key_file`).
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
 }
@@ -341,7 +341,7 @@ pub struct KeyImportArgs {
     /// Read the passphrase from the first line of this file instead of asking.
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
-    /// The key file to write [default: the daemon's].
+    /// The key file to write (default: the daemon's).
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
     /// Replace an existing, different key (data encrypted with it becomes unreadable here).
