@@ -1003,7 +1003,24 @@ fn with_a_real_server_flags_remote_listing_and_get_fetches_a_lazy_blob_on_demand
     assert_eq!(code, 1);
     assert_eq!(doc["error"]["code"], "FAILED_PRECONDITION", "{doc}");
     assert!(!out.exists());
-    // A get fetches it on demand, and a ranged get of it reads the local copy afterwards.
+    // A ranged get fetches it on demand and cuts a range reaching past the end at the end
+    // (the size is only known once it is here); later gets read the local copy.
+    let tail = env.root().join("tail.eml");
+    let g = ctl_json(
+        b.socket(),
+        &[
+            "get",
+            "m1",
+            "-n",
+            "MX",
+            "--range",
+            "199990-999999",
+            "-o",
+            tail.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(g["length"], 10, "{g}");
+    assert_eq!(std::fs::read(&tail).unwrap(), &data[199_990..]);
     ctl_json(
         b.socket(),
         &["get", "m1", "-n", "MX", "-o", out.to_str().unwrap()],

@@ -262,7 +262,18 @@ impl Control for Service {
         let req = request.into_inner();
         let ns = namespace_or_default(&req.namespace)?;
         let id = blob_id(&req.id)?;
-        let info = self.handle.info(&ns, &id).await.map_err(engine_status)?;
+        let mut info = self.handle.info(&ns, &id).await.map_err(engine_status)?;
+        if req.range.is_some() && info.size.is_none() && req.wait {
+            // Not local yet, so the plaintext size is unknown: fetch first (as a whole
+            // read would), then cut the range at the real end like for a local blob.
+            drop(
+                self.handle
+                    .open_for_read(&ns, &id, None, true)
+                    .await
+                    .map_err(engine_status)?,
+            );
+            info = self.handle.info(&ns, &id).await.map_err(engine_status)?;
+        }
         let range = match req.range {
             None => None,
             Some(r) => {
