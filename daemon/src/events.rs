@@ -49,6 +49,10 @@ pub struct CycleSummary {
     pub retried: u64,
     /// Transfers that failed for good.
     pub failed: u64,
+    /// Stored (encrypted) bytes uploaded by finished uploads.
+    pub bytes_up: u64,
+    /// Stored bytes downloaded by finished downloads.
+    pub bytes_down: u64,
     /// Set when the cycle could not reach the remote (or was refused).
     pub error: Option<String>,
     /// When it started.

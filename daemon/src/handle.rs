@@ -123,8 +123,14 @@ pub struct LimitsUpdate {
 pub struct StatusSnapshot {
     /// Blobs per status (every status present, zeros included).
     pub counts: BTreeMap<Status, u64>,
+    /// Bytes per status (plaintext size when known, else stored size), zeros included.
+    pub bytes: BTreeMap<Status, u64>,
     /// Blobs per namespace and status.
     pub namespaces: BTreeMap<Namespace, BTreeMap<Status, u64>>,
+    /// Download policy of every namespace in `namespaces` and every configured one.
+    pub policies: BTreeMap<Namespace, blobsync_shared::config::NamespacePolicy>,
+    /// When the engine was created (daemon start).
+    pub started: SystemTime,
     /// Transfers in flight.
     pub transfers: Vec<TransferInfo>,
     /// The last finished cycle.
@@ -455,12 +461,26 @@ impl EngineHandle {
         let settings = self.shared.settings();
         let mut by_status: BTreeMap<Status, u64> = Status::ALL.iter().map(|s| (*s, 0)).collect();
         by_status.extend(counts.by_status);
+        let mut bytes: BTreeMap<Status, u64> = Status::ALL.iter().map(|s| (*s, 0)).collect();
+        bytes.extend(counts.bytes_by_status);
+        let mut policies: BTreeMap<_, _> = counts
+            .by_namespace
+            .keys()
+            .map(|ns| {
+                let p = settings.namespaces.get(ns).copied().unwrap_or_default();
+                (ns.clone(), p)
+            })
+            .collect();
+        policies.extend(settings.namespaces.iter().map(|(k, v)| (k.clone(), *v)));
         let st = self.shared.state();
         let mut transfers: Vec<TransferInfo> = st.transfers.values().cloned().collect();
         transfers.sort_by(|a, b| (&a.ns, &a.id).cmp(&(&b.ns, &b.id)));
         Ok(StatusSnapshot {
             counts: by_status,
+            bytes,
             namespaces: counts.by_namespace,
+            policies,
+            started: st.started,
             transfers,
             last_cycle: st.last_cycle.clone(),
             next_cycle: st.next_cycle,
@@ -569,27 +589,53 @@ impl EngineHandle {
         remote: bool,
         progress: mpsc::Sender<VerifyProgress>,
     ) -> Result<VerifyReport, EngineError> {
+        self.verify_only(None, None, remote, progress).await
+    }
+
+    /// [`EngineHandle::verify`] limited to one namespace, or to one blob (`ns` and `id`).
+    pub async fn verify_only(
+        &self,
+        ns: Option<Namespace>,
+        id: Option<BlobId>,
+        remote: bool,
+        progress: mpsc::Sender<VerifyProgress>,
+    ) -> Result<VerifyReport, EngineError> {
+        let mut single = match (&ns, &id) {
+            (Some(n), Some(i)) => Some(self.info(n, i).await?),
+            (None, Some(_)) => {
+                return Err(EngineError::InvalidArgument(
+                    "verify of one blob needs its namespace too".into(),
+                ));
+            }
+            _ => None,
+        };
         let mut report = VerifyReport::default();
-        let total = self
-            .shared
-            .store
-            .counts()
-            .await?
-            .by_status
-            .values()
-            .sum::<u64>();
+        let counts = self.shared.store.counts().await?;
+        let total = match (&ns, &single) {
+            (_, Some(_)) => 1,
+            (Some(n), None) => counts.by_namespace.get(n).map_or(0, |m| m.values().sum()),
+            (None, None) => counts.by_status.values().sum::<u64>(),
+        };
+        let one_blob = single.is_some();
         let mut checked = 0u64;
         let mut after = None;
         loop {
-            let page = self
-                .shared
-                .store
-                .list(ListFilter {
-                    after: after.clone(),
-                    limit: 500,
-                    ..Default::default()
-                })
-                .await?;
+            let page = if one_blob {
+                match single.take() {
+                    Some(b) => vec![b],
+                    None => break,
+                }
+            } else {
+                self.shared
+                    .store
+                    .list(ListFilter {
+                        ns: ns.clone(),
+                        after: after.clone(),
+                        limit: 500,
+                        ..Default::default()
+                    })
+                    .await?
+            };
             let Some(last) = page.last() else { break };
             after = Some((last.ns.clone(), last.id.clone()));
             for b in page {

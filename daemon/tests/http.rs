@@ -135,7 +135,16 @@ async fn http_download_resumes_with_range_and_tamper_fails_after_3() {
     let tmp = tempfile::tempdir().unwrap();
     let srv = start_server(tmp.path()).await;
     let a = device(tmp.path(), "a", &srv).await;
-    let b = device(tmp.path(), "b", &srv).await;
+    // One transfer at a time, so the injected cut hits "r" (first by id), not "t".
+    let mut one = settings();
+    one.transfers = 1;
+    let b = Device::open_on(
+        &tmp.path().join("b"),
+        http_remote(&srv),
+        one,
+        Default::default(),
+    )
+    .await;
     let data = bytes(400_000, 3);
     a.put("r", &data).await;
     a.put("t", &bytes(100_000, 4)).await;

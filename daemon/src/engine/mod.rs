@@ -113,6 +113,12 @@ pub struct TransferInfo {
     pub total: u64,
     /// Blobs in this transfer (more than 1 for a `/stream` batch).
     pub blobs: usize,
+    /// Queue priority (of the first blob of a batch).
+    pub priority: crate::status::Priority,
+    /// Which attempt this is (1-based).
+    pub attempt: u32,
+    /// When it started.
+    pub started: SystemTime,
 }
 
 /// What `status` says about the remote.
@@ -130,7 +136,6 @@ pub struct RemoteState {
     pub last_contact: Option<SystemTime>,
 }
 
-#[derive(Default)]
 pub(crate) struct RuntimeState {
     pub transfers: HashMap<u64, TransferInfo>,
     pub next_transfer_id: u64,
@@ -139,6 +144,7 @@ pub(crate) struct RuntimeState {
     pub next_cycle: Option<SystemTime>,
     pub cycle_running: bool,
     pub rebuild_pending: bool,
+    pub started: SystemTime,
 }
 
 pub(crate) struct SyncRequest {
@@ -264,6 +270,8 @@ impl Shared {
 /// Counters of one transfer phase.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct TransferStats {
+    pub bytes_up: u64,
+    pub bytes_down: u64,
     pub uploaded: u64,
     pub downloaded: u64,
     pub deleted_remote: u64,
@@ -274,6 +282,8 @@ pub(crate) struct TransferStats {
 impl TransferStats {
     fn add(&mut self, o: TransferStats) {
         self.uploaded += o.uploaded;
+        self.bytes_up += o.bytes_up;
+        self.bytes_down += o.bytes_down;
         self.downloaded += o.downloaded;
         self.deleted_remote += o.deleted_remote;
         self.retried += o.retried;
@@ -304,11 +314,17 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let (sync_tx, sync_rx) = mpsc::channel(SYNC_QUEUE);
         let c2 = clock.clone();
         let state = RuntimeState {
+            transfers: HashMap::new(),
+            next_transfer_id: 0,
             remote: RemoteState {
                 url: remote.describe(),
                 ..Default::default()
             },
-            ..Default::default()
+            last_cycle: None,
+            next_cycle: None,
+            cycle_running: false,
+            rebuild_pending: false,
+            started: clock.now(),
         };
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -529,6 +545,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 summary.deleted_remote = stats.deleted_remote;
                 summary.retried = stats.retried;
                 summary.failed = stats.failed;
+                summary.bytes_up = stats.bytes_up;
+                summary.bytes_down = stats.bytes_down;
             }
             summary.finished = Some(self.clock.now());
             let busy = summary.uploaded

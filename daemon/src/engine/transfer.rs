@@ -91,12 +91,12 @@ pub(crate) struct Progress {
 impl Progress {
     pub fn start(
         shared: &Arc<Shared>,
-        ns: &Namespace,
-        id: &BlobId,
+        b: &BlobInfo,
         dir: Direction,
         total: u64,
         blobs: usize,
     ) -> Self {
+        let (ns, id) = (&b.ns, &b.id);
         let tid = {
             let mut st = shared.state();
             st.next_transfer_id += 1;
@@ -110,6 +110,9 @@ impl Progress {
                     done: 0,
                     total,
                     blobs,
+                    priority: b.priority,
+                    attempt: b.attempts + 1,
+                    started: (shared.now)(),
                 },
             );
             tid
@@ -332,6 +335,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         {
             Ok(_) => {
                 stats.uploaded += 1;
+                stats.bytes_up += stored;
                 self.finished(b, Direction::Upload, stored);
             }
             // Deleted locally while uploading: the PENDING_DELETE that follows removes it.
@@ -397,8 +401,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             let salt = header.salt;
             let stored = header.stored_size();
             let path = self.shared.data.payload_path(&b.ns, &b.id);
-            let progress =
-                Progress::start(&self.shared, &b.ns, &b.id, Direction::Upload, stored, 1);
+            let progress = Progress::start(&self.shared, &b, Direction::Upload, stored, 1);
             let body = encrypt_stream(
                 self.shared.clone(),
                 path,
@@ -539,6 +542,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         .transition(&b.ns, &b.id, Transition::DownloadSucceeded, u)
                         .await?;
                     stats.downloaded += 1;
+                    stats.bytes_down += stored;
                     self.finished(&b, Direction::Download, stored);
                     Ok(())
                 }
@@ -606,8 +610,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let mut decoder = (!b.external).then(|| Decoder::new(&self.shared.key, &b.ns, &b.id));
         let mut raw_done = 0u64; // external blobs: bytes written
         let mut total = b.remote_size.unwrap_or(0);
-        let mut progress =
-            Progress::start(&self.shared, &b.ns, &b.id, Direction::Download, total, 1);
+        let mut progress = Progress::start(&self.shared, b, Direction::Download, total, 1);
         let mut cuts = 0u32;
         let mut plain = Vec::new();
         loop {
@@ -746,8 +749,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let total: u64 = entries.iter().map(|e| e.1).sum();
         let progress = Progress::start(
             &self.shared,
-            &ns,
-            &encoders[0].0.id,
+            &encoders[0].0,
             Direction::Upload,
             total,
             encoders.len(),
@@ -865,6 +867,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         match self.shared.store.transition_many(&ns, ok).await {
             Ok(changes) => {
                 stats.uploaded += changes.len() as u64;
+                stats.bytes_up += total;
                 for ch in changes {
                     if let Some((b, h)) = encoders.iter().find(|(b, _)| b.id == ch.id) {
                         self.finished(b, Direction::Upload, h.stored_size());
@@ -888,8 +891,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let total: u64 = blobs.iter().filter_map(|b| b.remote_size).sum();
         let mut progress = Progress::start(
             &self.shared,
-            &ns,
-            &ids[0],
+            &blobs[0],
             Direction::Download,
             total,
             ids.len(),
@@ -1024,6 +1026,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         match self.shared.store.transition_many(&ns, ok).await {
             Ok(changes) => {
                 stats.downloaded += changes.len() as u64;
+                stats.bytes_down += total;
                 for ch in changes {
                     if let Some(b) = blobs.iter().find(|b| b.id == ch.id) {
                         self.finished(b, Direction::Download, b.remote_size.unwrap_or(0));

@@ -108,6 +108,8 @@ pub struct Counts {
     pub by_status: BTreeMap<Status, u64>,
     /// Blobs per namespace and status.
     pub by_namespace: BTreeMap<Namespace, BTreeMap<Status, u64>>,
+    /// Bytes per status (plaintext size when known, else stored size).
+    pub bytes_by_status: BTreeMap<Status, u64>,
 }
 
 /// A committed status change (`from`/`to` `None`: row created/removed).
@@ -377,16 +379,21 @@ pub fn next_due(c: &mut Connection) -> Result<Option<SystemTime>, StoreError> {
 /// Counts per status and namespace.
 pub fn counts(c: &mut Connection) -> Result<Counts, StoreError> {
     let mut out = Counts::default();
-    let mut st = c.prepare_cached("SELECT ns, status, COUNT(*) FROM blobs GROUP BY ns, status")?;
+    let mut st = c.prepare_cached(
+        "SELECT ns, status, COUNT(*), SUM(COALESCE(size, remote_size, 0)) FROM blobs \
+         GROUP BY ns, status",
+    )?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
         let ns: String = r.get(0)?;
         let code: i64 = r.get(1)?;
         let n: i64 = r.get(2)?;
+        let bytes: i64 = r.get(3)?;
         let ns = Namespace::new(ns).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let s =
             Status::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("status {code}")))?;
         *out.by_status.entry(s).or_default() += n as u64;
+        *out.bytes_by_status.entry(s).or_default() += bytes as u64;
         *out.by_namespace
             .entry(ns)
             .or_default()
