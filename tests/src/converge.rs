@@ -129,6 +129,19 @@ pub fn assert_converged(
     model: &Model,
     timeout: Duration,
 ) -> Result<()> {
+    assert_converged_with(devices, server, model, timeout, true)
+}
+
+/// [`assert_converged`], where `strict_partials = false` tolerates leftover partial
+/// downloads (`tmp/dl.*`) of blobs *not* in the model (deleted elsewhere mid-download: a
+/// known daemon bug, see NOTES.md) and only reports them on stderr.
+pub fn assert_converged_with(
+    devices: &[&DaemonProc],
+    server: Option<&ServerView<'_>>,
+    model: &Model,
+    timeout: Duration,
+    strict_partials: bool,
+) -> Result<()> {
     let expected: BTreeSet<BlobKey> = model.keys().cloned().collect();
     wait_all_synced(devices, Some(&expected), timeout)?;
     for d in devices {
@@ -144,7 +157,18 @@ pub fn assert_converged(
             }
         }
         let _ = std::fs::remove_file(&out);
-        let temps = find_temp_files(d.data_dir());
+        let mut temps = stray_files(d.data_dir());
+        if !strict_partials {
+            let (orphans, rest): (Vec<_>, Vec<_>) =
+                temps.into_iter().partition(|p| is_orphan_partial(p, model));
+            if !orphans.is_empty() {
+                eprintln!(
+                    "{}: tolerated orphan partial downloads: {orphans:?}",
+                    d.name()
+                );
+            }
+            temps = rest;
+        }
         if !temps.is_empty() {
             return Err(diverged(format!(
                 "{}: temp files left: {temps:?}",
@@ -235,4 +259,34 @@ pub fn decrypt_sha256(
         .finish()
         .map_err(|e| diverged(format!("{} does not decrypt: {e}", stored.display())))?;
     Ok(hex::encode(sink.0.finish()))
+}
+
+/// Half-written files under a daemon's data dir: temp-looking names anywhere (see
+/// [`find_temp_files`]) plus every file in its `tmp/` dir (puts in progress, partial
+/// downloads), which a converged, idle daemon must have emptied.
+pub fn stray_files(data_dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = find_temp_files(data_dir);
+    if let Ok(entries) = std::fs::read_dir(data_dir.join("tmp")) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_file() && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `p` is a partial download (`dl.{ns}.{id}`) of a blob that is not in `model`.
+fn is_orphan_partial(p: &Path, model: &Model) -> bool {
+    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let Some(rest) = name.strip_prefix("dl.") else {
+        return false;
+    };
+    let Some((ns, id)) = rest.split_once('.') else {
+        return false;
+    };
+    !model.contains_key(&(ns.to_string(), id.to_string()))
 }
