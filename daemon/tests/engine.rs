@@ -480,3 +480,38 @@ async fn a_blob_deleted_elsewhere_after_a_lost_put_answer_is_not_resurrected() {
     b.engine.run_cycle().await;
     assert_eq!(b.status_of("x").await, None);
 }
+
+#[tokio::test]
+async fn the_run_loop_uploads_at_once_after_a_put_and_coalesces_forced_syncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(a.engine.clone().run(cancel.clone()));
+    // The first cycle runs at start; a put afterwards is uploaded without waiting 30 s.
+    a.handle.sync(true).await.unwrap();
+    a.put("now", b"right away").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a.status_of("now").await != Some(Status::Synced) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not uploaded at once"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Three forced syncs at once: each caller gets a summary, cycles never overlap.
+    let (h1, h2, h3) = (a.handle.clone(), a.handle.clone(), a.handle.clone());
+    let (s1, s2, s3) = tokio::join!(h1.sync(true), h2.sync(true), h3.sync(true));
+    let cycles = [s1, s2, s3].map(|s| s.unwrap().unwrap().cycle);
+    assert!(cycles.iter().all(|c| *c >= 2), "{cycles:?}");
+    let distinct: std::collections::BTreeSet<_> = cycles.iter().collect();
+    assert!(distinct.len() <= 2, "coalesced: {cycles:?}");
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the loop stops on cancel")
+        .unwrap();
+    assert!(matches!(
+        a.handle.sync(false).await,
+        Err(blobsyncd::handle::EngineError::ShuttingDown)
+    ));
+}

@@ -27,8 +27,14 @@ impl Drop for Server {
 }
 
 async fn start_server(dir: &Path) -> Server {
+    start_server_with(dir, None).await
+}
+
+async fn start_server_with(dir: &Path, tls: Option<blobsync_server::TlsFiles>) -> Server {
     let data = dir.join("server");
-    let cfg = blobsync_server::ServerConfig::new(&data);
+    let mut cfg = blobsync_server::ServerConfig::new(&data);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    cfg.tls = tls;
     let d2 = data.clone();
     let state = tokio::task::spawn_blocking(move || {
         let _ = d2;
@@ -44,7 +50,18 @@ async fn start_server(dir: &Path) -> Server {
     let token_file = dir.join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let base = if scheme == "https" {
+        format!("https://localhost:{port}")
+    } else {
+        format!("http://127.0.0.1:{port}")
+    };
+    let app_token = blobsync_server::token::generate();
+    state
+        .index()
+        .add_app("mailer", &blobsync_server::token::hash(&app_token))
+        .unwrap();
+    std::fs::write(dir.join("app-token"), &app_token).unwrap();
     let cancel = CancellationToken::new();
     tokio::spawn(blobsync_server::run(listener, state, cancel.clone()));
     Server {
@@ -203,4 +220,92 @@ async fn http_409_after_lost_answer_is_synced_and_bad_token_is_unauthorized() {
     assert_eq!(s.uploaded, 1, "{s:?}");
     assert!(!c.handle.status().await.unwrap().remote.unauthorized);
     assert!(c.remote.inner().describe().contains("alice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_blobs_from_incoming_are_downloaded_and_kept_as_is() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start_server(tmp.path()).await;
+    let app_token = std::fs::read_to_string(tmp.path().join("app-token")).unwrap();
+    // A trusted app delivers an (app-encrypted, opaque to us) blob to alice's MX namespace.
+    let body = b"-----BEGIN PGP MESSAGE----- not ours to decrypt".to_vec();
+    let addr = srv.base.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /incoming/alice/mail1?namespace=MX HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {app_token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 20"), "{answer}");
+
+    let mut s = settings();
+    let mx = Namespace::new("MX").unwrap();
+    s.namespaces
+        .insert(mx.clone(), blobsync_shared::config::NamespacePolicy::Eager);
+    let b = Device::open_on(
+        &tmp.path().join("b"),
+        http_remote(&srv),
+        s,
+        Default::default(),
+    )
+    .await;
+    let sum = b.engine.run_cycle().await;
+    assert_eq!(sum.downloaded, 1, "{sum:?}");
+    let info = b.info_ns(&mx, "mail1").await.unwrap();
+    assert!(info.external);
+    assert_eq!(info.status, Status::Synced);
+    assert_eq!(b.read_ns(&mx, "mail1", false).await, body);
+    // The consuming app sets the remote flags through the daemon.
+    let id = BlobId::new("mail1").unwrap();
+    b.handle
+        .set_flags(&mx, &id, vec![blobsync_shared::wire::Flag::Processed])
+        .await
+        .unwrap();
+    assert_eq!(
+        b.handle.get_flags(&mx, &id).await.unwrap(),
+        vec![blobsync_shared::wire::Flag::Processed]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_ca_file_works_and_an_unknown_ca_is_refused() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start_server_with(
+        tmp.path(),
+        Some(blobsync_server::TlsFiles {
+            cert: fixtures.join("tls-cert.pem"),
+            key: fixtures.join("tls-key.pem"),
+        }),
+    )
+    .await;
+    let with_ca = HttpRemote::new(HttpRemoteConfig {
+        base: srv.base.clone(),
+        user: "alice".into(),
+        token_file: Some(srv.token_file.clone()),
+        ca_file: Some(fixtures.join("tls-ca.pem")),
+    })
+    .unwrap();
+    let a = Device::open_on(
+        &tmp.path().join("a"),
+        with_ca,
+        settings(),
+        Default::default(),
+    )
+    .await;
+    a.put("tls", b"over tls").await;
+    let s = a.engine.run_cycle().await;
+    assert_eq!(s.uploaded, 1, "{s:?}");
+
+    let without = http_remote(&srv);
+    let err = without.changes(&Namespace::default(), 0).await.unwrap_err();
+    assert!(
+        err.is_retryable() && err.to_string().contains("certificate"),
+        "{err}"
+    );
 }
