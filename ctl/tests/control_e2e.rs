@@ -1060,7 +1060,8 @@ fn put_by_path_lets_the_daemon_read_the_file() {
     ctl_json(d.socket(), &["get", "bp", "-o", out.to_str().unwrap()]);
     assert_eq!(std::fs::read(&out).unwrap(), data);
     let (code, doc) = ctl_json_err(d.socket(), &["put", "/nonexistent/file", "--by-path"]);
-    assert_eq!(code, 2, "{doc}");
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(doc["error"]["code"], "NOT_FOUND", "{doc}");
     assert!(
         doc["error"]["message"]
             .as_str()

@@ -241,6 +241,21 @@ impl Control for Service {
         let header = req.header.unwrap_or_default();
         let (ns, id, priority) = Self::put_target(&header)?;
         let path = std::path::PathBuf::from(&req.path);
+        if path.is_absolute() {
+            // The engine reports any open failure as a bad argument; a missing or unreadable
+            // file deserves its own code so an app can tell it from a malformed request.
+            if let Err(e) = tokio::fs::File::open(&path).await {
+                let msg = format!(
+                    "the daemon cannot open {}: {e}; the file must exist and be readable by                      the daemon's user",
+                    path.display()
+                );
+                return Err(match e.kind() {
+                    std::io::ErrorKind::NotFound => GrpcStatus::not_found(msg),
+                    std::io::ErrorKind::PermissionDenied => GrpcStatus::permission_denied(msg),
+                    _ => GrpcStatus::invalid_argument(msg),
+                });
+            }
+        }
         let mut blob = self
             .handle
             .put_path(&path, ns, id, priority, header.local_only)
