@@ -1113,14 +1113,16 @@ async fn a_slow_watcher_gets_a_gap_marker_and_never_slows_the_daemon() {
     // the way (bus, stream queue, HTTP/2 window) holds. Publishing never waits for it.
     const FLOOD: u64 = 20_000;
     let t = std::time::Instant::now();
+    let mut last = marker;
     for i in 0..FLOOD {
-        f.events.publish(EventKind::Error {
+        last = f.events.publish(EventKind::Error {
             message: format!("event {i}"),
         });
     }
     let publish_time = t.elapsed();
     eprintln!("published {FLOOD} events with a stalled watcher in {publish_time:?}");
-    let last = marker + FLOOD;
+    // The engine may publish its own events (cycles) meanwhile: every id still arrives
+    // exactly once, as an event or inside a gap marker.
     let mut expect = marker + 1;
     let mut missed = 0;
     let mut gaps = 0;
@@ -1142,11 +1144,10 @@ async fn a_slow_watcher_gets_a_gap_marker_and_never_slows_the_daemon() {
                 gaps += 1;
                 expect = m.last_id + 1;
             }
-            Some(pb::event::Kind::Error(_)) => {
+            _ => {
                 assert_eq!(e.id, expect, "no silent gap");
                 expect += 1;
             }
-            other => panic!("unexpected {other:?}"),
         }
     }
     assert!(
@@ -1173,8 +1174,8 @@ async fn a_slow_watcher_gets_a_gap_marker_and_never_slows_the_daemon() {
         pb::events_missed::Reason::BufferOverwritten as i32
     );
     assert_eq!(m.first_id, 1);
-    assert_eq!(m.last_id, last - RING_CAPACITY as u64);
+    assert!(m.last_id >= last - RING_CAPACITY as u64, "{m:?}");
     let next = old.message().await.unwrap().unwrap();
-    assert_eq!(next.id, m.last_id + 1);
+    assert_eq!(next.id, m.last_id + 1, "replay resumes right after the gap");
     f.stop().await;
 }
