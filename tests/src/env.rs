@@ -2,8 +2,9 @@
 //!
 //! Children write stdout and stderr to log files under `<temp>/logs/`, one pair per start
 //! (a restart gets a new pair), so nothing blocks on a full pipe and the logs outlive a kill -9.
-//! Dropping the env kills *and* waits every child; if the test is panicking it prints the tail
-//! of every log and keeps the temp dir for inspection. This module never interprets a child's
+//! Dropping the env kills *and* waits every child; if the test is failing (panicking, or
+//! returning a [`TestFailure`] through `?`) it prints the tail of every log and keeps the
+//! temp dir for inspection. This module never interprets a child's
 //! output; [`crate::server`] and [`crate::daemon`] do.
 
 use std::fs::File;
@@ -11,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::Result;
 use crate::error::IoContext;
+use crate::{HarnessError, Result};
 
 /// Lines of each log printed when a test fails.
 const LOG_TAIL_LINES: usize = 150;
@@ -110,6 +111,39 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[start..].join("\n")
 }
 
+thread_local! {
+    /// Set when a test turns a harness error into a [`TestFailure`] (the `?` in a test fn):
+    /// that happens before the test's locals drop, so [`TestEnv`]'s `Drop` still sees it.
+    static FAILING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A failed scenario: the harness error that ended it. Test fns return [`TestResult`] so
+/// that `?` marks the test as failing *before* its [`TestEnv`] drops, which then prints the
+/// children's logs and keeps the temp dir, as it does for a panic.
+pub struct TestFailure(pub HarnessError);
+
+impl From<HarnessError> for TestFailure {
+    fn from(e: HarnessError) -> Self {
+        FAILING.with(|f| f.set(true));
+        TestFailure(e)
+    }
+}
+
+impl std::fmt::Debug for TestFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for TestFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// What a scenario test fn returns (see [`TestFailure`]).
+pub type TestResult<T = ()> = std::result::Result<T, TestFailure>;
+
 /// Owns a temp dir and every child process started in it.
 pub struct TestEnv {
     tmp: Option<tempfile::TempDir>,
@@ -120,6 +154,7 @@ pub struct TestEnv {
 impl TestEnv {
     /// Creates a fresh env under the system temp dir.
     pub fn new() -> Result<Self> {
+        FAILING.with(|f| f.set(false));
         let tmp = tempfile::Builder::new()
             .prefix("blobsync-e2e-")
             .tempdir()
@@ -233,8 +268,9 @@ impl Drop for TestEnv {
         }
         // Put the slots back so dump_logs sees them.
         *self.slots.lock().unwrap_or_else(|e| e.into_inner()) = slots;
-        if std::thread::panicking() || crate::env_flag("BLOBSYNC_TEST_KEEP") {
-            if std::thread::panicking() {
+        let failing = std::thread::panicking() || FAILING.with(|f| f.get());
+        if failing || crate::env_flag("BLOBSYNC_TEST_KEEP") {
+            if failing {
                 self.dump_logs();
             }
             let root = self.keep();
@@ -264,6 +300,26 @@ mod tests {
             .unwrap_or(false);
         assert!(!(alive && ours), "child {pid} still running");
         assert!(!root.exists(), "temp dir not removed");
+    }
+
+    #[test]
+    fn a_failure_through_question_mark_keeps_the_env() {
+        fn scenario(root: &mut Option<PathBuf>) -> TestResult {
+            let env = TestEnv::new()?;
+            *root = Some(env.root().to_path_buf());
+            Err(HarnessError::protocol("test", "deliberate failure"))?;
+            Ok(())
+        }
+        let mut root = None;
+        assert!(scenario(&mut root).is_err());
+        let root = root.unwrap();
+        assert!(root.exists(), "a failing scenario's temp dir must be kept");
+        std::fs::remove_dir_all(&root).unwrap();
+        // The next env starts clean: dropping it removes its dir.
+        let env = TestEnv::new().unwrap();
+        let p = env.root().to_path_buf();
+        drop(env);
+        assert!(!p.exists());
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use blobsync_tests::converge::{Model, assert_converged};
 use blobsync_tests::digest::write_random_file;
-use blobsync_tests::{Blobctl, Cluster, Result, ServerOpts, TestEnv};
+use blobsync_tests::env::TestResult;
+use blobsync_tests::{Blobctl, Cluster, ServerOpts, TestEnv};
 
 /// (args, exit code, acceptable error codes)
 type Row = (Vec<String>, i32, &'static [&'static str]);
@@ -24,7 +25,7 @@ fn row(args: &[&str], exit: i32, codes: &'static [&'static str]) -> Row {
 }
 
 #[test]
-fn bad_control_requests_get_the_right_codes_and_store_nothing() -> Result<()> {
+fn bad_control_requests_get_the_right_codes_and_store_nothing() -> TestResult {
     let env = TestEnv::new()?;
     let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
     let a = cluster.start_device(&env, "device-a", 0)?;
@@ -179,14 +180,15 @@ fn bad_control_requests_get_the_right_codes_and_store_nothing() -> Result<()> {
         Some(&cluster.view(0)),
         &model,
         Duration::from_secs(60),
-    )
+    )?;
+    Ok(())
 }
 
 /// blobsync.proto: PutPath fails with "NOT_FOUND / PERMISSION_DENIED when the daemon cannot
 /// open `path`".
 #[test]
 #[ignore = "bug: PutPath of a missing file answers INVALID_ARGUMENT, the proto says NOT_FOUND (see NOTES.md)"]
-fn put_by_path_of_a_missing_file_is_not_found() -> Result<()> {
+fn put_by_path_of_a_missing_file_is_not_found() -> TestResult {
     let env = TestEnv::new()?;
     let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
     let a = cluster.start_device(&env, "device-a", 0)?;

@@ -11,15 +11,16 @@ use std::time::Duration;
 
 use blobsync_tests::converge::{Model, assert_converged};
 use blobsync_tests::digest::write_random_file;
+use blobsync_tests::env::TestResult;
 use blobsync_tests::proxy::{Direction, Proxy};
 use blobsync_tests::wait::{Poll, wait_until};
 use blobsync_tests::{
-    Cluster, DaemonProc, Result, ServerOpts, TestEnv, full_size, skip_slow_test, test_seed,
+    Cluster, DaemonProc, ServerOpts, TestEnv, full_size, skip_slow_test, test_seed,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-fn put_random(dev: &DaemonProc, id: &str, size: u64, seed: u64, model: &mut Model) -> Result<()> {
+fn put_random(dev: &DaemonProc, id: &str, size: u64, seed: u64, model: &mut Model) -> TestResult {
     let file = dev.dir().join("put.src");
     let sha = write_random_file(&file, size, seed)?;
     dev.ctl().put(&file, id, &[])?;
@@ -27,7 +28,7 @@ fn put_random(dev: &DaemonProc, id: &str, size: u64, seed: u64, model: &mut Mode
     Ok(())
 }
 
-fn daemon_kill_rounds(seed: u64) -> Result<()> {
+fn daemon_kill_rounds(seed: u64) -> TestResult {
     let rounds = if full_size() { 10 } else { 4 };
     let mut rng = StdRng::seed_from_u64(seed);
     let env = TestEnv::new()?;
@@ -114,7 +115,13 @@ fn daemon_killed_mid_transfer_converges_without_loss() {
 }
 
 /// Waits until `proxy` has forwarded `more` bytes in `dir` beyond `from`.
-fn wait_bytes(proxy: &Proxy, dir: Direction, from: u64, more: u64, what: &str) -> Result<()> {
+fn wait_bytes(
+    proxy: &Proxy,
+    dir: Direction,
+    from: u64,
+    more: u64,
+    what: &str,
+) -> blobsync_tests::Result<()> {
     wait_until(what, Duration::from_secs(60), || {
         let now = proxy.bytes(dir);
         Ok(if now >= from + more {
@@ -125,7 +132,7 @@ fn wait_bytes(proxy: &Proxy, dir: Direction, from: u64, more: u64, what: &str) -
     })
 }
 
-fn server_kill(seed: u64) -> Result<()> {
+fn server_kill(seed: u64) -> TestResult {
     let mut rng = StdRng::seed_from_u64(seed);
     let env = TestEnv::new()?;
     let mut cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;

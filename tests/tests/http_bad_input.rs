@@ -4,6 +4,7 @@
 //! server must hold exactly what the good rows stored: bad input stores nothing and leaves no
 //! temp file behind.
 
+use blobsync_tests::env::TestResult;
 use blobsync_tests::rawhttp::{self, Response};
 use blobsync_tests::{Result, ServerOpts, ServerProc, TestEnv, find_temp_files};
 
@@ -83,7 +84,7 @@ fn stream_body(header: &str, data: &[u8]) -> Vec<u8> {
 }
 
 #[test]
-fn bad_http_requests_get_clear_errors_and_store_nothing() -> Result<()> {
+fn bad_http_requests_get_clear_errors_and_store_nothing() -> TestResult {
     let env = TestEnv::new()?;
     let server = ServerProc::start(
         &env,
@@ -810,7 +811,7 @@ fn short(path: &str) -> String {
 /// buffer, so the bound is approximate (a 100 KiB block passes the 64 KiB default); a block
 /// several times the configured bound is always refused.
 #[test]
-fn header_block_over_the_configured_limit_gets_431() -> Result<()> {
+fn header_block_over_the_configured_limit_gets_431() -> TestResult {
     let env = TestEnv::new()?;
     let server = ServerProc::start(
         &env,

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use blobsync_tests::converge::{Model, assert_converged};
 use blobsync_tests::digest::write_random_file;
+use blobsync_tests::env::TestResult;
 use blobsync_tests::{
     Cluster, DaemonProc, Result, ServerOpts, TestEnv, env_number, full_size, skip_slow_test,
 };
 
 #[test]
-fn many_devices_of_several_users_converge_and_stay_apart() -> Result<()> {
+fn many_devices_of_several_users_converge_and_stay_apart() -> TestResult {
     if skip_slow_test("many_devices_of_several_users_converge_and_stay_apart") {
         return Ok(());
     }

@@ -4,6 +4,7 @@
 //! size 413, each with a message; nothing is stored; deleting frees quota; other users are
 //! not affected.
 
+use blobsync_tests::env::TestResult;
 use blobsync_tests::{Result, ServerOpts, ServerProc, TestEnv, find_temp_files};
 
 const MAX_BLOB: u64 = 50_000;
@@ -14,7 +15,7 @@ fn json_status(v: &serde_json::Value, id: &str) -> Option<u64> {
 }
 
 #[test]
-fn server_refuses_over_quota_and_over_max_size_and_stores_nothing() -> Result<()> {
+fn server_refuses_over_quota_and_over_max_size_and_stores_nothing() -> TestResult {
     let env = TestEnv::new()?;
     let server = ServerProc::start(
         &env,
@@ -86,7 +87,7 @@ fn server_refuses_over_quota_and_over_max_size_and_stores_nothing() -> Result<()
 /// Daemon level: over-max-size and over-quota uploads end `FAILED_UPLOAD` with the reason;
 /// the blobs that fit sync, and a second device sees exactly those.
 #[test]
-fn daemon_marks_over_quota_and_oversized_puts_failed_upload_and_keeps_syncing() -> Result<()> {
+fn daemon_marks_over_quota_and_oversized_puts_failed_upload_and_keeps_syncing() -> TestResult {
     use blobsync_tests::converge::{Model, assert_converged};
     use blobsync_tests::digest::write_random_file;
     use blobsync_tests::{Cluster, DaemonProc};

@@ -10,15 +10,16 @@ use std::time::{Duration, Instant};
 
 use blobsync_tests::converge::{Model, assert_converged, describe_rows};
 use blobsync_tests::digest::write_random_file;
+use blobsync_tests::env::TestResult;
 use blobsync_tests::proxy::Proxy;
 use blobsync_tests::wait::{Poll, wait_until};
-use blobsync_tests::{Cluster, DaemonProc, Result, ServerOpts, TestEnv, skip_slow_test};
+use blobsync_tests::{Cluster, DaemonProc, ServerOpts, TestEnv, skip_slow_test};
 
 /// 1 daemon second = 50 ms: the schedule 10, 20, 30, 40 s becomes 0.5, 1, 1.5, 2 s.
 const SCALE: f64 = 0.05;
 
 #[test]
-fn retries_follow_10_20_30_40_and_the_queue_drains_when_the_server_returns() -> Result<()> {
+fn retries_follow_10_20_30_40_and_the_queue_drains_when_the_server_returns() -> TestResult {
     if skip_slow_test("retries_follow_10_20_30_40_and_the_queue_drains_when_the_server_returns") {
         return Ok(());
     }
@@ -98,5 +99,6 @@ fn retries_follow_10_20_30_40_and_the_queue_drains_when_the_server_returns() -> 
         &model,
         Duration::from_secs(60),
     )
-    .inspect_err(|_| eprintln!("{}", describe_rows(&a.ctl().ls().unwrap_or_default())))
+    .inspect_err(|_| eprintln!("{}", describe_rows(&a.ctl().ls().unwrap_or_default())))?;
+    Ok(())
 }

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use blobsync_tests::converge::{Model, assert_converged, describe_rows};
 use blobsync_tests::digest::write_random_file;
+use blobsync_tests::env::TestResult;
 use blobsync_tests::wait::{Poll, wait_until};
-use blobsync_tests::{Cluster, DaemonProc, Result, ServerOpts, TestEnv};
+use blobsync_tests::{Cluster, DaemonProc, ServerOpts, TestEnv};
 
-fn put(dev: &DaemonProc, id: &str, size: u64, model: &mut Model) -> Result<()> {
+fn put(dev: &DaemonProc, id: &str, size: u64, model: &mut Model) -> TestResult {
     let file = dev.dir().join("put.src");
     let sha = write_random_file(&file, size, id.len() as u64 * 7919 + size)?;
     dev.ctl().put(&file, id, &[])?;
@@ -38,7 +39,7 @@ fn flip_byte(path: &std::path::Path, offset: u64) -> u8 {
 }
 
 #[test]
-fn tampered_blob_fails_after_three_attempts_and_recovers_on_retry() -> Result<()> {
+fn tampered_blob_fails_after_three_attempts_and_recovers_on_retry() -> TestResult {
     let env = TestEnv::new()?;
     let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
     let a = cluster.start_device(&env, "device-a", 0)?;

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use blobsync_tests::converge::{Model, assert_converged};
 use blobsync_tests::digest::write_random_file;
+use blobsync_tests::env::TestResult;
 use blobsync_tests::proxy::{Direction, Proxy};
-use blobsync_tests::{Cluster, DaemonProc, Result, ServerOpts, TestEnv, full_size, skip_slow_test};
+use blobsync_tests::{Cluster, DaemonProc, ServerOpts, TestEnv, full_size, skip_slow_test};
 
 /// Plaintext segment of the default blob format (2^16) and its sealed size (+16-byte tag).
 const SEGMENT: u64 = 64 * 1024;
@@ -23,7 +24,7 @@ const SEALED_SEGMENT: u64 = SEGMENT + 16;
 const OVERHEAD: u64 = 256 * 1024;
 
 #[test]
-fn large_transfer_survives_cuts_and_resumes_from_the_last_verified_segment() -> Result<()> {
+fn large_transfer_survives_cuts_and_resumes_from_the_last_verified_segment() -> TestResult {
     if skip_slow_test("large_transfer_survives_cuts_and_resumes_from_the_last_verified_segment") {
         return Ok(());
     }
