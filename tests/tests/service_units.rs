@@ -1,5 +1,6 @@
 //! Checks the service definitions in `systemd/` with the tools that will run them and against
-//! the binaries they start: `systemd-analyze verify` on every unit, `systemd-sysusers` on the
+//! the binaries they start: `systemd-analyze verify` on every unit, `systemd-analyze security`
+//! on the system units (exposure at most 2.0, "OK"), `systemd-sysusers` on the
 //! users file, an XML parse of the launchd plist, the system config example through the
 //! daemon's own config parser, each `ExecStart=` command line through the binary's own
 //! argument parser, and what the daemon units promise systemd: `READY=1` and `STATUS=` on a
@@ -245,6 +246,49 @@ fn verify_reports_settings_systemd_would_ignore() {
     assert!(
         err.contains("stritc") && err.contains("ProtectHoem"),
         "{err}"
+    );
+}
+
+/// `systemd-analyze security --offline` on a system unit: Ok when its overall exposure is at
+/// most `MAX_EXPOSURE` (systemd's 0-10 scale), else Err with the report.
+fn security_check(unit: &Path) -> Result<(), String> {
+    let out = Command::new(systemd_tool("systemd-analyze"))
+        .args(["security", "--offline=yes", "--no-pager"])
+        // The threshold is in tenths of the printed level.
+        .arg(format!("--threshold={}", MAX_EXPOSURE * 10))
+        .arg(unit)
+        .output()
+        .expect("systemd-analyze runs");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The most exposure `systemd-analyze security` may report for a system unit: "OK" is below
+/// 2.0; ours score about 1.2 with the network access they need.
+const MAX_EXPOSURE: u32 = 2;
+
+#[test]
+fn system_units_score_ok_in_systemd_analyze_security() {
+    let tmp = tempfile::tempdir().unwrap();
+    for relative in SYSTEM_UNITS {
+        let copy = copy_with_built_binaries(&systemd_dir().join(relative), tmp.path());
+        if let Err(report) = security_check(&copy) {
+            panic!("{relative} is exposed more than {MAX_EXPOSURE}.0:\n{report}");
+        }
+    }
+    // The check is only worth something if an unhardened unit fails it.
+    let bare = tmp.path().join("bare.service");
+    fs::write(&bare, "[Service]\nExecStart=/bin/true\n").unwrap();
+    assert!(
+        security_check(&bare).is_err(),
+        "an unhardened unit must fail"
     );
 }
 
