@@ -479,8 +479,12 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
     out.push_str(&t.render());
     if !s.namespaces.is_empty() {
         out.push('\n');
+        let ns_sizes = s
+            .namespaces
+            .iter()
+            .any(|n| n.counts.iter().any(|c| c.bytes > 0));
         let mut cols = vec![("NAMESPACE", Align::Left), ("BLOBS", Align::Right)];
-        if sizes {
+        if ns_sizes {
             cols.push(("SIZE", Align::Right));
         }
         cols.extend([("POLICY", Align::Left), ("STATE", Align::Left)]);
@@ -506,7 +510,7 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
                 (false, p) => format!("{p} not synced"),
             };
             let mut row = vec![ns.namespace.clone(), n.to_string()];
-            if sizes {
+            if ns_sizes {
                 row.push(human_size(b));
             }
             row.push(if ns.policy == 0 {

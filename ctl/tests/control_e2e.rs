@@ -324,6 +324,8 @@ fn every_command_answers_with_its_json_fields() {
 
     let st = ctl_json(sock, &["status"]);
     assert_eq!(st["counts"]["SYNCED"], 1, "{st}");
+    assert_eq!(st["bytes"]["SYNCED"], 5000, "{st}");
+    assert_eq!(st["namespaces"]["default"]["policy"], "EAGER", "{st}");
     assert_eq!(st["counts"].as_object().unwrap().len(), 8);
     for k in [
         "namespaces",
@@ -394,6 +396,10 @@ fn every_command_answers_with_its_json_fields() {
         .collect();
     assert_eq!(ids, ["a1"], "{remote}");
 
+    let one = ctl_json(sock, &["verify", "--id", "a1"]);
+    assert_eq!(one["checked"], 1, "{one}");
+    let none = ctl_json(sock, &["verify", "-n", "elsewhere"]);
+    assert_eq!(none["checked"], 0, "{none}");
     let v = ctl_json(sock, &["verify", "--remote"]);
     assert_eq!(
         (v["checked"].as_u64(), v["ok"].as_u64()),

@@ -813,6 +813,18 @@ async fn status_sync_pause_limits_flags_remote_listing_verify_and_version() {
         .find(|c| c.status == pb::BlobStatus::Synced as i32)
         .map(|c| c.count);
     assert_eq!(synced, Some(1), "{st:?}");
+    let synced_bytes = st
+        .counts
+        .iter()
+        .find(|c| c.status == pb::BlobStatus::Synced as i32)
+        .map(|c| c.bytes);
+    assert_eq!(synced_bytes, Some(5000), "{st:?}");
+    assert_eq!(
+        st.namespaces[0].policy,
+        pb::NamespacePolicy::Eager as i32,
+        "{st:?}"
+    );
+    assert!(st.started.is_some());
     assert_eq!(
         st.namespaces
             .iter()
@@ -1005,6 +1017,55 @@ async fn status_sync_pause_limits_flags_remote_listing_verify_and_version() {
     }
     let report = report.expect("verify ends with a report");
     assert_eq!((report.checked, report.ok, report.problems), (1, 1, 0));
+
+    // Filtered verification: one namespace, one blob, and a blob that does not exist.
+    let verify_report = |req: pb::VerifyRequest| {
+        let mut c = c.clone();
+        async move {
+            let mut v = c.verify(req).await?.into_inner();
+            let mut report = None;
+            while let Some(m) = v.message().await? {
+                if let Some(pb::verify_response::Msg::Report(r)) = m.msg {
+                    report = Some(r);
+                }
+            }
+            Ok::<_, tonic::Status>(report.expect("a report ends the stream"))
+        }
+    };
+    let r = verify_report(pb::VerifyRequest {
+        namespace: "other".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.checked, 0);
+    let r = verify_report(pb::VerifyRequest {
+        id: "s1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!((r.checked, r.ok), (1, 1));
+    assert_eq!(
+        code(
+            verify_report(pb::VerifyRequest {
+                id: "absent".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            verify_report(pb::VerifyRequest {
+                id: "bad id".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
 
     let ver = c
         .get_version(pb::GetVersionRequest {})

@@ -173,8 +173,8 @@ pub fn cycle_to_pb(c: &events::CycleSummary) -> pb::CycleSummary {
         deleted_local: c.deleted_local,
         deleted_remote: c.deleted_remote,
         failed: c.failed,
-        bytes_up: 0,
-        bytes_down: 0,
+        bytes_up: c.bytes_up,
+        bytes_down: c.bytes_down,
         pending: c.retried,
         error: c.error.clone().unwrap_or_default(),
     }

@@ -5,10 +5,11 @@
 //! daemon shuts down. No sync logic lives here, and no blob is ever held in memory whole.
 
 use std::pin::Pin;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use blobsync_proto as pb;
 use blobsync_proto::control_server::Control;
+use blobsync_shared::config::NamespacePolicy;
 use blobsync_shared::wire::Flag;
 use blobsync_shared::{BlobId, Namespace};
 use tokio::io::AsyncReadExt;
@@ -50,17 +51,12 @@ type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, GrpcStatus
 pub struct Service {
     handle: EngineHandle,
     cancel: CancellationToken,
-    started: SystemTime,
 }
 
 impl Service {
     /// A service calling `handle`; `cancel` ends its open streams at shutdown.
     pub fn new(handle: EngineHandle, cancel: CancellationToken) -> Self {
-        Self {
-            handle,
-            cancel,
-            started: SystemTime::now(),
-        }
+        Self { handle, cancel }
     }
 
     /// Validates a put header into (namespace, id, priority).
@@ -436,29 +432,39 @@ impl Control for Service {
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> RpcResult<pb::StatusResponse> {
         let s = self.handle.status().await.map_err(engine_status)?;
-        let counts = |m: &std::collections::BTreeMap<Status, u64>| -> Vec<pb::StatusCount> {
+        type PerStatus = std::collections::BTreeMap<Status, u64>;
+        // Sizes exist per status overall, not per namespace (those get 0).
+        let counts = |m: &PerStatus, bytes: Option<&PerStatus>| -> Vec<pb::StatusCount> {
             m.iter()
                 .filter(|(_, n)| **n > 0)
                 .map(|(st, n)| pb::StatusCount {
                     status: status_to_pb(*st) as i32,
                     count: *n,
-                    bytes: 0,
+                    bytes: bytes.and_then(|b| b.get(st)).copied().unwrap_or(0),
                 })
                 .collect()
         };
         let mut names: std::collections::BTreeSet<&Namespace> = s.namespaces.keys().collect();
         names.extend(s.paused_namespaces.iter());
+        names.extend(s.policies.keys());
         let namespaces = names
             .into_iter()
             .map(|ns| pb::NamespaceStatus {
                 namespace: ns.to_string(),
-                counts: s.namespaces.get(ns).map(counts).unwrap_or_default(),
+                counts: s
+                    .namespaces
+                    .get(ns)
+                    .map(|m| counts(m, None))
+                    .unwrap_or_default(),
                 paused: s.paused_namespaces.contains(ns),
-                policy: 0,
+                policy: s.policies.get(ns).map_or(0, |p| match p {
+                    NamespacePolicy::Eager => pb::NamespacePolicy::Eager as i32,
+                    NamespacePolicy::Lazy => pb::NamespacePolicy::Lazy as i32,
+                }),
             })
             .collect();
         Ok(Response::new(pb::StatusResponse {
-            counts: counts(&s.counts),
+            counts: counts(&s.counts, Some(&s.bytes)),
             namespaces,
             transfers: s
                 .transfers
@@ -469,9 +475,9 @@ impl Control for Service {
                     direction: convert::direction_to_pb(t.dir) as i32,
                     bytes_done: t.done,
                     bytes_total: t.total,
-                    priority: 0,
-                    attempt: 0,
-                    started: None,
+                    priority: convert::priority_to_pb(t.priority) as i32,
+                    attempt: t.attempt,
+                    started: Some(timestamp(t.started)),
                 })
                 .collect(),
             remote: Some(pb::RemoteStatus {
@@ -495,7 +501,7 @@ impl Control for Service {
             cycle_running: s.cycle_running,
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
             api_version: pb::API_VERSION,
-            started: Some(timestamp(self.started)),
+            started: Some(timestamp(s.started)),
             last_event_id: s.next_event_id.saturating_sub(1),
         }))
     }
@@ -686,21 +692,24 @@ impl Control for Service {
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> RpcResult<Self::VerifyStream> {
         use pb::verify_response::Msg;
         let req = request.into_inner();
-        if !req.namespace.is_empty() || !req.id.is_empty() {
-            namespace_filter(&req.namespace)?;
-            if !req.id.is_empty() {
-                blob_id(&req.id)?;
-            }
-            return Err(GrpcStatus::unimplemented(
-                "this daemon verifies every blob at once; leave namespace and id empty",
-            ));
-        }
+        let ns = namespace_filter(&req.namespace)?;
+        let id = if req.id.is_empty() {
+            None
+        } else {
+            Some(blob_id(&req.id)?)
+        };
+        // One blob is named by namespace and id; its namespace defaults like everywhere.
+        let ns = if id.is_some() {
+            Some(ns.unwrap_or_default())
+        } else {
+            ns
+        };
         let (ptx, mut prx) = mpsc::channel::<VerifyProgress>(STREAM_QUEUE * 16);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let handle = self.handle.clone();
         let cancel = self.cancel.clone();
         tokio::spawn(async move {
-            let run = handle.verify(req.remote, ptx);
+            let run = handle.verify_only(ns, id, req.remote, ptx);
             tokio::pin!(run);
             let mut last_sent = Instant::now() - VERIFY_PROGRESS_EVERY;
             let result = loop {
