@@ -677,19 +677,25 @@ pub fn event_text(e: &pb::Event) -> String {
             .summary
             .as_ref()
             .map_or("cycle finished".into(), cycle_text),
-        Some(Kind::TransferFailed(f)) => format!(
-            "{}/{}  {} attempt {} failed: {}{}",
-            f.namespace,
-            f.id,
-            direction_name(f.direction).to_ascii_lowercase(),
-            f.attempt,
-            f.message,
-            if f.retryable {
-                format!(" (retry {})", relative(&f.next_attempt, now_unix()))
+        Some(Kind::TransferFailed(f)) => {
+            let attempt = if f.attempt > 0 {
+                format!(" attempt {}", f.attempt)
             } else {
-                " (given up)".into()
-            }
-        ),
+                String::new()
+            };
+            let next = match (f.retryable, &f.next_attempt) {
+                (false, _) => " (given up)".to_owned(),
+                (true, None) => " (will retry)".to_owned(),
+                (true, t) => format!(" (retry {})", relative(t, now_unix())),
+            };
+            format!(
+                "{}/{}  {}{attempt} failed: {}{next}",
+                f.namespace,
+                f.id,
+                direction_name(f.direction).to_ascii_lowercase(),
+                f.message,
+            )
+        }
         Some(Kind::EventsMissed(g)) => format!(
             "missed events {}..={} ({})",
             g.first_id,

@@ -1175,3 +1175,43 @@ fn key_export_and_import_through_the_binary() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--passphrase-file"));
 }
+
+#[test]
+fn an_unreachable_remote_is_reported_not_hidden() {
+    let env = TestEnv::new().unwrap();
+    // Nothing listens on a port we bound and released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let key = env.root().join("k");
+    write_key_file(&key).unwrap();
+    let mut opts = DaemonOpts::new(
+        RemoteSpec::Http {
+            url: format!("http://127.0.0.1:{port}"),
+            user: "alice".into(),
+            token: "t".into(),
+        },
+        &key,
+    );
+    opts.time_scale = Some(0.01);
+    let d = DaemonProc::start(&env, "offline", opts).unwrap();
+    let sock = d.socket();
+    // Local work goes on without the remote.
+    let file = env.root().join("f");
+    write_file(&file, 1000, 1);
+    let put = ctl_json(sock, &["put", file.to_str().unwrap(), "--id", "queued"]);
+    assert_eq!(put["status"], "PENDING_UPLOAD");
+    // A waited sync exits 1 and says why, with the summary on stdout.
+    let (code, out, err) = ctl(sock, &["--json", "sync", "--wait"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert!(doc["summary"]["error"].is_string(), "{doc}");
+    let st = ctl_json(sock, &["status"]);
+    assert_eq!(st["remote"]["reachable"], false, "{st}");
+    assert!(st["remote"]["last_error"].is_string(), "{st}");
+    let (code, doc) = ctl_json_err(sock, &["ls", "--remote"]);
+    assert_eq!(code, 1);
+    assert_eq!(doc["error"]["code"], "UNAVAILABLE", "{doc}");
+}
