@@ -1240,3 +1240,42 @@ async fn a_slow_watcher_gets_a_gap_marker_and_never_slows_the_daemon() {
     assert_eq!(next.id, m.last_id + 1, "replay resumes right after the gap");
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_a_stalled_put_and_stores_nothing() {
+    let f = Fixture::start().await;
+    let c = f.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(header("stall", None)).await.unwrap();
+    tx.send(chunk(&bytes(50_000, 1))).await.unwrap();
+    let mut c2 = c.clone();
+    // The client never ends its stream (tx stays alive).
+    let call = tokio::spawn(async move {
+        c2.put(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let data = f.data.clone();
+    let started = std::time::Instant::now();
+    f.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited for the stalled client"
+    );
+    let r = call.await.unwrap();
+    assert_eq!(code(r), Code::Unavailable);
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let left: Vec<_> = walk(&data)
+        .into_iter()
+        .filter(|p| {
+            let rel = p
+                .strip_prefix(&data)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            rel.contains("stall") || rel.starts_with("tmp/")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -515,3 +515,30 @@ async fn the_run_loop_uploads_at_once_after_a_put_and_coalesces_forced_syncs() {
         Err(blobsyncd::handle::EngineError::ShuttingDown)
     ));
 }
+
+#[tokio::test]
+async fn a_download_of_a_blob_deleted_meanwhile_leaves_no_partial_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    a.put("doomed", &bytes(50_000, 1)).await;
+    a.engine.run_cycle().await;
+    b.handle.pause(None).await.unwrap();
+    b.engine.run_cycle().await; // lists it, does not fetch it
+    assert_eq!(b.status_of("doomed").await, Some(Status::PendingDownload));
+    // Cut mid-body once, then the blob is deleted before the resume.
+    b.remote.faults.cut_next_get(10_000);
+    b.remote.faults.fail_next(RemoteError::NotFound);
+    a.handle
+        .delete(&Namespace::default(), &BlobId::new("doomed").unwrap())
+        .await
+        .unwrap();
+    a.engine.run_cycle().await;
+    b.handle.resume(None).await.unwrap();
+    b.engine.run_cycle().await;
+    b.cycle_after(60).await;
+    assert_eq!(b.status_of("doomed").await, None);
+    let left: Vec<_> = std::fs::read_dir(b.data.join("tmp")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -524,6 +524,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 r = self.fetch_to_payload(&b) => r,
                 _ = cancel.cancelled() => Err(DownloadError::Cancelled),
             };
+            if res.is_err() {
+                // Resuming happens within one attempt; a failed attempt starts over, so its
+                // partial file is garbage (and the blob may be gone for good: a 404).
+                let partial = self.shared.data.partial_path(&b.ns, &b.id);
+                let _ = tokio::fs::remove_file(&partial).await;
+            }
             if self.shared.crash_here("download.after_install") {
                 return Err(DownloadError::Cancelled);
             }

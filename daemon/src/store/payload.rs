@@ -94,16 +94,13 @@ pub fn remove(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Deletes every temp left by a crash except partial downloads (those resume).
+/// Deletes every temp left by a crash: unfinished puts (never committed) and partial
+/// downloads (a download resumes within its attempt; a new attempt starts over).
 pub fn sweep_temps(data: &DataDir) -> io::Result<usize> {
     let mut n = 0;
     for entry in fs::read_dir(data.tmp_dir())? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if !name.to_string_lossy().starts_with("dl.") {
-            remove(&entry.path())?;
-            n += 1;
-        }
+        remove(&entry?.path())?;
+        n += 1;
     }
     Ok(n)
 }
