@@ -8,6 +8,7 @@
 //! It never links the daemon or server code into a test: every part runs as its own process,
 //! as a user would run it.
 
+pub mod bench;
 pub mod bins;
 pub mod cluster;
 pub mod converge;

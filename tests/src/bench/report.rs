@@ -1,0 +1,98 @@
+//! Rendering a [`BenchReport`] as the one table `blobsync-bench` prints.
+//!
+//! Pure formatting: this module never measures anything.
+
+use super::BenchReport;
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{}GB", bytes >> 30)
+    } else if bytes >= 1 << 20 {
+        format!("{}MB", bytes >> 20)
+    } else {
+        format!("{}KB", bytes >> 10)
+    }
+}
+
+/// The table: one line per workload, then the disk, idle and startup figures.
+pub fn table(r: &BenchReport) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "blobsync-bench ({}; put: {}; MB = 10^6 B, RSS in MiB)\n",
+        r.machine, r.put_method
+    ));
+    out.push_str(&format!(
+        "{:<4} {:>12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}\n",
+        "row", "blobs", "put s", "up s", "down s", "wall s", "up MB/s", "dn MB/s", "up b/s", "dn b/s",
+        "A rss", "B rss", "S rss", "A cpu", "B cpu", "S cpu", "ok"
+    ));
+    for w in &r.workloads {
+        out.push_str(&format!(
+            "{:<4} {:>12} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.1} {:>9.1} {:>8.0} {:>8.0} {:>6.1} {:>6.1} {:>6.1} {:>6.2} {:>6.2} {:>6.2} {:>5}\n",
+            w.name,
+            format!("{}x{}", w.count, size(w.size)),
+            w.put_s,
+            w.upload_s,
+            w.download_s,
+            w.wall_s,
+            w.upload_mb_s,
+            w.download_mb_s,
+            w.upload_blobs_s,
+            w.download_blobs_s,
+            mib(w.daemon_a.peak_rss_bytes),
+            mib(w.daemon_b.peak_rss_bytes),
+            mib(w.server.peak_rss_bytes),
+            w.daemon_a.cpu_s,
+            w.daemon_b.cpu_s,
+            w.server.cpu_s,
+            if w.verified == w.count { "yes".to_string() } else { format!("{}", w.verified) },
+        ));
+    }
+    if let Some(d) = &r.disk {
+        out.push_str(&format!(
+            "DISK durable write: {} MiB + fsync in {:.3} s = {:.0} MB/s\n",
+            d.bytes >> 20,
+            d.seconds,
+            d.mb_s
+        ));
+        for w in r.workloads.iter().filter(|w| w.name == "W6") {
+            out.push_str(&format!(
+                "W6 vs disk: upload {:.0}%, download {:.0}% of the durable write rate\n",
+                w.upload_mb_s / d.mb_s * 100.0,
+                w.download_mb_s / d.mb_s * 100.0
+            ));
+        }
+    }
+    if let Some(i) = &r.idle {
+        out.push_str(&format!(
+            "IDLE {} blobs x {}: populate {:.1} s; no-change cycle median {:.1} ms (runs: {}; full listing: {}); \
+             per cycle: daemon {:.1} ms CPU, server {:.1} ms CPU\n",
+            i.blobs,
+            size(i.blob_size),
+            i.populate_s,
+            i.nochange_cycle_median_ms,
+            i.nochange_cycle_ms.iter().map(|m| format!("{m:.1}")).collect::<Vec<_>>().join(" "),
+            i.nochange_full_list.iter().filter(|f| **f).count(),
+            i.daemon_cpu_ms_per_cycle,
+            i.server_cpu_ms_per_cycle,
+        ));
+        out.push_str(&format!(
+            "IDLE CPU over {:.0} s: daemon {:.2}% of a core ({:.2} s), server {:.2}%; daemon peak RSS {:.1} MiB, server {:.1} MiB\n",
+            i.idle_s,
+            i.idle_daemon_cpu_pct,
+            i.idle_daemon_cpu_s,
+            i.idle_server_cpu_pct,
+            mib(i.daemon.peak_rss_bytes),
+            mib(i.server.peak_rss_bytes),
+        ));
+        out.push_str(&format!(
+            "STARTUP with {} blobs: socket accepts after {:.1} ms, Status answers after {:.1} ms\n",
+            i.blobs, i.startup_ms, i.startup_status_ms
+        ));
+    }
+    out
+}

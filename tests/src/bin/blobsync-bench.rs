@@ -1,0 +1,106 @@
+//! `blobsync-bench`: Soledad's workloads through a real `blobsync-server` and two real
+//! `blobsyncd` over loopback; prints one table and writes JSON (issue 8).
+//!
+//! Build the release binaries first (`cargo build --release --workspace --bins`), then
+//! `cargo run --release -p blobsync-tests --bin blobsync-bench -- [ROW...] [--json FILE]`.
+//! Rows: W1..W6, IDLE, DISK; none given = all, in the order DISK W1..W5 W6 IDLE.
+//! It is a benchmark: it prints figures and never passes or fails on them.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use blobsync_tests::bench::{self, BenchOpts, BenchReport, WORKLOADS};
+
+const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK ...] [--json FILE]
+  [--seed N] [--put-concurrency N] [--idle-secs S] [--idle-blobs N] [--idle-blob-size BYTES]
+  [--idle-cycles N] [--disk-bytes BYTES] [--no-verify] [--phase-timeout S]
+Rows default to all: DISK W1 W2 W3 W4 W5 W6 IDLE. Temp dirs go under TMPDIR.
+Needs the release binaries: cargo build --release --workspace --bins";
+
+fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> anyhow::Result<T> {
+    let v = v.with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+    v.parse()
+        .map_err(|_| anyhow::anyhow!("{flag}: {v:?} is not a number\n{USAGE}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut opts = BenchOpts::default();
+    let mut rows: Vec<String> = Vec::new();
+    let mut json: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--json" => {
+                json = Some(
+                    args.next()
+                        .with_context(|| format!("--json needs a FILE\n{USAGE}"))?,
+                )
+            }
+            "--seed" => opts.seed = num(&a, args.next())?,
+            "--put-concurrency" => opts.put_concurrency = num(&a, args.next())?,
+            "--idle-secs" => opts.idle = Duration::from_secs_f64(num(&a, args.next())?),
+            "--idle-blobs" => opts.idle_blobs = num(&a, args.next())?,
+            "--idle-blob-size" => opts.idle_blob_size = num(&a, args.next())?,
+            "--idle-cycles" => opts.idle_cycles = num(&a, args.next())?,
+            "--disk-bytes" => opts.disk_bytes = num(&a, args.next())?,
+            "--phase-timeout" => {
+                opts.phase_timeout = Duration::from_secs_f64(num(&a, args.next())?)
+            }
+            "--no-verify" => opts.verify = false,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            r => {
+                let up = r.to_ascii_uppercase();
+                if up == "IDLE" || up == "DISK" || WORKLOADS.iter().any(|w| w.name == up) {
+                    rows.push(up);
+                } else {
+                    bail!("unknown argument {r:?}\n{USAGE}");
+                }
+            }
+        }
+    }
+    if rows.is_empty() {
+        rows = ["DISK", "W1", "W2", "W3", "W4", "W5", "W6", "IDLE"]
+            .map(String::from)
+            .to_vec();
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("blobsync-bench: warning: this is a debug build of the harness; use --release");
+    }
+    let mut report = BenchReport {
+        put_method: format!("{} (N = {})", bench::PUT_METHOD, opts.put_concurrency),
+        seed: opts.seed,
+        machine: bench::machine(),
+        ..Default::default()
+    };
+    for row in &rows {
+        match row.as_str() {
+            "DISK" => {
+                eprintln!("[DISK] writing {} bytes + fsync", opts.disk_bytes);
+                report.disk = Some(bench::run_disk(&opts).context("disk test")?);
+            }
+            "IDLE" => report.idle = Some(bench::run_idle(&opts).context("IDLE")?),
+            w => {
+                let wl = WORKLOADS
+                    .iter()
+                    .find(|x| x.name == w)
+                    .expect("rows were checked above");
+                let r = bench::run_workload(&opts, wl).with_context(|| format!("workload {w}"))?;
+                eprintln!(
+                    "[{w}] up {:.3} s, down {:.3} s, wall {:.3} s",
+                    r.upload_s, r.download_s, r.wall_s
+                );
+                report.workloads.push(r);
+            }
+        }
+        if let Some(path) = &json {
+            // Written after every row, so a long run that dies keeps what it measured.
+            std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+                .with_context(|| format!("write {path}"))?;
+        }
+    }
+    print!("{}", bench::report::table(&report));
+    Ok(())
+}
