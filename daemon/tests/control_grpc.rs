@@ -1256,12 +1256,9 @@ async fn shutdown_cuts_a_stalled_put_and_stores_nothing() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let data = f.data.clone();
-    let started = std::time::Instant::now();
+    // stop() fails if serve does not return within its deadline: a stalled client must
+    // not hold up shutdown.
     f.stop().await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "shutdown waited for the stalled client"
-    );
     let r = call.await.unwrap();
     assert_eq!(code(r), Code::Unavailable);
     drop(tx);

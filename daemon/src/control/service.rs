@@ -193,7 +193,17 @@ impl Control for Service {
             .map_err(engine_status)?;
         // Each chunk goes to the writer as it arrives: memory stays at one chunk. On any
         // error below, `writer` is dropped uncommitted, which removes its temp file.
-        while let Some(msg) = stream.message().await? {
+        loop {
+            // A client that stalls mid-upload must not hold up shutdown.
+            let next = tokio::select! {
+                m = stream.message() => m?,
+                _ = self.cancel.cancelled() => {
+                    return Err(GrpcStatus::unavailable(
+                        "the daemon is shutting down; nothing was stored, send the blob again",
+                    ));
+                }
+            };
+            let Some(msg) = next else { break };
             match msg.msg {
                 Some(Msg::Chunk(data)) => {
                     if let Some(hint) = header.size_hint
