@@ -142,7 +142,8 @@ pub struct PutArgs {
     /// Keep the blob on this device only; never upload it.
     #[arg(long)]
     pub local_only: bool,
-    /// Wait until the blob is uploaded (or failed for good).
+    /// Wait until the blob is uploaded (or failed for good); retriable failures keep waiting.
+    /// Ctrl-C stops waiting: the blob stays stored and queued.
     #[arg(long)]
     pub wait: bool,
     /// Let the daemon read FILE itself instead of sending its bytes (FILE must be readable by
