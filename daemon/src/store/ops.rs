@@ -340,23 +340,18 @@ pub fn due(c: &Connection, f: &DueFilter) -> Result<Vec<BlobInfo>, StoreError> {
     if is_paused_all(c)? {
         return Ok(Vec::new());
     }
-    let statuses: Vec<String> = if f.statuses.is_empty() {
-        vec![
-            Status::PendingUpload,
-            Status::PendingDownload,
-            Status::PendingDelete,
-        ]
+    // `status IN (2, 3, 6)` literally, so SQLite can walk the partial index `blobs_due` in
+    // pick order and stop at the LIMIT.
+    let extra = if f.statuses.is_empty() {
+        String::new()
     } else {
-        f.statuses.clone()
-    }
-    .iter()
-    .map(|s| s.code().to_string())
-    .collect();
+        let codes: Vec<String> = f.statuses.iter().map(|s| s.code().to_string()).collect();
+        format!(" AND status IN ({})", codes.join(","))
+    };
     let mut st = c.prepare_cached(&format!(
-        "SELECT {COLS} FROM blobs WHERE status IN ({}) AND next_attempt_ms <= ?1 \
-         AND ns NOT IN (SELECT ns FROM paused) \
-         ORDER BY priority DESC, next_attempt_ms, created_ms, ns, id LIMIT ?2",
-        statuses.join(",")
+        "SELECT {COLS} FROM blobs INDEXED BY blobs_due WHERE status IN (2, 3, 6){extra} \
+         AND next_attempt_ms <= ?1 AND ns NOT IN (SELECT ns FROM paused) \
+         ORDER BY priority DESC, next_attempt_ms, created_ms, ns, id LIMIT ?2"
     ))?;
     let rows = st.query_map(params![to_millis(f.now), f.limit as i64], row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -889,10 +884,10 @@ mod tests {
     #[test]
     fn migrations_run_from_scratch_and_are_idempotent() {
         let (dir, mut c) = open();
-        assert_eq!(crate::store::schema::migrate(&mut c).unwrap(), 1);
+        assert_eq!(crate::store::schema::migrate(&mut c).unwrap(), 2);
         drop(c);
         let mut c = Connection::open(dir.path().join("s.sqlite")).unwrap();
-        assert_eq!(crate::store::schema::migrate(&mut c).unwrap(), 1);
+        assert_eq!(crate::store::schema::migrate(&mut c).unwrap(), 2);
         c.pragma_update(None, "user_version", 99).unwrap();
         let e = crate::store::schema::migrate(&mut c).unwrap_err();
         assert!(e.to_string().contains("newer"), "{e}");

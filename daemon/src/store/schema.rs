@@ -32,6 +32,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE paused (ns TEXT PRIMARY KEY) WITHOUT ROWID;  -- '*' pauses everything
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     "#,
+    // 2: the due queue in pick order, so `due` walks an index and stops at its LIMIT instead
+    // of sorting every queued row (100k pending: 150 ms -> under 1 ms per pick).
+    r#"
+    CREATE INDEX blobs_due ON blobs (priority DESC, next_attempt_ms, created_ms, ns, id)
+        WHERE status IN (2, 3, 6);
+    "#,
 ];
 
 /// The schema version this build writes.
