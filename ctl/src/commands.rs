@@ -423,10 +423,10 @@ async fn ls(c: &mut Client, a: cli::LsArgs, json: bool) -> Result<(), CtlError> 
     let mut left = a.limit.unwrap_or(u64::MAX);
     let mut table = render::blobs_table();
     let mut first = true;
-    if json {
-        out("{\"blobs\": [")?;
-    }
-    // JSON is written page by page, so 100,000 blobs never sit in memory at once.
+    // The document opens only once the first page arrived, so a failed call prints no
+    // half document. After that, JSON is written page by page, so 100,000 blobs never sit
+    // in memory at once.
+    let mut opened = false;
     while left > 0 {
         let page = c
             .list(pb::ListRequest {
@@ -444,6 +444,10 @@ async fn ls(c: &mut Client, a: cli::LsArgs, json: bool) -> Result<(), CtlError> 
         left -= take as u64;
         if json {
             let mut chunk = String::new();
+            if !opened {
+                chunk.push_str("{\"blobs\": [");
+                opened = true;
+            }
             for b in &page.blobs[..take] {
                 chunk.push_str(if first { "\n  " } else { ",\n  " });
                 first = false;
@@ -461,7 +465,7 @@ async fn ls(c: &mut Client, a: cli::LsArgs, json: bool) -> Result<(), CtlError> 
         }
     }
     if json {
-        out("\n]}\n")
+        out(if opened { "\n]}\n" } else { "{\"blobs\": [\n]}\n" })
     } else if table.is_empty() {
         out("no blobs\n")
     } else {
