@@ -542,3 +542,37 @@ async fn a_download_of_a_blob_deleted_meanwhile_leaves_no_partial_file() {
     let left: Vec<_> = std::fs::read_dir(b.data.join("tmp")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test]
+async fn a_missing_payload_is_failed_upload_not_retried_forever() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+    a.put("gone", b"soon missing").await;
+    std::fs::remove_file(a.data.join("blobs/default/go/gone")).unwrap();
+    a.engine.run_cycle().await;
+    let info = a.info("gone").await.unwrap();
+    assert_eq!(info.status, Status::FailedUpload);
+    assert!(info.last_error.unwrap().contains("missing"));
+}
+
+#[tokio::test]
+async fn a_namespace_switched_to_eager_fetches_its_remote_only_blobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let mx = Namespace::new("MX").unwrap();
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let mut lazy = settings();
+    lazy.namespaces
+        .insert(mx.clone(), blobsync_shared::config::NamespacePolicy::Lazy);
+    let b = Device::open(&tmp.path().join("b"), &remote, lazy).await;
+    a.put_ns(mx.clone(), "m", b"mail").await;
+    a.engine.run_cycle().await;
+    b.engine.run_cycle().await;
+    assert_eq!(
+        b.info_ns(&mx, "m").await.unwrap().status,
+        Status::RemoteOnly
+    );
+    b.engine.reload(&settings());
+    b.engine.run_cycle().await;
+    assert_eq!(b.info_ns(&mx, "m").await.unwrap().status, Status::Synced);
+}

@@ -644,6 +644,22 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let local = store.namespace_rows(ns).await?;
         let policy = self.shared.settings().policy(ns);
         let facts = plan::diff(&local, &changes, kind, policy);
+        // A namespace switched from lazy to eager (config reload): fetch what was left remote.
+        let wanted: Vec<_> = if policy == NamespacePolicy::Eager {
+            local
+                .iter()
+                .filter(|b| b.status == Status::RemoteOnly)
+                .map(|b| {
+                    let u = crate::store::ops::RowUpdate::default();
+                    (b.id.clone(), crate::status::Transition::Wanted, u)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !wanted.is_empty() {
+            store.transition_many(ns, wanted).await?;
+        }
         let applied = store
             .apply_remote(ns, facts, Some(seq), self.clock.now())
             .await?;

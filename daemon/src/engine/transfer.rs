@@ -401,6 +401,23 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             let salt = header.salt;
             let stored = header.stored_size();
             let path = self.shared.data.payload_path(&b.ns, &b.id);
+            match tokio::fs::metadata(&path).await {
+                Ok(m) if Some(m.len()) == b.size => {}
+                Ok(m) => {
+                    let why = format!(
+                        "local payload is {} bytes, {} were put: damaged on disk",
+                        m.len(),
+                        b.size.unwrap_or(0)
+                    );
+                    return self.reject_upload(&b, why, stats).await;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return self
+                        .reject_upload(&b, "local payload file is missing".into(), stats)
+                        .await;
+                }
+                Err(_) => {}
+            }
             let progress = Progress::start(&self.shared, &b, Direction::Upload, stored, 1);
             let body = encrypt_stream(
                 self.shared.clone(),
