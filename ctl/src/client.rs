@@ -179,7 +179,7 @@ pub async fn connect(socket: &Path) -> Result<Client, CtlError> {
         reason,
     };
     // The URI is a placeholder: the connector below ignores it and dials the Unix socket.
-    let channel = Endpoint::from_static("http://blobsyncd.local")
+    let channel = Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }

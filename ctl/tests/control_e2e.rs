@@ -76,7 +76,7 @@ fn write_file(path: &Path, len: usize, seed: u8) -> Vec<u8> {
 
 async fn grpc(socket: &Path) -> ControlClient<tonic::transport::Channel> {
     let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://blobsyncd.local")
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
             async move {

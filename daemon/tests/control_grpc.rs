@@ -98,7 +98,7 @@ impl Fixture {
 
 async fn connect(socket: &Path) -> ControlClient<Channel> {
     let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://blobsyncd.local")
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
             async move {
