@@ -133,8 +133,8 @@ pub fn assert_converged(
 }
 
 /// [`assert_converged`], where `strict_partials = false` tolerates leftover partial
-/// downloads (`tmp/dl.*`) of blobs *not* in the model (deleted elsewhere mid-download: a
-/// known daemon bug, see NOTES.md) and only reports them on stderr.
+/// downloads (`tmp/dl.*`) of blobs *not* in the model (deleted elsewhere mid-download) and
+/// only reports them on stderr: for investigating, never for a committed scenario.
 pub fn assert_converged_with(
     devices: &[&DaemonProc],
     server: Option<&ServerView<'_>>,

@@ -166,6 +166,11 @@ impl ServerProc {
         lock(&self.slot).is_running()
     }
 
+    /// The running process's pid (for `/proc` measurements).
+    pub fn pid(&self) -> Option<u32> {
+        lock(&self.slot).child.as_ref().map(|c| c.id())
+    }
+
     /// Starts the server again on the same data dir and port (kills it first if running).
     ///
     /// The port can linger briefly after a kill, so a failed bind is retried until the

@@ -187,7 +187,6 @@ fn bad_control_requests_get_the_right_codes_and_store_nothing() -> TestResult {
 /// blobsync.proto: PutPath fails with "NOT_FOUND / PERMISSION_DENIED when the daemon cannot
 /// open `path`".
 #[test]
-#[ignore = "bug: PutPath of a missing file answers INVALID_ARGUMENT, the proto says NOT_FOUND (see NOTES.md)"]
 fn put_by_path_of_a_missing_file_is_not_found() -> TestResult {
     let env = TestEnv::new()?;
     let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use blobsync_tests::converge::{Model, assert_converged_with};
+use blobsync_tests::converge::{Model, assert_converged};
 use blobsync_tests::digest::{sha256_file, write_random_file};
 use blobsync_tests::env::TestResult;
 use blobsync_tests::{Cluster, DaemonProc, ServerOpts, TestEnv, env_number, full_size, test_seed};
@@ -122,14 +122,11 @@ fn run(seed: u64) -> TestResult {
     }
     eprintln!("ops done: {counts:?}; {} blobs live", model.len());
     let refs: Vec<&DaemonProc> = devices.iter().collect();
-    // Partial downloads of blobs deleted mid-download are left behind (bug in NOTES.md,
-    // pinned by the ignored test below); everything else must be clean.
-    assert_converged_with(
+    assert_converged(
         &refs,
         Some(&cluster.view(0)),
         &model,
         Duration::from_secs(120),
-        false,
     )?;
     Ok(())
 }
@@ -145,7 +142,6 @@ fn two_devices_converge_after_random_operations() {
 /// A blob deleted on the server while another device had it PENDING_DOWNLOAD: the download
 /// gets 404, the next listing removes the row, and the partial download file must go too.
 #[test]
-#[ignore = "bug: the partial download (tmp/dl.*) of a blob deleted elsewhere mid-download is never removed (see NOTES.md)"]
 fn partial_download_of_a_blob_deleted_elsewhere_is_removed() -> TestResult {
     use blobsync_tests::converge::stray_files;
     use blobsync_tests::wait::{Poll, wait_until};

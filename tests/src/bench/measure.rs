@@ -82,31 +82,6 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_cpu_ticks_grow_with_work() {
-        let me = std::process::id();
-        let t0 = cpu_ticks(me);
-        let start = std::time::Instant::now();
-        let mut x = 0u64;
-        while start.elapsed() < std::time::Duration::from_millis(100) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        }
-        std::hint::black_box(x);
-        assert!(cpu_ticks(me) > t0);
-    }
-
-    #[test]
-    fn median_of_odd_and_even() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(median(&[]), 0.0);
-    }
-}
-
 /// The pid of the one running process whose command line contains `needle` (e.g. the
 /// server's data dir); `ServerProc` does not expose its pid, and a unique temp path on the
 /// command line identifies it.
@@ -131,4 +106,29 @@ pub fn pid_with_arg(needle: &str) -> Option<u32> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_cpu_ticks_grow_with_work() {
+        let me = std::process::id();
+        let t0 = cpu_ticks(me);
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(100) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        assert!(cpu_ticks(me) > t0);
+    }
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
 }
