@@ -442,6 +442,14 @@ impl EngineHandle {
         if b.status.has_payload() {
             self.shared.remove_payload(ns, id).await;
         }
+        if b.status == Status::PendingDownload {
+            // A download stopped by a restart may have left a partial.
+            let p = self.shared.data.partial_path(ns, id);
+            let _ = tokio::fs::remove_file(&p).await;
+            let mut h = p.into_os_string();
+            h.push(".hdr");
+            let _ = tokio::fs::remove_file(h).await;
+        }
         if ch.to.is_some() {
             self.shared.kick.notify_one();
         }

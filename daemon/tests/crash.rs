@@ -168,6 +168,11 @@ async fn a_corrupt_store_is_moved_aside_and_rebuilt_from_payloads_and_the_listin
         a.put("synced", b"on the server").await;
         a.engine.run_cycle().await;
         a.put("local", b"not uploaded yet").await;
+        let exited = a.engine.store().on_exit();
+        drop(a);
+        tokio::time::timeout(std::time::Duration::from_secs(10), exited)
+            .await
+            .expect("the store closes once every handle is gone");
     }
     // Trash the store file (and its WAL).
     let db = da.join("store.sqlite");
@@ -199,4 +204,68 @@ async fn a_corrupt_store_is_moved_aside_and_rebuilt_from_payloads_and_the_listin
         0,
         "nothing re-downloaded"
     );
+}
+
+#[tokio::test]
+async fn a_download_stopped_mid_body_resumes_after_a_restart_from_the_verified_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (db, remote) = (tmp.path().join("b"), tmp.path().join("r"));
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let data = bytes(300_000, 6);
+    a.put("big", &data).await;
+    a.engine.run_cycle().await;
+    {
+        let b = Device::open(&db, &remote, settings()).await;
+        b.remote.faults.cut_next_get(200_000);
+        b.engine.arm_crash_point("download.mid_body");
+        b.engine.run_cycle().await;
+        assert_eq!(b.status_of("big").await, Some(Status::PendingDownload));
+    }
+    let b = Device::open(&db, &remote, settings()).await;
+    assert_eq!(
+        tmp_files(&db).len(),
+        2,
+        "partial and header kept: {:?}",
+        tmp_files(&db)
+    );
+    let s = b.engine.run_cycle().await;
+    assert_eq!(s.downloaded, 1, "{s:?}");
+    assert_eq!(b.remote.faults.gets.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        b.remote.faults.ranged_gets.load(Ordering::SeqCst),
+        1,
+        "resumed with a Range"
+    );
+    assert_eq!(b.read("big").await, data);
+    assert!(tmp_files(&db).is_empty(), "{:?}", tmp_files(&db));
+}
+
+#[tokio::test]
+async fn a_stale_partial_of_a_blob_put_again_is_not_mistaken_for_tampering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (db, remote) = (tmp.path().join("b"), tmp.path().join("r"));
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    a.put("v", &bytes(300_000, 1)).await;
+    a.engine.run_cycle().await;
+    {
+        let b = Device::open(&db, &remote, settings()).await;
+        b.remote.faults.cut_next_get(200_000);
+        b.engine.arm_crash_point("download.mid_body");
+        b.engine.run_cycle().await;
+    }
+    // Meanwhile the blob is deleted and put again (another salt, other bytes).
+    a.handle
+        .delete(&Namespace::default(), &BlobId::new("v").unwrap())
+        .await
+        .unwrap();
+    a.engine.run_cycle().await;
+    let new = bytes(300_000, 2);
+    a.put("v", &new).await;
+    a.engine.run_cycle().await;
+    let b = Device::open(&db, &remote, settings()).await;
+    b.engine.run_cycle().await;
+    b.engine.run_cycle().await;
+    assert_eq!(b.status_of("v").await, Some(Status::Synced));
+    assert_eq!(b.read("v").await, new);
+    assert_eq!(b.info("v").await.unwrap().invalid_attempts, 0);
 }

@@ -174,6 +174,8 @@ pub(crate) struct Shared {
     pub crash_points: Mutex<HashSet<&'static str>>,
     /// Set when a crash point fired (tests).
     pub crashed: std::sync::atomic::AtomicBool,
+    /// Blobs whose current download resumed from a partial left by a restart.
+    pub resumed: Mutex<HashSet<(Namespace, BlobId)>>,
 }
 
 impl Shared {
@@ -191,6 +193,22 @@ impl Shared {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         hit
+    }
+
+    /// Records that `b`'s download resumed from disk.
+    pub fn mark_resumed(&self, b: &crate::store::BlobInfo) {
+        self.resumed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((b.ns.clone(), b.id.clone()));
+    }
+
+    /// Whether `b`'s download resumed from disk (and forgets it).
+    pub fn crash_points_resumed(&self, b: &crate::store::BlobInfo) -> bool {
+        self.resumed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(b.ns.clone(), b.id.clone()))
     }
 
     pub fn settings(&self) -> EngineSettings {
@@ -344,6 +362,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 cancel: CancellationToken::new(),
                 crash_points: Mutex::new(HashSet::new()),
                 crashed: Default::default(),
+                resumed: Mutex::new(HashSet::new()),
             }),
             remote,
             clock,
@@ -361,6 +380,11 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     /// The handle the control service uses.
     pub fn handle(self: &Arc<Self>) -> EngineHandle {
         EngineHandle::new(self.shared.clone(), self.clone())
+    }
+
+    /// The store (tests wait on [`Store::on_exit`] before touching its file).
+    pub fn store(&self) -> &Store {
+        &self.shared.store
     }
 
     /// The remote (tests reach through it to the fault injector).
@@ -668,6 +692,14 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             let keeps_payload = ch.to.is_some_and(Status::has_payload);
             if had_payload && !keeps_payload {
                 self.shared.remove_payload(&ch.ns, &ch.id).await;
+            }
+            if ch.to.is_none() && ch.from == Some(Status::PendingDownload) {
+                // A download stopped by a restart may have left a partial for it.
+                let p = self.shared.data.partial_path(&ch.ns, &ch.id);
+                let _ = tokio::fs::remove_file(&p).await;
+                let mut h = p.into_os_string();
+                h.push(".hdr");
+                let _ = tokio::fs::remove_file(h).await;
             }
             if ch.to.is_none() && ch.from != Some(Status::PendingDelete) {
                 summary.deleted_local += 1;

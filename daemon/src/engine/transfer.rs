@@ -35,6 +35,13 @@ const MAX_CUTS_WITHOUT_PROGRESS: u32 = 3;
 /// Progress events per transfer at most every this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
+/// The header sidecar of a partial download.
+fn hdr_path(partial: &std::path::Path) -> std::path::PathBuf {
+    let mut p = partial.as_os_str().to_owned();
+    p.push(".hdr");
+    p.into()
+}
+
 /// Why a download attempt failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DownloadError {
@@ -541,11 +548,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 r = self.fetch_to_payload(&b) => r,
                 _ = cancel.cancelled() => Err(DownloadError::Cancelled),
             };
-            if res.is_err() {
-                // Resuming happens within one attempt; a failed attempt starts over, so its
-                // partial file is garbage (and the blob may be gone for good: a 404).
-                let partial = self.shared.data.partial_path(&b.ns, &b.id);
-                let _ = tokio::fs::remove_file(&partial).await;
+            if res.is_err() && !matches!(res, Err(DownloadError::Cancelled)) {
+                // A failed attempt starts over (and the blob may be gone for good: a 404).
+                // Only a stop (shutdown, crash) keeps the partial, for the restart to resume.
+                self.remove_partial(&b).await;
             }
             if self.shared.crash_here("download.after_install") {
                 return Err(DownloadError::Cancelled);
@@ -627,10 +633,89 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     /// Downloads into the partial file, verifying as it goes, resuming after cuts; then
     /// fsyncs and links it into place. Returns (plaintext size, sha256, stored size).
     async fn fetch_to_payload(&self, b: &BlobInfo) -> Result<(u64, [u8; 32], u64), DownloadError> {
+        match self.fetch_inner(b, true).await {
+            // The partial file a restart resumed from was of another copy (the blob was put
+            // again meanwhile): that is not tampering; start over once from scratch.
+            Err(DownloadError::Invalid(e)) if self.shared.crash_points_resumed(b) => {
+                debug!(error = %e, "resumed partial did not verify; starting over");
+                self.remove_partial(b).await;
+                self.fetch_inner(b, false).await
+            }
+            other => other,
+        }
+    }
+
+    /// Removes a blob's partial download and its header sidecar.
+    pub(crate) async fn remove_partial(&self, b: &BlobInfo) {
         let partial = self.shared.data.partial_path(&b.ns, &b.id);
-        let mut file = tokio::fs::File::create(&partial).await?;
+        let _ = tokio::fs::remove_file(hdr_path(&partial)).await;
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+
+    /// Opens the partial download: resumes one left by a stopped daemon (its header sidecar
+    /// says where the verified plaintext ends), else starts a new one.
+    async fn open_partial(
+        &self,
+        b: &BlobInfo,
+        allow_resume: bool,
+        hasher: &mut ring::digest::Context,
+    ) -> Result<(tokio::fs::File, Decoder, bool), DownloadError> {
+        let partial = self.shared.data.partial_path(&b.ns, &b.id);
+        if allow_resume
+            && let Ok(hb) = tokio::fs::read(hdr_path(&partial)).await
+            && let Ok(Some((h, n))) = Header::parse(&hb)
+            && n == hb.len()
+            && let Ok(meta) = tokio::fs::metadata(&partial).await
+        {
+            // At least the last segment is fetched again: the Range must not be empty.
+            let next = (meta.len() >> h.segment_exp).min(h.segment_count() - 1);
+            let keep = (next << h.segment_exp).min(h.plain_size);
+            if next > 0
+                && let Ok(d) = Decoder::resume(&self.shared.key, &hb, &b.ns, &b.id, next)
+            {
+                let mut f = tokio::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&partial)
+                    .await?;
+                f.set_len(keep).await?;
+                // The hash covers the whole plaintext: re-read what is already there.
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut left = keep;
+                while left > 0 {
+                    let n = f.read(&mut buf[..(left as usize).min(256 * 1024)]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    left -= n as u64;
+                }
+                debug!(
+                    resume_segment = next,
+                    "resuming a download left by a restart"
+                );
+                self.shared.mark_resumed(b);
+                return Ok((f, d, true));
+            }
+        }
+        let f = tokio::fs::File::create(&partial).await?;
+        let _ = tokio::fs::remove_file(hdr_path(&partial)).await;
+        Ok((f, Decoder::new(&self.shared.key, &b.ns, &b.id), false))
+    }
+
+    async fn fetch_inner(
+        &self,
+        b: &BlobInfo,
+        allow_resume: bool,
+    ) -> Result<(u64, [u8; 32], u64), DownloadError> {
+        let partial = self.shared.data.partial_path(&b.ns, &b.id);
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut decoder = (!b.external).then(|| Decoder::new(&self.shared.key, &b.ns, &b.id));
+        let (mut file, mut decoder, mut hdr_saved) = if b.external {
+            (tokio::fs::File::create(&partial).await?, None, true)
+        } else {
+            let (f, d, resumed) = self.open_partial(b, allow_resume, &mut hasher).await?;
+            (f, Some(d), resumed)
+        };
         let mut raw_done = 0u64; // external blobs: bytes written
         let mut total = b.remote_size.unwrap_or(0);
         let mut progress = Progress::start(&self.shared, b, Direction::Download, total, 1);
@@ -672,6 +757,11 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         })?;
                         hasher.update(&plain);
                         file.write_all(&plain).await?;
+                        if !hdr_saved && let Some(hb) = d.header_bytes() {
+                            // Lets a restarted daemon resume from the verified plaintext.
+                            tokio::fs::write(hdr_path(&partial), hb).await?;
+                            hdr_saved = true;
+                        }
                     }
                     None => {
                         hasher.update(&chunk);
@@ -699,6 +789,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         cuts += 1;
                     }
                     debug!(%why, resume_at = now_at, "download cut short; resuming");
+                    if self.shared.crash_here("download.mid_body") {
+                        file.flush().await?;
+                        return Err(DownloadError::Cancelled);
+                    }
                     // Drop the half-received segment: resume exactly at the boundary.
                     if let Some(d) = decoder.as_mut()
                         && let Some(hb) = d.header_bytes()
@@ -734,10 +828,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let mut sha = [0u8; 32];
         sha.copy_from_slice(hasher.finish().as_ref());
         let dest = self.shared.data.payload_path(&b.ns, &b.id);
+        let hdr = hdr_path(&partial);
         tokio::task::spawn_blocking(move || {
             // A stale copy (replaced remotely) may still be there.
             payload::remove(&dest)?;
-            payload::install(&partial, &dest)
+            payload::install(&partial, &dest)?;
+            payload::remove(&hdr)
         })
         .await
         .map_err(std::io::Error::other)??;

@@ -100,6 +100,8 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// Cloneable async handle to the store thread.
 #[derive(Clone)]
 pub struct Store {
+    /// Turns true when the store thread has closed the connection.
+    exited: tokio::sync::watch::Receiver<bool>,
     jobs: mpsc::Sender<Job>,
     permits: Arc<Semaphore>,
     events: EventBus,
@@ -114,6 +116,7 @@ impl Store {
     ) -> Result<(Store, OpenOutcome), StoreError> {
         let (jobs, mut rx) = mpsc::channel::<Job>(STORE_QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel();
+        let (exit_tx, exited) = tokio::sync::watch::channel(false);
         let path = path.to_path_buf();
         std::thread::Builder::new()
             .name("blobsyncd-store".into())
@@ -133,16 +136,28 @@ impl Store {
                 }
                 // Every handle is gone: checkpoint the WAL so the file is self-contained.
                 let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+                drop(conn);
+                let _ = exit_tx.send(true);
             })?;
         let outcome = ready_rx.await.map_err(|_| StoreError::Closed)??;
         Ok((
             Store {
+                exited,
                 jobs,
                 permits: Arc::new(Semaphore::new(db_ops.max(1))),
                 events,
             },
             outcome,
         ))
+    }
+
+    /// Resolves once the store thread has closed the database (after every handle is
+    /// dropped): what a test waits for before touching the file.
+    pub fn on_exit(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.exited.clone();
+        async move {
+            let _ = rx.wait_for(|done| *done).await;
+        }
     }
 
     /// Runs `f` on the store thread.

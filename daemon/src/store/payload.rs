@@ -94,13 +94,16 @@ pub fn remove(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Deletes every temp left by a crash: unfinished puts (never committed) and partial
-/// downloads (a download resumes within its attempt; a new attempt starts over).
+/// Deletes every temp left by a crash except partial downloads (`dl.*`, which a restarted
+/// download resumes; the engine removes those whose blob is gone).
 pub fn sweep_temps(data: &DataDir) -> io::Result<usize> {
     let mut n = 0;
     for entry in fs::read_dir(data.tmp_dir())? {
-        remove(&entry?.path())?;
-        n += 1;
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with("dl.") {
+            remove(&entry.path())?;
+            n += 1;
+        }
     }
     Ok(n)
 }
