@@ -276,6 +276,13 @@ async fn a_409_after_a_lost_answer_is_ours_and_becomes_synced() {
     let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
     a.put("p", &bytes(10_000, 4)).await;
     a.remote.faults.lose_put_answers.store(1, Ordering::SeqCst);
+    // The check of the server's copy right after the broken PUT fails too (remote flaky).
+    for _ in 0..2 {
+        // (the check retries once)
+        a.remote
+            .faults
+            .fail_next_get(RemoteError::Transport("injected".into()));
+    }
     a.engine.run_cycle().await;
     assert_eq!(a.status_of("p").await, Some(Status::PendingUpload));
     let s = a.cycle_after(10).await;
@@ -456,6 +463,13 @@ async fn a_blob_deleted_elsewhere_after_a_lost_put_answer_is_not_resurrected() {
     let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
     a.put("x", &bytes(5000, 1)).await;
     a.remote.faults.lose_put_answers.store(1, Ordering::SeqCst);
+    // The check of the server's copy right after the broken PUT fails too (remote flaky).
+    for _ in 0..2 {
+        // (the check retries once)
+        a.remote
+            .faults
+            .fail_next_get(RemoteError::Transport("injected".into()));
+    }
     a.engine.run_cycle().await;
     assert_eq!(a.status_of("x").await, Some(Status::PendingUpload));
     b.engine.run_cycle().await;
@@ -575,4 +589,20 @@ async fn a_namespace_switched_to_eager_fetches_its_remote_only_blobs() {
     b.engine.reload(&settings());
     b.engine.run_cycle().await;
     assert_eq!(b.info_ns(&mx, "m").await.unwrap().status, Status::Synced);
+}
+
+#[tokio::test]
+async fn a_lost_put_answer_is_settled_at_once_by_the_salt_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+    a.put("l", &bytes(8000, 1)).await;
+    a.remote.faults.lose_put_answers.store(1, Ordering::SeqCst);
+    let s = a.engine.run_cycle().await;
+    assert_eq!(s.uploaded, 1, "{s:?}");
+    assert_eq!(a.status_of("l").await, Some(Status::Synced));
+    assert_eq!(
+        a.remote.faults.puts.load(Ordering::SeqCst),
+        1,
+        "no second PUT"
+    );
 }

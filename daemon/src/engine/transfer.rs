@@ -372,10 +372,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
 
     /// 409: ours (same salt in the server copy's header) or a conflict.
     async fn is_our_copy(&self, b: &BlobInfo, salt: &[u8; 32]) -> Result<bool, RemoteError> {
-        let resp = self
-            .remote
-            .get(&b.ns, &b.id, Some(0..MAX_HEADER_LEN as u64))
-            .await?;
+        let range = Some(0..MAX_HEADER_LEN as u64);
+        let resp = match self.remote.get(&b.ns, &b.id, range.clone()).await {
+            // Right after a PUT the server broke off, a pooled connection may be dead: once more.
+            Err(RemoteError::Transport(_)) => self.remote.get(&b.ns, &b.id, range).await?,
+            other => other?,
+        };
         let head = crate::remote::collect_body(resp.body, MAX_HEADER_LEN).await?;
         Ok(matches!(Header::parse(&head), Ok(Some((h, _))) if &h.salt == salt))
     }
@@ -473,6 +475,15 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 },
                 Err(e @ (RemoteError::TooLarge | RemoteError::QuotaExceeded)) => {
                     self.reject_upload(&b, e.to_string(), stats).await
+                }
+                // The connection broke: the server may have stored it all the same (the answer
+                // was lost, or it answered 409 early and closed while we were still sending).
+                // Our salt in its copy's header settles it without another attempt.
+                Err(e @ (RemoteError::Transport(_) | RemoteError::Io(_)))
+                    if matches!(self.is_our_copy(&b, &salt).await, Ok(true)) =>
+                {
+                    debug!(error = %e, "upload broke off, but the server has our copy");
+                    self.mark_uploaded(&b, stored, stats).await;
                 }
                 Err(e) => {
                     self.shared.note_remote_err(&e);

@@ -30,6 +30,8 @@ pub struct Faults {
     pub next_errors: Mutex<VecDeque<RemoteError>>,
     /// Errors the next PUTs answer with (one per PUT).
     pub next_put_errors: Mutex<VecDeque<RemoteError>>,
+    /// Errors the next GETs answer with (one per GET).
+    pub next_get_errors: Mutex<VecDeque<RemoteError>>,
     /// PUT calls that reached the wrapper.
     pub puts: AtomicU64,
     /// GET calls (ranged or not).
@@ -53,6 +55,11 @@ impl Faults {
     /// Queues an error for the next PUT.
     pub fn fail_next_put(&self, e: RemoteError) {
         self.next_put_errors.lock().unwrap().push_back(e);
+    }
+
+    /// Queues an error for the next GET.
+    pub fn fail_next_get(&self, e: RemoteError) {
+        self.next_get_errors.lock().unwrap().push_back(e);
     }
 
     /// Cuts the next download after `n` bytes.
@@ -188,6 +195,9 @@ impl<R: Remote> Remote for FaultyRemote<R> {
             self.faults.ranged_gets.fetch_add(1, Ordering::SeqCst);
         }
         self.faults.check()?;
+        if let Some(e) = self.faults.next_get_errors.lock().unwrap().pop_front() {
+            return Err(e);
+        }
         let mut r = self.inner.get(ns, id, range).await?;
         if let Some(n) = self.faults.cut_gets_after.lock().unwrap().pop_front() {
             r.body = cut(r.body, n);
