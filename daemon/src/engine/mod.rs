@@ -459,7 +459,11 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 continue;
             }
             // Sleep until the next tick or the next due retry, whichever is first.
+            // While the remote refuses our credentials only the periodic cycle retries (it
+            // lists first, which tells whether the token works again): no busy wake-ups.
+            let refused = self.shared.state().remote.unauthorized;
             let until_due = match self.shared.store.next_due().await {
+                _ if refused => Duration::MAX,
                 Ok(Some(t)) => t
                     .duration_since(self.clock.now())
                     .unwrap_or(Duration::ZERO)
