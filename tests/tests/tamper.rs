@@ -138,3 +138,34 @@ fn tampered_blob_fails_after_three_attempts_and_recovers_on_retry() -> TestResul
     )?;
     Ok(())
 }
+
+/// A byte flipped in transit (by the proxy, once) fails verification of that segment only:
+/// the download is retried, resumes, and ends SYNCED with the right bytes.
+#[test]
+fn a_byte_flipped_in_transit_is_caught_and_the_retry_succeeds() -> TestResult {
+    use blobsync_tests::proxy::Proxy;
+    let env = TestEnv::new()?;
+    let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
+    let a = cluster.start_device(&env, "device-a", 0)?;
+    let mut model: Model = BTreeMap::new();
+    put(&a, "fragile", 2_000_000, &mut model)?;
+    assert_converged(
+        &[&a],
+        Some(&cluster.view(0)),
+        &model,
+        Duration::from_secs(60),
+    )?;
+
+    let proxy = Proxy::start(cluster.server.addr()).expect("start proxy");
+    // Listings are far shorter than 1 MB: only the blob's download reaches this offset.
+    proxy.flip_byte_at(1_000_000, Some(1));
+    let b = DaemonProc::start(&env, "device-b", cluster.daemon_opts_via(0, &proxy.url()))?;
+    assert_converged(
+        &[&a, &b],
+        Some(&cluster.view(0)),
+        &model,
+        Duration::from_secs(60),
+    )?;
+    assert_eq!(proxy.flips(), 1, "the flip must have happened");
+    Ok(())
+}
