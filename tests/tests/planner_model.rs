@@ -464,8 +464,17 @@ impl Sim {
             ));
         }
         let salt = [dev as u8 + 1; 32];
-        ops::set_upload_salt(&mut self.devices[dev].conn, &b.ns, &b.id, &salt)
-            .map_err(|e| e.to_string())?;
+        // As the engine does before its first PUT: the salt and the size the server will
+        // store (the simulated server stores the plaintext size), so a later tombstone of
+        // exactly that size is recognised as our upload deleted elsewhere.
+        ops::record_upload_attempt(
+            &mut self.devices[dev].conn,
+            &b.ns,
+            &b.id,
+            &salt,
+            b.size.unwrap_or(0),
+        )
+        .map_err(|e| e.to_string())?;
         match o {
             Outcome::Transport | Outcome::Invalid => self.fail(dev, &b, false),
             Outcome::Lost => {
@@ -626,9 +635,12 @@ proptest! {
 
     /// A device whose upload was stored but whose response was lost (crash between PUT and
     /// commit) keeps the blob PENDING_UPLOAD; if another device deletes it on the server
-    /// before the retry, the retry PUTs it again and the deleted blob comes back everywhere.
+    /// before the retry, the tombstone (same stored size as our recorded attempt) must turn the
+    /// row into a deletion; a retried PUT would bring the deleted blob back everywhere.
+    /// The size-match fix in `plan::diff` covers the engine's own tests, but this model still
+    /// finds interleavings (several lost answers, remote puts and deletes) that resurrect.
     #[test]
-    #[ignore = "bug: a PENDING_UPLOAD blob whose stored copy was deleted elsewhere is uploaded again (see NOTES.md)"]
+    #[ignore = "bug: some interleavings still re-upload a blob deleted elsewhere after a lost PUT answer (see NOTES.md)"]
     fn a_blob_deleted_on_the_server_is_never_uploaded_again(ops in prop::collection::vec(op_strategy(), 1..60)) {
         if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true }) {
             prop_assert!(false, "{}", e);
