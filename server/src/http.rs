@@ -18,7 +18,8 @@ use std::io::{Read, Seek};
 use std::sync::Arc;
 
 use blobsync_shared::wire::{
-    self, BlobDetail, CountResponse, Flag, UploadDecoder, UploadEvent, UploadResponse, query,
+    self, BlobDetail, CountResponse, Flag, NamespacesResponse, UploadDecoder, UploadEvent,
+    UploadResponse, query,
 };
 use blobsync_shared::{BlobId, Namespace};
 use bytes::Bytes;
@@ -408,8 +409,20 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
             query::SINCE,
             query::LIMIT,
             query::AFTER,
+            query::NAMESPACES,
         ],
     )?;
+    if q.flag(query::NAMESPACES)? {
+        if let Some((k, _)) = q.0.iter().find(|(k, _)| k != query::NAMESPACES) {
+            return Err(ApiError::bad(format!(
+                "namespaces cannot be combined with {k}: it lists the user's namespaces \
+                 (those with live blobs or tombstones) and takes no other parameter"
+            )));
+        }
+        let names = blocking(st, move |i| i.index.namespaces(&user)).await?;
+        let resp: NamespacesResponse = names;
+        return json(StatusCode::OK, &resp);
+    }
     let ns = q.namespace("default")?;
     let max_page = st.config().max_page;
     let chunk = st.config().list_chunk.max(1);

@@ -585,6 +585,27 @@ impl Index {
         })
     }
 
+    /// The user's namespaces holding any live blob or tombstone, sorted. `DISTINCT` over the
+    /// primary key's `(user, namespace)` prefix: an index-only scan, no table sort.
+    pub fn namespaces(&self, user: &str) -> Result<Vec<Namespace>, IndexError> {
+        self.read(|c| {
+            let names = c
+                .prepare_cached(
+                    "SELECT DISTINCT namespace FROM blobs WHERE user = ?1 ORDER BY namespace",
+                )?
+                .query_map([user], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            names
+                .into_iter()
+                .map(|n| {
+                    // Namespaces in the index were validated on the way in.
+                    Namespace::new(n)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)).into())
+                })
+                .collect()
+        })
+    }
+
     /// Changes after `since` (one per id, its latest state), at most `limit`.
     pub fn changes(
         &self,

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use blobsync_shared::BlobId;
 use blobsync_shared::wire::{
-    BlobDetail, ChangeOp, ChangesResponse, CountResponse, Flag, encode_upload_header,
+    BlobDetail, ChangeOp, ChangesResponse, CountResponse, Flag, NamespacesResponse,
+    encode_upload_header,
 };
 use bytes::Bytes;
 use common::{TestServer, body, decode_frames};
@@ -94,6 +95,58 @@ async fn namespaces_are_separate() {
             .await
             .json::<Vec<String>>()
             .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn namespaces_lists_the_users_namespaces_with_blobs_or_tombstones() {
+    let s = TestServer::start().await;
+    let a = s.add_user("alice", None);
+    let b = s.add_user("bob", None);
+    // A user with nothing yet has no namespaces (not even `default`).
+    let r = s.get("/blobs/alice?namespaces=1", &a).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json::<Vec<String>>().is_empty());
+    for (path, tok) in [
+        ("/blobs/alice/p1?namespace=photos", &a),
+        ("/blobs/alice/p2?namespace=photos", &a),
+        ("/blobs/alice/d1", &a),
+        ("/blobs/alice/gone?namespace=old", &a),
+        ("/blobs/bob/x?namespace=bobs", &b),
+    ] {
+        assert_eq!(s.put(path, tok, "x").await.status, 201);
+    }
+    // A namespace with only a tombstone left still counts: its deletion must reach devices.
+    assert_eq!(
+        s.delete("/blobs/alice/gone?namespace=old", &a).await.status,
+        200
+    );
+    let ns: NamespacesResponse = s.get("/blobs/alice?namespaces=true", &a).await.json();
+    let ns: Vec<&str> = ns.iter().map(|n| n.as_str()).collect();
+    assert_eq!(
+        ns,
+        ["default", "old", "photos"],
+        "bob's namespace stays his"
+    );
+    // Another user's namespaces are 403 like every other listing.
+    assert_eq!(s.get("/blobs/bob?namespaces=1", &a).await.status, 403);
+    // It takes no other parameter; namespaces=0 is the ordinary listing.
+    let r = s
+        .get("/blobs/alice?namespaces=1&namespace=photos", &a)
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.text()
+            .contains("namespaces cannot be combined with namespace"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(s.get("/blobs/alice?namespaces=maybe", &a).await.status, 400);
+    assert_eq!(
+        s.get("/blobs/alice?namespaces=0", &a)
+            .await
+            .json::<Vec<String>>(),
+        ["d1"]
     );
 }
 

@@ -12,6 +12,8 @@
 //!   the response while `more` is true. `since=0` lists everything including tombstones.
 //!   If `S` is older than what the server can still answer (tombstones compacted) the answer is
 //!   `410 Gone`: the client must fall back to a full listing and restart from its `seq`.
+//! - `GET /blobs/{user}?namespaces=1` returns a [`NamespacesResponse`]: the sorted namespaces
+//!   that hold any live blob or tombstone of the user.
 //! - `created` is **unix seconds as an integer** (`i64`); ties in `order_by=date` are broken by
 //!   sequence number, so the order is still total.
 
@@ -47,6 +49,9 @@ pub mod query {
     pub const ONLY_FLAGS: &str = "only_flags";
     /// `upload` or `download` on `/stream/{user}`.
     pub const DIRECTION: &str = "direction";
+    /// `1`/`true` on `GET /blobs/{user}`: answer a [`super::NamespacesResponse`], the user's
+    /// namespaces that hold live blobs or tombstones. Takes no other parameter.
+    pub const NAMESPACES: &str = "namespaces";
 }
 
 /// Errors of parsing wire data: flags and stream framing.
@@ -191,6 +196,11 @@ pub struct CountResponse {
     /// Number of blobs matching the other query parameters.
     pub count: u64,
 }
+
+/// Answer of `GET /blobs/{user}?namespaces=1`: every namespace of the user with at least one
+/// live blob or tombstone, sorted. A device lists these to discover namespaces it has never
+/// seen (a namespace whose last tombstone was purged may drop out: nothing left to sync).
+pub type NamespacesResponse = Vec<crate::Namespace>;
 
 /// Answer of an upstream `/stream`: HTTP status per blob id (201 stored, 409 exists, 413 too
 /// large, 507 over quota, 400 ...).

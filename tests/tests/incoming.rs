@@ -72,7 +72,6 @@ fn incoming_delivery_reaches_the_device_as_is_and_flags_round_trip() -> TestResu
 /// A second device set up later must see the user's blobs in every namespace, not only in
 /// `default` and the ones it has rows in or has configured.
 #[test]
-#[ignore = "bug: a fresh device never lists namespaces it has no rows in and no config for (see NOTES.md)"]
 fn a_new_device_sees_blobs_in_every_namespace() -> TestResult {
     use blobsync_tests::converge::{Model, assert_converged};
     use blobsync_tests::digest::write_random_file;

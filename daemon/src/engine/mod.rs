@@ -145,6 +145,8 @@ pub(crate) struct RuntimeState {
     pub cycle_running: bool,
     pub rebuild_pending: bool,
     pub started: SystemTime,
+    /// The remote's namespaces were listed once in this run (see `Engine::namespaces`).
+    pub namespaces_discovered: bool,
 }
 
 pub(crate) struct SyncRequest {
@@ -343,6 +345,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             cycle_running: false,
             rebuild_pending: false,
             started: clock.now(),
+            namespaces_discovered: false,
         };
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -617,12 +620,34 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         .await
     }
 
-    /// The namespaces a cycle lists: `default`, every configured one, every one with rows.
-    async fn namespaces(&self) -> Result<Vec<Namespace>, StoreError> {
+    /// The namespaces a cycle lists: `default`, every configured one, every one with rows,
+    /// and — when `ask_remote` (full listings) — every one the remote holds blobs or
+    /// tombstones in, so a new device learns of namespaces created elsewhere. Those get the
+    /// policy of the config, eager when not configured.
+    async fn namespaces(&self, ask_remote: bool) -> Result<Vec<Namespace>, SyncError> {
         let mut set: std::collections::BTreeSet<Namespace> =
             self.shared.settings().namespaces.keys().cloned().collect();
         set.insert(Namespace::default());
         set.extend(self.shared.store.namespaces().await?);
+        if ask_remote {
+            match self.remote.namespaces().await {
+                Ok(remote) => {
+                    set.extend(remote);
+                    self.shared.state().namespaces_discovered = true;
+                }
+                // Unreachable or refused: the listings would fail the same way; say so once.
+                Err(e) if e.is_unreachable() || e.is_unauthorized() => return Err(e.into()),
+                // E.g. a server older than `?namespaces=1` (400): sync what we know of, and
+                // try again at the next periodic full listing rather than every cycle.
+                Err(e) => {
+                    warn!(
+                        error = %e,
+                        "cannot list the remote's namespaces; syncing only the known ones"
+                    );
+                    self.shared.state().namespaces_discovered = true;
+                }
+            }
+        }
         Ok(set.into_iter().collect())
     }
 
@@ -633,7 +658,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         summary: &mut CycleSummary,
     ) -> Result<(), SyncError> {
         let rebuild = self.shared.state().rebuild_pending;
-        for ns in self.namespaces().await? {
+        // The first cycle of this run discovers namespaces too (cycle numbers persist, so the
+        // periodic full listing may be far away on a fresh start).
+        let discover = force_full || rebuild || !self.shared.state().namespaces_discovered;
+        for ns in self.namespaces(discover).await? {
             self.sync_namespace(&ns, force_full || rebuild, summary)
                 .await?;
         }

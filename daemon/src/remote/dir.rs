@@ -328,6 +328,27 @@ impl Remote for DirRemote {
         .await
     }
 
+    async fn namespaces(&self) -> Result<Vec<Namespace>, RemoteError> {
+        // The change log is what `changes` answers from, so it is the authority: it knows
+        // namespaces holding only tombstones (whose folders may be gone), and ignores stray
+        // folders nothing was ever logged in.
+        self.blocking(|me| {
+            me.locked(|_, cache| {
+                let names: std::collections::BTreeSet<&str> =
+                    cache.latest.keys().map(|(ns, _)| ns.as_str()).collect();
+                names
+                    .into_iter()
+                    .map(|n| {
+                        Namespace::new(n).map_err(|e| {
+                            RemoteError::Protocol(format!("change log namespace {n:?}: {e}"))
+                        })
+                    })
+                    .collect()
+            })
+        })
+        .await
+    }
+
     async fn list(
         &self,
         ns: &Namespace,

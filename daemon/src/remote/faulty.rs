@@ -71,6 +71,11 @@ impl Faults {
         if let Some(e) = self.next_errors.lock().unwrap().pop_front() {
             return Err(e);
         }
+        self.check_switches()
+    }
+
+    /// `down` and `unauthorized` only: calls that tests do not aim queued errors at.
+    fn check_switches(&self) -> Result<(), RemoteError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(RemoteError::Transport(
                 "connection refused (injected)".into(),
@@ -147,6 +152,13 @@ impl<R: Remote> Remote for FaultyRemote<R> {
         self.faults.listings.fetch_add(1, Ordering::SeqCst);
         self.faults.check()?;
         self.inner.changes(ns, since).await
+    }
+
+    async fn namespaces(&self) -> Result<Vec<Namespace>, RemoteError> {
+        // Not counted in `listings` and not failed by `fail_next`: tests count and fail the
+        // per-namespace listings, which this discovery call must not shift.
+        self.faults.check_switches()?;
+        self.inner.namespaces().await
     }
 
     async fn list(

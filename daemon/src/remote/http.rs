@@ -318,6 +318,16 @@ impl Remote for HttpRemote {
         }
     }
 
+    async fn namespaces(&self) -> Result<Vec<Namespace>, RemoteError> {
+        let url = self.url(
+            &self.blobs_path(),
+            &[(wire::query::NAMESPACES, "1".to_owned())],
+        );
+        let resp = self.send(Method::GET, url, &[], empty()).await?;
+        let names: wire::NamespacesResponse = Self::json(resp).await?;
+        Ok(names)
+    }
+
     async fn list(
         &self,
         ns: &Namespace,

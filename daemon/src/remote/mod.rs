@@ -158,6 +158,10 @@ pub trait Remote: Send + Sync + 'static {
         since: u64,
     ) -> impl Future<Output = Result<ChangesResponse, RemoteError>> + Send;
 
+    /// Every namespace of the user holding a live blob or a tombstone. The engine asks on
+    /// each full listing, so a device learns of namespaces other devices created.
+    fn namespaces(&self) -> impl Future<Output = Result<Vec<Namespace>, RemoteError>> + Send;
+
     /// Live blobs (or tombstones) with details, one page.
     fn list(
         &self,

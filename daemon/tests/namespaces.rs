@@ -1,0 +1,103 @@
+//! Namespace discovery: a device lists the namespaces the remote holds (on its first cycle
+//! and on every full listing), not only `default`, configured ones and ones it has rows in.
+//! Real stores in temp dirs over a real `DirRemote` shared by the devices.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use blobsync_shared::config::NamespacePolicy;
+use blobsync_shared::{BlobId, Namespace};
+use blobsyncd::remote::Remote;
+use blobsyncd::status::Status;
+use common::*;
+
+fn ns(s: &str) -> Namespace {
+    Namespace::new(s).unwrap()
+}
+
+#[tokio::test]
+async fn a_fresh_device_discovers_every_namespace_on_its_first_cycle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let photo = bytes(30_000, 1);
+    let mail = bytes(20_000, 2);
+    a.put_ns(ns("photos"), "p1", &photo).await;
+    a.put_ns(ns("MX"), "m1", &mail).await;
+    // A namespace left with a tombstone only: listed, nothing to fetch.
+    a.put_ns(ns("old"), "gone", &bytes(10, 3)).await;
+    a.engine.run_cycle().await;
+    a.handle
+        .delete(&ns("old"), &BlobId::new("gone").unwrap())
+        .await
+        .unwrap();
+    a.engine.run_cycle().await;
+    let mut names: Vec<String> = a
+        .dir_remote()
+        .namespaces()
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["MX", "old", "photos"]);
+
+    // B configures MX lazy and knows nothing of `photos`: unknown namespaces are eager.
+    let mut s = settings();
+    s.namespaces.insert(ns("MX"), NamespacePolicy::Lazy);
+    let b = Device::open(&tmp.path().join("b"), &remote, s).await;
+    let sum = b.engine.run_cycle().await;
+    assert_eq!(sum.error, None, "{sum:?}");
+    assert_eq!(sum.downloaded, 1, "{sum:?}");
+    assert_eq!(
+        b.info_ns(&ns("photos"), "p1").await.unwrap().status,
+        Status::Synced
+    );
+    assert_eq!(b.read_ns(&ns("photos"), "p1", false).await, photo);
+    assert_eq!(
+        b.info_ns(&ns("MX"), "m1").await.unwrap().status,
+        Status::RemoteOnly
+    );
+    assert!(b.info_ns(&ns("old"), "gone").await.is_none());
+}
+
+#[tokio::test]
+async fn a_namespace_created_later_is_found_by_the_next_full_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    b.engine.run_cycle().await;
+    a.put_ns(ns("later"), "x", &bytes(5_000, 4)).await;
+    a.engine.run_cycle().await;
+    // Incremental cycles list only known namespaces (discovery costs a request; it rides on
+    // the full listings: the first cycle and every `full_list_every`).
+    let sum = b.engine.run_cycle().await;
+    assert_eq!(sum.downloaded, 0, "{sum:?}");
+    assert!(b.info_ns(&ns("later"), "x").await.is_none());
+    let sum = b.engine.run_full_cycle().await;
+    assert_eq!(sum.downloaded, 1, "{sum:?}");
+    assert_eq!(
+        b.info_ns(&ns("later"), "x").await.unwrap().status,
+        Status::Synced
+    );
+}
+
+#[tokio::test]
+async fn discovery_that_failed_because_the_remote_was_down_is_retried_next_cycle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    a.put_ns(ns("photos"), "p1", &bytes(8_000, 5)).await;
+    a.engine.run_cycle().await;
+    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    b.remote.faults.down.store(true, Ordering::SeqCst);
+    let sum = b.engine.run_cycle().await;
+    assert!(sum.error.is_some(), "{sum:?}");
+    b.remote.faults.down.store(false, Ordering::SeqCst);
+    // Not a full listing by the schedule, but this run never listed the namespaces yet.
+    let sum = b.cycle_after(30).await;
+    assert_eq!(sum.downloaded, 1, "{sum:?}");
+}
