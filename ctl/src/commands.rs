@@ -465,7 +465,11 @@ async fn ls(c: &mut Client, a: cli::LsArgs, json: bool) -> Result<(), CtlError> 
         }
     }
     if json {
-        out(if opened { "\n]}\n" } else { "{\"blobs\": [\n]}\n" })
+        out(if opened {
+            "\n]}\n"
+        } else {
+            "{\"blobs\": [\n]}\n"
+        })
     } else if table.is_empty() {
         out("no blobs\n")
     } else {
