@@ -511,7 +511,37 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         if self.shared.state().remote.unauthorized {
             return;
         }
+        // An upload retry whose earlier attempt may have reached the server (its salt is
+        // recorded: the PUT got through but the answer was lost, or we died before recording
+        // it) goes after a listing: if another device deleted the blob since, only the
+        // listing's tombstone tells (`plan::diff` -> Gone), and a PUT decided without it is
+        // accepted on the tombstoned id and resurrects the blob on every device.
+        // (planner_model: `..._never_uploaded_again_by_a_retry_between_cycles`.)
+        if self.attempted_upload_due().await {
+            let mut summary = CycleSummary::default();
+            match self.sync_listing(false, &mut summary).await {
+                Ok(()) => self.shared.note_remote_ok(),
+                Err(SyncError::Remote(e)) => {
+                    self.shared.note_remote_err(&e);
+                    warn!(error = %e, "listing before an upload retry failed");
+                }
+                Err(e) => warn!(error = %e, "listing before an upload retry failed"),
+            }
+        }
         let _ = self.run_transfers(cancel).await;
+    }
+
+    /// Whether a due `PENDING_UPLOAD` row has had an upload attempt (salt recorded).
+    async fn attempted_upload_due(&self) -> bool {
+        let filter = crate::store::DueFilter {
+            now: self.clock.now(),
+            limit: 1000,
+            statuses: vec![Status::PendingUpload],
+        };
+        match self.shared.store.due(filter).await {
+            Ok(rows) => rows.iter().any(|b| b.upload_salt.is_some()),
+            Err(_) => false,
+        }
     }
 
     /// One full cycle: list every namespace, apply the diff, run due transfers. For tests and
