@@ -251,7 +251,38 @@ pub fn insert_local(
     b: &NewLocalBlob,
 ) -> Result<(BlobInfo, StatusChange), StoreError> {
     let tx = c.transaction()?;
-    if let Some(old) = get(&tx, &b.ns, &b.id)? {
+    let out = insert_local_in(&tx, b)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Inserts many local puts in ONE transaction (group commit: one WAL fsync for all of them).
+/// Each put gets its own result: an id that exists already is `AlreadyExists` for that put
+/// alone; any other error fails the whole group, and nothing is committed.
+#[allow(clippy::type_complexity)] // one result per put, inside the group's result
+pub fn insert_local_many(
+    c: &mut Connection,
+    blobs: &[NewLocalBlob],
+) -> Result<Vec<Result<(BlobInfo, StatusChange), StoreError>>, StoreError> {
+    let tx = c.transaction()?;
+    let mut out = Vec::with_capacity(blobs.len());
+    for b in blobs {
+        match insert_local_in(&tx, b) {
+            Err(e @ StoreError::AlreadyExists { .. }) => out.push(Err(e)),
+            Err(e) => return Err(e),
+            Ok(v) => out.push(Ok(v)),
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+/// The insert of [`insert_local`], inside the caller's transaction.
+fn insert_local_in(
+    tx: &Connection,
+    b: &NewLocalBlob,
+) -> Result<(BlobInfo, StatusChange), StoreError> {
+    if let Some(old) = get(tx, &b.ns, &b.id)? {
         return Err(StoreError::AlreadyExists {
             ns: b.ns.clone(),
             id: b.id.clone(),
@@ -277,8 +308,7 @@ pub fn insert_local(
             t
         ],
     )?;
-    let info = get(&tx, &b.ns, &b.id)?.expect("inserted just above"); // same transaction
-    tx.commit()?;
+    let info = get(tx, &b.ns, &b.id)?.expect("inserted just above"); // same transaction
     let change = StatusChange {
         ns: b.ns.clone(),
         id: b.id.clone(),
@@ -567,6 +597,32 @@ pub fn record_upload_attempt(
          WHERE ns = ?1 AND id = ?2 AND upload_salt IS NULL",
         params![ns.as_str(), id.as_str(), &salt[..], stored_size as i64],
     )?;
+    Ok(())
+}
+
+/// [`record_upload_attempt`] for many blobs of one namespace in ONE transaction: a `/stream`
+/// batch records all its salts with one commit (one WAL fsync) instead of one per blob.
+pub fn record_upload_attempts(
+    c: &mut Connection,
+    ns: &Namespace,
+    items: &[(BlobId, [u8; 32], u64)],
+) -> Result<(), StoreError> {
+    let tx = c.transaction()?;
+    {
+        let mut st = tx.prepare_cached(
+            "UPDATE blobs SET upload_salt = ?3, remote_size = ?4 \
+             WHERE ns = ?1 AND id = ?2 AND upload_salt IS NULL",
+        )?;
+        for (id, salt, stored_size) in items {
+            st.execute(params![
+                ns.as_str(),
+                id.as_str(),
+                &salt[..],
+                *stored_size as i64
+            ])?;
+        }
+    }
+    tx.commit()?;
     Ok(())
 }
 

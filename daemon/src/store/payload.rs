@@ -86,6 +86,104 @@ pub fn install(temp: &Path, dest: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// Installs many small payloads at once: writes every `(partial, dest, bytes)`, fsyncs the
+/// files concurrently (the file system folds concurrent fsyncs into few journal commits),
+/// links each into place (replacing a stale copy) and fsyncs each destination directory
+/// once. Returns one result per item, in order. Same crash order as [`install`]: a file is
+/// durable before its link, and its link before the caller commits.
+pub fn install_many(items: Vec<(PathBuf, PathBuf, Vec<u8>)>) -> Vec<io::Result<()>> {
+    use std::io::Write;
+    /// Threads issuing fsyncs: enough to fill the device queue, few enough to be cheap.
+    const SYNC_THREADS: usize = 8;
+    let mut results: Vec<io::Result<()>> = Vec::with_capacity(items.len());
+    let mut files = Vec::with_capacity(items.len());
+    for (partial, _, bytes) in &items {
+        let r = fs::File::create(partial).and_then(|mut f| f.write_all(bytes).map(|()| f));
+        match r {
+            Ok(f) => {
+                files.push(Some(f));
+                results.push(Ok(()));
+            }
+            Err(e) => {
+                files.push(None);
+                results.push(Err(e));
+            }
+        }
+    }
+    let synced: Vec<io::Result<()>> = parallel(&files, SYNC_THREADS, |f| match f {
+        Some(f) => f.sync_all(),
+        None => Ok(()),
+    });
+    drop(files);
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for (i, (partial, dest, _)) in items.iter().enumerate() {
+        if results[i].is_ok() {
+            results[i] = clone_err(&synced[i]).and_then(|()| {
+                let dir = dest.parent().expect("payload paths have a parent"); // by construction
+                create_private_dir(dir)?;
+                remove(dest)?;
+                fs::hard_link(partial, dest)?;
+                fs::remove_file(partial)?;
+                if !dirs.iter().any(|d| d == dir) {
+                    dirs.push(dir.to_path_buf());
+                }
+                Ok(())
+            });
+        }
+        if results[i].is_err() {
+            let _ = fs::remove_file(partial);
+        }
+    }
+    let dir_synced = parallel(&dirs, SYNC_THREADS, |d| fs::File::open(d)?.sync_all());
+    for (d, r) in dirs.iter().zip(&dir_synced) {
+        if r.is_ok() {
+            continue;
+        }
+        for (i, (_, dest, _)) in items.iter().enumerate() {
+            if results[i].is_ok() && dest.parent() == Some(d.as_path()) {
+                results[i] = clone_err(r);
+            }
+        }
+    }
+    results
+}
+
+fn clone_err(r: &io::Result<()>) -> io::Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+    }
+}
+
+/// Runs `f` on every item with up to `threads` scoped threads; results in item order.
+fn parallel<T: Sync, F>(items: &[T], threads: usize, f: F) -> Vec<io::Result<()>>
+where
+    F: Fn(&T) -> io::Result<()> + Sync,
+{
+    if items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let per = items.len().div_ceil(threads.max(1));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|chunk| s.spawn(|| chunk.iter().map(&f).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .zip(items.chunks(per))
+            .flat_map(|(h, chunk)| {
+                h.join().unwrap_or_else(|_| {
+                    chunk
+                        .iter()
+                        .map(|_| Err(io::Error::other("fsync thread panicked")))
+                        .collect()
+                })
+            })
+            .collect()
+    })
+}
+
 /// Removes a payload file; a missing file is fine.
 pub fn remove(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
