@@ -727,14 +727,24 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             summary.full_listing = true;
         }
         summary.listed_changes += changes.len() as u64;
-        let local = store.namespace_rows(ns).await?;
+        // An incremental diff only looks at the rows the changes name: a no-change cycle
+        // reads nothing here, whatever the number of blobs (IDLE of issue 8).
+        let local = match kind {
+            ListingKind::Full => store.namespace_rows(ns).await?,
+            ListingKind::Incremental => {
+                let ids = changes.iter().map(|c| c.id.clone()).collect();
+                store.rows_for(ns, ids).await?
+            }
+        };
         let policy = self.shared.settings().policy(ns);
         let facts = plan::diff(&local, &changes, kind, policy);
         // A namespace switched from lazy to eager (config reload): fetch what was left remote.
+        // (Read through the status index: `local` holds only the changed rows when incremental.)
         let wanted: Vec<_> = if policy == NamespacePolicy::Eager {
-            local
+            store
+                .rows_with_status(ns, Status::RemoteOnly)
+                .await?
                 .iter()
-                .filter(|b| b.status == Status::RemoteOnly)
                 .map(|b| {
                     let u = crate::store::ops::RowUpdate::default();
                     (b.id.clone(), crate::status::Transition::Wanted, u)
@@ -746,9 +756,15 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         if !wanted.is_empty() {
             store.transition_many(ns, wanted).await?;
         }
-        let applied = store
-            .apply_remote(ns, facts, Some(seq), self.clock.now())
-            .await?;
+        // Nothing changed and the cursor stays: no transaction (no WAL fsync) at all.
+        let applied = if kind == ListingKind::Incremental && facts.is_empty() && cursor == Some(seq)
+        {
+            Vec::new()
+        } else {
+            store
+                .apply_remote(ns, facts, Some(seq), self.clock.now())
+                .await?
+        };
         for ch in applied {
             let had_payload = ch.from.is_some_and(Status::has_payload);
             let keeps_payload = ch.to.is_some_and(Status::has_payload);

@@ -289,6 +289,30 @@ impl Store {
         self.call(move |c| ops::namespace_rows(c, &ns)).await
     }
 
+    /// The rows of `ns` for these ids (see [`ops::rows_for`]).
+    pub async fn rows_for(
+        &self,
+        ns: &Namespace,
+        ids: Vec<BlobId>,
+    ) -> Result<Vec<BlobInfo>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ns = ns.clone();
+        self.call(move |c| ops::rows_for(c, &ns, &ids)).await
+    }
+
+    /// The rows of `ns` in `status`.
+    pub async fn rows_with_status(
+        &self,
+        ns: &Namespace,
+        status: Status,
+    ) -> Result<Vec<BlobInfo>, StoreError> {
+        let ns = ns.clone();
+        self.call(move |c| ops::rows_with_status(c, &ns, status))
+            .await
+    }
+
     /// Blobs due for work, highest priority first.
     pub async fn due(&self, filter: DueFilter) -> Result<Vec<BlobInfo>, StoreError> {
         self.call(move |c| ops::due(c, &filter)).await
