@@ -354,7 +354,10 @@ fn start_rig(
     sync_interval: Option<u64>,
     ns: &str,
 ) -> Result<Rig, BenchError> {
-    let quiet = vec![("RUST_LOG".to_string(), "warn".to_string())];
+    // Quiet by default: per-request debug logging would be part of what is measured.
+    // `BLOBSYNC_BENCH_LOG` sets another filter (e.g. `debug`) to see where time goes.
+    let filter = std::env::var("BLOBSYNC_BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    let quiet = vec![("RUST_LOG".to_string(), filter)];
     let server = ServerProc::start(
         env,
         ServerOpts {
