@@ -12,7 +12,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blobsync_proto as pb;
-use blobsync_proto::control_client::ControlClient;
 use blobsync_tests::daemon::write_key_file;
 use blobsync_tests::{DaemonOpts, DaemonProc, RemoteSpec, TestEnv, bins};
 use serde_json::Value;
@@ -72,22 +71,6 @@ fn write_file(path: &Path, len: usize, seed: u8) -> Vec<u8> {
         .collect();
     std::fs::write(path, &data).unwrap();
     data
-}
-
-async fn grpc(socket: &Path) -> ControlClient<tonic::transport::Channel> {
-    let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
-    ControlClient::new(channel)
 }
 
 /// Waits until `blobctl ls` shows `id` with `status`.
@@ -687,7 +670,8 @@ async fn invalid_arguments_are_invalid_argument_with_a_message() {
     });
 
     // Through the gRPC client: what blobctl's parser would not let through.
-    let mut c = grpc(&sock).await;
+    // The harness's control client (shared with the benchmark): one UDS connector, not a copy per file.
+    let mut c = blobsync_tests::bench::client::connect(&sock).await.unwrap();
     // The code of a call's outcome; every refusal must carry a message.
     macro_rules! code {
         ($call:expr) => {
