@@ -13,6 +13,7 @@ use std::time::SystemTime;
 
 use blobsync_shared::codec::Decoder;
 use blobsync_shared::wire::{BlobDetail, Flag};
+use blobsync_shared::writeback::WriteBehind;
 use blobsync_shared::{BlobId, Namespace};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -317,15 +318,17 @@ impl EngineHandle {
             }
             .into());
         }
-        let temp = self.shared.data.new_temp_path();
-        let file = tokio::fs::File::create(&temp).await?;
+        let data = self.shared.data.clone();
+        let dest = data.payload_path(&ns, &id);
+        let mut payload = blocking(move || Ok(payload::NewPayload::create(&data, &dest)?)).await?;
+        let file = tokio::fs::File::from_std(payload.file().try_clone()?);
         Ok(PutWriter {
             shared: self.shared.clone(),
             ns,
             id,
             priority,
             local_only,
-            temp: Some(temp),
+            payload: Some(payload),
             file: Some(file),
             hasher: ring::digest::Context::new(&ring::digest::SHA256),
             size: 0,
@@ -341,26 +344,80 @@ impl EngineHandle {
         priority: Priority,
         local_only: bool,
     ) -> Result<BlobInfo, EngineError> {
-        use tokio::io::AsyncReadExt;
         if !path.is_absolute() {
             return Err(EngineError::InvalidArgument(format!(
                 "{} is not an absolute path; the daemon resolves paths on its own",
                 path.display()
             )));
         }
-        let mut src = tokio::fs::File::open(path).await.map_err(|e| {
-            EngineError::InvalidArgument(format!("cannot open {}: {e}", path.display()))
-        })?;
-        let mut w = self.put_writer(ns, id, priority, local_only).await?;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = src.read(&mut buf).await?;
-            if n == 0 {
-                break;
+        self.alive()?;
+        let id = id.unwrap_or_else(BlobId::random);
+        let lock = self.shared.blob_lock(&ns, &id);
+        let _g = lock.lock().await;
+        self.refuse_taken(&ns, &id).await?;
+        // One trip to the blocking pool copies, hashes, fsyncs and links: a small put costs
+        // a few syscalls, not a pool hop for each.
+        let (src, data) = (path.to_path_buf(), self.shared.data.clone());
+        let dest = data.payload_path(&ns, &id);
+        let copied = blocking(move || {
+            use std::io::{Read, Write};
+            let mut from = std::fs::File::open(&src).map_err(|e| {
+                EngineError::InvalidArgument(format!("cannot open {}: {e}", src.display()))
+            })?;
+            let len = from.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut payload = payload::NewPayload::create(&data, &dest)?;
+            let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+            // +1: a file that grew since `metadata` still ends in one more read.
+            let mut buf = vec![0u8; (len as usize).clamp(4096, 256 * 1024 - 1) + 1];
+            let mut size = 0u64;
+            let mut behind = WriteBehind::default();
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(EngineError::InvalidArgument(format!(
+                            "cannot read {}: {e}",
+                            src.display()
+                        )));
+                    }
+                };
+                payload.file().write_all(&buf[..n])?;
+                behind.wrote(payload.file(), n)?;
+                hasher.update(&buf[..n]);
+                size += n as u64;
             }
-            w.write(&buf[..n]).await?;
+            let linked = install_payload(&mut payload, &dest);
+            Ok((payload, linked, size, hasher))
+        })
+        .await?;
+        let (payload, linked, size, hasher) = copied;
+        let mut sha = [0u8; 32];
+        sha.copy_from_slice(hasher.finish().as_ref());
+        let new = NewLocalBlob {
+            ns,
+            id,
+            size,
+            sha256: sha,
+            priority,
+            local_only,
+            created: (self.shared.now)(),
+        };
+        commit_put(&self.shared, payload, linked, new).await
+    }
+
+    /// `AlreadyExists` when the id has a row.
+    async fn refuse_taken(&self, ns: &Namespace, id: &BlobId) -> Result<(), EngineError> {
+        match self.shared.store.get(ns, id).await? {
+            Some(b) => Err(StoreError::AlreadyExists {
+                ns: ns.clone(),
+                id: id.clone(),
+                status: b.status,
+            }
+            .into()),
+            None => Ok(()),
         }
-        w.commit().await
     }
 
     /// Opens a blob's plaintext for reading: a file positioned at `range.start` and the
@@ -768,14 +825,15 @@ impl EngineHandle {
 }
 
 /// A put in progress: `write` chunks, then `commit`. Dropped without commit, it is aborted
-/// and its temp file removed.
+/// and its file vanishes (it has no name until commit).
 pub struct PutWriter {
     shared: Arc<Shared>,
     ns: Namespace,
     id: BlobId,
     priority: Priority,
     local_only: bool,
-    temp: Option<PathBuf>,
+    payload: Option<payload::NewPayload>,
+    /// The same open file, for async writes.
     file: Option<tokio::fs::File>,
     hasher: ring::digest::Context,
     size: u64,
@@ -811,52 +869,19 @@ impl PutWriter {
     pub async fn commit(mut self) -> Result<BlobInfo, EngineError> {
         let mut file = self.file.take().ok_or(EngineError::ShuttingDown)?;
         file.flush().await?;
-        file.sync_all().await?;
         drop(file);
-        let temp = self.temp.take().expect("temp is set until commit or drop"); // invariant
+        let mut payload = self.payload.take().ok_or(EngineError::ShuttingDown)?;
+        let lock = self.shared.blob_lock(&self.ns, &self.id);
+        let _g = lock.lock().await;
         let dest = self.shared.data.payload_path(&self.ns, &self.id);
-        let (t2, d2) = (temp.clone(), dest.clone());
-        let mut linked = tokio::task::spawn_blocking(move || payload::install(&t2, &d2))
-            .await
-            .map_err(std::io::Error::other)?;
-        if matches!(&linked, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
-            && self.shared.store.get(&self.ns, &self.id).await?.is_none()
-        {
-            // A payload without a row: left by a crash between link and commit. It was never
-            // committed, so it is garbage: replace it.
-            tracing::warn!(ns = %self.ns, id = %self.id, "removing an uncommitted payload left by a crash");
-            let (t2, d2) = (temp.clone(), dest.clone());
-            linked = tokio::task::spawn_blocking(move || {
-                payload::remove(&d2)?;
-                payload::install(&t2, &d2)
-            })
-            .await
-            .map_err(std::io::Error::other)?;
-        }
-        if let Err(e) = linked {
-            let _ = tokio::fs::remove_file(&temp).await;
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                let status = self
-                    .shared
-                    .store
-                    .get(&self.ns, &self.id)
-                    .await?
-                    .map_or(Status::PendingUpload, |b| b.status);
-                return Err(StoreError::AlreadyExists {
-                    ns: self.ns.clone(),
-                    id: self.id.clone(),
-                    status,
-                }
-                .into());
-            }
-            return Err(e.into());
-        }
-        if self.shared.crash_here("put.after_link") {
-            return Err(EngineError::ShuttingDown);
-        }
+        let (payload, linked) = blocking(move || {
+            let linked = install_payload(&mut payload, &dest);
+            Ok((payload, linked))
+        })
+        .await?;
         let mut sha = [0u8; 32];
         sha.copy_from_slice(self.hasher.clone().finish().as_ref());
-        let blob = NewLocalBlob {
+        let new = NewLocalBlob {
             ns: self.ns.clone(),
             id: self.id.clone(),
             size: self.size,
@@ -865,35 +890,73 @@ impl PutWriter {
             local_only: self.local_only,
             created: (self.shared.now)(),
         };
-        match self.shared.store.insert_local(blob).await {
-            Ok(info) => {
-                self.shared.kick.notify_one();
-                Ok(info)
-            }
-            Err(e) => {
-                // The row exists (a lazy blob listed meanwhile): our file must not stay.
-                let _ = tokio::fs::remove_file(&dest).await;
-                Err(e.into())
-            }
-        }
+        commit_put(&self.shared, payload, linked, new).await
     }
 }
 
-impl Drop for PutWriter {
-    fn drop(&mut self) {
-        if let Some(temp) = self.temp.take() {
-            drop(self.file.take());
-            // Unlinking is quick, but keep it off the async workers when a runtime exists.
-            match tokio::runtime::Handle::try_current() {
-                Ok(h) => {
-                    h.spawn_blocking(move || {
-                        let _ = std::fs::remove_file(temp);
-                    });
-                }
-                Err(_) => {
-                    let _ = std::fs::remove_file(temp);
-                }
-            }
+/// Runs blocking file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|j| EngineError::Io(std::io::Error::other(j)))?
+}
+
+/// Blocking: fsyncs a new payload, links it at `dest` (no clobber) and fsyncs the directory.
+fn install_payload(payload: &mut payload::NewPayload, dest: &Path) -> std::io::Result<()> {
+    payload.file().sync_all()?;
+    payload.link(dest)?;
+    payload::sync_dir(dest.parent().expect("payload paths have a parent")) // by construction
+}
+
+/// The end of every put, with the blob's lock held: on `AlreadyExists` from the link, a file
+/// without a row is a leftover of a crash between link and commit (never committed, so
+/// garbage) and is replaced; then the store commit, which queues the upload.
+async fn commit_put(
+    shared: &Arc<Shared>,
+    mut payload: payload::NewPayload,
+    mut linked: std::io::Result<()>,
+    blob: NewLocalBlob,
+) -> Result<BlobInfo, EngineError> {
+    let (ns, id) = (blob.ns.clone(), blob.id.clone());
+    let dest = shared.data.payload_path(&ns, &id);
+    if matches!(&linked, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
+        && shared.store.get(&ns, &id).await?.is_none()
+    {
+        tracing::warn!(%ns, %id, "removing an uncommitted payload left by a crash");
+        let d2 = dest.clone();
+        linked = blocking(move || {
+            payload::remove(&d2)?;
+            Ok(install_payload(&mut payload, &d2))
+        })
+        .await?;
+    } else {
+        drop(payload);
+    }
+    if let Err(e) = linked {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            let status = shared
+                .store
+                .get(&ns, &id)
+                .await?
+                .map_or(Status::PendingUpload, |b| b.status);
+            return Err(StoreError::AlreadyExists { ns, id, status }.into());
+        }
+        return Err(e.into());
+    }
+    if shared.crash_here("put.after_link") {
+        return Err(EngineError::ShuttingDown);
+    }
+    match shared.store.insert_local(blob).await {
+        Ok(info) => {
+            shared.kick.notify_one();
+            Ok(info)
+        }
+        Err(e) => {
+            // The row exists (a lazy blob listed meanwhile): our file must not stay.
+            let _ = tokio::fs::remove_file(&dest).await;
+            Err(e.into())
         }
     }
 }

@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use blobsync_shared::writeback::WriteBehind;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
@@ -55,6 +56,8 @@ pub struct TempBlob {
     path: PathBuf,
     file: Option<std::fs::File>,
     buf: Vec<u8>,
+    /// Starts the disk on each chunk as it is written, so the final fsync is short.
+    behind: WriteBehind,
     len: u64,
     done: bool,
 }
@@ -66,6 +69,7 @@ impl TempBlob {
             path,
             file: None,
             buf: Vec::new(),
+            behind: WriteBehind::default(),
             len: 0,
             done: false,
         }
@@ -103,7 +107,8 @@ impl TempBlob {
         let path = self.path.clone();
         let file = self.file.take();
         let buf = std::mem::take(&mut self.buf);
-        let (file, mut buf) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let mut behind = std::mem::take(&mut self.behind);
+        let (file, mut buf, behind) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
             let mut file = match file {
                 Some(f) => f,
                 None => {
@@ -126,15 +131,17 @@ impl TempBlob {
                 }
             };
             file.write_all(&buf)?;
+            behind.wrote(&file, buf.len())?;
             if sync {
                 file.sync_all()?;
             }
-            Ok((file, buf))
+            Ok((file, buf, behind))
         })
         .await
         .map_err(std::io::Error::other)??;
         buf.clear();
         self.buf = buf;
+        self.behind = behind;
         self.file = Some(file);
         Ok(())
     }

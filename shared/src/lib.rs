@@ -7,6 +7,7 @@ pub mod id;
 pub mod keyfile;
 pub mod paths;
 pub mod wire;
+pub mod writeback;
 
 pub use codec::{CodecError, InvalidBlob, StorageKey};
 pub use id::{BlobId, IdError, Namespace};

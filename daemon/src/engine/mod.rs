@@ -8,6 +8,7 @@
 
 pub mod plan;
 pub mod ratelimit;
+mod spool;
 pub(crate) mod transfer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

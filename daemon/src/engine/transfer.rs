@@ -12,11 +12,12 @@ use blobsync_shared::wire::{FrameDecoder, FrameEvent};
 use blobsync_shared::{BlobId, InvalidBlob, Namespace};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
 
+use super::spool::Spool;
 use super::{Engine, Shared, TransferInfo, TransferStats};
 use crate::clock::Clock;
 use crate::events::{Direction, EventKind};
@@ -30,8 +31,6 @@ use crate::store::{BlobInfo, RetryPlan, payload};
 const ENCRYPT_AHEAD: usize = 4;
 /// Segments at least this big are sealed on the blocking pool (CPU work off the runtime).
 const BLOCKING_SEAL: usize = 1 << 20;
-/// Write buffer of a single-blob download (see `fetch_inner`).
-const WRITE_BUFFER: usize = 1 << 20;
 /// Cuts without progress before a download attempt counts as failed.
 const MAX_CUTS_WITHOUT_PROGRESS: u32 = 3;
 /// Progress events per transfer at most every this often.
@@ -729,10 +728,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             let (f, d, resumed) = self.open_partial(b, allow_resume, &mut hasher).await?;
             (f, Some(d), resumed)
         };
-        // Each tokio file write is a hop to the blocking pool: write in big pieces, not per
-        // HTTP chunk (1 GB = ~65k chunks). What a crash loses from the buffer is only fetched
+        // Written in big pieces, one in flight while the next is decrypted (not a pool hop per
+        // HTTP chunk: 1 GB = ~65k chunks). What a crash loses from the buffer is only fetched
         // again: a restart resumes from the partial file's length.
-        let mut file = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+        let mut file = Spool::new(file.into_std().await);
         let mut raw_done = 0u64; // external blobs: bytes written
         let mut total = b.remote_size.unwrap_or(0);
         let mut progress = Progress::start(&self.shared, b, Direction::Download, total, 1);
@@ -840,10 +839,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         if self.shared.crash_here("download.after_body") {
             return Err(DownloadError::Cancelled);
         }
-        file.flush().await?;
-        let file = file.into_inner();
-        file.sync_all().await?;
-        drop(file);
+        file.sync_and_close().await?;
         let mut sha = [0u8; 32];
         sha.copy_from_slice(hasher.finish().as_ref());
         let dest = self.shared.data.payload_path(&b.ns, &b.id);
@@ -1165,13 +1161,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             let mut sha = [0u8; 32];
             sha.copy_from_slice(digest.as_ref());
             facts.push((b, stored_len, plain.len() as u64, sha));
-            files.push((
-                self.shared.data.partial_path(&b.ns, &b.id),
-                self.shared.data.payload_path(&b.ns, &b.id),
-                plain,
-            ));
+            files.push((self.shared.data.payload_path(&b.ns, &b.id), plain));
         }
-        let installed = tokio::task::spawn_blocking(move || payload::install_many(files))
+        let data = self.shared.data.clone();
+        let installed = tokio::task::spawn_blocking(move || payload::install_many(&data, files))
             .await
             .unwrap_or_else(|j| vec![Err(std::io::Error::other(j.to_string()))]);
         for (i, (b, stored_len, size, sha)) in facts.into_iter().enumerate() {

@@ -265,9 +265,103 @@ struct Staged {
     sha256: [u8; 32],
 }
 
-fn new_env(_opts: &BenchOpts) -> Result<TestEnv, BenchError> {
+fn new_env(_opts: &BenchOpts) -> Result<RowEnv, BenchError> {
     // TestEnv lives under the system temp dir; set TMPDIR to bench another disk.
-    Ok(TestEnv::new()?)
+    Ok(RowEnv(Some(TestEnv::new()?)))
+}
+
+/// A row's [`TestEnv`] whose files outlive the row: see [`remove_row_dirs`].
+struct RowEnv(Option<TestEnv>);
+
+static ROW_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+impl std::ops::Deref for RowEnv {
+    type Target = TestEnv;
+    fn deref(&self) -> &TestEnv {
+        self.0.as_ref().expect("set until drop")
+    }
+}
+
+impl std::ops::DerefMut for RowEnv {
+    fn deref_mut(&mut self) -> &mut TestEnv {
+        self.0.as_mut().expect("set until drop")
+    }
+}
+
+impl Drop for RowEnv {
+    fn drop(&mut self) {
+        // Dropping the env stops its processes; its files stay for `remove_row_dirs`.
+        if let Some(mut env) = self.0.take()
+            && !crate::env_flag("BLOBSYNC_TEST_KEEP")
+        {
+            let root = env.keep();
+            ROW_DIRS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(root);
+        }
+    }
+}
+
+/// Where finished rows' small files wait before they are deleted.
+fn trash_dir() -> PathBuf {
+    std::env::temp_dir().join("blobsync-bench-trash")
+}
+
+/// How long the trash keeps files: longer than ext4's inode "recentcy" (60 s, 360 s while
+/// the inode table block is dirty).
+const TRASH_AGE: Duration = Duration::from_secs(420);
+
+/// Cleans up after the rows run so far, without slowing the next run. Deleting tens of
+/// thousands of files would be measured in every run of the next few minutes: on ext4
+/// without a journal (this build box), creating a file skips every inode of its group freed
+/// in the last 60-360 s (`recently_deleted` in the inode allocator, a block lookup each), and
+/// that dominated W5. So big files (few inodes) are deleted now, the rest is moved to a trash
+/// dir and deleted by a run at least 7 minutes later.
+pub fn remove_row_dirs() {
+    let dirs = std::mem::take(&mut *ROW_DIRS.lock().unwrap_or_else(|p| p.into_inner()));
+    let trash = trash_dir();
+    let _ = std::fs::create_dir_all(&trash);
+    for d in dirs {
+        remove_big_files(&d);
+        let name = d.file_name().map(|n| n.to_owned()).unwrap_or_default();
+        if std::fs::rename(&d, trash.join(name)).is_err() {
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+}
+
+/// Deletes what earlier runs put in the trash more than [`TRASH_AGE`] ago.
+pub fn empty_old_trash() {
+    let Ok(entries) = std::fs::read_dir(trash_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > TRASH_AGE);
+        if old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn remove_big_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => remove_big_files(&e.path()),
+            Ok(t) if t.is_file() && e.metadata().is_ok_and(|m| m.len() >= 1 << 20) => {
+                let _ = std::fs::remove_file(e.path());
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Writes `count` files of `size` random bytes (stream from `seed`, per workload) into `dir`.

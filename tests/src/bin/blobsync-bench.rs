@@ -75,32 +75,41 @@ fn main() -> anyhow::Result<()> {
         machine: bench::machine(),
         ..Default::default()
     };
-    for row in &rows {
-        match row.as_str() {
-            "DISK" => {
-                eprintln!("[DISK] writing {} bytes + fsync", opts.disk_bytes);
-                report.disk = Some(bench::run_disk(&opts).context("disk test")?);
+    bench::empty_old_trash();
+    let mut run_rows = || -> anyhow::Result<()> {
+        for row in &rows {
+            match row.as_str() {
+                "DISK" => {
+                    eprintln!("[DISK] writing {} bytes + fsync", opts.disk_bytes);
+                    report.disk = Some(bench::run_disk(&opts).context("disk test")?);
+                }
+                "IDLE" => report.idle = Some(bench::run_idle(&opts).context("IDLE")?),
+                w => {
+                    let wl = WORKLOADS
+                        .iter()
+                        .find(|x| x.name == w)
+                        .expect("rows were checked above");
+                    let r =
+                        bench::run_workload(&opts, wl).with_context(|| format!("workload {w}"))?;
+                    eprintln!(
+                        "[{w}] up {:.3} s, down {:.3} s, wall {:.3} s",
+                        r.upload_s, r.download_s, r.wall_s
+                    );
+                    report.workloads.push(r);
+                }
             }
-            "IDLE" => report.idle = Some(bench::run_idle(&opts).context("IDLE")?),
-            w => {
-                let wl = WORKLOADS
-                    .iter()
-                    .find(|x| x.name == w)
-                    .expect("rows were checked above");
-                let r = bench::run_workload(&opts, wl).with_context(|| format!("workload {w}"))?;
-                eprintln!(
-                    "[{w}] up {:.3} s, down {:.3} s, wall {:.3} s",
-                    r.upload_s, r.download_s, r.wall_s
-                );
-                report.workloads.push(r);
+            if let Some(path) = &json {
+                // Written after every row, so a long run that dies keeps what it measured.
+                std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+                    .with_context(|| format!("write {path}"))?;
             }
         }
-        if let Some(path) = &json {
-            // Written after every row, so a long run that dies keeps what it measured.
-            std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-                .with_context(|| format!("write {path}"))?;
-        }
-    }
+        Ok(())
+    };
+    let ran = run_rows();
+    // Rows keep their files until now, so one row's cleanup is not measured in the next.
+    bench::remove_row_dirs();
+    ran?;
     print!("{}", bench::report::table(&report));
     Ok(())
 }
