@@ -30,7 +30,7 @@ use crate::retry::TimeScale;
 use crate::status::Status;
 use crate::store::payload::{self, DataDir};
 use crate::store::{Store, StoreError};
-use plan::{Action, BatchPolicy, ListingKind};
+use plan::{Action, BatchPolicy};
 
 /// Queued sync requests (`blobctl sync`); more than this and callers wait.
 const SYNC_QUEUE: usize = 32;
@@ -703,6 +703,22 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         Ok(())
     }
 
+    /// Steps 1-3 of a cycle for one namespace: list, diff, apply, page by page.
+    ///
+    /// An incremental listing (changes since the cursor) is diffed and applied one page at a
+    /// time, each page's facts and the cursor moved to that page's `seq` in ONE transaction:
+    /// memory is one page (up to 5,000 changes and their rows) whatever the backlog, a crash
+    /// mid-listing resumes after the last applied page, and every committed page leaves a
+    /// consistent store. A page with nothing to apply that leaves the cursor where it was
+    /// writes nothing (the no-change cycle costs no transaction).
+    ///
+    /// A full listing (no cursor, a rejected cursor, a rebuild, every `full_list_every`
+    /// cycles) is applied page by page too, but keeps the old cursor until its end: only
+    /// once every page is in can it tell which local rows the server no longer names
+    /// ([`plan::absent`]), so a crash before then must lead to another full listing (or an
+    /// incremental one from the old cursor, which re-reads what the pages already applied).
+    /// It holds the ids it saw (not the changes) and walks the local rows as (id, status)
+    /// pages.
     async fn sync_namespace(
         &self,
         ns: &Namespace,
@@ -711,61 +727,146 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     ) -> Result<(), SyncError> {
         let store = &self.shared.store;
         let cursor = store.cursor(ns).await?;
-        let mut kind = match cursor {
-            Some(_) if !force_full => ListingKind::Incremental,
-            _ => ListingKind::Full,
-        };
-        let (changes, seq) = match self.fetch_changes(ns, kind, cursor).await {
-            Err(SyncError::Remote(RemoteError::CursorInvalid { .. })) => {
-                warn!(%ns, "listing cursor rejected by the server; doing a full listing");
-                store.clear_cursor(ns).await?;
-                kind = ListingKind::Full;
-                self.fetch_changes(ns, kind, None).await?
-            }
-            other => other?,
-        };
-        if kind == ListingKind::Full {
-            summary.full_listing = true;
-        }
-        summary.listed_changes += changes.len() as u64;
-        // An incremental diff only looks at the rows the changes name: a no-change cycle
-        // reads nothing here, whatever the number of blobs (IDLE of issue 8).
-        let local = match kind {
-            ListingKind::Full => store.namespace_rows(ns).await?,
-            ListingKind::Incremental => {
-                let ids = changes.iter().map(|c| c.id.clone()).collect();
-                store.rows_for(ns, ids).await?
-            }
-        };
         let policy = self.shared.settings().policy(ns);
-        let facts = plan::diff(&local, &changes, kind, policy);
+        match cursor {
+            Some(c) if !force_full => {
+                match self.incremental_listing(ns, c, policy, summary).await {
+                    Err(SyncError::Remote(RemoteError::CursorInvalid { .. })) => {
+                        warn!(%ns, "listing cursor rejected by the server; doing a full listing");
+                        store.clear_cursor(ns).await?;
+                        self.full_listing(ns, None, policy, summary).await?;
+                    }
+                    other => other?,
+                }
+            }
+            _ => self.full_listing(ns, cursor, policy, summary).await?,
+        }
         // A namespace switched from lazy to eager (config reload): fetch what was left remote.
-        // (Read through the status index: `local` holds only the changed rows when incremental.)
-        let wanted: Vec<_> = if policy == NamespacePolicy::Eager {
-            store
+        // (Read through the status index: an O(1) seek when there is none.)
+        if policy == NamespacePolicy::Eager {
+            let wanted: Vec<_> = store
                 .rows_with_status(ns, Status::RemoteOnly)
                 .await?
-                .iter()
+                .into_iter()
                 .map(|b| {
                     let u = crate::store::ops::RowUpdate::default();
-                    (b.id.clone(), crate::status::Transition::Wanted, u)
+                    (b.id, crate::status::Transition::Wanted, u)
                 })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if !wanted.is_empty() {
-            store.transition_many(ns, wanted).await?;
+                .collect();
+            if !wanted.is_empty() {
+                store.transition_many(ns, wanted).await?;
+            }
         }
-        // Nothing changed and the cursor stays: no transaction (no WAL fsync) at all.
-        let applied = if kind == ListingKind::Incremental && facts.is_empty() && cursor == Some(seq)
-        {
-            Vec::new()
-        } else {
-            store
-                .apply_remote(ns, facts, Some(seq), self.clock.now())
-                .await?
-        };
+        Ok(())
+    }
+
+    /// Changes since `cursor`, diffed and applied page by page (see [`Engine::sync_namespace`]).
+    async fn incremental_listing(
+        &self,
+        ns: &Namespace,
+        cursor: u64,
+        policy: NamespacePolicy,
+        summary: &mut CycleSummary,
+    ) -> Result<(), SyncError> {
+        let mut since = cursor;
+        loop {
+            let page = self.remote.changes(ns, since).await?;
+            summary.listed_changes += page.changes.len() as u64;
+            let facts = self.diff_page(ns, &page.changes, policy).await?;
+            drop(page.changes);
+            // Nothing changed and the cursor stays: no transaction (no WAL fsync) at all.
+            if !facts.is_empty() || page.seq != since {
+                self.apply_page(ns, facts, Some(page.seq), summary).await?;
+            }
+            let progressed = page.seq > since;
+            since = page.seq;
+            if !page.more || !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The whole listing (`since = 0`), applied page by page; the local rows it does not name
+    /// are removed at the end, and only then does the cursor move (see
+    /// [`Engine::sync_namespace`]). `cursor` is the stored one (`None` when there is none).
+    async fn full_listing(
+        &self,
+        ns: &Namespace,
+        cursor: Option<u64>,
+        policy: NamespacePolicy,
+        summary: &mut CycleSummary,
+    ) -> Result<(), SyncError> {
+        /// Local rows checked against the listing per store call.
+        const LOCAL_PAGE: usize = 5000;
+        summary.full_listing = true;
+        let mut listed: HashSet<BlobId> = HashSet::new();
+        let mut since = 0;
+        loop {
+            let page = self.remote.changes(ns, since).await?;
+            summary.listed_changes += page.changes.len() as u64;
+            listed.extend(page.changes.iter().map(|c| c.id.clone()));
+            let facts = self.diff_page(ns, &page.changes, policy).await?;
+            drop(page.changes);
+            if !facts.is_empty() {
+                self.apply_page(ns, facts, None, summary).await?;
+            }
+            let progressed = page.seq > since;
+            since = page.seq;
+            if !page.more || !progressed {
+                break;
+            }
+        }
+        let store = &self.shared.store;
+        let mut after: Option<BlobId> = None;
+        loop {
+            let local = store.id_status_page(ns, after.take(), LOCAL_PAGE).await?;
+            let gone = plan::absent(local.iter().map(|(id, s)| (id, *s)), |id: &BlobId| {
+                listed.contains(id)
+            });
+            if !gone.is_empty() {
+                self.apply_page(ns, gone, None, summary).await?;
+            }
+            if local.len() < LOCAL_PAGE {
+                break;
+            }
+            after = local.into_iter().next_back().map(|(id, _)| id);
+        }
+        if cursor != Some(since) {
+            self.apply_page(ns, Vec::new(), Some(since), summary)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The facts of one listing page, diffed against the rows of the ids it names only.
+    async fn diff_page(
+        &self,
+        ns: &Namespace,
+        changes: &[blobsync_shared::wire::Change],
+        policy: NamespacePolicy,
+    ) -> Result<Vec<crate::store::RemoteFact>, SyncError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = changes.iter().map(|c| c.id.clone()).collect();
+        let local = self.shared.store.rows_for(ns, ids).await?;
+        Ok(plan::diff_changes(&local, changes, policy))
+    }
+
+    /// Applies listing facts (and moves the cursor when `cursor` is set) in one transaction,
+    /// then removes the payloads and partials of the rows it removed.
+    async fn apply_page(
+        &self,
+        ns: &Namespace,
+        facts: Vec<crate::store::RemoteFact>,
+        cursor: Option<u64>,
+        summary: &mut CycleSummary,
+    ) -> Result<(), SyncError> {
+        let applied = self
+            .shared
+            .store
+            .apply_remote(ns, facts, cursor, self.clock.now())
+            .await?;
         for ch in applied {
             let had_payload = ch.from.is_some_and(Status::has_payload);
             let keeps_payload = ch.to.is_some_and(Status::has_payload);
@@ -785,29 +886,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             }
         }
         Ok(())
-    }
-
-    async fn fetch_changes(
-        &self,
-        ns: &Namespace,
-        kind: ListingKind,
-        cursor: Option<u64>,
-    ) -> Result<(Vec<blobsync_shared::wire::Change>, u64), SyncError> {
-        let mut since = match kind {
-            ListingKind::Full => 0,
-            ListingKind::Incremental => cursor.unwrap_or(0),
-        };
-        let mut all = Vec::new();
-        loop {
-            let page = self.remote.changes(ns, since).await?;
-            all.extend(page.changes);
-            let progressed = page.seq > since;
-            since = page.seq;
-            if !page.more || !progressed {
-                break;
-            }
-        }
-        Ok((all, since))
     }
 
     /// After a rebuild: every payload file on disk without a row becomes `SYNCED` when the

@@ -1,7 +1,13 @@
 //! The pure half of a sync cycle: given the local rows of a namespace and what the server
-//! listed, decide what each id becomes ([`diff`]); given the queue, decide what to transfer
-//! next ([`next_transfers`]). Deterministic order, no I/O, no clock: most engine tests target
-//! these functions.
+//! listed, decide what each id becomes ([`diff`], and its two halves [`diff_changes`] for the
+//! ids a listing names and [`absent`] for the local rows a full listing does not name); given
+//! the queue, decide what to transfer next ([`next_transfers`]). Deterministic order, no I/O,
+//! no clock: most engine tests target these functions.
+//!
+//! The engine diffs a listing page by page (so its memory is one page, whatever the number of
+//! blobs): [`diff_changes`] decides each id from its own change and its own row only, so
+//! diffing and applying the pages one after the other ends where diffing the whole listing at
+//! once would. Only a full listing's [`absent`] needs every id the listing named.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, UNIX_EPOCH};
@@ -35,6 +41,25 @@ pub fn diff(
     kind: ListingKind,
     policy: NamespacePolicy,
 ) -> Vec<RemoteFact> {
+    let mut facts = diff_changes(local, changes, policy);
+    if kind == ListingKind::Full {
+        let listed: HashSet<&BlobId> = changes.iter().map(|c| &c.id).collect();
+        facts.extend(absent(
+            local.iter().map(|l| (&l.id, l.status)),
+            |id: &BlobId| listed.contains(id),
+        ));
+    }
+    facts
+}
+
+/// The facts about the ids `changes` names (all of [`diff`] but the absent rows of a full
+/// listing): `local` needs to hold only the rows of those ids. Applied page by page to an
+/// incremental listing, or to a full one followed by [`absent`].
+pub fn diff_changes(
+    local: &[BlobInfo],
+    changes: &[Change],
+    policy: NamespacePolicy,
+) -> Vec<RemoteFact> {
     let local: HashMap<&BlobId, &BlobInfo> = local.iter().map(|b| (&b.id, b)).collect();
     // The latest change per id (the server sends each id once, but pages may overlap).
     let mut latest: BTreeMap<&BlobId, &Change> = BTreeMap::new();
@@ -47,12 +72,10 @@ pub fn diff(
         }
     }
     let mut facts = Vec::new();
-    let mut live: HashSet<&BlobId> = HashSet::new();
     for (id, c) in &latest {
         let l = local.get(id);
         match (c.op, l) {
             (ChangeOp::Put, None) => {
-                live.insert(id);
                 facts.push(RemoteFact::New {
                     id: (*id).clone(),
                     remote_size: c.size,
@@ -66,7 +89,6 @@ pub fn diff(
                 });
             }
             (ChangeOp::Put, Some(l)) => {
-                live.insert(id);
                 let replaced =
                     l.status == Status::Synced && l.remote_seq.is_some_and(|known| known != c.seq);
                 if replaced {
@@ -99,21 +121,27 @@ pub fn diff(
             (ChangeOp::Delete, _) => {}
         }
     }
-    if kind == ListingKind::Full {
-        let mut absent: Vec<&BlobId> = local
-            .values()
-            .filter(|l| removable(l.status) && !live.contains(&l.id))
-            .filter(|l| !matches!(latest.get(&l.id), Some(c) if c.op == ChangeOp::Delete))
-            .map(|l| &l.id)
-            .collect();
-        absent.sort();
-        facts.extend(
-            absent
-                .into_iter()
-                .map(|id| RemoteFact::Gone { id: id.clone() }),
-        );
-    }
     facts
+}
+
+/// After a full listing: the local rows (id, status) that the listing did not name at all
+/// (neither a live `put` nor a tombstone: the server lost them, or purged their tombstones)
+/// and that a remote deletion removes become `Gone`, in id order. Local work
+/// (`PENDING_UPLOAD`, `LOCAL_ONLY`, `FAILED_UPLOAD`) is never absent. `local` may be one page
+/// of the namespace's rows; `listed` must know every id of the whole listing.
+pub fn absent<'a>(
+    local: impl IntoIterator<Item = (&'a BlobId, Status)>,
+    listed: impl Fn(&BlobId) -> bool,
+) -> Vec<RemoteFact> {
+    let mut gone: Vec<&BlobId> = local
+        .into_iter()
+        .filter(|(id, status)| removable(*status) && !listed(id))
+        .map(|(id, _)| id)
+        .collect();
+    gone.sort();
+    gone.into_iter()
+        .map(|id| RemoteFact::Gone { id: id.clone() })
+        .collect()
 }
 
 /// Statuses a remote deletion removes (see the state machine in `status`).

@@ -302,6 +302,18 @@ impl Store {
         self.call(move |c| ops::rows_for(c, &ns, &ids)).await
     }
 
+    /// A page of (id, status) of `ns` in id order after `after` (see [`ops::id_status_page`]).
+    pub async fn id_status_page(
+        &self,
+        ns: &Namespace,
+        after: Option<BlobId>,
+        limit: usize,
+    ) -> Result<Vec<(BlobId, Status)>, StoreError> {
+        let ns = ns.clone();
+        self.call(move |c| ops::id_status_page(c, &ns, after.as_ref(), limit))
+            .await
+    }
+
     /// The rows of `ns` in `status`.
     pub async fn rows_with_status(
         &self,
@@ -504,6 +516,9 @@ impl AsChanges for Vec<StatusChange> {
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // rusqlite keeps 16 prepared statements by default; the store uses more than that, and a
+    // re-prepare (parsing, trigger code generation) cost more than the statement itself.
+    conn.set_prepared_statement_cache_capacity(128);
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Corrupt(format!(

@@ -377,6 +377,34 @@ pub fn rows_for(
     Ok(out)
 }
 
+/// One page of (id, status) of `ns` in id order, after `after` (exclusive): what a full
+/// listing checks for rows the server no longer names, without loading whole rows (a full
+/// listing walks every row of the namespace this way, `limit` at a time).
+pub fn id_status_page(
+    c: &Connection,
+    ns: &Namespace,
+    after: Option<&BlobId>,
+    limit: usize,
+) -> Result<Vec<(BlobId, Status)>, StoreError> {
+    // "" sorts before every valid id (ids are 1-128 characters).
+    let after = after.map_or("", |a| a.as_str());
+    let mut st = c.prepare_cached(
+        "SELECT id, status FROM blobs WHERE ns = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )?;
+    let rows = st.query_map(params![ns.as_str(), after, limit as i64], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    let mut out = Vec::with_capacity(limit.min(4096));
+    for r in rows {
+        let (id, code) = r?;
+        let id = BlobId::new(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let status =
+            Status::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("status {code}")))?;
+        out.push((id, status));
+    }
+    Ok(out)
+}
+
 /// The rows of `ns` in one status (walks the `blobs_by_status` index).
 pub fn rows_with_status(
     c: &Connection,
@@ -428,13 +456,12 @@ pub fn next_due(c: &mut Connection) -> Result<Option<SystemTime>, StoreError> {
     Ok(ms.map(from_millis))
 }
 
-/// Counts per status and namespace.
+/// Counts per status and namespace, read from the trigger-kept `counts` table (schema
+/// migration 3): O(namespaces x statuses), not O(blobs), since `status` asks for it on every
+/// call and systemd's `STATUS=` line every few seconds.
 pub fn counts(c: &mut Connection) -> Result<Counts, StoreError> {
     let mut out = Counts::default();
-    let mut st = c.prepare_cached(
-        "SELECT ns, status, COUNT(*), SUM(COALESCE(size, remote_size, 0)) FROM blobs \
-         GROUP BY ns, status",
-    )?;
+    let mut st = c.prepare_cached("SELECT ns, status, n, bytes FROM counts WHERE n > 0")?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
         let ns: String = r.get(0)?;
@@ -972,10 +999,16 @@ mod tests {
     #[test]
     fn migrations_run_from_scratch_and_are_idempotent() {
         let (dir, mut c) = open();
-        assert_eq!(crate::store::schema::migrate(&mut c).unwrap(), 2);
+        assert_eq!(
+            crate::store::schema::migrate(&mut c).unwrap(),
+            crate::store::schema::SCHEMA_VERSION
+        );
         drop(c);
         let mut c = Connection::open(dir.path().join("s.sqlite")).unwrap();
-        assert_eq!(crate::store::schema::migrate(&mut c).unwrap(), 2);
+        assert_eq!(
+            crate::store::schema::migrate(&mut c).unwrap(),
+            crate::store::schema::SCHEMA_VERSION
+        );
         c.pragma_update(None, "user_version", 99).unwrap();
         let e = crate::store::schema::migrate(&mut c).unwrap_err();
         assert!(e.to_string().contains("newer"), "{e}");

@@ -38,6 +38,45 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX blobs_due ON blobs (priority DESC, next_attempt_ms, created_ms, ns, id)
         WHERE status IN (2, 3, 6);
     "#,
+    // 3: blob counts and bytes per (namespace, status), kept by triggers, so `status` reads a
+    // handful of rows instead of grouping every blob (100k blobs: ~90 ms -> well under 1 ms).
+    // A (namespace, status) whose count drops to 0 is deleted. Bytes are the plaintext size
+    // when known, else the stored size, as `ops::counts` always reported. The UPDATE trigger
+    // fires only when one of those values really changes (a transition rewrites `size` and
+    // `remote_size` with COALESCE, usually to what they were).
+    r#"
+    CREATE TABLE counts (
+        ns     TEXT    NOT NULL,
+        status INTEGER NOT NULL,
+        n      INTEGER NOT NULL,
+        bytes  INTEGER NOT NULL,
+        PRIMARY KEY (ns, status)
+    ) WITHOUT ROWID;
+    INSERT INTO counts (ns, status, n, bytes)
+        SELECT ns, status, COUNT(*), SUM(COALESCE(size, remote_size, 0)) FROM blobs
+        GROUP BY ns, status;
+    CREATE TRIGGER counts_after_insert AFTER INSERT ON blobs BEGIN
+        INSERT INTO counts (ns, status, n, bytes)
+            VALUES (NEW.ns, NEW.status, 1, COALESCE(NEW.size, NEW.remote_size, 0))
+            ON CONFLICT (ns, status) DO UPDATE SET n = n + 1, bytes = bytes + excluded.bytes;
+    END;
+    CREATE TRIGGER counts_after_delete AFTER DELETE ON blobs BEGIN
+        UPDATE counts SET n = n - 1, bytes = bytes - COALESCE(OLD.size, OLD.remote_size, 0)
+            WHERE ns = OLD.ns AND status = OLD.status;
+        DELETE FROM counts WHERE ns = OLD.ns AND status = OLD.status AND n <= 0;
+    END;
+    CREATE TRIGGER counts_after_update AFTER UPDATE OF ns, status, size, remote_size ON blobs
+    WHEN OLD.ns IS NOT NEW.ns OR OLD.status IS NOT NEW.status
+        OR COALESCE(OLD.size, OLD.remote_size, 0) IS NOT COALESCE(NEW.size, NEW.remote_size, 0)
+    BEGIN
+        UPDATE counts SET n = n - 1, bytes = bytes - COALESCE(OLD.size, OLD.remote_size, 0)
+            WHERE ns = OLD.ns AND status = OLD.status;
+        DELETE FROM counts WHERE ns = OLD.ns AND status = OLD.status AND n <= 0;
+        INSERT INTO counts (ns, status, n, bytes)
+            VALUES (NEW.ns, NEW.status, 1, COALESCE(NEW.size, NEW.remote_size, 0))
+            ON CONFLICT (ns, status) DO UPDATE SET n = n + 1, bytes = bytes + excluded.bytes;
+    END;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -61,15 +100,28 @@ pub enum MigrateError {
 
 /// Applies every migration the file lacks, each in its own transaction.
 pub fn migrate(conn: &mut Connection) -> Result<u32, MigrateError> {
+    migrate_to(conn, SCHEMA_VERSION)
+}
+
+/// Applies the migrations the file lacks up to version `target` (at most
+/// [`SCHEMA_VERSION`]), each in its own transaction; returns the version reached. Tests use
+/// it to build a store file as an older blobsyncd left it.
+pub fn migrate_to(conn: &mut Connection, target: u32) -> Result<u32, MigrateError> {
     let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > SCHEMA_VERSION {
         return Err(MigrateError::TooNew { found });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    let target = target.min(SCHEMA_VERSION);
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target as usize)
+        .skip(found as usize)
+    {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as u32)?;
         tx.commit()?;
     }
-    Ok(SCHEMA_VERSION)
+    Ok(found.max(target))
 }

@@ -1,0 +1,313 @@
+//! Listings are diffed and applied page by page (issue 8, IDLE: the daemon's memory must not
+//! grow with a listing's length): an incremental listing moves the cursor with each applied
+//! page, so a cycle that dies mid-listing leaves the pages before it applied and the next
+//! cycle resumes after them; a full listing applies its pages but moves the cursor only at
+//! the end, once it can tell which local rows the server no longer names.
+//!
+//! The remote is a real `DirRemote` behind `PagedRemote`, a wrapper that cuts every listing
+//! into pages of a few changes (as the real server does at 5,000), records the `since` of
+//! every listing call, fails a chosen listing call, and can hide ids (a server that lost
+//! them, tombstones and all).
+
+mod common;
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use blobsync_shared::wire::{BlobDetail, ChangesResponse, Flag, UploadResponse};
+use blobsync_shared::{BlobId, Namespace};
+use blobsyncd::clock::ManualClock;
+use blobsyncd::remote::dir::DirRemote;
+use blobsyncd::remote::{ByteStream, GetResponse, Remote, RemoteError, RemoteListFilter};
+use blobsyncd::status::{Priority, Status};
+use common::*;
+
+/// Changes per listing page.
+const PAGE: usize = 10;
+
+#[derive(Default)]
+struct Paging {
+    /// The `since` of every listing call, in order.
+    sinces: Mutex<Vec<u64>>,
+    /// Fail the listing call with this 1-based number (0: none).
+    fail_call: AtomicU64,
+    /// Ids the "server" lost: never listed.
+    lost: Mutex<HashSet<String>>,
+}
+
+/// A real remote whose listings come in pages of [`PAGE`] changes.
+#[derive(Clone)]
+struct PagedRemote {
+    inner: DirRemote,
+    paging: Arc<Paging>,
+}
+
+impl Remote for PagedRemote {
+    fn describe(&self) -> String {
+        format!("{} (paged by {PAGE})", self.inner.describe())
+    }
+
+    async fn changes(&self, ns: &Namespace, since: u64) -> Result<ChangesResponse, RemoteError> {
+        let call = {
+            let mut s = self.paging.sinces.lock().unwrap();
+            s.push(since);
+            s.len() as u64
+        };
+        if self.paging.fail_call.load(Ordering::SeqCst) == call {
+            return Err(RemoteError::Transport("injected: listing page lost".into()));
+        }
+        let mut r = self.inner.changes(ns, since).await?;
+        let lost = self.paging.lost.lock().unwrap().clone();
+        r.changes.retain(|c| !lost.contains(c.id.as_str()));
+        if r.changes.len() > PAGE {
+            r.changes.truncate(PAGE);
+            r.more = true;
+            r.seq = r.changes[PAGE - 1].seq;
+        }
+        Ok(r)
+    }
+
+    async fn namespaces(&self) -> Result<Vec<Namespace>, RemoteError> {
+        self.inner.namespaces().await
+    }
+
+    async fn list(
+        &self,
+        ns: &Namespace,
+        filter: &RemoteListFilter,
+    ) -> Result<Vec<BlobDetail>, RemoteError> {
+        self.inner.list(ns, filter).await
+    }
+
+    async fn put(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        len: u64,
+        body: ByteStream,
+    ) -> Result<(), RemoteError> {
+        self.inner.put(ns, id, len, body).await
+    }
+
+    async fn get(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        range: Option<Range<u64>>,
+    ) -> Result<GetResponse, RemoteError> {
+        self.inner.get(ns, id, range).await
+    }
+
+    async fn delete(&self, ns: &Namespace, id: &BlobId) -> Result<(), RemoteError> {
+        self.inner.delete(ns, id).await
+    }
+
+    async fn get_flags(&self, ns: &Namespace, id: &BlobId) -> Result<Vec<Flag>, RemoteError> {
+        self.inner.get_flags(ns, id).await
+    }
+
+    async fn set_flags(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        flags: &[Flag],
+    ) -> Result<(), RemoteError> {
+        self.inner.set_flags(ns, id, flags).await
+    }
+
+    async fn put_batch(
+        &self,
+        ns: &Namespace,
+        entries: &[(BlobId, u64)],
+        body: ByteStream,
+    ) -> Result<UploadResponse, RemoteError> {
+        self.inner.put_batch(ns, entries, body).await
+    }
+
+    async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {
+        self.inner.get_batch(ns, ids).await
+    }
+}
+
+async fn paged_device(
+    data: &std::path::Path,
+    remote_root: &std::path::Path,
+) -> (Device<PagedRemote>, Arc<Paging>) {
+    let paging = Arc::new(Paging::default());
+    let inner = DirRemote::new(remote_root, "alice").unwrap();
+    let dev = Device::open_on(
+        data,
+        PagedRemote {
+            inner,
+            paging: paging.clone(),
+        },
+        settings(),
+        ManualClock::default(),
+    )
+    .await;
+    (dev, paging)
+}
+
+fn ids(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("blob{i:03}")).collect()
+}
+
+async fn present(dev: &Device<PagedRemote>, ids: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for id in ids {
+        if dev.status_of(id).await.is_some() {
+            out.push(id.clone());
+        }
+    }
+    out
+}
+
+async fn cursor(dev: &Device<PagedRemote>) -> Option<u64> {
+    dev.engine
+        .store()
+        .cursor(&Namespace::default())
+        .await
+        .unwrap()
+}
+
+/// The seq of each of the namespace's changes on the server, in order.
+async fn server_seqs(remote_root: &std::path::Path) -> Vec<u64> {
+    let r = DirRemote::new(remote_root, "alice").unwrap();
+    r.changes(&Namespace::default(), 0)
+        .await
+        .unwrap()
+        .changes
+        .iter()
+        .map(|c| c.seq)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_incremental_listing_cut_off_midway_keeps_its_applied_pages_and_resumes_after_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let (b, paging) = paged_device(&tmp.path().join("b"), &remote).await;
+    // B's first cycle (full, empty remote) leaves it a cursor: what follows is incremental.
+    b.engine.run_cycle().await;
+    let start = cursor(&b).await.expect("a cursor after the first listing");
+
+    let names = ids(25);
+    for (i, id) in names.iter().enumerate() {
+        a.put(id, &bytes(300, i as u8)).await;
+    }
+    let s = a.engine.run_cycle().await;
+    assert_eq!(s.uploaded, 25, "{s:?}");
+    let seqs = server_seqs(&remote).await;
+    assert_eq!(seqs.len(), 25);
+
+    // The second page of B's listing is lost: the first page is applied, cursor and all.
+    let before = paging.sinces.lock().unwrap().len() as u64;
+    paging.fail_call.store(before + 2, Ordering::SeqCst);
+    let s = b.engine.run_cycle().await;
+    assert!(s.error.is_some(), "the listing failed: {s:?}");
+    assert!(!s.full_listing);
+    assert_eq!(cursor(&b).await, Some(seqs[PAGE - 1]));
+    assert_eq!(present(&b, &names).await, names[..PAGE].to_vec());
+    assert_eq!(
+        paging.sinces.lock().unwrap()[before as usize..],
+        [start, seqs[PAGE - 1]]
+    );
+
+    // The next cycle goes on from there, not from the start, and gets the rest.
+    let before = paging.sinces.lock().unwrap().len();
+    let s = b.engine.run_cycle().await;
+    assert!(s.error.is_none(), "{s:?}");
+    assert_eq!(s.listed_changes, 15, "{s:?}");
+    assert_eq!(
+        paging.sinces.lock().unwrap()[before..],
+        [seqs[PAGE - 1], seqs[2 * PAGE - 1]]
+    );
+    assert_eq!(cursor(&b).await, Some(*seqs.last().unwrap()));
+    assert_eq!(present(&b, &names).await, names);
+    for (i, id) in names.iter().enumerate() {
+        assert_eq!(b.status_of(id).await, Some(Status::Synced), "{id}");
+        assert_eq!(b.read(id).await, bytes(300, i as u8));
+    }
+
+    // A's own uploads, listed back to it over several pages, are seen, never downloaded.
+    let s = a.engine.run_cycle().await;
+    assert_eq!((s.downloaded, s.uploaded, s.deleted_local), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_paged_full_listing_removes_only_what_the_server_lost_and_moves_the_cursor_last() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let (b, paging) = paged_device(&tmp.path().join("b"), &remote).await;
+    let names = ids(25);
+    for (i, id) in names.iter().enumerate() {
+        a.put(id, &bytes(100, i as u8)).await;
+    }
+    a.engine.run_cycle().await;
+    let s = b.engine.run_cycle().await;
+    assert!(s.full_listing);
+    assert_eq!(s.downloaded, 25, "{s:?}");
+    let synced_cursor = cursor(&b).await;
+
+    // A deletes one (a tombstone), the server loses three more (no tombstone at all), and
+    // B has local work of its own the server has never seen.
+    a.handle
+        .delete(&Namespace::default(), &BlobId::new(&names[3]).unwrap())
+        .await
+        .unwrap();
+    a.engine.run_cycle().await;
+    let lost: Vec<String> = [0, 12, 24].iter().map(|&i| names[i].clone()).collect();
+    paging.lost.lock().unwrap().extend(lost.iter().cloned());
+    let mut w = b
+        .handle
+        .put_writer(
+            Namespace::default(),
+            Some(BlobId::new("mine").unwrap()),
+            Priority::Medium,
+            true,
+        )
+        .await
+        .unwrap();
+    w.write(b"local work").await.unwrap();
+    w.commit().await.unwrap();
+
+    // A full listing that dies on its second page applies its first page but keeps the old
+    // cursor: only a complete listing may say what is absent.
+    let before = paging.sinces.lock().unwrap().len() as u64;
+    paging.fail_call.store(before + 2, Ordering::SeqCst);
+    let s = b.engine.run_full_cycle().await;
+    assert!(s.error.is_some(), "{s:?}");
+    assert_eq!(cursor(&b).await, synced_cursor);
+    for id in &lost {
+        assert_eq!(b.status_of(id).await, Some(Status::Synced), "{id}");
+    }
+
+    let before = paging.sinces.lock().unwrap().len();
+    let s = b.engine.run_full_cycle().await;
+    assert!(s.error.is_none() && s.full_listing, "{s:?}");
+    let sinces = paging.sinces.lock().unwrap()[before..].to_vec();
+    assert_eq!(sinces[0], 0, "a full listing starts at 0: {sinces:?}");
+    assert!(sinces.len() >= 3, "listed in pages: {sinces:?}");
+    assert_eq!(s.deleted_local, 4, "{s:?}");
+    let gone: Vec<String> = [0, 3, 12, 24].iter().map(|&i| names[i].clone()).collect();
+    let kept: Vec<String> = names
+        .iter()
+        .filter(|n| !gone.contains(n))
+        .cloned()
+        .collect();
+    assert_eq!(present(&b, &names).await, kept);
+    for id in &gone {
+        assert!(
+            !b.data
+                .join(format!("blobs/default/{}/{id}", &id[..2]))
+                .exists()
+        );
+    }
+    // Local work is never "absent", though the server has never heard of it.
+    assert_eq!(b.status_of("mine").await, Some(Status::LocalOnly));
+    assert!(cursor(&b).await > synced_cursor);
+}
