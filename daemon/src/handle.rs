@@ -388,11 +388,17 @@ impl EngineHandle {
                 hasher.update(&buf[..n]);
                 size += n as u64;
             }
-            let linked = install_payload(&mut payload, &dest);
+            // A big blob is fsynced alone (write-behind already overlapped most of it); small
+            // ones join the sync group.
+            let linked = (size > GROUP_SYNC_MAX).then(|| install_payload(&mut payload, &dest));
             Ok((payload, linked, size, hasher))
         })
         .await?;
         let (payload, linked, size, hasher) = copied;
+        let (payload, linked) = match linked {
+            Some(linked) => (payload, linked),
+            None => install_in_group(&self.shared, payload, &ns, &id).await?,
+        };
         let mut sha = [0u8; 32];
         sha.copy_from_slice(hasher.finish().as_ref());
         let new = NewLocalBlob {
@@ -873,12 +879,16 @@ impl PutWriter {
         let mut payload = self.payload.take().ok_or(EngineError::ShuttingDown)?;
         let lock = self.shared.blob_lock(&self.ns, &self.id);
         let _g = lock.lock().await;
-        let dest = self.shared.data.payload_path(&self.ns, &self.id);
-        let (payload, linked) = blocking(move || {
-            let linked = install_payload(&mut payload, &dest);
-            Ok((payload, linked))
-        })
-        .await?;
+        let (payload, linked) = if self.size > GROUP_SYNC_MAX {
+            let dest = self.shared.data.payload_path(&self.ns, &self.id);
+            blocking(move || {
+                let linked = install_payload(&mut payload, &dest);
+                Ok((payload, linked))
+            })
+            .await?
+        } else {
+            install_in_group(&self.shared, payload, &self.ns, &self.id).await?
+        };
         let mut sha = [0u8; 32];
         sha.copy_from_slice(self.hasher.clone().finish().as_ref());
         let new = NewLocalBlob {
@@ -901,6 +911,25 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|j| EngineError::Io(std::io::Error::other(j)))?
+}
+
+/// Puts up to this size are made durable with everyone else's (see [`payload::SyncGroup`]).
+const GROUP_SYNC_MAX: u64 = 1 << 20;
+
+/// Installs a small new payload through the sync group (no clobber).
+async fn install_in_group(
+    shared: &Shared,
+    payload: payload::NewPayload,
+    ns: &Namespace,
+    id: &BlobId,
+) -> Result<(payload::NewPayload, std::io::Result<()>), EngineError> {
+    let item = payload::Install {
+        payload,
+        dest: shared.data.payload_path(ns, id),
+        replace: false,
+    };
+    let mut done = shared.syncer.install(vec![item]).await?;
+    Ok(done.pop().expect("one result per item"))
 }
 
 /// Blocking: fsyncs a new payload, links it at `dest` (no clobber) and fsyncs the directory.

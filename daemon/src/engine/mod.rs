@@ -163,6 +163,8 @@ pub(crate) struct Shared {
     pub store: Store,
     pub events: EventBus,
     pub data: DataDir,
+    /// Makes small payloads durable in groups (puts, batch downloads).
+    pub syncer: payload::SyncGroup,
     pub key: StorageKey,
     pub settings: RwLock<EngineSettings>,
     pub state: Mutex<RuntimeState>,
@@ -353,6 +355,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             shared: Arc::new(Shared {
                 store,
                 events,
+                syncer: payload::SyncGroup::new(&data),
                 data,
                 key,
                 up: ratelimit::RateLimiter::new(settings.bwlimit_up),

@@ -855,6 +855,66 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         Ok((size, sha, total))
     }
 
+    /// Writes small verified payloads (replacing stale copies) and makes them durable
+    /// together through the sync group. One result per item, in order.
+    async fn install_many(
+        &self,
+        files: Vec<(std::path::PathBuf, Vec<u8>)>,
+    ) -> Vec<std::io::Result<()>> {
+        use std::io::Write;
+        let data = self.shared.data.clone();
+        let n = files.len();
+        let written = tokio::task::spawn_blocking(move || {
+            files
+                .into_iter()
+                .map(|(dest, bytes)| {
+                    let p = payload::NewPayload::create(&data, &dest)
+                        .and_then(|mut p| p.file().write_all(&bytes).map(|()| p));
+                    (dest, p)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let written = match written {
+            Ok(w) => w,
+            Err(j) => {
+                return (0..n)
+                    .map(|_| Err(std::io::Error::other(j.to_string())))
+                    .collect();
+            }
+        };
+        let mut results: Vec<std::io::Result<()>> = Vec::with_capacity(n);
+        let mut items = Vec::new();
+        let mut slots = Vec::new();
+        for (i, (dest, p)) in written.into_iter().enumerate() {
+            match p {
+                Ok(payload) => {
+                    items.push(payload::Install {
+                        payload,
+                        dest,
+                        replace: true,
+                    });
+                    slots.push(i);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        match self.shared.syncer.install(items).await {
+            Ok(done) => {
+                for (slot, (_, r)) in slots.into_iter().zip(done) {
+                    results[slot] = r;
+                }
+            }
+            Err(e) => {
+                for slot in slots {
+                    results[slot] = Err(std::io::Error::new(e.kind(), e.to_string()));
+                }
+            }
+        }
+        results
+    }
+
     /// Many small uploads in one `/stream` request; results recorded in one transaction.
     pub(super) async fn upload_batch(
         self: &Arc<Self>,
@@ -1163,10 +1223,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             facts.push((b, stored_len, plain.len() as u64, sha));
             files.push((self.shared.data.payload_path(&b.ns, &b.id), plain));
         }
-        let data = self.shared.data.clone();
-        let installed = tokio::task::spawn_blocking(move || payload::install_many(&data, files))
-            .await
-            .unwrap_or_else(|j| vec![Err(std::io::Error::other(j.to_string()))]);
+        let installed = self.install_many(files).await;
         for (i, (b, stored_len, size, sha)) in facts.into_iter().enumerate() {
             match installed.get(i).or(installed.first()) {
                 Some(Ok(())) => ok.push((
