@@ -54,10 +54,14 @@ pub fn table(r: &BenchReport) -> String {
     }
     if let Some(d) = &r.disk {
         out.push_str(&format!(
-            "DISK durable write: {} MiB + fsync in {:.3} s = {:.0} MB/s\n",
+            "DISK durable write: {} MiB + fsync in {:.3} s = {:.0} MB/s (median of {:?} MB/s)\n",
             d.bytes >> 20,
             d.seconds,
-            d.mb_s
+            d.mb_s,
+            d.runs_mb_s
+                .iter()
+                .map(|r| r.round() as u64)
+                .collect::<Vec<_>>()
         ));
         for w in r.workloads.iter().filter(|w| w.name == "W6") {
             out.push_str(&format!(
