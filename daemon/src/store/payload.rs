@@ -222,7 +222,10 @@ pub struct Install {
     pub replace: bool,
 }
 
-type InstallReply = tokio::sync::oneshot::Sender<Vec<(NewPayload, io::Result<()>)>>;
+/// What an install gives back: each payload with its result, in order.
+pub type Installed = Vec<(NewPayload, io::Result<()>)>;
+
+type InstallReply = tokio::sync::oneshot::Sender<Installed>;
 
 /// Installs small payloads for everyone at once: a thread that takes every batch waiting,
 /// makes their data durable with one `syncfs`, links them all, and makes the links durable
@@ -292,7 +295,7 @@ fn install_group(root: &fs::File, batches: Vec<(Vec<Install>, InstallReply)>) {
         blobsync_shared::writeback::syncfs(root)
     };
     let mut dirs: Vec<PathBuf> = Vec::new();
-    let mut done: Vec<(Vec<(NewPayload, io::Result<()>)>, InstallReply)> = Vec::new();
+    let mut done: Vec<(Installed, InstallReply)> = Vec::new();
     for (items, reply) in batches {
         let mut out = Vec::with_capacity(items.len());
         for mut i in items {
