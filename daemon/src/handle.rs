@@ -17,7 +17,7 @@ use blobsync_shared::writeback::WriteBehind;
 use blobsync_shared::{BlobId, Namespace};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncSeekExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::engine::{Engine, RemoteState, Shared, SyncRequest, TransferInfo};
 use crate::events::{CycleSummary, Subscription};
 use crate::remote::{Remote, RemoteError, RemoteListFilter};
+use crate::spool::Spool;
 use crate::status::{Priority, Status, Transition};
 use crate::store::ops::RowUpdate;
 use crate::store::{BlobInfo, ListFilter, NewLocalBlob, StoreError, payload};
@@ -321,7 +322,7 @@ impl EngineHandle {
         let data = self.shared.data.clone();
         let dest = data.payload_path(&ns, &id);
         let mut payload = blocking(move || Ok(payload::NewPayload::create(&data, &dest)?)).await?;
-        let file = tokio::fs::File::from_std(payload.file().try_clone()?);
+        let file = Spool::cached(payload.file().try_clone()?);
         Ok(PutWriter {
             shared: self.shared.clone(),
             ns,
@@ -840,7 +841,7 @@ pub struct PutWriter {
     local_only: bool,
     payload: Option<payload::NewPayload>,
     /// The same open file, for async writes.
-    file: Option<tokio::fs::File>,
+    file: Option<Spool>,
     hasher: ring::digest::Context,
     size: u64,
 }
@@ -873,9 +874,8 @@ impl PutWriter {
     /// Makes the blob durable (fsync, link into place, store commit) and queues its upload,
     /// which starts at once.
     pub async fn commit(mut self) -> Result<BlobInfo, EngineError> {
-        let mut file = self.file.take().ok_or(EngineError::ShuttingDown)?;
-        file.flush().await?;
-        drop(file);
+        let file = self.file.take().ok_or(EngineError::ShuttingDown)?;
+        file.close().await?;
         let mut payload = self.payload.take().ok_or(EngineError::ShuttingDown)?;
         let lock = self.shared.blob_lock(&self.ns, &self.id);
         let _g = lock.lock().await;

@@ -11,5 +11,6 @@ pub mod handle;
 pub mod notify;
 pub mod remote;
 pub mod retry;
+mod spool;
 pub mod status;
 pub mod store;

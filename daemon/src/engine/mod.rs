@@ -8,7 +8,6 @@
 
 pub mod plan;
 pub mod ratelimit;
-mod spool;
 pub(crate) mod transfer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

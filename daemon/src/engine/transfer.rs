@@ -17,12 +17,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span, warn};
 
-use super::spool::Spool;
 use super::{Engine, Shared, TransferInfo, TransferStats};
 use crate::clock::Clock;
 use crate::events::{Direction, EventKind};
 use crate::remote::{ByteStream, Remote, RemoteError};
 use crate::retry::next_wait;
+use crate::spool::Spool;
 use crate::status::{Status, Transition};
 use crate::store::ops::RowUpdate;
 use crate::store::{BlobInfo, RetryPlan, payload};

@@ -1,8 +1,8 @@
-//! [`Spool`]: how a download writes its plaintext. Writes are buffered and handed to the
-//! blocking pool a chunk at a time, with one chunk in flight while the next one fills, so
-//! receiving, decrypting and hashing overlap the disk instead of taking turns with it; each
-//! chunk also starts its own writeback ([`WriteBehind`]), so the final fsync of a big blob only
-//! waits for the last few megabytes.
+//! [`Spool`]: how a download or a streamed put writes its plaintext. Writes are buffered and
+//! handed to the blocking pool a chunk at a time, with one chunk in flight while the next one
+//! fills, so receiving, decrypting and hashing overlap the disk instead of taking turns with
+//! it; each chunk also starts its own writeback ([`WriteBehind`]), so the final fsync of a big
+//! blob only waits for the last few megabytes.
 
 use std::fs::File;
 use std::io::{self, Seek, Write};
@@ -25,10 +25,13 @@ pub struct Spool {
     spare: Vec<u8>,
     /// The write-behind state starts at the file's position, read on the first write.
     positioned: bool,
+    /// Drop written chunks from the page cache (see [`WriteBehind::uncached`]).
+    uncached: bool,
 }
 
 impl Spool {
-    /// Writes go to `file` from its current position.
+    /// Writes go to `file` from its current position; for a download, whose chunks leave the
+    /// page cache once on disk.
     pub fn new(file: File) -> Self {
         Self {
             idle: Some((file, WriteBehind::default())),
@@ -36,6 +39,15 @@ impl Spool {
             buf: Vec::new(),
             spare: Vec::new(),
             positioned: false,
+            uncached: true,
+        }
+    }
+
+    /// As [`Spool::new`], for a put: its pages stay cached for the upload that reads them next.
+    pub fn cached(file: File) -> Self {
+        Self {
+            uncached: false,
+            ..Self::new(file)
         }
     }
 
@@ -62,9 +74,13 @@ impl Spool {
         let (mut file, mut behind) = self.idle.take().ok_or_else(closed)?;
         let buf = std::mem::take(&mut self.buf);
         let position = !std::mem::replace(&mut self.positioned, true);
+        let uncached = self.uncached;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             if position {
-                behind = WriteBehind::from(file.stream_position()?).uncached();
+                behind = WriteBehind::from(file.stream_position()?);
+                if uncached {
+                    behind = behind.uncached();
+                }
             }
             file.write_all(&buf)?;
             behind.wrote(&file, buf.len())?;
@@ -90,6 +106,12 @@ impl Spool {
             self.send().await?;
         }
         self.settle().await
+    }
+
+    /// Writes everything and closes the file (not durable: the caller fsyncs or syncs it with
+    /// others).
+    pub async fn close(mut self) -> io::Result<()> {
+        self.flush().await
     }
 
     /// Writes everything, fsyncs and closes the file.
