@@ -519,9 +519,6 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     // rusqlite keeps 16 prepared statements by default; the store uses more than that, and a
     // re-prepare (parsing, trigger code generation) cost more than the statement itself.
     conn.set_prepared_statement_cache_capacity(128);
-    // rusqlite keeps 16 prepared statements by default; the store uses more than that, and a
-    // re-prepare (parsing, trigger code generation) cost more than the statement itself.
-    conn.set_prepared_statement_cache_capacity(128);
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Corrupt(format!(
