@@ -10,7 +10,8 @@
 //! is not the token's, an app token outside `/incoming`, a user token on `/incoming`; 400 bad
 //! id, namespace, query parameter (unknown ones too), body or stream framing; 404 unknown
 //! route or blob; 405 wrong method (with `Allow`); 406 unknown flag; 409 id exists; 413 over
-//! `max_blob_size`; 410 a `since` cursor older than purged tombstones; 416 unsatisfiable or malformed `Range` (with `Content-Range: bytes */N`);
+//! `max_blob_size`; 410 a `since` cursor older than purged tombstones; 412 a put with
+//! `if_absent_since=SEQ` of an id deleted after SEQ; 416 unsatisfiable or malformed `Range` (with `Content-Range: bytes */N`);
 //! 507 over quota. `/stream` uploads answer 200 with a per-id status map.
 
 use std::collections::{BTreeMap, HashSet};
@@ -713,6 +714,32 @@ fn over_quota(user: &str) -> ApiError {
     )
 }
 
+/// The `if_absent_since` refusal: the id was deleted at `seq`, after the client's `since`.
+fn deleted_after(id: &BlobId, ns: &Namespace, seq: u64, since: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        format!(
+            "blob {id} in namespace {ns} was deleted at seq {seq}, after {since}; \
+             not recreating it"
+        ),
+    )
+}
+
+/// Parses `if_absent_since` (a sequence number), saying what was wrong.
+fn if_absent_since(q: &Query) -> Result<Option<u64>, ApiError> {
+    q.get(query::IF_ABSENT_SINCE)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad(format!(
+                    "{}={v:?} is not a sequence number: give a non-negative integer \
+                     (the seq of a listing, as in since=)",
+                    query::IF_ABSENT_SINCE
+                ))
+            })
+        })
+        .transpose()
+}
+
 fn exists(id: &BlobId, ns: &Namespace) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
@@ -721,9 +748,10 @@ fn exists(id: &BlobId, ns: &Namespace) -> ApiError {
 }
 
 async fn put(st: &ServerState, user: String, id: BlobId, req: Request<Incoming>) -> ApiResult {
-    let q = Query::parse(&req, &[query::NAMESPACE])?;
+    let q = Query::parse(&req, &[query::NAMESPACE, query::IF_ABSENT_SINCE])?;
     let ns = q.namespace("default")?;
-    store_one(st, user, ns, id, req, false).await
+    let since = if_absent_since(&q)?;
+    store_one(st, user, ns, id, req, false, since).await
 }
 
 async fn incoming(st: &ServerState, user: &str, id: &str, req: Request<Incoming>) -> ApiResult {
@@ -739,7 +767,7 @@ async fn incoming(st: &ServerState, user: &str, id: &str, req: Request<Incoming>
     if !blocking(st, move |i| i.index.user_exists(&u)).await? {
         return Err(ApiError::not_found(format!("no user named {user:?}")));
     }
-    store_one(st, user.to_string(), ns, id, req, true).await
+    store_one(st, user.to_string(), ns, id, req, true, None).await
 }
 
 async fn store_one(
@@ -749,6 +777,7 @@ async fn store_one(
     id: BlobId,
     req: Request<Incoming>,
     external: bool,
+    since: Option<u64>,
 ) -> ApiResult {
     let max = st.config().max_blob_size;
     let default_quota = st.config().default_quota;
@@ -762,8 +791,11 @@ async fn store_one(
         Ok((i.index.lookup(&u2, &n2, &i2)?, i.index.usage(&u2)?))
     })
     .await?;
-    if row.is_some_and(|r| !r.deleted) {
+    if row.as_ref().is_some_and(|r| !r.deleted) {
         return Err(exists(&id, &ns));
+    }
+    if let (Some(seq), Some(since)) = (index::deleted_after(row.as_ref(), since), since) {
+        return Err(deleted_after(&id, &ns, seq, since));
     }
     if let (Some((used, own)), Some(n)) = (usage, declared)
         && own.or(default_quota).is_some_and(|q| used + n > q)
@@ -794,6 +826,7 @@ async fn store_one(
         } else {
             0
         },
+        if_absent_since: since,
     };
     let u2 = user.clone();
     let n2 = ns.clone();
@@ -811,6 +844,9 @@ async fn store_one(
         }
         Some(PutOutcome::Exists) => Err(exists(&id, &ns)),
         Some(PutOutcome::OverQuota) => Err(over_quota(&user)),
+        Some(PutOutcome::DeletedAfter(seq)) => {
+            Err(deleted_after(&id, &ns, *seq, since.unwrap_or(0)))
+        }
         None => Err(ApiError::internal("commit returned no outcome")),
     }
 }
@@ -877,10 +913,18 @@ async fn delete(st: &ServerState, user: String, id: BlobId, req: &Request<Incomi
 // ---- POST /stream/{user} ---------------------------------------------------------------
 
 async fn stream(st: &ServerState, user: String, req: Request<Incoming>) -> ApiResult {
-    let q = Query::parse(&req, &[query::NAMESPACE, query::DIRECTION])?;
+    let q = Query::parse(
+        &req,
+        &[query::NAMESPACE, query::DIRECTION, query::IF_ABSENT_SINCE],
+    )?;
     let ns = q.namespace("default")?;
+    let since = if_absent_since(&q)?;
     match q.get(query::DIRECTION) {
-        Some("upload") => stream_up(st, user, ns, req).await,
+        Some("upload") => stream_up(st, user, ns, req, since).await,
+        Some("download") if since.is_some() => Err(ApiError::bad(format!(
+            "{} applies to uploads only (direction=upload)",
+            query::IF_ABSENT_SINCE
+        ))),
         Some("download") => stream_down(st, user, ns, req).await,
         Some(d) => Err(ApiError::bad(format!(
             "direction={d:?} is not known: use upload or download"
@@ -899,6 +943,7 @@ async fn stream_up(
     user: String,
     ns: Namespace,
     req: Request<Incoming>,
+    since: Option<u64>,
 ) -> ApiResult {
     let cfg = st.config().clone();
     let mut dec = UploadDecoder::new(cfg.max_stream_header);
@@ -947,11 +992,21 @@ async fn stream_up(
                         }
                         let ids: Vec<BlobId> = entries.iter().map(|(i, _)| i.clone()).collect();
                         let (u2, n2) = (user.clone(), ns.clone());
-                        let rows =
-                            blocking(st, move |i| i.index.lookup_many(&u2, &n2, &ids)).await?;
+                        // With `if_absent_since`, tombstones matter too (412 per entry).
+                        let rows = blocking(st, move |i| {
+                            if since.is_some() {
+                                i.index.lookup_many_any(&u2, &n2, &ids)
+                            } else {
+                                i.index.lookup_many(&u2, &n2, &ids)
+                            }
+                        })
+                        .await?;
                         for ((id, size), row) in entries.into_iter().zip(rows) {
-                            if row.is_some() {
+                            if row.as_ref().is_some_and(|r| !r.deleted) {
                                 status.insert(id.clone(), 409);
+                                skip.insert(id);
+                            } else if index::deleted_after(row.as_ref(), since).is_some() {
+                                status.insert(id.clone(), 412);
                                 skip.insert(id);
                             } else if size > cfg.max_blob_size {
                                 status.insert(id.clone(), 413);
@@ -1046,6 +1101,7 @@ async fn stream_up(
             temp,
             external: false,
             flags: 0,
+            if_absent_since: since,
         })
         .collect();
     let ids: Vec<BlobId> = items.iter().map(|i| i.id.clone()).collect();
@@ -1061,6 +1117,7 @@ async fn stream_up(
             PutOutcome::Created(_) => 201,
             PutOutcome::Exists => 409,
             PutOutcome::OverQuota => 507,
+            PutOutcome::DeletedAfter(_) => 412,
         };
         status.insert(id, code);
     }

@@ -226,6 +226,10 @@ pub struct PendingPut {
     pub external: bool,
     /// Initial flags bitmask.
     pub flags: i64,
+    /// `if_absent_since`: refuse ([`PutOutcome::DeletedAfter`]) when the id holds a tombstone
+    /// whose delete has a sequence number above this one. Checked under the writer lock, in
+    /// the commit, so a delete that lands while the body is uploading is caught too.
+    pub if_absent_since: Option<u64>,
 }
 
 /// What became of one [`PendingPut`].
@@ -237,6 +241,18 @@ pub enum PutOutcome {
     Exists,
     /// Storing it would exceed the user's quota.
     OverQuota,
+    /// The id was deleted at this sequence number, after the put's `if_absent_since`: the
+    /// client's retry must not recreate it.
+    DeletedAfter(u64),
+}
+
+/// The seq of `row`'s delete when it is a tombstone newer than `since` (the
+/// `if_absent_since` rule; a live row or an older tombstone is not this refusal's business).
+pub fn deleted_after(row: Option<&BlobRow>, since: Option<u64>) -> Option<u64> {
+    match (row, since) {
+        (Some(r), Some(since)) if r.deleted && r.seq > since => Some(r.seq),
+        _ => None,
+    }
 }
 
 /// Per-user figures for `user list` and `/metrics`.
@@ -673,6 +689,24 @@ impl Index {
 
     // ---- blobs: writes ---------------------------------------------------------------
 
+    /// Like [`Index::lookup_many`] but tombstones are returned too (`deleted` set): what the
+    /// early `if_absent_since` check of a `/stream` upload needs.
+    pub fn lookup_many_any(
+        &self,
+        user: &str,
+        ns: &Namespace,
+        ids: &[BlobId],
+    ) -> Result<Vec<Option<BlobRow>>, IndexError> {
+        self.read(|c| {
+            let tx = c.transaction()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(lookup_in(&tx, user, ns.as_str(), id.as_str())?);
+            }
+            Ok(out)
+        })
+    }
+
     /// Renames fsynced temp files into place and indexes them in ONE transaction; per item
     /// the outcome. `default_quota` applies to users without their own.
     ///
@@ -892,6 +926,13 @@ fn apply_job(
         if live {
             outcomes.push(PutOutcome::Exists);
             continue;
+        }
+        if it.if_absent_since.is_some() {
+            let row = lookup_in(tx, user, ns.as_str(), it.id.as_str())?;
+            if let Some(seq) = deleted_after(row.as_ref(), it.if_absent_since) {
+                outcomes.push(PutOutcome::DeletedAfter(seq));
+                continue;
+            }
         }
         if quota.is_some_and(|q| used as u64 + it.size > q) {
             outcomes.push(PutOutcome::OverQuota);

@@ -52,6 +52,10 @@ pub mod query {
     /// `1`/`true` on `GET /blobs/{user}`: answer a [`super::NamespacesResponse`], the user's
     /// namespaces that hold live blobs or tombstones. Takes no other parameter.
     pub const NAMESPACES: &str = "namespaces";
+    /// A sequence number on `PUT /blobs/{user}/{id}` and `/stream/{user}?direction=upload`:
+    /// refuse (412) to store an id whose tombstone is newer than it, so a retried upload
+    /// never recreates a blob another device deleted after the first attempt.
+    pub const IF_ABSENT_SINCE: &str = "if_absent_since";
 }
 
 /// Errors of parsing wire data: flags and stream framing.
