@@ -311,14 +311,8 @@ impl EngineHandle {
     ) -> Result<PutWriter, EngineError> {
         self.alive()?;
         let id = id.unwrap_or_else(BlobId::random);
-        if let Some(b) = self.shared.store.get(&ns, &id).await? {
-            return Err(StoreError::AlreadyExists {
-                ns,
-                id,
-                status: b.status,
-            }
-            .into());
-        }
+        // Refused now, before the client streams the bytes (and again at commit).
+        self.refuse_taken(&ns, &id).await?;
         let data = self.shared.data.clone();
         let dest = data.payload_path(&ns, &id);
         let mut payload = blocking(move || Ok(payload::NewPayload::create(&data, &dest)?)).await?;
@@ -355,7 +349,8 @@ impl EngineHandle {
         let id = id.unwrap_or_else(BlobId::random);
         let lock = self.shared.blob_lock(&ns, &id);
         let _g = lock.lock().await;
-        self.refuse_taken(&ns, &id).await?;
+        // No look-up of the id first (a trip to the store thread per put): a taken id is
+        // refused by the no-clobber link or by the store commit, and the copy is discarded.
         // One trip to the blocking pool copies, hashes, fsyncs and links: a small put costs
         // a few syscalls, not a pool hop for each.
         let (src, data) = (path.to_path_buf(), self.shared.data.clone());

@@ -674,6 +674,28 @@ async fn every_invalid_argument_is_refused_with_a_message() {
         path: "relative/file".into(),
     };
     assert_eq!(code(c.put_path(pp).await), inv);
+    // PutPath of a taken id: refused, and the blob that has it keeps its bytes.
+    let before = c
+        .list(pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let src = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(src.path(), b"some other content entirely").unwrap();
+    let pp = pb::PutPathRequest {
+        header: Some(pb::PutHeader {
+            id: "ok".into(),
+            ..Default::default()
+        }),
+        path: src.path().to_string_lossy().into_owned(),
+    };
+    assert_eq!(code(c.put_path(pp).await), Code::AlreadyExists);
+    let after = c
+        .list(pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before.blobs, after.blobs);
 
     // Nothing refused left a blob or a temp file behind.
     let ls = c
