@@ -795,6 +795,17 @@ async fn store_one(
         return Err(exists(&id, &ns));
     }
     if let (Some(seq), Some(since)) = (index::deleted_after(row.as_ref(), since), since) {
+        // Answer only once the body is in (read and dropped, up to the size limit): a client
+        // still sending when we answer and close sees a broken pipe instead of this 412, and
+        // could not tell "deleted, drop it" from a network fault.
+        let mut body = req.into_body();
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > max {
+                break;
+            }
+        }
         return Err(deleted_after(&id, &ns, seq, since));
     }
     if let (Some((used, own)), Some(n)) = (usage, declared)

@@ -49,6 +49,12 @@ async fn put_refuses_an_id_deleted_after_since_and_stores_otherwise() {
     );
     assert!(live(&s, &t).await.is_empty());
     assert_eq!(s.get("/blobs/alice/x", &t).await.status, 404);
+    // A big body gets the 412 too, not a connection cut mid-send: the client must be able
+    // to tell "deleted" from a network fault.
+    let r = s
+        .put("/blobs/alice/x?if_absent_since=1", &t, vec![7u8; 8 << 20])
+        .await;
+    assert_eq!(r.status, 412, "{}", r.text());
     let ch: ChangesResponse = s.get("/blobs/alice?since=0", &t).await.json();
     assert_eq!(ch.seq, 2, "a refused put takes no sequence number");
     assert_eq!(ch.changes[0].op, ChangeOp::Delete);
