@@ -87,8 +87,9 @@ impl Remote for PagedRemote {
         id: &BlobId,
         len: u64,
         body: ByteStream,
+        if_absent_since: Option<u64>,
     ) -> Result<(), RemoteError> {
-        self.inner.put(ns, id, len, body).await
+        self.inner.put(ns, id, len, body, if_absent_since).await
     }
 
     async fn get(
@@ -122,8 +123,11 @@ impl Remote for PagedRemote {
         ns: &Namespace,
         entries: &[(BlobId, u64)],
         body: ByteStream,
+        if_absent_since: Option<u64>,
     ) -> Result<UploadResponse, RemoteError> {
-        self.inner.put_batch(ns, entries, body).await
+        self.inner
+            .put_batch(ns, entries, body, if_absent_since)
+            .await
     }
 
     async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::{Engine, Shared, TransferInfo, TransferStats};
 use crate::clock::Clock;
@@ -468,6 +468,54 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         Ok(matches!(Header::parse(&head), Ok(Some((h, _))) if &h.salt == salt))
     }
 
+    /// The `if_absent_since` of an upload: none for a first attempt; for a retry (a salt was
+    /// recorded, so an earlier PUT may have reached the server) the namespace's listing cursor,
+    /// which everything this plan was made from stands on. Any delete of the id after our
+    /// first attempt that the listings have not shown us is above it, so the server refuses
+    /// to recreate the blob. A cursor older than the first attempt only makes the check
+    /// stricter (an id has an older tombstone only if it was deleted and put again), and
+    /// without a cursor (never listed, or the store failed) 0 is the strictest.
+    async fn if_absent_since(&self, ns: &Namespace, attempted: bool) -> Option<u64> {
+        if !attempted {
+            return None;
+        }
+        match self.shared.store.cursor(ns).await {
+            Ok(c) => Some(c.unwrap_or(0)),
+            Err(e) => {
+                warn!(%ns, error = %e, "cannot read the listing cursor; the retry checks every delete");
+                Some(0)
+            }
+        }
+    }
+
+    /// The server refused to recreate `b` (412): it was deleted elsewhere after our first
+    /// attempt. The row leaves the queue exactly as when a listing shows that tombstone
+    /// (`UploadDeletedRemotely`: the row and its payload are removed).
+    async fn upload_deleted_remotely(&self, b: &BlobInfo, why: &str) {
+        info!(ns = %b.ns, id = %b.id, reason = %why, "deleted elsewhere after our upload attempt; not recreating it, removing it here");
+        let u = RowUpdate {
+            now: Some(self.clock.now()),
+            ..Default::default()
+        };
+        match self
+            .shared
+            .store
+            .transition(&b.ns, &b.id, Transition::UploadDeletedRemotely, u)
+            .await
+        {
+            Ok(ch) => {
+                if ch.from.is_some_and(Status::has_payload)
+                    && !ch.to.is_some_and(Status::has_payload)
+                {
+                    self.shared.remove_payload(&b.ns, &b.id).await;
+                }
+            }
+            Err(e) => {
+                warn!(ns = %b.ns, id = %b.id, error = %e, "refused upload, but the row moved on")
+            }
+        }
+    }
+
     pub(super) async fn upload_one(
         self: &Arc<Self>,
         b: BlobInfo,
@@ -513,6 +561,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 }
                 Err(_) => {}
             }
+            let since = self.if_absent_since(&b.ns, b.upload_salt.is_some()).await;
             let progress = Progress::start(&self.shared, &b, Direction::Upload, stored, 1);
             let body = encrypt_stream(
                 self.shared.clone(),
@@ -521,7 +570,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 Some(progress),
             );
             let res = tokio::select! {
-                r = self.remote.put(&b.ns, &b.id, stored, body) => r,
+                r = self.remote.put(&b.ns, &b.id, stored, body, since) => r,
                 _ = cancel.cancelled() => return,
             };
             if self.shared.crash_here("upload.after_put") {
@@ -561,6 +610,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 },
                 Err(e @ (RemoteError::TooLarge | RemoteError::QuotaExceeded)) => {
                     self.reject_upload(&b, e.to_string(), stats).await
+                }
+                Err(RemoteError::DeletedAfter(why)) => {
+                    self.shared.note_remote_ok();
+                    self.upload_deleted_remotely(&b, &why).await
                 }
                 // The connection broke: the server may have stored it all the same (the answer
                 // was lost, or it answered 409 early and closed while we were still sending).
@@ -1048,6 +1101,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         if encoders.is_empty() {
             return;
         }
+        // One condition for the whole request: the cursor, when any blob of it is a retry.
+        let any_retry = encoders.iter().any(|(b, _)| b.upload_salt.is_some());
+        let since = self.if_absent_since(&ns, any_retry).await;
         let total: u64 = entries.iter().map(|e| e.1).sum();
         let progress = Progress::start(
             &self.shared,
@@ -1073,7 +1129,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             },
         ));
         let res = tokio::select! {
-            r = self.remote.put_batch(&ns, &entries, body) => r,
+            r = self.remote.put_batch(&ns, &entries, body, since) => r,
             _ = cancel.cancelled() => return,
         };
         let results = match res {
@@ -1144,6 +1200,16 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 Some(413) => {
                     self.reject_upload(b, RemoteError::TooLarge.to_string(), stats)
                         .await
+                }
+                // A retry deleted elsewhere since our first attempt. A first attempt that
+                // shares the request only met a newer tombstone of a reused id: it is retried,
+                // and the next listing decides.
+                Some(412) if b.upload_salt.is_some() => {
+                    let why = format!(
+                        "HTTP 412 in a batch: deleted after seq {}",
+                        since.unwrap_or(0)
+                    );
+                    self.upload_deleted_remotely(b, &why).await
                 }
                 Some(507) => {
                     self.reject_upload(b, RemoteError::QuotaExceeded.to_string(), stats)

@@ -159,12 +159,35 @@ impl DirRemote {
             .cloned()
     }
 
-    /// Installs a complete temp file as a new blob (409 if it exists).
-    fn commit_put(&self, ns: &str, id: &str, temp: &Path, size: u64) -> Result<(), RemoteError> {
+    /// Installs a complete temp file as a new blob (409 if it exists; with `if_absent_since`,
+    /// `DeletedAfter` if the change log's latest line for the id is a delete above it: the
+    /// server's rule, decided under the same lock as the install).
+    fn commit_put(
+        &self,
+        ns: &str,
+        id: &str,
+        temp: &Path,
+        size: u64,
+        if_absent_since: Option<u64>,
+    ) -> Result<(), RemoteError> {
         self.locked(|me, cache| {
             if Self::is_live(cache, ns, id).is_some() {
                 let _ = fs::remove_file(temp);
                 return Err(RemoteError::Conflict);
+            }
+            let tombstone = cache
+                .latest
+                .get(&(ns.to_owned(), id.to_owned()))
+                .filter(|l| l.op == ChangeOp::Delete);
+            if let (Some(t), Some(since)) = (tombstone, if_absent_since)
+                && t.seq > since
+            {
+                let _ = fs::remove_file(temp);
+                return Err(RemoteError::DeletedAfter(format!(
+                    "blob {id} in namespace {ns} was deleted at seq {}, after {since}; \
+                     not recreating it",
+                    t.seq
+                )));
             }
             let dest = me.blob_path(ns, id);
             let dir = dest.parent().expect("blob paths have a parent"); // by construction
@@ -402,10 +425,11 @@ impl Remote for DirRemote {
         id: &BlobId,
         len: u64,
         mut body: ByteStream,
+        if_absent_since: Option<u64>,
     ) -> Result<(), RemoteError> {
         let temp = self.receive(&mut body, len).await?;
         let (ns, id) = (ns.to_string(), id.to_string());
-        self.blocking(move |me| me.commit_put(&ns, &id, &temp, len))
+        self.blocking(move |me| me.commit_put(&ns, &id, &temp, len, if_absent_since))
             .await
     }
 
@@ -511,6 +535,7 @@ impl Remote for DirRemote {
         ns: &Namespace,
         entries: &[(BlobId, u64)],
         mut body: ByteStream,
+        if_absent_since: Option<u64>,
     ) -> Result<UploadResponse, RemoteError> {
         // Split the body into its blobs, one temp file each; a chunk may span blobs.
         let mut out = UploadResponse::new();
@@ -541,11 +566,12 @@ impl Remote for DirRemote {
             drop(f);
             let (ns_s, id_s, n) = (ns.to_string(), id.to_string(), *len);
             let code = match self
-                .blocking(move |me| me.commit_put(&ns_s, &id_s, &temp, n))
+                .blocking(move |me| me.commit_put(&ns_s, &id_s, &temp, n, if_absent_since))
                 .await
             {
                 Ok(()) => 201,
                 Err(RemoteError::Conflict) => 409,
+                Err(RemoteError::DeletedAfter(_)) => 412,
                 Err(e) => return Err(e),
             };
             out.insert(id.clone(), code);

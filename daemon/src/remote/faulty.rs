@@ -176,13 +176,14 @@ impl<R: Remote> Remote for FaultyRemote<R> {
         id: &BlobId,
         len: u64,
         body: ByteStream,
+        if_absent_since: Option<u64>,
     ) -> Result<(), RemoteError> {
         self.faults.puts.fetch_add(1, Ordering::SeqCst);
         self.faults.check()?;
         if let Some(e) = self.faults.next_put_errors.lock().unwrap().pop_front() {
             return Err(e);
         }
-        self.inner.put(ns, id, len, body).await?;
+        self.inner.put(ns, id, len, body, if_absent_since).await?;
         let lose = self
             .faults
             .lose_put_answers
@@ -243,10 +244,13 @@ impl<R: Remote> Remote for FaultyRemote<R> {
         ns: &Namespace,
         entries: &[(BlobId, u64)],
         body: ByteStream,
+        if_absent_since: Option<u64>,
     ) -> Result<UploadResponse, RemoteError> {
         self.faults.batches.fetch_add(1, Ordering::SeqCst);
         self.faults.check()?;
-        self.inner.put_batch(ns, entries, body).await
+        self.inner
+            .put_batch(ns, entries, body, if_absent_since)
+            .await
     }
 
     async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {

@@ -257,6 +257,7 @@ impl HttpRemote {
             }
             StatusCode::NOT_FOUND => RemoteError::NotFound,
             StatusCode::CONFLICT => RemoteError::Conflict,
+            StatusCode::PRECONDITION_FAILED => RemoteError::DeletedAfter(msg),
             StatusCode::PAYLOAD_TOO_LARGE => RemoteError::TooLarge,
             StatusCode::INSUFFICIENT_STORAGE => RemoteError::QuotaExceeded,
             StatusCode::NOT_ACCEPTABLE => RemoteError::BadFlags(msg),
@@ -361,11 +362,13 @@ impl Remote for HttpRemote {
         id: &BlobId,
         len: u64,
         body: ByteStream,
+        if_absent_since: Option<u64>,
     ) -> Result<(), RemoteError> {
-        let url = self.url(
-            &self.blob_path(id),
-            &[(wire::query::NAMESPACE, ns.to_string())],
-        );
+        let mut q = vec![(wire::query::NAMESPACE, ns.to_string())];
+        if let Some(seq) = if_absent_since {
+            q.push((wire::query::IF_ABSENT_SINCE, seq.to_string()));
+        }
+        let url = self.url(&self.blob_path(id), &q);
         let headers = [
             (header::CONTENT_LENGTH, len.to_string()),
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
@@ -473,14 +476,16 @@ impl Remote for HttpRemote {
         ns: &Namespace,
         entries: &[(BlobId, u64)],
         body: ByteStream,
+        if_absent_since: Option<u64>,
     ) -> Result<UploadResponse, RemoteError> {
-        let url = self.url(
-            &format!("/stream/{}", self.cfg.user),
-            &[
-                (wire::query::NAMESPACE, ns.to_string()),
-                (wire::query::DIRECTION, "upload".into()),
-            ],
-        );
+        let mut q = vec![
+            (wire::query::NAMESPACE, ns.to_string()),
+            (wire::query::DIRECTION, "upload".into()),
+        ];
+        if let Some(seq) = if_absent_since {
+            q.push((wire::query::IF_ABSENT_SINCE, seq.to_string()));
+        }
+        let url = self.url(&format!("/stream/{}", self.cfg.user), &q);
         let head = wire::encode_upload_header(entries);
         let len = head.len() as u64 + entries.iter().map(|e| e.1).sum::<u64>();
         let whole: ByteStream = Box::pin(super::once_body(head).chain(body));

@@ -90,6 +90,10 @@ pub enum RemoteError {
         /// The server's message.
         message: String,
     },
+    /// 412 on a put with `if_absent_since`: the id was deleted on the remote after that
+    /// sequence number, so storing it would resurrect a blob another device deleted.
+    #[error("the remote refused to recreate a blob deleted after our first attempt: {0}")]
+    DeletedAfter(String),
     /// 416.
     #[error("range not satisfiable (HTTP 416)")]
     RangeNotSatisfiable,
@@ -113,7 +117,8 @@ pub enum RemoteError {
 
 impl RemoteError {
     /// Worth trying again later: transport faults, 5xx, 408, 429, and 401/403 (retried on the
-    /// schedule so a fixed token resumes the queue). 404/409/413/416/507 and bad data are not.
+    /// schedule so a fixed token resumes the queue). 404/409/412/413/416/507 and bad data are
+    /// not.
     pub fn is_retryable(&self) -> bool {
         match self {
             RemoteError::Transport(_) | RemoteError::Io(_) | RemoteError::Unauthorized { .. } => {
@@ -170,12 +175,17 @@ pub trait Remote: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<BlobDetail>, RemoteError>> + Send;
 
     /// Stores `len` bytes from `body` as a new blob; `Conflict` if the id exists.
+    ///
+    /// `if_absent_since: Some(seq)` makes the put conditional (the retry of an upload that was
+    /// attempted before): `DeletedAfter` when the id holds a tombstone whose delete has a
+    /// sequence number above `seq`, so a retry never recreates a blob deleted meanwhile.
     fn put(
         &self,
         ns: &Namespace,
         id: &BlobId,
         len: u64,
         body: ByteStream,
+        if_absent_since: Option<u64>,
     ) -> impl Future<Output = Result<(), RemoteError>> + Send;
 
     /// The stored bytes, or the byte `range` of them.
@@ -209,12 +219,14 @@ pub trait Remote: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), RemoteError>> + Send;
 
     /// Uploads many blobs in one request: `body` holds their bytes back to back, in the
-    /// order and sizes of `entries`. Returns the HTTP status per id.
+    /// order and sizes of `entries`. Returns the HTTP status per id. `if_absent_since`
+    /// applies [`Remote::put`]'s rule to every entry; a refused one is `412` in the map.
     fn put_batch(
         &self,
         ns: &Namespace,
         entries: &[(BlobId, u64)],
         body: ByteStream,
+        if_absent_since: Option<u64>,
     ) -> impl Future<Output = Result<UploadResponse, RemoteError>> + Send;
 
     /// Downloads many blobs in one request: the raw downstream frames (decode them with

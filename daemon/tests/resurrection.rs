@@ -1,0 +1,386 @@
+//! The resurrection guard: a retried upload (its first PUT's answer was lost) must not recreate
+//! a blob another device deleted in the window between this device's listing and its retry.
+//! The retry carries `if_absent_since` = the listing cursor; the remote refuses, and the blob
+//! ends as one deleted remotely (row and payload gone). Run over `DirRemote` (its change-log
+//! rule) and over `HttpRemote` against the real `blobsync-server` in process (the server's rule).
+
+mod common;
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use blobsync_shared::wire::{BlobDetail, ChangesResponse, Flag, UploadResponse};
+use blobsync_shared::{BlobId, Namespace};
+use blobsyncd::remote::dir::DirRemote;
+use blobsyncd::remote::http::{HttpRemote, HttpRemoteConfig};
+use blobsyncd::remote::{
+    ByteStream, GetResponse, Remote, RemoteError, RemoteListFilter, collect_body,
+};
+use blobsyncd::store::payload::DataDir;
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+/// What the window between listing and PUT holds: when armed, the next conditional put (or
+/// batch) first deletes `victims` on the real remote underneath, as another device would,
+/// and records the `if_absent_since` it was sent. It can also store a batch and lose the
+/// answer (a `/stream` request cut after the server committed).
+#[derive(Clone)]
+struct DeleteInTheWindow<R> {
+    inner: R,
+    state: Arc<Window>,
+}
+
+#[derive(Default)]
+struct Window {
+    armed: AtomicBool,
+    victims: Mutex<Vec<BlobId>>,
+    deleted: AtomicU64,
+    /// Every `if_absent_since` sent, in order (puts and batches).
+    sent: Mutex<Vec<Option<u64>>>,
+    lose_batch_answer: AtomicBool,
+}
+
+impl<R: Remote + Clone> DeleteInTheWindow<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            state: Arc::default(),
+        }
+    }
+
+    fn arm(&self, victims: &[&str]) {
+        *self.state.victims.lock().unwrap() =
+            victims.iter().map(|v| BlobId::new(*v).unwrap()).collect();
+        self.state.armed.store(true, Ordering::SeqCst);
+    }
+
+    async fn window(&self, ns: &Namespace, since: Option<u64>) {
+        self.state.sent.lock().unwrap().push(since);
+        if since.is_some() && self.state.armed.swap(false, Ordering::SeqCst) {
+            let victims = self.state.victims.lock().unwrap().clone();
+            for id in victims {
+                self.inner.delete(ns, &id).await.unwrap();
+                self.state.deleted.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+impl<R: Remote + Clone> Remote for DeleteInTheWindow<R> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn changes(&self, ns: &Namespace, since: u64) -> Result<ChangesResponse, RemoteError> {
+        self.inner.changes(ns, since).await
+    }
+    async fn namespaces(&self) -> Result<Vec<Namespace>, RemoteError> {
+        self.inner.namespaces().await
+    }
+    async fn list(
+        &self,
+        ns: &Namespace,
+        f: &RemoteListFilter,
+    ) -> Result<Vec<BlobDetail>, RemoteError> {
+        self.inner.list(ns, f).await
+    }
+    async fn put(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        len: u64,
+        body: ByteStream,
+        if_absent_since: Option<u64>,
+    ) -> Result<(), RemoteError> {
+        self.window(ns, if_absent_since).await;
+        self.inner.put(ns, id, len, body, if_absent_since).await
+    }
+    async fn get(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        range: Option<Range<u64>>,
+    ) -> Result<GetResponse, RemoteError> {
+        self.inner.get(ns, id, range).await
+    }
+    async fn delete(&self, ns: &Namespace, id: &BlobId) -> Result<(), RemoteError> {
+        self.inner.delete(ns, id).await
+    }
+    async fn get_flags(&self, ns: &Namespace, id: &BlobId) -> Result<Vec<Flag>, RemoteError> {
+        self.inner.get_flags(ns, id).await
+    }
+    async fn set_flags(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        flags: &[Flag],
+    ) -> Result<(), RemoteError> {
+        self.inner.set_flags(ns, id, flags).await
+    }
+    async fn put_batch(
+        &self,
+        ns: &Namespace,
+        entries: &[(BlobId, u64)],
+        body: ByteStream,
+        if_absent_since: Option<u64>,
+    ) -> Result<UploadResponse, RemoteError> {
+        self.window(ns, if_absent_since).await;
+        let r = self
+            .inner
+            .put_batch(ns, entries, body, if_absent_since)
+            .await?;
+        if self.state.lose_batch_answer.swap(false, Ordering::SeqCst) {
+            return Err(RemoteError::Transport(
+                "batch answer lost after the server stored it (injected)".into(),
+            ));
+        }
+        Ok(r)
+    }
+    async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {
+        self.inner.get_batch(ns, ids).await
+    }
+}
+
+/// Live ids on the remote.
+async fn live_ids<R: Remote>(r: &R) -> Vec<String> {
+    r.list(&Namespace::default(), &RemoteListFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id.to_string())
+        .collect()
+}
+
+/// One blob: its PUT is stored but the answer is lost (and the salt check cannot reach the
+/// server either), so it stays PENDING_UPLOAD with its salt; the next cycle lists (and sees it
+/// live), and right after that listing another device deletes it. The retry must be refused.
+async fn single_put_retry_is_refused<R: Remote + Clone>(dir: &Path, inner: R) {
+    let ns = Namespace::default();
+    let window = DeleteInTheWindow::new(inner.clone());
+    let a = Device::open_on(
+        &dir.join("a"),
+        window.clone(),
+        settings(),
+        Default::default(),
+    )
+    .await;
+    let data = bytes(30_000, 9);
+    a.put("x", &data).await;
+    a.put("keep", b"unrelated").await;
+    a.engine.run_cycle().await; // both up; "x" and "keep" are SYNCED
+    // A second blob whose answer gets lost.
+    a.put("y", &data).await;
+    a.remote.faults.lose_put_answers.store(1, Ordering::SeqCst);
+    a.remote
+        .faults
+        .fail_next_get(RemoteError::Transport("salt check cut (injected)".into()));
+    a.remote
+        .faults
+        .fail_next_get(RemoteError::Transport("salt check cut (injected)".into()));
+    a.engine.run_cycle().await;
+    let y = a.info("y").await.unwrap();
+    assert_eq!(y.status, blobsyncd::status::Status::PendingUpload);
+    assert!(y.upload_salt.is_some(), "the attempt recorded its salt");
+    assert!(
+        live_ids(&inner).await.contains(&"y".to_string()),
+        "it did reach the remote"
+    );
+    assert_eq!(*window.state.sent.lock().unwrap(), [None, None, None]);
+
+    window.arm(&["y"]);
+    a.cycle_after(120).await; // lists (sees y live), then the retry PUT
+    assert_eq!(
+        window.state.deleted.load(Ordering::SeqCst),
+        1,
+        "the window opened"
+    );
+    let sent = window.state.sent.lock().unwrap().clone();
+    let cursor = a.engine.store().cursor(&ns).await.unwrap();
+    assert_eq!(sent.last().copied(), Some(Some(cursor.unwrap_or(0))));
+    assert!(cursor.is_some(), "the cycle listed before the retry");
+    // Not recreated on the remote, and gone here like any blob deleted remotely.
+    assert_eq!(live_ids(&inner).await, ["keep", "x"]);
+    let left = a.info("y").await;
+    assert_eq!(left.as_ref().map(|b| b.status), None, "{left:?}");
+    let payload = DataDir::new(&a.data).payload_path(&ns, &BlobId::new("y").unwrap());
+    assert!(!payload.exists(), "{} is left", payload.display());
+    // It stays that way: later cycles neither upload nor fetch it, and the rest is intact.
+    let puts = a.remote.faults.puts.load(Ordering::SeqCst);
+    a.cycle_after(120).await;
+    assert_eq!(a.remote.faults.puts.load(Ordering::SeqCst), puts);
+    assert_eq!(live_ids(&inner).await, ["keep", "x"]);
+    assert_eq!(a.info("y").await.map(|b| b.status), None);
+    assert_eq!(a.read("x").await, data);
+    assert_eq!(
+        a.status_of("x").await,
+        Some(blobsyncd::status::Status::Synced)
+    );
+}
+
+/// The same through `/stream`: a batch stored but its answer lost; before the retried batch
+/// two of its blobs are deleted elsewhere. Those two are refused (412 in the map) and removed
+/// here; the others get 409 with our salt and are SYNCED.
+async fn batch_retry_refuses_only_the_deleted<R: Remote + Clone>(dir: &Path, inner: R) {
+    let window = DeleteInTheWindow::new(inner.clone());
+    let a = Device::open_on(
+        &dir.join("a"),
+        window.clone(),
+        settings(),
+        Default::default(),
+    )
+    .await;
+    let ids: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        a.put(id, &bytes(200 + i, i as u8)).await;
+    }
+    window.state.lose_batch_answer.store(true, Ordering::SeqCst);
+    a.engine.run_cycle().await;
+    assert!(
+        a.remote.faults.batches.load(Ordering::SeqCst) >= 1,
+        "went as a batch"
+    );
+    assert_eq!(live_ids(&inner).await.len(), 10);
+    for id in &ids {
+        let b = a.info(id).await.unwrap();
+        assert_eq!(b.status, blobsyncd::status::Status::PendingUpload, "{id}");
+    }
+
+    window.arm(&["s3", "s7"]);
+    a.cycle_after(120).await;
+    assert_eq!(window.state.deleted.load(Ordering::SeqCst), 2);
+    assert!(
+        window.state.sent.lock().unwrap().last().unwrap().is_some(),
+        "the retried batch was conditional"
+    );
+    let live = live_ids(&inner).await;
+    assert_eq!(live.len(), 8, "{live:?}");
+    assert!(!live.contains(&"s3".to_string()) && !live.contains(&"s7".to_string()));
+    for id in &ids {
+        let st = a.status_of(id).await;
+        if id == "s3" || id == "s7" {
+            assert_eq!(st, None, "{id} must end deleted locally");
+        } else {
+            assert_eq!(st, Some(blobsyncd::status::Status::Synced), "{id}");
+        }
+    }
+}
+
+// ---- over DirRemote (file://) -------------------------------------------------------------
+
+#[tokio::test]
+async fn dir_remote_a_delete_between_listing_and_retry_is_not_undone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = DirRemote::new(tmp.path().join("remote"), "alice").unwrap();
+    single_put_retry_is_refused(tmp.path(), inner).await;
+}
+
+#[tokio::test]
+async fn dir_remote_a_batch_retry_skips_the_blobs_deleted_meanwhile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = DirRemote::new(tmp.path().join("remote"), "alice").unwrap();
+    batch_retry_refuses_only_the_deleted(tmp.path(), inner).await;
+}
+
+#[tokio::test]
+async fn dir_remote_applies_the_rule_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = DirRemote::new(tmp.path().join("remote"), "alice").unwrap();
+    let ns = Namespace::default();
+    let id = BlobId::new("z").unwrap();
+    let put = |since| {
+        let r = r.clone();
+        let (ns, id) = (ns.clone(), id.clone());
+        async move {
+            r.put(&ns, &id, 1, blobsyncd::remote::once_body(&b"z"[..]), since)
+                .await
+        }
+    };
+    put(None).await.unwrap(); // seq 1
+    assert!(matches!(put(Some(0)).await, Err(RemoteError::Conflict)));
+    r.delete(&ns, &id).await.unwrap(); // seq 2
+    match put(Some(1)).await {
+        Err(RemoteError::DeletedAfter(m)) => {
+            assert!(m.contains("deleted at seq 2, after 1"), "{m}")
+        }
+        other => panic!("want DeletedAfter, got {other:?}"),
+    }
+    put(Some(2)).await.unwrap(); // deleted at or before since: stored
+    let got = r.get(&ns, &id, None).await.unwrap();
+    assert_eq!(collect_body(got.body, 10).await.unwrap(), b"z");
+}
+
+// ---- over HttpRemote against the real server ------------------------------------------
+
+struct Server {
+    remote: HttpRemote,
+    cancel: CancellationToken,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn start_server(dir: &Path) -> Server {
+    let cfg = blobsync_server::ServerConfig::new(dir.join("server"));
+    let state = tokio::task::spawn_blocking(move || blobsync_server::ServerState::open(cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    let token = blobsync_server::token::generate();
+    state
+        .index()
+        .add_user("alice", &blobsync_server::token::hash(&token), None)
+        .unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cancel = CancellationToken::new();
+    tokio::spawn(blobsync_server::run(listener, state, cancel.clone()));
+    let remote = HttpRemote::new(HttpRemoteConfig {
+        base: format!("http://127.0.0.1:{port}"),
+        user: "alice".into(),
+        token_file: Some(token_file),
+        ca_file: None,
+    })
+    .unwrap();
+    Server { remote, cancel }
+}
+
+#[tokio::test]
+async fn http_remote_a_delete_between_listing_and_retry_is_not_undone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start_server(tmp.path()).await;
+    single_put_retry_is_refused(tmp.path(), s.remote.clone()).await;
+}
+
+#[tokio::test]
+async fn http_remote_a_batch_retry_skips_the_blobs_deleted_meanwhile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start_server(tmp.path()).await;
+    batch_retry_refuses_only_the_deleted(tmp.path(), s.remote.clone()).await;
+}
+
+#[tokio::test]
+async fn http_remote_maps_412_to_deleted_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start_server(tmp.path()).await;
+    let (ns, id) = (Namespace::default(), BlobId::new("z").unwrap());
+    let body = || blobsyncd::remote::once_body(&b"z"[..]);
+    s.remote.put(&ns, &id, 1, body(), None).await.unwrap();
+    s.remote.delete(&ns, &id).await.unwrap();
+    let e = s
+        .remote
+        .put(&ns, &id, 1, body(), Some(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, RemoteError::DeletedAfter(m) if m.contains("deleted at seq 2, after 1")),
+        "{e:?}"
+    );
+    assert!(!e.is_retryable());
+    s.remote.put(&ns, &id, 1, body(), Some(2)).await.unwrap();
+}
