@@ -218,6 +218,51 @@ async fn single_put_retry_is_refused<R: Remote + Clone>(dir: &Path, inner: R) {
     );
 }
 
+/// The partial outage: the blob is deleted elsewhere, then this device's listing fails but its
+/// retried PUT gets through. Without a listing only the server can stop the PUT.
+async fn retry_after_a_failed_listing_is_refused<R: Remote + Clone>(dir: &Path, inner: R) {
+    let window = DeleteInTheWindow::new(inner.clone());
+    let a = Device::open_on(
+        &dir.join("a"),
+        window.clone(),
+        settings(),
+        Default::default(),
+    )
+    .await;
+    a.put("first", b"lists once, so there is a cursor").await;
+    a.engine.run_cycle().await;
+    a.put("y", &bytes(5_000, 3)).await;
+    a.remote.faults.lose_put_answers.store(1, Ordering::SeqCst);
+    for _ in 0..2 {
+        a.remote
+            .faults
+            .fail_next_get(RemoteError::Transport("salt check cut (injected)".into()));
+    }
+    a.engine.run_cycle().await;
+    assert!(a.info("y").await.unwrap().upload_salt.is_some());
+    // Another device deletes it; then this device's listing fails (a 503 from a broken
+    // listing backend, say) while PUTs still work.
+    inner
+        .delete(&Namespace::default(), &BlobId::new("y").unwrap())
+        .await
+        .unwrap();
+    a.remote.faults.fail_next(RemoteError::Http {
+        status: 503,
+        message: "listing backend down (injected)".into(),
+        retry_after: None,
+    });
+    let puts = a.remote.faults.puts.load(Ordering::SeqCst);
+    a.cycle_after(120).await;
+    assert_eq!(
+        a.remote.faults.puts.load(Ordering::SeqCst),
+        puts + 1,
+        "the retry ran without a listing"
+    );
+    assert!(window.state.sent.lock().unwrap().last().unwrap().is_some());
+    assert_eq!(live_ids(&inner).await, ["first"]);
+    assert_eq!(a.info("y").await.map(|b| b.status), None);
+}
+
 /// The same through `/stream`: a batch stored but its answer lost; before the retried batch
 /// two of its blobs are deleted elsewhere. Those two are refused (412 in the map) and removed
 /// here; the others get 409 with our salt and are SYNCED.
@@ -273,6 +318,13 @@ async fn dir_remote_a_delete_between_listing_and_retry_is_not_undone() {
     let tmp = tempfile::tempdir().unwrap();
     let inner = DirRemote::new(tmp.path().join("remote"), "alice").unwrap();
     single_put_retry_is_refused(tmp.path(), inner).await;
+}
+
+#[tokio::test]
+async fn dir_remote_a_retry_after_a_failed_listing_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inner = DirRemote::new(tmp.path().join("remote"), "alice").unwrap();
+    retry_after_a_failed_listing_is_refused(tmp.path(), inner).await;
 }
 
 #[tokio::test]
@@ -355,6 +407,13 @@ async fn http_remote_a_delete_between_listing_and_retry_is_not_undone() {
     let tmp = tempfile::tempdir().unwrap();
     let s = start_server(tmp.path()).await;
     single_put_retry_is_refused(tmp.path(), s.remote.clone()).await;
+}
+
+#[tokio::test]
+async fn http_remote_a_retry_after_a_failed_listing_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start_server(tmp.path()).await;
+    retry_after_a_failed_listing_is_refused(tmp.path(), s.remote.clone()).await;
 }
 
 #[tokio::test]
