@@ -11,8 +11,8 @@
 //! id, namespace, query parameter (unknown ones too), body or stream framing; 404 unknown
 //! route or blob; 405 wrong method (with `Allow`); 406 unknown flag; 409 id exists; 413 over
 //! `max_blob_size`; 410 a `since` cursor older than purged tombstones; 412 a put with
-//! `if_absent_since=SEQ` of an id deleted after SEQ; 416 unsatisfiable or malformed `Range` (with `Content-Range: bytes */N`);
-//! 507 over quota. `/stream` uploads answer 200 with a per-id status map.
+//! `if_absent_since=SEQ` of an id deleted after SEQ; 416 unsatisfiable or malformed `Range`
+//! (with `Content-Range: bytes */N`); 507 over quota. `/stream` uploads answer 200 with a per-id status map.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Seek};
