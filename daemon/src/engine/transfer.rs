@@ -472,18 +472,18 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     /// recorded, so an earlier PUT may have reached the server) the namespace's listing cursor,
     /// which everything this plan was made from stands on. Any delete of the id after our
     /// first attempt that the listings have not shown us is above it, so the server refuses
-    /// to recreate the blob. A cursor older than the first attempt only makes the check
-    /// stricter (an id has an older tombstone only if it was deleted and put again), and
-    /// without a cursor (never listed, or the store failed) 0 is the strictest.
+    /// to recreate the blob. Without a cursor (never listed, or the store failed) there is no
+    /// condition: 0 would refuse a blob whose id the user reused after deleting it, and losing
+    /// a put is worse than the resurrection it would prevent.
     async fn if_absent_since(&self, ns: &Namespace, attempted: bool) -> Option<u64> {
         if !attempted {
             return None;
         }
         match self.shared.store.cursor(ns).await {
-            Ok(c) => Some(c.unwrap_or(0)),
+            Ok(c) => c,
             Err(e) => {
-                warn!(%ns, error = %e, "cannot read the listing cursor; the retry checks every delete");
-                Some(0)
+                warn!(%ns, error = %e, "cannot read the listing cursor; retrying the upload unconditionally");
+                None
             }
         }
     }

@@ -14,6 +14,12 @@ use super::StoreError;
 use crate::clock::{from_millis, to_millis};
 use crate::status::{IllegalTransition, Next, Priority, Status, Transition};
 
+/// `execute` through the statement cache: rusqlite's `Connection::execute` prepares on every
+/// call, and parsing (with trigger code generation) cost more than running the statement.
+fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(params)
+}
+
 /// One blob as the store knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobInfo {
@@ -295,7 +301,8 @@ fn insert_local_in(
         Status::PendingUpload
     };
     let t = to_millis(b.created);
-    tx.execute(
+    exec(
+        &tx,
         "INSERT INTO blobs (ns, id, size, sha256, status, priority, created_ms, updated_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
         params![
@@ -515,7 +522,8 @@ pub fn transition(
     let next = cur.status.apply(t)?;
     let to = match next {
         Next::Gone => {
-            c.execute(
+            exec(
+                c,
                 "DELETE FROM blobs WHERE ns = ?1 AND id = ?2",
                 params![ns.as_str(), id.as_str()],
             )?;
@@ -526,12 +534,14 @@ pub fn transition(
             // Our own upload: the seq of any earlier copy under this id is not ours, and must
             // not make the next listing think our blob was replaced.
             if t == Transition::UploadSucceeded {
-                c.execute(
+                exec(
+                    c,
                     "UPDATE blobs SET remote_seq = NULL WHERE ns = ?1 AND id = ?2",
                     params![ns.as_str(), id.as_str()],
                 )?;
             }
-            c.execute(
+            exec(
+                c,
                 "UPDATE blobs SET status = ?3, \
                    size = COALESCE(?4, size), sha256 = COALESCE(?5, sha256), \
                    remote_size = COALESCE(?6, remote_size), last_error = ?7, \
@@ -599,7 +609,8 @@ pub fn record_failure(
         return Ok(None);
     }
     let invalid = cur.invalid_attempts + u32::from(p.invalid);
-    tx.execute(
+    exec(
+        &tx,
         "UPDATE blobs SET attempts = attempts + 1, invalid_attempts = ?3, last_error = ?4, \
            next_attempt_ms = ?5, updated_ms = ?6 WHERE ns = ?1 AND id = ?2",
         params![
@@ -635,7 +646,8 @@ pub fn set_upload_salt(
     id: &BlobId,
     salt: &[u8; 32],
 ) -> Result<(), StoreError> {
-    c.execute(
+    exec(
+        c,
         "UPDATE blobs SET upload_salt = ?3 WHERE ns = ?1 AND id = ?2 AND upload_salt IS NULL",
         params![ns.as_str(), id.as_str(), &salt[..]],
     )?;
@@ -651,7 +663,8 @@ pub fn record_upload_attempt(
     salt: &[u8; 32],
     stored_size: u64,
 ) -> Result<(), StoreError> {
-    c.execute(
+    exec(
+        c,
         "UPDATE blobs SET upload_salt = ?3, remote_size = ?4 \
          WHERE ns = ?1 AND id = ?2 AND upload_salt IS NULL",
         params![ns.as_str(), id.as_str(), &salt[..], stored_size as i64],
@@ -711,7 +724,8 @@ pub fn apply_remote(
                     status,
                     Status::PendingDownload | Status::RemoteOnly
                 ));
-                let n = tx.execute(
+                let n = exec(
+                    &tx,
                     "INSERT OR IGNORE INTO blobs (ns, id, remote_size, status, priority, external, \
                        created_ms, updated_ms, remote_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     params![
@@ -766,7 +780,8 @@ pub fn apply_remote(
                 };
                 match transition(&tx, ns, id, Transition::ReplacedRemotely, &u) {
                     Ok(ch) => {
-                        tx.execute(
+                        exec(
+                            &tx,
                             "UPDATE blobs SET remote_seq = ?3, sha256 = NULL, size = NULL \
                              WHERE ns = ?1 AND id = ?2",
                             params![ns.as_str(), id.as_str(), *seq as i64],
@@ -782,7 +797,8 @@ pub fn apply_remote(
                 seq,
                 remote_size,
             } => {
-                tx.execute(
+                exec(
+                    &tx,
                     "UPDATE blobs SET remote_seq = ?3, remote_size = ?4 WHERE ns = ?1 AND id = ?2",
                     params![ns.as_str(), id.as_str(), *seq as i64, *remote_size as i64],
                 )?;
@@ -790,7 +806,8 @@ pub fn apply_remote(
         }
     }
     if let Some(seq) = cursor {
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO cursors (ns, seq) VALUES (?1, ?2) \
              ON CONFLICT (ns) DO UPDATE SET seq = excluded.seq",
             params![ns.as_str(), seq as i64],
@@ -808,7 +825,8 @@ pub fn retry(c: &mut Connection, ns: &Namespace, id: &BlobId) -> Result<StatusCh
         id: id.clone(),
     })?;
     let ch = if cur.status.is_queued() {
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE blobs SET next_attempt_ms = 0, attempts = 0, invalid_attempts = 0 \
              WHERE ns = ?1 AND id = ?2",
             params![ns.as_str(), id.as_str()],
@@ -857,7 +875,8 @@ pub fn set_priority(
     id: &BlobId,
     p: Priority,
 ) -> Result<BlobInfo, StoreError> {
-    let n = c.execute(
+    let n = exec(
+        c,
         "UPDATE blobs SET priority = ?3 WHERE ns = ?1 AND id = ?2",
         params![ns.as_str(), id.as_str(), p.code()],
     )?;
@@ -883,7 +902,7 @@ pub fn cursor(c: &mut Connection, ns: &Namespace) -> Result<Option<u64>, StoreEr
 
 /// Forgets a cursor.
 pub fn clear_cursor(c: &mut Connection, ns: &Namespace) -> Result<(), StoreError> {
-    c.execute("DELETE FROM cursors WHERE ns = ?1", params![ns.as_str()])?;
+    exec(c, "DELETE FROM cursors WHERE ns = ?1", params![ns.as_str()])?;
     Ok(())
 }
 
@@ -919,14 +938,15 @@ pub fn set_paused(
 ) -> Result<(), StoreError> {
     let key = ns.map_or(PAUSE_ALL, |n| n.as_str());
     if paused {
-        c.execute(
+        exec(
+            c,
             "INSERT OR IGNORE INTO paused (ns) VALUES (?1)",
             params![key],
         )?;
     } else if ns.is_none() {
-        c.execute("DELETE FROM paused", [])?;
+        exec(c, "DELETE FROM paused", [])?;
     } else {
-        c.execute("DELETE FROM paused WHERE ns = ?1", params![key])?;
+        exec(c, "DELETE FROM paused WHERE ns = ?1", params![key])?;
     }
     Ok(())
 }
@@ -955,12 +975,13 @@ pub fn meta(c: &mut Connection, key: &str) -> Result<Option<String>, StoreError>
 /// Sets or removes a meta value.
 pub fn set_meta(c: &mut Connection, key: &str, value: Option<&str>) -> Result<(), StoreError> {
     match value {
-        Some(v) => c.execute(
+        Some(v) => exec(
+            c,
             "INSERT INTO meta (key, value) VALUES (?1, ?2) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![key, v],
         )?,
-        None => c.execute("DELETE FROM meta WHERE key = ?1", params![key])?,
+        None => exec(c, "DELETE FROM meta WHERE key = ?1", params![key])?,
     };
     Ok(())
 }
