@@ -302,7 +302,7 @@ fn insert_local_in(
     };
     let t = to_millis(b.created);
     exec(
-        &tx,
+        tx,
         "INSERT INTO blobs (ns, id, size, sha256, status, priority, created_ms, updated_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
         params![
