@@ -109,13 +109,20 @@ pub enum EventKind {
         dir: Direction,
         /// Why.
         error: String,
+        /// Which attempt failed, from 1.
+        attempt: u32,
         /// Whether it stays queued.
         will_retry: bool,
+        /// When the next attempt is due (`will_retry` only).
+        next_attempt: Option<std::time::SystemTime>,
     },
     /// A sync cycle started.
     CycleStarted {
         /// Its number.
         cycle: u64,
+        /// It lists everything (forced, periodic, or after a rebuild); a namespace the daemon
+        /// has no cursor for is listed in full in any cycle.
+        full_list: bool,
     },
     /// A sync cycle finished.
     CycleFinished {

@@ -82,8 +82,9 @@ async fn failed_uploads_wait_10_20_30_40_50_60_60_seconds() {
     let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
     a.put("q", b"queued").await;
     a.remote.faults.down.store(true, Ordering::SeqCst);
+    let mut sub = a.handle.subscribe(None);
     let mut waits = Vec::new();
-    for _ in 0..7 {
+    for n in 1..=7u32 {
         let before = a.remote.faults.puts.load(Ordering::SeqCst);
         let failed_at = a.clock.now();
         a.engine.run_cycle().await;
@@ -96,6 +97,21 @@ async fn failed_uploads_wait_10_20_30_40_50_60_60_seconds() {
             .duration_since(failed_at)
             .unwrap();
         waits.push(wait.as_secs());
+        // Watchers are told which attempt failed and when the next one is due.
+        let mut failed = None;
+        while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+            if let blobsyncd::events::Delivery::Event(e) = d
+                && let blobsyncd::events::EventKind::TransferFailed {
+                    attempt,
+                    will_retry,
+                    next_attempt,
+                    ..
+                } = e.kind
+            {
+                failed = Some((attempt, will_retry, next_attempt));
+            }
+        }
+        assert_eq!(failed, Some((n, true, info.next_attempt)), "attempt {n}");
         // Not due a second early: a cycle then makes no attempt.
         a.clock.advance(wait - Duration::from_secs(1));
         a.engine.run_cycle().await;
@@ -453,6 +469,18 @@ async fn events_report_status_changes_and_cycles() {
             .iter()
             .any(|k| matches!(k, K::CycleFinished { summary } if summary.uploaded == 1))
     );
+    // A forced full listing says so when its cycle starts; an ordinary cycle does not.
+    a.engine.run_cycle().await;
+    a.engine.run_full_cycle().await;
+    let mut started = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+        if let blobsyncd::events::Delivery::Event(e) = d
+            && let K::CycleStarted { full_list, .. } = e.kind
+        {
+            started.push(full_list);
+        }
+    }
+    assert_eq!(started, [false, true]);
 }
 
 #[tokio::test]

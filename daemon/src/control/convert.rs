@@ -258,20 +258,24 @@ pub fn delivery_to_pb(d: &Delivery, last_seen: u64, replaying: bool) -> Option<p
                     id,
                     dir,
                     error,
+                    attempt,
                     will_retry,
+                    next_attempt,
                 } => Kind::TransferFailed(pb::TransferFailed {
                     namespace: ns.to_string(),
                     id: id.to_string(),
                     direction: direction_to_pb(*dir) as i32,
                     message: error.clone(),
-                    attempt: 0,
+                    attempt: *attempt,
                     retryable: *will_retry,
-                    next_attempt: None,
+                    next_attempt: next_attempt.map(timestamp),
                 }),
-                EventKind::CycleStarted { cycle } => Kind::CycleStarted(pb::CycleStarted {
-                    cycle: *cycle,
-                    full_list: false,
-                }),
+                EventKind::CycleStarted { cycle, full_list } => {
+                    Kind::CycleStarted(pb::CycleStarted {
+                        cycle: *cycle,
+                        full_list: *full_list,
+                    })
+                }
                 EventKind::CycleFinished { summary } => Kind::CycleFinished(pb::CycleFinished {
                     summary: Some(cycle_to_pb(summary)),
                 }),

@@ -584,11 +584,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 ..Default::default()
             };
             self.shared.state().cycle_running = true;
-            self.shared
-                .events
-                .publish(EventKind::CycleStarted { cycle });
             let full_every = self.shared.settings().full_list_every;
             let periodic_full = full_every > 0 && cycle % u64::from(full_every) == 0;
+            let full_list = force_full || periodic_full || self.shared.state().rebuild_pending;
+            self.shared
+                .events
+                .publish(EventKind::CycleStarted { cycle, full_list });
             match self
                 .sync_listing(force_full || periodic_full, &mut summary)
                 .await

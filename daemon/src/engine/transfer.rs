@@ -376,7 +376,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             id: b.id.clone(),
             dir,
             error,
+            attempt: b.attempts + 1,
             will_retry: !gave_up,
+            next_attempt: (!gave_up).then_some(now + wait),
         });
     }
 
@@ -410,7 +412,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             id: b.id.clone(),
             dir: Direction::Upload,
             error: reason,
+            attempt: b.attempts + 1,
             will_retry: false,
+            next_attempt: None,
         });
     }
 
