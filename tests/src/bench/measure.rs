@@ -19,6 +19,39 @@ pub struct ProcUsage {
 pub struct Snapshot {
     pids: Vec<u32>,
     ticks: Vec<u64>,
+    /// The machine's (steal, total) CPU ticks from `/proc/stat`.
+    machine: (u64, u64),
+}
+
+/// The `cpu` line of `/proc/stat` as (steal, total) ticks; (0, 0) if unreadable.
+fn machine_ticks() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest time is already
+    // counted in user and nice.
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    (v.get(7).copied().unwrap_or(0), v.iter().sum())
+}
+
+/// Percent of the machine's CPU time the hypervisor gave to others between two snapshots
+/// ("steal"): a row measured while a neighbour was busy shows it here.
+pub fn steal_pct(before: &Snapshot, after: &Snapshot) -> f64 {
+    let steal = after.machine.0.saturating_sub(before.machine.0);
+    let total = after.machine.1.saturating_sub(before.machine.1);
+    if total == 0 {
+        0.0
+    } else {
+        steal as f64 * 100.0 / total as f64
+    }
 }
 
 fn clock_ticks_per_s() -> f64 {
@@ -49,6 +82,7 @@ impl Snapshot {
         Snapshot {
             pids: pids.to_vec(),
             ticks: pids.iter().map(|p| cpu_ticks(*p)).collect(),
+            machine: machine_ticks(),
         }
     }
 }

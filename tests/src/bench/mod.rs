@@ -189,6 +189,9 @@ pub struct WorkloadResult {
     /// Blobs read back from B with the right SHA-256 (0 when verification is off).
     pub verified: usize,
     /// `PutPath` calls in flight.
+    /// Percent of the machine's CPU time stolen by the hypervisor during the row (a noisy
+    /// neighbour makes every figure of the row worse).
+    pub steal_pct: f64,
     pub put_concurrency: usize,
 }
 
@@ -737,6 +740,7 @@ pub fn run_workload(opts: &BenchOpts, wl: &Workload) -> Result<WorkloadResult, B
         Ok::<_, BenchError>((put_s, upload_s, download_s, verified, before, after))
     })?;
     let usage = measure::usage(&before, &after);
+    let steal_pct = measure::steal_pct(&before, &after);
     let bytes = wl.count as f64 * wl.size as f64;
     Ok(WorkloadResult {
         name: wl.name.into(),
@@ -754,6 +758,7 @@ pub fn run_workload(opts: &BenchOpts, wl: &Workload) -> Result<WorkloadResult, B
         daemon_b: usage[1].clone(),
         server: usage[2].clone(),
         verified,
+        steal_pct,
         put_concurrency: opts.put_concurrency,
     })
 }

@@ -26,13 +26,13 @@ pub fn table(r: &BenchReport) -> String {
         r.machine, r.put_method
     ));
     out.push_str(&format!(
-        "{:<4} {:>12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}\n",
+        "{:<4} {:>12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}\n",
         "row", "blobs", "put s", "up s", "down s", "wall s", "up MB/s", "dn MB/s", "up b/s", "dn b/s",
-        "A rss", "B rss", "S rss", "A cpu", "B cpu", "S cpu", "ok"
+        "A rss", "B rss", "S rss", "A cpu", "B cpu", "S cpu", "steal%", "ok"
     ));
     for w in &r.workloads {
         out.push_str(&format!(
-            "{:<4} {:>12} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.1} {:>9.1} {:>8.0} {:>8.0} {:>6.1} {:>6.1} {:>6.1} {:>6.2} {:>6.2} {:>6.2} {:>5}\n",
+            "{:<4} {:>12} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.1} {:>9.1} {:>8.0} {:>8.0} {:>6.1} {:>6.1} {:>6.1} {:>6.2} {:>6.2} {:>6.2} {:>6.1} {:>5}\n",
             w.name,
             format!("{}x{}", w.count, size(w.size)),
             w.put_s,
@@ -49,6 +49,7 @@ pub fn table(r: &BenchReport) -> String {
             w.daemon_a.cpu_s,
             w.daemon_b.cpu_s,
             w.server.cpu_s,
+            w.steal_pct,
             if w.verified == w.count { "yes".to_string() } else { format!("{}", w.verified) },
         ));
     }
