@@ -9,9 +9,7 @@ use blobsync_proto::control_client::ControlClient;
 use blobsync_proto::{API_VERSION, GetVersionRequest};
 use blobsync_shared::config::Config;
 use blobsync_shared::paths::{self, DefaultPaths};
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// A connected client.
 pub type Client = ControlClient<Channel>;
@@ -173,17 +171,11 @@ pub fn discover_key_file(flag: Option<&Path>) -> Result<PathBuf, CtlError> {
 /// Connects to the daemon at `socket` and checks the API version once (one warning line on a
 /// mismatch; the call goes on, since the API only grows within v1).
 pub async fn connect(socket: &Path) -> Result<Client, CtlError> {
-    let path = socket.to_path_buf();
     let unreachable = |reason: String| CtlError::Unreachable {
         socket: socket.to_path_buf(),
         reason,
     };
-    // The URI is a placeholder: the connector below ignores it and dials the Unix socket.
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
+    let channel = blobsync_proto::connect_unix(socket)
         .await
         .map_err(|e| unreachable(describe_connect_error(&e)))?;
     let mut client = ControlClient::new(channel)

@@ -97,19 +97,7 @@ impl Fixture {
 }
 
 async fn connect(socket: &Path) -> ControlClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
-    ControlClient::new(channel)
+    ControlClient::new(blobsync_proto::connect_unix(socket).await.unwrap())
 }
 
 fn header(id: &str, size_hint: Option<u64>) -> pb::PutRequest {

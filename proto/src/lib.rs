@@ -1,8 +1,9 @@
 //! Generated code for `proto/blobsync.proto` (package `blobsync.v1`): the control API that
 //! `blobctl` and apps use to drive `blobsyncd`. The `.proto` file is the API reference.
 //!
-//! No hand-written logic lives here: generated types never reach the daemon's engine, only
-//! its `control` module converts them.
+//! No hand-written logic lives here beyond [`connect_unix`], the one way a Rust client
+//! reaches the daemon's socket: generated types never reach the daemon's engine, only its
+//! `control` module converts them.
 
 /// Messages, enums, the `control_client` and the `control_server` of package `blobsync.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -22,6 +23,26 @@ pub const API_VERSION: u32 = 1;
 
 /// The fully qualified gRPC service name, as health checks and reflection know it.
 pub const SERVICE_NAME: &str = "blobsync.v1.Control";
+
+/// A channel to the control service listening on the Unix socket `socket` (gRPC over HTTP/2,
+/// `:authority` `localhost` as the service expects). Wrap it in
+/// [`control_client::ControlClient`]; connecting fails when nothing listens there.
+pub async fn connect_unix(
+    socket: impl AsRef<std::path::Path>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = socket.as_ref().to_path_buf();
+    // The URI is a placeholder: the connector ignores it and dials the socket.
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+}
 
 #[cfg(test)]
 mod tests {
