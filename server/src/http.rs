@@ -373,6 +373,7 @@ fn detail_of(r: BlobRow) -> Result<BlobDetail, ApiError> {
         size: r.size,
         created: r.created,
         flags: index::bits_to_flags(r.flags),
+        external: r.external,
     })
 }
 

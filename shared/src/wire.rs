@@ -152,6 +152,10 @@ pub struct BlobDetail {
     pub created: i64,
     /// Remote flags, in canonical order.
     pub flags: Vec<Flag>,
+    /// Delivered through `/incoming` by a trusted app (stored as-is, not blobsync-encrypted).
+    /// Absent in answers of older servers: false.
+    #[serde(default)]
+    pub external: bool,
 }
 
 /// Kind of a [`Change`].

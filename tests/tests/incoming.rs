@@ -66,6 +66,17 @@ fn incoming_delivery_reaches_the_device_as_is_and_flags_round_trip() -> TestResu
         "{}",
         r.text()
     );
+    // The server's listing says the blob came through /incoming.
+    let remote = a.ctl().run(&["ls", "--remote", "-n", "MX"])?.ok_json()?;
+    let mail = remote["blobs"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["id"] == "mail1"))
+        .cloned();
+    assert_eq!(
+        mail.as_ref().map(|m| &m["external"]),
+        Some(&serde_json::json!(true)),
+        "{remote}"
+    );
     Ok(())
 }
 

@@ -885,7 +885,7 @@ impl Control for Service {
                         nanos: 0,
                     }),
                     flags: d.flags.iter().copied().map(flag_to_pb).collect(),
-                    external: false,
+                    external: d.external,
                 })
                 .collect(),
             next_page_token,

@@ -408,6 +408,7 @@ impl Remote for DirRemote {
                         size: l.size,
                         created: l.created,
                         flags,
+                        external: l.external,
                     });
                     if filter.limit.is_some_and(|n| out.len() >= n as usize) {
                         break;
