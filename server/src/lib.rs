@@ -250,6 +250,36 @@ fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServerErr
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// Purges tombstones older than `ttl` now and then every `min(ttl / 2, 1 h)` until `cancel`
+/// fires: what `purge-tombstones --older-than-days` does by hand, so a long-lived server's
+/// index does not grow with every blob ever deleted. A device whose cursor predates a purge
+/// gets 410 and does a full listing; a device offline for longer than `ttl` may therefore
+/// upload a blob deleted elsewhere again (the conditional put can no longer see the delete).
+pub async fn purge_tombstones_periodically(
+    state: ServerState,
+    ttl: Duration,
+    cancel: CancellationToken,
+) {
+    let every = (ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let before = now.saturating_sub(ttl).as_secs() as i64;
+        let st = state.clone();
+        match tokio::task::spawn_blocking(move || st.index().purge_tombstones(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(n, ?ttl, "purged tombstones older than the retention"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "tombstone purge failed; trying again later"),
+            Err(e) => tracing::warn!(error = %e, "tombstone purge task failed"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 /// Serves HTTP(S) on `listener` until `cancel` fires; then stops accepting, gives in-flight
 /// requests up to `shutdown_grace`, and returns.
 pub async fn run(

@@ -81,6 +81,19 @@ struct ServeArgs {
     /// Seconds shutdown waits for in-flight requests.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
+    /// Days a tombstone (the record of a delete) is kept before it is purged automatically;
+    /// 0 keeps them forever. Devices offline for longer must do a full listing when they return.
+    #[arg(long, default_value_t = 180.0, value_parser = parse_days)]
+    tombstone_days: f64,
+}
+
+fn parse_days(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(d) if (0.0..=36_500.0).contains(&d) => Ok(d),
+        _ => Err(format!(
+            "{s:?} is not a number of days from 0 to 36500 (e.g. 90 or 0.5; 0 keeps tombstones)"
+        )),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -259,6 +272,14 @@ fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, %scheme, data = %data.display(), "serving");
         let cancel = CancellationToken::new();
         let signals = tokio::spawn(wait_for_signal(cancel.clone()));
+        if a.tombstone_days > 0.0 {
+            let ttl = Duration::from_secs_f64(a.tombstone_days * 86_400.0);
+            tokio::spawn(blobsync_server::purge_tombstones_periodically(
+                state.clone(),
+                ttl,
+                cancel.clone(),
+            ));
+        }
         blobsync_server::run(listener, state, cancel.clone())
             .await
             .context("serve")?;
