@@ -336,7 +336,7 @@ pub fn remove_row_dirs() {
     }
 }
 
-/// Deletes what earlier runs put in the trash more than [`TRASH_AGE`] ago.
+/// Deletes what earlier runs put in the trash more than 7 minutes ago (`TRASH_AGE`).
 pub fn empty_old_trash() {
     let Ok(entries) = std::fs::read_dir(trash_dir()) else {
         return;
