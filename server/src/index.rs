@@ -512,14 +512,8 @@ impl Index {
         ns: &Namespace,
         ids: &[BlobId],
     ) -> Result<Vec<Option<BlobRow>>, IndexError> {
-        self.read(|c| {
-            let tx = c.transaction()?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                out.push(lookup_in(&tx, user, ns.as_str(), id.as_str())?.filter(|r| !r.deleted));
-            }
-            Ok(out)
-        })
+        let rows = self.lookup_many_any(user, ns, ids)?;
+        Ok(rows.into_iter().map(|r| r.filter(|r| !r.deleted)).collect())
     }
 
     /// One page of a listing.
