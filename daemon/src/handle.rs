@@ -45,6 +45,8 @@ pub enum ErrorCode {
     FailedPrecondition,
     /// A bug or local disk trouble.
     Internal,
+    /// The daemon may not read a file it was asked to.
+    PermissionDenied,
 }
 
 /// Errors of [`EngineHandle`] calls; messages are for humans.
@@ -68,6 +70,17 @@ pub enum EngineError {
     /// Local file trouble.
     #[error("local i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The file to put cannot be opened or read.
+    #[error(
+        "the daemon cannot read {}: {error}; the file must exist and be readable by the daemon's user",
+        path.display()
+    )]
+    Source {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        error: std::io::Error,
+    },
     /// The daemon is shutting down.
     #[error("the daemon is shutting down")]
     ShuttingDown,
@@ -85,6 +98,11 @@ impl EngineError {
             EngineError::Store(StoreError::Illegal(_)) => ErrorCode::FailedPrecondition,
             EngineError::Store(StoreError::Closed) => ErrorCode::Unavailable,
             EngineError::Store(_) | EngineError::Io(_) => ErrorCode::Internal,
+            EngineError::Source { error, .. } => match error.kind() {
+                std::io::ErrorKind::NotFound => ErrorCode::NotFound,
+                std::io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+                _ => ErrorCode::InvalidArgument,
+            },
             EngineError::Remote(e) => match e {
                 RemoteError::NotFound => ErrorCode::NotFound,
                 RemoteError::Conflict => ErrorCode::AlreadyExists,
@@ -339,74 +357,135 @@ impl EngineHandle {
         priority: Priority,
         local_only: bool,
     ) -> Result<BlobInfo, EngineError> {
-        if !path.is_absolute() {
-            return Err(EngineError::InvalidArgument(format!(
-                "{} is not an absolute path; the daemon resolves paths on its own",
-                path.display()
-            )));
-        }
-        self.alive()?;
-        let id = id.unwrap_or_else(BlobId::random);
-        let lock = self.shared.blob_lock(&ns, &id);
-        let _g = lock.lock().await;
-        // No look-up of the id first (a trip to the store thread per put): a taken id is
-        // refused by the no-clobber link or by the store commit, and the copy is discarded.
-        // One trip to the blocking pool copies, hashes, fsyncs and links: a small put costs
-        // a few syscalls, not a pool hop for each.
-        let (src, data) = (path.to_path_buf(), self.shared.data.clone());
-        let dest = data.payload_path(&ns, &id);
-        let copied = blocking(move || {
-            use std::io::{Read, Write};
-            let mut from = std::fs::File::open(&src).map_err(|e| {
-                EngineError::InvalidArgument(format!("cannot open {}: {e}", src.display()))
-            })?;
-            let len = from.metadata().map(|m| m.len()).unwrap_or(0);
-            let mut payload = payload::NewPayload::create(&data, &dest)?;
-            let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-            // +1: a file that grew since `metadata` still ends in one more read.
-            let mut buf = vec![0u8; (len as usize).clamp(4096, 256 * 1024 - 1) + 1];
-            let mut size = 0u64;
-            let mut behind = WriteBehind::default();
-            loop {
-                let n = match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(EngineError::InvalidArgument(format!(
-                            "cannot read {}: {e}",
-                            src.display()
-                        )));
-                    }
-                };
-                payload.file().write_all(&buf[..n])?;
-                behind.wrote(payload.file(), n)?;
-                hasher.update(&buf[..n]);
-                size += n as u64;
-            }
-            // A big blob is fsynced alone (write-behind already overlapped most of it); small
-            // ones join the sync group.
-            let linked = (size > GROUP_SYNC_MAX).then(|| install_payload(&mut payload, &dest));
-            Ok((payload, linked, size, hasher))
-        })
-        .await?;
-        let (payload, linked, size, hasher) = copied;
-        let (payload, linked) = match linked {
-            Some(linked) => (payload, linked),
-            None => install_in_group(&self.shared, payload, &ns, &id).await?,
-        };
-        let mut sha = [0u8; 32];
-        sha.copy_from_slice(hasher.finish().as_ref());
-        let new = NewLocalBlob {
+        let item = PutItem {
+            path: path.to_path_buf(),
             ns,
             id,
-            size,
-            sha256: sha,
             priority,
             local_only,
-            created: (self.shared.now)(),
         };
-        commit_put(&self.shared, payload, linked, new).await
+        let mut done = self.put_paths(vec![item]).await?;
+        done.pop().expect("one result per item")
+    }
+
+    /// Puts many files at once (`PutPaths`): each is copied and hashed, the small ones are made
+    /// durable together through the sync group, and their rows commit in one store
+    /// transaction, so a batch of small files costs about as much as one. One result per
+    /// item, in order; an item fails alone (bad path, taken id, unreadable file, an id given
+    /// twice in the batch).
+    pub async fn put_paths(
+        &self,
+        items: Vec<PutItem>,
+    ) -> Result<Vec<Result<BlobInfo, EngineError>>, EngineError> {
+        self.alive()?;
+        let mut results: Vec<Option<Result<BlobInfo, EngineError>>> =
+            (0..items.len()).map(|_| None).collect();
+        let mut seen = std::collections::HashSet::new();
+        let mut work = Vec::with_capacity(items.len());
+        for (i, it) in items.into_iter().enumerate() {
+            if !it.path.is_absolute() {
+                results[i] = Some(Err(EngineError::InvalidArgument(format!(
+                    "{} is not an absolute path; the daemon resolves paths on its own",
+                    it.path.display()
+                ))));
+                continue;
+            }
+            let id = it.id.unwrap_or_else(BlobId::random);
+            if !seen.insert((it.ns.clone(), id.clone())) {
+                results[i] = Some(Err(EngineError::InvalidArgument(format!(
+                    "blob {id} in namespace {} is given twice in this request",
+                    it.ns
+                ))));
+                continue;
+            }
+            work.push((i, it.path, it.ns, id, it.priority, it.local_only));
+        }
+        // The per-blob locks keep a download of the same id out; taken in id order, as
+        // batch downloads do, so two batches never wait on each other.
+        let mut keys: Vec<(Namespace, BlobId)> =
+            work.iter().map(|w| (w.2.clone(), w.3.clone())).collect();
+        keys.sort();
+        let mut guards = Vec::with_capacity(keys.len());
+        for (ns, id) in &keys {
+            guards.push(self.shared.blob_lock(ns, id).lock_owned().await);
+        }
+        // No look-up of the ids first (a trip to the store thread): a taken id is refused by
+        // the no-clobber link or by the store commit, and its copy is discarded. One trip to
+        // the blocking pool copies and hashes every file.
+        let data = self.shared.data.clone();
+        let jobs: Vec<(PathBuf, PathBuf)> = work
+            .iter()
+            .map(|w| (w.1.clone(), data.payload_path(&w.2, &w.3)))
+            .collect();
+        let copied = blocking(move || {
+            let mut buf = Vec::new();
+            Ok(jobs
+                .into_iter()
+                .map(|(src, dest)| copy_in(&data, &src, &dest, &mut buf))
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        // The small ones are made durable together.
+        let mut group = Vec::new();
+        let mut slots = Vec::new();
+        let mut copies = Vec::with_capacity(work.len());
+        for (k, c) in copied.into_iter().enumerate() {
+            match c {
+                Ok(c) if c.linked.is_none() => {
+                    slots.push(k);
+                    group.push(payload::Install {
+                        payload: c.payload,
+                        dest: self.shared.data.payload_path(&work[k].2, &work[k].3),
+                        replace: false,
+                    });
+                    copies.push(Ok((None, None, c.size, c.sha256)));
+                }
+                Ok(c) => copies.push(Ok((Some(c.payload), c.linked, c.size, c.sha256))),
+                Err(e) => copies.push(Err(e)),
+            }
+        }
+        if !group.is_empty() {
+            let installed = self.shared.syncer.install(group).await?;
+            for (k, (p, linked)) in slots.into_iter().zip(installed) {
+                if let Ok((payload, l, _, _)) = &mut copies[k] {
+                    *payload = Some(p);
+                    *l = Some(linked);
+                }
+            }
+        }
+        // Every row commits; concurrent inserts share one store transaction.
+        let commits = work.into_iter().zip(copies).map(|(w, c)| {
+            let shared = self.shared.clone();
+            async move {
+                let (i, _, ns, id, priority, local_only) = w;
+                let r = match c {
+                    Err(e) => Err(e),
+                    Ok((payload, linked, size, sha256)) => {
+                        let payload = payload.expect("set for every copied item");
+                        let linked = linked.expect("set for every copied item");
+                        let new = NewLocalBlob {
+                            ns,
+                            id,
+                            size,
+                            sha256,
+                            priority,
+                            local_only,
+                            created: (shared.now)(),
+                        };
+                        commit_put(&shared, payload, linked, new).await
+                    }
+                };
+                (i, r)
+            }
+        });
+        for (i, r) in futures_util::future::join_all(commits).await {
+            results[i] = Some(r);
+        }
+        drop(guards);
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every item has a result"))
+            .collect())
     }
 
     /// `AlreadyExists` when the id has a row.
@@ -906,6 +985,78 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|j| EngineError::Io(std::io::Error::other(j)))?
+}
+
+/// One file of [`EngineHandle::put_paths`].
+#[derive(Debug, Clone)]
+pub struct PutItem {
+    /// Absolute path of a file the daemon can read.
+    pub path: PathBuf,
+    /// The namespace.
+    pub ns: Namespace,
+    /// The id; `None` picks a random one.
+    pub id: Option<BlobId>,
+    /// Upload priority.
+    pub priority: Priority,
+    /// Never upload it.
+    pub local_only: bool,
+}
+
+/// A file copied into a new payload by [`copy_in`].
+struct Copied {
+    payload: payload::NewPayload,
+    /// `Some` when it was big enough to be installed on its own (fsync, link, dir fsync).
+    linked: Option<std::io::Result<()>>,
+    size: u64,
+    sha256: [u8; 32],
+}
+
+/// Blocking: copies `src` into a new payload for `dest`, hashing it. A big file is also
+/// fsynced and linked here (write-behind already overlapped most of its writing); a small
+/// one is left for the sync group. `buf` is reused across calls.
+fn copy_in(
+    data: &payload::DataDir,
+    src: &Path,
+    dest: &Path,
+    buf: &mut Vec<u8>,
+) -> Result<Copied, EngineError> {
+    use std::io::{Read, Write};
+    let unreadable = |e: std::io::Error| EngineError::Source {
+        path: src.to_path_buf(),
+        error: e,
+    };
+    let mut from = std::fs::File::open(src).map_err(unreadable)?;
+    let len = from.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut payload = payload::NewPayload::create(data, dest)?;
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    // +1: a file that grew since `metadata` still ends in one more read.
+    let want = (len as usize).clamp(4096, 256 * 1024 - 1) + 1;
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
+    let mut size = 0u64;
+    let mut behind = WriteBehind::default();
+    loop {
+        let n = match from.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(unreadable(e)),
+        };
+        payload.file().write_all(&buf[..n])?;
+        behind.wrote(payload.file(), n)?;
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    let linked = (size > GROUP_SYNC_MAX).then(|| install_payload(&mut payload, dest));
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(hasher.finish().as_ref());
+    Ok(Copied {
+        payload,
+        linked,
+        size,
+        sha256,
+    })
 }
 
 /// Puts up to this size are made durable with everyone else's (see [`payload::SyncGroup`]).

@@ -1286,3 +1286,98 @@ async fn shutdown_cuts_a_stalled_put_and_stores_nothing() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_paths_stores_a_batch_and_refuses_each_bad_item_alone() {
+    let f = Fixture::start().await;
+    let mut c = f.client().await;
+    let src = tempfile::tempdir().unwrap();
+    let file = |name: &str, content: &[u8]| {
+        let p = src.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let item = |id: &str, path: String| pb::PutPathRequest {
+        header: Some(pb::PutHeader {
+            id: id.into(),
+            ..Default::default()
+        }),
+        path,
+    };
+    let big = bytes(3 << 20, 9); // installed on its own, not through the sync group
+    let taken = file("taken", b"first");
+    let r = c.put_path(item("taken", taken.clone())).await.unwrap();
+    assert!(r.into_inner().blob.is_some());
+
+    let req = pb::PutPathsRequest {
+        items: vec![
+            item("one", file("one", b"first file")),
+            item("", file("random", b"an id is chosen")),
+            item("big", file("big", &big)),
+            item("relative", "relative/path".into()),
+            item("missing", src.path().join("nope").to_string_lossy().into()),
+            item("taken", taken),
+            item("one", file("one-again", b"same id twice")),
+            item("bad id!", file("bad", b"x")),
+        ],
+    };
+    let res = c.put_paths(req).await.unwrap().into_inner().results;
+    use pb::put_path_result::Result as R;
+    let codes: Vec<i32> = res
+        .iter()
+        .map(|r| match &r.result {
+            Some(R::Blob(_)) => 0,
+            Some(R::Error(e)) => {
+                assert!(!e.message.is_empty());
+                e.code
+            }
+            None => -1,
+        })
+        .collect();
+    let want = [
+        Code::Ok,
+        Code::Ok,
+        Code::Ok,
+        Code::InvalidArgument,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::InvalidArgument,
+        Code::InvalidArgument,
+    ]
+    .map(|c| c as i32);
+    assert_eq!(codes, want, "{res:?}");
+    let Some(R::Blob(random)) = &res[1].result else {
+        unreachable!()
+    };
+    assert_eq!(random.id.len(), 32, "a random UUIDv4 id: {random:?}");
+
+    // The stored blobs read back whole; the refused ones left nothing.
+    for (id, want) in [
+        ("one", &b"first file"[..]),
+        (random.id.as_str(), b"an id is chosen"),
+        ("big", &big),
+        ("taken", b"first"),
+    ] {
+        assert_eq!(get(&mut c, id, None).await.unwrap().1, want, "{id}");
+    }
+    let ls = c
+        .list(pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids: Vec<_> = ls.blobs.iter().map(|b| b.id.clone()).collect();
+    ids.sort();
+    let mut want = vec![
+        "big".to_string(),
+        "one".into(),
+        "taken".into(),
+        random.id.clone(),
+    ];
+    want.sort();
+    assert_eq!(ids, want);
+
+    // An empty call is a bad request as a whole.
+    let empty = c.put_paths(pb::PutPathsRequest { items: vec![] }).await;
+    assert_eq!(code(empty), Code::InvalidArgument);
+    f.stop().await;
+}

@@ -26,6 +26,7 @@ pub fn engine_status(e: EngineError) -> GrpcStatus {
         ErrorCode::AlreadyExists => GrpcStatus::already_exists(msg),
         ErrorCode::Unavailable => GrpcStatus::unavailable(msg),
         ErrorCode::FailedPrecondition => GrpcStatus::failed_precondition(msg),
+        ErrorCode::PermissionDenied => GrpcStatus::permission_denied(msg),
         ErrorCode::Internal => {
             tracing::error!(error = %msg, "control call failed inside the daemon");
             GrpcStatus::internal(format!(

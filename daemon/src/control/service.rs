@@ -247,21 +247,8 @@ impl Control for Service {
         let header = req.header.unwrap_or_default();
         let (ns, id, priority) = Self::put_target(&header)?;
         let path = std::path::PathBuf::from(&req.path);
-        if path.is_absolute() {
-            // The engine reports any open failure as a bad argument; a missing or unreadable
-            // file deserves its own code so an app can tell it from a malformed request.
-            if let Err(e) = tokio::fs::File::open(&path).await {
-                let msg = format!(
-                    "the daemon cannot open {}: {e}; the file must exist and be readable by                      the daemon's user",
-                    path.display()
-                );
-                return Err(match e.kind() {
-                    std::io::ErrorKind::NotFound => GrpcStatus::not_found(msg),
-                    std::io::ErrorKind::PermissionDenied => GrpcStatus::permission_denied(msg),
-                    _ => GrpcStatus::invalid_argument(msg),
-                });
-            }
-        }
+        // A missing or unreadable file gets NOT_FOUND / PERMISSION_DENIED
+        // (`EngineError::Source`), so an app can tell it from a malformed request.
         let mut blob = self
             .handle
             .put_path(&path, ns, id, priority, header.local_only)
@@ -274,6 +261,56 @@ impl Control for Service {
         }
         Ok(Response::new(pb::PutResponse {
             blob: Some(blob_to_pb(&blob)),
+        }))
+    }
+
+    async fn put_paths(
+        &self,
+        request: Request<pb::PutPathsRequest>,
+    ) -> RpcResult<pb::PutPathsResponse> {
+        /// Most items in one call: bounds the work (and the answer) of one request.
+        const MAX_ITEMS: usize = 10_000;
+        let req = request.into_inner();
+        if req.items.is_empty() || req.items.len() > MAX_ITEMS {
+            return Err(GrpcStatus::invalid_argument(format!(
+                "PutPaths takes 1 to {MAX_ITEMS} items, not {}; split the files into several calls",
+                req.items.len()
+            )));
+        }
+        let n = req.items.len();
+        let mut results: Vec<Option<pb::put_path_result::Result>> = (0..n).map(|_| None).collect();
+        let mut items = Vec::with_capacity(n);
+        let mut slots = Vec::with_capacity(n);
+        for (i, it) in req.items.into_iter().enumerate() {
+            let header = it.header.unwrap_or_default();
+            match Self::put_target(&header) {
+                Ok((ns, id, priority)) => {
+                    slots.push(i);
+                    items.push(crate::handle::PutItem {
+                        path: std::path::PathBuf::from(&it.path),
+                        ns,
+                        id,
+                        priority,
+                        local_only: header.local_only,
+                    });
+                }
+                Err(st) => results[i] = Some(put_error(&st)),
+            }
+        }
+        if !items.is_empty() {
+            let done = self.handle.put_paths(items).await.map_err(engine_status)?;
+            for (i, r) in slots.into_iter().zip(done) {
+                results[i] = Some(match r {
+                    Ok(b) => pb::put_path_result::Result::Blob(blob_to_pb(&b)),
+                    Err(e) => put_error(&engine_status(e)),
+                });
+            }
+        }
+        Ok(Response::new(pb::PutPathsResponse {
+            results: results
+                .into_iter()
+                .map(|r| pb::PutPathResult { result: r })
+                .collect(),
         }))
     }
 
@@ -915,6 +952,14 @@ impl Service {
                 .collect(),
         })
     }
+}
+
+/// One refused item of `PutPaths`, with the status `PutPath` would have answered.
+fn put_error(st: &GrpcStatus) -> pb::put_path_result::Result {
+    pb::put_path_result::Result::Error(pb::PutError {
+        code: st.code() as i32,
+        message: st.message().to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use blobsync_proto::event::Kind;
 use blobsync_proto::{
-    BlobStatus, GetRequest, PutHeader, PutPathRequest, StatusRequest, SyncRequest, WatchRequest,
-    get_response,
+    BlobStatus, GetRequest, PutHeader, PutPathRequest, PutPathsRequest, StatusRequest, SyncRequest,
+    WatchRequest, get_response,
 };
 use rand::{RngCore, SeedableRng};
 use serde::Serialize;
@@ -120,6 +120,9 @@ pub struct BenchOpts {
     pub seed: u64,
     /// `PutPath` calls in flight on daemon A.
     pub put_concurrency: usize,
+    /// 0: one `PutPath` per blob; N: `PutPaths` calls of N blobs each (still
+    /// `put_concurrency` calls in flight).
+    pub put_batch: usize,
     /// Idle interval over which the IDLE row measures daemon CPU.
     pub idle: Duration,
     /// Synced blobs in the IDLE row's store.
@@ -141,6 +144,7 @@ impl Default for BenchOpts {
         BenchOpts {
             seed: 8,
             put_concurrency: 32,
+            put_batch: 0,
             idle: Duration::from_secs(60),
             idle_blobs: 100_000,
             idle_blob_size: KIB,
@@ -615,29 +619,36 @@ async fn put_all(
     client: &Client,
     ns: &str,
     blobs: &[Staged],
-    concurrency: usize,
+    opts: &BenchOpts,
 ) -> Result<(), BenchError> {
-    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let sem = Arc::new(tokio::sync::Semaphore::new(opts.put_concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for b in blobs {
+    let item = |b: &Staged| PutPathRequest {
+        header: Some(PutHeader {
+            namespace: ns.into(),
+            id: b.id.clone(),
+            ..Default::default()
+        }),
+        path: b.path.display().to_string(),
+    };
+    for chunk in blobs.chunks(opts.put_batch.max(1)) {
         let permit = sem
             .clone()
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
         let mut c = client.clone();
-        let req = PutPathRequest {
-            header: Some(PutHeader {
-                namespace: ns.into(),
-                id: b.id.clone(),
-                ..Default::default()
-            }),
-            path: b.path.display().to_string(),
-        };
+        let items: Vec<PutPathRequest> = chunk.iter().map(item).collect();
+        let batch = opts.put_batch > 0;
         tasks.spawn(async move {
-            let r = c.put_path(req).await;
+            let r = if batch {
+                check_batch(c.put_paths(PutPathsRequest { items }).await?.into_inner())
+            } else {
+                let req = items.into_iter().next().expect("chunks are not empty");
+                c.put_path(req).await.map(|_| ()).map_err(BenchError::from)
+            };
             drop(permit);
-            r.map(|_| ())
+            r
         });
         // Reap finished calls as we go so errors surface early and the set stays small.
         while let Some(r) = tasks.try_join_next() {
@@ -646,6 +657,19 @@ async fn put_all(
     }
     while let Some(r) = tasks.join_next().await {
         r.map_err(|e| BenchError::Check(format!("put task: {e}")))??;
+    }
+    Ok(())
+}
+
+/// Every item of a `PutPaths` answer was stored.
+fn check_batch(r: blobsync_proto::PutPathsResponse) -> Result<(), BenchError> {
+    for res in r.results {
+        if let Some(blobsync_proto::put_path_result::Result::Error(e)) = res.result {
+            return Err(BenchError::Check(format!(
+                "PutPaths refused an item: {} ({})",
+                e.message, e.code
+            )));
+        }
     }
     Ok(())
 }
@@ -704,7 +728,7 @@ pub fn run_workload(opts: &BenchOpts, wl: &Workload) -> Result<WorkloadResult, B
         let before = Snapshot::take(&pids);
         eprintln!("[{}] upload", wl.name);
         let t0 = Instant::now();
-        put_all(&ca, &ns, &blobs, opts.put_concurrency).await?;
+        put_all(&ca, &ns, &blobs, opts).await?;
         let put_s = t0.elapsed().as_secs_f64();
         wait_synced(
             &mut ca,
@@ -782,7 +806,7 @@ pub fn run_idle(opts: &BenchOpts) -> Result<IdleResult, BenchError> {
         let mut ev = watch(&mut ca, ns).await?;
         eprintln!("[IDLE] populating");
         let t0 = Instant::now();
-        put_all(&ca, ns, &blobs, opts.put_concurrency).await?;
+        put_all(&ca, ns, &blobs, opts).await?;
         wait_synced(
             &mut ca,
             &mut ev,

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use blobsync_tests::bench::{self, BenchOpts, BenchReport, WORKLOADS};
 
 const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK ...] [--json FILE]
-  [--seed N] [--put-concurrency N] [--idle-secs S] [--idle-blobs N] [--idle-blob-size BYTES]
+  [--seed N] [--put-concurrency N] [--put-batch N] [--idle-secs S] [--idle-blobs N] [--idle-blob-size BYTES]
   [--idle-cycles N] [--disk-bytes BYTES] [--no-verify] [--phase-timeout S]
 Rows default to all: DISK W1 W2 W3 W4 W5 W6 IDLE. Temp dirs go under TMPDIR.
 Needs the release binaries: cargo build --release --workspace --bins";
@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
             }
             "--seed" => opts.seed = num(&a, args.next())?,
             "--put-concurrency" => opts.put_concurrency = num(&a, args.next())?,
+            "--put-batch" => opts.put_batch = num(&a, args.next())?,
             "--idle-secs" => opts.idle = Duration::from_secs_f64(num(&a, args.next())?),
             "--idle-blobs" => opts.idle_blobs = num(&a, args.next())?,
             "--idle-blob-size" => opts.idle_blob_size = num(&a, args.next())?,
@@ -70,7 +71,13 @@ fn main() -> anyhow::Result<()> {
         eprintln!("blobsync-bench: warning: this is a debug build of the harness; use --release");
     }
     let mut report = BenchReport {
-        put_method: format!("{} (N = {})", bench::PUT_METHOD, opts.put_concurrency),
+        put_method: match opts.put_batch {
+            0 => format!("{} (N = {})", bench::PUT_METHOD, opts.put_concurrency),
+            b => format!(
+                "gRPC PutPaths of {b} staged files per call, {} calls in flight",
+                opts.put_concurrency
+            ),
+        },
         seed: opts.seed,
         machine: bench::machine(),
         ..Default::default()
