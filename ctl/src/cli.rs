@@ -47,7 +47,8 @@ pub enum Command {
         blobctl put notes.txt                      # random id, printed\n  \
         blobctl put notes.txt --id notes -n docs --priority high\n  \
         pg_dump db | blobctl put - --id db-2026-11-29 --wait\n  \
-        blobctl put /srv/big.iso --by-path         # the daemon reads the file itself")]
+        blobctl put /srv/big.iso --by-path         # the daemon reads the file itself\n  \
+        blobctl put mail/*.eml -n MX --by-path     # many files, made durable together")]
     Put(PutArgs),
     /// Read a blob (or a byte range of it) to a file or standard output.
     #[command(after_help = "Examples:\n  \
@@ -127,9 +128,10 @@ pub enum Command {
 /// Arguments of `put`.
 #[derive(Debug, Args)]
 pub struct PutArgs {
-    /// The file to store, or `-` for standard input.
-    #[arg(value_name = "FILE|-")]
-    pub file: PathBuf,
+    /// The file to store, or `-` for standard input; several files are stored one blob each
+    /// (with --by-path, in one call: the fast way to import many small files).
+    #[arg(value_name = "FILE|-", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
     /// The blob id, 1-128 of A-Z a-z 0-9 _ - (default: a random UUID).
     #[arg(long)]
     pub id: Option<String>,
@@ -492,7 +494,7 @@ mod tests {
         let Command::Put(p) = cli.command else {
             panic!()
         };
-        assert_eq!(p.file, PathBuf::from("-"));
+        assert_eq!(p.files, [PathBuf::from("-")]);
         assert_eq!(p.id.as_deref(), Some("x1"));
         assert_eq!(p.namespace, "docs");
         assert_eq!(p.priority, Priority::Urgent);

@@ -131,8 +131,12 @@ fn blob_line(b: &pb::BlobInfo) -> String {
     )
 }
 
-async fn put(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), CtlError> {
-    let from_stdin = a.file == Path::new("-");
+async fn put(c: &mut Client, mut a: cli::PutArgs, json: bool) -> Result<(), CtlError> {
+    if a.files.len() > 1 {
+        return put_many(c, a, json).await;
+    }
+    let file = a.files.pop().expect("clap requires a FILE");
+    let from_stdin = file == Path::new("-");
     let mut header = pb::PutHeader {
         namespace: a.namespace,
         id: a.id.unwrap_or_default(),
@@ -146,8 +150,8 @@ async fn put(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), CtlError
         if from_stdin {
             return Err(CtlError::Usage("--by-path needs a file, not `-`".into()));
         }
-        let path = std::path::absolute(&a.file)
-            .map_err(|e| CtlError::io(format!("resolving {}", a.file.display()), e))?;
+        let path = std::path::absolute(&file)
+            .map_err(|e| CtlError::io(format!("resolving {}", file.display()), e))?;
         let spin = spinner(visible && a.wait, "waiting for the upload");
         let resp = c
             .put_path(pb::PutPathRequest {
@@ -161,8 +165,8 @@ async fn put(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), CtlError
         let (reader, size): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) = if from_stdin {
             (Box::new(tokio::io::stdin()), None)
         } else {
-            let what = || format!("opening {}", a.file.display());
-            let f = tokio::fs::File::open(&a.file)
+            let what = || format!("opening {}", file.display());
+            let f = tokio::fs::File::open(&file)
                 .await
                 .map_err(|e| CtlError::io(what(), e))?;
             let meta = f.metadata().await.map_err(|e| CtlError::io(what(), e))?;
@@ -170,7 +174,7 @@ async fn put(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), CtlError
                 return Err(CtlError::Usage(format!(
                     "{} is a directory; blobctl put stores one file (archive a directory first, \
                      e.g. `tar c DIR | blobctl put -`)",
-                    a.file.display()
+                    file.display()
                 )));
             }
             // Only regular files have a size worth promising; a FIFO or device streams.
@@ -178,7 +182,7 @@ async fn put(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), CtlError
         };
         header.size_hint = size;
         let bar = bytes_bar(size, visible, "uploading to blobsyncd");
-        put_stream(c, header, reader, &bar, &a.file, visible && a.wait).await?
+        put_stream(c, header, reader, &bar, &file, visible && a.wait).await?
     };
     let blob =
         blob.ok_or_else(|| CtlError::Rpc(tonic::Status::internal("the daemon sent no blob")))?;
@@ -191,6 +195,130 @@ async fn put(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), CtlError
         return Err(CtlError::Problems(format!(
             "the upload failed for good: {}; see `blobctl ls -n {}` and `blobctl retry {}`",
             blob.last_error, blob.namespace, blob.id
+        )));
+    }
+    Ok(())
+}
+
+/// What became of one file of a multi-file `put`: the blob, or the gRPC code and message.
+type PutOutcome = Result<pb::BlobInfo, (i32, String)>;
+
+/// `put` of several files: one blob each, refused for good or stored each on its own. With
+/// `--by-path` the daemon reads them, up to 1,000 per `PutPaths` call (made durable together);
+/// otherwise each is streamed in turn. One line (or JSON object) per file, in order.
+async fn put_many(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), CtlError> {
+    /// Files per `PutPaths` call.
+    const PER_CALL: usize = 1000;
+    if a.files.iter().any(|f| f == Path::new("-")) {
+        return Err(CtlError::Usage(
+            "`-` (standard input) can only be put alone".into(),
+        ));
+    }
+    if a.id.is_some() {
+        return Err(CtlError::Usage(
+            "--id names one blob; put several files without it (each gets a random id)".into(),
+        ));
+    }
+    if a.wait {
+        return Err(CtlError::Usage(
+            "--wait takes one file; for several, put them, then `blobctl sync --wait`".into(),
+        ));
+    }
+    let header = pb::PutHeader {
+        namespace: a.namespace.clone(),
+        id: String::new(),
+        priority: a.priority as i32,
+        local_only: a.local_only,
+        size_hint: None,
+        wait: false,
+    };
+    let mut results: Vec<(PathBuf, PutOutcome)> = Vec::new();
+    if a.by_path {
+        for chunk in a.files.chunks(PER_CALL) {
+            let mut items = Vec::with_capacity(chunk.len());
+            for f in chunk {
+                let path = std::path::absolute(f)
+                    .map_err(|e| CtlError::io(format!("resolving {}", f.display()), e))?;
+                items.push(pb::PutPathRequest {
+                    header: Some(header.clone()),
+                    path: path.to_string_lossy().into_owned(),
+                });
+            }
+            let done = c
+                .put_paths(pb::PutPathsRequest { items })
+                .await?
+                .into_inner()
+                .results;
+            for (f, r) in chunk.iter().zip(done) {
+                use pb::put_path_result::Result as R;
+                let r = match r.result {
+                    Some(R::Blob(b)) => Ok(b),
+                    Some(R::Error(e)) => Err((e.code, e.message)),
+                    None => Err((tonic::Code::Internal as i32, "no result".into())),
+                };
+                results.push((f.clone(), r));
+            }
+        }
+    } else {
+        for f in &a.files {
+            let r = match tokio::fs::File::open(f).await {
+                Err(e) => Err((
+                    tonic::Code::InvalidArgument as i32,
+                    format!("cannot open {}: {e}", f.display()),
+                )),
+                Ok(file) => {
+                    let size = file
+                        .metadata()
+                        .await
+                        .ok()
+                        .filter(|m| m.is_file())
+                        .map(|m| m.len());
+                    let mut h = header.clone();
+                    h.size_hint = size;
+                    let bar = bytes_bar(size, false, "uploading to blobsyncd");
+                    match put_stream(c, h, Box::new(file), &bar, f, false).await {
+                        Ok(Some(b)) => Ok(b),
+                        Ok(None) => Err((tonic::Code::Internal as i32, "no blob".into())),
+                        Err(CtlError::Rpc(st)) => Err((st.code() as i32, st.message().to_owned())),
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            results.push((f.clone(), r));
+        }
+    }
+    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+    if json {
+        let blobs: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(f, r)| match r {
+                Ok(b) => {
+                    let mut v = render::blob_json(b);
+                    v["file"] = serde_json::json!(f.display().to_string());
+                    v
+                }
+                Err((code, msg)) => serde_json::json!({
+                    "file": f.display().to_string(),
+                    "error": msg,
+                    "code": crate::client::grpc_code_name(tonic::Code::from_i32(*code)),
+                }),
+            })
+            .collect();
+        out_json(&serde_json::json!({ "blobs": blobs }))?;
+    } else {
+        let mut text = String::new();
+        for (f, r) in &results {
+            match r {
+                Ok(b) => text.push_str(&format!("{}: {}\n", f.display(), blob_line(b))),
+                Err((_, msg)) => text.push_str(&format!("{}: refused: {msg}\n", f.display())),
+            }
+        }
+        out(&text)?;
+    }
+    if failed > 0 {
+        return Err(CtlError::Problems(format!(
+            "{failed} of {} files were not stored (see above)",
+            results.len()
         )));
     }
     Ok(())

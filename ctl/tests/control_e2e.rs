@@ -294,6 +294,69 @@ fn putting_an_existing_id_is_already_exists() {
 }
 
 #[test]
+fn put_of_several_files_stores_each_and_reports_each() {
+    let env = TestEnv::new().unwrap();
+    let d = start_daemon(&env, "many");
+    let sock = d.socket();
+    let files: Vec<PathBuf> = (0..3u8)
+        .map(|i| {
+            let f = env.root().join(format!("f{i}"));
+            write_file(&f, 100 + i as usize, i);
+            f
+        })
+        .collect();
+    let names: Vec<&str> = files.iter().map(|f| f.to_str().unwrap()).collect();
+
+    // --by-path: one PutPaths call.
+    let mut args = vec!["put", "--by-path", "-n", "docs"];
+    args.extend(&names);
+    let doc = ctl_json(sock, &args);
+    let blobs = doc["blobs"].as_array().expect("a blobs array");
+    assert_eq!(blobs.len(), 3, "{doc}");
+    for (b, (f, i)) in blobs.iter().zip(names.iter().zip(0u64..)) {
+        assert_eq!(b["file"], *f, "{doc}");
+        assert_eq!(b["size"], 100 + i, "{doc}");
+        assert_eq!(b["namespace"], "docs", "{doc}");
+    }
+    let ls = ctl_json(sock, &["ls", "-n", "docs"]);
+    assert_eq!(ls["blobs"].as_array().unwrap().len(), 3, "{ls}");
+
+    // Streamed, with one file missing: the others are stored, the run fails with exit 1 and
+    // says which file was refused.
+    let missing = env.root().join("missing");
+    let (code, out, err) = ctl(
+        sock,
+        &[
+            "--json",
+            "put",
+            names[0],
+            missing.to_str().unwrap(),
+            names[2],
+        ],
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let blobs = doc["blobs"].as_array().unwrap();
+    assert_eq!(blobs.len(), 3, "{doc}");
+    assert!(
+        blobs[0]["id"].is_string() && blobs[2]["id"].is_string(),
+        "{doc}"
+    );
+    assert_eq!(blobs[1]["file"], missing.to_str().unwrap(), "{doc}");
+    assert!(
+        blobs[1]["error"].as_str().unwrap().contains("missing"),
+        "{doc}"
+    );
+    let ls = ctl_json(sock, &["ls", "-n", "default"]);
+    assert_eq!(ls["blobs"].as_array().unwrap().len(), 2, "{ls}");
+
+    // --id names one blob: a usage error with several files.
+    let (code, _, err) = ctl(sock, &["put", names[0], names[1], "--id", "x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--id"), "{err}");
+}
+
+#[test]
 fn every_command_answers_with_its_json_fields() {
     let env = TestEnv::new().unwrap();
     let d = start_daemon(&env, "cmds");
