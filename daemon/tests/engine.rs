@@ -291,14 +291,7 @@ async fn a_409_after_a_lost_answer_is_ours_and_becomes_synced() {
     let tmp = tempfile::tempdir().unwrap();
     let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
     a.put("p", &bytes(10_000, 4)).await;
-    a.remote.faults.lose_put_answers.store(1, Ordering::SeqCst);
-    // The check of the server's copy right after the broken PUT fails too (remote flaky).
-    for _ in 0..2 {
-        // (the check retries once)
-        a.remote
-            .faults
-            .fail_next_get(RemoteError::Transport("injected".into()));
-    }
+    a.lose_next_put_answer_and_its_check();
     a.engine.run_cycle().await;
     assert_eq!(a.status_of("p").await, Some(Status::PendingUpload));
     let s = a.cycle_after(10).await;
@@ -490,14 +483,7 @@ async fn a_blob_deleted_elsewhere_after_a_lost_put_answer_is_not_resurrected() {
     let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
     let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
     a.put("x", &bytes(5000, 1)).await;
-    a.remote.faults.lose_put_answers.store(1, Ordering::SeqCst);
-    // The check of the server's copy right after the broken PUT fails too (remote flaky).
-    for _ in 0..2 {
-        // (the check retries once)
-        a.remote
-            .faults
-            .fail_next_get(RemoteError::Transport("injected".into()));
-    }
+    a.lose_next_put_answer_and_its_check();
     a.engine.run_cycle().await;
     assert_eq!(a.status_of("x").await, Some(Status::PendingUpload));
     b.engine.run_cycle().await;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use blobsync_shared::{BlobId, Namespace};
+use blobsyncd::remote::Remote;
 use blobsyncd::remote::http::{HttpRemote, HttpRemoteConfig};
-use blobsyncd::remote::{Remote, RemoteError};
 use blobsyncd::status::Status;
 use common::*;
 use tokio_util::sync::CancellationToken;
@@ -192,14 +192,7 @@ async fn http_409_after_lost_answer_is_synced_and_bad_token_is_unauthorized() {
     let srv = start_server(tmp.path()).await;
     let a = device(tmp.path(), "a", &srv).await;
     a.put("p", &bytes(70_000, 5)).await;
-    a.remote.faults.lose_put_answers.store(1, Ordering::SeqCst);
-    // The check of the server's copy right after the broken PUT fails too (remote flaky).
-    for _ in 0..2 {
-        // (the check retries once)
-        a.remote
-            .faults
-            .fail_next_get(RemoteError::Transport("injected".into()));
-    }
+    a.lose_next_put_answer_and_its_check();
     a.engine.run_cycle().await;
     assert_eq!(a.status_of("p").await, Some(Status::PendingUpload));
     let s = a.cycle_after(10).await;

@@ -171,13 +171,7 @@ async fn single_put_retry_is_refused<R: Remote + Clone>(dir: &Path, inner: R) {
     a.engine.run_cycle().await; // both up; "x" and "keep" are SYNCED
     // A second blob whose answer gets lost.
     a.put("y", &data).await;
-    a.remote.faults.lose_put_answers.store(1, Ordering::SeqCst);
-    a.remote
-        .faults
-        .fail_next_get(RemoteError::Transport("salt check cut (injected)".into()));
-    a.remote
-        .faults
-        .fail_next_get(RemoteError::Transport("salt check cut (injected)".into()));
+    a.lose_next_put_answer_and_its_check();
     a.engine.run_cycle().await;
     let y = a.info("y").await.unwrap();
     assert_eq!(y.status, blobsyncd::status::Status::PendingUpload);
@@ -232,12 +226,7 @@ async fn retry_after_a_failed_listing_is_refused<R: Remote + Clone>(dir: &Path, 
     a.put("first", b"lists once, so there is a cursor").await;
     a.engine.run_cycle().await;
     a.put("y", &bytes(5_000, 3)).await;
-    a.remote.faults.lose_put_answers.store(1, Ordering::SeqCst);
-    for _ in 0..2 {
-        a.remote
-            .faults
-            .fail_next_get(RemoteError::Transport("salt check cut (injected)".into()));
-    }
+    a.lose_next_put_answer_and_its_check();
     a.engine.run_cycle().await;
     assert!(a.info("y").await.unwrap().upload_salt.is_some());
     // Another device deletes it; then this device's listing fails (a 503 from a broken

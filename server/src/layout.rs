@@ -91,13 +91,7 @@ pub fn sync_files(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
 /// Flushes every dirty page and inode of the file system holding `root`.
 #[cfg(target_os = "linux")]
 pub fn syncfs(root: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let dir = std::fs::File::open(root)?;
-    // SAFETY: syncfs on an fd we own; no memory is passed.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    blobsync_shared::writeback::syncfs(&std::fs::File::open(root)?)
 }
 
 /// A file found under the payload tree.

@@ -130,6 +130,24 @@ impl<X: Remote + Clone> Device<X> {
         w.commit().await.unwrap()
     }
 
+    /// The next PUT reaches the server but its answer is lost, and the check of the server's
+    /// copy that follows (which retries once) fails too: the blob stays `PENDING_UPLOAD` with
+    /// its salt recorded, as after a connection cut at the worst moment.
+    pub fn lose_next_put_answer_and_its_check(&self) {
+        use std::sync::atomic::Ordering;
+        self.remote
+            .faults
+            .lose_put_answers
+            .store(1, Ordering::SeqCst);
+        for _ in 0..2 {
+            self.remote
+                .faults
+                .fail_next_get(blobsyncd::remote::RemoteError::Transport(
+                    "salt check cut (injected)".into(),
+                ));
+        }
+    }
+
     pub async fn info(&self, id: &str) -> Option<BlobInfo> {
         self.info_ns(&Namespace::default(), id).await
     }
