@@ -674,6 +674,7 @@ impl Index {
                         created: r.created,
                         seq: r.seq,
                         external: r.external,
+                        proof: None,
                     })
                 })
                 .collect::<Result<Vec<_>, rusqlite::Error>>()?;

@@ -183,7 +183,24 @@ pub struct Change {
     pub seq: u64,
     /// Delivered through `/incoming` by a trusted app (stored as-is, not blobsync-encrypted).
     pub external: bool,
+    /// On a delete: the deleting device's proof ([`DELETE_PROOF_HEADER`], 64 lowercase hex),
+    /// as the server stored it. Absent on puts, on tombstones written without one (an admin,
+    /// an older daemon) and in answers of older servers. The server cannot check it (it has no
+    /// key); devices do, and delete their copy only when it verifies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
 }
+
+/// Response header that names the server's instance: a stable random id created with the
+/// server's data (its index), the same on every node of a deployment. A device that sees it
+/// change knows the remote forgot or replaced its data, and reconciles instead of deleting.
+pub const INSTANCE_HEADER: &str = "blobsync-instance";
+
+/// Request header of `DELETE /blobs/{user}/{id}`: the deleting device's proof, an HMAC-SHA256
+/// under a key derived from the storage key over `namespace || 0 || id || 0 || salt` of the
+/// deleted version, as 64 lowercase hex characters. The server keeps it with the tombstone and
+/// returns it as [`Change::proof`].
+pub const DELETE_PROOF_HEADER: &str = "x-blobsync-delete-proof";
 
 /// Answer of `GET /blobs/{user}?since=S`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -588,6 +605,7 @@ mod tests {
                 created: 10,
                 seq: 7,
                 external: false,
+                proof: None,
             }],
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();

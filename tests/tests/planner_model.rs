@@ -113,6 +113,7 @@ fn change(id: &str, op: ChangeOp, size: u64, seq: u64) -> Change {
         created: 1_700_000_000,
         seq,
         external: false,
+        proof: None,
     }
 }
 

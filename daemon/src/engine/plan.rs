@@ -301,6 +301,7 @@ mod tests {
             created: 5,
             seq,
             external: false,
+            proof: None,
         }
     }
 

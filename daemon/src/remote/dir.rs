@@ -337,6 +337,7 @@ impl Remote for DirRemote {
                             created: l.created,
                             seq: l.seq,
                             external: l.external,
+                            proof: None,
                         })
                     })
                     .collect::<Result<Vec<_>, RemoteError>>()?;
