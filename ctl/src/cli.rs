@@ -213,6 +213,9 @@ pub struct SyncArgs {
     /// Wait for the cycle to finish and print what it did.
     #[arg(long)]
     pub wait: bool,
+    /// Also apply the remote deletions the mass-deletion guard holds (see `status`).
+    #[arg(long)]
+    pub allow_mass_delete: bool,
 }
 
 /// Arguments of `watch`.

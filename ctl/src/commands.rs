@@ -662,7 +662,12 @@ async fn status(c: &mut Client, json: bool) -> Result<(), CtlError> {
 
 async fn sync(c: &mut Client, a: cli::SyncArgs, json: bool) -> Result<(), CtlError> {
     let spin = spinner(show_progress(json) && a.wait, "syncing");
-    let r = c.sync(pb::SyncRequest { wait: a.wait }).await;
+    let r = c
+        .sync(pb::SyncRequest {
+            wait: a.wait,
+            allow_mass_delete: a.allow_mass_delete,
+        })
+        .await;
     spin.finish_and_clear();
     let r = r?.into_inner();
     if json {
@@ -856,6 +861,9 @@ async fn verify(c: &mut Client, a: cli::VerifyArgs, json: bool) -> Result<(), Ct
             "problems": problems,
             "bytes": r.bytes,
             "skipped": r.skipped,
+            "skipped_blobs": r.skipped_blobs.iter().map(|s| json!({
+                "namespace": s.namespace, "id": s.id, "reason": s.reason,
+            })).collect::<Vec<_>>(),
         }))?;
     } else {
         let read = if r.bytes > 0 {
@@ -871,6 +879,9 @@ async fn verify(c: &mut Client, a: cli::VerifyArgs, json: bool) -> Result<(), Ct
             r.problems,
             r.skipped
         ))?;
+        for s in &r.skipped_blobs {
+            out(&format!("skipped {}/{}: {}\n", s.namespace, s.id, s.reason))?;
+        }
     }
     if r.problems > 0 {
         return Err(CtlError::Problems(format!(

@@ -260,7 +260,12 @@ pub fn blob_row(b: &pb::BlobInfo, now: i64) -> Vec<String> {
         b.namespace.clone(),
         b.id.clone(),
         human_size(b.size),
-        status_name(b.status),
+        // Provenance: an external blob came from an app, not from one of the user's devices.
+        if b.external {
+            format!("{} (external)", status_name(b.status))
+        } else {
+            status_name(b.status)
+        },
         priority_name(b.priority).to_ascii_lowercase(),
         b.attempts.to_string(),
         relative(&b.next_attempt, now),
@@ -332,8 +337,26 @@ pub fn cycle_json(c: &pb::CycleSummary) -> Value {
         "bytes_up": c.bytes_up,
         "bytes_down": c.bytes_down,
         "pending": c.pending,
+        "reuploaded_missing": c.reuploaded_missing,
+        "deletions_held": c.deletions_held,
         "error": if c.error.is_empty() { Value::Null } else { c.error.clone().into() },
     })
+}
+
+/// An alarm as JSON.
+pub fn alarm_json(a: &pb::Alarm) -> Value {
+    json!({
+        "kind": a.kind,
+        "namespace": if a.namespace.is_empty() { Value::Null } else { a.namespace.clone().into() },
+        "message": a.message,
+        "count": a.count,
+        "at": ts_json(&a.at),
+    })
+}
+
+/// An alarm for people: one line.
+pub fn alarm_text(a: &pb::Alarm) -> String {
+    format!("ALARM {}: {}", a.kind, a.message)
 }
 
 /// Limits as JSON.
@@ -372,6 +395,7 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
             "reachable": r.reachable,
             "last_contact": ts_json(&r.last_contact),
             "last_error": if r.last_error.is_empty() { Value::Null } else { r.last_error.clone().into() },
+            "identity": if r.identity.is_empty() { Value::Null } else { r.identity.clone().into() },
         })
     });
     json!({
@@ -389,6 +413,7 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
         "api_version": s.api_version,
         "started": ts_json(&s.started),
         "last_event_id": s.last_event_id,
+        "alarms": s.alarms.iter().map(alarm_json).collect::<Vec<_>>(),
     })
 }
 
@@ -412,6 +437,12 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
             format!("UNREACHABLE: {}", r.last_error)
         };
         let _ = writeln!(out, "remote:   {} ({state})", r.url);
+        if !r.identity.is_empty() {
+            let _ = writeln!(out, "identity: {}", r.identity);
+        }
+    }
+    for a in &s.alarms {
+        let _ = writeln!(out, "{}", alarm_text(a));
     }
     let paused: Vec<&str> = s
         .namespaces
@@ -564,6 +595,20 @@ pub fn cycle_text(c: &pb::CycleSummary) -> String {
         c.failed,
         c.pending
     );
+    if c.reuploaded_missing > 0 {
+        let _ = write!(
+            s,
+            "; {} re-uploaded (missing on the server)",
+            c.reuploaded_missing
+        );
+    }
+    if c.deletions_held > 0 {
+        let _ = write!(
+            s,
+            "; {} remote deletions HELD (blobctl sync --allow-mass-delete applies them)",
+            c.deletions_held
+        );
+    }
     if !c.error.is_empty() {
         let _ = write!(s, "; stopped early: {}", c.error);
     }
@@ -623,6 +668,7 @@ pub fn event_json(e: &pb::Event) -> Value {
             "error",
             json!({ "message": err.message, "namespace": err.namespace, "id": err.id }),
         ),
+        Some(Kind::Alarm(a)) => ("alarm", alarm_json(a)),
         None => ("unknown", Value::Null),
     };
     m.insert(key.into(), body);
@@ -708,6 +754,7 @@ pub fn event_text(e: &pb::Event) -> String {
         ),
         Some(Kind::PauseChanged(p)) => pause_text(p.state.as_ref()),
         Some(Kind::Error(err)) => format!("error: {}", err.message),
+        Some(Kind::Alarm(a)) => alarm_text(a),
         None => "(an event this blobctl does not know)".into(),
     };
     format!("{time}  #{:<6} {what}", e.id)

@@ -53,6 +53,11 @@ pub struct CycleSummary {
     pub bytes_up: u64,
     /// Stored bytes downloaded by finished downloads.
     pub bytes_down: u64,
+    /// Blobs this device holds that the server had lost (absent, or an unproven tombstone),
+    /// queued to be uploaded again.
+    pub reuploaded_missing: u64,
+    /// Proven remote deletions held by the mass-deletion guard at the end of the cycle.
+    pub deletions_held: u64,
     /// Set when the cycle could not reach the remote (or was refused).
     pub error: Option<String>,
     /// When it started.
@@ -61,9 +66,55 @@ pub struct CycleSummary {
     pub finished: Option<SystemTime>,
 }
 
+/// Kinds of integrity alarms: something the server (or the path to it) did that a correct
+/// server never does, or that needs the user's decision before data is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AlarmKind {
+    /// A cycle would delete more than max(100, 25 %) of a namespace's blobs: held.
+    MassDeleteHeld,
+    /// Tombstones without a valid delete proof: the copies were uploaded again.
+    UnprovenTombstone,
+    /// The server offered a version of an id this device held before (rollback): refused.
+    Rollback,
+    /// An `external` blob outside an incoming namespace: refused.
+    ExternalRefused,
+    /// The remote is not the one this device synced with before (URL, user or instance).
+    RemoteChanged,
+}
+
+impl AlarmKind {
+    /// The name used in the API and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmKind::MassDeleteHeld => "mass_delete_held",
+            AlarmKind::UnprovenTombstone => "unproven_tombstone",
+            AlarmKind::Rollback => "rollback_refused",
+            AlarmKind::ExternalRefused => "external_refused",
+            AlarmKind::RemoteChanged => "remote_changed",
+        }
+    }
+}
+
+/// An alarm, as `status` shows it and `Watch` announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alarm {
+    /// What kind.
+    pub kind: AlarmKind,
+    /// The namespace it concerns, if one.
+    pub ns: Option<Namespace>,
+    /// What happened and what to do, for a person.
+    pub message: String,
+    /// How many blobs it concerns.
+    pub count: u64,
+    /// When it was raised (last raised, for a repeated one).
+    pub at: SystemTime,
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
+    /// An integrity alarm was raised (also kept in `status` until resolved).
+    Alarm(Alarm),
     /// A blob changed status (`to == None`: the row is gone).
     StatusChanged {
         /// Namespace.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use blobsync_shared::codec::Decoder;
+use blobsync_shared::config::NamespacePolicy;
 use blobsync_shared::wire::{BlobDetail, Flag};
 use blobsync_shared::writeback::WriteBehind;
 use blobsync_shared::{BlobId, Namespace};
@@ -171,6 +172,9 @@ pub struct StatusSnapshot {
     pub data_dir: PathBuf,
     /// The next event id (a watcher starting now resumes after `next_event_id - 1`).
     pub next_event_id: u64,
+    /// Integrity alarms in force (held mass deletions, unproven tombstones, rollbacks,
+    /// refused external blobs, a changed remote), oldest kind first.
+    pub alarms: Vec<crate::events::Alarm>,
 }
 
 /// Progress of a verify pass.
@@ -212,6 +216,9 @@ pub struct VerifyReport {
     pub checked_remote: u64,
     /// What is damaged.
     pub damaged: Vec<Damage>,
+    /// Blobs not checked, and why (external blobs: not encrypted by us, nothing to
+    /// authenticate them with).
+    pub skipped: Vec<(Namespace, BlobId, String)>,
 }
 
 /// The remote-dependent half of the engine, behind a trait object so the handle is not
@@ -513,6 +520,13 @@ impl EngineHandle {
     ) -> Result<(tokio::fs::File, u64), EngineError> {
         self.alive()?;
         let b = self.info(ns, id).await?;
+        if b.external && self.shared.settings().policy(ns) != NamespacePolicy::Incoming {
+            return Err(EngineError::FailedPrecondition(format!(
+                "refused: {ns}/{id} is an external blob (delivered by an app, not encrypted by \
+                 your devices) in a namespace that is not an incoming box; nothing \
+                 authenticates its bytes"
+            )));
+        }
         let b = match b.status {
             s if s.has_payload() => b,
             Status::PendingDelete => {
@@ -613,7 +627,7 @@ impl EngineHandle {
             .by_namespace
             .keys()
             .map(|ns| {
-                let p = settings.namespaces.get(ns).copied().unwrap_or_default();
+                let p = blobsync_shared::config::policy_of(&settings.namespaces, ns);
                 (ns.clone(), p)
             })
             .collect();
@@ -641,18 +655,30 @@ impl EngineHandle {
             },
             data_dir: self.shared.data.root().to_path_buf(),
             next_event_id: self.shared.events.next_id(),
+            alarms: st.alarms.values().cloned().collect(),
         })
     }
 
     /// Forces a cycle (coalesced with any already requested). With `wait`, returns its
     /// summary once it finished.
     pub async fn sync(&self, wait: bool) -> Result<Option<CycleSummary>, EngineError> {
+        self.sync_allowing(wait, false).await
+    }
+
+    /// [`EngineHandle::sync`]; with `allow_mass_delete`, the cycle also applies the remote
+    /// deletions the mass-deletion guard holds.
+    pub async fn sync_allowing(
+        &self,
+        wait: bool,
+        allow_mass_delete: bool,
+    ) -> Result<Option<CycleSummary>, EngineError> {
         self.alive()?;
         let (tx, rx) = oneshot::channel();
         self.shared
             .sync_tx
             .send(SyncRequest {
                 full: false,
+                allow_mass_delete,
                 reply: wait.then_some(tx),
             })
             .await
@@ -790,6 +816,16 @@ impl EngineHandle {
                 }
                 checked += 1;
                 let mut problem = None;
+                if b.external {
+                    let why = if self.shared.settings().policy(&b.ns) == NamespacePolicy::Incoming {
+                        "external: delivered by an app as-is, not encrypted by your devices"
+                    } else {
+                        "external outside an incoming namespace: refused, never handed out"
+                    };
+                    report
+                        .skipped
+                        .push((b.ns.clone(), b.id.clone(), why.to_owned()));
+                }
                 if b.status.has_payload() && !b.external {
                     report.checked_local += 1;
                     if let Some(p) = self.verify_local(&b).await? {

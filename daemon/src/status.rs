@@ -14,10 +14,13 @@
 //!                   PENDING_UPLOAD that may have reached the server ──► PENDING_DELETE
 //!                   LOCAL_ONLY, FAILED_UPLOAD, a never-tried PENDING_UPLOAD ──► (gone)
 //!  PENDING_DELETE ──server confirms (or 404)──► (gone)
-//!  PENDING_UPLOAD ──tombstone of our own lost-answer upload──► (gone)
+//!  PENDING_UPLOAD ──proven tombstone of our own lost-answer upload──► (gone)
 //!  deleted remotely: SYNCED, PENDING_DOWNLOAD, FAILED_DOWNLOAD, REMOTE_ONLY,
 //!                    PENDING_DELETE ──► (gone)     (PENDING_UPLOAD, LOCAL_ONLY and
-//!                    FAILED_UPLOAD are never touched by a remote deletion)
+//!                    FAILED_UPLOAD are never touched by a remote deletion; a SYNCED copy
+//!                    only by a tombstone whose delete proof verifies)
+//!  lost remotely (absent, or an unproven tombstone): SYNCED ──► PENDING_UPLOAD
+//!                    (409 from another device's re-upload ──► PENDING_DOWNLOAD)
 //! ```
 //!
 //! The store writes a status only through [`Status::apply`], so an illegal move (say,
@@ -144,6 +147,8 @@ impl Status {
                 T::DeletedRemotely,
             ) => Next::Gone,
             (Synced, T::DamageFound | T::ReplacedRemotely) => Next::Is(PendingDownload),
+            (Synced, T::LostRemotely) => Next::Is(PendingUpload),
+            (PendingUpload, T::ReuploadRaced) => Next::Is(PendingDownload),
             (RemoteOnly, T::Wanted) => Next::Is(PendingDownload),
             (from, transition) => return Err(IllegalTransition { from, transition }),
         };
@@ -205,6 +210,12 @@ pub enum Transition {
     ReplacedRemotely,
     /// A lazy blob is wanted locally.
     Wanted,
+    /// The server lost a blob we hold (absent from a full listing with no tombstone, or a
+    /// tombstone without a valid delete proof): upload it again. Absence is never deletion.
+    LostRemotely,
+    /// Uploading it again (after `LostRemotely`), the server answered 409 with another
+    /// device's copy: that device of the user re-uploaded it first. Take its copy.
+    ReuploadRaced,
 }
 
 /// Where a transition leads.

@@ -848,7 +848,10 @@ async fn status_sync_pause_limits_flags_remote_listing_verify_and_version() {
     assert!(st.last_event_id > 0);
 
     let s = c
-        .sync(pb::SyncRequest { wait: true })
+        .sync(pb::SyncRequest {
+            wait: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

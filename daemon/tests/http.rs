@@ -223,7 +223,7 @@ async fn http_409_after_lost_answer_is_synced_and_bad_token_is_unauthorized() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn external_blobs_from_incoming_are_downloaded_and_kept_as_is() {
+async fn external_blobs_are_taken_as_is_in_an_incoming_namespace_and_refused_elsewhere() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tmp = tempfile::tempdir().unwrap();
     let srv = start_server(tmp.path()).await;
@@ -243,14 +243,12 @@ async fn external_blobs_from_incoming_are_downloaded_and_kept_as_is() {
     conn.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 20"), "{answer}");
 
-    let mut s = settings();
+    // MX is an incoming namespace unless configured otherwise.
     let mx = Namespace::new("MX").unwrap();
-    s.namespaces
-        .insert(mx.clone(), blobsync_shared::config::NamespacePolicy::Eager);
     let b = Device::open_on(
         &tmp.path().join("b"),
         http_remote(&srv),
-        s,
+        settings(),
         Default::default(),
     )
     .await;
@@ -269,6 +267,31 @@ async fn external_blobs_from_incoming_are_downloaded_and_kept_as_is() {
     assert_eq!(
         b.handle.get_flags(&mx, &id).await.unwrap(),
         vec![blobsync_shared::wire::Flag::Processed]
+    );
+
+    // Where MX is configured as an ordinary namespace, nothing authenticates the app's bytes:
+    // the blob is refused (no row, nothing served) and an alarm says so.
+    let mut s = settings();
+    s.namespaces
+        .insert(mx.clone(), blobsync_shared::config::NamespacePolicy::Eager);
+    let c = Device::open_on(
+        &tmp.path().join("c"),
+        http_remote(&srv),
+        s,
+        Default::default(),
+    )
+    .await;
+    let sum = c.engine.run_cycle().await;
+    assert_eq!(sum.downloaded, 0, "{sum:?}");
+    assert!(c.info_ns(&mx, "mail1").await.is_none());
+    assert!(c.handle.open_for_read(&mx, &id, None, true).await.is_err());
+    let alarms = c.handle.status().await.unwrap().alarms;
+    assert!(
+        alarms
+            .iter()
+            .any(|a| a.kind == blobsyncd::events::AlarmKind::ExternalRefused
+                && a.message.contains("mail1")),
+        "{alarms:?}"
     );
 }
 

@@ -101,8 +101,17 @@ impl Remote for PagedRemote {
         self.inner.get(ns, id, range).await
     }
 
-    async fn delete(&self, ns: &Namespace, id: &BlobId) -> Result<(), RemoteError> {
-        self.inner.delete(ns, id).await
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        proof: Option<String>,
+    ) -> Result<(), RemoteError> {
+        self.inner.delete(ns, id, proof).await
+    }
+
+    async fn identity(&self) -> Result<String, RemoteError> {
+        self.inner.identity().await
     }
 
     async fn get_flags(&self, ns: &Namespace, id: &BlobId) -> Result<Vec<Flag>, RemoteError> {
@@ -242,7 +251,8 @@ async fn an_incremental_listing_cut_off_midway_keeps_its_applied_pages_and_resum
 }
 
 #[tokio::test]
-async fn a_paged_full_listing_removes_only_what_the_server_lost_and_moves_the_cursor_last() {
+async fn a_paged_full_listing_deletes_only_on_proven_tombstones_reuploads_what_the_server_lost_and_moves_the_cursor_last()
+ {
     let tmp = tempfile::tempdir().unwrap();
     let remote = tmp.path().join("remote");
     let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
@@ -296,20 +306,28 @@ async fn a_paged_full_listing_removes_only_what_the_server_lost_and_moves_the_cu
     let sinces = paging.sinces.lock().unwrap()[before..].to_vec();
     assert_eq!(sinces[0], 0, "a full listing starts at 0: {sinces:?}");
     assert!(sinces.len() >= 3, "listed in pages: {sinces:?}");
-    assert_eq!(s.deleted_local, 4, "{s:?}");
-    let gone: Vec<String> = [0, 3, 12, 24].iter().map(|&i| names[i].clone()).collect();
-    let kept: Vec<String> = names
-        .iter()
-        .filter(|n| !gone.contains(n))
-        .cloned()
-        .collect();
+    // Only A's delete (a tombstone with A's proof) deletes here; the three the server lost
+    // without a tombstone are still B's, and go back up.
+    assert_eq!(s.deleted_local, 1, "{s:?}");
+    assert_eq!(s.reuploaded_missing, 3, "{s:?}");
+    let kept: Vec<String> = names.iter().filter(|n| **n != names[3]).cloned().collect();
     assert_eq!(present(&b, &names).await, kept);
-    for id in &gone {
-        assert!(
-            !b.data
-                .join(format!("blobs/default/{}/{id}", &id[..2]))
-                .exists()
-        );
+    assert!(
+        !b.data
+            .join(format!("blobs/default/{}/{}", &names[3][..2], names[3]))
+            .exists()
+    );
+    for id in &lost {
+        assert!(b.status_of(id).await.is_some(), "{id} was not deleted");
+    }
+    // (This "server" only hid them from listings: the re-upload meets the copy it still has,
+    // made by A with another salt, and B takes it.) Soon all are SYNCED, bytes intact.
+    for _ in 0..3 {
+        b.engine.run_full_cycle().await;
+    }
+    for (i, id) in names.iter().enumerate().filter(|(i, _)| *i != 3) {
+        assert_eq!(b.status_of(id).await, Some(Status::Synced), "{id}");
+        assert_eq!(b.read(id).await, bytes(100, i as u8), "{id}");
     }
     // Local work is never "absent", though the server has never heard of it.
     assert_eq!(b.status_of("mine").await, Some(Status::LocalOnly));

@@ -61,7 +61,7 @@ impl<R: Remote + Clone> DeleteInTheWindow<R> {
         if since.is_some() && self.state.armed.swap(false, Ordering::SeqCst) {
             let victims = self.state.victims.lock().unwrap().clone();
             for id in victims {
-                self.inner.delete(ns, &id).await.unwrap();
+                common::delete_as_device(&self.inner, ns, &id).await;
                 self.state.deleted.fetch_add(1, Ordering::SeqCst);
             }
         }
@@ -104,8 +104,17 @@ impl<R: Remote + Clone> Remote for DeleteInTheWindow<R> {
     ) -> Result<GetResponse, RemoteError> {
         self.inner.get(ns, id, range).await
     }
-    async fn delete(&self, ns: &Namespace, id: &BlobId) -> Result<(), RemoteError> {
-        self.inner.delete(ns, id).await
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        proof: Option<String>,
+    ) -> Result<(), RemoteError> {
+        self.inner.delete(ns, id, proof).await
+    }
+
+    async fn identity(&self) -> Result<String, RemoteError> {
+        self.inner.identity().await
     }
     async fn get_flags(&self, ns: &Namespace, id: &BlobId) -> Result<Vec<Flag>, RemoteError> {
         self.inner.get_flags(ns, id).await
@@ -193,8 +202,15 @@ async fn single_put_retry_is_refused<R: Remote + Clone>(dir: &Path, inner: R) {
     let cursor = a.engine.store().cursor(&ns).await.unwrap();
     assert_eq!(sent.last().copied(), Some(Some(cursor.unwrap_or(0))));
     assert!(cursor.is_some(), "the cycle listed before the retry");
-    // Not recreated on the remote, and gone here like any blob deleted remotely.
+    // Not recreated on the remote. The 412 alone is only the server's word: the blob stays
+    // queued until the next listing shows the tombstone with the deleting device's proof.
     assert_eq!(live_ids(&inner).await, ["keep", "x"]);
+    assert_eq!(
+        a.status_of("y").await,
+        Some(blobsyncd::status::Status::PendingUpload)
+    );
+    a.cycle_after(1).await;
+    assert_eq!(live_ids(&inner).await, ["keep", "x"], "not recreated");
     let left = a.info("y").await;
     assert_eq!(left.as_ref().map(|b| b.status), None, "{left:?}");
     let payload = DataDir::new(&a.data).payload_path(&ns, &BlobId::new("y").unwrap());
@@ -231,10 +247,7 @@ async fn retry_after_a_failed_listing_is_refused<R: Remote + Clone>(dir: &Path, 
     assert!(a.info("y").await.unwrap().upload_salt.is_some());
     // Another device deletes it; then this device's listing fails (a 503 from a broken
     // listing backend, say) while PUTs still work.
-    inner
-        .delete(&Namespace::default(), &BlobId::new("y").unwrap())
-        .await
-        .unwrap();
+    common::delete_as_device(&inner, &Namespace::default(), &BlobId::new("y").unwrap()).await;
     a.remote.faults.fail_next(RemoteError::Http {
         status: 503,
         message: "listing backend down (injected)".into(),
@@ -248,6 +261,9 @@ async fn retry_after_a_failed_listing_is_refused<R: Remote + Clone>(dir: &Path, 
         "the retry ran without a listing"
     );
     assert!(window.state.sent.lock().unwrap().last().unwrap().is_some());
+    assert_eq!(live_ids(&inner).await, ["first"]);
+    // Refused, not recreated; the next listing's proven tombstone removes it here.
+    a.cycle_after(1).await;
     assert_eq!(live_ids(&inner).await, ["first"]);
     assert_eq!(a.info("y").await.map(|b| b.status), None);
 }
@@ -290,6 +306,9 @@ async fn batch_retry_refuses_only_the_deleted<R: Remote + Clone>(dir: &Path, inn
     let live = live_ids(&inner).await;
     assert_eq!(live.len(), 8, "{live:?}");
     assert!(!live.contains(&"s3".to_string()) && !live.contains(&"s7".to_string()));
+    // The next listing carries the deleting device's proofs: that, not the 412, removes them.
+    a.cycle_after(1).await;
+    assert_eq!(live_ids(&inner).await.len(), 8, "not recreated");
     for id in &ids {
         let st = a.status_of(id).await;
         if id == "s3" || id == "s7" {
@@ -339,7 +358,7 @@ async fn dir_remote_applies_the_rule_itself() {
     };
     put(None).await.unwrap(); // seq 1
     assert!(matches!(put(Some(0)).await, Err(RemoteError::Conflict)));
-    r.delete(&ns, &id).await.unwrap(); // seq 2
+    r.delete(&ns, &id, None).await.unwrap(); // seq 2
     match put(Some(1)).await {
         Err(RemoteError::DeletedAfter(m)) => {
             assert!(m.contains("deleted at seq 2, after 1"), "{m}")
@@ -419,7 +438,7 @@ async fn http_remote_maps_412_to_deleted_after() {
     let (ns, id) = (Namespace::default(), BlobId::new("z").unwrap());
     let body = || blobsyncd::remote::once_body(&b"z"[..]);
     s.remote.put(&ns, &id, 1, body(), None).await.unwrap();
-    s.remote.delete(&ns, &id).await.unwrap();
+    s.remote.delete(&ns, &id, None).await.unwrap();
     let e = s
         .remote
         .put(&ns, &id, 1, body(), Some(1))

@@ -57,13 +57,20 @@ pub enum NamespacePolicy {
     Eager,
     /// Keep blobs `REMOTE_ONLY` until a get asks for one.
     Lazy,
+    /// An incoming box: besides normal blobs, it takes blobs delivered by a trusted app
+    /// (`external`), which are stored as the app sent them. Everywhere else an external blob
+    /// is refused. Eager otherwise. `MX` has this policy unless configured.
+    Incoming,
 }
+
+/// The namespace that is an incoming box unless the config says otherwise (Soledad's mail).
+pub const DEFAULT_INCOMING_NAMESPACE: &str = "MX";
 
 /// One `[namespaces.NAME]` table.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceConfig {
-    /// `eager` (default) or `lazy`.
+    /// `eager` (default), `lazy` or `incoming`.
     #[serde(default)]
     pub policy: NamespacePolicy,
 }
@@ -102,6 +109,8 @@ pub struct ConfigFile {
     pub ca_file: Option<PathBuf>,
     /// Log filter (`RUST_LOG` syntax), e.g. `info` or `blobsyncd=debug`.
     pub log: Option<String>,
+    /// Hold mass remote deletions until the user allows them (default true).
+    pub mass_delete_guard: Option<bool>,
     /// Per-namespace settings.
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceConfig>,
@@ -187,8 +196,11 @@ pub struct Config {
     pub ca_file: Option<PathBuf>,
     /// Log filter.
     pub log: String,
-    /// Per-namespace policies; namespaces not listed are eager.
+    /// Per-namespace policies; namespaces not listed are eager (`MX`: incoming).
     pub namespaces: BTreeMap<Namespace, NamespacePolicy>,
+    /// Hold a cycle's remote deletions when they would remove more than max(100, 25 %) of a
+    /// namespace's blobs, until `blobctl sync --allow-mass-delete` (default true).
+    pub mass_delete_guard: bool,
 }
 
 /// The login name: `$USER`, then `$LOGNAME`, else `user`.
@@ -302,12 +314,26 @@ impl Config {
             ca_file: abs("ca_file", file.ca_file)?,
             log,
             namespaces,
+            mass_delete_guard: file.mass_delete_guard.unwrap_or(true),
         })
     }
 
-    /// The policy of `ns` (eager unless configured lazy).
+    /// The policy of `ns` (eager unless configured; `MX` incoming unless configured).
     pub fn policy(&self, ns: &Namespace) -> NamespacePolicy {
-        self.namespaces.get(ns).copied().unwrap_or_default()
+        policy_of(&self.namespaces, ns)
+    }
+}
+
+/// The policy of `ns` under the configured `namespaces`: eager unless configured, except
+/// [`DEFAULT_INCOMING_NAMESPACE`], which is incoming unless configured.
+pub fn policy_of(
+    namespaces: &BTreeMap<Namespace, NamespacePolicy>,
+    ns: &Namespace,
+) -> NamespacePolicy {
+    match namespaces.get(ns) {
+        Some(p) => *p,
+        None if ns.as_str() == DEFAULT_INCOMING_NAMESPACE => NamespacePolicy::Incoming,
+        None => NamespacePolicy::Eager,
     }
 }
 

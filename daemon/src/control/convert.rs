@@ -178,6 +178,19 @@ pub fn cycle_to_pb(c: &events::CycleSummary) -> pb::CycleSummary {
         bytes_down: c.bytes_down,
         pending: c.retried,
         error: c.error.clone().unwrap_or_default(),
+        reuploaded_missing: c.reuploaded_missing,
+        deletions_held: c.deletions_held,
+    }
+}
+
+/// An alarm for the wire.
+pub fn alarm_to_pb(a: &events::Alarm) -> pb::Alarm {
+    pb::Alarm {
+        kind: a.kind.as_str().to_owned(),
+        namespace: a.ns.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+        message: a.message.clone(),
+        count: a.count,
+        at: Some(timestamp(a.at)),
     }
 }
 
@@ -192,6 +205,7 @@ pub fn event_wanted(kind: &EventKind, ns: Option<&Namespace>, no_progress: bool)
         | EventKind::TransferProgress { ns, .. }
         | EventKind::TransferFinished { ns, .. }
         | EventKind::TransferFailed { ns, .. } => ns == want,
+        EventKind::Alarm(a) => a.ns.as_ref().is_none_or(|n| n == want),
         // Daemon-wide events go to every watcher.
         EventKind::CycleStarted { .. }
         | EventKind::CycleFinished { .. }
@@ -280,6 +294,7 @@ pub fn delivery_to_pb(d: &Delivery, last_seen: u64, replaying: bool) -> Option<p
                 EventKind::CycleFinished { summary } => Kind::CycleFinished(pb::CycleFinished {
                     summary: Some(cycle_to_pb(summary)),
                 }),
+                EventKind::Alarm(a) => Kind::Alarm(alarm_to_pb(a)),
                 EventKind::Error { message } => Kind::Error(pb::ErrorEvent {
                     message: message.clone(),
                     namespace: String::new(),

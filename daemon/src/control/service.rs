@@ -507,6 +507,7 @@ impl Control for Service {
                 policy: s.policies.get(ns).map_or(0, |p| match p {
                     NamespacePolicy::Eager => pb::NamespacePolicy::Eager as i32,
                     NamespacePolicy::Lazy => pb::NamespacePolicy::Lazy as i32,
+                    NamespacePolicy::Incoming => pb::NamespacePolicy::Incoming as i32,
                 }),
             })
             .collect();
@@ -532,6 +533,7 @@ impl Control for Service {
                 reachable: s.remote.reachable == Some(true),
                 last_contact: s.remote.last_contact.map(timestamp),
                 last_error: s.remote.last_error.clone().unwrap_or_default(),
+                identity: s.remote.identity.clone().unwrap_or_default(),
             }),
             paused: s.paused,
             limits: Some(pb::Limits {
@@ -550,13 +552,14 @@ impl Control for Service {
             api_version: pb::API_VERSION,
             started: Some(timestamp(s.started)),
             last_event_id: s.next_event_id.saturating_sub(1),
+            alarms: s.alarms.iter().map(super::convert::alarm_to_pb).collect(),
         }))
     }
 
     async fn sync(&self, request: Request<pb::SyncRequest>) -> RpcResult<pb::SyncResponse> {
-        let wait = request.into_inner().wait;
+        let req = request.into_inner();
         let summary = tokio::select! {
-            r = self.handle.sync(wait) => r.map_err(engine_status)?,
+            r = self.handle.sync_allowing(req.wait, req.allow_mass_delete) => r.map_err(engine_status)?,
             _ = self.cancel.cancelled() => return Err(GrpcStatus::unavailable("the daemon is shutting down")),
         };
         Ok(Response::new(pb::SyncResponse {
@@ -824,7 +827,16 @@ impl Control for Service {
                         ok: checked.saturating_sub(problems),
                         problems,
                         bytes: 0,
-                        skipped: 0,
+                        skipped: report.skipped.len() as u64,
+                        skipped_blobs: report
+                            .skipped
+                            .iter()
+                            .map(|(ns, id, why)| pb::VerifySkipped {
+                                namespace: ns.to_string(),
+                                id: id.to_string(),
+                                reason: why.clone(),
+                            })
+                            .collect(),
                     })),
                 }))
                 .await;

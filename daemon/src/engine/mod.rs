@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use blobsync_shared::config::{Config, NamespacePolicy};
+use blobsync_shared::tombstone::DeleteKey;
 use blobsync_shared::{BlobId, Namespace, StorageKey};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::clock::Clock;
-use crate::events::{CycleSummary, Direction, EventBus, EventKind};
+use crate::events::{Alarm, AlarmKind, CycleSummary, Direction, EventBus, EventKind};
 use crate::handle::EngineHandle;
 use crate::remote::{Remote, RemoteError};
 use crate::retry::TimeScale;
@@ -73,6 +74,8 @@ pub struct EngineSettings {
     pub drain_timeout: Duration,
     /// Small-blob batching through `/stream`.
     pub batch: BatchPolicy,
+    /// Hold mass remote deletions until the user allows them.
+    pub mass_delete_guard: bool,
 }
 
 impl EngineSettings {
@@ -90,11 +93,12 @@ impl EngineSettings {
             time_scale: TimeScale::from_env(),
             drain_timeout: Duration::from_secs(10),
             batch: BatchPolicy::default(),
+            mass_delete_guard: c.mass_delete_guard,
         }
     }
 
-    fn policy(&self, ns: &Namespace) -> NamespacePolicy {
-        self.namespaces.get(ns).copied().unwrap_or_default()
+    pub(crate) fn policy(&self, ns: &Namespace) -> NamespacePolicy {
+        blobsync_shared::config::policy_of(&self.namespaces, ns)
     }
 }
 
@@ -134,6 +138,8 @@ pub struct RemoteState {
     pub last_error: Option<String>,
     /// When we last heard from it.
     pub last_contact: Option<SystemTime>,
+    /// Its identity (URL, user and server instance) as last checked.
+    pub identity: Option<String>,
 }
 
 pub(crate) struct RuntimeState {
@@ -147,10 +153,16 @@ pub(crate) struct RuntimeState {
     pub started: SystemTime,
     /// The remote's namespaces were listed once in this run (see `Engine::namespaces`).
     pub namespaces_discovered: bool,
+    /// Integrity alarms in force, by kind and namespace (see [`Shared::raise`]).
+    pub alarms: BTreeMap<(AlarmKind, Option<Namespace>), Alarm>,
+    /// External blobs already refused in this run (logged once each).
+    pub refused_external: HashSet<(Namespace, BlobId)>,
 }
 
 pub(crate) struct SyncRequest {
     pub full: bool,
+    /// Apply deletions the mass-deletion guard holds (`blobctl sync --allow-mass-delete`).
+    pub allow_mass_delete: bool,
     pub reply: Option<oneshot::Sender<CycleSummary>>,
 }
 
@@ -165,6 +177,8 @@ pub(crate) struct Shared {
     /// Makes small payloads durable in groups (puts, batch downloads).
     pub syncer: payload::SyncGroup,
     pub key: StorageKey,
+    /// Signs our deletions and checks other devices' (derived from `key`).
+    pub delete_key: DeleteKey,
     pub settings: RwLock<EngineSettings>,
     pub state: Mutex<RuntimeState>,
     pub sync_tx: mpsc::Sender<SyncRequest>,
@@ -234,6 +248,32 @@ impl Shared {
             locks.retain(|_, l| Arc::strong_count(l) > 1);
         }
         locks.entry((ns.clone(), id.clone())).or_default().clone()
+    }
+
+    /// Raises (or refreshes) an alarm: logged at error, kept for `status`, announced on Watch.
+    pub fn raise(&self, kind: AlarmKind, ns: Option<&Namespace>, count: u64, message: String) {
+        tracing::error!(
+            alarm = kind.as_str(),
+            ns = ns.map(|n| n.as_str()),
+            count,
+            "{message}"
+        );
+        let alarm = Alarm {
+            kind,
+            ns: ns.cloned(),
+            message,
+            count,
+            at: (self.now)(),
+        };
+        self.state()
+            .alarms
+            .insert((kind, ns.cloned()), alarm.clone());
+        self.events.publish(EventKind::Alarm(alarm));
+    }
+
+    /// Clears an alarm that no longer holds (e.g. the held deletions were applied).
+    pub fn clear_alarm(&self, kind: AlarmKind, ns: Option<&Namespace>) {
+        self.state().alarms.remove(&(kind, ns.cloned()));
     }
 
     pub fn note_remote_ok(&self) {
@@ -348,6 +388,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             rebuild_pending: false,
             started: clock.now(),
             namespaces_discovered: false,
+            alarms: BTreeMap::new(),
+            refused_external: HashSet::new(),
         };
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -356,6 +398,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 events,
                 syncer: payload::SyncGroup::new(&data),
                 data,
+                delete_key: DeleteKey::derive(&key),
                 key,
                 up: ratelimit::RateLimiter::new(settings.bwlimit_up),
                 down: ratelimit::RateLimiter::new(settings.bwlimit_down),
@@ -429,6 +472,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             s.max_invalid_retries = new.max_invalid_retries;
             s.full_list_every = new.full_list_every;
             s.namespaces = new.namespaces.clone();
+            s.mass_delete_guard = new.mass_delete_guard;
         }
         self.shared.apply_limits(
             Some(new.bwlimit_up),
@@ -438,6 +482,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         // Wake the loop: the interval may be shorter now.
         let _ = self.shared.sync_tx.try_send(SyncRequest {
             full: false,
+            allow_mass_delete: false,
             reply: None,
         });
     }
@@ -451,7 +496,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         loop {
             let now = tokio::time::Instant::now();
             if now >= next_tick {
-                let summary = self.run_cycle_inner(false, &cancel).await;
+                let summary = self.run_cycle_inner(false, false, &cancel).await;
                 let interval = {
                     let s = self.shared.settings();
                     s.time_scale.apply(s.sync_interval)
@@ -491,7 +536,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         reqs.push(r);
                     }
                     let full = reqs.iter().any(|r| r.full);
-                    let summary = self.run_cycle_inner(full, &cancel).await;
+                    let allow = reqs.iter().any(|r| r.allow_mass_delete);
+                    let summary = self.run_cycle_inner(full, allow, &cancel).await;
                     for r in reqs {
                         if let Some(reply) = r.reply {
                             let _ = reply.send(summary.clone());
@@ -522,7 +568,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         // (planner_model: `..._never_uploaded_again_by_a_retry_between_cycles`.)
         if self.attempted_upload_due().await {
             let mut summary = CycleSummary::default();
-            match self.sync_listing(false, &mut summary).await {
+            match self.sync_listing(false, false, &mut summary).await {
                 Ok(()) => self.shared.note_remote_ok(),
                 Err(SyncError::Remote(e)) => {
                     self.shared.note_remote_err(&e);
@@ -550,17 +596,26 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     /// One full cycle: list every namespace, apply the diff, run due transfers. For tests and
     /// the loop; never call it concurrently with `run` (the loop is the only caller there).
     pub async fn run_cycle(self: &Arc<Self>) -> CycleSummary {
-        self.run_cycle_inner(false, &CancellationToken::new()).await
+        self.run_cycle_inner(false, false, &CancellationToken::new())
+            .await
+    }
+
+    /// Like [`Engine::run_cycle`], applying the deletions the mass-deletion guard holds.
+    pub async fn run_cycle_allowing_mass_delete(self: &Arc<Self>) -> CycleSummary {
+        self.run_cycle_inner(false, true, &CancellationToken::new())
+            .await
     }
 
     /// Like [`Engine::run_cycle`], forcing a full listing.
     pub async fn run_full_cycle(self: &Arc<Self>) -> CycleSummary {
-        self.run_cycle_inner(true, &CancellationToken::new()).await
+        self.run_cycle_inner(true, false, &CancellationToken::new())
+            .await
     }
 
     async fn run_cycle_inner(
         self: &Arc<Self>,
         force_full: bool,
+        allow_mass_delete: bool,
         cancel: &CancellationToken,
     ) -> CycleSummary {
         let cycle = match self.shared.store.next_cycle().await {
@@ -591,7 +646,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 .events
                 .publish(EventKind::CycleStarted { cycle, full_list });
             match self
-                .sync_listing(force_full || periodic_full, &mut summary)
+                .sync_listing(force_full || periodic_full, allow_mass_delete, &mut summary)
                 .await
             {
                 Ok(()) => self.shared.note_remote_ok(),
@@ -615,6 +670,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             }
             summary.finished = Some(self.clock.now());
             let busy = summary.uploaded
+                + summary.reuploaded_missing
+                + summary.deletions_held
                 + summary.downloaded
                 + summary.deleted_local
                 + summary.deleted_remote
@@ -630,6 +687,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     deleted_remote = summary.deleted_remote,
                     retried = summary.retried,
                     failed = summary.failed,
+                    reuploaded_missing = summary.reuploaded_missing,
+                    deletions_held = summary.deletions_held,
                     changes = summary.listed_changes,
                     error = summary.error.as_deref().unwrap_or(""),
                     "cycle finished"
@@ -685,18 +744,98 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         Ok(set.into_iter().collect())
     }
 
+    /// Compares the remote's identity (URL, user, server instance) with the one this store
+    /// last synced with. On a change (or the first contact) it forgets the old remote's
+    /// cursors and sequence numbers, so the next listing is full and reconciles every local
+    /// blob (present there: kept; absent: uploaded again). Returns whether it reset.
+    async fn check_remote_identity(&self) -> Result<bool, SyncError> {
+        let now = self.remote.identity().await?;
+        self.shared.state().remote.identity = Some(now.clone());
+        let store = &self.shared.store;
+        let known = store.remote_identity().await?;
+        if known.as_deref() == Some(now.as_str()) {
+            return Ok(false);
+        }
+        match &known {
+            Some(old) => {
+                warn!(old = %old, new = %now, "the remote changed: reconciling every local blob against it (nothing is deleted because of the change)");
+                self.shared.raise(
+                    AlarmKind::RemoteChanged,
+                    None,
+                    0,
+                    format!(
+                        "the remote changed from {old} to {now}: cursors were reset and every \
+                         local blob is reconciled against it (blobs it lacks are uploaded again)"
+                    ),
+                );
+            }
+            None => info!(remote = %now, "first contact with this remote"),
+        }
+        store.reset_remote(now).await?;
+        Ok(true)
+    }
+
+    /// The mass-deletion guard, after a namespace's listing: proven remote deletions are
+    /// applied unless they would remove more than max(100, 25 %) of the namespace's blobs in
+    /// one go; then they stay held (nothing is deleted) and an alarm asks the user to allow
+    /// them (`blobctl sync --allow-mass-delete`) or to look into it.
+    async fn apply_held_deletions(
+        &self,
+        ns: &Namespace,
+        allow: bool,
+        summary: &mut CycleSummary,
+    ) -> Result<(), SyncError> {
+        let store = &self.shared.store;
+        let held = store.held_count(ns).await?;
+        if held == 0 {
+            return Ok(());
+        }
+        let total: u64 = store
+            .counts()
+            .await?
+            .by_namespace
+            .get(ns)
+            .map_or(0, |m| m.values().sum());
+        let limit = mass_delete_limit(total);
+        if allow || !self.shared.settings().mass_delete_guard || held <= limit {
+            let applied = store.apply_held(ns, self.clock.now()).await?;
+            self.after_applied(applied, summary).await;
+            self.shared.clear_alarm(AlarmKind::MassDeleteHeld, Some(ns));
+            return Ok(());
+        }
+        summary.deletions_held += held;
+        self.shared.raise(
+            AlarmKind::MassDeleteHeld,
+            Some(ns),
+            held,
+            format!(
+                "{held} remote deletions in namespace {ns} are held: they would remove more than \
+                 {limit} of its {total} blobs at once. Nothing was deleted. If you deleted them \
+                 on another device, run `blobctl sync --allow-mass-delete`; if not, check the \
+                 server"
+            ),
+        );
+        Ok(())
+    }
+
     /// Steps 1-3 of a cycle for every namespace.
     async fn sync_listing(
         &self,
         force_full: bool,
+        allow_mass_delete: bool,
         summary: &mut CycleSummary,
     ) -> Result<(), SyncError> {
+        // Never apply what one remote says to cursors and sequence numbers learnt from
+        // another: a changed remote is reconciled by a full listing first.
+        let force_full = self.check_remote_identity().await? || force_full;
         let rebuild = self.shared.state().rebuild_pending;
         // The first cycle of this run discovers namespaces too (cycle numbers persist, so the
         // periodic full listing may be far away on a fresh start).
         let discover = force_full || rebuild || !self.shared.state().namespaces_discovered;
         for ns in self.namespaces(discover).await? {
             self.sync_namespace(&ns, force_full || rebuild, summary)
+                .await?;
+            self.apply_held_deletions(&ns, allow_mass_delete, summary)
                 .await?;
         }
         if rebuild {
@@ -746,7 +885,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         }
         // A namespace switched from lazy to eager (config reload): fetch what was left remote.
         // (Read through the status index: an O(1) seek when there is none.)
-        if policy == NamespacePolicy::Eager {
+        if policy != NamespacePolicy::Lazy {
             let wanted: Vec<_> = store
                 .rows_with_status(ns, Status::RemoteOnly)
                 .await?
@@ -851,9 +990,54 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
+        let refused: Vec<&blobsync_shared::wire::Change> = changes
+            .iter()
+            .filter(|c| !plan::acceptable(c, policy))
+            .collect();
+        if !refused.is_empty() {
+            self.refuse_external(ns, &refused);
+        }
         let ids = changes.iter().map(|c| c.id.clone()).collect();
         let local = self.shared.store.rows_for(ns, ids).await?;
-        Ok(plan::diff_changes(&local, changes, policy))
+        let dk = &self.shared.delete_key;
+        Ok(plan::diff_changes(&local, changes, policy, |l, c| {
+            match (&l.upload_salt, &c.proof) {
+                (Some(salt), Some(proof)) => dk.verify(ns, &l.id, salt, proof),
+                _ => false,
+            }
+        }))
+    }
+
+    /// External blobs listed outside an incoming namespace: nothing authenticates them, so
+    /// they are never stored or handed out; each is logged once per run, and alarmed.
+    fn refuse_external(&self, ns: &Namespace, refused: &[&blobsync_shared::wire::Change]) {
+        let new: Vec<&BlobId> = {
+            let mut st = self.shared.state();
+            refused
+                .iter()
+                .filter(|c| st.refused_external.insert((ns.clone(), c.id.clone())))
+                .map(|c| &c.id)
+                .collect()
+        };
+        if new.is_empty() {
+            return;
+        }
+        for id in &new {
+            warn!(%ns, %id, "refused an external blob outside an incoming namespace");
+        }
+        self.shared.raise(
+            AlarmKind::ExternalRefused,
+            Some(ns),
+            new.len() as u64,
+            format!(
+                "the server lists {} blob(s) in namespace {ns} as delivered by an app \
+                 (external), but {ns} is not an incoming namespace: they were refused, not \
+                 stored (first: {}). Only namespaces with policy = \"incoming\" take app \
+                 deliveries",
+                new.len(),
+                new[0]
+            ),
+        );
     }
 
     /// Applies listing facts (and moves the cursor when `cursor` is set) in one transaction,
@@ -865,11 +1049,54 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         cursor: Option<u64>,
         summary: &mut CycleSummary,
     ) -> Result<(), SyncError> {
+        let unproven = facts
+            .iter()
+            .filter(|f| {
+                matches!(
+                    f,
+                    crate::store::RemoteFact::Lost {
+                        unproven_tombstone: true,
+                        ..
+                    }
+                )
+            })
+            .count() as u64;
         let applied = self
             .shared
             .store
             .apply_remote(ns, facts, cursor, self.clock.now())
             .await?;
+        let lost = applied
+            .iter()
+            .filter(|ch| ch.from == Some(Status::Synced) && ch.to == Some(Status::PendingUpload))
+            .count() as u64;
+        if lost > 0 {
+            summary.reuploaded_missing += lost;
+            warn!(%ns, blobs = lost, unproven_tombstones = unproven, "the server lost blobs this device holds: uploading them again");
+        }
+        if unproven > 0 {
+            self.shared.raise(
+                AlarmKind::UnprovenTombstone,
+                Some(ns),
+                unproven,
+                format!(
+                    "the server sent {unproven} tombstone(s) in namespace {ns} without a valid \
+                     delete proof from one of your devices (forged, written by an administrator \
+                     or by an older blobsyncd): nothing was deleted, the blobs are uploaded again"
+                ),
+            );
+        }
+        self.after_applied(applied, summary).await;
+        Ok(())
+    }
+
+    /// After listing facts or held deletions were committed: removes the payloads and
+    /// partials of the rows they removed, and counts local deletions.
+    async fn after_applied(
+        &self,
+        applied: Vec<crate::store::StatusChange>,
+        summary: &mut CycleSummary,
+    ) {
         for ch in applied {
             let had_payload = ch.from.is_some_and(Status::has_payload);
             let keeps_payload = ch.to.is_some_and(Status::has_payload);
@@ -888,7 +1115,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 summary.deleted_local += 1;
             }
         }
-        Ok(())
     }
 
     /// After a rebuild: every payload file on disk without a row becomes `SYNCED` when the
@@ -1048,6 +1274,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         }
         s
     }
+}
+
+/// The most remote deletions one cycle applies to a namespace of `total` blobs without the
+/// user's say: max(100, 25 %).
+pub fn mass_delete_limit(total: u64) -> u64 {
+    (total / 4).max(100)
 }
 
 fn action_keys(a: &Action) -> Vec<(String, String)> {

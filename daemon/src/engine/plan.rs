@@ -30,18 +30,23 @@ pub enum ListingKind {
 
 /// Decides the listing facts for one namespace.
 ///
-/// Rules (the "Deletions" section of DESIGN.md): a remote blob we do not know is queued
-/// (eager) or kept `REMOTE_ONLY` (lazy); a blob gone from the server is removed locally unless
-/// it is local work (`PENDING_UPLOAD`, `LOCAL_ONLY`, `FAILED_UPLOAD`): only `PENDING_UPLOAD`
-/// blobs are ever uploaded, so a deletion is never mistaken for a new blob. A `SYNCED` blob
-/// whose server copy has a newer sequence number was deleted and put again elsewhere.
+/// Rules (docs/sync.md, "Deletions come only from tombstones"): a remote blob we do not know
+/// is queued (eager, incoming) or kept `REMOTE_ONLY` (lazy). A copy this device holds is
+/// deleted only on a tombstone whose delete proof verifies against the version held
+/// (`proven`): that is a [`RemoteFact::ProvenDelete`], applied after the listing unless the
+/// mass-deletion guard holds it. A held copy that the server simply no longer has, or whose
+/// tombstone carries no valid proof, was lost by the server: [`RemoteFact::Lost`], uploaded
+/// again. Rows without a local copy just follow the server. A `SYNCED` blob whose server copy
+/// has a newer sequence number was deleted and put again elsewhere. An `external` blob outside
+/// an incoming namespace is ignored (nothing authenticates it).
 pub fn diff(
     local: &[BlobInfo],
     changes: &[Change],
     kind: ListingKind,
     policy: NamespacePolicy,
+    proven: impl Fn(&BlobInfo, &Change) -> bool,
 ) -> Vec<RemoteFact> {
-    let mut facts = diff_changes(local, changes, policy);
+    let mut facts = diff_changes(local, changes, policy, proven);
     if kind == ListingKind::Full {
         let listed: HashSet<&BlobId> = changes.iter().map(|c| &c.id).collect();
         facts.extend(absent(
@@ -52,18 +57,26 @@ pub fn diff(
     facts
 }
 
+/// Whether a listed change may be taken at all: an external blob (delivered by an app, not
+/// encrypted under the storage key) only in an incoming namespace.
+pub fn acceptable(c: &Change, policy: NamespacePolicy) -> bool {
+    !(c.op == ChangeOp::Put && c.external && policy != NamespacePolicy::Incoming)
+}
+
 /// The facts about the ids `changes` names (all of [`diff`] but the absent rows of a full
 /// listing): `local` needs to hold only the rows of those ids. Applied page by page to an
-/// incremental listing, or to a full one followed by [`absent`].
+/// incremental listing, or to a full one followed by [`absent`]. `proven(row, tombstone)`
+/// says whether the tombstone's delete proof verifies against the version the row holds.
 pub fn diff_changes(
     local: &[BlobInfo],
     changes: &[Change],
     policy: NamespacePolicy,
+    proven: impl Fn(&BlobInfo, &Change) -> bool,
 ) -> Vec<RemoteFact> {
     let local: HashMap<&BlobId, &BlobInfo> = local.iter().map(|b| (&b.id, b)).collect();
     // The latest change per id (the server sends each id once, but pages may overlap).
     let mut latest: BTreeMap<&BlobId, &Change> = BTreeMap::new();
-    for c in changes {
+    for c in changes.iter().filter(|c| acceptable(c, policy)) {
         match latest.get(&c.id) {
             Some(prev) if prev.seq > c.seq => {}
             _ => {
@@ -83,7 +96,9 @@ pub fn diff_changes(
                     external: c.external,
                     seq: c.seq,
                     status: match policy {
-                        NamespacePolicy::Eager => Status::PendingDownload,
+                        NamespacePolicy::Eager | NamespacePolicy::Incoming => {
+                            Status::PendingDownload
+                        }
                         NamespacePolicy::Lazy => Status::RemoteOnly,
                     },
                 });
@@ -105,17 +120,35 @@ pub fn diff_changes(
                     });
                 }
             }
-            (ChangeOp::Delete, Some(l)) if removable(l.status) => {
-                facts.push(RemoteFact::Gone { id: (*id).clone() });
+            // A copy we hold: only a proof from one of our devices deletes it.
+            (ChangeOp::Delete, Some(l)) if l.status == Status::Synced => {
+                facts.push(if proven(l, c) {
+                    RemoteFact::ProvenDelete {
+                        id: (*id).clone(),
+                        seq: c.seq,
+                    }
+                } else {
+                    RemoteFact::Lost {
+                        id: (*id).clone(),
+                        unproven_tombstone: true,
+                    }
+                });
             }
-            // Our upload got through but its answer was lost, and another device deleted it
-            // since: the tombstone is of a blob of exactly the size we sent (recorded with the
-            // salt before the first PUT). Re-uploading would resurrect a deleted blob.
+            // Our upload got through but its answer was lost, and another device deleted
+            // exactly that version since (its proof names our salt): uploading it again would
+            // resurrect a deleted blob. Without a valid proof, keep uploading.
             (ChangeOp::Delete, Some(l))
-                if l.status == Status::PendingUpload
-                    && l.upload_salt.is_some()
-                    && l.remote_size == Some(c.size) =>
+                if l.status == Status::PendingUpload && l.upload_salt.is_some() =>
             {
+                if proven(l, c) {
+                    facts.push(RemoteFact::ProvenDelete {
+                        id: (*id).clone(),
+                        seq: c.seq,
+                    });
+                }
+            }
+            // No local copy at stake (or our own delete, confirmed): follow the server.
+            (ChangeOp::Delete, Some(l)) if removable(l.status) => {
                 facts.push(RemoteFact::Gone { id: (*id).clone() });
             }
             (ChangeOp::Delete, _) => {}
@@ -125,31 +158,38 @@ pub fn diff_changes(
 }
 
 /// After a full listing: the local rows (id, status) that the listing did not name at all
-/// (neither a live `put` nor a tombstone: the server lost them, or purged their tombstones)
-/// and that a remote deletion removes become `Gone`, in id order. Local work
-/// (`PENDING_UPLOAD`, `LOCAL_ONLY`, `FAILED_UPLOAD`) is never absent. `local` may be one page
-/// of the namespace's rows; `listed` must know every id of the whole listing.
+/// (neither a live `put` nor a tombstone), in id order. A copy this device holds (`SYNCED`)
+/// was lost by the server (wiped, restored from an old backup, or another server altogether):
+/// it becomes [`RemoteFact::Lost`] and is uploaded again; absence is never deletion. Rows
+/// without a local copy follow the server ([`RemoteFact::Gone`]). Local work (`PENDING_UPLOAD`,
+/// `LOCAL_ONLY`, `FAILED_UPLOAD`) is never absent. `local` may be one page of the namespace's
+/// rows; `listed` must know every id of the whole listing.
 pub fn absent<'a>(
     local: impl IntoIterator<Item = (&'a BlobId, Status)>,
     listed: impl Fn(&BlobId) -> bool,
 ) -> Vec<RemoteFact> {
-    let mut gone: Vec<&BlobId> = local
+    let mut out: Vec<(&BlobId, Status)> = local
         .into_iter()
-        .filter(|(id, status)| removable(*status) && !listed(id))
-        .map(|(id, _)| id)
+        .filter(|(id, status)| (*status == Status::Synced || removable(*status)) && !listed(id))
         .collect();
-    gone.sort();
-    gone.into_iter()
-        .map(|id| RemoteFact::Gone { id: id.clone() })
+    out.sort_by_key(|(id, _)| *id);
+    out.into_iter()
+        .map(|(id, status)| match status {
+            Status::Synced => RemoteFact::Lost {
+                id: id.clone(),
+                unproven_tombstone: false,
+            },
+            _ => RemoteFact::Gone { id: id.clone() },
+        })
         .collect()
 }
 
-/// Statuses a remote deletion removes (see the state machine in `status`).
+/// Statuses a remote deletion removes without a proof: no local copy is at stake (see the
+/// state machine in `status`). `SYNCED` is not among them: see [`diff_changes`].
 fn removable(s: Status) -> bool {
     matches!(
         s,
-        Status::Synced
-            | Status::PendingDownload
+        Status::PendingDownload
             | Status::FailedDownload
             | Status::RemoteOnly
             | Status::PendingDelete
@@ -290,6 +330,7 @@ mod tests {
             created: SystemTime::UNIX_EPOCH,
             updated: SystemTime::UNIX_EPOCH,
             remote_seq: seq,
+            reupload: false,
         }
     }
 
@@ -305,19 +346,50 @@ mod tests {
         }
     }
 
+    /// The test's stand-in for the HMAC check: a proof is valid when it names the row's salt.
+    fn proof_of(salt: [u8; 32]) -> Option<String> {
+        Some(hex::encode(salt))
+    }
+
+    fn proven(l: &BlobInfo, c: &Change) -> bool {
+        l.upload_salt.is_some_and(|s| c.proof == proof_of(s))
+    }
+
+    fn tombstone(i: &str, seq: u64, proof: Option<String>) -> Change {
+        Change {
+            proof,
+            ..change(i, ChangeOp::Delete, seq)
+        }
+    }
+
+    fn held(i: &str, salt: u8) -> BlobInfo {
+        BlobInfo {
+            upload_salt: Some([salt; 32]),
+            ..row(i, Status::Synced, Some(1))
+        }
+    }
+
     #[test]
     fn new_remote_blobs_are_queued_or_kept_remote_by_policy() {
         let ch = [change("a", ChangeOp::Put, 1)];
-        let eager = diff(&[], &ch, ListingKind::Incremental, NamespacePolicy::Eager);
-        assert!(matches!(
-            &eager[..],
-            [RemoteFact::New {
-                status: Status::PendingDownload,
-                seq: 1,
-                ..
-            }]
-        ));
-        let lazy = diff(&[], &ch, ListingKind::Incremental, NamespacePolicy::Lazy);
+        for policy in [NamespacePolicy::Eager, NamespacePolicy::Incoming] {
+            let facts = diff(&[], &ch, ListingKind::Incremental, policy, proven);
+            assert!(matches!(
+                &facts[..],
+                [RemoteFact::New {
+                    status: Status::PendingDownload,
+                    seq: 1,
+                    ..
+                }]
+            ));
+        }
+        let lazy = diff(
+            &[],
+            &ch,
+            ListingKind::Incremental,
+            NamespacePolicy::Lazy,
+            proven,
+        );
         assert!(matches!(
             &lazy[..],
             [RemoteFact::New {
@@ -328,48 +400,121 @@ mod tests {
     }
 
     #[test]
-    fn a_tombstone_deletes_synced_but_never_local_work() {
+    fn an_external_blob_is_taken_only_in_an_incoming_namespace() {
+        let ext = Change {
+            external: true,
+            ..change("mail", ChangeOp::Put, 3)
+        };
+        for policy in [NamespacePolicy::Eager, NamespacePolicy::Lazy] {
+            let facts = diff(
+                &[],
+                &[ext.clone()],
+                ListingKind::Incremental,
+                policy,
+                proven,
+            );
+            assert!(facts.is_empty(), "{policy:?}: {facts:?}");
+            // Nor may it replace a blob we hold.
+            let facts = diff(
+                &[held("mail", 1)],
+                &[ext.clone()],
+                ListingKind::Incremental,
+                policy,
+                proven,
+            );
+            assert!(facts.is_empty(), "{policy:?}: {facts:?}");
+        }
+        let facts = diff(
+            &[],
+            &[ext],
+            ListingKind::Incremental,
+            NamespacePolicy::Incoming,
+            proven,
+        );
+        assert!(matches!(
+            &facts[..],
+            [RemoteFact::New { external: true, .. }]
+        ));
+    }
+
+    #[test]
+    fn only_a_proven_tombstone_deletes_a_copy_we_hold_and_never_local_work() {
         let local = [
-            row("s", Status::Synced, Some(1)),
+            held("proven", 1),
+            held("forged", 2),
+            held("bare", 3),
+            held("replayed", 4),
             row("u", Status::PendingUpload, None),
             row("l", Status::LocalOnly, None),
             row("d", Status::PendingDelete, Some(2)),
+            row("r", Status::RemoteOnly, Some(2)),
         ];
-        let ch: Vec<Change> = ["s", "u", "l", "d"]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| change(n, ChangeOp::Delete, 10 + i as u64))
-            .collect();
+        let ch = vec![
+            tombstone("proven", 10, proof_of([1; 32])),
+            tombstone("forged", 11, Some("00".repeat(32))),
+            tombstone("bare", 12, None),
+            // A valid proof of another version of the id does not delete this one.
+            tombstone("replayed", 13, proof_of([9; 32])),
+            tombstone("u", 14, None),
+            tombstone("l", 15, None),
+            tombstone("d", 16, None),
+            tombstone("r", 17, None),
+        ];
         let facts = diff(
             &local,
             &ch,
             ListingKind::Incremental,
             NamespacePolicy::Eager,
+            proven,
         );
+        let lost = |i: &str| RemoteFact::Lost {
+            id: id(i),
+            unproven_tombstone: true,
+        };
         assert_eq!(
             facts,
             vec![
+                lost("bare"),
                 RemoteFact::Gone { id: id("d") },
-                RemoteFact::Gone { id: id("s") }
+                lost("forged"),
+                RemoteFact::ProvenDelete {
+                    id: id("proven"),
+                    seq: 10
+                },
+                RemoteFact::Gone { id: id("r") },
+                lost("replayed"),
             ]
         );
     }
 
     #[test]
-    fn full_listing_removes_what_is_absent_and_keeps_pending_uploads() {
+    fn a_full_listing_reuploads_what_the_server_lost_and_keeps_pending_uploads() {
         let local = [
-            row("gone", Status::Synced, Some(1)),
+            row("lost", Status::Synced, Some(1)),
             row("kept", Status::Synced, Some(2)),
             row("new-local", Status::PendingUpload, None),
             row("lazy", Status::RemoteOnly, Some(3)),
+            row("mine-deleted", Status::PendingDelete, Some(4)),
         ];
         let ch = [change("kept", ChangeOp::Put, 2)];
-        let facts = diff(&local, &ch, ListingKind::Full, NamespacePolicy::Eager);
+        let facts = diff(
+            &local,
+            &ch,
+            ListingKind::Full,
+            NamespacePolicy::Eager,
+            proven,
+        );
         assert_eq!(
             facts,
             vec![
-                RemoteFact::Gone { id: id("gone") },
-                RemoteFact::Gone { id: id("lazy") }
+                RemoteFact::Gone { id: id("lazy") },
+                RemoteFact::Lost {
+                    id: id("lost"),
+                    unproven_tombstone: false
+                },
+                RemoteFact::Gone {
+                    id: id("mine-deleted")
+                },
             ]
         );
         // The same listing read incrementally says nothing about absent ids.
@@ -378,9 +523,24 @@ mod tests {
                 &local,
                 &ch,
                 ListingKind::Incremental,
-                NamespacePolicy::Eager
+                NamespacePolicy::Eager,
+                proven
             )
             .is_empty()
+        );
+        // An empty listing (a wiped or different server) deletes nothing we hold.
+        let facts = diff(
+            &local,
+            &[],
+            ListingKind::Full,
+            NamespacePolicy::Eager,
+            proven,
+        );
+        assert!(
+            !facts
+                .iter()
+                .any(|f| matches!(f, RemoteFact::Gone { id } if id.as_str() == "kept" || id.as_str() == "lost")),
+            "{facts:?}"
         );
     }
 
@@ -392,6 +552,7 @@ mod tests {
             &[change("m", ChangeOp::Put, 7)],
             ListingKind::Incremental,
             NamespacePolicy::Eager,
+            proven,
         );
         assert_eq!(
             facts,
@@ -407,6 +568,7 @@ mod tests {
             &[change("m", ChangeOp::Put, 9)],
             ListingKind::Incremental,
             NamespacePolicy::Eager,
+            proven,
         );
         assert_eq!(
             facts,
@@ -419,37 +581,45 @@ mod tests {
     }
 
     #[test]
-    fn a_tombstone_of_our_own_lost_answer_upload_is_never_uploaded_again() {
+    fn a_proven_tombstone_of_our_own_lost_answer_upload_is_never_uploaded_again() {
         let mut tried = row("x", Status::PendingUpload, None);
         tried.upload_salt = Some([1; 32]);
-        tried.remote_size = Some(100);
-        let del = [change("x", ChangeOp::Delete, 5)];
         let facts = diff(
             &[tried.clone()],
-            &del,
+            &[tombstone("x", 5, proof_of([1; 32]))],
             ListingKind::Incremental,
             NamespacePolicy::Eager,
+            proven,
         );
-        assert_eq!(facts, vec![RemoteFact::Gone { id: id("x") }]);
-        // Another size: someone else's blob with this id was deleted; ours is still new.
-        tried.remote_size = Some(99);
-        assert!(
-            diff(
-                &[tried.clone()],
-                &del,
-                ListingKind::Incremental,
-                NamespacePolicy::Eager
-            )
-            .is_empty()
+        assert_eq!(
+            facts,
+            vec![RemoteFact::ProvenDelete {
+                id: id("x"),
+                seq: 5
+            }]
         );
+        // No proof (the server's own, or another version's): ours is still to be uploaded.
+        for proof in [None, proof_of([2; 32])] {
+            assert!(
+                diff(
+                    &[tried.clone()],
+                    &[tombstone("x", 5, proof)],
+                    ListingKind::Incremental,
+                    NamespacePolicy::Eager,
+                    proven
+                )
+                .is_empty()
+            );
+        }
         // Never tried: certainly not ours.
         let fresh = row("x", Status::PendingUpload, None);
         assert!(
             diff(
                 &[fresh],
-                &del,
+                &[tombstone("x", 5, proof_of([1; 32]))],
                 ListingKind::Incremental,
-                NamespacePolicy::Eager
+                NamespacePolicy::Eager,
+                proven
             )
             .is_empty()
         );

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blobsync_shared::codec::{DecodeError, Decoder, Encoder, Header, MAX_HEADER_LEN};
+use blobsync_shared::config::NamespacePolicy;
 use blobsync_shared::wire::{FrameDecoder, FrameEvent};
 use blobsync_shared::{BlobId, InvalidBlob, Namespace};
 use bytes::Bytes;
@@ -35,6 +36,9 @@ const BLOCKING_SEAL: usize = 1 << 20;
 const MAX_CUTS_WITHOUT_PROGRESS: u32 = 3;
 /// Progress events per transfer at most every this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// A finished download: (plaintext size, sha256, stored size, header salt).
+type Fetched = (u64, [u8; 32], u64, Option<[u8; 32]>);
 
 /// The header sidecar of a partial download.
 fn hdr_path(partial: &std::path::Path) -> std::path::PathBuf {
@@ -64,6 +68,10 @@ pub(crate) enum DownloadError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// Refused for good without trying again: a version of the id this device held before
+    /// (rollback), or an external blob outside an incoming namespace.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<DownloadError> for crate::handle::EngineError {
@@ -80,6 +88,7 @@ impl From<DownloadError> for crate::handle::EngineError {
             }
             DownloadError::Cancelled => E::ShuttingDown,
             DownloadError::Store(s) => E::Store(s),
+            DownloadError::Refused(why) => E::FailedPrecondition(why),
         }
     }
 }
@@ -440,6 +449,27 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         }
     }
 
+    /// Our re-upload of a blob the server had lost met another device's re-upload (409 with
+    /// another salt): both held the same blob, so its copy is as good as ours. Download it
+    /// instead of failing ours as a conflict. Our payload file stays until the download has
+    /// authenticated theirs and replaces it: a server that lies about the 409 costs nothing.
+    async fn take_their_copy(&self, b: &BlobInfo) {
+        info!(ns = %b.ns, id = %b.id, "another device uploaded this lost blob again first; taking its copy");
+        let u = RowUpdate {
+            now: Some(self.clock.now()),
+            ..Default::default()
+        };
+        match self
+            .shared
+            .store
+            .transition(&b.ns, &b.id, Transition::ReuploadRaced, u)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => warn!(ns = %b.ns, id = %b.id, error = %e, "cannot queue the download"),
+        }
+    }
+
     /// The header our upload of `b` uses: the recorded salt if an attempt was made before
     /// (so the same ciphertext goes up and a 409 is recognised as ours), else a fresh one,
     /// recorded before the PUT.
@@ -462,6 +492,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
 
     /// 409: ours (same salt in the server copy's header) or a conflict.
     async fn is_our_copy(&self, b: &BlobInfo, salt: &[u8; 32]) -> Result<bool, RemoteError> {
+        Ok(self.salt_on_server(b).await? == Some(*salt))
+    }
+
+    /// The header salt of the server's copy of `b` (a ranged read of its header); `None` when
+    /// the copy has no blob-format header.
+    async fn salt_on_server(&self, b: &BlobInfo) -> Result<Option<[u8; 32]>, RemoteError> {
         let range = Some(0..MAX_HEADER_LEN as u64);
         let resp = match self.remote.get(&b.ns, &b.id, range.clone()).await {
             // Right after a PUT the server broke off, a pooled connection may be dead: once more.
@@ -469,7 +505,20 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             other => other?,
         };
         let head = crate::remote::collect_body(resp.body, MAX_HEADER_LEN).await?;
-        Ok(matches!(Header::parse(&head), Ok(Some((h, _))) if &h.salt == salt))
+        Ok(match Header::parse(&head) {
+            Ok(Some((h, _))) => Some(h.salt),
+            _ => None,
+        })
+    }
+
+    /// The delete proof for `b`: over the salt of the version we hold, or (a row from before
+    /// salts of downloads were kept) of the server's copy, the version this delete removes.
+    async fn delete_proof(&self, b: &BlobInfo) -> Option<String> {
+        let salt = match b.upload_salt {
+            Some(s) => Some(s),
+            None => self.salt_on_server(b).await.ok().flatten(),
+        };
+        salt.map(|s| self.shared.delete_key.prove(&b.ns, &b.id, &s))
     }
 
     /// The `if_absent_since` of an upload: none for a first attempt; for a retry (a salt was
@@ -492,32 +541,27 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         }
     }
 
-    /// The server refused to recreate `b` (412): it was deleted elsewhere after our first
-    /// attempt. The row leaves the queue exactly as when a listing shows that tombstone
-    /// (`UploadDeletedRemotely`: the row and its payload are removed).
-    async fn upload_deleted_remotely(&self, b: &BlobInfo, why: &str) {
-        info!(ns = %b.ns, id = %b.id, reason = %why, "deleted elsewhere after our upload attempt; not recreating it, removing it here");
-        let u = RowUpdate {
-            now: Some(self.clock.now()),
-            ..Default::default()
-        };
-        match self
-            .shared
-            .store
-            .transition(&b.ns, &b.id, Transition::UploadDeletedRemotely, u)
-            .await
-        {
-            Ok(ch) => {
-                if ch.from.is_some_and(Status::has_payload)
-                    && !ch.to.is_some_and(Status::has_payload)
-                {
-                    self.shared.remove_payload(&b.ns, &b.id).await;
-                }
-            }
-            Err(e) => {
-                warn!(ns = %b.ns, id = %b.id, error = %e, "refused upload, but the row moved on")
-            }
-        }
+    /// The server refused to recreate `b` (412): it says the id was deleted after our last
+    /// listing. That is the server's word, not a proof, so nothing is deleted here: the attempt
+    /// is recorded (so the loop does not spin on it) and a listing is asked for at once. Its
+    /// tombstone decides: a delete proof of our version removes the blob (`plan`), anything
+    /// else leaves it queued, and the retry (conditional on the newer cursor) goes through.
+    async fn upload_deleted_remotely(&self, b: &BlobInfo, why: &str, stats: &mut TransferStats) {
+        info!(ns = %b.ns, id = %b.id, reason = %why, "the server says this blob was deleted elsewhere after our upload attempt; the next listing decides");
+        self.record_failure(
+            b,
+            Direction::Upload,
+            format!("the server refused to recreate it ({why}); waiting for its tombstone"),
+            None,
+            false,
+            stats,
+        )
+        .await;
+        let _ = self.shared.sync_tx.try_send(super::SyncRequest {
+            full: false,
+            allow_mass_delete: false,
+            reply: None,
+        });
     }
 
     pub(super) async fn upload_one(
@@ -590,6 +634,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         debug!("409 with our own salt: an earlier upload got through");
                         self.mark_uploaded(&b, stored, stats).await;
                     }
+                    Ok(false) if b.reupload => self.take_their_copy(&b).await,
                     Ok(false) => {
                         self.reject_upload(
                             &b,
@@ -617,7 +662,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 }
                 Err(RemoteError::DeletedAfter(why)) => {
                     self.shared.note_remote_ok();
-                    self.upload_deleted_remotely(&b, &why).await
+                    self.upload_deleted_remotely(&b, &why, stats).await
                 }
                 // The connection broke: the server may have stored it all the same (the answer
                 // was lost, or it answered 409 early and closed while we were still sending).
@@ -643,7 +688,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     pub(super) async fn delete_one(self: &Arc<Self>, b: BlobInfo, stats: &mut TransferStats) {
         let lock = self.shared.blob_lock(&b.ns, &b.id);
         let _g = lock.lock().await;
-        match self.remote.delete(&b.ns, &b.id).await {
+        let proof = self.delete_proof(&b).await;
+        match self.remote.delete(&b.ns, &b.id, proof).await {
             Ok(()) | Err(RemoteError::NotFound)
                 if self.shared.crash_here("delete.after_remote") => {}
             Ok(()) | Err(RemoteError::NotFound) => {
@@ -698,9 +744,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 Some(cur) => return Err(DownloadError::NotWanted(cur.id, cur.status)),
                 None => return Err(DownloadError::NotWanted(b.id, Status::PendingDelete)),
             };
-            let res = tokio::select! {
-                r = self.fetch_to_payload(&b) => r,
-                _ = cancel.cancelled() => Err(DownloadError::Cancelled),
+            let res = match self.may_download(&b).await {
+                Ok(forbidden) => tokio::select! {
+                    r = self.fetch_to_payload(&b, &forbidden) => r,
+                    _ = cancel.cancelled() => Err(DownloadError::Cancelled),
+                },
+                Err(e) => Err(e),
             };
             if res.is_err() && !matches!(res, Err(DownloadError::Cancelled)) {
                 // A failed attempt starts over (and the blob may be gone for good: a 404).
@@ -711,12 +760,13 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 return Err(DownloadError::Cancelled);
             }
             match res {
-                Ok((size, sha, stored)) => {
+                Ok((size, sha, stored, salt)) => {
                     self.shared.note_remote_ok();
                     let u = RowUpdate {
                         size: Some(size),
                         sha256: Some(sha),
                         remote_size: Some(stored),
+                        salt,
                         now: Some(self.clock.now()),
                         ..Default::default()
                     };
@@ -730,6 +780,21 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     Ok(())
                 }
                 Err(DownloadError::Cancelled) => Err(DownloadError::Cancelled),
+                Err(DownloadError::Refused(why)) => {
+                    if b.status == Status::PendingDownload {
+                        let u = RowUpdate {
+                            last_error: Some(why.clone()),
+                            now: Some(self.clock.now()),
+                            ..Default::default()
+                        };
+                        self.shared
+                            .store
+                            .transition(&b.ns, &b.id, Transition::DownloadInvalid, u)
+                            .await?;
+                        stats.failed += 1;
+                    }
+                    Err(DownloadError::Refused(why))
+                }
                 Err(e) => {
                     let queued = b.status == Status::PendingDownload;
                     match &e {
@@ -784,16 +849,74 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         .await
     }
 
+    /// Whether `b` may be downloaded at all, and the header salts its copy must not have:
+    /// every version of the id this device held before, but the one it holds now (a
+    /// re-download after damage is the same version). An external blob is taken only in an
+    /// incoming namespace: nothing else authenticates it.
+    async fn may_download(&self, b: &BlobInfo) -> Result<Vec<[u8; 32]>, DownloadError> {
+        if b.external && self.shared.settings().policy(&b.ns) != NamespacePolicy::Incoming {
+            let why = format!(
+                "refused: {}/{} is an external blob (delivered by an app, not encrypted by your \
+                 devices) in a namespace that is not an incoming box",
+                b.ns, b.id
+            );
+            self.shared.raise(
+                crate::events::AlarmKind::ExternalRefused,
+                Some(&b.ns),
+                1,
+                why.clone(),
+            );
+            return Err(DownloadError::Refused(why));
+        }
+        let mut seen = self.shared.store.seen_salts(&b.ns, &b.id).await?;
+        seen.retain(|s| Some(*s) != b.upload_salt);
+        Ok(seen)
+    }
+
+    /// The rollback check: refuses a copy whose header salt is one of `forbidden` unless its
+    /// plaintext is the very content this device holds (`sha`: the same blob put up again,
+    /// after the server lost it, is no rollback).
+    fn check_rollback(
+        &self,
+        b: &BlobInfo,
+        salt: Option<[u8; 32]>,
+        sha: &[u8; 32],
+        forbidden: &[[u8; 32]],
+    ) -> Result<(), DownloadError> {
+        match salt {
+            Some(s) if forbidden.contains(&s) && b.sha256.as_ref() != Some(sha) => {
+                let why = format!(
+                    "refused: the server offered a version of {}/{} that this device held \
+                     before (a rollback); the blob stays as it was",
+                    b.ns, b.id
+                );
+                self.shared.raise(
+                    crate::events::AlarmKind::Rollback,
+                    Some(&b.ns),
+                    1,
+                    why.clone(),
+                );
+                Err(DownloadError::Refused(why))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Downloads into the partial file, verifying as it goes, resuming after cuts; then
-    /// fsyncs and links it into place. Returns (plaintext size, sha256, stored size).
-    async fn fetch_to_payload(&self, b: &BlobInfo) -> Result<(u64, [u8; 32], u64), DownloadError> {
-        match self.fetch_inner(b, true).await {
+    /// fsyncs and links it into place. Returns (plaintext size, sha256, stored size, header
+    /// salt — none for an external blob).
+    async fn fetch_to_payload(
+        &self,
+        b: &BlobInfo,
+        forbidden: &[[u8; 32]],
+    ) -> Result<Fetched, DownloadError> {
+        match self.fetch_inner(b, true, forbidden).await {
             // The partial file a restart resumed from was of another copy (the blob was put
             // again meanwhile): that is not tampering; start over once from scratch.
             Err(DownloadError::Invalid(e)) if self.shared.crash_points_resumed(b) => {
                 debug!(error = %e, "resumed partial did not verify; starting over");
                 self.remove_partial(b).await;
-                self.fetch_inner(b, false).await
+                self.fetch_inner(b, false, forbidden).await
             }
             other => other,
         }
@@ -861,7 +984,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         &self,
         b: &BlobInfo,
         allow_resume: bool,
-    ) -> Result<(u64, [u8; 32], u64), DownloadError> {
+        forbidden: &[[u8; 32]],
+    ) -> Result<Fetched, DownloadError> {
         let partial = self.shared.data.partial_path(&b.ns, &b.id);
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         let (file, mut decoder, mut hdr_saved) = if b.external {
@@ -974,16 +1098,20 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 }
             }
         }
-        let size = match decoder {
-            Some(d) => d.finish()?.plain_size,
-            None => raw_done,
+        let (size, salt) = match decoder {
+            Some(d) => {
+                let h = d.finish()?;
+                (h.plain_size, Some(h.salt))
+            }
+            None => (raw_done, None),
         };
+        let mut sha = [0u8; 32];
+        sha.copy_from_slice(hasher.finish().as_ref());
+        self.check_rollback(b, salt, &sha, forbidden)?;
         if self.shared.crash_here("download.after_body") {
             return Err(DownloadError::Cancelled);
         }
         file.sync_and_close().await?;
-        let mut sha = [0u8; 32];
-        sha.copy_from_slice(hasher.finish().as_ref());
         let dest = self.shared.data.payload_path(&b.ns, &b.id);
         let hdr = hdr_path(&partial);
         tokio::task::spawn_blocking(move || {
@@ -994,7 +1122,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         })
         .await
         .map_err(std::io::Error::other)??;
-        Ok((size, sha, total))
+        Ok((size, sha, total, salt))
     }
 
     /// Writes small verified payloads (replacing stale copies) and makes them durable
@@ -1181,6 +1309,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                             ..Default::default()
                         },
                     )),
+                    Ok(false) if b.reupload => self.take_their_copy(b).await,
                     Ok(false) => {
                         self.reject_upload(
                             b,
@@ -1213,7 +1342,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         "HTTP 412 in a batch: deleted after seq {}",
                         since.unwrap_or(0)
                     );
-                    self.upload_deleted_remotely(b, &why).await
+                    self.upload_deleted_remotely(b, &why, stats).await
                 }
                 Some(507) => {
                     self.reject_upload(b, RemoteError::QuotaExceeded.to_string(), stats)
@@ -1344,12 +1473,43 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         // instead of two fsyncs per blob in a row (W1/W5 of issue 8).
         let mut ok = Vec::new();
         let mut verified = Vec::new();
+        let seen = match self.shared.store.seen_salts_many(&ns, ids.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot read the salts seen before; batch left queued");
+                return;
+            }
+        };
         for (id, stored) in complete {
             let Some(b) = blobs.iter().find(|b| b.id == id) else {
                 continue;
             };
+            let forbidden: Vec<[u8; 32]> = seen
+                .get(&b.id)
+                .into_iter()
+                .flatten()
+                .filter(|s| Some(**s) != b.upload_salt)
+                .copied()
+                .collect();
             match open_small(&self.shared.key, b, &stored) {
-                Ok(plain) => verified.push((b, stored.len() as u64, plain)),
+                Ok((plain, salt)) => {
+                    match self.check_rollback(b, salt, &sha256_of(&plain), &forbidden) {
+                        Ok(()) => verified.push((b, stored.len() as u64, plain, salt)),
+                        Err(e) => {
+                            let u = RowUpdate {
+                                last_error: Some(e.to_string()),
+                                now: Some(now),
+                                ..Default::default()
+                            };
+                            let _ = self
+                                .shared
+                                .store
+                                .transition(&b.ns, &b.id, Transition::DownloadInvalid, u)
+                                .await;
+                            stats.failed += 1;
+                        }
+                    }
+                }
                 Err(e) => {
                     self.record_failure(b, Direction::Download, e.to_string(), None, true, stats)
                         .await
@@ -1359,20 +1519,18 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         // The per-blob locks keep an on-demand fetch of the same blob out; taken in id order.
         verified.sort_by(|x, y| x.0.id.cmp(&y.0.id));
         let mut guards = Vec::with_capacity(verified.len());
-        for (b, _, _) in &verified {
+        for (b, _, _, _) in &verified {
             guards.push(self.shared.blob_lock(&b.ns, &b.id).lock_owned().await);
         }
         let mut files = Vec::with_capacity(verified.len());
         let mut facts = Vec::with_capacity(verified.len());
-        for (b, stored_len, plain) in verified {
-            let digest = ring::digest::digest(&ring::digest::SHA256, &plain);
-            let mut sha = [0u8; 32];
-            sha.copy_from_slice(digest.as_ref());
-            facts.push((b, stored_len, plain.len() as u64, sha));
+        for (b, stored_len, plain, salt) in verified {
+            let sha = sha256_of(&plain);
+            facts.push((b, stored_len, plain.len() as u64, sha, salt));
             files.push((self.shared.data.payload_path(&b.ns, &b.id), plain));
         }
         let installed = self.install_many(files).await;
-        for (i, (b, stored_len, size, sha)) in facts.into_iter().enumerate() {
+        for (i, (b, stored_len, size, sha, salt)) in facts.into_iter().enumerate() {
             match installed.get(i).or(installed.first()) {
                 Some(Ok(())) => ok.push((
                     b.id.clone(),
@@ -1381,6 +1539,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         size: Some(size),
                         sha256: Some(sha),
                         remote_size: Some(stored_len),
+                        salt,
                         now: Some(now),
                         ..Default::default()
                     },
@@ -1431,15 +1590,21 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     }
 }
 
-/// Verifies a small stored blob held in memory and returns its plaintext (an external blob
-/// is kept as it is).
+fn sha256_of(b: &[u8]) -> [u8; 32] {
+    let mut sha = [0u8; 32];
+    sha.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, b).as_ref());
+    sha
+}
+
+/// Verifies a small stored blob held in memory and returns its plaintext and header salt
+/// (an external blob is kept as it is, and has no salt).
 fn open_small(
     key: &blobsync_shared::StorageKey,
     b: &BlobInfo,
     stored: &[u8],
-) -> Result<Vec<u8>, InvalidBlob> {
+) -> Result<(Vec<u8>, Option<[u8; 32]>), InvalidBlob> {
     if b.external {
-        return Ok(stored.to_vec());
+        return Ok((stored.to_vec(), None));
     }
     let mut d = Decoder::new(key, &b.ns, &b.id);
     let mut out = Vec::with_capacity(stored.len());
@@ -1451,6 +1616,6 @@ fn open_small(
         DecodeError::Invalid(i) => i,
         DecodeError::Sink(never) => match never {},
     })?;
-    d.finish()?;
-    Ok(out)
+    let h = d.finish()?;
+    Ok((out, Some(h.salt)))
 }

@@ -41,6 +41,9 @@ struct LogLine {
     created: i64,
     #[serde(default)]
     external: bool,
+    /// A delete's proof, as the deleting device sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proof: Option<String>,
 }
 
 #[derive(Default)]
@@ -205,6 +208,7 @@ impl DirRemote {
                     size,
                     created: unix_now(),
                     external: false,
+                    proof: None,
                 },
             )
         })
@@ -337,7 +341,7 @@ impl Remote for DirRemote {
                             created: l.created,
                             seq: l.seq,
                             external: l.external,
-                            proof: None,
+                            proof: l.proof.clone(),
                         })
                     })
                     .collect::<Result<Vec<_>, RemoteError>>()?;
@@ -347,6 +351,41 @@ impl Remote for DirRemote {
                     cache.seq
                 };
                 Ok(ChangesResponse { seq, changes, more })
+            })
+        })
+        .await
+    }
+
+    async fn identity(&self) -> Result<String, RemoteError> {
+        // The folder's instance id: made with its first use, so a folder that was wiped or
+        // replaced (same path, other data) is told apart from the one we synced with.
+        self.blocking(|me| {
+            me.locked(|me, _| {
+                let path = me.root.join(".instance");
+                let id = match std::fs::read_to_string(&path) {
+                    Ok(s) => s.trim().to_owned(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        let mut b = [0u8; 16];
+                        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+                            .map_err(|_| RemoteError::Config("no randomness".into()))?;
+                        let id = hex::encode(b);
+                        let tmp = me.root.join(".instance.tmp");
+                        std::fs::write(&tmp, format!("{id}\n"))?;
+                        File::open(&tmp)?.sync_all()?;
+                        std::fs::rename(&tmp, &path)?;
+                        id
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let user = me
+                    .root
+                    .file_name()
+                    .map(|u| u.to_string_lossy().into_owned());
+                Ok(super::identity_string(
+                    &me.describe(),
+                    user.as_deref().unwrap_or(""),
+                    Some(&id),
+                ))
             })
         })
         .await
@@ -473,7 +512,12 @@ impl Remote for DirRemote {
         .await
     }
 
-    async fn delete(&self, ns: &Namespace, id: &BlobId) -> Result<(), RemoteError> {
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        proof: Option<String>,
+    ) -> Result<(), RemoteError> {
         let (ns, id) = (ns.to_string(), id.to_string());
         self.blocking(move |me| {
             me.locked(|me, cache| {
@@ -487,6 +531,7 @@ impl Remote for DirRemote {
                     LogLine {
                         op: ChangeOp::Delete,
                         created: unix_now(),
+                        proof,
                         ..live
                     },
                 )

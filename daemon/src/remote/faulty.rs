@@ -218,10 +218,21 @@ impl<R: Remote> Remote for FaultyRemote<R> {
         Ok(r)
     }
 
-    async fn delete(&self, ns: &Namespace, id: &BlobId) -> Result<(), RemoteError> {
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        proof: Option<String>,
+    ) -> Result<(), RemoteError> {
         self.faults.deletes.fetch_add(1, Ordering::SeqCst);
         self.faults.check()?;
-        self.inner.delete(ns, id).await
+        self.inner.delete(ns, id, proof).await
+    }
+
+    async fn identity(&self) -> Result<String, RemoteError> {
+        // Like namespace discovery: not counted and not failed, so tests that count and fail
+        // listings see the same calls as before.
+        self.inner.identity().await
     }
 
     async fn get_flags(&self, ns: &Namespace, id: &BlobId) -> Result<Vec<Flag>, RemoteError> {

@@ -319,6 +319,23 @@ impl Remote for HttpRemote {
         }
     }
 
+    async fn identity(&self) -> Result<String, RemoteError> {
+        // Every answer of the server carries its instance id; /healthz is the cheapest.
+        let url = format!("{}/healthz", self.cfg.base);
+        let resp = self.send(Method::GET, url, &[], empty()).await?;
+        let instance = resp
+            .headers()
+            .get(wire::INSTANCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let _ = super::collect_body(body_stream(resp.into_body()), MAX_ERROR_BODY).await;
+        Ok(super::identity_string(
+            &self.cfg.base,
+            &self.cfg.user,
+            instance.as_deref(),
+        ))
+    }
+
     async fn namespaces(&self) -> Result<Vec<Namespace>, RemoteError> {
         let url = self.url(
             &self.blobs_path(),
@@ -432,12 +449,26 @@ impl Remote for HttpRemote {
         })
     }
 
-    async fn delete(&self, ns: &Namespace, id: &BlobId) -> Result<(), RemoteError> {
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        proof: Option<String>,
+    ) -> Result<(), RemoteError> {
         let url = self.url(
             &self.blob_path(id),
             &[(wire::query::NAMESPACE, ns.to_string())],
         );
-        let resp = self.send(Method::DELETE, url, &[], empty()).await?;
+        let headers: Vec<(header::HeaderName, String)> = proof
+            .map(|p| {
+                (
+                    header::HeaderName::from_static(wire::DELETE_PROOF_HEADER),
+                    p,
+                )
+            })
+            .into_iter()
+            .collect();
+        let resp = self.send(Method::DELETE, url, &headers, empty()).await?;
         let _ = super::collect_body(body_stream(resp.into_body()), MAX_ERROR_BODY).await;
         Ok(())
     }

@@ -196,12 +196,21 @@ pub trait Remote: Send + Sync + 'static {
         range: Option<Range<u64>>,
     ) -> impl Future<Output = Result<GetResponse, RemoteError>> + Send;
 
-    /// Deletes a blob (leaves a tombstone); `NotFound` if it is not there.
+    /// Deletes a blob (leaves a tombstone); `NotFound` if it is not there. `proof` is this
+    /// device's delete proof (`blobsync_shared::tombstone`), kept with the tombstone so the
+    /// user's other devices can tell our deletion from an invented one.
     fn delete(
         &self,
         ns: &Namespace,
         id: &BlobId,
+        proof: Option<String>,
     ) -> impl Future<Output = Result<(), RemoteError>> + Send;
+
+    /// Who the remote is: its URL, the user, and the server instance (a random id created
+    /// with the server's data, `-` where the remote has none). The engine compares it with
+    /// the one it synced with before: a different answer means cursors and sequence numbers
+    /// learnt from the old one mean nothing here.
+    fn identity(&self) -> impl Future<Output = Result<String, RemoteError>> + Send;
 
     /// The blob's remote flags.
     fn get_flags(
@@ -239,6 +248,25 @@ pub trait Remote: Send + Sync + 'static {
 }
 
 /// A body that yields one buffer.
+/// An instance id as a remote reported it, if it is one: a hostile server must not smuggle
+/// control characters or megabytes into logs and the store through it.
+pub fn clean_instance(raw: &str) -> Option<&str> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then_some(raw)
+}
+
+/// Builds the identity string of [`Remote::identity`].
+pub fn identity_string(url: &str, user: &str, instance: Option<&str>) -> String {
+    format!(
+        "{url} user={user} instance={}",
+        instance.and_then(clean_instance).unwrap_or("-")
+    )
+}
+
 pub fn once_body(bytes: impl Into<Bytes>) -> ByteStream {
     Box::pin(futures_util::stream::once(std::future::ready(Ok(
         bytes.into()

@@ -434,6 +434,63 @@ impl Store {
             .await
     }
 
+    /// How many proven remote deletions are held for `ns` (the mass-deletion guard).
+    pub async fn held_count(&self, ns: &Namespace) -> Result<u64, StoreError> {
+        let ns = ns.clone();
+        self.call(move |c| ops::held_count(c, &ns)).await
+    }
+
+    /// Applies the held deletions of `ns` in one transaction.
+    pub async fn apply_held(
+        &self,
+        ns: &Namespace,
+        now: SystemTime,
+    ) -> Result<Vec<StatusChange>, StoreError> {
+        let ns = ns.clone();
+        self.call_changes(move |c| ops::apply_held(c, &ns, now))
+            .await
+    }
+
+    /// Every header salt this device has held for `ns/id`.
+    pub async fn seen_salts(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+    ) -> Result<Vec<[u8; 32]>, StoreError> {
+        let (ns, id) = (ns.clone(), id.clone());
+        self.call(move |c| ops::seen_salts(c, &ns, &id)).await
+    }
+
+    /// [`Store::seen_salts`] of many ids of one namespace, in one store call.
+    pub async fn seen_salts_many(
+        &self,
+        ns: &Namespace,
+        ids: Vec<BlobId>,
+    ) -> Result<std::collections::HashMap<BlobId, Vec<[u8; 32]>>, StoreError> {
+        let ns = ns.clone();
+        self.call(move |c| {
+            let mut out = std::collections::HashMap::new();
+            for id in ids {
+                let salts = ops::seen_salts(c, &ns, &id)?;
+                if !salts.is_empty() {
+                    out.insert(id, salts);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The remote this store last synced with (`None` before the first contact).
+    pub async fn remote_identity(&self) -> Result<Option<String>, StoreError> {
+        self.call(|c| ops::meta(c, ops::REMOTE_IDENTITY)).await
+    }
+
+    /// Forgets what the old remote said and records the new one (see [`ops::reset_remote`]).
+    pub async fn reset_remote(&self, identity: String) -> Result<(), StoreError> {
+        self.call(move |c| ops::reset_remote(c, &identity)).await
+    }
+
     /// Re-queues a failed blob now (or makes a queued one due now).
     pub async fn retry(&self, ns: &Namespace, id: &BlobId) -> Result<StatusChange, StoreError> {
         let (ns, id) = (ns.clone(), id.clone());

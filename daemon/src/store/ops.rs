@@ -45,7 +45,8 @@ pub struct BlobInfo {
     pub last_error: Option<String>,
     /// Downloads that failed verification.
     pub invalid_attempts: u32,
-    /// Header salt of our upload (set before the first PUT).
+    /// Header salt of the version this device holds: of our upload (set before the first
+    /// PUT), or of the copy it downloaded. Delete proofs are made and checked against it.
     pub upload_salt: Option<[u8; 32]>,
     /// Delivered by a trusted app through `/incoming`: kept as-is, never decrypted.
     pub external: bool,
@@ -55,6 +56,8 @@ pub struct BlobInfo {
     pub updated: SystemTime,
     /// The server's sequence number of the copy we know.
     pub remote_seq: Option<u64>,
+    /// Queued for upload again because the server lost it (see `Transition::LostRemotely`).
+    pub reupload: bool,
 }
 
 impl BlobInfo {
@@ -142,6 +145,8 @@ pub struct RowUpdate {
     pub remote_size: Option<u64>,
     /// Error to keep (failed statuses); `None` clears it.
     pub last_error: Option<String>,
+    /// Header salt of the version now held (after a download); `None` keeps the recorded one.
+    pub salt: Option<[u8; 32]>,
     /// Now.
     pub now: Option<SystemTime>,
 }
@@ -179,10 +184,29 @@ pub enum RemoteFact {
         /// Initial status.
         status: Status,
     },
-    /// Gone from the server: apply `DeletedRemotely` (or `DeleteConfirmed`).
+    /// Gone from the server, and no local copy is at stake (the row holds no payload, or is
+    /// our own pending delete): apply `DeletedRemotely` (or `DeleteConfirmed`) at once.
     Gone {
         /// Id.
         id: BlobId,
+    },
+    /// A tombstone whose proof verifies against the version this device holds: a deletion
+    /// made by another device of the user. Held in `held_deletions` and applied after the
+    /// listing by [`apply_held`], unless the mass-deletion guard holds it.
+    ProvenDelete {
+        /// Id.
+        id: BlobId,
+        /// The tombstone's sequence number.
+        seq: u64,
+    },
+    /// The server no longer has a blob this device holds, and nobody proved a deletion (no
+    /// tombstone, or one without a valid proof): the server lost it. Upload it again.
+    Lost {
+        /// Id.
+        id: BlobId,
+        /// A tombstone was there, but its proof was missing or wrong (an integrity alarm,
+        /// not just a forgetful server).
+        unproven_tombstone: bool,
     },
     /// Put again on the server after we synced the old copy: download the new one.
     Replaced {
@@ -206,7 +230,7 @@ pub enum RemoteFact {
 
 const COLS: &str = "ns, id, size, remote_size, sha256, status, priority, attempts, \
     next_attempt_ms, last_error, invalid_attempts, upload_salt, external, created_ms, \
-    updated_ms, remote_seq";
+    updated_ms, remote_seq, reupload";
 
 fn corrupt(what: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, what.into())
@@ -244,6 +268,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<BlobInfo> {
         created: from_millis(r.get(13)?),
         updated: from_millis(r.get(14)?),
         remote_seq: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
+        reupload: r.get(16)?,
     })
 }
 
@@ -547,7 +572,8 @@ pub fn transition(
                    remote_size = COALESCE(?6, remote_size), last_error = ?7, \
                    attempts = CASE WHEN ?8 THEN attempts ELSE 0 END, \
                    invalid_attempts = CASE WHEN ?8 THEN invalid_attempts ELSE 0 END, \
-                   next_attempt_ms = 0, updated_ms = ?9 \
+                   next_attempt_ms = 0, updated_ms = ?9, \
+                   upload_salt = COALESCE(?10, upload_salt), reupload = ?11 \
                  WHERE ns = ?1 AND id = ?2",
                 params![
                     ns.as_str(),
@@ -559,6 +585,8 @@ pub fn transition(
                     u.last_error,
                     keep,
                     now_ms(u.now),
+                    u.salt.as_ref().map(|h| &h[..]),
+                    t == Transition::LostRemotely,
                 ],
             )?;
             Some(s)
@@ -748,6 +776,38 @@ pub fn apply_remote(
                         to: Some(*status),
                     });
                 }
+                unhold(&tx, ns, id)?;
+            }
+            RemoteFact::ProvenDelete { id, seq } => {
+                exec(
+                    &tx,
+                    "INSERT INTO held_deletions (ns, id, seq) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (ns, id) DO UPDATE SET seq = excluded.seq",
+                    params![ns.as_str(), id.as_str(), *seq as i64],
+                )?;
+            }
+            RemoteFact::Lost { id, .. } => {
+                let u = RowUpdate {
+                    now: Some(now),
+                    ..Default::default()
+                };
+                unhold(&tx, ns, id)?;
+                match transition(&tx, ns, id, Transition::LostRemotely, &u) {
+                    Ok(ch) => {
+                        // Whatever seq we knew belongs to the copy the server lost. The upload
+                        // takes a fresh salt (a fresh key): its header may differ from the lost
+                        // copy's (segment size), and a salt is never used for two encodings.
+                        exec(
+                            &tx,
+                            "UPDATE blobs SET remote_seq = NULL, upload_salt = NULL \
+                             WHERE ns = ?1 AND id = ?2",
+                            params![ns.as_str(), id.as_str()],
+                        )?;
+                        out.push(ch);
+                    }
+                    Err(StoreError::Illegal(_) | StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
             RemoteFact::Gone { id } => {
                 let t = match get(&tx, ns, id)? {
@@ -778,6 +838,7 @@ pub fn apply_remote(
                     now: Some(now),
                     ..Default::default()
                 };
+                unhold(&tx, ns, id)?;
                 match transition(&tx, ns, id, Transition::ReplacedRemotely, &u) {
                     Ok(ch) => {
                         exec(
@@ -797,6 +858,7 @@ pub fn apply_remote(
                 seq,
                 remote_size,
             } => {
+                unhold(&tx, ns, id)?;
                 exec(
                     &tx,
                     "UPDATE blobs SET remote_seq = ?3, remote_size = ?4 WHERE ns = ?1 AND id = ?2",
@@ -816,6 +878,98 @@ pub fn apply_remote(
     tx.commit()?;
     Ok(out)
 }
+
+/// A live copy was listed for the id after all: a deletion held for it no longer applies.
+fn unhold(c: &Connection, ns: &Namespace, id: &BlobId) -> rusqlite::Result<usize> {
+    exec(
+        c,
+        "DELETE FROM held_deletions WHERE ns = ?1 AND id = ?2",
+        params![ns.as_str(), id.as_str()],
+    )
+}
+
+/// How many proven remote deletions are held for a namespace.
+pub fn held_count(c: &mut Connection, ns: &Namespace) -> Result<u64, StoreError> {
+    let n: i64 = c
+        .prepare_cached("SELECT COUNT(*) FROM held_deletions WHERE ns = ?1")?
+        .query_row(params![ns.as_str()], |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+/// Applies every held deletion of a namespace (one transaction) and forgets them: a row the
+/// user changed meanwhile in a way a remote deletion does not touch is left alone.
+pub fn apply_held(
+    c: &mut Connection,
+    ns: &Namespace,
+    now: SystemTime,
+) -> Result<Vec<StatusChange>, StoreError> {
+    let tx = c.transaction()?;
+    let ids: Vec<String> = {
+        let mut st = tx.prepare_cached("SELECT id FROM held_deletions WHERE ns = ?1")?;
+        st.query_map(params![ns.as_str()], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    let u = RowUpdate {
+        now: Some(now),
+        ..Default::default()
+    };
+    for id in ids {
+        let Ok(id) = BlobId::new(id) else { continue };
+        let t = match get(&tx, ns, &id)? {
+            Some(b) if b.status == Status::PendingDelete => Transition::DeleteConfirmed,
+            Some(b) if b.status == Status::PendingUpload => Transition::UploadDeletedRemotely,
+            Some(_) => Transition::DeletedRemotely,
+            None => continue,
+        };
+        match transition(&tx, ns, &id, t, &u) {
+            Ok(ch) => out.push(ch),
+            Err(StoreError::Illegal(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    exec(
+        &tx,
+        "DELETE FROM held_deletions WHERE ns = ?1",
+        params![ns.as_str()],
+    )?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Every header salt this device has held for `ns/id` (rollback protection).
+pub fn seen_salts(
+    c: &mut Connection,
+    ns: &Namespace,
+    id: &BlobId,
+) -> Result<Vec<[u8; 32]>, StoreError> {
+    let mut st = c.prepare_cached("SELECT salt FROM seen_salts WHERE ns = ?1 AND id = ?2")?;
+    let rows = st.query_map(params![ns.as_str(), id.as_str()], |r| {
+        blob32(Some(r.get(0)?)).map(|s| s.expect("Some in, Some out"))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The remote changed (another URL, user or server instance): forget everything learnt from
+/// the old one — cursors (the next listing is full), the sequence numbers of known copies
+/// (they are the old server's) and held deletions — and record the new identity, in one
+/// transaction. Local blobs and their statuses stay: the full listing reconciles them.
+pub fn reset_remote(c: &mut Connection, identity: &str) -> Result<(), StoreError> {
+    let tx = c.transaction()?;
+    exec(&tx, "DELETE FROM cursors", [])?;
+    exec(&tx, "DELETE FROM held_deletions", [])?;
+    exec(
+        &tx,
+        "UPDATE blobs SET remote_seq = NULL WHERE remote_seq IS NOT NULL",
+        [],
+    )?;
+    set_meta(&tx, REMOTE_IDENTITY, Some(identity))?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Meta key of the remote this store synced with (see [`reset_remote`]).
+pub const REMOTE_IDENTITY: &str = "remote_identity";
 
 /// `retry` on one blob: a failed blob is re-queued; a queued one becomes due now.
 pub fn retry(c: &mut Connection, ns: &Namespace, id: &BlobId) -> Result<StatusChange, StoreError> {
@@ -973,7 +1127,7 @@ pub fn meta(c: &mut Connection, key: &str) -> Result<Option<String>, StoreError>
 }
 
 /// Sets or removes a meta value.
-pub fn set_meta(c: &mut Connection, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+pub fn set_meta(c: &Connection, key: &str, value: Option<&str>) -> Result<(), StoreError> {
     match value {
         Some(v) => exec(
             c,

@@ -77,6 +77,39 @@ const MIGRATIONS: &[&str] = &[
             ON CONFLICT (ns, status) DO UPDATE SET n = n + 1, bytes = bytes + excluded.bytes;
     END;
     "#,
+    // 4: what the no-data-loss rules need. `upload_salt` now holds the header salt of the
+    // version this device holds (uploaded or downloaded), so a delete proof can be checked
+    // against it. `seen_salts` remembers every salt ever held per id, kept by triggers so no
+    // code path can forget one: a remote version with a salt seen before is a rollback.
+    // `held_deletions` are proven remote deletions not applied yet: the mass-deletion guard
+    // holds them until the user allows them. `reupload` marks a blob this device is uploading
+    // again because the server lost it: a 409 then means another device of the user got
+    // there first, and its copy is taken instead of failing the upload as a conflict.
+    r#"
+    CREATE TABLE seen_salts (
+        ns   TEXT NOT NULL,
+        id   TEXT NOT NULL,
+        salt BLOB NOT NULL,
+        PRIMARY KEY (ns, id, salt)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO seen_salts (ns, id, salt)
+        SELECT ns, id, upload_salt FROM blobs WHERE upload_salt IS NOT NULL;
+    CREATE TRIGGER seen_salts_after_insert AFTER INSERT ON blobs
+    WHEN NEW.upload_salt IS NOT NULL BEGIN
+        INSERT OR IGNORE INTO seen_salts (ns, id, salt) VALUES (NEW.ns, NEW.id, NEW.upload_salt);
+    END;
+    CREATE TRIGGER seen_salts_after_update AFTER UPDATE OF upload_salt ON blobs
+    WHEN NEW.upload_salt IS NOT NULL BEGIN
+        INSERT OR IGNORE INTO seen_salts (ns, id, salt) VALUES (NEW.ns, NEW.id, NEW.upload_salt);
+    END;
+    ALTER TABLE blobs ADD COLUMN reupload INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE held_deletions (
+        ns  TEXT    NOT NULL,
+        id  TEXT    NOT NULL,
+        seq INTEGER NOT NULL,       -- the tombstone's sequence number
+        PRIMARY KEY (ns, id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -39,6 +39,7 @@ pub fn settings() -> EngineSettings {
         time_scale: TimeScale::default(),
         drain_timeout: Duration::from_secs(5),
         batch: Default::default(),
+        mass_delete_guard: true,
     }
 }
 
@@ -187,4 +188,29 @@ pub fn bytes(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
+}
+
+/// Deletes `ns/id` on `remote` as another device of the same user does: with the delete proof
+/// of the server copy's version (its header salt), under the test key.
+pub async fn delete_as_device<X: Remote>(remote: &X, ns: &Namespace, id: &BlobId) {
+    let proof = device_proof(remote, ns, id).await;
+    remote.delete(ns, id, proof).await.unwrap();
+}
+
+/// The delete proof another device of the user would send for the server's copy of `ns/id`.
+pub async fn device_proof<X: Remote>(remote: &X, ns: &Namespace, id: &BlobId) -> Option<String> {
+    let head = remote
+        .get(
+            ns,
+            id,
+            Some(0..blobsync_shared::codec::MAX_HEADER_LEN as u64),
+        )
+        .await
+        .ok()?;
+    let bytes = blobsyncd::remote::collect_body(head.body, blobsync_shared::codec::MAX_HEADER_LEN)
+        .await
+        .ok()?;
+    let (h, _) = blobsync_shared::codec::Header::parse(&bytes).ok()??;
+    let dk = blobsync_shared::tombstone::DeleteKey::derive(&key());
+    Some(dk.prove(ns, id, &h.salt))
 }

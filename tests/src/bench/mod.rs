@@ -743,7 +743,11 @@ pub fn run_workload(opts: &BenchOpts, wl: &Workload) -> Result<WorkloadResult, B
         eprintln!("[{}] download", wl.name);
         let mut ev_b = watch(&mut cb, &ns).await?;
         let t1 = Instant::now();
-        cb.sync(SyncRequest { wait: false }).await?;
+        cb.sync(SyncRequest {
+            wait: false,
+            ..Default::default()
+        })
+        .await?;
         wait_synced(
             &mut cb,
             &mut ev_b,
@@ -819,7 +823,11 @@ pub fn run_idle(opts: &BenchOpts) -> Result<IdleResult, BenchError> {
         let populate_s = t0.elapsed().as_secs_f64();
         drop(ev);
         // Let the upload's tail settle (a cycle may still be committing).
-        ca.sync(SyncRequest { wait: true }).await?;
+        ca.sync(SyncRequest {
+            wait: true,
+            ..Default::default()
+        })
+        .await?;
         eprintln!("[IDLE] {} no-change cycles", opts.idle_cycles);
         let pids = [pid_of(&rig.a)?, server_pid];
         let s0 = Snapshot::take(&pids);
@@ -827,7 +835,13 @@ pub fn run_idle(opts: &BenchOpts) -> Result<IdleResult, BenchError> {
         let mut full = Vec::new();
         for _ in 0..opts.idle_cycles {
             let t = Instant::now();
-            let resp = ca.sync(SyncRequest { wait: true }).await?.into_inner();
+            let resp = ca
+                .sync(SyncRequest {
+                    wait: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
             ms.push(t.elapsed().as_secs_f64() * 1e3);
             let s = resp.summary.unwrap_or_default();
             if s.uploaded + s.downloaded + s.deleted_local > 0 {
