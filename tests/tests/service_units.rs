@@ -298,7 +298,7 @@ fn daemon_units_are_notify_services_with_reload_restart_and_hardening() {
         let unit = Unit::load(relative);
         let expected = [
             ("Type", "notify"),
-            ("ExecReload", "/bin/kill -HUP $MAINPID"),
+            ("ExecReload", "/bin/sh -c \"kill -HUP $MAINPID\""),
             ("Restart", "on-failure"),
             ("RuntimeDirectory", "blobsync"),
             ("ConfigurationDirectory", "blobsync"),
@@ -337,6 +337,9 @@ fn daemon_units_are_notify_services_with_reload_restart_and_hardening() {
         "blobsync could not read /etc/blobsync (mode {mode:o})"
     );
     assert_eq!(system.one("StateDirectory"), "blobsync");
+    // The daemon warns about a socket dir that others may enter (control::bind): the unit's
+    // must not be one. Only blobsync and root may use the socket anyway (0600, uid check).
+    assert_eq!(system.one("RuntimeDirectoryMode"), "0700");
     assert_eq!(system.one("ProtectHome"), "yes");
     assert!(
         system
@@ -353,6 +356,8 @@ fn daemon_units_are_notify_services_with_reload_restart_and_hardening() {
     // The home is read-only to the daemon except for the default data and config dirs
     // (blobsync_shared::paths: ~/.local/share/blobsync, ~/.config/blobsync).
     assert_eq!(user.one("ProtectHome"), "read-only");
+    // Before v253 a user manager silently skips the file-system sandbox without it.
+    assert_eq!(user.one("PrivateUsers"), "yes");
     let writable = user.one("ReadWritePaths");
     for dir in ["%h/.local/share/blobsync", "%h/.config/blobsync"] {
         assert!(
