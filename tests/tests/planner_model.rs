@@ -86,7 +86,8 @@ impl Server {
         }
         self.seq += 1;
         self.dead.remove(id);
-        self.live.insert(id.to_string(), (self.seq, size, who, salt));
+        self.live
+            .insert(id.to_string(), (self.seq, size, who, salt));
         Ok(())
     }
 
@@ -95,7 +96,8 @@ impl Server {
         match self.live.remove(id) {
             Some((_, size, who, salt)) => {
                 self.seq += 1;
-                self.dead.insert(id.to_string(), (self.seq, size, who, salt, proof));
+                self.dead
+                    .insert(id.to_string(), (self.seq, size, who, salt, proof));
                 true
             }
             None => false,
@@ -510,13 +512,7 @@ impl Sim {
             ListingKind::Incremental
         };
         let changes = self.server.changes_since(since);
-        let facts = plan::diff(
-            &d.rows(&ns),
-            &changes,
-            kind,
-            NamespacePolicy::Eager,
-            proven,
-        );
+        let facts = plan::diff(&d.rows(&ns), &changes, kind, NamespacePolicy::Eager, proven);
         ops::apply_remote(&mut d.conn, &ns, &facts, Some(self.server.seq), now)
             .map_err(|e| format!("apply_remote {facts:?}: {e}"))?;
         // `Engine::apply_held_deletions`: proven deletions go through the mass-deletion guard.
@@ -698,8 +694,7 @@ impl Sim {
                     // 409: our own earlier upload (same salt), another device's re-upload of
                     // a lost blob we were re-uploading too, or a conflict.
                     Err(theirs) if theirs == salt => Transition::UploadSucceeded,
-                    Err(_) if b.reupload => Transition::ReuploadRaced,
-                    Err(_) => Transition::UploadRejected,
+                    Err(_) => Transition::Contested,
                 };
                 let u = RowUpdate {
                     now: Some(self.now),

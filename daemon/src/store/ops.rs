@@ -56,7 +56,8 @@ pub struct BlobInfo {
     pub updated: SystemTime,
     /// The server's sequence number of the copy we know.
     pub remote_seq: Option<u64>,
-    /// Queued for upload again because the server lost it (see `Transition::LostRemotely`).
+    /// Queued for upload again because the server lost it (`Transition::LostRemotely`), or
+    /// contested (`Transition::Contested`): a download then must hold the content we have.
     pub reupload: bool,
 }
 
@@ -417,22 +418,27 @@ pub fn id_status_page(
     ns: &Namespace,
     after: Option<&BlobId>,
     limit: usize,
-) -> Result<Vec<(BlobId, Status)>, StoreError> {
+) -> Result<Vec<(BlobId, Status, bool)>, StoreError> {
     // "" sorts before every valid id (ids are 1-128 characters).
     let after = after.map_or("", |a| a.as_str());
     let mut st = c.prepare_cached(
-        "SELECT id, status FROM blobs WHERE ns = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        "SELECT id, status, upload_salt IS NOT NULL FROM blobs \
+         WHERE ns = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     )?;
     let rows = st.query_map(params![ns.as_str(), after, limit as i64], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, bool>(2)?,
+        ))
     })?;
     let mut out = Vec::with_capacity(limit.min(4096));
     for r in rows {
-        let (id, code) = r?;
+        let (id, code, salted) = r?;
         let id = BlobId::new(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let status =
             Status::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("status {code}")))?;
-        out.push((id, status));
+        out.push((id, status, salted));
     }
     Ok(out)
 }
@@ -586,7 +592,7 @@ pub fn transition(
                     keep,
                     now_ms(u.now),
                     u.salt.as_ref().map(|h| &h[..]),
-                    t == Transition::LostRemotely,
+                    matches!(t, Transition::LostRemotely | Transition::Contested),
                 ],
             )?;
             Some(s)
