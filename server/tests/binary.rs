@@ -99,9 +99,15 @@ fn user_and_app_commands() {
             .len(),
         64
     );
+    let apps = String::from_utf8(cli(&data, &["app", "list"]).stdout).unwrap();
+    let rows: Vec<Vec<&str>> = apps
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert_eq!(
-        String::from_utf8(cli(&data, &["app", "list"]).stdout).unwrap(),
-        "mail\n"
+        rows,
+        [vec!["APP", "NAMESPACES"], vec!["mail", "MX"]],
+        "{apps}"
     );
     assert!(cli(&data, &["user", "remove", "alice"]).status.success());
     assert!(!cli(&data, &["user", "remove", "alice"]).status.success());
