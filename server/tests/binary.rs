@@ -238,3 +238,29 @@ async fn kill_9_mid_upload_then_restart_and_fsck_show_no_partial_blob() {
     assert!(out.status.success(), "{report}");
     assert!(report.contains("checked 2 blobs: clean"), "{report}");
 }
+
+#[tokio::test]
+async fn instance_command_prints_the_id_every_answer_carries() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let out = cli(&data, &["instance"]);
+    assert!(out.status.success());
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(id.len(), 32, "{id:?}");
+    let out = cli(&data, &["instance"]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), id);
+    let server = serve(&data);
+    let r = common::send(
+        &common::client(),
+        "GET",
+        &format!("http://{}/healthz", server.addr),
+        None,
+        common::body(""),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        r.header(blobsync_shared::wire::INSTANCE_HEADER),
+        Some(id.as_str())
+    );
+}
