@@ -681,6 +681,7 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
                 page.push(b']');
             }
             if tx.send(Ok(Bytes::from(page))).await.is_err() || done {
+                crate::release_memory();
                 return;
             }
         }
@@ -789,6 +790,7 @@ async fn list_changes(
             match pager.next(&st2).await {
                 Ok((b, done)) => {
                     if tx.send(Ok(Bytes::from(b))).await.is_err() || done {
+                        crate::release_memory();
                         return;
                     }
                 }

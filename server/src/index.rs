@@ -359,7 +359,13 @@ impl Index {
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut c = match pooled {
             Some(c) => c,
-            None => open_conn(&self.path)?,
+            None => {
+                let c = open_conn(&self.path)?;
+                // 1 MiB of page cache per reader instead of 2: listings scan, the OS caches
+                // the file anyway, and many concurrent readers must not add up.
+                c.execute_batch("PRAGMA cache_size = -1024;")?;
+                c
+            }
         };
         let out = f(&mut c);
         let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());

@@ -320,6 +320,39 @@ pub async fn purge_tombstones_periodically(
     }
 }
 
+/// Sets up glibc's malloc for a server whose big allocations are short-lived (listing pages,
+/// body chunks): at most 4 arenas instead of 8 per core, and a fixed mmap threshold (256 KiB)
+/// so page-sized buffers are mapped and unmapped instead of growing heaps that are never
+/// given back. Call once at start, before threads exist. A no-op on other platforms.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+/// Gives memory freed by a large listing back to the OS (glibc keeps freed heap pages in
+/// its arenas otherwise, so RSS would stay at the high-water mark). At most once a second;
+/// runs on the blocking pool.
+pub(crate) fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        drop(last);
+        tokio::task::spawn_blocking(|| {
+            // SAFETY: malloc_trim only returns free memory to the OS.
+            unsafe { libc::malloc_trim(0) };
+        });
+    }
+}
+
 /// Rate-limits the log line about connections refused for the per-client cap: one line per
 /// minute at most, with how many were refused since the last one.
 #[derive(Default)]

@@ -308,6 +308,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
+    blobsync_server::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

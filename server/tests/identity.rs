@@ -56,7 +56,10 @@ async fn delete_proofs_are_kept_and_listed_and_bad_ones_refused() {
     let t = s.add_user("alice", None);
     let proof = "0123456789abcdef".repeat(4);
     for id in ["p", "q"] {
-        assert_eq!(s.put(&format!("/blobs/alice/{id}"), &t, "x").await.status, 201);
+        assert_eq!(
+            s.put(&format!("/blobs/alice/{id}"), &t, "x").await.status,
+            201
+        );
     }
 
     // Malformed proofs: 400, saying what is expected, and the blob is untouched.
@@ -100,7 +103,10 @@ async fn delete_proofs_are_kept_and_listed_and_bad_ones_refused() {
         let raw = s.get(&format!("/blobs/alice?since={since}"), &t).await;
         let ch: ChangesResponse = raw.json();
         let p = ch.changes.iter().find(|c| c.id.as_str() == "p").unwrap();
-        assert_eq!((p.op, p.proof.as_deref()), (ChangeOp::Delete, Some(proof.as_str())));
+        assert_eq!(
+            (p.op, p.proof.as_deref()),
+            (ChangeOp::Delete, Some(proof.as_str()))
+        );
         let q = ch.changes.iter().find(|c| c.id.as_str() == "q").unwrap();
         assert_eq!((q.op, q.proof.as_deref()), (ChangeOp::Delete, None));
         let v: serde_json::Value = raw.json();
@@ -113,10 +119,7 @@ async fn delete_proofs_are_kept_and_listed_and_bad_ones_refused() {
         assert!(q_raw.get("proof").is_none(), "{q_raw}");
     }
     // In deleted=1&detail=1 listings.
-    let v: serde_json::Value = s
-        .get("/blobs/alice?deleted=1&detail=1", &t)
-        .await
-        .json();
+    let v: serde_json::Value = s.get("/blobs/alice?deleted=1&detail=1", &t).await.json();
     let rows = v.as_array().unwrap();
     let p = rows.iter().find(|r| r["id"] == "p").unwrap();
     assert_eq!(p["proof"], proof.as_str());
@@ -141,7 +144,9 @@ async fn since_listings_page_through_the_index_and_stay_consistent() {
     let t = s.add_user("alice", None);
     for i in 0..50 {
         assert_eq!(
-            s.put(&format!("/blobs/alice/b{i:02}"), &t, "x").await.status,
+            s.put(&format!("/blobs/alice/b{i:02}"), &t, "x")
+                .await
+                .status,
             201
         );
     }
@@ -159,7 +164,10 @@ async fn since_listings_page_through_the_index_and_stay_consistent() {
     let all: ChangesResponse = s.get("/blobs/alice?since=0", &t).await.json();
     assert_eq!((all.seq, all.changes.len(), all.more), (51, 50, false));
     assert!(all.changes.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert_eq!(all.changes.last().unwrap().proof.as_deref(), Some(proof.as_str()));
+    assert_eq!(
+        all.changes.last().unwrap().proof.as_deref(),
+        Some(proof.as_str())
+    );
     // With a limit that cuts: the cursor is the last change's seq, then the rest.
     let first: ChangesResponse = s.get("/blobs/alice?since=0&limit=20", &t).await.json();
     assert_eq!((first.changes.len(), first.more), (20, true));
@@ -171,7 +179,10 @@ async fn since_listings_page_through_the_index_and_stay_consistent() {
     assert_eq!((rest.changes.len(), rest.more, rest.seq), (30, false, 51));
     // A limit equal to what is there: no more.
     let exact: ChangesResponse = s.get("/blobs/alice?since=0&limit=50", &t).await.json();
-    assert_eq!((exact.changes.len(), exact.more, exact.seq), (50, false, 51));
+    assert_eq!(
+        (exact.changes.len(), exact.more, exact.seq),
+        (50, false, 51)
+    );
     // Plain listings page too, with and without a limit.
     let ids: Vec<String> = s.get("/blobs/alice", &t).await.json();
     assert_eq!(ids.len(), 49);
