@@ -436,6 +436,22 @@ pub async fn run(
     let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut refused_log = RefusedLog::default();
+    let over_cap = {
+        let msg = format!(
+            "too many connections from your address (at most {}); reuse a connection or retry \
+             later\n",
+            cfg.max_connections_per_client
+        );
+        format!(
+            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\n{}: {}\r\n\
+             content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{msg}",
+            blobsync_shared::wire::INSTANCE_HEADER,
+            state.instance_id(),
+            msg.len()
+        )
+        .into_bytes()
+    };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -467,7 +483,9 @@ pub async fn run(
             .conns
             .try_open(peer.ip(), cfg.max_connections_per_client)
         else {
-            // Closed at once: its slot goes back to everyone else.
+            // Answered without reading (a non-blocking write into the empty socket buffer)
+            // and closed at once: its slot goes back to everyone else.
+            let _ = stream.try_write(&over_cap);
             refused_log.note(peer.ip(), cfg.max_connections_per_client);
             continue;
         };
