@@ -351,6 +351,18 @@ fn idle_connections_and_slow_bodies_are_cut_off() -> TestResult {
         started.elapsed()
     );
 
+    // Kept alive after a request, then idle: closed the same way.
+    let mut s = TcpStream::connect(addr).ctx(|| "connect".into())?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    write!(s, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").ctx(|| "send".into())?;
+    let started = Instant::now();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)
+        .ctx(|| "the kept-alive connection was never closed".into())?;
+    let r = blobsync_tests::rawhttp::parse_response(&resp).expect("an answer");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+
     // A body that stalls: 408 once it falls behind the minimum rate, and nothing stored.
     let mut s = TcpStream::connect(addr).ctx(|| "connect".into())?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
