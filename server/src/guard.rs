@@ -156,3 +156,47 @@ impl AuthThrottle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_capped_per_address_and_given_back() {
+        let conns = Arc::new(ClientConns::default());
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let held: Vec<_> = (0..3).map(|_| conns.try_open(a, 3).unwrap()).collect();
+        assert!(conns.try_open(a, 3).is_none());
+        assert!(conns.try_open(b, 3).is_some());
+        drop(held);
+        assert_eq!(conns.open_from(a), 0);
+        assert!(conns.try_open(a, 3).is_some());
+    }
+
+    #[test]
+    fn bad_tokens_block_an_address_for_a_window() {
+        let t = AuthThrottle::new(3, Duration::from_millis(200));
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        t.failed(a);
+        t.failed(a);
+        assert!(t.blocked(a).is_none());
+        t.failed(a);
+        assert!(
+            t.blocked(a)
+                .is_some_and(|d| d <= Duration::from_millis(200))
+        );
+        assert!(t.blocked(b).is_none());
+        // The block ends with its window (polled, with a deadline).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while t.blocked(a).is_some() {
+            assert!(Instant::now() < deadline, "still blocked after the window");
+            std::thread::yield_now();
+        }
+        // Off: never blocks.
+        let off = AuthThrottle::new(0, Duration::from_secs(60));
+        for _ in 0..100 {
+            off.failed(a);
+        }
+        assert!(off.blocked(a).is_none());
+    }
+}
