@@ -1090,8 +1090,8 @@ fn open_regular(src: &Path) -> Result<std::fs::File, EngineError> {
     })?;
     if !meta.is_file() {
         return Err(EngineError::InvalidArgument(format!(
-            "{} is not a regular file ({}); PutPath takes regular files only: for a stream, \
-             pipe it to `blobctl put -` (Put) instead",
+            "{} is {}: a file put by path must be a regular file. To store a stream, send its \
+             bytes instead (`blobctl put -`, the Put call)",
             src.display(),
             file_kind(&meta.file_type())
         )));
