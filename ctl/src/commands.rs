@@ -1071,4 +1071,32 @@ mod tests {
         );
         assert_eq!(part_path(Path::new("x")), PathBuf::from("x.blobctl-part"));
     }
+
+    #[test]
+    fn get_targets_replace_only_regular_files_and_new_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let kind = |p: &Path| match GetTarget::resolve(p, "blob1") {
+            Ok(GetTarget::Replace(p)) => format!("replace {}", p.display()),
+            Ok(GetTarget::WriteThrough(p)) => format!("through {}", p.display()),
+            Ok(GetTarget::Stdout) => "stdout".into(),
+            Err(e) => format!("error {e}"),
+        };
+        std::fs::write(d.join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink(d.join("file"), d.join("link")).unwrap();
+        std::os::unix::fs::symlink(d.join("none"), d.join("dangling")).unwrap();
+        let show = |name: &str| d.join(name).display().to_string();
+        assert_eq!(kind(&d.join("new")), format!("replace {}", show("new")));
+        assert_eq!(kind(&d.join("file")), format!("replace {}", show("file")));
+        assert_eq!(kind(&d.join("link")), format!("through {}", show("link")));
+        assert_eq!(kind(&d.join("dangling")), format!("through {}", show("dangling")));
+        assert_eq!(kind(Path::new("/dev/null")), "through /dev/null");
+        assert_eq!(kind(d), format!("replace {}", show("blob1")));
+        std::fs::create_dir(d.join("blob1")).unwrap();
+        assert!(kind(d).contains("is a directory"), "{}", kind(d));
+        assert!(matches!(
+            GetTarget::resolve(d, ".."),
+            Err(CtlError::Usage(_))
+        ));
+    }
 }
