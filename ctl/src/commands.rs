@@ -562,7 +562,13 @@ impl GetTarget {
     /// Opens the sink; for [`GetTarget::Replace`] also the temp file's guard.
     async fn open(
         &self,
-    ) -> Result<(Box<dyn tokio::io::AsyncWrite + Unpin + Send>, Option<PartFile>), CtlError> {
+    ) -> Result<
+        (
+            Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+            Option<PartFile>,
+        ),
+        CtlError,
+    > {
         match self {
             Self::Stdout => Ok((Box::new(tokio::io::stdout()), None)),
             Self::Replace(dest) => {
@@ -618,7 +624,11 @@ impl PartFile {
     fn commit(mut self) -> Result<(), CtlError> {
         std::fs::rename(&self.part, &self.dest).map_err(|e| {
             CtlError::io(
-                format!("renaming {} to {}", self.part.display(), self.dest.display()),
+                format!(
+                    "renaming {} to {}",
+                    self.part.display(),
+                    self.dest.display()
+                ),
                 e,
             )
         })?;
@@ -1089,7 +1099,10 @@ mod tests {
         assert_eq!(kind(&d.join("new")), format!("replace {}", show("new")));
         assert_eq!(kind(&d.join("file")), format!("replace {}", show("file")));
         assert_eq!(kind(&d.join("link")), format!("through {}", show("link")));
-        assert_eq!(kind(&d.join("dangling")), format!("through {}", show("dangling")));
+        assert_eq!(
+            kind(&d.join("dangling")),
+            format!("through {}", show("dangling"))
+        );
         assert_eq!(kind(Path::new("/dev/null")), "through /dev/null");
         assert_eq!(kind(d), format!("replace {}", show("blob1")));
         std::fs::create_dir(d.join("blob1")).unwrap();

@@ -297,7 +297,9 @@ fn secure_key_dir(key_file: &std::path::Path) {
             was = format!("{mode:04o}"),
             "the key file's directory was open to other users: tightened to 0700"
         ),
-        Err(e) => warn!(dir = %dir.display(), error = %e, "cannot tighten the key file's directory"),
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "cannot tighten the key file's directory")
+        }
     }
 }
 

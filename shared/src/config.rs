@@ -315,13 +315,7 @@ impl Config {
             }
         };
         let sync_interval = range("sync_interval", file.sync_interval, 30, 1, 7 * 24 * 3600)?;
-        let transfers = range(
-            "transfers",
-            file.transfers,
-            3,
-            TRANSFERS_MIN,
-            TRANSFERS_MAX,
-        )?;
+        let transfers = range("transfers", file.transfers, 3, TRANSFERS_MIN, TRANSFERS_MAX)?;
         let db_ops = range("db_ops", file.db_ops, 10, 1, 1000)?;
         let max_invalid_retries =
             range("max_invalid_retries", file.max_invalid_retries, 3, 1, 100)?;
@@ -472,9 +466,17 @@ mod tests {
             "http://[2001:db8::1]:7070",
             "HTTP://Example.org",
         ] {
-            let e = parse(&format!("remote = \"{url}\"")).unwrap_err().to_string();
-            assert!(e.contains("`remote`") && e.contains("cleartext"), "{url}: {e}");
-            assert!(e.contains("https://") && e.contains("allow_insecure_http = true"), "{e}");
+            let e = parse(&format!("remote = \"{url}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("`remote`") && e.contains("cleartext"),
+                "{url}: {e}"
+            );
+            assert!(
+                e.contains("https://") && e.contains("allow_insecure_http = true"),
+                "{e}"
+            );
             let c = parse(&format!("remote = \"{url}\"\nallow_insecure_http = true")).unwrap();
             assert!(c.allow_insecure_http && c.remote.is_insecure(), "{url}");
         }

@@ -115,8 +115,7 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> std::process::Output {
 // Finding 3 ----------------------------------------------------------------------------------
 
 #[test]
-fn plain_http_to_a_remote_host_needs_allow_insecure_http_and_warns_at_every_start() -> TestResult
-{
+fn plain_http_to_a_remote_host_needs_allow_insecure_http_and_warns_at_every_start() -> TestResult {
     let env = TestEnv::new()?;
     let key = env.root().join("key");
     write_key_file(&key)?;
@@ -179,14 +178,18 @@ fn plain_http_to_a_remote_host_needs_allow_insecure_http_and_warns_at_every_star
     d.restart(&env)?;
     let name = d.name().to_owned();
     let warned = |log: &str| log.matches("allow_insecure_http = true").count();
-    wait_until("the warning in both starts' logs", scaled(Duration::from_secs(10)), || {
-        let log = logs_of(&env, &name);
-        Ok(if warned(&log) >= 2 && log.contains("WARN") {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(format!("{} warnings", warned(&log)))
-        })
-    })?;
+    wait_until(
+        "the warning in both starts' logs",
+        scaled(Duration::from_secs(10)),
+        || {
+            let log = logs_of(&env, &name);
+            Ok(if warned(&log) >= 2 && log.contains("WARN") {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{} warnings", warned(&log)))
+            })
+        },
+    )?;
     Ok(())
 }
 
@@ -197,7 +200,13 @@ fn set_limits_keeps_the_config_bounds() -> TestResult {
     let env = TestEnv::new()?;
     let key = env.root().join("key");
     write_key_file(&key)?;
-    let d = device(&env, "limits", &env.subdir("remote")?, &key, "transfers = 5");
+    let d = device(
+        &env,
+        "limits",
+        &env.subdir("remote")?,
+        &key,
+        "transfers = 5",
+    );
     for bad in ["1000000000", "65"] {
         let out = d.ctl().run(&["limits", "--transfers", bad])?;
         assert_eq!(out.code, 2, "{out:?}");
@@ -254,7 +263,13 @@ fn put_path_takes_regular_files_only_and_a_cancelled_put_stops_copying() -> Test
     }
     // Several (PutPaths): each refused alone, the regular file stored.
     let out = run_bounded(
-        blobctl(&["put", "--by-path", fifo.to_str().unwrap(), "/dev/zero", good.to_str().unwrap()]),
+        blobctl(&[
+            "put",
+            "--by-path",
+            fifo.to_str().unwrap(),
+            "/dev/zero",
+            good.to_str().unwrap(),
+        ]),
         Duration::from_secs(20),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -272,7 +287,11 @@ fn put_path_takes_regular_files_only_and_a_cancelled_put_stops_copying() -> Test
     }
     assert!(rows[2].get("error").is_none(), "{v}");
     let stored: Vec<String> = d.ctl().ls()?.into_iter().map(|r| r.id).collect();
-    assert_eq!(stored.len(), 1, "only the regular file is stored: {stored:?}");
+    assert_eq!(
+        stored.len(),
+        1,
+        "only the regular file is stored: {stored:?}"
+    );
 
     // Cancel: a big (sparse) file is being copied; the client dies; the copy must stop and
     // store nothing. Observed through the daemon's open payload file under its data dir.
@@ -299,29 +318,42 @@ fn put_path_takes_regular_files_only_and_a_cancelled_put_stops_copying() -> Test
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the copy to be under way", scaled(Duration::from_secs(30)), || {
-        let sizes = open_payloads();
-        Ok(if sizes.iter().any(|&s| s >= 16 << 20) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(format!("open payload sizes {sizes:?}"))
-        })
-    })?;
-    client.kill().unwrap();
+    let under_way = wait_until(
+        "the copy to be under way",
+        scaled(Duration::from_secs(30)),
+        || {
+            let sizes = open_payloads();
+            Ok(if sizes.iter().any(|&s| s >= 16 << 20) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("open payload sizes {sizes:?}"))
+            })
+        },
+    );
+    // Gone either way, so no child outlives the test.
+    let _ = client.kill();
     client.wait().unwrap();
+    under_way?;
     let mut largest = 0;
-    wait_until("the cancelled copy to stop", scaled(Duration::from_secs(10)), || {
-        let sizes = open_payloads();
-        largest = largest.max(sizes.iter().copied().max().unwrap_or(0));
-        Ok(if sizes.is_empty() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(format!("still open, sizes {sizes:?}"))
-        })
-    })?;
+    wait_until(
+        "the cancelled copy to stop",
+        scaled(Duration::from_secs(10)),
+        || {
+            let sizes = open_payloads();
+            largest = largest.max(sizes.iter().copied().max().unwrap_or(0));
+            Ok(if sizes.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("still open, sizes {sizes:?}"))
+            })
+        },
+    )?;
     assert!(largest < size, "the copy ran to the end ({largest} bytes)");
     let ids: Vec<String> = d.ctl().ls()?.into_iter().map(|r| r.id).collect();
-    assert!(!ids.contains(&"huge".to_owned()), "a cancelled put stored {ids:?}");
+    assert!(
+        !ids.contains(&"huge".to_owned()),
+        "a cancelled put stored {ids:?}"
+    );
     Ok(())
 }
 
@@ -341,12 +373,16 @@ fn an_open_data_dir_is_tightened_at_start_and_a_foreign_one_refused() -> TestRes
     a.ctl().put(&src, "doc1", &[])?;
     let payload = |d: &DaemonProc| d.data_dir().join("blobs/default/do/doc1");
     // A download (B) is created 0600, like a put (A).
-    wait_until("B to download doc1", scaled(Duration::from_secs(60)), || {
-        Ok(match std::fs::metadata(payload(&b)) {
-            Ok(_) if sha256_file(&payload(&b))? == sha => Poll::Ready(()),
-            _ => Poll::Pending("not yet".into()),
-        })
-    })?;
+    wait_until(
+        "B to download doc1",
+        scaled(Duration::from_secs(60)),
+        || {
+            Ok(match std::fs::metadata(payload(&b)) {
+                Ok(_) if sha256_file(&payload(&b))? == sha => Poll::Ready(()),
+                _ => Poll::Pending("not yet".into()),
+            })
+        },
+    )?;
     assert_eq!(mode_of(&payload(&b)), 0o600, "a downloaded payload");
     assert_eq!(mode_of(&payload(&a)), 0o600, "a put payload");
     assert_eq!(mode_of(b.data_dir()), 0o700);
@@ -380,7 +416,9 @@ fn an_open_data_dir_is_tightened_at_start_and_a_foreign_one_refused() -> TestRes
     // Something of another user's inside: chmod cannot make it private; refuse to start.
     a.terminate(Duration::from_secs(20));
     chown(&payload(&a), NOBODY);
-    let err = a.restart(&env).expect_err("started with a file of nobody's in its data dir");
+    let err = a
+        .restart(&env)
+        .expect_err("started with a file of nobody's in its data dir");
     let msg = err.to_string();
     assert!(
         msg.contains(&payload(&a).display().to_string()) && msg.contains("uid 65534"),
@@ -402,7 +440,10 @@ fn get_output_writes_through_special_files_and_replaces_only_regular_ones() -> T
     let sha = write_random_file(&src, 300_000, 14)?;
     d.ctl().put(&src, "blob1", &[])?;
     let out = env.subdir("out")?;
-    let get = |target: &Path| d.ctl().run(&["get", "blob1", "-o", target.to_str().unwrap()]);
+    let get = |target: &Path| {
+        d.ctl()
+            .run(&["get", "blob1", "-o", target.to_str().unwrap()])
+    };
     let no_part_left = |why: &str| {
         let parts = blobsync_tests::find_temp_files(&out);
         assert!(parts.is_empty(), "{why}: left {parts:?}");
@@ -416,7 +457,10 @@ fn get_output_writes_through_special_files_and_replaces_only_regular_ones() -> T
     assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
     get(&null)?.ok()?;
     assert!(
-        std::fs::symlink_metadata(&null).unwrap().file_type().is_char_device(),
+        std::fs::symlink_metadata(&null)
+            .unwrap()
+            .file_type()
+            .is_char_device(),
         "the device was replaced by a file"
     );
 
@@ -437,8 +481,17 @@ fn get_output_writes_through_special_files_and_replaces_only_regular_ones() -> T
         })
     };
     get(&fifo)?.ok()?;
-    assert_eq!(sha256_bytes(&reader.join().unwrap()), sha, "through the FIFO");
-    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_eq!(
+        sha256_bytes(&reader.join().unwrap()),
+        sha,
+        "through the FIFO"
+    );
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
 
     // A symlink: its target gets the bytes (and keeps its mode); the link stays.
     let target = out.join("target");
@@ -447,7 +500,12 @@ fn get_output_writes_through_special_files_and_replaces_only_regular_ones() -> T
     let link = out.join("link");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     get(&link)?.ok()?;
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(sha256_file(&target)?, sha);
     assert_eq!(mode_of(&target), 0o640);
 
@@ -461,7 +519,11 @@ fn get_output_writes_through_special_files_and_replaces_only_regular_ones() -> T
     let ino = std::fs::metadata(&old).unwrap().ino();
     get(&old)?.ok()?;
     assert_eq!((sha256_file(&old)?, mode_of(&old)), (sha.clone(), 0o600));
-    assert_ne!(std::fs::metadata(&old).unwrap().ino(), ino, "replaced, not rewritten");
+    assert_ne!(
+        std::fs::metadata(&old).unwrap().ino(),
+        ino,
+        "replaced, not rewritten"
+    );
 
     // A directory means DIR/ID.
     let dir = out.join("dir");
@@ -471,11 +533,18 @@ fn get_output_writes_through_special_files_and_replaces_only_regular_ones() -> T
     no_part_left("after the successes");
 
     // Failures leave nothing: unknown blob, a bad range, DIR/ID a directory, no such dir.
-    let missing = d.ctl().run(&["get", "nope", "-o", out.join("x").to_str().unwrap()])?;
-    assert_eq!(error_of(&missing).0, "NOT_FOUND", "{missing:?}");
-    let bad_range = d
+    let missing = d
         .ctl()
-        .run(&["get", "blob1", "--range", "999999999-", "-o", out.join("y").to_str().unwrap()])?;
+        .run(&["get", "nope", "-o", out.join("x").to_str().unwrap()])?;
+    assert_eq!(error_of(&missing).0, "NOT_FOUND", "{missing:?}");
+    let bad_range = d.ctl().run(&[
+        "get",
+        "blob1",
+        "--range",
+        "999999999-",
+        "-o",
+        out.join("y").to_str().unwrap(),
+    ])?;
     assert_ne!(bad_range.code, 0, "{bad_range:?}");
     std::fs::remove_file(dir.join("blob1")).unwrap();
     std::fs::create_dir(dir.join("blob1")).unwrap();
@@ -581,7 +650,10 @@ fn blobctl_refuses_a_socket_served_by_another_user() -> TestResult {
     let out = blobsync_tests::Blobctl::new(&via)?.run(&["status"])?;
     let (code, msg) = error_of(&out);
     assert_eq!(code, "UNTRUSTED", "{out:?}");
-    assert!(msg.contains("directory") && msg.contains("uid 65534"), "{msg}");
+    assert!(
+        msg.contains("directory") && msg.contains("uid 65534"),
+        "{msg}"
+    );
 
     // Apps get the same check from the library.
     let rt = tokio::runtime::Builder::new_current_thread()

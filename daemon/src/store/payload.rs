@@ -628,7 +628,11 @@ mod tests {
         assert_eq!(mode(payload.parent().unwrap()), 0o700);
         assert_eq!(mode(&payload), 0o600);
         assert_eq!(mode(&data.store_file()), 0o600);
-        assert_eq!(mode(&outside), 0o644, "a symlink's target is not ours to change");
+        assert_eq!(
+            mode(&outside),
+            0o644,
+            "a symlink's target is not ours to change"
+        );
         assert_eq!(secure(&data).unwrap(), Secured::default(), "idempotent");
     }
 }
