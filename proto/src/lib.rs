@@ -57,7 +57,7 @@ pub async fn connect_unix(
 /// - the socket's directory must be owned by the caller or root, and must not be writable by
 ///   group or others unless it has the sticky bit (there only a file's owner can replace it);
 /// - the process answering (`SO_PEERCRED`) must run as the caller's uid or root;
-/// - on the system socket ([`SYSTEM_SOCKET`], `/run/blobsync/blobsyncd.sock`) the system
+/// - on the system socket ([`peer::SYSTEM_SOCKET`], `/run/blobsync/blobsyncd.sock`) the system
 ///   service's user `blobsync` is also trusted, as the directory's owner and as the peer (only
 ///   root can make a directory in `/run`, and systemd gives that one to the service).
 ///
