@@ -186,7 +186,11 @@ async fn run(
     let data = DataDir::new(&cfg.data_dir);
     data.create()
         .with_context(|| format!("cannot create the data dir {}", cfg.data_dir.display()))?;
-    secure_data_dir(&data)?;
+    // A walk of the whole tree: off the async workers.
+    let d2 = data.clone();
+    tokio::task::spawn_blocking(move || secure_data_dir(&d2))
+        .await
+        .context("the data dir check panicked")??;
     let swept = payload::sweep_temps(&data).unwrap_or(0);
     if swept > 0 {
         info!(swept, "removed temp files left by an earlier crash");

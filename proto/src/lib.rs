@@ -253,6 +253,34 @@ mod tests {
     }
 
     #[test]
+    fn socket_dirs_others_may_write_are_refused_unless_sticky() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("blobsync-peer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s.sock");
+        for (mode, ok) in [
+            (0o700, true),
+            (0o755, true),
+            (0o1777, true),
+            (0o777, false),
+            (0o770, false),
+        ] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let r = super::peer::check_dir(&sock);
+            assert_eq!(r.is_ok(), ok, "{mode:o}: {r:?}");
+            if let Err(e) = r {
+                assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+                assert!(e.to_string().contains("chmod go-w"), "{e}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Our own uid and root are trusted peers; the caller is one of them.
+        let me = super::peer::own_uid();
+        assert!(super::peer::check_peer(&sock, me).is_ok());
+        assert!(super::peer::check_peer(&sock, 0).is_ok());
+    }
+
+    #[test]
     fn enums_print_with_their_proto_names() {
         assert_eq!(
             super::BlobStatus::Synced.as_str_name(),
