@@ -1373,9 +1373,9 @@ mod tests {
         let (_d, mut c) = open();
         assert_eq!(next_cycle(&mut c).unwrap(), 1);
         assert_eq!(next_cycle(&mut c).unwrap(), 2);
-        set_meta(&mut c, "k", Some("v")).unwrap();
+        set_meta(&c, "k", Some("v")).unwrap();
         assert_eq!(meta(&mut c, "k").unwrap().as_deref(), Some("v"));
-        set_meta(&mut c, "k", None).unwrap();
+        set_meta(&c, "k", None).unwrap();
         assert_eq!(meta(&mut c, "k").unwrap(), None);
     }
 }
