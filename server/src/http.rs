@@ -1,4 +1,4 @@
-//! The HTTP API of DESIGN.md: routing, authentication, query validation, and the handlers
+//! The HTTP API (server/README.md, "API"): routing, authentication, query validation, and the handlers
 //! for listing, get (with ranges), put, flags, delete, `/stream` up and down, `/incoming`,
 //! `/healthz` and `/metrics`.
 //!
@@ -499,7 +499,7 @@ async fn metrics(st: &ServerState) -> ApiResult {
 // ---- GET /blobs/{user} ---------------------------------------------------------------------
 
 /// A `detail=1` listing entry: [`BlobDetail`] plus, on a tombstone (`deleted=1`), the delete
-/// proof it was written with (DESIGN's `deleted` listings carry proofs as changes do).
+/// proof it was written with (`deleted` listings carry proofs as changes do).
 #[derive(serde::Serialize)]
 struct DetailOut {
     #[serde(flatten)]

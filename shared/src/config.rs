@@ -1,4 +1,4 @@
-//! The daemon's config file (`config.toml`, see DESIGN.md "Config keys") and its defaults.
+//! The daemon's config file (`config.toml`, see the README's "Configuration reference") and its defaults.
 //!
 //! [`ConfigFile`] is exactly what the TOML may say (unknown keys are rejected and every field is
 //! optional); [`Config::resolve`] fills in the defaults and checks every value, naming the key
