@@ -464,7 +464,8 @@ pub fn due(c: &Connection, f: &DueFilter) -> Result<Vec<BlobInfo>, StoreError> {
         return Ok(Vec::new());
     }
     // `status IN (2, 3, 6)` literally, so SQLite can walk the partial index `blobs_due` in
-    // pick order and stop at the LIMIT.
+    // pick order and stop at the LIMIT. A blob whose proven remote deletion the guard holds is
+    // not transferred either: uploading it would undo the deletion the user has yet to judge.
     let extra = if f.statuses.is_empty() {
         String::new()
     } else {
@@ -473,12 +474,16 @@ pub fn due(c: &Connection, f: &DueFilter) -> Result<Vec<BlobInfo>, StoreError> {
     };
     let mut st = c.prepare_cached(&format!(
         "SELECT {COLS} FROM blobs INDEXED BY blobs_due WHERE status IN (2, 3, 6){extra} \
-         AND next_attempt_ms <= ?1 AND ns NOT IN (SELECT ns FROM paused) \
+         AND next_attempt_ms <= ?1 AND ns NOT IN (SELECT ns FROM paused) {NOT_HELD} \
          ORDER BY priority DESC, next_attempt_ms, created_ms, ns, id LIMIT ?2"
     ))?;
     let rows = st.query_map(params![to_millis(f.now), f.limit as i64], row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Leaves out the blobs whose remote deletion the mass-deletion guard holds.
+const NOT_HELD: &str = "AND NOT EXISTS (SELECT 1 FROM held_deletions h \
+    WHERE h.ns = blobs.ns AND h.id = blobs.id)";
 
 /// The earliest next attempt of a queued blob (unpaused namespaces).
 pub fn next_due(c: &mut Connection) -> Result<Option<SystemTime>, StoreError> {
@@ -486,8 +491,10 @@ pub fn next_due(c: &mut Connection) -> Result<Option<SystemTime>, StoreError> {
         return Ok(None);
     }
     let ms: Option<i64> = c.query_row(
-        "SELECT MIN(next_attempt_ms) FROM blobs WHERE status IN (2, 3, 6) \
-         AND ns NOT IN (SELECT ns FROM paused)",
+        &format!(
+            "SELECT MIN(next_attempt_ms) FROM blobs WHERE status IN (2, 3, 6) \
+             AND ns NOT IN (SELECT ns FROM paused) {NOT_HELD}"
+        ),
         [],
         |r| r.get(0),
     )?;
