@@ -77,3 +77,47 @@ async fn an_older_version_served_again_is_refused_and_a_real_reput_is_taken() {
     b.engine.run_cycle().await;
     assert_eq!(b.read("x").await, b"version three");
 }
+
+/// A store from before delete proofs has no salt for the copies it downloaded, so no proof
+/// could verify against them. The daemon reads those salts from the server's copies (a few
+/// per cycle), so a deletion made elsewhere afterwards applies instead of coming back.
+#[tokio::test]
+async fn salts_missing_from_an_older_store_are_backfilled_so_proven_deletions_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a = Device::open(&da, &remote, settings()).await;
+    a.put("x", b"downloaded by an older daemon").await;
+    a.put("keep", b"stays").await;
+    a.engine.run_cycle().await;
+    {
+        let b = Device::open(&db, &remote, settings()).await;
+        b.engine.run_cycle().await;
+        assert_eq!(b.status_of("x").await, Some(Status::Synced));
+        let exited = b.engine.store().on_exit();
+        drop(b);
+        tokio::time::timeout(std::time::Duration::from_secs(10), exited)
+            .await
+            .expect("the store closes");
+    }
+    // What an older daemon left: no salt on downloaded copies, no backfill done yet.
+    let c = rusqlite::Connection::open(db.join("store.sqlite")).unwrap();
+    c.execute("UPDATE blobs SET upload_salt = NULL", [])
+        .unwrap();
+    c.execute("DELETE FROM meta WHERE key = 'salt_backfill_done'", [])
+        .unwrap();
+    drop(c);
+    let b = Device::open(&db, &remote, settings()).await;
+    b.engine.run_cycle().await; // backfills
+    assert!(b.info("x").await.unwrap().upload_salt.is_some());
+    // A deletes x (with its proof): B deletes its copy too, nothing comes back.
+    a.handle
+        .delete(&Namespace::default(), &BlobId::new("x").unwrap())
+        .await
+        .unwrap();
+    a.engine.run_cycle().await;
+    let s = b.engine.run_cycle().await;
+    assert_eq!((s.deleted_local, s.reuploaded_missing), (1, 0), "{s:?}");
+    assert_eq!(b.status_of("x").await, None);
+    assert_eq!(b.status_of("keep").await, Some(Status::Synced));
+}

@@ -695,6 +695,16 @@ pub fn set_upload_salt(
     Ok(())
 }
 
+/// Up to `limit` `SYNCED` rows with no salt recorded (copies downloaded by a daemon older than
+/// delete proofs), for the backfill of `Engine::backfill_salts`.
+pub fn synced_without_salt(c: &mut Connection, limit: usize) -> Result<Vec<BlobInfo>, StoreError> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {COLS} FROM blobs WHERE status = 1 AND upload_salt IS NULL AND external = 0 LIMIT ?1"
+    ))?;
+    let rows = st.query_map(params![limit as i64], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Records the salt AND the stored size of our first upload attempt: the size lets a later
 /// tombstone be recognised as our own upload deleted elsewhere (see `engine::plan::diff`).
 pub fn record_upload_attempt(
