@@ -15,6 +15,7 @@ pub mod http;
 pub mod index;
 pub mod layout;
 pub mod metrics;
+pub mod soledad;
 pub mod token;
 
 use std::net::SocketAddr;

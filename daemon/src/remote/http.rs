@@ -219,7 +219,12 @@ impl HttpRemote {
         headers: &[(header::HeaderName, String)],
         body: Body,
     ) -> Result<http::Response<hyper::body::Incoming>, RemoteError> {
-        let mut req = Request::builder().method(method).uri(&url);
+        // Ask for blobsync's own dialect explicitly (the server answers `Token` clients
+        // Soledad's way otherwise).
+        let mut req = Request::builder().method(method).uri(&url).header(
+            wire::CLIENT_HEADER,
+            concat!("blobsyncd/", env!("CARGO_PKG_VERSION")),
+        );
         if let Some(t) = self.token().await? {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
