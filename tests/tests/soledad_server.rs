@@ -1,0 +1,178 @@
+//! blobsyncd against Soledad's own server (`server_kind = "soledad"`).
+//!
+//! `tests/python/soledad_server.py` runs the genuine Soledad 0.10.7 server code under Twisted:
+//! `SoledadRealm` (its `BlobsResource` and `StreamingResource` on the filesystem backend)
+//! behind its `SoledadSession` auth wrapper, with only the CouchDB token lookup swapped for an
+//! in-memory one. Two blobsyncd devices of one user sync through it: every blob one uploads
+//! comes down to the other and decrypts, deletions propagate both ways (Soledad's `deleted`
+//! listing, no delete proofs), and `blobctl status` names the server kind.
+
+mod soledad_common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use blobsync_tests::daemon::write_key_file;
+use blobsync_tests::env::{TestResult, lock};
+use blobsync_tests::server::find_listen_addr;
+use blobsync_tests::wait::{Poll, wait_until};
+use blobsync_tests::{DaemonOpts, DaemonProc, HarnessError, RemoteSpec, TestEnv};
+
+const UUID: &str = "0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "a-soledad-session-token";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn payload(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| ((i * 131 + j * 7) % 251) as u8).collect()
+}
+
+/// Syncs `dev` until its rows satisfy `done` (a Soledad listing is full every cycle).
+fn sync_until(
+    dev: &DaemonProc,
+    what: &str,
+    done: impl Fn(&[blobsync_tests::ctl::BlobRow]) -> bool,
+) -> TestResult {
+    wait_until(what, WAIT, || {
+        dev.ctl().sync_wait()?;
+        let rows = dev.ctl().ls()?;
+        Ok(if done(&rows) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(blobsync_tests::converge::describe_rows(&rows))
+        })
+    })?;
+    Ok(())
+}
+
+fn has(rows: &[blobsync_tests::ctl::BlobRow], ns: &str, id: &str) -> bool {
+    rows.iter()
+        .any(|r| r.namespace == ns && r.id == id && r.status == "SYNCED")
+}
+
+fn knows(rows: &[blobsync_tests::ctl::BlobRow], ns: &str, id: &str) -> bool {
+    rows.iter().any(|r| r.namespace == ns && r.id == id)
+}
+
+#[test]
+fn two_devices_sync_through_a_genuine_soledad_server() -> TestResult {
+    let Some(python) =
+        soledad_common::venv_python().map_err(|e| HarnessError::protocol("venv", e))?
+    else {
+        return Ok(());
+    };
+    let env = TestEnv::new()?;
+    let blobs = env.subdir("soledad-blobs")?;
+    let mut cmd = Command::new(&python);
+    cmd.arg("-W")
+        .arg("ignore")
+        .arg(soledad_common::python_dir().join("soledad_server.py"))
+        .arg(&blobs)
+        .arg(format!("{UUID}:{TOKEN}"));
+    let slot = env.spawn("soledad-server", cmd)?;
+    let addr = wait_until("the Soledad server to listen", WAIT, || {
+        let (out, err) = lock(&slot).log_tails(50);
+        if !lock(&slot).is_running() {
+            return Err(HarnessError::protocol(
+                "soledad_server.py",
+                format!("exited\n{out}\n{err}"),
+            ));
+        }
+        Ok(match find_listen_addr(&out) {
+            Some(a) => Poll::Ready(a),
+            None => Poll::Pending(format!("{out}{err}")),
+        })
+    })?;
+
+    let key = env.root().join("key");
+    write_key_file(&key)?;
+    let device = |name: &str| {
+        let mut o = DaemonOpts::new(
+            RemoteSpec::Http {
+                url: format!("http://{addr}"),
+                user: UUID.into(),
+                token: TOKEN.into(),
+            },
+            &key,
+        );
+        o.extra_toml =
+            "server_kind = \"soledad\"\n[namespaces.photos]\npolicy = \"eager\"\n".into();
+        DaemonProc::start(&env, name, o)
+    };
+    let a = device("device-a")?;
+    let b = device("device-b")?;
+
+    // The status names the server kind and the weaker deletion guarantee.
+    let st = a.ctl().status()?;
+    let url = st["remote"]["url"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        url.contains("soledad server") && url.contains("deletions"),
+        "status remote: {st}"
+    );
+
+    // Small blobs (batched by the engine) and big ones, in two namespaces, from A.
+    let blobs_a = [
+        ("default", "small-1", 100),
+        ("default", "small-2", 2_000),
+        ("default", "small-3", 30_000),
+        ("default", "big-1", 700_000),
+        ("photos", "photo-1", 5_000),
+        ("photos", "photo-2", 300_000),
+    ];
+    for (i, (ns, id, len)) in blobs_a.iter().enumerate() {
+        let f = env.root().join(format!("in-{id}"));
+        std::fs::write(&f, payload(i, *len)).map_err(|e| HarnessError::io("write input", e))?;
+        a.ctl().put(&f, id, &["-n", ns])?;
+    }
+    sync_until(&a, "A to upload everything", |rows| {
+        blobs_a.iter().all(|(ns, id, _)| has(rows, ns, id))
+    })?;
+    // Stored in Soledad's own layout, by Soledad's own code.
+    let stored = blobs.join(UUID).join("default/b/big/big-1/big-1");
+    assert!(stored.is_file(), "{} missing", stored.display());
+
+    sync_until(&b, "B to download everything", |rows| {
+        blobs_a.iter().all(|(ns, id, _)| has(rows, ns, id))
+    })?;
+    for (i, (ns, id, len)) in blobs_a.iter().enumerate() {
+        let out = env.root().join(format!("out-{id}"));
+        b.ctl().get_to(id, ns, &out)?;
+        let got = std::fs::read(&out).map_err(|e| HarnessError::io("read output", e))?;
+        assert!(got == payload(i, *len), "{ns}/{id} differs on B");
+    }
+
+    // Deletions both ways: Soledad's deleted listing removes the other device's copy.
+    a.ctl().rm("small-1", "default")?.ok()?;
+    b.ctl().rm("photo-2", "photos")?.ok()?;
+    sync_until(&a, "A to apply B's deletion", |rows| {
+        !knows(rows, "photos", "photo-2") && !knows(rows, "default", "small-1")
+    })?;
+    sync_until(&b, "B to apply A's deletion", |rows| {
+        !knows(rows, "default", "small-1") && !knows(rows, "photos", "photo-2")
+    })?;
+    assert!(
+        blobs
+            .join(UUID)
+            .join("default/s/sma/small-/small-1.deleted")
+            .is_file()
+    );
+    // What is left is the same on both, and SYNCED.
+    for dev in [&a, &b] {
+        let rows = dev.ctl().ls()?;
+        let mut ids: Vec<String> = rows
+            .iter()
+            .filter(|r| r.status == "SYNCED")
+            .map(|r| format!("{}/{}", r.namespace, r.id))
+            .collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            [
+                "default/big-1",
+                "default/small-2",
+                "default/small-3",
+                "photos/photo-1"
+            ]
+        );
+    }
+    Ok(())
+}
