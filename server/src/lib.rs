@@ -12,6 +12,7 @@ pub mod body;
 pub mod fsck;
 pub mod guard;
 pub mod http;
+pub mod import;
 pub mod index;
 pub mod layout;
 pub mod metrics;

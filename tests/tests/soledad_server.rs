@@ -5,7 +5,9 @@
 //! behind its `SoledadSession` auth wrapper, with only the CouchDB token lookup swapped for an
 //! in-memory one. Two blobsyncd devices of one user sync through it: every blob one uploads
 //! comes down to the other and decrypts, deletions propagate both ways (Soledad's `deleted`
-//! listing, no delete proofs), and `blobctl status` names the server kind.
+//! listing, no delete proofs), and `blobctl status` names the server kind. Then
+//! `blobsync-server import-soledad` takes Soledad's directory over, and a third device syncs
+//! the same blobs from blobsync-server.
 
 mod soledad_common;
 
@@ -16,7 +18,9 @@ use blobsync_tests::daemon::write_key_file;
 use blobsync_tests::env::{TestResult, lock};
 use blobsync_tests::server::find_listen_addr;
 use blobsync_tests::wait::{Poll, wait_until};
-use blobsync_tests::{DaemonOpts, DaemonProc, HarnessError, RemoteSpec, TestEnv};
+use blobsync_tests::{
+    DaemonOpts, DaemonProc, HarnessError, RemoteSpec, ServerOpts, ServerProc, TestEnv,
+};
 
 const UUID: &str = "0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "a-soledad-session-token";
@@ -173,6 +177,49 @@ fn two_devices_sync_through_a_genuine_soledad_server() -> TestResult {
                 "photos/photo-1"
             ]
         );
+    }
+
+    // Moving to blobsync-server: import Soledad's directory, and a third device (a plain
+    // blobsync remote now) gets every blob, bytes and all.
+    let mut server = ServerProc::start(&env, ServerOpts::default())?;
+    let token = server.add_user(UUID)?;
+    server.terminate(Duration::from_secs(10));
+    let out = server.admin(&["import-soledad", &blobs.display().to_string()])?;
+    assert!(
+        out.contains("imported 4 blobs") && out.contains("2 Soledad tombstones not imported"),
+        "{out}"
+    );
+    let again = server.admin(&["import-soledad", &blobs.display().to_string()])?;
+    assert!(
+        again.contains("imported 0 blobs; 4 already here"),
+        "{again}"
+    );
+    server.restart(&env)?;
+    let c = DaemonProc::start(
+        &env,
+        "device-c",
+        DaemonOpts::new(
+            RemoteSpec::Http {
+                url: server.url(),
+                user: UUID.into(),
+                token,
+            },
+            &key,
+        ),
+    )?;
+    sync_until(&c, "C to download the imported blobs", |rows| {
+        ["big-1", "small-2", "small-3"]
+            .iter()
+            .all(|id| has(rows, "default", id))
+    })?;
+    for (i, (ns, id, len)) in blobs_a.iter().enumerate().filter(|(_, b)| b.2 > 2_000) {
+        if *ns != "default" {
+            continue;
+        }
+        let out = env.root().join(format!("out-c-{id}"));
+        c.ctl().get_to(id, ns, &out)?;
+        let got = std::fs::read(&out).map_err(|e| HarnessError::io("read output", e))?;
+        assert!(got == payload(i, *len), "{ns}/{id} differs on C");
     }
     Ok(())
 }
