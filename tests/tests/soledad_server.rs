@@ -11,8 +11,12 @@
 
 mod soledad_common;
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+use base64::Engine;
 
 use blobsync_tests::daemon::write_key_file;
 use blobsync_tests::env::{TestResult, lock};
@@ -57,16 +61,10 @@ fn knows(rows: &[blobsync_tests::ctl::BlobRow], ns: &str, id: &str) -> bool {
     rows.iter().any(|r| r.namespace == ns && r.id == id)
 }
 
-#[test]
-fn two_devices_sync_through_a_genuine_soledad_server() -> TestResult {
-    let Some(python) =
-        soledad_common::venv_python().map_err(|e| HarnessError::protocol("venv", e))?
-    else {
-        return Ok(());
-    };
-    let env = TestEnv::new()?;
+/// Starts `soledad_server.py` with one user; returns its blobs dir and address.
+fn start_soledad(env: &TestEnv, python: &Path) -> Result<(PathBuf, SocketAddr), HarnessError> {
     let blobs = env.subdir("soledad-blobs")?;
-    let mut cmd = Command::new(&python);
+    let mut cmd = Command::new(python);
     cmd.arg("-W")
         .arg("ignore")
         .arg(soledad_common::python_dir().join("soledad_server.py"))
@@ -86,24 +84,41 @@ fn two_devices_sync_through_a_genuine_soledad_server() -> TestResult {
             None => Poll::Pending(format!("{out}{err}")),
         })
     })?;
+    Ok((blobs, addr))
+}
 
+/// A device of the user on the Soledad server at `addr`.
+fn soledad_device(
+    env: &TestEnv,
+    name: &str,
+    addr: SocketAddr,
+    key: &Path,
+) -> Result<DaemonProc, HarnessError> {
+    let mut o = DaemonOpts::new(
+        RemoteSpec::Http {
+            url: format!("http://{addr}"),
+            user: UUID.into(),
+            token: TOKEN.into(),
+        },
+        key,
+    );
+    o.extra_toml = "server_kind = \"soledad\"\n[namespaces.photos]\npolicy = \"eager\"\n".into();
+    DaemonProc::start(env, name, o)
+}
+
+#[test]
+fn two_devices_sync_through_a_genuine_soledad_server() -> TestResult {
+    let Some(python) =
+        soledad_common::venv_python().map_err(|e| HarnessError::protocol("venv", e))?
+    else {
+        return Ok(());
+    };
+    let env = TestEnv::new()?;
+    let (blobs, addr) = start_soledad(&env, &python)?;
     let key = env.root().join("key");
     write_key_file(&key)?;
-    let device = |name: &str| {
-        let mut o = DaemonOpts::new(
-            RemoteSpec::Http {
-                url: format!("http://{addr}"),
-                user: UUID.into(),
-                token: TOKEN.into(),
-            },
-            &key,
-        );
-        o.extra_toml =
-            "server_kind = \"soledad\"\n[namespaces.photos]\npolicy = \"eager\"\n".into();
-        DaemonProc::start(&env, name, o)
-    };
-    let a = device("device-a")?;
-    let b = device("device-b")?;
+    let a = soledad_device(&env, "device-a", addr, &key)?;
+    let b = soledad_device(&env, "device-b", addr, &key)?;
 
     // The status names the server kind and the weaker deletion guarantee.
     let st = a.ctl().status()?;
@@ -221,5 +236,66 @@ fn two_devices_sync_through_a_genuine_soledad_server() -> TestResult {
         let got = std::fs::read(&out).map_err(|e| HarnessError::io("read output", e))?;
         assert!(got == payload(i, *len), "{ns}/{id} differs on C");
     }
+    Ok(())
+}
+
+/// Soledad keeps no delete proofs, so its `deleted` listing deletes; the mass-deletion guard
+/// still holds such a wave back until the user allows it.
+#[test]
+fn mass_deletion_on_a_soledad_server_is_held() -> TestResult {
+    let Some(python) =
+        soledad_common::venv_python().map_err(|e| HarnessError::protocol("venv", e))?
+    else {
+        return Ok(());
+    };
+    let env = TestEnv::new()?;
+    let (_blobs, addr) = start_soledad(&env, &python)?;
+    let key = env.root().join("key");
+    write_key_file(&key)?;
+    let a = soledad_device(&env, "device-a", addr, &key)?;
+    const N: usize = 110;
+    for i in 0..N {
+        let f = env.root().join(format!("m{i}"));
+        std::fs::write(&f, payload(i, 50)).map_err(|e| HarnessError::io("write input", e))?;
+        a.ctl().put(&f, &format!("m{i}"), &[])?;
+    }
+    sync_until(&a, "A to upload everything", |rows| {
+        rows.iter().filter(|r| r.status == "SYNCED").count() == N
+    })?;
+    // Someone with the token deletes 101 blobs on the server, Soledad's way.
+    let auth = format!(
+        "Token {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{UUID}:{TOKEN}"))
+    );
+    for i in 0..101 {
+        let r = blobsync_tests::rawhttp::request(
+            addr,
+            "DELETE",
+            &format!("/blobs/{UUID}/m{i}?namespace=default"),
+            &[("Authorization", &auth)],
+            b"",
+        )?;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    a.ctl().sync_wait()?;
+    let st = a.ctl().status()?;
+    assert_eq!(
+        st["last_cycle"]["deletions_held"].as_u64(),
+        Some(101),
+        "101 deletions held: {st}"
+    );
+    let synced = a
+        .ctl()
+        .ls()?
+        .iter()
+        .filter(|r| r.status == "SYNCED")
+        .count();
+    assert_eq!(synced, N, "nothing deleted while held");
+    a.ctl()
+        .run(&["sync", "--wait", "--allow-mass-delete"])?
+        .ok()?;
+    sync_until(&a, "A to apply the allowed deletions", |rows| {
+        rows.len() == N - 101
+    })?;
     Ok(())
 }
