@@ -6,6 +6,9 @@
 //! path is built) and answer errors as plain text saying what was wrong. Index calls and file
 //! system work go through the blocking pool; blob bytes move in bounded chunks.
 //!
+//! Tokens come as `Bearer` or as Soledad's `Token base64(user:token)`; where Soledad's API
+//! differs, the request's dialect decides the answer ([`crate::soledad`]).
+//!
 //! Status codes: 401 no/unknown token (with `WWW-Authenticate: Bearer`); 403 a path user that
 //! is not the token's, an app token outside `/incoming`, a user token on `/incoming`; 400 bad
 //! id, namespace, query parameter (unknown ones too), body or stream framing; 404 unknown
