@@ -202,6 +202,11 @@ pub const INSTANCE_HEADER: &str = "blobsync-instance";
 /// returns it as [`Change::proof`].
 pub const DELETE_PROOF_HEADER: &str = "x-blobsync-delete-proof";
 
+/// Request header blobsyncd sends on every request (value: `blobsyncd/VERSION`): answer in
+/// blobsync's own dialect (201 + sequence number on a put, blobsync's `/stream` download
+/// framing) even where the credentials are Soledad's `Token`. See the server's README.
+pub const CLIENT_HEADER: &str = "x-blobsync-client";
+
 /// Answer of `GET /blobs/{user}?since=S`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangesResponse {

@@ -914,7 +914,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let cursor = store.cursor(ns).await?;
         let policy = self.shared.settings().policy(ns);
         match cursor {
-            Some(c) if !force_full => {
+            Some(c) if !force_full && !self.remote.full_listings_only() => {
                 match self.incremental_listing(ns, c, policy, summary).await {
                     Err(SyncError::Remote(RemoteError::CursorInvalid { .. })) => {
                         warn!(%ns, "listing cursor rejected by the server; doing a full listing");
@@ -1044,9 +1044,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let ids = changes.iter().map(|c| c.id.clone()).collect();
         let local = self.shared.store.rows_for(ns, ids).await?;
         let dk = &self.shared.delete_key;
+        // A remote that keeps no proofs (Soledad) deletes on its tombstones alone.
+        let unproven_delete = self.remote.tombstones_without_proof_delete();
         Ok(plan::diff_changes(&local, changes, policy, |l, c| {
             match (&l.upload_salt, &c.proof) {
                 (Some(salt), Some(proof)) => dk.verify(ns, &l.id, salt, proof),
+                (_, None) => unproven_delete,
                 _ => false,
             }
         }))
