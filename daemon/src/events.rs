@@ -80,6 +80,10 @@ pub enum AlarmKind {
     ExternalRefused,
     /// The remote is not the one this device synced with before (URL, user or instance).
     RemoteChanged,
+    /// Downloads fail authentication as written with another storage key: this device's key
+    /// is not the user's. Downloads stop until the right key is imported and the daemon
+    /// restarted.
+    WrongKey,
 }
 
 impl AlarmKind {
@@ -91,6 +95,7 @@ impl AlarmKind {
             AlarmKind::Rollback => "rollback_refused",
             AlarmKind::ExternalRefused => "external_refused",
             AlarmKind::RemoteChanged => "remote_changed",
+            AlarmKind::WrongKey => "wrong_key",
         }
     }
 }

@@ -787,6 +787,12 @@ impl EngineHandle {
             }
             _ => None,
         };
+        if remote && self.shared.wrong_key() {
+            // Every remote copy would fail: one clear answer instead of "checked 0".
+            return Err(EngineError::FailedPrecondition(
+                crate::engine::keycheck::WRONG_KEY_MESSAGE.into(),
+            ));
+        }
         let mut report = VerifyReport::default();
         let counts = self.shared.store.counts().await?;
         let total = match (&ns, &single) {

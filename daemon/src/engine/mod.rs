@@ -6,6 +6,7 @@
 //! decisions live in [`plan`]. The engine never opens a socket itself (the remote does) and
 //! never touches SQLite directly (the store does).
 
+pub(crate) mod keycheck;
 pub mod plan;
 pub mod ratelimit;
 pub(crate) mod transfer;
@@ -194,6 +195,8 @@ pub(crate) struct Shared {
     pub crashed: std::sync::atomic::AtomicBool,
     /// Blobs whose current download resumed from a partial left by a restart.
     pub resumed: Mutex<HashSet<(Namespace, BlobId)>>,
+    /// Downloads failing authentication: the wrong-key guard (see [`keycheck`]).
+    pub key_check: keycheck::KeyCheck,
 }
 
 impl Shared {
@@ -412,6 +415,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 crash_points: Mutex::new(HashSet::new()),
                 crashed: Default::default(),
                 resumed: Mutex::new(HashSet::new()),
+                key_check: Default::default(),
             }),
             remote,
             clock,
@@ -1197,7 +1201,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             let slots = settings.transfers.saturating_sub(tasks.len());
             let mut started = 0;
             if slots > 0 {
-                let due = self
+                let mut due = self
                     .shared
                     .store
                     .due(crate::store::DueFilter {
@@ -1210,6 +1214,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         warn!(error = %e, "cannot read the queue");
                         Vec::new()
                     });
+                if self.shared.wrong_key() {
+                    // Nothing it downloads can be decrypted: leave downloads queued.
+                    due.retain(|b| b.status != Status::PendingDownload);
+                }
                 for action in plan::next_transfers(&due, &busy, slots, settings.batch) {
                     let keys = action_keys(&action);
                     let me = self.clone();
