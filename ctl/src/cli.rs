@@ -162,9 +162,10 @@ pub struct GetArgs {
     /// The namespace.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
-    /// Where to write: a file, or `-` for standard output.
-    #[arg(short = 'o', long, value_name = "FILE|-", default_value = "-")]
-    pub output: PathBuf,
+    /// Where to write: a file, or `-` for standard output. Without it the bytes go to
+    /// standard output, unless that is a terminal (then `-o -` is needed, as with curl).
+    #[arg(short = 'o', long, value_name = "FILE|-")]
+    pub output: Option<PathBuf>,
     /// Only bytes A through B (inclusive, from 0), or from A to the end with `A-`.
     #[arg(long, value_name = "A-B", value_parser = parse_range)]
     pub range: Option<ByteRangeArg>,
@@ -516,7 +517,7 @@ mod tests {
         let Command::Get(g) = parse(&["get", "x"]).unwrap().command else {
             panic!()
         };
-        assert_eq!(g.output, PathBuf::from("-"));
+        assert_eq!(g.output, None, "no -o: stdout, unless it is a terminal");
         assert!(g.range.is_none());
     }
 

@@ -45,8 +45,20 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Key(k) => crate::keys::run(k, json),
         Command::Version => version(socket.as_deref(), json).await,
         Command::Put(a) => put(&mut connect().await?, a, json).await,
-        Command::Get(a) => {
-            if json && a.output == Path::new("-") {
+        Command::Get(mut a) => {
+            if a.output.is_none() {
+                use std::io::IsTerminal;
+                // Binary on a terminal garbles it (and a big blob takes minutes): as curl.
+                if !json && std::io::stdout().is_terminal() {
+                    return Err(CtlError::Usage(
+                        "refusing to write the blob's bytes to a terminal: give -o FILE, pipe \
+                         the output, or -o - to print them here anyway"
+                            .into(),
+                    ));
+                }
+                a.output = Some(PathBuf::from("-"));
+            }
+            if json && a.output.as_deref() == Some(Path::new("-")) {
                 return Err(CtlError::Usage(
                     "--json prints a JSON document on standard output, so it needs -o FILE for \
                      the blob's bytes"
@@ -409,10 +421,11 @@ async fn get(c: &mut Client, a: cli::GetArgs, json: bool) -> Result<(), CtlError
     use pb::get_response::Msg;
     // Where the bytes go is settled (and the file opened) before anything is downloaded, so
     // a bad output path fails at once.
-    let target = if a.output == Path::new("-") {
+    let out_arg = a.output.unwrap_or_else(|| PathBuf::from("-"));
+    let target = if out_arg == Path::new("-") {
         GetTarget::Stdout
     } else {
-        GetTarget::resolve(&a.output, &a.id)?
+        GetTarget::resolve(&out_arg, &a.id)?
     };
     let output = target.path().to_path_buf();
     let to_stdout = matches!(target, GetTarget::Stdout);

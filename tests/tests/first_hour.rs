@@ -1,13 +1,17 @@
 //! The first hour of a real user (issue 21): ordinary mistakes get caught, and the CLI says
 //! what is happening. Real server, daemons and `blobctl`.
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use blobsync_tests::converge::describe_rows;
+use blobsync_tests::daemon::write_key_file;
 use blobsync_tests::digest::write_random_file;
 use blobsync_tests::env::TestResult;
 use blobsync_tests::wait::{Poll, scaled, wait_until};
-use blobsync_tests::{Cluster, DaemonProc, HarnessError, ServerOpts, TestEnv};
+use blobsync_tests::{
+    Cluster, DaemonOpts, DaemonProc, HarnessError, RemoteSpec, ServerOpts, TestEnv, bins,
+};
 use serde_json::Value;
 
 /// The alarms in a `status --json`.
@@ -142,5 +146,52 @@ fn a_device_with_the_wrong_key_is_refused_then_stops_downloading() -> TestResult
         "get says why: {}",
         g.stderr
     );
+    Ok(())
+}
+
+/// Runs `blobctl --socket S ARGS` with a pseudo-terminal as its standard output (`script`
+/// from util-linux); returns the exit code and what the terminal showed.
+fn ctl_on_tty(d: &DaemonProc, args: &str) -> TestResult<(i32, Vec<u8>)> {
+    let ctl = bins::bin_path(bins::CTL)?;
+    let cmd = format!("{} --socket {} {args}", ctl.display(), d.socket().display());
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script(1) from util-linux");
+    Ok((out.status.code().unwrap_or(-1), out.stdout))
+}
+
+/// Item 2: `get ID` with a terminal on standard output and no `-o` refuses (as curl does);
+/// `-o -` prints anyway, and a pipe gets the bytes as before.
+#[test]
+fn get_refuses_to_write_a_blob_to_a_terminal_without_dash_o() -> TestResult {
+    let env = TestEnv::new()?;
+    let key = env.subdir("keys")?.join("k.key");
+    write_key_file(&key)?;
+    let d = DaemonProc::start(&env, "device", DaemonOpts::new(RemoteSpec::Default, &key))?;
+    let src = d.dir().join("src");
+    write_random_file(&src, 100_000, 7)?;
+    d.ctl().put(&src, "bin", &[])?;
+
+    let (code, shown) = ctl_on_tty(&d, "get bin")?;
+    let shown = String::from_utf8_lossy(&shown);
+    assert_eq!(code, 2, "refused as a usage error: {shown}");
+    assert!(
+        shown.contains("refusing to write") && shown.contains("-o -") && shown.len() < 1000,
+        "says why and how, and prints no blob bytes: {shown}"
+    );
+
+    let (code, shown) = ctl_on_tty(&d, "get bin -o -")?;
+    assert_eq!(code, 0, "-o - writes to the terminal anyway");
+    assert!(shown.len() >= 100_000, "the bytes reached the terminal");
+
+    let piped = Command::new(bins::bin_path(bins::CTL)?)
+        .args(["--socket", &d.socket().display().to_string(), "get", "bin"])
+        .output()
+        .expect("run blobctl");
+    assert!(piped.status.success(), "a pipe gets the bytes as before");
+    assert_eq!(piped.stdout, std::fs::read(&src).expect("read src"));
     Ok(())
 }
