@@ -149,13 +149,25 @@ async fn put(c: &mut Client, mut a: cli::PutArgs, json: bool) -> Result<(), CtlE
     }
     let file = a.files.pop().expect("clap requires a FILE");
     let from_stdin = file == Path::new("-");
+    // blobctl follows the upload itself (see `wait_upload`): it can say why it waits, and
+    // on Ctrl-C name the blob that stays queued. Events from here on are replayed to it.
+    let since = if a.wait && !a.local_only {
+        Some(
+            c.status(pb::StatusRequest {})
+                .await?
+                .into_inner()
+                .last_event_id,
+        )
+    } else {
+        None
+    };
     let mut header = pb::PutHeader {
         namespace: a.namespace,
         id: a.id.unwrap_or_default(),
         priority: a.priority as i32,
         local_only: a.local_only,
         size_hint: None,
-        wait: a.wait,
+        wait: false,
     };
     let visible = show_progress(json);
     let blob = if a.by_path {
@@ -164,15 +176,13 @@ async fn put(c: &mut Client, mut a: cli::PutArgs, json: bool) -> Result<(), CtlE
         }
         let path = std::path::absolute(&file)
             .map_err(|e| CtlError::io(format!("resolving {}", file.display()), e))?;
-        let spin = spinner(visible && a.wait, "waiting for the upload");
-        let resp = c
-            .put_path(pb::PutPathRequest {
-                header: Some(header),
-                path: path.to_string_lossy().into_owned(),
-            })
-            .await;
-        spin.finish_and_clear();
-        resp?.into_inner().blob
+        c.put_path(pb::PutPathRequest {
+            header: Some(header),
+            path: path.to_string_lossy().into_owned(),
+        })
+        .await?
+        .into_inner()
+        .blob
     } else {
         let (reader, size): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) = if from_stdin {
             (Box::new(tokio::io::stdin()), None)
@@ -194,10 +204,13 @@ async fn put(c: &mut Client, mut a: cli::PutArgs, json: bool) -> Result<(), CtlE
         };
         header.size_hint = size;
         let bar = bytes_bar(size, visible, "uploading to blobsyncd");
-        put_stream(c, header, reader, &bar, &file, visible && a.wait).await?
+        put_stream(c, header, reader, &bar, &file).await?
     };
-    let blob =
+    let mut blob =
         blob.ok_or_else(|| CtlError::Rpc(tonic::Status::internal("the daemon sent no blob")))?;
+    if let Some(since) = since {
+        blob = wait_upload(c, blob, since, visible).await?;
+    }
     if json {
         out_json(&render::blob_json(&blob))?;
     } else {
@@ -210,6 +223,133 @@ async fn put(c: &mut Client, mut a: cli::PutArgs, json: bool) -> Result<(), CtlE
         )));
     }
     Ok(())
+}
+
+/// Why an upload is not done, from the daemon's status: `Err` when it will not be done
+/// without the user (the server refuses the credentials), `Ok(None)` when nothing stops it.
+fn upload_blocked(s: &pb::StatusResponse, ns: &str, name: &str) -> Result<Option<String>, String> {
+    let Some(r) = &s.remote else { return Ok(None) };
+    if r.unauthorized {
+        return Err(format!(
+            "{}. {name} is stored on this device and stays queued for upload; fix `token_file` \
+             or `user` in the daemon's config, then restart blobsyncd",
+            r.last_error
+        ));
+    }
+    if s.paused {
+        return Ok(Some("sync is paused (`blobctl resume`)".into()));
+    }
+    if s.namespaces.iter().any(|n| n.namespace == ns && n.paused) {
+        return Ok(Some(format!(
+            "namespace {ns} is paused (`blobctl resume -n {ns}`)"
+        )));
+    }
+    if !r.reachable && !r.last_error.is_empty() {
+        return Ok(Some(format!(
+            "the server is unreachable ({}); retrying",
+            r.last_error
+        )));
+    }
+    Ok(None)
+}
+
+/// `put --wait` once the daemon holds the blob: follows its upload (events, and the daemon's
+/// status every second), shows why it still waits, and fails at once when the server refuses
+/// this device's credentials. Ctrl-C leaves the blob queued, and says so.
+async fn wait_upload(
+    c: &mut Client,
+    mut blob: pb::BlobInfo,
+    since: u64,
+    visible: bool,
+) -> Result<pb::BlobInfo, CtlError> {
+    use pb::event::Kind;
+    let pending = pb::BlobStatus::PendingUpload as i32;
+    if blob.status != pending {
+        return Ok(blob);
+    }
+    let name = format!("{}/{}", blob.namespace, blob.id);
+    let spin = spinner(visible, "waiting for the upload to the server");
+    // Without a spinner (not a terminal), each new reason is one line on stderr.
+    let mut shown = String::new();
+    let mut show = |why: String| {
+        if why != shown {
+            if visible {
+                spin.set_message(why.clone());
+            } else {
+                eprintln!("blobctl: waiting for {name}: {why}");
+            }
+            shown = why;
+        }
+    };
+    let mut events = c
+        .clone()
+        .watch(pb::WatchRequest {
+            since: Some(since),
+            namespace: blob.namespace.clone(),
+            no_progress: !visible,
+        })
+        .await?
+        .into_inner();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut failure = String::new();
+    let result = loop {
+        tokio::select! {
+            e = events.message() => {
+                let Some(e) = e? else {
+                    break Err(CtlError::Rpc(tonic::Status::unavailable(format!(
+                        "the daemon is shutting down; {name} stays queued for upload"
+                    ))));
+                };
+                match e.kind {
+                    Some(Kind::StatusChanged(s)) if s.namespace == blob.namespace && s.id == blob.id => {
+                        if s.new_status == pending {
+                            continue;
+                        }
+                        blob.status = s.new_status;
+                        blob.last_error = if s.reason.is_empty() { failure.clone() } else { s.reason };
+                        if s.new_status == pb::BlobStatus::Synced as i32 {
+                            blob.last_error.clear();
+                            blob.attempts = 0;
+                        }
+                        break Ok(blob);
+                    }
+                    Some(Kind::TransferFailed(f)) if f.namespace == blob.namespace && f.id == blob.id => {
+                        failure = f.message.clone();
+                        let next = f.next_attempt.as_ref().map_or(String::new(), |t| {
+                            let secs = (t.seconds - render::now_unix()).max(0);
+                            format!("; next try in {secs}s")
+                        });
+                        show(format!("attempt {} failed: {}{next}", f.attempt, f.message));
+                    }
+                    Some(Kind::TransferProgress(p)) if p.namespace == blob.namespace && p.id == blob.id => {
+                        show(format!(
+                            "uploading to the server: {} / {}",
+                            render::human_size(p.bytes_done),
+                            render::human_size(p.bytes_total)
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            _ = tick.tick() => {
+                let s = c.status(pb::StatusRequest {}).await?.into_inner();
+                match upload_blocked(&s, &blob.namespace, &name) {
+                    Err(why) => break Err(CtlError::Rpc(tonic::Status::permission_denied(why))),
+                    Ok(Some(why)) => show(why),
+                    Ok(None) => {}
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                break Err(CtlError::Interrupted(format!(
+                    "interrupted: {name} is stored on this device and stays queued for upload \
+                     (`blobctl ls -n {}` shows it)",
+                    blob.namespace
+                )));
+            }
+        }
+    };
+    spin.finish_and_clear();
+    result
 }
 
 /// What became of one file of a multi-file `put`: the blob, or the gRPC code and message.
@@ -288,7 +428,7 @@ async fn put_many(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), Ctl
                     let mut h = header.clone();
                     h.size_hint = size;
                     let bar = bytes_bar(size, false, "uploading to blobsyncd");
-                    match put_stream(c, h, Box::new(file), &bar, f, false).await {
+                    match put_stream(c, h, Box::new(file), &bar, f).await {
                         Ok(Some(b)) => Ok(b),
                         Ok(None) => Err((tonic::Code::Internal as i32, "no blob".into())),
                         Err(CtlError::Rpc(st)) => Err((st.code() as i32, st.message().to_owned())),
@@ -344,7 +484,6 @@ async fn put_stream(
     mut reader: Box<dyn AsyncRead + Unpin + Send>,
     bar: &ProgressBar,
     file: &Path,
-    wait_spinner: bool,
 ) -> Result<Option<pb::BlobInfo>, CtlError> {
     use pb::put_request::Msg;
     let (tx, rx) = mpsc::channel::<pb::PutRequest>(PUT_QUEUE);
@@ -382,19 +521,13 @@ async fn put_stream(
     let call = c.put(ReceiverStream::new(rx));
     tokio::pin!(call);
     let mut reader_done = false;
-    let mut spin = None;
     let result = loop {
         tokio::select! {
             r = &mut call => break r,
             r = &mut reader_task, if !reader_done => {
                 reader_done = true;
                 match r {
-                    Ok(Ok(())) => {
-                        bar.finish_and_clear();
-                        if wait_spinner {
-                            spin = Some(spinner(true, "waiting for the upload to the server"));
-                        }
-                    }
+                    Ok(Ok(())) => bar.finish_and_clear(),
                     Ok(Err((e, _tx))) => {
                         bar.abandon();
                         let what = if file == Path::new("-") {
@@ -409,9 +542,6 @@ async fn put_stream(
             }
         }
     };
-    if let Some(s) = spin {
-        s.finish_and_clear();
-    }
     bar.finish_and_clear();
     reader_task.abort();
     Ok(result?.into_inner().blob)

@@ -120,7 +120,8 @@ fn ts_json(ts: &Option<prost_types::Timestamp>) -> Value {
         .map_or(Value::Null, |t| Value::String(rfc3339(t)))
 }
 
-fn now_unix() -> i64 {
+/// Now, in seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -393,6 +394,7 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
         json!({
             "url": r.url,
             "reachable": r.reachable,
+            "unauthorized": r.unauthorized,
             "last_contact": ts_json(&r.last_contact),
             "last_error": if r.last_error.is_empty() { Value::Null } else { r.last_error.clone().into() },
             "identity": if r.identity.is_empty() { Value::Null } else { r.identity.clone().into() },
@@ -429,7 +431,9 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
         s.started.as_ref().map_or("-".into(), rfc3339)
     );
     if let Some(r) = &s.remote {
-        let state = if r.reachable {
+        let state = if r.unauthorized {
+            format!("REFUSED CREDENTIALS: {}", r.last_error)
+        } else if r.reachable {
             "reachable".to_owned()
         } else if r.last_error.is_empty() {
             "not contacted yet".to_owned()

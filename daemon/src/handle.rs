@@ -695,6 +695,14 @@ impl EngineHandle {
         rx.await.map(Some).map_err(|_| EngineError::ShuttingDown)
     }
 
+    /// The remote's last error while it refuses this device's credentials (401/403).
+    pub fn refused_credentials(&self) -> Option<String> {
+        let st = self.shared.state();
+        st.remote
+            .unauthorized
+            .then(|| st.remote.last_error.clone().unwrap_or_default())
+    }
+
     /// Follows events; with `since`, replays the buffered ones after it first.
     pub fn subscribe(&self, since: Option<u64>) -> Subscription {
         self.shared.events.subscribe(since)

@@ -1,7 +1,8 @@
 //! The first hour of a real user (issue 21): ordinary mistakes get caught, and the CLI says
 //! what is happening. Real server, daemons and `blobctl`.
 
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use blobsync_tests::converge::describe_rows;
@@ -193,5 +194,125 @@ fn get_refuses_to_write_a_blob_to_a_terminal_without_dash_o() -> TestResult {
         .expect("run blobctl");
     assert!(piped.status.success(), "a pipe gets the bytes as before");
     assert_eq!(piped.stdout, std::fs::read(&src).expect("read src"));
+    Ok(())
+}
+
+/// `blobctl --socket S ARGS` in the background, stderr to `err`.
+fn spawn_ctl(d: &DaemonProc, args: &[&str], err: &Path) -> TestResult<Child> {
+    let f = std::fs::File::create(err).expect("create stderr file");
+    Ok(Command::new(bins::bin_path(bins::CTL)?)
+        .arg("--socket")
+        .arg(d.socket())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(f)
+        .spawn()
+        .expect("spawn blobctl"))
+}
+
+/// Waits (with a deadline) for `child` to exit; its exit code.
+fn exit_code(child: &mut Child, what: &str, timeout: Duration) -> TestResult<i32> {
+    Ok(wait_until(what, scaled(timeout), || {
+        Ok(match child.try_wait().expect("try_wait") {
+            Some(s) => Poll::Ready(s.code().unwrap_or(-1)),
+            None => Poll::Pending("still running".into()),
+        })
+    })?)
+}
+
+/// Item 3: `put --wait` against a server that refuses the token fails at once (exit 1,
+/// with the reason), and `status` shows the refusal on the remote line.
+#[test]
+fn put_wait_fails_at_once_when_the_server_refuses_the_token() -> TestResult {
+    let env = TestEnv::new()?;
+    let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
+    let mut opts = cluster.daemon_opts(0);
+    opts.remote = RemoteSpec::Http {
+        url: cluster.server.url(),
+        user: "alice".into(),
+        token: "not-alices-token".into(),
+    };
+    let d = DaemonProc::start(&env, "device", opts)?;
+    let src = d.dir().join("src");
+    write_random_file(&src, 10_000, 3)?;
+    let err = d.dir().join("put.err");
+    let src_arg = src.display().to_string();
+    let mut put = spawn_ctl(&d, &["put", &src_arg, "--id", "x", "--wait"], &err)?;
+    let code = exit_code(&mut put, "put --wait to give up", Duration::from_secs(30))?;
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    assert_eq!(code, 1, "a refused token is exit 1: {stderr}");
+    assert!(
+        stderr.contains("refused the credentials") && stderr.contains("stays queued"),
+        "says why, and that the blob is kept: {stderr}"
+    );
+
+    let s = d.ctl().status()?;
+    assert_eq!(s["remote"]["unauthorized"], true, "{s}");
+    let human = d.ctl().run_opts(&["status"], false)?.stdout;
+    let line = human
+        .lines()
+        .find(|l| l.starts_with("remote:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("REFUSED CREDENTIALS") && !line.contains("(reachable)"),
+        "the remote line shows the refusal: {human}"
+    );
+    let rows = d.ctl().ls()?;
+    assert!(
+        rows.iter()
+            .any(|r| r.id == "x" && r.status == "PENDING_UPLOAD"),
+        "the blob stays queued: {}",
+        describe_rows(&rows)
+    );
+    Ok(())
+}
+
+/// Item 3: while sync is paused, `put --wait` says that is why it waits; Ctrl-C exits 130
+/// and says the blob stays queued (it does).
+#[test]
+fn put_wait_says_why_it_waits_and_ctrl_c_leaves_the_blob_queued() -> TestResult {
+    let env = TestEnv::new()?;
+    let key = env.subdir("keys")?.join("k.key");
+    write_key_file(&key)?;
+    let d = DaemonProc::start(&env, "device", DaemonOpts::new(RemoteSpec::Default, &key))?;
+    d.ctl().run(&["pause"])?.ok()?;
+    let src = d.dir().join("src");
+    write_random_file(&src, 10_000, 4)?;
+    let err = d.dir().join("put.err");
+    let src_arg = src.display().to_string();
+    let mut put = spawn_ctl(&d, &["put", &src_arg, "--id", "p", "--wait"], &err)?;
+    wait_until(
+        "put --wait to say why it waits",
+        scaled(Duration::from_secs(20)),
+        || {
+            let e = std::fs::read_to_string(&err).unwrap_or_default();
+            Ok(if e.contains("sync is paused") {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(e)
+            })
+        },
+    )?;
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(put.id() as i32, libc::SIGINT) }, 0);
+    let code = exit_code(
+        &mut put,
+        "put --wait to stop on Ctrl-C",
+        Duration::from_secs(20),
+    )?;
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    assert_eq!(code, 130, "{stderr}");
+    assert!(
+        stderr.contains("default/p is stored on this device and stays queued"),
+        "{stderr}"
+    );
+    let rows = d.ctl().ls()?;
+    assert!(
+        rows.iter()
+            .any(|r| r.id == "p" && r.status == "PENDING_UPLOAD"),
+        "{}",
+        describe_rows(&rows)
+    );
     Ok(())
 }
