@@ -963,6 +963,12 @@ async fn sync(c: &mut Client, a: cli::SyncArgs, json: bool) -> Result<(), CtlErr
             "the sync cycle stopped early: {}",
             s.error
         ))),
+        Some(s) if s.failed > 0 => Err(CtlError::Problems(format!(
+            "{} transfer(s) failed for good since the last cycle: `blobctl ls --status \
+             failed-upload` (or failed-download) shows why; `blobctl retry --all-failed` \
+             tries again",
+            s.failed
+        ))),
         _ => Ok(()),
     }
 }

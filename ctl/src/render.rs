@@ -479,7 +479,7 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
             format!(", error: {}", c.error)
         };
         format!(
-            "#{} {when}: {} up, {} down, {} failed, {} pending{err}",
+            "#{} {when}: {} up, {} down, {} failed, {} to retry{err}",
             c.cycle, c.uploaded, c.downloaded, c.failed, c.pending
         )
     });
@@ -587,7 +587,7 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
 pub fn cycle_text(c: &pb::CycleSummary) -> String {
     let mut s = format!(
         "cycle {}{}: {} uploaded ({}), {} downloaded ({}), {} deleted here, {} deleted on the \
-         server, {} failed, {} still pending",
+         server, {} failed, {} to retry",
         c.cycle,
         if c.full_list { " (full listing)" } else { "" },
         c.uploaded,

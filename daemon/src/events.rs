@@ -28,7 +28,8 @@ pub enum Direction {
     Download,
 }
 
-/// What a finished cycle did.
+/// What a finished cycle did. Its transfer counts include the transfers run since the
+/// previous cycle ended (a put's upload starts at once, between cycles).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CycleSummary {
     /// The cycle number (counts from 1 over the store's life).

@@ -11,7 +11,8 @@ use blobsync_tests::digest::write_random_file;
 use blobsync_tests::env::TestResult;
 use blobsync_tests::wait::{Poll, scaled, wait_until};
 use blobsync_tests::{
-    Cluster, DaemonOpts, DaemonProc, HarnessError, RemoteSpec, ServerOpts, TestEnv, bins,
+    Cluster, DaemonOpts, DaemonProc, HarnessError, RemoteSpec, ServerOpts, ServerProc, TestEnv,
+    bins,
 };
 use serde_json::Value;
 
@@ -313,6 +314,60 @@ fn put_wait_says_why_it_waits_and_ctrl_c_leaves_the_blob_queued() -> TestResult 
             .any(|r| r.id == "p" && r.status == "PENDING_UPLOAD"),
         "{}",
         describe_rows(&rows)
+    );
+    Ok(())
+}
+
+/// Item 6: an upload a put started between cycles fails for good (over quota); the next
+/// `sync --wait` counts it and exits non-zero, and the cycle after that (nothing failed)
+/// exits 0.
+#[test]
+fn sync_wait_counts_a_put_upload_that_failed_and_exits_non_zero() -> TestResult {
+    let env = TestEnv::new()?;
+    let server = ServerProc::start(&env, ServerOpts::default())?;
+    let token = server.add_user_with_quota("bob", 50_000)?;
+    let key = env.subdir("keys")?.join("bob.key");
+    write_key_file(&key)?;
+    let remote = RemoteSpec::Http {
+        url: server.url(),
+        user: "bob".into(),
+        token,
+    };
+    let mut opts = DaemonOpts::new(remote, &key);
+    opts.time_scale = Some(blobsync_tests::cluster::time_scale());
+    let d = DaemonProc::start(&env, "device", opts)?;
+    let src = d.dir().join("big");
+    write_random_file(&src, 200_000, 5)?;
+    d.ctl().put(&src, "big", &[])?;
+    wait_until(
+        "the over-quota upload to fail",
+        scaled(Duration::from_secs(30)),
+        || {
+            let rows = d.ctl().ls()?;
+            Ok(if rows.iter().any(|r| r.status == "FAILED_UPLOAD") {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(describe_rows(&rows))
+            })
+        },
+    )?;
+    let out = d.ctl().run(&["sync", "--wait"])?;
+    assert_eq!(
+        out.code, 1,
+        "a failure since the last cycle: {}",
+        out.stderr
+    );
+    let failed = out
+        .json
+        .as_ref()
+        .and_then(|v| v["summary"]["failed"].as_u64());
+    assert_eq!(failed, Some(1), "the summary counts it: {}", out.stdout);
+    assert!(out.stderr.contains("failed for good"), "{}", out.stderr);
+    let again = d.ctl().run(&["sync", "--wait"])?;
+    assert_eq!(
+        again.code, 0,
+        "nothing failed in this cycle: {}",
+        again.stderr
     );
     Ok(())
 }

@@ -158,6 +158,8 @@ pub(crate) struct RuntimeState {
     pub alarms: BTreeMap<(AlarmKind, Option<Namespace>), Alarm>,
     /// External blobs already refused in this run (logged once each).
     pub refused_external: HashSet<(Namespace, BlobId)>,
+    /// Transfers run between cycles (a put's upload): the next cycle's summary counts them.
+    pub between_cycles: TransferStats,
 }
 
 pub(crate) struct SyncRequest {
@@ -393,6 +395,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             namespaces_discovered: false,
             alarms: BTreeMap::new(),
             refused_external: HashSet::new(),
+            between_cycles: TransferStats::default(),
         };
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -581,7 +584,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 Err(e) => warn!(error = %e, "listing before an upload retry failed"),
             }
         }
-        let _ = self.run_transfers(cancel).await;
+        let stats = self.run_transfers(cancel).await;
+        self.shared.state().between_cycles.add(stats);
     }
 
     /// Whether a due `PENDING_UPLOAD` row has had an upload attempt (salt recorded).
@@ -662,16 +666,17 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 Err(e) => summary.error = Some(e.to_string()),
             }
             tracing::Span::current().record("full", summary.full_listing);
+            let mut stats = std::mem::take(&mut self.shared.state().between_cycles);
             if !self.shared.state().remote.unauthorized {
-                let stats = self.run_transfers(cancel).await;
-                summary.uploaded = stats.uploaded;
-                summary.downloaded = stats.downloaded;
-                summary.deleted_remote = stats.deleted_remote;
-                summary.retried = stats.retried;
-                summary.failed = stats.failed;
-                summary.bytes_up = stats.bytes_up;
-                summary.bytes_down = stats.bytes_down;
+                stats.add(self.run_transfers(cancel).await);
             }
+            summary.uploaded = stats.uploaded;
+            summary.downloaded = stats.downloaded;
+            summary.deleted_remote = stats.deleted_remote;
+            summary.retried = stats.retried;
+            summary.failed = stats.failed;
+            summary.bytes_up = stats.bytes_up;
+            summary.bytes_down = stats.bytes_down;
             summary.finished = Some(self.clock.now());
             let busy = summary.uploaded
                 + summary.reuploaded_missing
