@@ -46,8 +46,9 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Version => version(socket.as_deref(), json).await,
         Command::Put(a) => put(&mut connect().await?, a, json).await,
         Command::Get(mut a) => {
+            (a.namespace, a.id) =
+                cli::split_ns_id_or_default(&a.namespace, &a.id).map_err(CtlError::Usage)?;
             if a.output.is_none() {
-                use std::io::IsTerminal;
                 // Binary on a terminal garbles it (and a big blob takes minutes): as curl.
                 if !json && std::io::stdout().is_terminal() {
                     return Err(CtlError::Usage(
@@ -73,12 +74,34 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Status => status(&mut connect().await?, json).await,
         Command::Sync(a) => sync(&mut connect().await?, a, json).await,
         Command::Watch(a) => watch(&mut connect().await?, a, json).await,
-        Command::Retry(a) => retry(&mut connect().await?, a, json).await,
-        Command::Priority(a) => priority(&mut connect().await?, a, json).await,
+        Command::Retry(mut a) => {
+            if let Some(id) = &a.id {
+                let (ns, id) =
+                    cli::split_ns_id(a.namespace.as_deref(), id).map_err(CtlError::Usage)?;
+                (a.namespace, a.id) = (ns, Some(id));
+            }
+            retry(&mut connect().await?, a, json).await
+        }
+        Command::Priority(mut a) => {
+            (a.namespace, a.id) =
+                cli::split_ns_id_or_default(&a.namespace, &a.id).map_err(CtlError::Usage)?;
+            priority(&mut connect().await?, a, json).await
+        }
+        Command::Flags(mut a) => {
+            (a.namespace, a.id) =
+                cli::split_ns_id_or_default(&a.namespace, &a.id).map_err(CtlError::Usage)?;
+            flags(&mut connect().await?, a, json).await
+        }
+        Command::Verify(mut a) => {
+            if let Some(id) = &a.id {
+                let (ns, id) =
+                    cli::split_ns_id(a.namespace.as_deref(), id).map_err(CtlError::Usage)?;
+                (a.namespace, a.id) = (ns, Some(id));
+            }
+            verify(&mut connect().await?, a, json).await
+        }
         Command::Pause(a) => pause(&mut connect().await?, a, true, json).await,
         Command::Resume(a) => pause(&mut connect().await?, a, false, json).await,
-        Command::Flags(a) => flags(&mut connect().await?, a, json).await,
-        Command::Verify(a) => verify(&mut connect().await?, a, json).await,
         Command::Limits(a) => limits(&mut connect().await?, a, json).await,
     }
 }
@@ -795,29 +818,83 @@ fn part_path(p: &Path) -> PathBuf {
     p.with_file_name(name)
 }
 
-async fn rm(c: &mut Client, a: cli::BlobArgs, json: bool) -> Result<(), CtlError> {
-    let r = c
-        .delete(pb::DeleteRequest {
-            namespace: a.namespace,
-            id: a.id,
-        })
-        .await?
-        .into_inner();
-    let pending = r.status == pb::BlobStatus::PendingDelete as i32;
-    if json {
-        out_json(&json!({
+/// `rm ID...` (or `rm -`: ids from standard input). One id answers as before; with several,
+/// each is deleted on its own and reported on its line, and any refusal makes the exit 1.
+async fn rm(c: &mut Client, a: cli::RmArgs, json: bool) -> Result<(), CtlError> {
+    let from_stdin = a.ids == ["-"];
+    let ids: Vec<String> = if from_stdin {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| CtlError::io("reading ids from standard input", e))?;
+        text.split_whitespace().map(str::to_owned).collect()
+    } else if a.ids.iter().any(|i| i == "-") {
+        return Err(CtlError::Usage(
+            "`-` (ids from standard input) can only be given alone".into(),
+        ));
+    } else {
+        a.ids
+    };
+    if ids.is_empty() {
+        return Err(CtlError::Usage("no ids on standard input".into()));
+    }
+    let mut targets = Vec::with_capacity(ids.len());
+    for id in &ids {
+        targets.push(cli::split_ns_id_or_default(&a.namespace, id).map_err(CtlError::Usage)?);
+    }
+    let single = targets.len() == 1 && !from_stdin;
+    let mut rows = Vec::new();
+    let mut text = String::new();
+    let mut refused = 0usize;
+    for (namespace, id) in targets {
+        let r = c
+            .delete(pb::DeleteRequest {
+                namespace: namespace.clone(),
+                id: id.clone(),
+            })
+            .await;
+        let r = match r {
+            Ok(r) => r.into_inner(),
+            Err(e) if single => return Err(e.into()),
+            Err(e) => {
+                refused += 1;
+                let msg = CtlError::Rpc(e.clone()).to_string();
+                rows.push(json!({
+                    "namespace": namespace, "id": id, "error": msg,
+                    "code": client::grpc_code_name(e.code()),
+                }));
+                text.push_str(&format!("{namespace}/{id}: refused: {msg}\n"));
+                continue;
+            }
+        };
+        let pending = r.status == pb::BlobStatus::PendingDelete as i32;
+        rows.push(json!({
             "namespace": r.namespace,
             "id": r.id,
             "status": if pending { Value::from("PENDING_DELETE") } else { Value::Null },
-        }))
-    } else if pending {
-        out(&format!(
-            "{}/{}: deleted here; the server will be told at the next sync\n",
-            r.namespace, r.id
-        ))
-    } else {
-        out(&format!("{}/{}: deleted\n", r.namespace, r.id))
+        }));
+        text.push_str(&if pending {
+            format!(
+                "{}/{}: deleted here; the server will be told at the next sync\n",
+                r.namespace, r.id
+            )
+        } else {
+            format!("{}/{}: deleted\n", r.namespace, r.id)
+        });
     }
+    if json && single {
+        out_json(&rows[0])?;
+    } else if json {
+        out_json(&json!({ "deleted": rows }))?;
+    } else {
+        out(&text)?;
+    }
+    if refused > 0 {
+        return Err(CtlError::Problems(format!(
+            "{refused} of {} blob(s) could not be deleted (see above)",
+            rows.len()
+        )));
+    }
+    Ok(())
 }
 
 async fn ls(c: &mut Client, a: cli::LsArgs, json: bool) -> Result<(), CtlError> {

@@ -86,6 +86,20 @@ pub enum EngineError {
     /// The daemon is shutting down.
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    /// No such blob in the namespace asked for, but the id exists in others.
+    #[error(
+        "no blob {id} in namespace {ns}, but there is one in {}: ask for {}/{id} (or -n {})",
+        found_in.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+        found_in[0], found_in[0]
+    )]
+    NotFoundElsewhere {
+        /// The namespace asked for.
+        ns: Namespace,
+        /// The id.
+        id: BlobId,
+        /// Namespaces holding the id (at least one).
+        found_in: Vec<Namespace>,
+    },
 }
 
 impl EngineError {
@@ -95,7 +109,8 @@ impl EngineError {
             EngineError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             EngineError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             EngineError::Unavailable(_) | EngineError::ShuttingDown => ErrorCode::Unavailable,
-            EngineError::Store(StoreError::NotFound { .. }) => ErrorCode::NotFound,
+            EngineError::Store(StoreError::NotFound { .. })
+            | EngineError::NotFoundElsewhere { .. } => ErrorCode::NotFound,
             EngineError::Store(StoreError::AlreadyExists { .. }) => ErrorCode::AlreadyExists,
             EngineError::Store(StoreError::Illegal(_)) => ErrorCode::FailedPrecondition,
             EngineError::Store(StoreError::Closed) => ErrorCode::Unavailable,
@@ -572,13 +587,29 @@ impl EngineHandle {
     }
 
     /// One blob's info.
+    /// A miss says which other namespaces hold the id (users paste ids without theirs).
     pub async fn info(&self, ns: &Namespace, id: &BlobId) -> Result<BlobInfo, EngineError> {
-        self.shared.store.get(ns, id).await?.ok_or_else(|| {
+        if let Some(b) = self.shared.store.get(ns, id).await? {
+            return Ok(b);
+        }
+        let mut found_in = Vec::new();
+        for other in self.shared.store.namespaces().await? {
+            if &other != ns && self.shared.store.get(&other, id).await?.is_some() {
+                found_in.push(other);
+            }
+        }
+        Err(if found_in.is_empty() {
             StoreError::NotFound {
                 ns: ns.clone(),
                 id: id.clone(),
             }
             .into()
+        } else {
+            EngineError::NotFoundElsewhere {
+                ns: ns.clone(),
+                id: id.clone(),
+                found_in,
+            }
         })
     }
 

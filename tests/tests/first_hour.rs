@@ -371,3 +371,94 @@ fn sync_wait_counts_a_put_upload_that_failed_and_exits_non_zero() -> TestResult 
     );
     Ok(())
 }
+
+/// Item 7: `NS/ID` (as `put` prints it) works wherever an id does; an id asked for in the
+/// wrong namespace gets a hint; `rm` takes many ids, and `-` reads them from stdin.
+#[test]
+fn ns_slash_id_hints_and_rm_of_many_ids() -> TestResult {
+    let env = TestEnv::new()?;
+    let key = env.subdir("keys")?.join("k.key");
+    write_key_file(&key)?;
+    let d = DaemonProc::start(&env, "device", DaemonOpts::new(RemoteSpec::Default, &key))?;
+    let src = d.dir().join("src");
+    write_random_file(&src, 5_000, 9)?;
+    let src_arg = src.display().to_string();
+    let printed = d
+        .ctl()
+        .run_opts(&["put", &src_arg, "-n", "smalls"], false)?
+        .ok()?;
+    let name = printed
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        name.starts_with("smalls/"),
+        "put prints NS/ID: {}",
+        printed.stdout
+    );
+    let id = name.trim_start_matches("smalls/").to_owned();
+
+    let out = d.dir().join("out");
+    let out_arg = out.display().to_string();
+    d.ctl().run(&["get", &name, "-o", &out_arg])?.ok()?;
+    assert_eq!(std::fs::read(&out).ok(), std::fs::read(&src).ok());
+    let miss = d.ctl().run(&["get", &id, "-o", &out_arg])?;
+    assert_eq!(miss.code, 1, "{}", miss.stderr);
+    assert!(
+        miss.stderr.contains("there is one in smalls") && miss.stderr.contains(&name),
+        "the miss names the namespace that has it: {}",
+        miss.stderr
+    );
+    let clash = d
+        .ctl()
+        .run(&["get", &name, "-n", "other", "-o", &out_arg])?;
+    assert_eq!(clash.code, 2, "NS/ID and another -n: {}", clash.stderr);
+
+    for i in ["a", "b", "c", "e"] {
+        d.ctl().put(&src, i, &[])?;
+    }
+    let both = d.ctl().run(&["rm", "a", &name])?;
+    assert_eq!(both.code, 0, "{}", both.stderr);
+    let mut child = Command::new(bins::bin_path(bins::CTL)?)
+        .arg("--socket")
+        .arg(d.socket())
+        .args(["rm", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn blobctl rm -");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(b"b\nc\n").expect("write ids");
+    }
+    let piped = child.wait_with_output().expect("blobctl rm -");
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    let partial = d.ctl().run_opts(&["rm", "e", "no-such-blob"], false)?;
+    assert_eq!(partial.code, 1, "one id refused: {}", partial.stderr);
+    assert!(
+        partial.stdout.contains("default/e: deleted")
+            && partial.stdout.contains("default/no-such-blob: refused"),
+        "each id on its line: {}",
+        partial.stdout
+    );
+    let rows = d.ctl().ls()?;
+    let live: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.status != "PENDING_DELETE")
+        .map(|r| r.id.as_str())
+        .collect();
+    assert!(
+        live.is_empty(),
+        "every id was deleted: {}",
+        describe_rows(&rows)
+    );
+    Ok(())
+}
