@@ -187,6 +187,22 @@ pub async fn connect(socket: &Path) -> Result<Client, CtlError> {
         socket: socket.to_path_buf(),
         reason,
     };
+    // Connecting to a file that is not a socket says "connection refused": say what it is.
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::metadata(socket)
+        && !m.file_type().is_socket()
+    {
+        let what = if m.is_dir() {
+            "a directory"
+        } else if m.is_file() {
+            "a regular file"
+        } else {
+            "not a socket"
+        };
+        return Err(unreachable(format!(
+            "it is {what}, not a socket (blobsyncd's control socket is the `socket` of its config)"
+        )));
+    }
     let channel = blobsync_proto::connect_unix(socket)
         .await
         .map_err(|e| match untrusted(&e) {

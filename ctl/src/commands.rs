@@ -38,9 +38,10 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
     };
     match cli.command {
         Command::Completions { shell } => {
-            let mut out = std::io::stdout();
-            clap_complete::generate(shell, &mut Cli::command(), "blobctl", &mut out);
-            Ok(())
+            // Into a buffer first: `generate` panics on a write error, e.g. `| head`.
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "blobctl", &mut buf);
+            out(&String::from_utf8_lossy(&buf))
         }
         Command::Key(k) => crate::keys::run(k, json),
         Command::Version => version(socket.as_deref(), json).await,
@@ -1115,6 +1116,20 @@ async fn priority(c: &mut Client, a: cli::PriorityArgs, json: bool) -> Result<()
 
 async fn pause(c: &mut Client, a: cli::NsArgs, pause: bool, json: bool) -> Result<(), CtlError> {
     let namespace = a.namespace.unwrap_or_default();
+    // A typo would pause nothing, silently: only namespaces this daemon knows (`default`,
+    // configured, or holding blobs). An invalid name goes to the daemon, which says what is wrong.
+    if pause && blobsync_shared::Namespace::new(&namespace).is_ok() {
+        let s = c.status(pb::StatusRequest {}).await?.into_inner();
+        if namespace != "default" && !s.namespaces.iter().any(|n| n.namespace == namespace) {
+            let known: Vec<&str> = s.namespaces.iter().map(|n| n.namespace.as_str()).collect();
+            return Err(CtlError::Usage(format!(
+                "namespace {namespace} is not configured and holds no blobs here, so there is \
+                 nothing to pause (known: {}). Check the spelling; to pause it before its first \
+                 blob, add [namespaces.{namespace}] to the daemon's config",
+                known.join(", ")
+            )));
+        }
+    }
     let state = if pause {
         c.pause(pb::PauseRequest { namespace })
             .await?

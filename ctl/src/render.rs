@@ -393,6 +393,7 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
     let remote = s.remote.as_ref().map_or(Value::Null, |r| {
         json!({
             "url": r.url,
+            "user": if r.user.is_empty() { Value::Null } else { r.user.clone().into() },
             "reachable": r.reachable,
             "unauthorized": r.unauthorized,
             "last_contact": ts_json(&r.last_contact),
@@ -440,7 +441,12 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
         } else {
             format!("UNREACHABLE: {}", r.last_error)
         };
-        let _ = writeln!(out, "remote:   {} ({state})", r.url);
+        let user = if r.user.is_empty() {
+            String::new()
+        } else {
+            format!(" as {}", r.user)
+        };
+        let _ = writeln!(out, "remote:   {}{user} ({state})", r.url);
         if !r.identity.is_empty() {
             let _ = writeln!(out, "identity: {}", r.identity);
         }

@@ -250,6 +250,9 @@ fn put_wait_fails_at_once_when_the_server_refuses_the_token() -> TestResult {
 
     let s = d.ctl().status()?;
     assert_eq!(s["remote"]["unauthorized"], true, "{s}");
+    // Item 8: `remote.url` is a URL (the user has a field of its own).
+    assert_eq!(s["remote"]["url"], cluster.server.url(), "{s}");
+    assert_eq!(s["remote"]["user"], "alice", "{s}");
     let human = d.ctl().run_opts(&["status"], false)?.stdout;
     let line = human
         .lines()
@@ -460,5 +463,47 @@ fn ns_slash_id_hints_and_rm_of_many_ids() -> TestResult {
         "every id was deleted: {}",
         describe_rows(&rows)
     );
+    Ok(())
+}
+
+/// Item 8, the small ones: `pause -n` of a namespace nobody has is refused; `--socket` at a
+/// regular file says so; `completions zsh | head` ends quietly.
+#[test]
+fn small_mistakes_get_clear_answers() -> TestResult {
+    let env = TestEnv::new()?;
+    let key = env.subdir("keys")?.join("k.key");
+    write_key_file(&key)?;
+    let d = DaemonProc::start(&env, "device", DaemonOpts::new(RemoteSpec::Default, &key))?;
+    let typo = d.ctl().run(&["pause", "-n", "bakcups"])?;
+    assert_eq!(typo.code, 2, "{}", typo.stderr);
+    assert!(typo.stderr.contains("nothing to pause"), "{}", typo.stderr);
+    assert_eq!(d.ctl().status()?["paused"], false);
+    d.ctl().run(&["pause", "-n", "default"])?.ok()?;
+
+    let file = d.dir().join("not-a-socket");
+    std::fs::write(&file, "x").expect("write file");
+    let ctl = bins::bin_path(bins::CTL)?;
+    let out = Command::new(&ctl)
+        .arg("--socket")
+        .arg(&file)
+        .arg("status")
+        .output()
+        .expect("run blobctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("regular file, not a socket"), "{err}");
+
+    // The reader is gone before blobctl writes: every write is a broken pipe.
+    let mut child = Command::new(&ctl)
+        .args(["completions", "zsh"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn blobctl completions");
+    drop(child.stdout.take());
+    let done = child.wait_with_output().expect("blobctl completions");
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
     Ok(())
 }

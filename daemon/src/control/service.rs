@@ -537,7 +537,19 @@ impl Control for Service {
                 })
                 .collect(),
             remote: Some(pb::RemoteStatus {
-                url: s.remote.url.clone(),
+                // The remote describes itself as `URL as USER` (HTTP): the URL field is a URL.
+                url: s
+                    .remote
+                    .url
+                    .split_once(" as ")
+                    .map_or(s.remote.url.as_str(), |(u, _)| u)
+                    .to_owned(),
+                user: s
+                    .remote
+                    .url
+                    .split_once(" as ")
+                    .map_or("", |(_, u)| u)
+                    .to_owned(),
                 reachable: s.remote.reachable == Some(true),
                 last_contact: s.remote.last_contact.map(timestamp),
                 last_error: s.remote.last_error.clone().unwrap_or_default(),
