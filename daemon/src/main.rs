@@ -160,7 +160,7 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(run(args, defaults, cfg, source, log)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
+            // Once: the log goes to stderr too, so logging it as well printed it twice.
             eprintln!("blobsyncd: {e:#}");
             std::process::ExitCode::FAILURE
         }

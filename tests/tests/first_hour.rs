@@ -63,6 +63,11 @@ fn a_device_with_the_wrong_key_is_refused_then_stops_downloading() -> TestResult
         Ok(_) => panic!("a daemon with no key must not start against a remote holding blobs"),
         Err(HarnessError::ProcessFailed { code, stderr, .. }) => {
             assert_eq!(code, Some(1), "refused with exit 1: {stderr}");
+            assert_eq!(
+                stderr.matches("there is no storage key").count(),
+                1,
+                "said once, not logged and printed: {stderr}"
+            );
             stderr
         }
         Err(e) => panic!("expected the daemon to exit: {e}"),
