@@ -1,6 +1,7 @@
 //! One function per command: build the request, make the call, print the answer.
 //!
 //! No sync logic lives here: each command is one RPC (`ls` repeats List for its pages,
+//! `rm` Delete for its ids, `put --wait` follows Watch and Status to show why it waits,
 //! and every connection first checks the API version). Anything two clients would need
 //! belongs in the daemon behind an RPC.
 
