@@ -100,6 +100,17 @@ pub enum EngineError {
         /// Namespaces holding the id (at least one).
         found_in: Vec<Namespace>,
     },
+    /// A put of an id whose delete has not reached the server yet.
+    #[error(
+        "{ns}/{id} was deleted here and the server has not been told yet: put it again once it \
+         has (`blobctl sync --wait` tells it now, when the server is reachable), or use another id"
+    )]
+    DeletePending {
+        /// Namespace.
+        ns: Namespace,
+        /// Id.
+        id: BlobId,
+    },
 }
 
 impl EngineError {
@@ -111,7 +122,8 @@ impl EngineError {
             EngineError::Unavailable(_) | EngineError::ShuttingDown => ErrorCode::Unavailable,
             EngineError::Store(StoreError::NotFound { .. })
             | EngineError::NotFoundElsewhere { .. } => ErrorCode::NotFound,
-            EngineError::Store(StoreError::AlreadyExists { .. }) => ErrorCode::AlreadyExists,
+            EngineError::Store(StoreError::AlreadyExists { .. })
+            | EngineError::DeletePending { .. } => ErrorCode::AlreadyExists,
             EngineError::Store(StoreError::Illegal(_)) => ErrorCode::FailedPrecondition,
             EngineError::Store(StoreError::Closed) => ErrorCode::Unavailable,
             EngineError::Store(_) | EngineError::Io(_) => ErrorCode::Internal,
@@ -519,6 +531,10 @@ impl EngineHandle {
     /// `AlreadyExists` when the id has a row.
     async fn refuse_taken(&self, ns: &Namespace, id: &BlobId) -> Result<(), EngineError> {
         match self.shared.store.get(ns, id).await? {
+            Some(b) if b.status == Status::PendingDelete => Err(EngineError::DeletePending {
+                ns: ns.clone(),
+                id: id.clone(),
+            }),
             Some(b) => Err(StoreError::AlreadyExists {
                 ns: ns.clone(),
                 id: id.clone(),

@@ -512,3 +512,32 @@ fn small_mistakes_get_clear_answers() -> TestResult {
     assert!(!err.contains("panicked"), "{err}");
     Ok(())
 }
+
+/// Item 8: `rm x` then `put --id x` before the delete reached the server says that it waits
+/// for the delete (and how to send it), and works once it is sent.
+#[test]
+fn a_put_over_a_pending_delete_says_what_it_waits_for() -> TestResult {
+    let env = TestEnv::new()?;
+    let key = env.subdir("keys")?.join("k.key");
+    write_key_file(&key)?;
+    let d = DaemonProc::start(&env, "device", DaemonOpts::new(RemoteSpec::Default, &key))?;
+    let src = d.dir().join("src");
+    write_random_file(&src, 3_000, 11)?;
+    d.ctl().put(&src, "x", &["--wait"])?;
+    d.ctl().run(&["pause"])?.ok()?;
+    d.ctl().rm("x", "default")?.ok()?;
+    let again = d
+        .ctl()
+        .run(&["put", &src.display().to_string(), "--id", "x"])?;
+    assert_eq!(again.code, 1, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("server has not been told yet")
+            && again.stderr.contains("sync --wait"),
+        "{}",
+        again.stderr
+    );
+    d.ctl().run(&["resume"])?.ok()?;
+    d.ctl().sync_wait()?;
+    d.ctl().put(&src, "x", &[])?;
+    Ok(())
+}
