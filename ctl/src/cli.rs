@@ -57,9 +57,12 @@ pub enum Command {
         blobctl get big --range 0-1023 -o head.bin  # first KiB (inclusive, like curl -r)\n  \
         blobctl get big --range 1048576-           # from 1 MiB to the end")]
     Get(GetArgs),
-    /// Delete a blob (here at once, on the server at the next sync).
-    #[command(after_help = "Example:\n  blobctl rm notes -n docs")]
-    Rm(BlobArgs),
+    /// Delete blobs (here at once, on the server at the next sync).
+    #[command(after_help = "Examples:\n  \
+        blobctl rm notes -n docs\n  \
+        blobctl rm docs/notes default/old-1 default/old-2\n  \
+        blobctl ls -n tmp --json | jq -r '.blobs[].id' | blobctl rm -n tmp -")]
+    Rm(RmArgs),
     /// List blobs with their sync status (or, with --remote, as the server has them).
     #[command(after_help = "Examples:\n  \
         blobctl ls\n  \
@@ -162,9 +165,10 @@ pub struct GetArgs {
     /// The namespace.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
-    /// Where to write: a file, or `-` for standard output.
-    #[arg(short = 'o', long, value_name = "FILE|-", default_value = "-")]
-    pub output: PathBuf,
+    /// Where to write: a file, or `-` for standard output. Without it the bytes go to
+    /// standard output, unless that is a terminal (then `-o -` is needed, as with curl).
+    #[arg(short = 'o', long, value_name = "FILE|-")]
+    pub output: Option<PathBuf>,
     /// Only bytes A through B (inclusive, from 0), or from A to the end with `A-`.
     #[arg(long, value_name = "A-B", value_parser = parse_range)]
     pub range: Option<ByteRangeArg>,
@@ -173,14 +177,42 @@ pub struct GetArgs {
     pub no_fetch: bool,
 }
 
-/// A blob named by id and namespace.
+/// Arguments of `rm`.
 #[derive(Debug, Args)]
-pub struct BlobArgs {
-    /// The blob id.
-    pub id: String,
-    /// The namespace.
+pub struct RmArgs {
+    /// Blob ids (or NS/ID), or `-` alone to read them from standard input (one per line or
+    /// separated by spaces).
+    #[arg(required = true, value_name = "ID|NS/ID|-")]
+    pub ids: Vec<String>,
+    /// The namespace of ids given without one.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
+}
+
+/// Splits `NS/ID` (as `put` prints a blob) into namespace and id; a plain id keeps `ns`
+/// (the `-n` value, `None` when not given). An id never contains `/`, so the split is
+/// unambiguous; a `-n` naming another namespace is refused rather than guessed. Anything
+/// else with a `/` goes to the daemon as it is, which says what is wrong with it.
+pub fn split_ns_id(ns: Option<&str>, id: &str) -> Result<(Option<String>, String), String> {
+    let split = id
+        .split_once('/')
+        .filter(|(n, i)| !n.is_empty() && !i.is_empty() && !i.contains('/'));
+    let Some((n, i)) = split else {
+        return Ok((ns.map(str::to_owned), id.to_owned()));
+    };
+    match ns {
+        Some(other) if other != n => Err(format!(
+            "{id} names namespace {n}, but -n says {other}: give one of them"
+        )),
+        _ => Ok((Some(n.to_owned()), i.to_owned())),
+    }
+}
+
+/// [`split_ns_id`] for a `-n` with the default `default` (taken as not given).
+pub fn split_ns_id_or_default(ns: &str, id: &str) -> Result<(String, String), String> {
+    let given = (ns != "default").then_some(ns);
+    let (n, i) = split_ns_id(given, id)?;
+    Ok((n.unwrap_or_else(|| ns.to_owned()), i))
 }
 
 /// Arguments of `ls`.
@@ -516,8 +548,45 @@ mod tests {
         let Command::Get(g) = parse(&["get", "x"]).unwrap().command else {
             panic!()
         };
-        assert_eq!(g.output, PathBuf::from("-"));
+        assert_eq!(g.output, None, "no -o: stdout, unless it is a terminal");
         assert!(g.range.is_none());
+    }
+
+    #[test]
+    fn ns_slash_id_names_the_namespace_and_conflicts_are_refused() {
+        assert_eq!(
+            split_ns_id(None, "smalls/x"),
+            Ok((Some("smalls".into()), "x".into()))
+        );
+        assert_eq!(split_ns_id(None, "x"), Ok((None, "x".into())));
+        assert_eq!(
+            split_ns_id(Some("MX"), "x"),
+            Ok((Some("MX".into()), "x".into()))
+        );
+        assert_eq!(
+            split_ns_id(Some("smalls"), "smalls/x"),
+            Ok((Some("smalls".into()), "x".into()))
+        );
+        assert!(
+            split_ns_id(Some("MX"), "smalls/x")
+                .unwrap_err()
+                .contains("-n says MX")
+        );
+        for odd in ["/x", "smalls/", "../etc/passwd"] {
+            assert_eq!(
+                split_ns_id(None, odd),
+                Ok((None, odd.into())),
+                "the daemon refuses it"
+            );
+        }
+        assert_eq!(
+            split_ns_id_or_default("default", "smalls/x"),
+            Ok(("smalls".into(), "x".into()))
+        );
+        assert_eq!(
+            split_ns_id_or_default("default", "x"),
+            Ok(("default".into(), "x".into()))
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: the daemon could not be reached.
 pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit code: interrupted by Ctrl-C (128 + SIGINT, as a shell reports it).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Everything that can make blobctl fail.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,9 @@ pub enum CtlError {
     /// A key file operation failed.
     #[error("{0}")]
     Key(String),
+    /// Ctrl-C; the message says what was left behind.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 fn rpc_message(s: &tonic::Status) -> String {
@@ -81,6 +86,7 @@ impl CtlError {
         match self {
             CtlError::Unreachable { .. } => EXIT_UNREACHABLE,
             CtlError::Usage(_) => EXIT_USAGE,
+            CtlError::Interrupted(_) => EXIT_INTERRUPTED,
             CtlError::Rpc(s) if s.code() == tonic::Code::InvalidArgument => EXIT_USAGE,
             _ => EXIT_ERROR,
         }
@@ -96,6 +102,7 @@ impl CtlError {
             CtlError::Usage(_) => "USAGE".into(),
             CtlError::Problems(_) => "PROBLEMS".into(),
             CtlError::Key(_) => "KEY".into(),
+            CtlError::Interrupted(_) => "INTERRUPTED".into(),
         }
     }
 
@@ -180,6 +187,22 @@ pub async fn connect(socket: &Path) -> Result<Client, CtlError> {
         socket: socket.to_path_buf(),
         reason,
     };
+    // Connecting to a file that is not a socket says "connection refused": say what it is.
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::metadata(socket)
+        && !m.file_type().is_socket()
+    {
+        let what = if m.is_dir() {
+            "a directory"
+        } else if m.is_file() {
+            "a regular file"
+        } else {
+            "not a socket"
+        };
+        return Err(unreachable(format!(
+            "it is {what}, not a socket (blobsyncd's control socket is the `socket` of its config)"
+        )));
+    }
     let channel = blobsync_proto::connect_unix(socket)
         .await
         .map_err(|e| match untrusted(&e) {

@@ -1,6 +1,7 @@
 //! One function per command: build the request, make the call, print the answer.
 //!
 //! No sync logic lives here: each command is one RPC (`ls` repeats List for its pages,
+//! `rm` Delete for its ids, `put --wait` follows Watch and Status to show why it waits,
 //! and every connection first checks the API version). Anything two clients would need
 //! belongs in the daemon behind an RPC.
 
@@ -38,15 +39,29 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
     };
     match cli.command {
         Command::Completions { shell } => {
-            let mut out = std::io::stdout();
-            clap_complete::generate(shell, &mut Cli::command(), "blobctl", &mut out);
-            Ok(())
+            // Into a buffer first: `generate` panics on a write error, e.g. `| head`.
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "blobctl", &mut buf);
+            out(&String::from_utf8_lossy(&buf))
         }
         Command::Key(k) => crate::keys::run(k, json),
         Command::Version => version(socket.as_deref(), json).await,
         Command::Put(a) => put(&mut connect().await?, a, json).await,
-        Command::Get(a) => {
-            if json && a.output == Path::new("-") {
+        Command::Get(mut a) => {
+            (a.namespace, a.id) =
+                cli::split_ns_id_or_default(&a.namespace, &a.id).map_err(CtlError::Usage)?;
+            if a.output.is_none() {
+                // Binary on a terminal garbles it (and a big blob takes minutes): as curl.
+                if !json && std::io::stdout().is_terminal() {
+                    return Err(CtlError::Usage(
+                        "refusing to write the blob's bytes to a terminal: give -o FILE, pipe \
+                         the output, or -o - to print them here anyway"
+                            .into(),
+                    ));
+                }
+                a.output = Some(PathBuf::from("-"));
+            }
+            if json && a.output.as_deref() == Some(Path::new("-")) {
                 return Err(CtlError::Usage(
                     "--json prints a JSON document on standard output, so it needs -o FILE for \
                      the blob's bytes"
@@ -61,12 +76,34 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Status => status(&mut connect().await?, json).await,
         Command::Sync(a) => sync(&mut connect().await?, a, json).await,
         Command::Watch(a) => watch(&mut connect().await?, a, json).await,
-        Command::Retry(a) => retry(&mut connect().await?, a, json).await,
-        Command::Priority(a) => priority(&mut connect().await?, a, json).await,
+        Command::Retry(mut a) => {
+            if let Some(id) = &a.id {
+                let (ns, id) =
+                    cli::split_ns_id(a.namespace.as_deref(), id).map_err(CtlError::Usage)?;
+                (a.namespace, a.id) = (ns, Some(id));
+            }
+            retry(&mut connect().await?, a, json).await
+        }
+        Command::Priority(mut a) => {
+            (a.namespace, a.id) =
+                cli::split_ns_id_or_default(&a.namespace, &a.id).map_err(CtlError::Usage)?;
+            priority(&mut connect().await?, a, json).await
+        }
+        Command::Flags(mut a) => {
+            (a.namespace, a.id) =
+                cli::split_ns_id_or_default(&a.namespace, &a.id).map_err(CtlError::Usage)?;
+            flags(&mut connect().await?, a, json).await
+        }
+        Command::Verify(mut a) => {
+            if let Some(id) = &a.id {
+                let (ns, id) =
+                    cli::split_ns_id(a.namespace.as_deref(), id).map_err(CtlError::Usage)?;
+                (a.namespace, a.id) = (ns, Some(id));
+            }
+            verify(&mut connect().await?, a, json).await
+        }
         Command::Pause(a) => pause(&mut connect().await?, a, true, json).await,
         Command::Resume(a) => pause(&mut connect().await?, a, false, json).await,
-        Command::Flags(a) => flags(&mut connect().await?, a, json).await,
-        Command::Verify(a) => verify(&mut connect().await?, a, json).await,
         Command::Limits(a) => limits(&mut connect().await?, a, json).await,
     }
 }
@@ -137,13 +174,25 @@ async fn put(c: &mut Client, mut a: cli::PutArgs, json: bool) -> Result<(), CtlE
     }
     let file = a.files.pop().expect("clap requires a FILE");
     let from_stdin = file == Path::new("-");
+    // blobctl follows the upload itself (see `wait_upload`): it can say why it waits, and
+    // on Ctrl-C name the blob that stays queued. Events from here on are replayed to it.
+    let since = if a.wait && !a.local_only {
+        Some(
+            c.status(pb::StatusRequest {})
+                .await?
+                .into_inner()
+                .last_event_id,
+        )
+    } else {
+        None
+    };
     let mut header = pb::PutHeader {
         namespace: a.namespace,
         id: a.id.unwrap_or_default(),
         priority: a.priority as i32,
         local_only: a.local_only,
         size_hint: None,
-        wait: a.wait,
+        wait: false,
     };
     let visible = show_progress(json);
     let blob = if a.by_path {
@@ -152,15 +201,13 @@ async fn put(c: &mut Client, mut a: cli::PutArgs, json: bool) -> Result<(), CtlE
         }
         let path = std::path::absolute(&file)
             .map_err(|e| CtlError::io(format!("resolving {}", file.display()), e))?;
-        let spin = spinner(visible && a.wait, "waiting for the upload");
-        let resp = c
-            .put_path(pb::PutPathRequest {
-                header: Some(header),
-                path: path.to_string_lossy().into_owned(),
-            })
-            .await;
-        spin.finish_and_clear();
-        resp?.into_inner().blob
+        c.put_path(pb::PutPathRequest {
+            header: Some(header),
+            path: path.to_string_lossy().into_owned(),
+        })
+        .await?
+        .into_inner()
+        .blob
     } else {
         let (reader, size): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) = if from_stdin {
             (Box::new(tokio::io::stdin()), None)
@@ -182,10 +229,13 @@ async fn put(c: &mut Client, mut a: cli::PutArgs, json: bool) -> Result<(), CtlE
         };
         header.size_hint = size;
         let bar = bytes_bar(size, visible, "uploading to blobsyncd");
-        put_stream(c, header, reader, &bar, &file, visible && a.wait).await?
+        put_stream(c, header, reader, &bar, &file).await?
     };
-    let blob =
+    let mut blob =
         blob.ok_or_else(|| CtlError::Rpc(tonic::Status::internal("the daemon sent no blob")))?;
+    if let Some(since) = since {
+        blob = wait_upload(c, blob, since, visible).await?;
+    }
     if json {
         out_json(&render::blob_json(&blob))?;
     } else {
@@ -198,6 +248,133 @@ async fn put(c: &mut Client, mut a: cli::PutArgs, json: bool) -> Result<(), CtlE
         )));
     }
     Ok(())
+}
+
+/// Why an upload is not done, from the daemon's status: `Err` when it will not be done
+/// without the user (the server refuses the credentials), `Ok(None)` when nothing stops it.
+fn upload_blocked(s: &pb::StatusResponse, ns: &str, name: &str) -> Result<Option<String>, String> {
+    let Some(r) = &s.remote else { return Ok(None) };
+    if r.unauthorized {
+        return Err(format!(
+            "{}. {name} is stored on this device and stays queued for upload; fix `token_file` \
+             or `user` in the daemon's config, then restart blobsyncd",
+            r.last_error
+        ));
+    }
+    if s.paused {
+        return Ok(Some("sync is paused (`blobctl resume`)".into()));
+    }
+    if s.namespaces.iter().any(|n| n.namespace == ns && n.paused) {
+        return Ok(Some(format!(
+            "namespace {ns} is paused (`blobctl resume -n {ns}`)"
+        )));
+    }
+    if !r.reachable && !r.last_error.is_empty() {
+        return Ok(Some(format!(
+            "the server is unreachable ({}); retrying",
+            r.last_error
+        )));
+    }
+    Ok(None)
+}
+
+/// `put --wait` once the daemon holds the blob: follows its upload (events, and the daemon's
+/// status every second), shows why it still waits, and fails at once when the server refuses
+/// this device's credentials. Ctrl-C leaves the blob queued, and says so.
+async fn wait_upload(
+    c: &mut Client,
+    mut blob: pb::BlobInfo,
+    since: u64,
+    visible: bool,
+) -> Result<pb::BlobInfo, CtlError> {
+    use pb::event::Kind;
+    let pending = pb::BlobStatus::PendingUpload as i32;
+    if blob.status != pending {
+        return Ok(blob);
+    }
+    let name = format!("{}/{}", blob.namespace, blob.id);
+    let spin = spinner(visible, "waiting for the upload to the server");
+    // Without a spinner (not a terminal), each new reason is one line on stderr.
+    let mut shown = String::new();
+    let mut show = |why: String| {
+        if why != shown {
+            if visible {
+                spin.set_message(why.clone());
+            } else {
+                eprintln!("blobctl: waiting for {name}: {why}");
+            }
+            shown = why;
+        }
+    };
+    let mut events = c
+        .clone()
+        .watch(pb::WatchRequest {
+            since: Some(since),
+            namespace: blob.namespace.clone(),
+            no_progress: !visible,
+        })
+        .await?
+        .into_inner();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut failure = String::new();
+    let result = loop {
+        tokio::select! {
+            e = events.message() => {
+                let Some(e) = e? else {
+                    break Err(CtlError::Rpc(tonic::Status::unavailable(format!(
+                        "the daemon is shutting down; {name} stays queued for upload"
+                    ))));
+                };
+                match e.kind {
+                    Some(Kind::StatusChanged(s)) if s.namespace == blob.namespace && s.id == blob.id => {
+                        if s.new_status == pending {
+                            continue;
+                        }
+                        blob.status = s.new_status;
+                        blob.last_error = if s.reason.is_empty() { failure.clone() } else { s.reason };
+                        if s.new_status == pb::BlobStatus::Synced as i32 {
+                            blob.last_error.clear();
+                            blob.attempts = 0;
+                        }
+                        break Ok(blob);
+                    }
+                    Some(Kind::TransferFailed(f)) if f.namespace == blob.namespace && f.id == blob.id => {
+                        failure = f.message.clone();
+                        let next = f.next_attempt.as_ref().map_or(String::new(), |t| {
+                            let secs = (t.seconds - render::now_unix()).max(0);
+                            format!("; next try in {secs}s")
+                        });
+                        show(format!("attempt {} failed: {}{next}", f.attempt, f.message));
+                    }
+                    Some(Kind::TransferProgress(p)) if p.namespace == blob.namespace && p.id == blob.id => {
+                        show(format!(
+                            "uploading to the server: {} / {}",
+                            render::human_size(p.bytes_done),
+                            render::human_size(p.bytes_total)
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            _ = tick.tick() => {
+                let s = c.status(pb::StatusRequest {}).await?.into_inner();
+                match upload_blocked(&s, &blob.namespace, &name) {
+                    Err(why) => break Err(CtlError::Rpc(tonic::Status::permission_denied(why))),
+                    Ok(Some(why)) => show(why),
+                    Ok(None) => {}
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                break Err(CtlError::Interrupted(format!(
+                    "interrupted: {name} is stored on this device and stays queued for upload \
+                     (`blobctl ls -n {}` shows it)",
+                    blob.namespace
+                )));
+            }
+        }
+    };
+    spin.finish_and_clear();
+    result
 }
 
 /// What became of one file of a multi-file `put`: the blob, or the gRPC code and message.
@@ -276,7 +453,7 @@ async fn put_many(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), Ctl
                     let mut h = header.clone();
                     h.size_hint = size;
                     let bar = bytes_bar(size, false, "uploading to blobsyncd");
-                    match put_stream(c, h, Box::new(file), &bar, f, false).await {
+                    match put_stream(c, h, Box::new(file), &bar, f).await {
                         Ok(Some(b)) => Ok(b),
                         Ok(None) => Err((tonic::Code::Internal as i32, "no blob".into())),
                         Err(CtlError::Rpc(st)) => Err((st.code() as i32, st.message().to_owned())),
@@ -332,7 +509,6 @@ async fn put_stream(
     mut reader: Box<dyn AsyncRead + Unpin + Send>,
     bar: &ProgressBar,
     file: &Path,
-    wait_spinner: bool,
 ) -> Result<Option<pb::BlobInfo>, CtlError> {
     use pb::put_request::Msg;
     let (tx, rx) = mpsc::channel::<pb::PutRequest>(PUT_QUEUE);
@@ -370,19 +546,13 @@ async fn put_stream(
     let call = c.put(ReceiverStream::new(rx));
     tokio::pin!(call);
     let mut reader_done = false;
-    let mut spin = None;
     let result = loop {
         tokio::select! {
             r = &mut call => break r,
             r = &mut reader_task, if !reader_done => {
                 reader_done = true;
                 match r {
-                    Ok(Ok(())) => {
-                        bar.finish_and_clear();
-                        if wait_spinner {
-                            spin = Some(spinner(true, "waiting for the upload to the server"));
-                        }
-                    }
+                    Ok(Ok(())) => bar.finish_and_clear(),
                     Ok(Err((e, _tx))) => {
                         bar.abandon();
                         let what = if file == Path::new("-") {
@@ -397,9 +567,6 @@ async fn put_stream(
             }
         }
     };
-    if let Some(s) = spin {
-        s.finish_and_clear();
-    }
     bar.finish_and_clear();
     reader_task.abort();
     Ok(result?.into_inner().blob)
@@ -409,10 +576,11 @@ async fn get(c: &mut Client, a: cli::GetArgs, json: bool) -> Result<(), CtlError
     use pb::get_response::Msg;
     // Where the bytes go is settled (and the file opened) before anything is downloaded, so
     // a bad output path fails at once.
-    let target = if a.output == Path::new("-") {
+    let out_arg = a.output.unwrap_or_else(|| PathBuf::from("-"));
+    let target = if out_arg == Path::new("-") {
         GetTarget::Stdout
     } else {
-        GetTarget::resolve(&a.output, &a.id)?
+        GetTarget::resolve(&out_arg, &a.id)?
     };
     let output = target.path().to_path_buf();
     let to_stdout = matches!(target, GetTarget::Stdout);
@@ -652,29 +820,83 @@ fn part_path(p: &Path) -> PathBuf {
     p.with_file_name(name)
 }
 
-async fn rm(c: &mut Client, a: cli::BlobArgs, json: bool) -> Result<(), CtlError> {
-    let r = c
-        .delete(pb::DeleteRequest {
-            namespace: a.namespace,
-            id: a.id,
-        })
-        .await?
-        .into_inner();
-    let pending = r.status == pb::BlobStatus::PendingDelete as i32;
-    if json {
-        out_json(&json!({
+/// `rm ID...` (or `rm -`: ids from standard input). One id answers as before; with several,
+/// each is deleted on its own and reported on its line, and any refusal makes the exit 1.
+async fn rm(c: &mut Client, a: cli::RmArgs, json: bool) -> Result<(), CtlError> {
+    let from_stdin = a.ids == ["-"];
+    let ids: Vec<String> = if from_stdin {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| CtlError::io("reading ids from standard input", e))?;
+        text.split_whitespace().map(str::to_owned).collect()
+    } else if a.ids.iter().any(|i| i == "-") {
+        return Err(CtlError::Usage(
+            "`-` (ids from standard input) can only be given alone".into(),
+        ));
+    } else {
+        a.ids
+    };
+    if ids.is_empty() {
+        return Err(CtlError::Usage("no ids on standard input".into()));
+    }
+    let mut targets = Vec::with_capacity(ids.len());
+    for id in &ids {
+        targets.push(cli::split_ns_id_or_default(&a.namespace, id).map_err(CtlError::Usage)?);
+    }
+    let single = targets.len() == 1 && !from_stdin;
+    let mut rows = Vec::new();
+    let mut text = String::new();
+    let mut refused = 0usize;
+    for (namespace, id) in targets {
+        let r = c
+            .delete(pb::DeleteRequest {
+                namespace: namespace.clone(),
+                id: id.clone(),
+            })
+            .await;
+        let r = match r {
+            Ok(r) => r.into_inner(),
+            Err(e) if single => return Err(e.into()),
+            Err(e) => {
+                refused += 1;
+                let msg = CtlError::Rpc(e.clone()).to_string();
+                rows.push(json!({
+                    "namespace": namespace, "id": id, "error": msg,
+                    "code": client::grpc_code_name(e.code()),
+                }));
+                text.push_str(&format!("{namespace}/{id}: refused: {msg}\n"));
+                continue;
+            }
+        };
+        let pending = r.status == pb::BlobStatus::PendingDelete as i32;
+        rows.push(json!({
             "namespace": r.namespace,
             "id": r.id,
             "status": if pending { Value::from("PENDING_DELETE") } else { Value::Null },
-        }))
-    } else if pending {
-        out(&format!(
-            "{}/{}: deleted here; the server will be told at the next sync\n",
-            r.namespace, r.id
-        ))
-    } else {
-        out(&format!("{}/{}: deleted\n", r.namespace, r.id))
+        }));
+        text.push_str(&if pending {
+            format!(
+                "{}/{}: deleted here; the server will be told at the next sync\n",
+                r.namespace, r.id
+            )
+        } else {
+            format!("{}/{}: deleted\n", r.namespace, r.id)
+        });
     }
+    if json && single {
+        out_json(&rows[0])?;
+    } else if json {
+        out_json(&json!({ "deleted": rows }))?;
+    } else {
+        out(&text)?;
+    }
+    if refused > 0 {
+        return Err(CtlError::Problems(format!(
+            "{refused} of {} blob(s) could not be deleted (see above)",
+            rows.len()
+        )));
+    }
+    Ok(())
 }
 
 async fn ls(c: &mut Client, a: cli::LsArgs, json: bool) -> Result<(), CtlError> {
@@ -820,6 +1042,12 @@ async fn sync(c: &mut Client, a: cli::SyncArgs, json: bool) -> Result<(), CtlErr
             "the sync cycle stopped early: {}",
             s.error
         ))),
+        Some(s) if s.failed > 0 => Err(CtlError::Problems(format!(
+            "{} transfer(s) failed for good since the last cycle: `blobctl ls --status \
+             failed-upload` (or failed-download) shows why; `blobctl retry --all-failed` \
+             tries again",
+            s.failed
+        ))),
         _ => Ok(()),
     }
 }
@@ -889,6 +1117,20 @@ async fn priority(c: &mut Client, a: cli::PriorityArgs, json: bool) -> Result<()
 
 async fn pause(c: &mut Client, a: cli::NsArgs, pause: bool, json: bool) -> Result<(), CtlError> {
     let namespace = a.namespace.unwrap_or_default();
+    // A typo would pause nothing, silently: only namespaces this daemon knows (`default`,
+    // configured, or holding blobs). An invalid name goes to the daemon, which says what is wrong.
+    if pause && blobsync_shared::Namespace::new(&namespace).is_ok() {
+        let s = c.status(pb::StatusRequest {}).await?.into_inner();
+        if namespace != "default" && !s.namespaces.iter().any(|n| n.namespace == namespace) {
+            let known: Vec<&str> = s.namespaces.iter().map(|n| n.namespace.as_str()).collect();
+            return Err(CtlError::Usage(format!(
+                "namespace {namespace} is not configured and holds no blobs here, so there is \
+                 nothing to pause (known: {}). Check the spelling; to pause it before its first \
+                 blob, add [namespaces.{namespace}] to the daemon's config",
+                known.join(", ")
+            )));
+        }
+    }
     let state = if pause {
         c.pause(pb::PauseRequest { namespace })
             .await?

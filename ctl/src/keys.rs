@@ -37,14 +37,23 @@ fn export(a: KeyExportArgs, json: bool) -> Result<(), CtlError> {
     let pass = match &a.passphrase_file {
         Some(f) => passphrase_from_file(f)?,
         None => {
-            let p = prompt("Passphrase to protect the exported key: ")?;
-            if p.chars().count() >= MIN_PASSPHRASE_CHARS && prompt("Same passphrase again: ")? != p
-            {
-                return Err(CtlError::Usage(
-                    "the two passphrases differ; nothing was written".into(),
-                ));
+            // At the terminal a short or mistyped passphrase asks again (three tries).
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let p = prompt("Passphrase to protect the exported key: ")?;
+                let problem = if p.chars().count() < MIN_PASSPHRASE_CHARS {
+                    format!("shorter than {MIN_PASSPHRASE_CHARS} characters")
+                } else if prompt("Same passphrase again: ")? != p {
+                    "the two passphrases differ".to_owned()
+                } else {
+                    break p;
+                };
+                if tries == 3 {
+                    return Err(CtlError::Usage(format!("{problem}; nothing was written")));
+                }
+                eprintln!("blobctl: {problem}; try again");
             }
-            p
         }
     };
     if pass.chars().count() < MIN_PASSPHRASE_CHARS {

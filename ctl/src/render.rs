@@ -120,7 +120,8 @@ fn ts_json(ts: &Option<prost_types::Timestamp>) -> Value {
         .map_or(Value::Null, |t| Value::String(rfc3339(t)))
 }
 
-fn now_unix() -> i64 {
+/// Now, in seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -392,7 +393,9 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
     let remote = s.remote.as_ref().map_or(Value::Null, |r| {
         json!({
             "url": r.url,
+            "user": if r.user.is_empty() { Value::Null } else { r.user.clone().into() },
             "reachable": r.reachable,
+            "unauthorized": r.unauthorized,
             "last_contact": ts_json(&r.last_contact),
             "last_error": if r.last_error.is_empty() { Value::Null } else { r.last_error.clone().into() },
             "identity": if r.identity.is_empty() { Value::Null } else { r.identity.clone().into() },
@@ -429,14 +432,21 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
         s.started.as_ref().map_or("-".into(), rfc3339)
     );
     if let Some(r) = &s.remote {
-        let state = if r.reachable {
+        let state = if r.unauthorized {
+            format!("REFUSED CREDENTIALS: {}", r.last_error)
+        } else if r.reachable {
             "reachable".to_owned()
         } else if r.last_error.is_empty() {
             "not contacted yet".to_owned()
         } else {
             format!("UNREACHABLE: {}", r.last_error)
         };
-        let _ = writeln!(out, "remote:   {} ({state})", r.url);
+        let user = if r.user.is_empty() {
+            String::new()
+        } else {
+            format!(" as {}", r.user)
+        };
+        let _ = writeln!(out, "remote:   {}{user} ({state})", r.url);
         if !r.identity.is_empty() {
             let _ = writeln!(out, "identity: {}", r.identity);
         }
@@ -475,7 +485,7 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
             format!(", error: {}", c.error)
         };
         format!(
-            "#{} {when}: {} up, {} down, {} failed, {} pending{err}",
+            "#{} {when}: {} up, {} down, {} failed, {} to retry{err}",
             c.cycle, c.uploaded, c.downloaded, c.failed, c.pending
         )
     });
@@ -583,7 +593,7 @@ pub fn status_text(s: &pb::StatusResponse) -> String {
 pub fn cycle_text(c: &pb::CycleSummary) -> String {
     let mut s = format!(
         "cycle {}{}: {} uploaded ({}), {} downloaded ({}), {} deleted here, {} deleted on the \
-         server, {} failed, {} still pending",
+         server, {} failed, {} to retry",
         c.cycle,
         if c.full_list { " (full listing)" } else { "" },
         c.uploaded,

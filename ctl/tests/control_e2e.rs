@@ -397,8 +397,14 @@ fn every_command_answers_with_its_json_fields() {
     let sync = ctl_json(sock, &["sync"]);
     assert!(sync["cycle"].as_u64().is_some(), "{sync}");
 
-    let p = ctl_json(sock, &["pause", "-n", "MX"]);
-    assert_eq!(p, serde_json::json!({"all": false, "namespaces": ["MX"]}));
+    let p = ctl_json(sock, &["pause", "-n", "default"]);
+    assert_eq!(
+        p,
+        serde_json::json!({"all": false, "namespaces": ["default"]})
+    );
+    let (code, _, err) = ctl(sock, &["pause", "-n", "MX"]);
+    assert_eq!(code, 2, "MX is neither configured nor holds blobs: {err}");
+    assert!(err.contains("nothing to pause"), "{err}");
     let p = ctl_json(sock, &["pause"]);
     assert_eq!(p["all"], true);
     assert_eq!(ctl_json(sock, &["status"])["paused"], true);

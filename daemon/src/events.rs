@@ -28,7 +28,8 @@ pub enum Direction {
     Download,
 }
 
-/// What a finished cycle did.
+/// What a finished cycle did. Its transfer counts include the transfers run since the
+/// previous cycle ended (a put's upload starts at once, between cycles).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CycleSummary {
     /// The cycle number (counts from 1 over the store's life).
@@ -80,6 +81,10 @@ pub enum AlarmKind {
     ExternalRefused,
     /// The remote is not the one this device synced with before (URL, user or instance).
     RemoteChanged,
+    /// Downloads fail authentication as written with another storage key: this device's key
+    /// is not the user's. Downloads stop until the right key is imported and the daemon
+    /// restarted.
+    WrongKey,
 }
 
 impl AlarmKind {
@@ -91,6 +96,7 @@ impl AlarmKind {
             AlarmKind::Rollback => "rollback_refused",
             AlarmKind::ExternalRefused => "external_refused",
             AlarmKind::RemoteChanged => "remote_changed",
+            AlarmKind::WrongKey => "wrong_key",
         }
     }
 }

@@ -86,6 +86,31 @@ pub enum EngineError {
     /// The daemon is shutting down.
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    /// No such blob in the namespace asked for, but the id exists in others.
+    #[error(
+        "no blob {id} in namespace {ns}, but there is one in {}: ask for {}/{id} (or -n {})",
+        found_in.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+        found_in[0], found_in[0]
+    )]
+    NotFoundElsewhere {
+        /// The namespace asked for.
+        ns: Namespace,
+        /// The id.
+        id: BlobId,
+        /// Namespaces holding the id (at least one).
+        found_in: Vec<Namespace>,
+    },
+    /// A put of an id whose delete has not reached the server yet.
+    #[error(
+        "{ns}/{id} was deleted here and the server has not been told yet: put it again once it \
+         has (`blobctl sync --wait` tells it now, when the server is reachable), or use another id"
+    )]
+    DeletePending {
+        /// Namespace.
+        ns: Namespace,
+        /// Id.
+        id: BlobId,
+    },
 }
 
 impl EngineError {
@@ -95,8 +120,10 @@ impl EngineError {
             EngineError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             EngineError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             EngineError::Unavailable(_) | EngineError::ShuttingDown => ErrorCode::Unavailable,
-            EngineError::Store(StoreError::NotFound { .. }) => ErrorCode::NotFound,
-            EngineError::Store(StoreError::AlreadyExists { .. }) => ErrorCode::AlreadyExists,
+            EngineError::Store(StoreError::NotFound { .. })
+            | EngineError::NotFoundElsewhere { .. } => ErrorCode::NotFound,
+            EngineError::Store(StoreError::AlreadyExists { .. })
+            | EngineError::DeletePending { .. } => ErrorCode::AlreadyExists,
             EngineError::Store(StoreError::Illegal(_)) => ErrorCode::FailedPrecondition,
             EngineError::Store(StoreError::Closed) => ErrorCode::Unavailable,
             EngineError::Store(_) | EngineError::Io(_) => ErrorCode::Internal,
@@ -504,6 +531,10 @@ impl EngineHandle {
     /// `AlreadyExists` when the id has a row.
     async fn refuse_taken(&self, ns: &Namespace, id: &BlobId) -> Result<(), EngineError> {
         match self.shared.store.get(ns, id).await? {
+            Some(b) if b.status == Status::PendingDelete => Err(EngineError::DeletePending {
+                ns: ns.clone(),
+                id: id.clone(),
+            }),
             Some(b) => Err(StoreError::AlreadyExists {
                 ns: ns.clone(),
                 id: id.clone(),
@@ -572,13 +603,29 @@ impl EngineHandle {
     }
 
     /// One blob's info.
+    /// A miss says which other namespaces hold the id (users paste ids without theirs).
     pub async fn info(&self, ns: &Namespace, id: &BlobId) -> Result<BlobInfo, EngineError> {
-        self.shared.store.get(ns, id).await?.ok_or_else(|| {
+        if let Some(b) = self.shared.store.get(ns, id).await? {
+            return Ok(b);
+        }
+        let mut found_in = Vec::new();
+        for other in self.shared.store.namespaces().await? {
+            if &other != ns && self.shared.store.get(&other, id).await?.is_some() {
+                found_in.push(other);
+            }
+        }
+        Err(if found_in.is_empty() {
             StoreError::NotFound {
                 ns: ns.clone(),
                 id: id.clone(),
             }
             .into()
+        } else {
+            EngineError::NotFoundElsewhere {
+                ns: ns.clone(),
+                id: id.clone(),
+                found_in,
+            }
         })
     }
 
@@ -695,6 +742,14 @@ impl EngineHandle {
         rx.await.map(Some).map_err(|_| EngineError::ShuttingDown)
     }
 
+    /// The remote's last error while it refuses this device's credentials (401/403).
+    pub fn refused_credentials(&self) -> Option<String> {
+        let st = self.shared.state();
+        st.remote
+            .unauthorized
+            .then(|| st.remote.last_error.clone().unwrap_or_default())
+    }
+
     /// Follows events; with `since`, replays the buffered ones after it first.
     pub fn subscribe(&self, since: Option<u64>) -> Subscription {
         self.shared.events.subscribe(since)
@@ -787,6 +842,12 @@ impl EngineHandle {
             }
             _ => None,
         };
+        if remote && self.shared.wrong_key() {
+            // Every remote copy would fail: one clear answer instead of "checked 0".
+            return Err(EngineError::FailedPrecondition(
+                crate::engine::keycheck::WRONG_KEY_MESSAGE.into(),
+            ));
+        }
         let mut report = VerifyReport::default();
         let counts = self.shared.store.counts().await?;
         let total = match (&ns, &single) {

@@ -52,6 +52,11 @@ struct Args {
     /// Override `log` (a RUST_LOG-style filter).
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
+    /// Create a new storage key even though the remote already holds this user's blobs
+    /// (they stay unreadable on this device). Without it, a start with no key file and a
+    /// remote holding data is refused: import the key of your other devices instead.
+    #[arg(long, env = "BLOBSYNCD_NEW_KEY", value_parser = clap::builder::FalseyValueParser::new())]
+    new_key: bool,
 }
 
 type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
@@ -156,7 +161,7 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(run(args, defaults, cfg, source, log)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
+            // Once: the log goes to stderr too, so logging it as well printed it twice.
             eprintln!("blobsyncd: {e:#}");
             std::process::ExitCode::FAILURE
         }
@@ -196,15 +201,6 @@ async fn run(
     if swept > 0 {
         info!(swept, "removed temp files left by an earlier crash");
     }
-    let (key, created) = keyfile::load_or_generate(&cfg.key_file)
-        .with_context(|| format!("storage key {}", cfg.key_file.display()))?;
-    secure_key_dir(&cfg.key_file);
-    if created {
-        warn!(
-            key_file = %cfg.key_file.display(),
-            "created a new storage key; back it up (`blobctl key export`): without it the data cannot be decrypted"
-        );
-    }
     let events = EventBus::new();
     let (store, outcome) = Store::open(&data.store_file(), cfg.db_ops, events.clone())
         .await
@@ -230,6 +226,7 @@ async fn run(
                 info!(remote = %path.display(), "no remote configured: using the local folder remote");
             }
             let remote = DirRemote::new(&path, &cfg.user)?;
+            let key = load_key(&cfg, &remote, args.new_key).await?;
             serve(
                 args, defaults, cfg, source, log, store, outcome, remote, key, data, settings,
                 events,
@@ -248,6 +245,7 @@ async fn run(
                 "the remote is a Soledad server: tombstones there carry no delete proofs, so its \
                  deleted listing deletes local copies (a weaker guarantee than a blobsync-server's)"
             );
+            let key = load_key(&cfg, &remote, args.new_key).await?;
             serve(
                 args, defaults, cfg, source, log, store, outcome, remote, key, data, settings,
                 events,
@@ -261,6 +259,7 @@ async fn run(
                 token_file: cfg.token_file.clone(),
                 ca_file: cfg.ca_file.clone(),
             })?;
+            let key = load_key(&cfg, &remote, args.new_key).await?;
             serve(
                 args, defaults, cfg, source, log, store, outcome, remote, key, data, settings,
                 events,
@@ -268,6 +267,60 @@ async fn run(
             .await
         }
     }
+}
+
+/// How long the start waits for the remote's namespace list before creating a key.
+const KEY_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Loads the storage key, or creates one. A key created while the remote already holds this
+/// user's blobs could read none of them (the device would download and fail them all), so
+/// that start is refused unless `new_key`. A remote that cannot be asked does not block a
+/// first start: the engine's wrong-key alarm still stops the downloads.
+async fn load_key<R: Remote>(
+    cfg: &Config,
+    remote: &R,
+    new_key: bool,
+) -> Result<blobsync_shared::StorageKey> {
+    let missing = !cfg
+        .key_file
+        .try_exists()
+        .with_context(|| format!("storage key {}", cfg.key_file.display()))?;
+    if missing && !new_key {
+        match tokio::time::timeout(KEY_CHECK_TIMEOUT, remote.namespaces()).await {
+            Ok(Ok(ns)) if !ns.is_empty() => {
+                let names: Vec<&str> = ns.iter().map(|n| n.as_str()).collect();
+                anyhow::bail!(
+                    "there is no storage key at {}, but the remote {} already holds this \
+                     user's blobs (namespaces: {}); a new key could decrypt none of them. \
+                     Copy the key of your other devices: there `blobctl key export -o \
+                     key.txt`, here `blobctl key import key.txt`, then start blobsyncd again. \
+                     To start over with a new key anyway, start once with --new-key",
+                    cfg.key_file.display(),
+                    remote.describe(),
+                    names.join(", ")
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(
+                error = %e,
+                "cannot ask the remote whether it already holds blobs: creating a new key"
+            ),
+            Err(_) => warn!(
+                timeout = ?KEY_CHECK_TIMEOUT,
+                "the remote did not answer whether it already holds blobs: creating a new key"
+            ),
+        }
+    }
+    let (key, created) = keyfile::load_or_generate(&cfg.key_file)
+        .with_context(|| format!("storage key {}", cfg.key_file.display()))?;
+    secure_key_dir(&cfg.key_file);
+    if created {
+        warn!(
+            key_file = %cfg.key_file.display(),
+            "created a new storage key; back it up (`blobctl key export`): without it the data cannot be decrypted"
+        );
+    }
+    Ok(key)
 }
 
 /// Tightens the data dir to `0700` dirs and `0600` files (each change logged at warn), or
@@ -420,6 +473,7 @@ fn reload<R: Remote, C: Clock>(
         socket: args.socket.clone(),
         remote: args.remote.clone(),
         log: args.log.clone(),
+        new_key: args.new_key,
     };
     let new = match load_config(&args, defaults) {
         Ok((c, _)) => c,

@@ -219,7 +219,10 @@ pub async fn serve(
     let control = ControlServer::new(Service::new(handle, cancel.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
-    tracing::info!(socket = ?socket_path, "control socket ready");
+    tracing::info!(
+        socket = %socket_path.as_deref().map_or("(no path)".into(), |p| p.display().to_string()),
+        "control socket ready"
+    );
     let result = tonic::transport::Server::builder()
         .add_service(InterceptedService::new(control, check_peer))
         .add_service(InterceptedService::new(health, check_peer))

@@ -80,14 +80,22 @@ impl Service {
     ) -> Result<crate::store::BlobInfo, GrpcStatus> {
         // Subscribe before looking, so a change between the look and the wait is not lost.
         let mut sub = self.handle.subscribe(None);
+        // A refusal of the credentials changes no blob's status: looked at every second.
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             let b = self.handle.info(ns, id).await.map_err(engine_status)?;
             if !matches!(b.status, Status::PendingUpload) {
                 return Ok(b);
             }
+            if let Some(why) = self.handle.refused_credentials() {
+                return Err(GrpcStatus::permission_denied(format!(
+                    "{why}. {ns}/{id} is stored on this device and stays queued for upload"
+                )));
+            }
             loop {
                 let d = tokio::select! {
                     d = sub.next() => d,
+                    _ = tick.tick() => break,
                     _ = self.cancel.cancelled() => None,
                 };
                 match d {
@@ -529,11 +537,24 @@ impl Control for Service {
                 })
                 .collect(),
             remote: Some(pb::RemoteStatus {
-                url: s.remote.url.clone(),
+                // The remote describes itself as `URL as USER` (HTTP): the URL field is a URL.
+                url: s
+                    .remote
+                    .url
+                    .split_once(" as ")
+                    .map_or(s.remote.url.as_str(), |(u, _)| u)
+                    .to_owned(),
+                user: s
+                    .remote
+                    .url
+                    .split_once(" as ")
+                    .map_or("", |(_, u)| u)
+                    .to_owned(),
                 reachable: s.remote.reachable == Some(true),
                 last_contact: s.remote.last_contact.map(timestamp),
                 last_error: s.remote.last_error.clone().unwrap_or_default(),
                 identity: s.remote.identity.clone().unwrap_or_default(),
+                unauthorized: s.remote.unauthorized,
             }),
             paused: s.paused,
             limits: Some(pb::Limits {

@@ -6,6 +6,7 @@
 //! decisions live in [`plan`]. The engine never opens a socket itself (the remote does) and
 //! never touches SQLite directly (the store does).
 
+pub(crate) mod keycheck;
 pub mod plan;
 pub mod ratelimit;
 pub(crate) mod transfer;
@@ -157,6 +158,8 @@ pub(crate) struct RuntimeState {
     pub alarms: BTreeMap<(AlarmKind, Option<Namespace>), Alarm>,
     /// External blobs already refused in this run (logged once each).
     pub refused_external: HashSet<(Namespace, BlobId)>,
+    /// Transfers run between cycles (a put's upload): the next cycle's summary counts them.
+    pub between_cycles: TransferStats,
 }
 
 pub(crate) struct SyncRequest {
@@ -194,6 +197,8 @@ pub(crate) struct Shared {
     pub crashed: std::sync::atomic::AtomicBool,
     /// Blobs whose current download resumed from a partial left by a restart.
     pub resumed: Mutex<HashSet<(Namespace, BlobId)>>,
+    /// Downloads failing authentication: the wrong-key guard (see [`keycheck`]).
+    pub key_check: keycheck::KeyCheck,
 }
 
 impl Shared {
@@ -390,6 +395,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             namespaces_discovered: false,
             alarms: BTreeMap::new(),
             refused_external: HashSet::new(),
+            between_cycles: TransferStats::default(),
         };
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -412,6 +418,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 crash_points: Mutex::new(HashSet::new()),
                 crashed: Default::default(),
                 resumed: Mutex::new(HashSet::new()),
+                key_check: Default::default(),
             }),
             remote,
             clock,
@@ -577,7 +584,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 Err(e) => warn!(error = %e, "listing before an upload retry failed"),
             }
         }
-        let _ = self.run_transfers(cancel).await;
+        let stats = self.run_transfers(cancel).await;
+        self.shared.state().between_cycles.add(stats);
     }
 
     /// Whether a due `PENDING_UPLOAD` row has had an upload attempt (salt recorded).
@@ -661,16 +669,17 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             if summary.error.is_none() {
                 self.backfill_salts().await;
             }
+            let mut stats = std::mem::take(&mut self.shared.state().between_cycles);
             if !self.shared.state().remote.unauthorized {
-                let stats = self.run_transfers(cancel).await;
-                summary.uploaded = stats.uploaded;
-                summary.downloaded = stats.downloaded;
-                summary.deleted_remote = stats.deleted_remote;
-                summary.retried = stats.retried;
-                summary.failed = stats.failed;
-                summary.bytes_up = stats.bytes_up;
-                summary.bytes_down = stats.bytes_down;
+                stats.add(self.run_transfers(cancel).await);
             }
+            summary.uploaded = stats.uploaded;
+            summary.downloaded = stats.downloaded;
+            summary.deleted_remote = stats.deleted_remote;
+            summary.retried = stats.retried;
+            summary.failed = stats.failed;
+            summary.bytes_up = stats.bytes_up;
+            summary.bytes_down = stats.bytes_down;
             summary.finished = Some(self.clock.now());
             let busy = summary.uploaded
                 + summary.reuploaded_missing
@@ -1243,7 +1252,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             let slots = settings.transfers.saturating_sub(tasks.len());
             let mut started = 0;
             if slots > 0 {
-                let due = self
+                let mut due = self
                     .shared
                     .store
                     .due(crate::store::DueFilter {
@@ -1256,6 +1265,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         warn!(error = %e, "cannot read the queue");
                         Vec::new()
                     });
+                if self.shared.wrong_key() {
+                    // Nothing it downloads can be decrypted: leave downloads queued.
+                    due.retain(|b| b.status != Status::PendingDownload);
+                }
                 for action in plan::next_transfers(&due, &busy, slots, settings.batch) {
                     let keys = action_keys(&action);
                     let me = self.clone();

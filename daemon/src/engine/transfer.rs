@@ -56,6 +56,9 @@ pub(crate) enum DownloadError {
     /// The remote failed (retried on the schedule).
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    /// Not tried: this device's key is the wrong one (the row stays queued).
+    #[error("{}", super::keycheck::WRONG_KEY_MESSAGE)]
+    WrongKey,
     /// Local disk trouble.
     #[error("local i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -90,6 +93,7 @@ impl From<DownloadError> for crate::handle::EngineError {
                 E::FailedPrecondition(format!("blob {id} is {s}, not waiting for a download"))
             }
             DownloadError::Cancelled => E::ShuttingDown,
+            DownloadError::WrongKey => E::FailedPrecondition(e.to_string()),
             DownloadError::Store(s) => E::Store(s),
             DownloadError::Refused(why) | DownloadError::Conflict(why) => {
                 E::FailedPrecondition(why)
@@ -745,6 +749,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 Some(cur) => return Err(DownloadError::NotWanted(cur.id, cur.status)),
                 None => return Err(DownloadError::NotWanted(b.id, Status::PendingDelete)),
             };
+            if self.shared.wrong_key() {
+                return Err(DownloadError::WrongKey);
+            }
             let res = match self.may_download(&b).await {
                 Ok(forbidden) => tokio::select! {
                     r = self.fetch_to_payload(&b, &forbidden) => r,
@@ -763,6 +770,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             match res {
                 Ok((size, sha, stored, salt)) => {
                     self.shared.note_remote_ok();
+                    if !b.external {
+                        self.shared.key_proven();
+                    }
                     let u = RowUpdate {
                         size: Some(size),
                         sha256: Some(sha),
@@ -815,6 +825,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     match &e {
                         DownloadError::Invalid(inv) => {
                             warn!(check = inv.check(), "downloaded blob failed verification");
+                            if self.shared.download_invalid(&b.ns, &b.id, inv) {
+                                // Not the blob's fault: it stays queued for the right key.
+                                return Err(DownloadError::WrongKey);
+                            }
                             if queued {
                                 self.record_failure(
                                     &b,
@@ -1508,6 +1522,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 .collect();
             match open_small(&self.shared.key, b, &stored) {
                 Ok((plain, salt)) => {
+                    if !b.external {
+                        self.shared.key_proven();
+                    }
                     match self.check_rollback(b, salt, &sha256_of(&plain), &forbidden) {
                         Ok(()) => verified.push((b, stored.len() as u64, plain, salt)),
                         Err(e) => {
@@ -1525,6 +1542,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         }
                     }
                 }
+                Err(e) if self.shared.download_invalid(&b.ns, &b.id, &e) => {}
                 Err(e) => {
                     self.record_failure(b, Direction::Download, e.to_string(), None, true, stats)
                         .await
