@@ -49,7 +49,11 @@ pub trait Scalable {
 
 impl Scalable for Duration {
     fn scaled(self, scale: TimeScale) -> Duration {
-        if scale.0 == 1.0 { self } else { self.mul_f64(scale.0) }
+        if scale.0 == 1.0 {
+            self
+        } else {
+            self.mul_f64(scale.0)
+        }
     }
 }
 
