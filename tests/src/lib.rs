@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod digest;
 pub mod env;
 pub mod error;
+pub mod fuzz;
 pub mod proxy;
 pub mod rawhttp;
 pub mod server;

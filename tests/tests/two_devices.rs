@@ -198,3 +198,56 @@ fn partial_download_of_a_blob_deleted_elsewhere_is_removed() -> TestResult {
     assert!(stray.is_empty(), "left behind: {stray:?}");
     Ok(())
 }
+
+/// A blob whose download was cut by a crash and resumed after the restart: deleting it on
+/// that device must delete it everywhere. Found by `crashes.rs` (seed 11899554249988459773):
+/// the uploader refuses the downloader's tombstone as unproven and uploads the blob again.
+/// The crash is not needed: any blob deleted on a device that downloaded it comes back.
+#[test]
+#[ignore = "bug: a delete from a device that downloaded the blob is refused as unproven by the uploader (resurrected)"]
+fn a_blob_downloaded_across_a_crash_can_be_deleted_from_that_device() -> TestResult {
+    use blobsync_tests::proxy::{Direction, Proxy};
+    use blobsync_tests::wait::{Poll, wait_until};
+    let env = TestEnv::new()?;
+    let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
+    let proxy = Proxy::start(cluster.server.addr()).expect("start proxy");
+    proxy.throttle(Direction::Down, Some(2 << 20));
+    let a = cluster.start_device(&env, "device-a", 0)?;
+    let mut b = DaemonProc::start(&env, "device-b", cluster.daemon_opts_via(0, &proxy.url()))?;
+    let file = a.dir().join("put.src");
+    write_random_file(&file, 4 << 20, 11)?;
+    a.ctl().put(&file, "resumed", &["--wait"])?;
+    let partial = b.data_dir().join("tmp/dl.default.resumed");
+    wait_until(
+        "device-b's partial download to hold data",
+        Duration::from_secs(60),
+        || {
+            let _ = b.ctl().run(&["sync"]);
+            let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            Ok(if len > 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{len} bytes"))
+            })
+        },
+    )?;
+    b.kill9();
+    b.restart(&env)?;
+    let mut model: Model = BTreeMap::new();
+    model.insert(("default".into(), "resumed".into()), sha256_file(&file)?);
+    assert_converged(
+        &[&a, &b],
+        Some(&cluster.view(0)),
+        &model,
+        Duration::from_secs(60),
+    )?;
+    b.ctl().rm("resumed", "default")?.ok()?;
+    model.clear();
+    assert_converged(
+        &[&a, &b],
+        Some(&cluster.view(0)),
+        &model,
+        Duration::from_secs(60),
+    )?;
+    Ok(())
+}
