@@ -39,6 +39,10 @@ pub enum CtlError {
         /// Why the connection failed.
         reason: String,
     },
+    /// The socket is not one to trust (its directory, or the process answering on it); nothing
+    /// was sent.
+    #[error("{0}")]
+    Untrusted(String),
     /// The daemon answered with an error.
     #[error("{}", rpc_message(.0))]
     Rpc(#[from] tonic::Status),
@@ -86,6 +90,7 @@ impl CtlError {
     pub fn code_name(&self) -> String {
         match self {
             CtlError::Unreachable { .. } => "UNREACHABLE".into(),
+            CtlError::Untrusted(_) => "UNTRUSTED".into(),
             CtlError::Rpc(s) => grpc_code_name(s.code()).into(),
             CtlError::Io { .. } => "IO".into(),
             CtlError::Usage(_) => "USAGE".into(),
@@ -177,7 +182,10 @@ pub async fn connect(socket: &Path) -> Result<Client, CtlError> {
     };
     let channel = blobsync_proto::connect_unix(socket)
         .await
-        .map_err(|e| unreachable(describe_connect_error(&e)))?;
+        .map_err(|e| match untrusted(&e) {
+            Some(u) => CtlError::Untrusted(u.message.clone()),
+            None => unreachable(describe_connect_error(&e)),
+        })?;
     let mut client = ControlClient::new(channel)
         // Blobs stream in chunks well below this; the bound only protects against a bug.
         .max_decoding_message_size(16 << 20);
@@ -204,6 +212,25 @@ pub async fn connect(socket: &Path) -> Result<Client, CtlError> {
         Err(s) => return Err(s.into()),
     }
     Ok(client)
+}
+
+/// The trust check's refusal, if that is why the connect failed.
+fn untrusted(e: &tonic::transport::Error) -> Option<&blobsync_proto::peer::Untrusted> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(u) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<blobsync_proto::peer::Untrusted>())
+        {
+            return Some(u);
+        }
+        if let Some(u) = s.downcast_ref::<blobsync_proto::peer::Untrusted>() {
+            return Some(u);
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// The innermost cause of a connect failure (tonic's outer message is just "transport error").

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use blobsync_shared::codec::Decoder;
@@ -424,14 +425,19 @@ impl EngineHandle {
             .iter()
             .map(|w| (w.1.clone(), data.payload_path(&w.2, &w.3)))
             .collect();
+        // The copy outlives this future on the blocking pool: if the caller goes away (the
+        // RPC is dropped), the flag stops it at the next chunk.
+        let cancel = CancelOnDrop::default();
+        let flag = cancel.0.clone();
         let copied = blocking(move || {
             let mut buf = Vec::new();
             Ok(jobs
                 .into_iter()
-                .map(|(src, dest)| copy_in(&data, &src, &dest, &mut buf))
+                .map(|(src, dest)| copy_in(&data, &src, &dest, &mut buf, &flag))
                 .collect::<Vec<_>>())
         })
         .await?;
+        drop(cancel);
         // The small ones are made durable together.
         let mut group = Vec::new();
         let mut slots = Vec::new();
@@ -1055,13 +1061,14 @@ fn copy_in(
     src: &Path,
     dest: &Path,
     buf: &mut Vec<u8>,
+    cancelled: &AtomicBool,
 ) -> Result<Copied, EngineError> {
     use std::io::{Read, Write};
     let unreadable = |e: std::io::Error| EngineError::Source {
         path: src.to_path_buf(),
         error: e,
     };
-    let mut from = std::fs::File::open(src).map_err(unreadable)?;
+    let mut from = open_regular(src)?;
     let len = from.metadata().map(|m| m.len()).unwrap_or(0);
     let mut payload = payload::NewPayload::create(data, dest)?;
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
@@ -1073,6 +1080,11 @@ fn copy_in(
     let mut size = 0u64;
     let mut behind = WriteBehind::default();
     loop {
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(EngineError::InvalidArgument(
+                "the caller cancelled the put; nothing was stored".into(),
+            ));
+        }
         let n = match from.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -1093,6 +1105,72 @@ fn copy_in(
         size,
         sha256,
     })
+}
+
+/// Blocking: opens a file to put, refusing anything but a regular file. `O_NONBLOCK` so a
+/// FIFO without a writer cannot hang the open; `fstat` on the open file (not the path), so
+/// what is checked is what is read. A device like `/dev/zero` would never end.
+fn open_regular(src: &Path) -> Result<std::fs::File, EngineError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let from = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(src)
+        .map_err(|error| EngineError::Source {
+            path: src.to_path_buf(),
+            error,
+        })?;
+    let meta = from.metadata().map_err(|error| EngineError::Source {
+        path: src.to_path_buf(),
+        error,
+    })?;
+    if !meta.is_file() {
+        return Err(EngineError::InvalidArgument(format!(
+            "{} is {}: a file put by path must be a regular file. To store a stream, send its \
+             bytes instead (`blobctl put -`, the Put call)",
+            src.display(),
+            file_kind(&meta.file_type())
+        )));
+    }
+    // Regular files ignore O_NONBLOCK for reads, but clear it anyway: the fd is ours.
+    // SAFETY: fcntl on a valid, owned fd.
+    unsafe {
+        use std::os::unix::io::AsRawFd;
+        let fd = from.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(from)
+}
+
+/// A file type in words, for error messages.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Sets its flag when dropped: tells blocking work that its caller is gone.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Puts up to this size are made durable with everyone else's (see [`payload::SyncGroup`]).

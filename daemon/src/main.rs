@@ -103,6 +103,9 @@ fn load_config(args: &Args, defaults: &DefaultPaths) -> Result<(Config, Option<P
     }
     if let Some(r) = &args.remote {
         cfg.remote = RemoteUrl::parse(r).map_err(|e| anyhow::anyhow!("--remote: {e}"))?;
+        cfg.remote
+            .check_transport(cfg.allow_insecure_http)
+            .map_err(|e| anyhow::anyhow!("--remote: {e}"))?;
         cfg.remote_is_default = false;
     }
     if let Some(l) = &args.log {
@@ -112,6 +115,10 @@ fn load_config(args: &Args, defaults: &DefaultPaths) -> Result<(Config, Option<P
 }
 
 fn main() -> std::process::ExitCode {
+    // Everything the daemon creates is the user's alone (trust model, promise 7), whichever
+    // module creates it and whatever umask the caller had: files 0600, dirs 0700.
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe { libc::umask(0o077) };
     let args = Args::parse();
     let _ = args.foreground;
     let defaults = match DefaultPaths::discover() {
@@ -169,15 +176,28 @@ async fn run(
             "no config file: using built-in defaults"
         ),
     }
+    if cfg.remote.is_insecure() {
+        warn!(
+            remote = %cfg.remote,
+            "allow_insecure_http = true: the bearer token and all metadata travel in cleartext \
+             to this remote; use https:// unless the network path is trusted"
+        );
+    }
     let data = DataDir::new(&cfg.data_dir);
     data.create()
         .with_context(|| format!("cannot create the data dir {}", cfg.data_dir.display()))?;
+    // A walk of the whole tree: off the async workers.
+    let d2 = data.clone();
+    tokio::task::spawn_blocking(move || secure_data_dir(&d2))
+        .await
+        .context("the data dir check panicked")??;
     let swept = payload::sweep_temps(&data).unwrap_or(0);
     if swept > 0 {
         info!(swept, "removed temp files left by an earlier crash");
     }
     let (key, created) = keyfile::load_or_generate(&cfg.key_file)
         .with_context(|| format!("storage key {}", cfg.key_file.display()))?;
+    secure_key_dir(&cfg.key_file);
     if created {
         warn!(
             key_file = %cfg.key_file.display(),
@@ -227,6 +247,62 @@ async fn run(
                 events,
             )
             .await
+        }
+    }
+}
+
+/// Tightens the data dir to `0700` dirs and `0600` files (each change logged at warn), or
+/// refuses to start when another user owns something in it. Runs before the store opens.
+fn secure_data_dir(data: &DataDir) -> Result<()> {
+    let secured = payload::secure(data).with_context(|| {
+        format!(
+            "the data dir {} is not private to this user",
+            data.root().display()
+        )
+    })?;
+    if secured.tightened > 0 {
+        let examples: Vec<String> = secured
+            .examples
+            .iter()
+            .map(|(p, m)| format!("{} was {m:04o}", p.display()))
+            .collect();
+        warn!(
+            data_dir = %data.root().display(),
+            tightened = secured.tightened,
+            examples = %examples.join(", "),
+            "the data dir was readable by other users: tightened to 0700 dirs and 0600 files"
+        );
+    }
+    Ok(())
+}
+
+/// Tightens the key file's directory to `0700` when it is ours (the key file itself must
+/// already be `0600`: `load_key_file` refuses anything else). Not the home directory: the
+/// key is safe in a `0600` file there, and chmodding `~` would surprise. Not a directory of
+/// another user's (`/etc/blobsync` owned by root): not ours to change.
+fn secure_key_dir(key_file: &std::path::Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(dir) = key_file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return;
+    };
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let ours = meta.uid() == unsafe { libc::geteuid() };
+    let mode = meta.mode() & 0o7777;
+    if !ours || mode & 0o077 == 0 || home.as_deref() == Some(dir) {
+        return;
+    }
+    match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        Ok(()) => warn!(
+            dir = %dir.display(),
+            was = format!("{mode:04o}"),
+            "the key file's directory was open to other users: tightened to 0700"
+        ),
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "cannot tighten the key file's directory")
         }
     }
 }

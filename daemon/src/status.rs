@@ -20,7 +20,8 @@
 //!                    FAILED_UPLOAD are never touched by a remote deletion; a SYNCED copy
 //!                    only by a tombstone whose delete proof verifies)
 //!  lost remotely (absent, or an unproven tombstone): SYNCED ──► PENDING_UPLOAD
-//!                    (409 from another device's re-upload ──► PENDING_DOWNLOAD)
+//!  PENDING_UPLOAD ──409, another copy──► PENDING_DOWNLOAD (fetched and compared: the same
+//!                   content is SYNCED; other content ──► FAILED_UPLOAD, ours kept)
 //! ```
 //!
 //! The store writes a status only through [`Status::apply`], so an illegal move (say,
@@ -30,7 +31,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// A blob's local sync status (DESIGN.md "Data model").
+/// A blob's local sync status (docs/sync.md; the state machine is drawn above).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Status {
     /// Here and on the server.
@@ -147,8 +148,9 @@ impl Status {
                 T::DeletedRemotely,
             ) => Next::Gone,
             (Synced, T::DamageFound | T::ReplacedRemotely) => Next::Is(PendingDownload),
-            (Synced, T::LostRemotely) => Next::Is(PendingUpload),
-            (PendingUpload, T::ReuploadRaced) => Next::Is(PendingDownload),
+            (Synced | PendingUpload, T::LostRemotely) => Next::Is(PendingUpload),
+            (PendingUpload, T::Contested) => Next::Is(PendingDownload),
+            (PendingDownload, T::ContestLost) => Next::Is(FailedUpload),
             (RemoteOnly, T::Wanted) => Next::Is(PendingDownload),
             (from, transition) => return Err(IllegalTransition { from, transition }),
         };
@@ -213,9 +215,12 @@ pub enum Transition {
     /// The server lost a blob we hold (absent from a full listing with no tombstone, or a
     /// tombstone without a valid delete proof): upload it again. Absence is never deletion.
     LostRemotely,
-    /// Uploading it again (after `LostRemotely`), the server answered 409 with another
-    /// device's copy: that device of the user re-uploaded it first. Take its copy.
-    ReuploadRaced,
+    /// The upload met a 409 with another copy under the id (another device put the same
+    /// blob first, e.g. both re-uploading what the server lost): fetch that copy and compare.
+    /// Our payload stays until theirs is verified to hold the same content.
+    Contested,
+    /// The copy on the server holds other content than ours: keep ours, as a conflict.
+    ContestLost,
 }
 
 /// Where a transition leads.

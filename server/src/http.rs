@@ -1,4 +1,4 @@
-//! The HTTP API of DESIGN.md: routing, authentication, query validation, and the handlers
+//! The HTTP API (server/README.md, "API"): routing, authentication, query validation, and the handlers
 //! for listing, get (with ranges), put, flags, delete, `/stream` up and down, `/incoming`,
 //! `/healthz` and `/metrics`.
 //!
@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Seek};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use blobsync_shared::wire::{
@@ -43,6 +44,8 @@ const MAX_FLAGS_BODY: usize = 4096;
 pub struct ApiError {
     status: StatusCode,
     msg: String,
+    /// Seconds for `Retry-After` (429).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -50,6 +53,7 @@ impl ApiError {
         Self {
             status,
             msg: msg.into(),
+            retry_after: None,
         }
     }
     fn bad(msg: impl Into<String>) -> Self {
@@ -71,6 +75,15 @@ impl ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body is not read: the connection cannot carry another request.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         r
     }
@@ -124,12 +137,78 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
+/// Reads a request body's data, holding it to the minimum body rate: by `body_grace +
+/// received / min_body_rate` after the body started, the next piece must have arrived, else
+/// the request fails with 408. A client that stalls or trickles thus cannot hold a
+/// connection slot for long, while a slow but moving upload is never cut off.
+struct BodyReader {
+    body: Incoming,
+    start: tokio::time::Instant,
+    received: u64,
+    min_rate: u64,
+    grace: std::time::Duration,
+}
+
+impl BodyReader {
+    fn new(st: &ServerState, body: Incoming) -> Self {
+        Self {
+            body,
+            start: tokio::time::Instant::now(),
+            received: 0,
+            min_rate: st.config().min_body_rate,
+            grace: st.config().body_grace,
+        }
+    }
+
+    /// The next data piece; None at the end of the body.
+    async fn data(&mut self) -> Option<Result<Bytes, ApiError>> {
+        loop {
+            let frame = if self.min_rate == 0 {
+                self.body.frame().await
+            } else {
+                let due =
+                    std::time::Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+                let deadline = self.start + self.grace + due;
+                match tokio::time::timeout_at(deadline, self.body.frame()).await {
+                    Ok(f) => f,
+                    Err(_) => {
+                        return Some(Err(ApiError::new(
+                            StatusCode::REQUEST_TIMEOUT,
+                            format!(
+                                "request body too slow: {} bytes in {} s, below this server's \
+                                 minimum of {} bytes/s; send the body without pauses",
+                                self.received,
+                                self.start.elapsed().as_secs(),
+                                self.min_rate
+                            ),
+                        )));
+                    }
+                }
+            };
+            match frame? {
+                Err(e) => return Some(Err(ApiError::bad(format!("request body failed: {e}")))),
+                Ok(f) => {
+                    if let Ok(d) = f.into_data() {
+                        self.received += d.len() as u64;
+                        return Some(Ok(d));
+                    }
+                    // Trailers: nothing to store.
+                }
+            }
+        }
+    }
+}
+
 /// Entry point for every request: routes, counts, and turns errors into plain-text answers.
-pub async fn handle(st: ServerState, req: Request<Incoming>) -> Response<Body> {
+/// Every answer names the server's instance ([`wire::INSTANCE_HEADER`]). `peer` is the
+/// client's address, which the bad-token throttle keys on.
+pub async fn handle(st: ServerState, peer: IpAddr, req: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let (label, result) = route(&st, req).await;
-    let resp = result.unwrap_or_else(ApiError::into_response);
+    let (label, result) = route(&st, peer, req).await;
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
+    resp.headers_mut()
+        .insert(wire::INSTANCE_HEADER, st.inner.instance.clone());
     let status = resp.status().as_u16();
     st.inner.metrics.request(label, status);
     // Paths hold user names and ids, never tokens; query strings are left out.
@@ -137,7 +216,26 @@ pub async fn handle(st: ServerState, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
-async fn route(st: &ServerState, req: Request<Incoming>) -> (&'static str, ApiResult) {
+/// The metrics listener's only route: `GET /metrics` without a token (see
+/// [`crate::run_metrics`]).
+pub async fn handle_metrics(st: ServerState, req: Request<Incoming>) -> Response<Body> {
+    let mut resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => metrics(&st).await,
+        _ => Err(ApiError::not_found(
+            "this is the metrics listener: GET /metrics",
+        )),
+    }
+    .unwrap_or_else(ApiError::into_response);
+    resp.headers_mut()
+        .insert(wire::INSTANCE_HEADER, st.inner.instance.clone());
+    resp
+}
+
+async fn route(
+    st: &ServerState,
+    peer: IpAddr,
+    req: Request<Incoming>,
+) -> (&'static str, ApiResult) {
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -190,17 +288,22 @@ async fn route(st: &ServerState, req: Request<Incoming>) -> (&'static str, ApiRe
         return (label, Ok(text(StatusCode::OK, "ok\n")));
     }
     let result = async {
-        let who = authenticate(st, &req).await?;
+        let who = authenticate(st, peer, &req).await?;
         match segs.as_slice() {
-            ["metrics"] => metrics(st).await,
+            // Server-wide totals are the operator's, not any user's or app's.
+            ["metrics"] => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "/metrics is not served to user or app tokens; the operator scrapes it on the \
+                 server's --metrics-listen address (loopback by default)",
+            )),
             ["incoming", user, id] => {
-                let Principal::App(_) = who else {
+                let Principal::App(app, namespaces) = who else {
                     return Err(ApiError::new(
                         StatusCode::FORBIDDEN,
                         "only trusted-app tokens may deliver to /incoming; user tokens use /blobs",
                     ));
                 };
-                incoming(st, user, id, req).await
+                incoming(st, &app, &namespaces, user, id, req).await
             }
             [_, user, rest @ ..] => {
                 match &who {
@@ -211,7 +314,7 @@ async fn route(st: &ServerState, req: Request<Incoming>) -> (&'static str, ApiRe
                             format!("this token belongs to user {u:?}, not {user:?}"),
                         ));
                     }
-                    Principal::App(a) => {
+                    Principal::App(a, _) => {
                         return Err(ApiError::new(
                             StatusCode::FORBIDDEN,
                             format!("app token {a:?} may only PUT to /incoming/{{user}}/{{id}}"),
@@ -241,7 +344,35 @@ async fn route(st: &ServerState, req: Request<Incoming>) -> (&'static str, ApiRe
     (label, result)
 }
 
-async fn authenticate(st: &ServerState, req: &Request<Incoming>) -> Result<Principal, ApiError> {
+async fn authenticate(
+    st: &ServerState,
+    peer: IpAddr,
+    req: &Request<Incoming>,
+) -> Result<Principal, ApiError> {
+    if let Some(wait) = st.inner.throttle.blocked(peer) {
+        let secs = wait.as_secs() + 1;
+        return Err(ApiError {
+            retry_after: Some(secs),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many requests with bad tokens from {peer}; try again in {secs} s \
+                     with a valid token"
+                ),
+            )
+        });
+    }
+    let principal = check_token(st, req).await;
+    if let Err(e) = &principal
+        && e.status == StatusCode::UNAUTHORIZED
+        && req.headers().contains_key(header::AUTHORIZATION)
+    {
+        st.inner.throttle.failed(peer);
+    }
+    principal
+}
+
+async fn check_token(st: &ServerState, req: &Request<Incoming>) -> Result<Principal, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
     let Some(v) = req.headers().get(header::AUTHORIZATION) else {
         return Err(unauthorized(
@@ -367,13 +498,26 @@ async fn metrics(st: &ServerState) -> ApiResult {
 
 // ---- GET /blobs/{user} ---------------------------------------------------------------------
 
-fn detail_of(r: BlobRow) -> Result<BlobDetail, ApiError> {
-    Ok(BlobDetail {
-        id: BlobId::new(r.id).map_err(ApiError::internal)?,
-        size: r.size,
-        created: r.created,
-        flags: index::bits_to_flags(r.flags),
-        external: r.external,
+/// A `detail=1` listing entry: [`BlobDetail`] plus, on a tombstone (`deleted=1`), the delete
+/// proof it was written with (`deleted` listings carry proofs as changes do).
+#[derive(serde::Serialize)]
+struct DetailOut {
+    #[serde(flatten)]
+    detail: BlobDetail,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proof: Option<String>,
+}
+
+fn detail_of(r: BlobRow) -> Result<DetailOut, ApiError> {
+    Ok(DetailOut {
+        proof: r.proof.filter(|_| r.deleted),
+        detail: BlobDetail {
+            id: BlobId::new(r.id).map_err(ApiError::internal)?,
+            size: r.size,
+            created: r.created,
+            flags: index::bits_to_flags(r.flags),
+            external: r.external,
+        },
     })
 }
 
@@ -452,9 +596,7 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
                 )));
             }
         }
-        let limit = limit.unwrap_or(max_page);
-        let resp = blocking(st, move |i| i.index.changes(&user, &ns, since, limit)).await?;
-        return json(StatusCode::OK, &resp);
+        return list_changes(st, user, ns, since, limit.unwrap_or(max_page), chunk).await;
     }
     let filter_flag = q
         .get(query::FILTER_FLAG)
@@ -475,6 +617,7 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
         .get(query::AFTER)
         .map(|a| parse_id(a).map(String::from))
         .transpose()?;
+    let want = limit.unwrap_or(u64::MAX);
     let mut lq = ListQuery {
         user,
         namespace: ns,
@@ -483,16 +626,20 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
         order,
         after,
         after_date: None,
-        limit: limit.unwrap_or(chunk),
+        limit: chunk.min(want),
     };
     if q.flag(query::ONLY_COUNT)? {
         let count = blocking(st, move |i| i.index.count(&lq)).await?;
         return json(StatusCode::OK, &CountResponse { count });
     }
     let detail = q.flag(query::DETAIL)?;
+    // Every listing goes page by page (`list_chunk` rows per query), whatever its `limit`:
+    // memory is one page per listing however many blobs the user has. The first page is
+    // read here, so its errors (an unknown `after`) are still a status code.
     let first_q = lq.clone();
     let rows = blocking(st, move |i| i.index.list(&first_q)).await?;
-    let complete = limit.is_some() || (rows.len() as u64) < chunk;
+    let mut sent = rows.len() as u64;
+    let complete = (rows.len() as u64) < lq.limit || sent >= want;
     let mut out = Vec::with_capacity(rows.len() * 40 + 2);
     out.push(b'[');
     let mut first = true;
@@ -500,15 +647,8 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
     push_rows(&mut out, rows, detail, &mut first)?;
     if complete {
         out.push(b']');
-        let mut r = Response::new(body::full(out));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        return Ok(r);
+        return Ok(json_bytes(body::full(out)));
     }
-    // More than one page and no limit: stream the rest page by page, so memory stays bounded
-    // by one page however many blobs the user has.
     let (tx, body) = body::channel();
     let st2 = st.clone();
     (lq.after, lq.after_date) = next_after.unzip();
@@ -517,6 +657,7 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
             return;
         }
         loop {
+            lq.limit = chunk.min(want - sent);
             let page_q = lq.clone();
             let rows = match blocking(&st2, move |i| i.index.list(&page_q)).await {
                 Ok(r) => r,
@@ -525,30 +666,143 @@ async fn list(st: &ServerState, user: String, req: &Request<Incoming>) -> ApiRes
                     return;
                 }
             };
-            let done = (rows.len() as u64) < chunk;
+            sent += rows.len() as u64;
+            let done = (rows.len() as u64) < lq.limit || sent >= want;
             (lq.after, lq.after_date) = rows
                 .last()
                 .map(|r| (r.id.clone(), (r.created, r.seq)))
                 .unzip();
-            let mut chunk = Vec::with_capacity(rows.len() * 40 + 1);
-            if let Err(e) = push_rows(&mut chunk, rows, detail, &mut first) {
+            let mut page = Vec::with_capacity(rows.len() * 40 + 1);
+            if let Err(e) = push_rows(&mut page, rows, detail, &mut first) {
                 let _ = tx.send(Err(std::io::Error::other(e.msg))).await;
                 return;
             }
             if done {
-                chunk.push(b']');
+                page.push(b']');
             }
-            if tx.send(Ok(Bytes::from(chunk))).await.is_err() || done {
+            if tx.send(Ok(Bytes::from(page))).await.is_err() || done {
+                crate::release_memory();
                 return;
             }
         }
     });
+    Ok(json_bytes(body))
+}
+
+fn json_bytes(body: Body) -> Response<Body> {
     let mut r = Response::new(body);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok(r)
+    r
+}
+
+/// Writes a `since` listing ([`wire::ChangesResponse`]) page by page: each call reads at most
+/// `chunk` changes and returns their JSON, the last call also the closing `more` and `seq`
+/// (the cursor is known only at the end, hence the field order `changes`, `more`, `seq`).
+/// Every page is bounded by `upto`, the user's sequence number read before the first, so
+/// the pages form one consistent snapshot even while changes land (those come next time).
+struct ChangesPager {
+    user: String,
+    ns: Namespace,
+    after: u64,
+    upto: u64,
+    limit: u64,
+    sent: u64,
+    chunk: u64,
+    first: bool,
+}
+
+impl ChangesPager {
+    /// The next piece of the body, and whether it is the last.
+    async fn next(&mut self, st: &ServerState) -> Result<(Vec<u8>, bool), ApiError> {
+        let n = self.chunk.min(self.limit - self.sent);
+        let (u, ns, after, upto) = (self.user.clone(), self.ns.clone(), self.after, self.upto);
+        let page = blocking(st, move |i| i.index.changes_page(&u, &ns, after, upto, n)).await?;
+        let mut out = Vec::with_capacity(page.len() * 120 + 48);
+        if self.first {
+            out.extend_from_slice(b"{\"changes\":[");
+        }
+        for (k, c) in page.iter().enumerate() {
+            if !(self.first && k == 0) {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, c).map_err(ApiError::internal)?;
+        }
+        if !page.is_empty() {
+            self.first = false;
+        }
+        self.sent += page.len() as u64;
+        let full = page.len() as u64 == n;
+        if let Some(last) = page.last() {
+            self.after = last.seq;
+        }
+        drop(page);
+        let mut more = false;
+        if full && self.sent >= self.limit {
+            let (u, ns, after) = (self.user.clone(), self.ns.clone(), self.after);
+            more = !blocking(st, move |i| i.index.changes_page(&u, &ns, after, upto, 1))
+                .await?
+                .is_empty();
+        } else if full {
+            return Ok((out, false));
+        }
+        let seq = if more { self.after } else { self.upto };
+        out.extend_from_slice(format!("],\"more\":{more},\"seq\":{seq}}}").as_bytes());
+        Ok((out, true))
+    }
+}
+
+/// `GET /blobs/{user}?since=S`, streamed (see [`ChangesPager`]). The cursor check and the
+/// first page happen before the answer starts, so their errors are still status codes.
+async fn list_changes(
+    st: &ServerState,
+    user: String,
+    ns: Namespace,
+    since: u64,
+    limit: u64,
+    chunk: u64,
+) -> ApiResult {
+    let u2 = user.clone();
+    let upto = blocking(st, move |i| i.index.changes_head(&u2, since)).await?;
+    let mut pager = ChangesPager {
+        user,
+        ns,
+        after: since,
+        upto,
+        limit,
+        sent: 0,
+        chunk,
+        first: true,
+    };
+    let (head, done) = pager.next(st).await?;
+    if done {
+        return Ok(json_bytes(body::full(head)));
+    }
+    let (tx, body) = body::channel();
+    let st2 = st.clone();
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from(head))).await.is_err() {
+            return;
+        }
+        loop {
+            match pager.next(&st2).await {
+                Ok((b, done)) => {
+                    if tx.send(Ok(Bytes::from(b))).await.is_err() || done {
+                        crate::release_memory();
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // A cut-off body, never a silently short listing.
+                    let _ = tx.send(Err(std::io::Error::other(e.msg))).await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(json_bytes(body))
 }
 
 // ---- GET /blobs/{user}/{id} ------------------------------------------------------------------
@@ -755,9 +1009,27 @@ async fn put(st: &ServerState, user: String, id: BlobId, req: Request<Incoming>)
     store_one(st, user, ns, id, req, false, since).await
 }
 
-async fn incoming(st: &ServerState, user: &str, id: &str, req: Request<Incoming>) -> ApiResult {
+async fn incoming(
+    st: &ServerState,
+    app: &str,
+    allowed: &[Namespace],
+    user: &str,
+    id: &str,
+    req: Request<Incoming>,
+) -> ApiResult {
     let q = Query::parse(&req, &[query::NAMESPACE])?;
     let ns = q.namespace("MX")?;
+    if !allowed.contains(&ns) {
+        let names: Vec<&str> = allowed.iter().map(|n| n.as_str()).collect();
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "app {app:?} may not deliver into namespace {ns}; it may deliver into: {} \
+                 (the operator sets this with blobsync-server app add NAME --namespace NS)",
+                names.join(", ")
+            ),
+        ));
+    }
     if Namespace::new(user).is_err() {
         return Err(ApiError::bad(format!(
             "user name {user:?} is invalid: use 1 to 128 characters of A-Z a-z 0-9 _ -"
@@ -799,32 +1071,37 @@ async fn store_one(
         // Answer only once the body is in (read and dropped, up to the size limit): a client
         // still sending when we answer and close sees a broken pipe instead of this 412, and
         // could not tell "deleted, drop it" from a network fault.
-        let mut body = req.into_body();
-        let mut seen = 0u64;
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
-            if seen > max {
+        let mut body = BodyReader::new(st, req.into_body());
+        while let Some(Ok(_)) = body.data().await {
+            if body.received > max {
                 break;
             }
         }
         return Err(deleted_after(&id, &ns, seq, since));
     }
-    if let (Some((used, own)), Some(n)) = (usage, declared)
-        && own.or(default_quota).is_some_and(|q| used + n > q)
+    // Room left under the quota: checked up front from Content-Length and again as bytes
+    // arrive, so an upload without (or with a false) Content-Length cannot fill the disk
+    // before the commit's check refuses it. The commit re-checks under the writer lock.
+    let room = usage.and_then(|(used, own)| own.or(default_quota).map(|q| q.saturating_sub(used)));
+    if let (Some(room), Some(n)) = (room, declared)
+        && n > room
     {
         return Err(over_quota(&user));
     }
     let mut w = TempBlob::new(st.inner.layout.temp_path(&user, &ns, &id));
-    let mut body = req.into_body();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::bad(format!("request body failed: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            if w.len() + data.len() as u64 > max {
-                return Err(too_large(w.len() + data.len() as u64, max));
-            }
-            w.write(&data).await.map_err(ApiError::internal)?;
-            st.inner.metrics.add_in(data.len() as u64);
+    let mut body = BodyReader::new(st, req.into_body());
+    while let Some(data) = body.data().await {
+        let data = data?;
+        let total = w.len() + data.len() as u64;
+        if total > max {
+            return Err(too_large(total, max));
         }
+        if room.is_some_and(|r| total > r) {
+            // Dropping `w` removes the temp file.
+            return Err(over_quota(&user));
+        }
+        w.write(&data).await.map_err(ApiError::internal)?;
+        st.inner.metrics.add_in(data.len() as u64);
     }
     let size = w.len();
     let temp = w.finish(true).await.map_err(ApiError::internal)?;
@@ -865,18 +1142,24 @@ async fn store_one(
 
 // ---- POST /blobs/{user}/{id} (flags) ------------------------------------------------------
 
-async fn read_small_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let body = http_body_util::Limited::new(req.into_body(), limit);
-    body.collect().await.map(|c| c.to_bytes()).map_err(|e| {
-        if e.is::<http_body_util::LengthLimitError>() {
-            ApiError::new(
+async fn read_small_body(
+    st: &ServerState,
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let mut body = BodyReader::new(st, req.into_body());
+    let mut out = Vec::new();
+    while let Some(d) = body.data().await {
+        let d = d?;
+        if out.len() + d.len() > limit {
+            return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body is over {limit} bytes"),
-            )
-        } else {
-            ApiError::bad(format!("request body failed: {e}"))
+            ));
         }
-    })
+        out.extend_from_slice(&d);
+    }
+    Ok(Bytes::from(out))
 }
 
 async fn set_flags(
@@ -887,7 +1170,7 @@ async fn set_flags(
 ) -> ApiResult {
     let q = Query::parse(&req, &[query::NAMESPACE])?;
     let ns = q.namespace("default")?;
-    let b = read_small_body(req, MAX_FLAGS_BODY).await?;
+    let b = read_small_body(st, req, MAX_FLAGS_BODY).await?;
     let names: Vec<String> = serde_json::from_slice(&b).map_err(|e| {
         ApiError::bad(format!(
             "body must be a JSON list of flag names like [\"PROCESSED\"]: {e}"
@@ -910,11 +1193,36 @@ async fn set_flags(
 
 // ---- DELETE /blobs/{user}/{id} -------------------------------------------------------------
 
+/// The optional [`wire::DELETE_PROOF_HEADER`]: exactly 64 lowercase hex characters. The
+/// server keeps it with the tombstone and cannot check it (it has no key).
+fn delete_proof(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get(wire::DELETE_PROOF_HEADER) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad(format!(
+            "{} must be exactly 64 lowercase hex characters (an HMAC-SHA256); \
+             send it as the daemon computes it, or leave the header out",
+            wire::DELETE_PROOF_HEADER
+        ))
+    };
+    let v = v.to_str().map_err(|_| bad())?;
+    if v.len() != 64 || !v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(bad());
+    }
+    Ok(Some(v.to_owned()))
+}
+
 async fn delete(st: &ServerState, user: String, id: BlobId, req: &Request<Incoming>) -> ApiResult {
     let q = Query::parse(req, &[query::NAMESPACE])?;
     let ns = q.namespace("default")?;
+    let proof = delete_proof(req)?;
     let (u2, n2, i2) = (user.clone(), ns.clone(), id.clone());
-    if !blocking(st, move |i| i.index.delete(&u2, &n2, &i2, &i.layout)).await? {
+    if !blocking(st, move |i| {
+        i.index.delete(&u2, &n2, &i2, proof.as_deref(), &i.layout)
+    })
+    .await?
+    {
         return Err(ApiError::not_found(format!(
             "no blob {id} in namespace {ns} of {user}"
         )));
@@ -968,23 +1276,20 @@ async fn stream_up(
     let permits = Arc::new(tokio::sync::Semaphore::new(
         cfg.stream_parallel_writes.max(1),
     ));
-    let mut body = req.into_body();
+    let mut body = BodyReader::new(st, req.into_body());
+    // Room left under the quota (None: unlimited), and bytes accepted against it so far.
+    let mut room: Option<u64> = None;
+    let mut accepted = 0u64;
 
     let result: Result<(), ApiError> = async {
         let mut eof = false;
         while !eof {
-            let data = match body.frame().await {
+            let data = match body.data().await {
                 None => {
                     eof = true;
                     Bytes::new()
                 }
-                Some(f) => match f
-                    .map_err(|e| ApiError::bad(format!("request body failed: {e}")))?
-                    .into_data()
-                {
-                    Ok(d) => d,
-                    Err(_) => continue, // trailers
-                },
+                Some(d) => d?,
             };
             let mut input = &data[..];
             while !input.is_empty() || dec.has_pending_event() {
@@ -1005,14 +1310,21 @@ async fn stream_up(
                         let ids: Vec<BlobId> = entries.iter().map(|(i, _)| i.clone()).collect();
                         let (u2, n2) = (user.clone(), ns.clone());
                         // With `if_absent_since`, tombstones matter too (412 per entry).
-                        let rows = blocking(st, move |i| {
-                            if since.is_some() {
-                                i.index.lookup_many_any(&u2, &n2, &ids)
+                        let (rows, usage) = blocking(st, move |i| {
+                            let rows = if since.is_some() {
+                                i.index.lookup_many_any(&u2, &n2, &ids)?
                             } else {
-                                i.index.lookup_many(&u2, &n2, &ids)
-                            }
+                                i.index.lookup_many(&u2, &n2, &ids)?
+                            };
+                            Ok((rows, i.index.usage(&u2)?))
                         })
                         .await?;
+                        room = usage.and_then(|(used, own)| {
+                            own.or(cfg.default_quota).map(|q| q.saturating_sub(used))
+                        });
+                        // Up front from the header's sizes: blobs that cannot fit are 507 and
+                        // never written (the commit re-checks the rest under the lock).
+                        let mut planned = 0u64;
                         for ((id, size), row) in entries.into_iter().zip(rows) {
                             if row.as_ref().is_some_and(|r| !r.deleted) {
                                 status.insert(id.clone(), 409);
@@ -1023,6 +1335,11 @@ async fn stream_up(
                             } else if size > cfg.max_blob_size {
                                 status.insert(id.clone(), 413);
                                 skip.insert(id);
+                            } else if room.is_some_and(|r| planned + size > r) {
+                                status.insert(id.clone(), 507);
+                                skip.insert(id);
+                            } else {
+                                planned += size;
                             }
                         }
                     }
@@ -1035,6 +1352,11 @@ async fn stream_up(
                     Some(UploadEvent::Data(d)) => {
                         st.inner.metrics.add_in(d.len() as u64);
                         if let Some((_, Some(w))) = current.as_mut() {
+                            // Enforced again as bytes arrive, whatever the header said.
+                            accepted += d.len() as u64;
+                            if room.is_some_and(|r| accepted > r) {
+                                return Err(over_quota(&user));
+                            }
                             w.write(d).await.map_err(ApiError::internal)?;
                         }
                     }
@@ -1143,7 +1465,7 @@ async fn stream_down(
     req: Request<Incoming>,
 ) -> ApiResult {
     let cfg = st.config().clone();
-    let b = read_small_body(req, cfg.max_stream_header).await?;
+    let b = read_small_body(st, req, cfg.max_stream_header).await?;
     let ids: Vec<String> = serde_json::from_slice(&b)
         .map_err(|e| ApiError::bad(format!("body must be a JSON list of blob ids: {e}")))?;
     if ids.len() as u64 > cfg.max_page {

@@ -47,6 +47,10 @@ pub enum IndexError {
     /// The user or app name is taken.
     #[error("{0:?} already exists")]
     NameTaken(String),
+    /// A user or app name that is not a valid name (it could name a path outside the user's
+    /// directory).
+    #[error("name {0:?} is invalid: use 1 to 128 characters of A-Z a-z 0-9 _ -")]
+    InvalidName(String),
     /// The `after` cursor names no blob of this listing.
     #[error("after={0:?} names no blob in this listing; pass the last id of the previous page")]
     UnknownAfter(String),
@@ -124,6 +128,14 @@ CREATE INDEX blobs_by_date ON blobs (user, namespace, deleted, created, seq);
 -- can no longer be answered completely (410 Gone).
 ALTER TABLE users ADD COLUMN purged_seq INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- One-row facts about this index; `instance` is the server's instance id (see `Index::open`).
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+-- The deleting device's proof (64 hex), kept with the tombstone; NULL on live rows.
+ALTER TABLE blobs ADD COLUMN proof TEXT;
+-- Namespaces an app may deliver into, space-separated.
+ALTER TABLE apps ADD COLUMN namespaces TEXT NOT NULL DEFAULT 'MX';
+"#,
 ];
 
 /// Unix seconds now.
@@ -157,8 +169,9 @@ pub fn bits_to_flags(bits: i64) -> Vec<Flag> {
 pub enum Principal {
     /// A user: may use `/blobs/{name}` and `/stream/{name}`.
     User(String),
-    /// A trusted app: may only PUT to `/incoming/{any user}/{id}`.
-    App(String),
+    /// A trusted app (name, namespaces it may deliver into): may only PUT to
+    /// `/incoming/{any user}/{id}`, and only into those namespaces.
+    App(String, Vec<Namespace>),
 }
 
 /// One blob's index row.
@@ -178,6 +191,8 @@ pub struct BlobRow {
     pub deleted: bool,
     /// From `/incoming`.
     pub external: bool,
+    /// On a tombstone: the deleting device's proof, as sent (64 lowercase hex).
+    pub proof: Option<String>,
 }
 
 /// Listing order.
@@ -273,6 +288,8 @@ pub struct UserInfo {
 /// The index handle; cheap to share behind an `Arc`.
 pub struct Index {
     path: PathBuf,
+    /// The instance id (32 lowercase hex), read or created at open.
+    instance: String,
     writer: Mutex<Connection>,
     /// Put batches waiting for the writer (group commit; see [`Index::commit_puts`]).
     queue: Mutex<Vec<CommitJob>>,
@@ -312,12 +329,21 @@ impl Index {
             tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
             tx.commit()?;
         }
+        let instance = instance_id(&c)?;
         Ok(Self {
             path,
+            instance,
             writer: Mutex::new(c),
             queue: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The server's instance id: 32 lowercase hex characters (a random UUIDv4, simple form)
+    /// created once with the index and kept in it, so every node serving one index reports
+    /// the same id and a new data dir reports a new one.
+    pub fn instance_id(&self) -> &str {
+        &self.instance
     }
 
     fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -333,7 +359,13 @@ impl Index {
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut c = match pooled {
             Some(c) => c,
-            None => open_conn(&self.path)?,
+            None => {
+                let c = open_conn(&self.path)?;
+                // 1 MiB of page cache per reader instead of 2: listings scan, the OS caches
+                // the file anyway, and many concurrent readers must not add up.
+                c.execute_batch("PRAGMA cache_size = -1024;")?;
+                c
+            }
         };
         let out = f(&mut c);
         let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
@@ -355,11 +387,11 @@ impl Index {
             if let Some(u) = user {
                 return Ok(Some(Principal::User(u)));
             }
-            let app: Option<String> = c
-                .prepare_cached("SELECT name FROM apps WHERE token_hash = ?1")?
-                .query_row([token_hash], |r| r.get(0))
+            let app: Option<(String, String)> = c
+                .prepare_cached("SELECT name, namespaces FROM apps WHERE token_hash = ?1")?
+                .query_row([token_hash], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            Ok(app.map(Principal::App))
+            Ok(app.map(|(name, ns)| Principal::App(name, parse_namespaces(&ns))))
         })
     }
 
@@ -370,6 +402,7 @@ impl Index {
         token_hash: &[u8],
         quota: Option<u64>,
     ) -> Result<(), IndexError> {
+        check_name(name)?;
         let c = self.writer();
         let n = c.execute(
             "INSERT OR IGNORE INTO users (name, token_hash, quota_bytes, created) \
@@ -382,12 +415,29 @@ impl Index {
         Ok(())
     }
 
-    /// Adds a trusted app.
+    /// Adds a trusted app that may deliver into `MX` only.
     pub fn add_app(&self, name: &str, token_hash: &[u8]) -> Result<(), IndexError> {
+        let mx = Namespace::new("MX").map_err(|_| IndexError::InvalidName("MX".into()))?;
+        self.add_app_with_namespaces(name, token_hash, &[mx])
+    }
+
+    /// Adds a trusted app that may deliver into `namespaces` (at least one).
+    pub fn add_app_with_namespaces(
+        &self,
+        name: &str,
+        token_hash: &[u8],
+        namespaces: &[Namespace],
+    ) -> Result<(), IndexError> {
+        check_name(name)?;
+        if namespaces.is_empty() {
+            return Err(IndexError::InvalidName(String::new()));
+        }
+        let ns: Vec<&str> = namespaces.iter().map(|n| n.as_str()).collect();
         let c = self.writer();
         let n = c.execute(
-            "INSERT OR IGNORE INTO apps (name, token_hash, created) VALUES (?1, ?2, ?3)",
-            params![name, token_hash, now_secs()],
+            "INSERT OR IGNORE INTO apps (name, token_hash, created, namespaces) \
+             VALUES (?1, ?2, ?3, ?4)",
+            params![name, token_hash, now_secs(), ns.join(" ")],
         )?;
         if n == 0 {
             return Err(IndexError::NameTaken(name.to_owned()));
@@ -397,28 +447,37 @@ impl Index {
 
     /// Removes an app; false if there was none.
     pub fn remove_app(&self, name: &str) -> Result<bool, IndexError> {
+        check_name(name)?;
         Ok(self
             .writer()
             .execute("DELETE FROM apps WHERE name = ?1", [name])?
             > 0)
     }
 
-    /// App names.
-    pub fn list_apps(&self) -> Result<Vec<String>, IndexError> {
+    /// Apps with the namespaces they may deliver into.
+    pub fn list_apps(&self) -> Result<Vec<(String, Vec<Namespace>)>, IndexError> {
         self.read(|c| {
-            let mut s = c.prepare("SELECT name FROM apps ORDER BY name")?;
+            let mut s = c.prepare("SELECT name, namespaces FROM apps ORDER BY name")?;
             let v = s
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            Ok(v)
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, String>(1)?)))?
+                .collect::<Result<Vec<(String, String)>, _>>()?;
+            Ok(v.into_iter()
+                .map(|(n, ns)| (n, parse_namespaces(&ns)))
+                .collect())
         })
     }
 
-    /// Removes a user, their index rows and their payload directory.
+    /// Removes a user, their index rows and their payload directory `{data}/{name}`; false
+    /// (and nothing touched) if there is no such user. The name is validated first, so it can
+    /// only ever name a directory directly under the data dir.
     pub fn remove_user(&self, name: &str, layout: &Layout) -> Result<bool, IndexError> {
+        check_name(name)?;
         let mut c = self.writer();
         let tx = c.transaction()?;
         let n = tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
+        if n == 0 {
+            return Ok(false);
+        }
         tx.execute("DELETE FROM blobs WHERE user = ?1", [name])?;
         tx.commit()?;
         let dir = layout.user_dir(name);
@@ -520,7 +579,7 @@ impl Index {
     pub fn list(&self, q: &ListQuery) -> Result<Vec<BlobRow>, IndexError> {
         self.read(|c| {
             let mut sql = String::from(
-                "SELECT id, size, created, flags, seq, deleted, external FROM blobs \
+                "SELECT id, size, created, flags, seq, deleted, external, proof FROM blobs \
                  WHERE user = ?1 AND namespace = ?2 AND deleted = ?3 AND (?4 = 0 OR flags & ?4 != 0)",
             );
             let after_key = match (&q.after, q.order) {
@@ -616,7 +675,9 @@ impl Index {
         })
     }
 
-    /// Changes after `since` (one per id, its latest state), at most `limit`.
+    /// Changes after `since` (one per id, its latest state), at most `limit`, in memory: for
+    /// tools and tests. The HTTP listing streams the same thing page by page with
+    /// [`Index::changes_head`] and [`Index::changes_page`].
     pub fn changes(
         &self,
         user: &str,
@@ -624,11 +685,24 @@ impl Index {
         since: u64,
         limit: u64,
     ) -> Result<ChangesResponse, IndexError> {
+        let current = self.changes_head(user, since)?;
+        let mut changes = self.changes_page(user, ns, since, current, limit.saturating_add(1))?;
+        let more = changes.len() as u64 > limit;
+        changes.truncate(limit as usize);
+        let seq = if more {
+            changes.last().map(|c| c.seq).unwrap_or(since)
+        } else {
+            current
+        };
+        Ok(ChangesResponse { seq, changes, more })
+    }
+
+    /// Checks a `since` cursor against the user and returns their current sequence number,
+    /// the upper end of the listing: pages read later with `upto` = this number form one
+    /// consistent answer even while changes land (those come in the next listing).
+    pub fn changes_head(&self, user: &str, since: u64) -> Result<u64, IndexError> {
         self.read(|c| {
-            // One read transaction: the rows and the user's seq come from one snapshot, so a
-            // change committed meanwhile is either in both or in neither.
-            let tx = c.transaction()?;
-            let (current, purged): (i64, i64) = tx
+            let (current, purged): (i64, i64) = c
                 .prepare_cached("SELECT seq, purged_seq FROM users WHERE name = ?1")?
                 .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?
@@ -642,43 +716,51 @@ impl Index {
             if since > 0 && since < purged {
                 return Err(IndexError::Gone { since, purged });
             }
-            let mut s = tx.prepare_cached(
-                "SELECT id, size, created, flags, seq, deleted, external FROM blobs \
-                 WHERE user = ?1 AND namespace = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+            Ok(current)
+        })
+    }
+
+    /// Up to `limit` changes with `after < seq <= upto`, ascending by seq (one per id: a row
+    /// holds its latest state).
+    pub fn changes_page(
+        &self,
+        user: &str,
+        ns: &Namespace,
+        after: u64,
+        upto: u64,
+        limit: u64,
+    ) -> Result<Vec<Change>, IndexError> {
+        self.read(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT id, size, created, flags, seq, deleted, external, proof FROM blobs \
+                 WHERE user = ?1 AND namespace = ?2 AND seq > ?3 AND seq <= ?4 \
+                 ORDER BY seq LIMIT ?5",
             )?;
-            // Fetch one more than asked to know whether more remain.
-            let fetch = limit.saturating_add(1).min(i64::MAX as u64) as i64;
-            let mut rows = s
-                .query_map(params![user, ns.as_str(), since as i64, fetch], row_of)?
-                .collect::<Result<Vec<_>, _>>()?;
-            let more = rows.len() as u64 > limit;
-            rows.truncate(limit as usize);
-            let seq = if more {
-                rows.last().map(|r| r.seq).unwrap_or(since)
-            } else {
-                current
-            };
-            let changes = rows
-                .into_iter()
-                .map(|r| {
-                    Ok(Change {
-                        // Ids in the index were validated on the way in.
-                        id: BlobId::new(r.id)
-                            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
-                        op: if r.deleted {
-                            ChangeOp::Delete
-                        } else {
-                            ChangeOp::Put
-                        },
-                        size: r.size,
-                        created: r.created,
-                        seq: r.seq,
-                        external: r.external,
-                        proof: None,
-                    })
-                })
-                .collect::<Result<Vec<_>, rusqlite::Error>>()?;
-            Ok(ChangesResponse { seq, changes, more })
+            let limit = limit.min(i64::MAX as u64) as i64;
+            let rows = s.query_map(
+                params![user, ns.as_str(), after as i64, upto as i64, limit],
+                row_of,
+            )?;
+            let mut out = Vec::new();
+            for r in rows {
+                let r = r?;
+                out.push(Change {
+                    // Ids in the index were validated on the way in.
+                    id: BlobId::new(r.id)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                    op: if r.deleted {
+                        ChangeOp::Delete
+                    } else {
+                        ChangeOp::Put
+                    },
+                    size: r.size,
+                    created: r.created,
+                    seq: r.seq,
+                    external: r.external,
+                    proof: r.proof.filter(|_| r.deleted),
+                });
+            }
+            Ok(out)
         })
     }
 
@@ -746,13 +828,15 @@ impl Index {
             .unwrap_or_else(|_| Err(IndexError::Batch("commit worker vanished".into())))
     }
 
-    /// Deletes a live blob: tombstone with a new seq, then unlink the payload. False if there
-    /// was no live blob.
+    /// Deletes a live blob: tombstone with a new seq (and the deleting device's `proof`, kept
+    /// as given: the server cannot check it), then unlink the payload. False if there was no
+    /// live blob.
     pub fn delete(
         &self,
         user: &str,
         ns: &Namespace,
         id: &BlobId,
+        proof: Option<&str>,
         layout: &Layout,
     ) -> Result<bool, IndexError> {
         let mut c = self.writer();
@@ -766,10 +850,10 @@ impl Index {
             params![user, row.size as i64],
         )?;
         tx.execute(
-            "UPDATE blobs SET deleted = 1, created = ?4, \
+            "UPDATE blobs SET deleted = 1, created = ?4, proof = ?5, \
              seq = (SELECT seq FROM users WHERE name = ?1) \
              WHERE user = ?1 AND namespace = ?2 AND id = ?3",
-            params![user, ns.as_str(), id.as_str(), now_secs()],
+            params![user, ns.as_str(), id.as_str(), now_secs(), proof],
         )?;
         tx.commit()?;
         // Unlink after the commit and still under the writer lock: a crash in between leaves
@@ -946,7 +1030,7 @@ fn apply_job(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8) \
              ON CONFLICT (user, namespace, id) DO UPDATE SET size = excluded.size, \
              created = excluded.created, seq = excluded.seq, deleted = 0, \
-             flags = excluded.flags, external = excluded.external",
+             flags = excluded.flags, external = excluded.external, proof = NULL",
         )?
         .execute(params![
             user,
@@ -1033,7 +1117,53 @@ fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<BlobRow> {
         seq: r.get::<_, i64>(4)? as u64,
         deleted: r.get(5)?,
         external: r.get(6)?,
+        proof: r.get(7)?,
     })
+}
+
+/// Refuses names that are not `[A-Za-z0-9_-]{1,128}` (the rule of ids and namespaces): a user
+/// name becomes a directory under the data dir, so `""`, `..` or `/x` must never get that far.
+pub fn check_name(name: &str) -> Result<(), IndexError> {
+    Namespace::new(name)
+        .map(|_| ())
+        .map_err(|_| IndexError::InvalidName(name.chars().take(200).collect()))
+}
+
+/// The namespaces column of `apps` (space-separated); invalid entries cannot be there (they
+/// were validated on the way in) and are skipped.
+fn parse_namespaces(s: &str) -> Vec<Namespace> {
+    s.split_whitespace()
+        .filter_map(|n| Namespace::new(n).ok())
+        .collect()
+}
+
+/// Reads the instance id from `meta`, creating it on first open (also of an index made by an
+/// older version, at its migration).
+fn instance_id(c: &Connection) -> Result<String, IndexError> {
+    let existing: Option<String> = c
+        .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| IndexError::Batch("the OS random source failed".into()))?;
+    b[6] = (b[6] & 0x0f) | 0x40; // UUID version 4
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let id = hex::encode(b);
+    // OR IGNORE + read back: two processes opening a fresh index at once agree on one id.
+    c.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('instance', ?1)",
+        [&id],
+    )?;
+    Ok(
+        c.query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+            r.get(0)
+        })?,
+    )
 }
 
 fn lookup_in(
@@ -1043,7 +1173,7 @@ fn lookup_in(
     id: &str,
 ) -> Result<Option<BlobRow>, IndexError> {
     Ok(c.prepare_cached(
-        "SELECT id, size, created, flags, seq, deleted, external FROM blobs \
+        "SELECT id, size, created, flags, seq, deleted, external, proof FROM blobs \
          WHERE user = ?1 AND namespace = ?2 AND id = ?3",
     )?
     .query_row(params![user, ns, id], row_of)

@@ -10,6 +10,7 @@
 
 pub mod body;
 pub mod fsck;
+pub mod guard;
 pub mod http;
 pub mod index;
 pub mod layout;
@@ -42,12 +43,25 @@ pub struct ServerConfig {
     pub default_quota: Option<u64>,
     /// Most connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Most connections one client address may hold open; more are closed at once, so one
+    /// address cannot take the slots of everyone else. Default 64.
+    pub max_connections_per_client: usize,
+    /// A request body must arrive at least this fast (bytes per second, averaged from its
+    /// start, after [`ServerConfig::body_grace`]); slower, it is cut off with 408. Default 1 KiB/s.
+    pub min_body_rate: u64,
+    /// How long a body may send nothing at all before the rate applies. Default 30 s.
+    pub body_grace: Duration,
+    /// Bad tokens an address may send within [`ServerConfig::auth_window`] before it gets 429
+    /// for a window. Default 20; 0 disables the throttle.
+    pub auth_fail_limit: u32,
+    /// The bad-token counting and blocking window. Default 60 s.
+    pub auth_window: Duration,
     /// Bound on a request's header block (hyper's read buffer), in bytes.
     pub max_header_bytes: usize,
     /// Largest `limit` of a listing page, and most ids in one `/stream` download.
     pub max_page: u64,
-    /// Rows per index query when a listing without `limit` is streamed whole (bounds its
-    /// memory). Default 10,000.
+    /// Rows per index query of a listing (every listing is streamed in pages of this many
+    /// rows, which bounds its memory whatever its `limit`). Default 1,000.
     pub list_chunk: u64,
     /// Bound on an upstream `/stream` header line and a downstream id list, in bytes.
     pub max_stream_header: usize,
@@ -55,7 +69,9 @@ pub struct ServerConfig {
     pub stream_parallel_writes: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
-    /// How long a client may take to send its request headers.
+    /// How long a client may take to send its request headers; hyper arms the same timer
+    /// while a kept-alive connection waits for its next request, so it is also the idle
+    /// keep-alive timeout. Default 30 s.
     pub header_timeout: Duration,
     /// TLS, when set.
     pub tls: Option<TlsFiles>,
@@ -78,9 +94,14 @@ impl ServerConfig {
             max_blob_size: 4 << 30,
             default_quota: None,
             max_connections: 1024,
+            max_connections_per_client: 64,
+            min_body_rate: 1024,
+            body_grace: Duration::from_secs(30),
+            auth_fail_limit: 20,
+            auth_window: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
             max_page: 100_000,
-            list_chunk: 10_000,
+            list_chunk: 1_000,
             max_stream_header: blobsync_shared::wire::DEFAULT_MAX_UPLOAD_HEADER,
             stream_parallel_writes: 32,
             shutdown_grace: Duration::from_secs(10),
@@ -160,6 +181,10 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), ServerError> {
 pub(crate) struct Inner {
     pub(crate) config: ServerConfig,
     pub(crate) index: Index,
+    /// The instance id as the header value every response carries.
+    pub(crate) instance: ::http::HeaderValue,
+    pub(crate) conns: Arc<guard::ClientConns>,
+    pub(crate) throttle: guard::AuthThrottle,
     pub(crate) layout: Layout,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) _lock: DirLock,
@@ -192,10 +217,20 @@ impl ServerState {
             tracing::info!(removed, "removed temp files of uploads cut off earlier");
         }
         let layout = Layout::new(&config.data_dir);
+        let instance = ::http::HeaderValue::from_str(index.instance_id()).map_err(|_| {
+            ServerError::Index(IndexError::Batch(format!(
+                "instance id {:?} in the index is not a valid header value",
+                index.instance_id()
+            )))
+        })?;
+        let throttle = guard::AuthThrottle::new(config.auth_fail_limit, config.auth_window);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 index,
+                instance,
+                conns: Arc::default(),
+                throttle,
                 layout,
                 metrics: metrics::Metrics::default(),
                 _lock: lock,
@@ -216,6 +251,11 @@ impl ServerState {
     /// The index (blocking API; use from `spawn_blocking`).
     pub fn index(&self) -> &Index {
         &self.inner.index
+    }
+
+    /// The server's instance id (see [`Index::instance_id`]).
+    pub fn instance_id(&self) -> &str {
+        self.inner.index.instance_id()
     }
 }
 
@@ -280,6 +320,110 @@ pub async fn purge_tombstones_periodically(
     }
 }
 
+/// Sets up glibc's malloc for a server whose big allocations are short-lived (listing pages,
+/// body chunks): at most 4 arenas instead of 8 per core, and a fixed mmap threshold (256 KiB)
+/// so page-sized buffers are mapped and unmapped instead of growing heaps that are never
+/// given back. Call once at start, before threads exist. A no-op on other platforms.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+/// Gives memory freed by a large listing back to the OS (glibc keeps freed heap pages in
+/// its arenas otherwise, so RSS would stay at the high-water mark). At most once a second;
+/// runs on the blocking pool.
+pub(crate) fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        drop(last);
+        tokio::task::spawn_blocking(|| {
+            // SAFETY: malloc_trim only returns free memory to the OS.
+            unsafe { libc::malloc_trim(0) };
+        });
+    }
+}
+
+/// Rate-limits the log line about connections refused for the per-client cap: one line per
+/// minute at most, with how many were refused since the last one.
+#[derive(Default)]
+struct RefusedLog {
+    last: Option<std::time::Instant>,
+    count: u64,
+}
+
+impl RefusedLog {
+    fn note(&mut self, ip: std::net::IpAddr, cap: usize) {
+        self.count += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+        {
+            tracing::warn!(
+                client = %ip,
+                cap,
+                refused = self.count,
+                "closed connections over the per-client connection cap"
+            );
+            self.last = Some(now);
+            self.count = 0;
+        }
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text, no token) on its own `listener` until `cancel`
+/// fires: the operator's endpoint, kept off the API port so no user or app token can read
+/// server-wide totals. `main` binds it to loopback unless told otherwise.
+pub async fn run_metrics(listener: TcpListener, state: ServerState, cancel: CancellationToken) {
+    // A scraper needs one connection; a few more do no harm, many would be an attack.
+    let permits = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config().header_timeout)
+        .keep_alive(true);
+    loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let st = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, std::convert::Infallible>(http::handle_metrics(st, req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = conn.await;
+        });
+    }
+}
+
 /// Serves HTTP(S) on `listener` until `cancel` fires; then stops accepting, gives in-flight
 /// requests up to `shutdown_grace`, and returns.
 pub async fn run(
@@ -291,6 +435,23 @@ pub async fn run(
     let tls = cfg.tls.as_ref().map(tls_acceptor).transpose()?;
     let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut refused_log = RefusedLog::default();
+    let over_cap = {
+        let msg = format!(
+            "too many connections from your address (at most {}); reuse a connection or retry \
+             later\n",
+            cfg.max_connections_per_client
+        );
+        format!(
+            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\n{}: {}\r\n\
+             content-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{msg}",
+            blobsync_shared::wire::INSTANCE_HEADER,
+            state.instance_id(),
+            msg.len()
+        )
+        .into_bytes()
+    };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -317,11 +478,24 @@ pub async fn run(
                 }
             },
         };
+        let Some(slot) = state
+            .inner
+            .conns
+            .try_open(peer.ip(), cfg.max_connections_per_client)
+        else {
+            // Answered without reading (a non-blocking write into the empty socket buffer)
+            // and closed at once: its slot goes back to everyone else.
+            let _ = stream.try_write(&over_cap);
+            refused_log.note(peer.ip(), cfg.max_connections_per_client);
+            continue;
+        };
+        let permit = (permit, slot);
         let _ = stream.set_nodelay(true);
         let st = state.clone();
+        let ip = peer.ip();
         let service = hyper::service::service_fn(move |req| {
             let st = st.clone();
-            async move { Ok::<_, std::convert::Infallible>(http::handle(st, req).await) }
+            async move { Ok::<_, std::convert::Infallible>(http::handle(st, ip, req).await) }
         });
         let metrics_state = state.clone();
         match &tls {

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::io::Write;
+
 use anyhow::{Context, bail};
 use blobsync_server::{Index, Layout, ServerConfig, ServerState, TlsFiles, fsck, token};
 use clap::{Parser, Subcommand};
@@ -43,6 +45,9 @@ enum Cmd {
         #[arg(long)]
         older_than_days: u64,
     },
+    /// Print this server's instance id (the `blobsync-instance` header of every answer; it
+    /// stays the same for as long as the index lives).
+    Instance,
     /// Check the index against the payload files (server must be stopped).
     Fsck {
         /// Remove temp files and orphan payloads, recount usage.
@@ -72,6 +77,29 @@ struct ServeArgs {
     /// Most connections served at once.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Most connections one client address may hold open; further ones are closed at once.
+    #[arg(long, default_value_t = 64)]
+    max_connections_per_client: usize,
+    /// Seconds a client may take to send a request's headers; also how long a kept-alive
+    /// connection may sit idle between requests.
+    #[arg(long, default_value_t = 30)]
+    header_timeout: u64,
+    /// Slowest request body accepted, in bytes per second averaged from its start (after
+    /// --body-grace); slower bodies get 408. 0 disables the check.
+    #[arg(long, default_value_t = 1024)]
+    min_body_rate: u64,
+    /// Seconds a request body may send nothing before --min-body-rate applies.
+    #[arg(long, default_value_t = 30)]
+    body_grace: u64,
+    /// Bad tokens one address may send per minute before it gets 429 for a minute
+    /// (0: no throttling).
+    #[arg(long, default_value_t = 20)]
+    auth_fail_limit: u32,
+    /// Address of the Prometheus endpoint (GET /metrics, no token); `none` turns it off.
+    /// Never served on --listen. The default is loopback; if its port is taken the server
+    /// runs without metrics and says so.
+    #[arg(long, default_value = DEFAULT_METRICS)]
+    metrics_listen: String,
     /// Largest listing page and most ids per /stream request.
     #[arg(long, default_value_t = 100_000)]
     max_page: u64,
@@ -86,6 +114,9 @@ struct ServeArgs {
     #[arg(long, default_value_t = 180.0, value_parser = parse_days)]
     tombstone_days: f64,
 }
+
+/// Loopback, next to the API's default port.
+const DEFAULT_METRICS: &str = "127.0.0.1:7071";
 
 fn parse_days(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -119,8 +150,11 @@ enum UserCmd {
 enum AppCmd {
     /// Add a trusted app and print its token (once, alone on the last line).
     Add {
-        /// App name.
+        /// App name: 1 to 128 characters of A-Z a-z 0-9 _ -.
         name: String,
+        /// A namespace the app may deliver into (repeat for several). Default: MX.
+        #[arg(long = "namespace", value_name = "NS")]
+        namespaces: Vec<String>,
     },
     /// List apps.
     List,
@@ -137,6 +171,8 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
     Ok(dirs.data_dir().join("server"))
 }
 
+/// Every admin command validates names first (the rule of ids and namespaces): a user name
+/// becomes a directory, so `""`, `..` or an absolute path must be refused before anything.
 fn check_name(kind: &str, name: &str) -> anyhow::Result<()> {
     if blobsync_shared::Namespace::new(name).is_err() {
         bail!("{kind} name {name:?} is invalid: use 1 to 128 characters of A-Z a-z 0-9 _ -");
@@ -153,12 +189,14 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve(a) => serve(data, a),
         Cmd::User(c) => {
+            if let UserCmd::Add { name, .. } | UserCmd::Remove { name } = &c {
+                check_name("user", name)?;
+            }
             blobsync_server::ensure_data_dir(&data)?;
             let index = Index::open(&data)
                 .with_context(|| format!("open the index in {}", data.display()))?;
             match c {
                 UserCmd::Add { name, quota } => {
-                    check_name("user", &name)?;
                     let t = token::generate();
                     index.add_user(&name, &token::hash(&t), quota)?;
                     println!("added user {name}; their token (shown only this once):");
@@ -189,20 +227,47 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::App(c) => {
+            let mut namespaces = Vec::new();
+            match &c {
+                AppCmd::Add {
+                    name,
+                    namespaces: ns,
+                } => {
+                    check_name("app", name)?;
+                    for n in ns {
+                        namespaces.push(blobsync_shared::Namespace::new(n).map_err(|_| {
+                            anyhow::anyhow!(
+                                "namespace {n:?} is invalid: use 1 to 128 characters of \
+                                 A-Z a-z 0-9 _ -"
+                            )
+                        })?);
+                    }
+                    if namespaces.is_empty() {
+                        namespaces.push(blobsync_shared::Namespace::new("MX")?);
+                    }
+                }
+                AppCmd::Remove { name } => check_name("app", name)?,
+                AppCmd::List => {}
+            }
             blobsync_server::ensure_data_dir(&data)?;
             let index = Index::open(&data)
                 .with_context(|| format!("open the index in {}", data.display()))?;
             match c {
-                AppCmd::Add { name } => {
-                    check_name("app", &name)?;
+                AppCmd::Add { name, .. } => {
                     let t = token::generate();
-                    index.add_app(&name, &token::hash(&t))?;
-                    println!("added app {name}; its token (shown only this once):");
+                    index.add_app_with_namespaces(&name, &token::hash(&t), &namespaces)?;
+                    let ns: Vec<&str> = namespaces.iter().map(|n| n.as_str()).collect();
+                    println!(
+                        "added app {name} (may deliver into: {}); its token (shown only this once):",
+                        ns.join(", ")
+                    );
                     println!("{t}");
                 }
                 AppCmd::List => {
-                    for a in index.list_apps()? {
-                        println!("{a}");
+                    println!("{:<24} NAMESPACES", "APP");
+                    for (a, ns) in index.list_apps()? {
+                        let ns: Vec<&str> = ns.iter().map(|n| n.as_str()).collect();
+                        println!("{a:<24} {}", ns.join(","));
                     }
                 }
                 AppCmd::Remove { name } => {
@@ -223,6 +288,13 @@ fn main() -> anyhow::Result<()> {
             println!("purged {n} tombstones older than {older_than_days} days");
             Ok(())
         }
+        Cmd::Instance => {
+            blobsync_server::ensure_data_dir(&data)?;
+            let index = Index::open(&data)
+                .with_context(|| format!("open the index in {}", data.display()))?;
+            println!("{}", index.instance_id());
+            Ok(())
+        }
         Cmd::Fsck { repair } => {
             let report =
                 fsck::fsck(&data, repair).with_context(|| format!("fsck of {}", data.display()))?;
@@ -236,6 +308,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
+    blobsync_server::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -248,6 +321,17 @@ fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
     cfg.max_blob_size = a.max_blob_size;
     cfg.default_quota = a.default_quota;
     cfg.max_connections = a.max_connections;
+    cfg.max_connections_per_client = a.max_connections_per_client.max(1);
+    cfg.header_timeout = Duration::from_secs(a.header_timeout.max(1));
+    cfg.min_body_rate = a.min_body_rate;
+    cfg.body_grace = Duration::from_secs(a.body_grace);
+    cfg.auth_fail_limit = a.auth_fail_limit;
+    let metrics_addr: Option<SocketAddr> = match a.metrics_listen.as_str() {
+        "none" | "off" => None,
+        v => Some(v.parse().map_err(|_| {
+            anyhow::anyhow!("--metrics-listen {v:?} is not an address like 127.0.0.1:7071 or none")
+        })?),
+    };
     cfg.max_page = a.max_page;
     cfg.max_header_bytes = a.max_header_bytes;
     cfg.shutdown_grace = Duration::from_secs(a.shutdown_grace);
@@ -269,8 +353,41 @@ fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         let addr = listener.local_addr().context("read the bound address")?;
         // Parseable by tests and scripts: the one line on stdout.
         println!("listening on {addr}");
-        tracing::info!(%addr, %scheme, data = %data.display(), "serving");
+        tracing::info!(
+            %addr,
+            %scheme,
+            data = %data.display(),
+            instance = state.instance_id(),
+            "serving"
+        );
         let cancel = CancellationToken::new();
+        if let Some(m) = metrics_addr {
+            match tokio::net::TcpListener::bind(m).await {
+                Ok(l) => {
+                    let bound = l.local_addr().context("read the metrics address")?;
+                    if !bound.ip().is_loopback() {
+                        tracing::warn!(%bound, "metrics are reachable beyond this host");
+                    }
+                    // Second stdout line, after the API address that scripts parse first;
+                    // stdout may be closed by then (a script read its one line), so no panic.
+                    let _ = writeln!(std::io::stdout(), "metrics on http://{bound}/metrics");
+                    tracing::info!(%bound, "metrics endpoint ready");
+                    tokio::spawn(blobsync_server::run_metrics(
+                        l,
+                        state.clone(),
+                        cancel.clone(),
+                    ));
+                }
+                // The default port is a courtesy: another server on this host may hold it.
+                Err(e) if a.metrics_listen == DEFAULT_METRICS => tracing::warn!(
+                    error = %e,
+                    // No "listen" in this line: test harnesses look for the API address by it.
+                    "cannot bind the default metrics address {DEFAULT_METRICS}; running without \
+                     metrics (give the metrics flag another address, or none)"
+                ),
+                Err(e) => return Err(e).with_context(|| format!("bind metrics address {m}")),
+            }
+        }
         let signals = tokio::spawn(wait_for_signal(cancel.clone()));
         if a.tombstone_days > 0.0 {
             let ttl = Duration::from_secs_f64(a.tombstone_days * 86_400.0);

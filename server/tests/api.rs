@@ -1,4 +1,4 @@
-//! The HTTP API of DESIGN.md, driven over loopback with a real hyper client against the
+//! The HTTP API (server/README.md), driven over loopback with a real hyper client against the
 //! in-process server (real SQLite index, real payload files in a temp dir).
 
 mod common;
@@ -271,8 +271,10 @@ async fn put_conflict_size_and_quota_errors() {
     let streamed = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(
         futures_util::stream::iter(chunks),
     ));
+    // (bob has no quota: for alice the 507 of the running quota check would come first.)
+    let bob = s.add_user("bob", None);
     let r = s
-        .req("PUT", "/blobs/alice/big2", Some(&t), streamed, &[])
+        .req("PUT", "/blobs/bob/big2", Some(&bob), streamed, &[])
         .await;
     assert_eq!(r.status, 413, "{}", r.text());
     // 507 over quota (1000 used of 1500).
@@ -449,8 +451,17 @@ async fn incoming_stores_external_pending_blobs_in_mx() {
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(s.put("/incoming/alice/m1", &app, "again").await.status, 409);
     assert_eq!(s.put("/incoming/nobody/m1", &app, "x").await.status, 404);
+    // Only into the app's namespaces (MX by default).
+    let r = s.put("/incoming/alice/m2?namespace=other", &app, "y").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("may not deliver into namespace other"),
+        "{}",
+        r.text()
+    );
+    let other = s.add_app_in("other-mail", &["other", "MX"]);
     assert_eq!(
-        s.put("/incoming/alice/m2?namespace=other", &app, "y")
+        s.put("/incoming/alice/m2?namespace=other", &other, "y")
             .await
             .status,
         201
@@ -761,7 +772,8 @@ async fn concurrent_puts_of_one_id_exactly_one_wins() {
 
 #[tokio::test]
 async fn hundred_concurrent_clients() {
-    let s = TestServer::start().await;
+    // All from 127.0.0.1: above the default per-client connection cap of 64.
+    let s = TestServer::start_with(|c| c.max_connections_per_client = 1024).await;
     let t = s.add_user("alice", None);
     let mut tasks = Vec::new();
     for i in 0..100 {
@@ -801,12 +813,26 @@ async fn metrics_count_requests_and_bytes() {
     s.put("/blobs/alice/m", &t, "12345").await;
     s.get("/blobs/alice/m", &t).await;
     s.get("/blobs/alice/zz", &t).await;
-    let m = s.get("/metrics", &t).await;
+    // Never to a user token on the API port: server-wide totals are the operator's.
+    let denied = s.get("/metrics", &t).await;
+    assert_eq!(denied.status, 403, "{}", denied.text());
+    assert!(!denied.text().contains("blobsync_stored"));
+    let maddr = s.start_metrics().await;
+    let m = common::send(
+        &s.client,
+        "GET",
+        &format!("http://{maddr}/metrics"),
+        None,
+        body(""),
+        &[],
+    )
+    .await;
     assert_eq!(m.status, 200);
     let text = m.text();
     for line in [
         "blobsync_requests_total{route=\"put\",code=\"201\"} 1",
         "blobsync_requests_total{route=\"get\",code=\"404\"} 1",
+        "blobsync_requests_total{route=\"metrics\",code=\"403\"} 1",
         "blobsync_bytes_received_total 5",
         "blobsync_bytes_sent_total 5",
         "blobsync_stored_blobs 1",

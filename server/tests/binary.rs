@@ -99,9 +99,15 @@ fn user_and_app_commands() {
             .len(),
         64
     );
+    let apps = String::from_utf8(cli(&data, &["app", "list"]).stdout).unwrap();
+    let rows: Vec<Vec<&str>> = apps
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert_eq!(
-        String::from_utf8(cli(&data, &["app", "list"]).stdout).unwrap(),
-        "mail\n"
+        rows,
+        [vec!["APP", "NAMESPACES"], vec!["mail", "MX"]],
+        "{apps}"
     );
     assert!(cli(&data, &["user", "remove", "alice"]).status.success());
     assert!(!cli(&data, &["user", "remove", "alice"]).status.success());
@@ -231,4 +237,30 @@ async fn kill_9_mid_upload_then_restart_and_fsck_show_no_partial_blob() {
     let report = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{report}");
     assert!(report.contains("checked 2 blobs: clean"), "{report}");
+}
+
+#[tokio::test]
+async fn instance_command_prints_the_id_every_answer_carries() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let out = cli(&data, &["instance"]);
+    assert!(out.status.success());
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(id.len(), 32, "{id:?}");
+    let out = cli(&data, &["instance"]);
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), id);
+    let server = serve(&data);
+    let r = common::send(
+        &common::client(),
+        "GET",
+        &format!("http://{}/healthz", server.addr),
+        None,
+        common::body(""),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        r.header(blobsync_shared::wire::INSTANCE_HEADER),
+        Some(id.as_str())
+    );
 }

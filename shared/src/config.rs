@@ -1,4 +1,4 @@
-//! The daemon's config file (`config.toml`, see DESIGN.md "Config keys") and its defaults.
+//! The daemon's config file (`config.toml`, see the README's "Configuration reference") and its defaults.
 //!
 //! [`ConfigFile`] is exactly what the TOML may say (unknown keys are rejected and every field is
 //! optional); [`Config::resolve`] fills in the defaults and checks every value, naming the key
@@ -13,6 +13,11 @@ use serde::Deserialize;
 
 use crate::id::Namespace;
 use crate::paths::DefaultPaths;
+
+/// The bounds of `transfers` (concurrent transfers), in the config and in `SetLimits`.
+pub const TRANSFERS_MIN: u64 = 1;
+/// See [`TRANSFERS_MIN`].
+pub const TRANSFERS_MAX: u64 = 64;
 
 /// A config that could not be read or has a bad value; the message names the file and key.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +116,8 @@ pub struct ConfigFile {
     pub log: Option<String>,
     /// Hold mass remote deletions until the user allows them (default true).
     pub mass_delete_guard: Option<bool>,
+    /// Allow plain `http://` to a host that is not loopback (the token travels in cleartext).
+    pub allow_insecure_http: Option<bool>,
     /// Per-namespace settings.
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceConfig>,
@@ -126,6 +133,42 @@ pub enum RemoteUrl {
 }
 
 impl RemoteUrl {
+    /// Whether the token would travel in cleartext to another machine: plain `http://` to a
+    /// host that is not loopback (`127.0.0.0/8`, `::1`, `localhost`).
+    pub fn is_insecure(&self) -> bool {
+        let Self::Http(url) = self else {
+            return false;
+        };
+        let lower = url.to_ascii_lowercase();
+        let Some(rest) = lower.strip_prefix("http://") else {
+            return false; // https
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let hostport = authority.rsplit('@').next().unwrap_or("");
+        let host = if let Some(v6) = hostport.strip_prefix('[') {
+            v6.split(']').next().unwrap_or("")
+        } else {
+            hostport.split(':').next().unwrap_or("")
+        };
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        !loopback
+    }
+
+    /// Refuses a cleartext remote (see [`RemoteUrl::is_insecure`]) unless `allow_insecure`.
+    pub fn check_transport(&self, allow_insecure: bool) -> Result<(), String> {
+        if self.is_insecure() && !allow_insecure {
+            return Err(format!(
+                "{self} is plain http to a host that is not loopback: the bearer token would \
+                 travel in cleartext. Use https://, or set `allow_insecure_http = true` if the \
+                 network path is trusted"
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses `http://`, `https://` or `file:///absolute/path`.
     pub fn parse(s: &str) -> Result<Self, String> {
         if let Some(rest) = s.strip_prefix("file://") {
@@ -196,6 +239,8 @@ pub struct Config {
     pub ca_file: Option<PathBuf>,
     /// Log filter.
     pub log: String,
+    /// Plain `http://` to a non-loopback host is allowed (default false).
+    pub allow_insecure_http: bool,
     /// Per-namespace policies; namespaces not listed are eager (`MX`: incoming).
     pub namespaces: BTreeMap<Namespace, NamespacePolicy>,
     /// Hold a cycle's remote deletions when they would remove more than max(100, 25 %) of a
@@ -262,6 +307,10 @@ impl Config {
             Some(r) => (RemoteUrl::parse(&r).map_err(|e| bad("remote", e))?, false),
             None => (RemoteUrl::Dir(data_dir.join("remote")), true),
         };
+        let allow_insecure_http = file.allow_insecure_http.unwrap_or(false);
+        remote
+            .check_transport(allow_insecure_http)
+            .map_err(|e| bad("remote", e))?;
         let user = file.user.unwrap_or_else(login_name);
         if crate::id::Namespace::new(user.as_str()).is_err() {
             return Err(bad(
@@ -278,7 +327,7 @@ impl Config {
             }
         };
         let sync_interval = range("sync_interval", file.sync_interval, 30, 1, 7 * 24 * 3600)?;
-        let transfers = range("transfers", file.transfers, 3, 1, 64)?;
+        let transfers = range("transfers", file.transfers, 3, TRANSFERS_MIN, TRANSFERS_MAX)?;
         let db_ops = range("db_ops", file.db_ops, 10, 1, 1000)?;
         let max_invalid_retries =
             range("max_invalid_retries", file.max_invalid_retries, 3, 1, 100)?;
@@ -313,6 +362,7 @@ impl Config {
             bwlimit_down: file.bwlimit_down.unwrap_or(0),
             ca_file: abs("ca_file", file.ca_file)?,
             log,
+            allow_insecure_http,
             namespaces,
             mass_delete_guard: file.mass_delete_guard.unwrap_or(true),
         })
@@ -431,5 +481,53 @@ mod tests {
         assert!(e.contains("namespaces.a b"), "{e}");
         let e = parse("data_dir = \"rel\"").unwrap_err().to_string();
         assert!(e.contains("`data_dir`"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_to_another_host_needs_the_opt_in() {
+        for url in [
+            "http://192.168.1.5:7070",
+            "http://blobs.example.org",
+            "http://user@10.0.0.1:80/",
+            "http://[2001:db8::1]:7070",
+            "HTTP://Example.org",
+        ] {
+            let e = parse(&format!("remote = \"{url}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("`remote`") && e.contains("cleartext"),
+                "{url}: {e}"
+            );
+            assert!(
+                e.contains("https://") && e.contains("allow_insecure_http = true"),
+                "{e}"
+            );
+            let c = parse(&format!("remote = \"{url}\"\nallow_insecure_http = true")).unwrap();
+            assert!(c.allow_insecure_http && c.remote.is_insecure(), "{url}");
+        }
+        for url in [
+            "http://127.0.0.1:7070",
+            "http://127.9.9.9",
+            "http://[::1]:7070/",
+            "http://localhost:7070",
+            "https://blobs.example.org",
+            "file:///srv/blobs",
+        ] {
+            let c = parse(&format!("remote = \"{url}\"")).unwrap();
+            assert!(!c.remote.is_insecure() && !c.allow_insecure_http, "{url}");
+        }
+        // A name that only starts like loopback is not loopback.
+        assert!(parse("remote = \"http://127.0.0.1.evil.org\"").is_err());
+        assert!(parse("remote = \"http://localhost.evil.org\"").is_err());
+    }
+
+    #[test]
+    fn transfers_bounds_are_the_shared_constants() {
+        assert!(parse(&format!("transfers = {TRANSFERS_MAX}")).is_ok());
+        let e = parse(&format!("transfers = {}", TRANSFERS_MAX + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`transfers`") && e.contains("1..=64"), "{e}");
     }
 }

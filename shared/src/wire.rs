@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{BlobId, IdError};
 
-/// Query parameter names of the blob server's HTTP API (DESIGN.md's table).
+/// Query parameter names of the blob server's HTTP API (server/README.md, "API").
 pub mod query {
     /// Namespace of the request; default `default` (`MX` on `/incoming`).
     pub const NAMESPACE: &str = "namespace";

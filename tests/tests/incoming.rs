@@ -13,9 +13,10 @@ fn incoming_delivery_reaches_the_device_as_is_and_flags_round_trip() -> TestResu
     let env = TestEnv::new()?;
     let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
     let app = cluster.server.add_app("mailer")?;
-    // A daemon lists `default`, configured namespaces and those it has rows in.
+    // A daemon lists `default`, configured namespaces and those it has rows in; only an
+    // incoming namespace takes blobs an app delivered (nothing of ours authenticates them).
     let mut opts = cluster.daemon_opts(0);
-    opts.extra_toml = "[namespaces.MX]\npolicy = \"eager\"\n".into();
+    opts.extra_toml = "[namespaces.MX]\npolicy = \"incoming\"\n".into();
     let a = blobsync_tests::DaemonProc::start(&env, "device-a", opts)?;
     // An app's own encryption (e.g. OpenPGP): opaque bytes to blobsync.
     let payload: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();

@@ -55,35 +55,58 @@ fn retry_delay_follows_the_seed_schedule() {
 #[derive(Default, Debug)]
 struct Server {
     seq: u64,
-    /// id -> (seq, size, uploader)
-    live: BTreeMap<String, (u64, u64, usize)>,
-    /// id -> (seq of the delete, size of the deleted copy, uploader of the deleted copy).
-    /// The size is kept because the real server's tombstone keeps it: a `delete` change
-    /// carries the size of the blob that was deleted (`wire::Change::size`, the index row's
-    /// `size` column), and `plan::diff` relies on it to recognise our own lost-answer upload.
-    dead: BTreeMap<String, (u64, u64, usize)>,
+    /// id -> (seq, size, uploader, header salt of the stored version)
+    live: BTreeMap<String, (u64, u64, usize, Salt)>,
+    /// id -> (seq of the delete, size of the deleted copy, uploader of the deleted copy, its
+    /// salt, the delete proof sent with it). The real server's tombstone keeps the size and
+    /// the proof; the proof names the deleted version's salt.
+    dead: BTreeMap<String, (u64, u64, usize, Salt, Option<String>)>,
+    /// Bumped when the server is replaced by an empty one (a new instance id).
+    instance: u32,
+}
+
+type Salt = [u8; 32];
+
+/// The model's delete proof: the real one is an HMAC under the storage key over the version's
+/// salt (unit-tested in `shared::tombstone`); here it is the salt itself, which a forging
+/// server in this model never sends.
+fn proof_of(salt: &Salt) -> String {
+    hex::encode(salt)
+}
+
+fn proven(l: &BlobInfo, c: &Change) -> bool {
+    l.upload_salt
+        .is_some_and(|s| c.proof.as_deref() == Some(proof_of(&s).as_str()))
 }
 
 impl Server {
-    fn put(&mut self, id: &str, size: u64, who: usize) -> Result<(), usize> {
-        if let Some((_, _, owner)) = self.live.get(id) {
-            return Err(*owner);
+    fn put(&mut self, id: &str, size: u64, who: usize, salt: Salt) -> Result<(), Salt> {
+        if let Some((_, _, _, theirs)) = self.live.get(id) {
+            return Err(*theirs);
         }
         self.seq += 1;
         self.dead.remove(id);
-        self.live.insert(id.to_string(), (self.seq, size, who));
+        self.live
+            .insert(id.to_string(), (self.seq, size, who, salt));
         Ok(())
     }
 
-    fn delete(&mut self, id: &str) -> bool {
+    /// A delete as a device (or a forging server, with `proof` None) makes it.
+    fn delete(&mut self, id: &str, proof: Option<String>) -> bool {
         match self.live.remove(id) {
-            Some((_, size, who)) => {
+            Some((_, size, who, salt)) => {
                 self.seq += 1;
-                self.dead.insert(id.to_string(), (self.seq, size, who));
+                self.dead
+                    .insert(id.to_string(), (self.seq, size, who, salt, proof));
                 true
             }
             None => false,
         }
+    }
+
+    /// The server loses a blob: no tombstone at all (a restore from an old backup).
+    fn lose(&mut self, id: &str) {
+        self.live.remove(id);
     }
 
     /// The latest state of each id changed after `since`, ascending seq (the `since` listing).
@@ -91,13 +114,16 @@ impl Server {
         let mut out: Vec<Change> = self
             .live
             .iter()
-            .filter(|(_, (s, _, _))| *s > since)
-            .map(|(id, (s, size, _))| change(id, ChangeOp::Put, *size, *s))
+            .filter(|(_, (s, _, _, _))| *s > since)
+            .map(|(id, (s, size, _, _))| change(id, ChangeOp::Put, *size, *s))
             .chain(
                 self.dead
                     .iter()
-                    .filter(|(_, (s, _, _))| *s > since)
-                    .map(|(id, (s, size, _))| change(id, ChangeOp::Delete, *size, *s)),
+                    .filter(|(_, (s, _, _, _, _))| *s > since)
+                    .map(|(id, (s, size, _, _, proof))| Change {
+                        proof: proof.clone(),
+                        ..change(id, ChangeOp::Delete, *size, *s)
+                    }),
             )
             .collect();
         out.sort_by_key(|c| c.seq);
@@ -120,6 +146,8 @@ fn change(id: &str, op: ChangeOp, size: u64, seq: u64) -> Change {
 struct Device {
     conn: Connection,
     cursor: Option<u64>,
+    /// The server instance this device synced with (a change resets its cursor).
+    instance: u32,
     /// Ids this device ever had SYNCED (they must never be uploaded again).
     ever_synced: HashSet<String>,
 }
@@ -131,6 +159,7 @@ impl Device {
         Device {
             conn,
             cursor: None,
+            instance: 0,
             ever_synced: HashSet::new(),
         }
     }
@@ -188,6 +217,23 @@ enum Op {
     RemoteDelete {
         pick: usize,
     },
+    /// The server loses a live blob without a tombstone.
+    ServerLoses {
+        pick: usize,
+    },
+    /// The server invents a tombstone (no delete proof).
+    ServerForgesDelete {
+        pick: usize,
+    },
+    /// The server is replaced by an empty one (new instance id, everything gone).
+    ServerReset,
+    /// Many puts on one device at once (enough to reach the mass-deletion guard's floor).
+    BulkPut {
+        dev: usize,
+        n: usize,
+    },
+    /// Another device of the user deletes every live blob, each with its proof.
+    MassRemoteDelete,
     Cycle {
         dev: usize,
         full: bool,
@@ -222,6 +268,11 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (1..90u64).prop_map(|secs| Op::Advance { secs }),
         2 => (0..2usize, any::<bool>(), prop::collection::vec(any::<u8>(), 1..8), any::<u64>())
             .prop_map(|(dev, reachable, outcomes, shuffle)| Op::Retry { dev, reachable, outcomes, shuffle }),
+        1 => any::<usize>().prop_map(|pick| Op::ServerLoses { pick }),
+        1 => any::<usize>().prop_map(|pick| Op::ServerForgesDelete { pick }),
+        1 => Just(Op::ServerReset),
+        1 => (0..2usize, 101..140usize).prop_map(|(dev, n)| Op::BulkPut { dev, n }),
+        1 => Just(Op::MassRemoteDelete),
     ]
 }
 
@@ -231,7 +282,10 @@ struct Sim {
     now: SystemTime,
     ns: Namespace,
     next_id: u32,
+    next_salt: u32,
     mode: Mode,
+    /// The user allowed held mass deletions (`blobctl sync --allow-mass-delete`): converge().
+    allow_mass_delete: bool,
 }
 
 /// Which histories a property explores.
@@ -243,6 +297,11 @@ struct Mode {
     deletes: bool,
     /// Due transfers also run between cycles with no listing first (`Op::Retry`).
     between_cycles: bool,
+    /// The server loses blobs, forges tombstones and is replaced by an empty one.
+    server_faults: bool,
+    /// Bulk puts and mass deletions (over the mass-deletion guard's floor of 100). Costly:
+    /// one property with fewer cases explores them.
+    bulk: bool,
 }
 
 impl Sim {
@@ -254,7 +313,16 @@ impl Sim {
             now: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             ns: Namespace::new("default").expect("valid namespace"),
             next_id: 0,
+            next_salt: 0,
+            allow_mass_delete: false,
         }
+    }
+
+    fn fresh_salt(&mut self) -> Salt {
+        self.next_salt += 1;
+        let mut s = [0u8; 32];
+        s[..4].copy_from_slice(&self.next_salt.to_be_bytes());
+        s
     }
 
     fn fresh_id(&mut self) -> String {
@@ -262,7 +330,64 @@ impl Sim {
         format!("id{}", self.next_id)
     }
 
+    /// Rows holding a local copy, per device: (id, salt of the held version).
+    fn held(&self) -> [BTreeMap<String, Option<Salt>>; 2] {
+        std::array::from_fn(|d| {
+            self.devices[d]
+                .rows(&self.ns)
+                .into_iter()
+                .filter(|r| r.status.has_payload())
+                .map(|r| (r.id.to_string(), r.upload_salt))
+                .collect()
+        })
+    }
+
     fn apply(&mut self, op: &Op) -> Result<(), String> {
+        let before = self.held();
+        let totals: [u64; 2] = std::array::from_fn(|d| self.devices[d].rows(&self.ns).len() as u64);
+        self.apply_op(op)?;
+        // Nothing is lost: a copy a device held disappears only by the user's own delete on
+        // that device, or on a tombstone proving the deletion of exactly that version.
+        for (dev, held) in before.iter().enumerate() {
+            // The mass-deletion guard: one step (at most one cycle) never removes more of the
+            // device's copies on remote deletions than max(100, 25 %) of its rows, unless the
+            // user allowed it.
+            let local_deletes = matches!(op, Op::LocalDelete { dev: d, .. } if *d == dev);
+            let lost = held
+                .keys()
+                .filter(|id| {
+                    self.devices[dev]
+                        .row(&self.ns, &BlobId::new(id.as_str()).expect("valid"))
+                        .is_none()
+                })
+                .count() as u64;
+            let limit = blobsyncd::engine::mass_delete_limit(totals[dev]);
+            if !local_deletes && !self.allow_mass_delete && lost > limit {
+                return Err(format!(
+                    "device {dev} lost {lost} copies in one step, over the guard's {limit} ({op:?})"
+                ));
+            }
+            for (id, salt) in held {
+                let row = self.devices[dev].row(&self.ns, &BlobId::new(id).expect("valid"));
+                if row.is_some() {
+                    continue;
+                }
+                let deleted_here = matches!(op, Op::LocalDelete { dev: d, .. } if *d == dev);
+                let proven = match (salt, self.server.dead.get(id)) {
+                    (Some(s), Some((_, _, _, _, Some(p)))) => *p == proof_of(s),
+                    _ => false,
+                };
+                if !deleted_here && !proven {
+                    return Err(format!(
+                        "device {dev} lost its copy of {id} without a proven tombstone ({op:?})"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_op(&mut self, op: &Op) -> Result<(), String> {
         match op {
             Op::Put { dev, size } => {
                 let id = self.fresh_id();
@@ -298,16 +423,66 @@ impl Sim {
             }
             Op::RemotePut { size } => {
                 let id = self.fresh_id();
-                self.server.put(&id, *size, THIRD_PARTY).expect("fresh id");
+                let salt = self.fresh_salt();
+                self.server
+                    .put(&id, *size, THIRD_PARTY, salt)
+                    .expect("fresh id");
             }
             Op::RemoteDelete { pick } => {
                 if !self.mode.deletes {
                     return Ok(());
                 }
+                // Another device of the user: it holds the live version, and proves it.
                 let ids: Vec<String> = self.server.live.keys().cloned().collect();
                 if !ids.is_empty() {
-                    self.server.delete(&ids[pick % ids.len()]);
+                    let id = &ids[pick % ids.len()];
+                    let salt = self.server.live[id].3;
+                    self.server.delete(id, Some(proof_of(&salt)));
                 }
+            }
+            Op::ServerLoses { .. } | Op::ServerForgesDelete { .. } | Op::ServerReset
+                if !self.mode.server_faults => {}
+            Op::ServerLoses { pick } => {
+                let ids: Vec<String> = self.server.live.keys().cloned().collect();
+                if !ids.is_empty() {
+                    self.server.lose(&ids[pick % ids.len()]);
+                }
+            }
+            Op::ServerForgesDelete { pick } => {
+                let ids: Vec<String> = self.server.live.keys().cloned().collect();
+                if !ids.is_empty() {
+                    self.server.delete(&ids[pick % ids.len()], None);
+                }
+            }
+            Op::BulkPut { .. } | Op::MassRemoteDelete if !self.mode.bulk => {}
+            Op::BulkPut { dev, n } => {
+                for _ in 0..*n {
+                    self.apply_op(&Op::Put {
+                        dev: *dev,
+                        size: 10,
+                    })?;
+                }
+            }
+            Op::MassRemoteDelete => {
+                if !self.mode.deletes {
+                    return Ok(());
+                }
+                let live: Vec<(String, Salt)> = self
+                    .server
+                    .live
+                    .iter()
+                    .map(|(id, l)| (id.clone(), l.3))
+                    .collect();
+                for (id, salt) in live {
+                    self.server.delete(&id, Some(proof_of(&salt)));
+                }
+            }
+            Op::ServerReset => {
+                let instance = self.server.instance + 1;
+                self.server = Server {
+                    instance,
+                    ..Server::default()
+                };
             }
             Op::Cycle {
                 dev,
@@ -376,6 +551,17 @@ impl Sim {
         let ns = self.ns.clone();
         let now = self.now;
         let d = &mut self.devices[dev];
+        // `Engine::check_remote_identity`: another server instance resets what we learnt.
+        if d.instance != self.server.instance {
+            ops::reset_remote(&mut d.conn, &format!("instance {}", self.server.instance))
+                .map_err(|e| e.to_string())?;
+            d.instance = self.server.instance;
+            d.cursor = None;
+        }
+        // A cursor beyond the server's sequence is refused (410/400): list in full.
+        if d.cursor.is_some_and(|c| c > self.server.seq) {
+            d.cursor = None;
+        }
         let since = if full { 0 } else { d.cursor.unwrap_or(0) };
         let kind = if since == 0 {
             ListingKind::Full
@@ -383,9 +569,17 @@ impl Sim {
             ListingKind::Incremental
         };
         let changes = self.server.changes_since(since);
-        let facts = plan::diff(&d.rows(&ns), &changes, kind, NamespacePolicy::Eager);
+        let facts = plan::diff(&d.rows(&ns), &changes, kind, NamespacePolicy::Eager, proven);
         ops::apply_remote(&mut d.conn, &ns, &facts, Some(self.server.seq), now)
             .map_err(|e| format!("apply_remote {facts:?}: {e}"))?;
+        // `Engine::apply_held_deletions`: proven deletions go through the mass-deletion guard.
+        let held = ops::held_count(&mut d.conn, &ns).map_err(|e| e.to_string())?;
+        let total = d.rows(&ns).len() as u64;
+        if held > 0
+            && (self.allow_mass_delete || held <= blobsyncd::engine::mass_delete_limit(total))
+        {
+            ops::apply_held(&mut d.conn, &ns, now).map_err(|e| e.to_string())?;
+        }
         d.cursor = Some(self.server.seq);
         self.transfers(dev, outs, shuffle)
     }
@@ -514,24 +708,31 @@ impl Sim {
         if b.status != Status::PendingUpload {
             return Err(format!("planned an upload of {id} in status {}", b.status));
         }
-        if self.devices[dev].ever_synced.contains(&id) {
+        // A blob it had synced goes up again only as a re-upload of what the server lost.
+        if self.devices[dev].ever_synced.contains(&id) && !b.reupload {
             return Err(format!(
                 "device {dev} uploads {id} again after it was synced"
             ));
         }
-        // The harm is a PUT that reaches the server (stored, answered or not) on the tombstone
-        // of our own stored copy; an attempt that cannot reach it (transport) changes nothing.
+        // The harm is a PUT that reaches the server (stored, answered or not) on a proven
+        // tombstone of the very version we uploaded; an attempt that cannot reach it
+        // (transport) changes nothing, and an unproven tombstone is a lost blob.
         let resurrects = matches!(o, Outcome::Ok | Outcome::Lost)
-            && matches!(self.server.dead.get(&id), Some((_, _, who)) if *who == dev);
+            && matches!(
+                (b.upload_salt, self.server.dead.get(&id)),
+                (Some(ours), Some((_, _, _, _, Some(p)))) if *p == proof_of(&ours)
+            );
         if resurrects {
             return Err(format!(
-                "device {dev} uploads {id} again after the server deleted the copy it stored"
+                "device {dev} uploads {id} again after its copy was deleted with a proof"
             ));
         }
-        let salt = [dev as u8 + 1; 32];
-        // As the engine does before its first PUT: the salt and the size the server will
-        // store (the simulated server stores the plaintext size), so a later tombstone of
-        // exactly that size is recognised as our upload deleted elsewhere.
+        // As the engine does: the recorded salt of an earlier attempt, else a fresh one,
+        // recorded before the PUT.
+        let salt = match b.upload_salt {
+            Some(s) => s,
+            None => self.fresh_salt(),
+        };
         ops::record_upload_attempt(
             &mut self.devices[dev].conn,
             &b.ns,
@@ -543,15 +744,16 @@ impl Sim {
         match o {
             Outcome::Transport | Outcome::Invalid => self.fail(dev, &b, false),
             Outcome::Lost => {
-                let _ = self.server.put(&id, b.size.unwrap_or(0), dev);
+                let _ = self.server.put(&id, b.size.unwrap_or(0), dev, salt);
                 self.fail(dev, &b, false)
             }
             Outcome::Ok => {
-                let t = match self.server.put(&id, b.size.unwrap_or(0), dev) {
+                let t = match self.server.put(&id, b.size.unwrap_or(0), dev, salt) {
                     Ok(()) => Transition::UploadSucceeded,
-                    // 409: our own earlier upload (same salt) or a conflict.
-                    Err(owner) if owner == dev => Transition::UploadSucceeded,
-                    Err(_) => Transition::UploadRejected,
+                    // 409: our own earlier upload (same salt), another device's re-upload of
+                    // a lost blob we were re-uploading too, or a conflict.
+                    Err(theirs) if theirs == salt => Transition::UploadSucceeded,
+                    Err(_) => Transition::Contested,
                 };
                 let u = RowUpdate {
                     now: Some(self.now),
@@ -571,11 +773,12 @@ impl Sim {
         }
         match (o, self.server.live.get(&id).copied()) {
             (Outcome::Invalid, Some(_)) => self.fail(dev, &b, true),
-            (Outcome::Ok, Some((_, size, _))) => {
+            (Outcome::Ok, Some((_, size, _, salt))) => {
                 let u = RowUpdate {
                     size: Some(size),
                     sha256: Some([7; 32]),
                     remote_size: Some(size),
+                    salt: Some(salt),
                     now: Some(self.now),
                     ..Default::default()
                 };
@@ -605,8 +808,13 @@ impl Sim {
         if o != Outcome::Ok {
             return self.fail(dev, &b, false);
         }
-        // 200 or 404: either way the server no longer has it.
-        self.server.delete(b.id.as_str());
+        // 200 or 404: either way the server no longer has it. The proof names the version we
+        // held, or (a row with no salt) the server's copy, as `delete_proof` does.
+        let salt = b
+            .upload_salt
+            .or_else(|| self.server.live.get(b.id.as_str()).map(|l| l.3));
+        self.server
+            .delete(b.id.as_str(), salt.as_ref().map(proof_of));
         let u = RowUpdate {
             now: Some(self.now),
             ..Default::default()
@@ -624,6 +832,8 @@ impl Sim {
 
     /// Fault-free cycles until both devices match the server; then one more plans nothing.
     fn converge(&mut self) -> Result<(), String> {
+        // The user looks at the alarm and allows what the guard held.
+        self.allow_mass_delete = true;
         for round in 0..12 {
             for dev in 0..2 {
                 self.now += Duration::from_secs(61);
@@ -684,7 +894,7 @@ proptest! {
 
     #[test]
     fn planner_keeps_its_invariants_and_converges(ops in prop::collection::vec(op_strategy(), 1..60)) {
-        if let Err(e) = run(&ops, Mode { lost_responses: false, deletes: true, between_cycles: true }) {
+        if let Err(e) = run(&ops, Mode { lost_responses: false, deletes: true, between_cycles: true, server_faults: false, bulk: false }) {
             prop_assert!(false, "{}", e);
         }
     }
@@ -693,20 +903,20 @@ proptest! {
     /// 409 with our own salt counts as success, nothing is uploaded twice.
     #[test]
     fn lost_upload_responses_are_recognised_as_our_own_uploads(ops in prop::collection::vec(op_strategy(), 1..60)) {
-        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: false, between_cycles: true }) {
+        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: false, between_cycles: true, server_faults: false, bulk: false }) {
             prop_assert!(false, "{}", e);
         }
     }
 
     /// A device whose upload was stored but whose response was lost (crash between PUT and
     /// commit) keeps the blob PENDING_UPLOAD; if another device deletes it on the server
-    /// before the retry, the tombstone (same stored size as our recorded attempt) must turn the
-    /// row into a deletion; a retried PUT would bring the deleted blob back everywhere.
-    /// In a cycle the listing comes first, so the tombstone (which carries the deleted
-    /// blob's size, as the real server's does) reaches `plan::diff` before any retry.
+    /// before the retry, the tombstone (whose delete proof names our recorded salt) must turn
+    /// the row into a deletion; a retried PUT would bring the deleted blob back everywhere.
+    /// In a cycle the listing comes first, so the tombstone reaches `plan::diff` before any
+    /// retry.
     #[test]
     fn a_blob_deleted_on_the_server_is_never_uploaded_again(ops in prop::collection::vec(op_strategy(), 1..60)) {
-        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true, between_cycles: false }) {
+        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true, between_cycles: false, server_faults: false, bulk: false }) {
             prop_assert!(false, "{}", e);
         }
     }
@@ -716,9 +926,38 @@ proptest! {
     /// failed on: dev 0 puts X, its PUT is stored but the answer is lost; X is deleted on the
     /// server; 10 s later dev 0 retried without a listing and the server accepted the PUT on
     /// the tombstoned id.
+    /// A server that loses blobs (no tombstone), invents tombstones (no delete proof) or is
+    /// replaced by an empty one never costs a device a blob: each is uploaded again, and the
+    /// devices converge with the server. Only proven tombstones delete (`Sim::apply` checks
+    /// that after every step).
+    #[test]
+    fn a_server_that_loses_forges_or_resets_never_costs_a_device_a_blob(ops in prop::collection::vec(op_strategy(), 1..60)) {
+        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true, between_cycles: true, server_faults: true, bulk: false }) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+
     #[test]
     fn a_blob_deleted_on_the_server_is_never_uploaded_again_by_a_retry_between_cycles(ops in prop::collection::vec(op_strategy(), 1..60)) {
-        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true, between_cycles: true }) {
+        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true, between_cycles: true, server_faults: false, bulk: false }) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: blobsync_tests::env_number("BLOBSYNC_PLANNER_BULK_CASES", 24u32),
+        ..ProptestConfig::default()
+    })]
+
+    /// With over a hundred blobs a device holds: a real mass deletion from another device
+    /// (every blob, each with its proof) is held by the guard — no step removes more than
+    /// max(100, 25 %) of a device's copies, and nothing held is uploaded meanwhile — until
+    /// the user allows it (`converge` does), alongside every server fault.
+    #[test]
+    fn mass_deletions_are_held_by_the_guard_and_never_undone(ops in prop::collection::vec(op_strategy(), 1..40)) {
+        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true, between_cycles: true, server_faults: true, bulk: true }) {
             prop_assert!(false, "{}", e);
         }
     }

@@ -55,6 +55,18 @@ pub enum ControlError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The socket's directory belongs to another user, who could replace the socket.
+    #[error(
+        "the control socket's directory {} belongs to {owner}: that user could replace the \
+         socket, and clients refuse it. Choose a `socket` path in a directory of your own",
+        path.display()
+    )]
+    DirOwner {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner, e.g. `uid 1001 (bob)`.
+        owner: String,
+    },
     /// A daemon already answers on the socket.
     #[error(
         "another blobsyncd is running: it answers on {}. Stop it first (`blobctl status` shows \
@@ -102,10 +114,18 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         match std::fs::metadata(dir) {
             Ok(meta) => {
                 let mode = meta.permissions().mode() & 0o7777;
-                // Anybody could swap the socket for their own in a world-writable dir
-                // without the sticky bit: refuse. A merely readable one is only a warning:
-                // the socket's own mode and the peer check still keep others out.
-                if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+                // The rule clients apply (`blobsync_proto::peer`): a dir that another user
+                // owns, or that group or others may write without the sticky bit, lets
+                // someone swap the socket for their own: refuse. A merely readable one is
+                // only a warning: the socket's own mode and the peer check keep others out.
+                use std::os::unix::fs::MetadataExt;
+                if meta.uid() != own_uid() && meta.uid() != 0 {
+                    return Err(ControlError::DirOwner {
+                        path: dir.to_path_buf(),
+                        owner: blobsync_proto::peer::describe_uid(meta.uid()),
+                    });
+                }
+                if mode & 0o022 != 0 && mode & 0o1000 == 0 {
                     return Err(ControlError::DirPermissions {
                         path: dir.to_path_buf(),
                         mode,
@@ -222,8 +242,8 @@ pub async fn serve(
 
 /// The uid this daemon runs as.
 fn own_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Admits only callers running as the daemon's own user, or root. The socket's mode already

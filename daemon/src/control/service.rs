@@ -715,10 +715,16 @@ impl Control for Service {
         request: Request<pb::SetLimitsRequest>,
     ) -> RpcResult<pb::SetLimitsResponse> {
         let req = request.into_inner();
-        if req.transfers == Some(0) {
-            return Err(GrpcStatus::invalid_argument(
-                "transfers must be at least 1 (pause syncing with Pause instead)",
-            ));
+        // The config's bounds: a limit set here must be one the config file could hold.
+        // (The bandwidth limits are any u64 there too: 0 = none.)
+        use blobsync_shared::config::{TRANSFERS_MAX, TRANSFERS_MIN};
+        if let Some(t) = req.transfers
+            && !(TRANSFERS_MIN..=TRANSFERS_MAX).contains(&u64::from(t))
+        {
+            return Err(GrpcStatus::invalid_argument(format!(
+                "transfers = {t} is outside {TRANSFERS_MIN}..={TRANSFERS_MAX} (the config's \
+                 bounds); to stop transfers, pause syncing with Pause instead"
+            )));
         }
         let l = self
             .handle

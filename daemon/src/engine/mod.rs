@@ -962,16 +962,17 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let mut after: Option<BlobId> = None;
         loop {
             let local = store.id_status_page(ns, after.take(), LOCAL_PAGE).await?;
-            let gone = plan::absent(local.iter().map(|(id, s)| (id, *s)), |id: &BlobId| {
-                listed.contains(id)
-            });
+            let gone = plan::absent(
+                local.iter().map(|(id, s, a)| (id, *s, *a)),
+                |id: &BlobId| listed.contains(id),
+            );
             if !gone.is_empty() {
                 self.apply_page(ns, gone, None, summary).await?;
             }
             if local.len() < LOCAL_PAGE {
                 break;
             }
-            after = local.into_iter().next_back().map(|(id, _)| id);
+            after = local.into_iter().next_back().map(|(id, _, _)| id);
         }
         if cursor != Some(since) {
             self.apply_page(ns, Vec::new(), Some(since), summary)

@@ -50,7 +50,9 @@ pub fn diff(
     if kind == ListingKind::Full {
         let listed: HashSet<&BlobId> = changes.iter().map(|c| &c.id).collect();
         facts.extend(absent(
-            local.iter().map(|l| (&l.id, l.status)),
+            local
+                .iter()
+                .map(|l| (&l.id, l.status, l.upload_salt.is_some())),
             |id: &BlobId| listed.contains(id),
         ));
     }
@@ -136,16 +138,22 @@ pub fn diff_changes(
             }
             // Our upload got through but its answer was lost, and another device deleted
             // exactly that version since (its proof names our salt): uploading it again would
-            // resurrect a deleted blob. Without a valid proof, keep uploading.
+            // resurrect a deleted blob. Without a valid proof our copy was lost like any other:
+            // it goes up again (with a fresh salt), and another device's re-upload wins a race.
             (ChangeOp::Delete, Some(l))
                 if l.status == Status::PendingUpload && l.upload_salt.is_some() =>
             {
-                if proven(l, c) {
-                    facts.push(RemoteFact::ProvenDelete {
+                facts.push(if proven(l, c) {
+                    RemoteFact::ProvenDelete {
                         id: (*id).clone(),
                         seq: c.seq,
-                    });
-                }
+                    }
+                } else {
+                    RemoteFact::Lost {
+                        id: (*id).clone(),
+                        unproven_tombstone: true,
+                    }
+                });
             }
             // No local copy at stake (or our own delete, confirmed): follow the server.
             (ChangeOp::Delete, Some(l)) if removable(l.status) => {
@@ -157,29 +165,36 @@ pub fn diff_changes(
     facts
 }
 
-/// After a full listing: the local rows (id, status) that the listing did not name at all
-/// (neither a live `put` nor a tombstone), in id order. A copy this device holds (`SYNCED`)
-/// was lost by the server (wiped, restored from an old backup, or another server altogether):
-/// it becomes [`RemoteFact::Lost`] and is uploaded again; absence is never deletion. Rows
-/// without a local copy follow the server ([`RemoteFact::Gone`]). Local work (`PENDING_UPLOAD`,
-/// `LOCAL_ONLY`, `FAILED_UPLOAD`) is never absent. `local` may be one page of the namespace's
-/// rows; `listed` must know every id of the whole listing.
+/// After a full listing: the local rows (id, status, upload attempted) that the listing did
+/// not name at all (neither a live `put` nor a tombstone), in id order. A copy this device
+/// holds (`SYNCED`, or an attempted upload whose answer we may have missed) was lost by the
+/// server (wiped, restored from an old backup, or another server altogether): it becomes
+/// [`RemoteFact::Lost`] and is uploaded again; absence is never deletion. Rows without a local
+/// copy follow the server ([`RemoteFact::Gone`]). Other local work (`PENDING_UPLOAD` never
+/// tried, `LOCAL_ONLY`, `FAILED_UPLOAD`) is never absent. `local` may be one page of the
+/// namespace's rows; `listed` must know every id of the whole listing.
 pub fn absent<'a>(
-    local: impl IntoIterator<Item = (&'a BlobId, Status)>,
+    local: impl IntoIterator<Item = (&'a BlobId, Status, bool)>,
     listed: impl Fn(&BlobId) -> bool,
 ) -> Vec<RemoteFact> {
-    let mut out: Vec<(&BlobId, Status)> = local
+    let held = |s: Status, attempted: bool| {
+        s == Status::Synced || (s == Status::PendingUpload && attempted)
+    };
+    let mut out: Vec<(&BlobId, Status, bool)> = local
         .into_iter()
-        .filter(|(id, status)| (*status == Status::Synced || removable(*status)) && !listed(id))
+        .filter(|(id, s, a)| (held(*s, *a) || removable(*s)) && !listed(id))
         .collect();
-    out.sort_by_key(|(id, _)| *id);
+    out.sort_by_key(|(id, _, _)| *id);
     out.into_iter()
-        .map(|(id, status)| match status {
-            Status::Synced => RemoteFact::Lost {
-                id: id.clone(),
-                unproven_tombstone: false,
-            },
-            _ => RemoteFact::Gone { id: id.clone() },
+        .map(|(id, s, a)| {
+            if held(s, a) {
+                RemoteFact::Lost {
+                    id: id.clone(),
+                    unproven_tombstone: false,
+                }
+            } else {
+                RemoteFact::Gone { id: id.clone() }
+            }
         })
         .collect()
 }
@@ -247,8 +262,9 @@ pub fn next_transfers(
         .collect();
     let small = |b: &BlobInfo| match b.status {
         Status::PendingUpload => b.size.is_some_and(|s| s <= batch.max_blob),
+        // A raced re-upload is fetched alone: its content is compared with ours first.
         Status::PendingDownload => {
-            !b.external && b.remote_size.is_some_and(|s| s <= batch.max_blob)
+            !b.external && !b.reupload && b.remote_size.is_some_and(|s| s <= batch.max_blob)
         }
         _ => false,
     };
@@ -408,7 +424,7 @@ mod tests {
         for policy in [NamespacePolicy::Eager, NamespacePolicy::Lazy] {
             let facts = diff(
                 &[],
-                &[ext.clone()],
+                std::slice::from_ref(&ext),
                 ListingKind::Incremental,
                 policy,
                 proven,
@@ -417,7 +433,7 @@ mod tests {
             // Nor may it replace a blob we hold.
             let facts = diff(
                 &[held("mail", 1)],
-                &[ext.clone()],
+                std::slice::from_ref(&ext),
                 ListingKind::Incremental,
                 policy,
                 proven,
@@ -598,17 +614,21 @@ mod tests {
                 seq: 5
             }]
         );
-        // No proof (the server's own, or another version's): ours is still to be uploaded.
+        // No proof (the server's own, or another version's): ours was lost like any copy, and
+        // goes up again.
         for proof in [None, proof_of([2; 32])] {
-            assert!(
+            assert_eq!(
                 diff(
                     &[tried.clone()],
                     &[tombstone("x", 5, proof)],
                     ListingKind::Incremental,
                     NamespacePolicy::Eager,
                     proven
-                )
-                .is_empty()
+                ),
+                vec![RemoteFact::Lost {
+                    id: id("x"),
+                    unproven_tombstone: true
+                }]
             );
         }
         // Never tried: certainly not ours.

@@ -72,6 +72,9 @@ pub(crate) enum DownloadError {
     /// (rollback), or an external blob outside an incoming namespace.
     #[error("{0}")]
     Refused(String),
+    /// A raced re-upload's winner holds other content than ours: ours is kept.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<DownloadError> for crate::handle::EngineError {
@@ -88,7 +91,9 @@ impl From<DownloadError> for crate::handle::EngineError {
             }
             DownloadError::Cancelled => E::ShuttingDown,
             DownloadError::Store(s) => E::Store(s),
-            DownloadError::Refused(why) => E::FailedPrecondition(why),
+            DownloadError::Refused(why) | DownloadError::Conflict(why) => {
+                E::FailedPrecondition(why)
+            }
         }
     }
 }
@@ -449,12 +454,13 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         }
     }
 
-    /// Our re-upload of a blob the server had lost met another device's re-upload (409 with
-    /// another salt): both held the same blob, so its copy is as good as ours. Download it
-    /// instead of failing ours as a conflict. Our payload file stays until the download has
-    /// authenticated theirs and replaces it: a server that lies about the 409 costs nothing.
+    /// A 409 with another copy under the id: another device put a blob there first — often
+    /// the same blob (two devices putting back what the server lost, or the same file put on
+    /// both). Fetch it and compare: the same content becomes SYNCED with their copy, other
+    /// content a conflict (`FAILED_UPLOAD`). Our payload file stays until the download has
+    /// authenticated theirs and found it equal, so a server lying about the 409 costs nothing.
     async fn take_their_copy(&self, b: &BlobInfo) {
-        info!(ns = %b.ns, id = %b.id, "another device uploaded this lost blob again first; taking its copy");
+        info!(ns = %b.ns, id = %b.id, "the server has another copy under this id; fetching it to compare with ours");
         let u = RowUpdate {
             now: Some(self.clock.now()),
             ..Default::default()
@@ -462,7 +468,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         match self
             .shared
             .store
-            .transition(&b.ns, &b.id, Transition::ReuploadRaced, u)
+            .transition(&b.ns, &b.id, Transition::Contested, u)
             .await
         {
             Ok(_) => {}
@@ -634,15 +640,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         debug!("409 with our own salt: an earlier upload got through");
                         self.mark_uploaded(&b, stored, stats).await;
                     }
-                    Ok(false) if b.reupload => self.take_their_copy(&b).await,
-                    Ok(false) => {
-                        self.reject_upload(
-                            &b,
-                            "conflict: the server already has a different blob with this id".into(),
-                            stats,
-                        )
-                        .await
-                    }
+                    Ok(false) => self.take_their_copy(&b).await,
                     Err(e) => {
                         self.shared.note_remote_err(&e);
                         let ra = e.retry_after();
@@ -780,6 +778,20 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     Ok(())
                 }
                 Err(DownloadError::Cancelled) => Err(DownloadError::Cancelled),
+                Err(DownloadError::Conflict(why)) => {
+                    warn!(%why, "kept this device's copy");
+                    let u = RowUpdate {
+                        last_error: Some(why.clone()),
+                        now: Some(self.clock.now()),
+                        ..Default::default()
+                    };
+                    self.shared
+                        .store
+                        .transition(&b.ns, &b.id, Transition::ContestLost, u)
+                        .await?;
+                    stats.failed += 1;
+                    Err(DownloadError::Conflict(why))
+                }
                 Err(DownloadError::Refused(why)) => {
                     if b.status == Status::PendingDownload {
                         let u = RowUpdate {
@@ -1108,6 +1120,14 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let mut sha = [0u8; 32];
         sha.copy_from_slice(hasher.finish().as_ref());
         self.check_rollback(b, salt, &sha, forbidden)?;
+        if b.reupload && b.sha256.is_some_and(|ours| ours != sha) {
+            return Err(DownloadError::Conflict(format!(
+                "conflict: the server already has a different blob {}/{} (put by another \
+                 device); this device's copy is kept. Delete one of them, or put yours under \
+                 another id",
+                b.ns, b.id
+            )));
+        }
         if self.shared.crash_here("download.after_body") {
             return Err(DownloadError::Cancelled);
         }
@@ -1309,15 +1329,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                             ..Default::default()
                         },
                     )),
-                    Ok(false) if b.reupload => self.take_their_copy(b).await,
-                    Ok(false) => {
-                        self.reject_upload(
-                            b,
-                            "conflict: the server already has a different blob with this id".into(),
-                            stats,
-                        )
-                        .await
-                    }
+                    Ok(false) => self.take_their_copy(b).await,
                     Err(e) => {
                         self.record_failure(
                             b,

@@ -1,4 +1,4 @@
-//! `HttpRemote`: the `blobsync-server` HTTP API (DESIGN.md) over a pooled keep-alive hyper
+//! `HttpRemote`: the `blobsync-server` HTTP API (server/README.md) over a pooled keep-alive hyper
 //! client, with rustls (webpki roots plus an optional CA file) for `https`, and a bearer
 //! token read from the token file (re-read after a 401/403, so fixing the file resumes the
 //! queue without a restart).

@@ -302,13 +302,13 @@ impl Store {
         self.call(move |c| ops::rows_for(c, &ns, &ids)).await
     }
 
-    /// A page of (id, status) of `ns` in id order after `after` (see [`ops::id_status_page`]).
+    /// A page of (id, status, salt recorded) of `ns` in id order after `after` (see [`ops::id_status_page`]).
     pub async fn id_status_page(
         &self,
         ns: &Namespace,
         after: Option<BlobId>,
         limit: usize,
-    ) -> Result<Vec<(BlobId, Status)>, StoreError> {
+    ) -> Result<Vec<(BlobId, Status, bool)>, StoreError> {
         let ns = ns.clone();
         self.call(move |c| ops::id_status_page(c, &ns, after.as_ref(), limit))
             .await

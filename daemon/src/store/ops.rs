@@ -56,7 +56,8 @@ pub struct BlobInfo {
     pub updated: SystemTime,
     /// The server's sequence number of the copy we know.
     pub remote_seq: Option<u64>,
-    /// Queued for upload again because the server lost it (see `Transition::LostRemotely`).
+    /// Queued for upload again because the server lost it (`Transition::LostRemotely`), or
+    /// contested (`Transition::Contested`): a download then must hold the content we have.
     pub reupload: bool,
 }
 
@@ -417,22 +418,27 @@ pub fn id_status_page(
     ns: &Namespace,
     after: Option<&BlobId>,
     limit: usize,
-) -> Result<Vec<(BlobId, Status)>, StoreError> {
+) -> Result<Vec<(BlobId, Status, bool)>, StoreError> {
     // "" sorts before every valid id (ids are 1-128 characters).
     let after = after.map_or("", |a| a.as_str());
     let mut st = c.prepare_cached(
-        "SELECT id, status FROM blobs WHERE ns = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        "SELECT id, status, upload_salt IS NOT NULL FROM blobs \
+         WHERE ns = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     )?;
     let rows = st.query_map(params![ns.as_str(), after, limit as i64], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, bool>(2)?,
+        ))
     })?;
     let mut out = Vec::with_capacity(limit.min(4096));
     for r in rows {
-        let (id, code) = r?;
+        let (id, code, salted) = r?;
         let id = BlobId::new(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let status =
             Status::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("status {code}")))?;
-        out.push((id, status));
+        out.push((id, status, salted));
     }
     Ok(out)
 }
@@ -458,7 +464,8 @@ pub fn due(c: &Connection, f: &DueFilter) -> Result<Vec<BlobInfo>, StoreError> {
         return Ok(Vec::new());
     }
     // `status IN (2, 3, 6)` literally, so SQLite can walk the partial index `blobs_due` in
-    // pick order and stop at the LIMIT.
+    // pick order and stop at the LIMIT. A blob whose proven remote deletion the guard holds is
+    // not transferred either: uploading it would undo the deletion the user has yet to judge.
     let extra = if f.statuses.is_empty() {
         String::new()
     } else {
@@ -467,12 +474,16 @@ pub fn due(c: &Connection, f: &DueFilter) -> Result<Vec<BlobInfo>, StoreError> {
     };
     let mut st = c.prepare_cached(&format!(
         "SELECT {COLS} FROM blobs INDEXED BY blobs_due WHERE status IN (2, 3, 6){extra} \
-         AND next_attempt_ms <= ?1 AND ns NOT IN (SELECT ns FROM paused) \
+         AND next_attempt_ms <= ?1 AND ns NOT IN (SELECT ns FROM paused) {NOT_HELD} \
          ORDER BY priority DESC, next_attempt_ms, created_ms, ns, id LIMIT ?2"
     ))?;
     let rows = st.query_map(params![to_millis(f.now), f.limit as i64], row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Leaves out the blobs whose remote deletion the mass-deletion guard holds.
+const NOT_HELD: &str = "AND NOT EXISTS (SELECT 1 FROM held_deletions h \
+    WHERE h.ns = blobs.ns AND h.id = blobs.id)";
 
 /// The earliest next attempt of a queued blob (unpaused namespaces).
 pub fn next_due(c: &mut Connection) -> Result<Option<SystemTime>, StoreError> {
@@ -480,8 +491,10 @@ pub fn next_due(c: &mut Connection) -> Result<Option<SystemTime>, StoreError> {
         return Ok(None);
     }
     let ms: Option<i64> = c.query_row(
-        "SELECT MIN(next_attempt_ms) FROM blobs WHERE status IN (2, 3, 6) \
-         AND ns NOT IN (SELECT ns FROM paused)",
+        &format!(
+            "SELECT MIN(next_attempt_ms) FROM blobs WHERE status IN (2, 3, 6) \
+             AND ns NOT IN (SELECT ns FROM paused) {NOT_HELD}"
+        ),
         [],
         |r| r.get(0),
     )?;
@@ -586,7 +599,7 @@ pub fn transition(
                     keep,
                     now_ms(u.now),
                     u.salt.as_ref().map(|h| &h[..]),
-                    t == Transition::LostRemotely,
+                    matches!(t, Transition::LostRemotely | Transition::Contested),
                 ],
             )?;
             Some(s)
@@ -1367,9 +1380,9 @@ mod tests {
         let (_d, mut c) = open();
         assert_eq!(next_cycle(&mut c).unwrap(), 1);
         assert_eq!(next_cycle(&mut c).unwrap(), 2);
-        set_meta(&mut c, "k", Some("v")).unwrap();
+        set_meta(&c, "k", Some("v")).unwrap();
         assert_eq!(meta(&mut c, "k").unwrap().as_deref(), Some("v"));
-        set_meta(&mut c, "k", None).unwrap();
+        set_meta(&c, "k", None).unwrap();
         assert_eq!(meta(&mut c, "k").unwrap(), None);
     }
 }

@@ -69,6 +69,78 @@ impl DataDir {
     }
 }
 
+/// At most this many tightened paths are named in [`Secured::examples`].
+const SECURED_EXAMPLES: usize = 10;
+
+/// What [`secure`] found too open and tightened.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Secured {
+    /// How many dirs and files were tightened.
+    pub tightened: u64,
+    /// The first few: (path, mode before).
+    pub examples: Vec<(PathBuf, u32)>,
+}
+
+/// Makes the data dir the user's alone, as the trust model promises: every directory `0700`
+/// and every file `0600`, the root, the store files, `tmp/` and the payload tree alike. What
+/// is looser is tightened (the caller logs it); what another user owns cannot be made ours by
+/// a chmod, so it is refused (`PermissionDenied`, naming the path and its owner). Symlinks
+/// inside are neither followed nor changed. One `lstat` per entry: cheap next to a rebuild.
+pub fn secure(data: &DataDir) -> io::Result<Secured> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mut out = Secured::default();
+    let mut check = |path: &Path, meta: &fs::Metadata, want: u32| -> io::Result<()> {
+        if meta.uid() != me {
+            let owner = blobsync_proto::peer::describe_uid(meta.uid());
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} belongs to {owner}, not to the daemon's user (uid {me}): the data dir \
+                     must be this user's alone. chown it to the daemon's user, or set another \
+                     `data_dir`",
+                    path.display()
+                ),
+            ));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 != 0 || mode & 0o7000 != 0 {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(want))?;
+            out.tightened += 1;
+            if out.examples.len() < SECURED_EXAMPLES {
+                out.examples.push((path.to_path_buf(), mode));
+            }
+        }
+        Ok(())
+    };
+    // The root may be a symlink the user made: what counts is where it points.
+    check(data.root(), &fs::metadata(data.root())?, 0o700)?;
+    let mut dirs = vec![data.root().to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                // Gone meanwhile (a temp swept by nobody else but us): nothing to secure.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            if meta.is_dir() {
+                check(&path, &meta, 0o700)?;
+                dirs.push(path);
+            } else {
+                check(&path, &meta, 0o600)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `mkdir -p` with mode 0700 for what it creates.
 pub fn create_private_dir(d: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -128,11 +200,15 @@ impl NewPayload {
             }
         }
         let temp = data.new_temp_path();
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&temp)?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)?
+        };
         Ok(Self {
             file,
             temp: Some(temp),
@@ -523,5 +599,40 @@ mod tests {
                 "unnamed={unnamed}"
             );
         }
+    }
+
+    #[test]
+    fn secure_tightens_an_open_data_dir_and_leaves_symlinks_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::new(tmp.path().join("data"));
+        data.create().unwrap();
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        let chmod = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m));
+        let payload = data.payload_path(&Namespace::default(), &BlobId::new("abc").unwrap());
+        create_private_dir(payload.parent().unwrap()).unwrap();
+        fs::write(&payload, b"plaintext").unwrap();
+        fs::write(data.store_file(), b"db").unwrap();
+        let outside = tmp.path().join("outside");
+        fs::write(&outside, b"not ours to change").unwrap();
+        std::os::unix::fs::symlink(&outside, data.root().join("link")).unwrap();
+        chmod(&outside, 0o644).unwrap();
+        chmod(data.root(), 0o755).unwrap();
+        chmod(payload.parent().unwrap(), 0o775).unwrap();
+        chmod(&payload, 0o644).unwrap();
+        chmod(&data.store_file(), 0o664).unwrap();
+        let s = secure(&data).unwrap();
+        assert_eq!(s.tightened, 4, "{s:?}");
+        assert!(s.examples.contains(&(payload.clone(), 0o644)), "{s:?}");
+        assert_eq!(mode(data.root()), 0o700);
+        assert_eq!(mode(payload.parent().unwrap()), 0o700);
+        assert_eq!(mode(&payload), 0o600);
+        assert_eq!(mode(&data.store_file()), 0o600);
+        assert_eq!(
+            mode(&outside),
+            0o644,
+            "a symlink's target is not ours to change"
+        );
+        assert_eq!(secure(&data).unwrap(), Secured::default(), "idempotent");
     }
 }

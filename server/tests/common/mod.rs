@@ -103,6 +103,32 @@ impl TestServer {
         t
     }
 
+    /// An app that may deliver into `namespaces`.
+    pub fn add_app_in(&self, name: &str, namespaces: &[&str]) -> String {
+        let t = token::generate();
+        let ns: Vec<blobsync_shared::Namespace> = namespaces
+            .iter()
+            .map(|n| blobsync_shared::Namespace::new(*n).unwrap())
+            .collect();
+        self.state
+            .index()
+            .add_app_with_namespaces(name, &token::hash(&t), &ns)
+            .unwrap();
+        t
+    }
+
+    /// Starts the metrics listener (`run_metrics`) on `127.0.0.1:0`; returns its address.
+    pub async fn start_metrics(&self) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(blobsync_server::run_metrics(
+            l,
+            self.state.clone(),
+            self.cancel.clone(),
+        ));
+        addr
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
