@@ -200,11 +200,10 @@ fn partial_download_of_a_blob_deleted_elsewhere_is_removed() -> TestResult {
 }
 
 /// A blob whose download was cut by a crash and resumed after the restart: deleting it on
-/// that device must delete it everywhere. Found by `crashes.rs` (seed 11899554249988459773):
-/// the uploader refuses the downloader's tombstone as unproven and uploads the blob again.
-/// The crash is not needed: any blob deleted on a device that downloaded it comes back.
+/// that device must delete it everywhere. Found by `crashes.rs` (seed 11899554249988459773)
+/// before main's fix: the uploader refused the downloader's tombstone as unproven and
+/// uploaded the blob again.
 #[test]
-#[ignore = "bug: a delete from a device that downloaded the blob is refused as unproven by the uploader (resurrected)"]
 fn a_blob_downloaded_across_a_crash_can_be_deleted_from_that_device() -> TestResult {
     use blobsync_tests::proxy::{Direction, Proxy};
     use blobsync_tests::wait::{Poll, wait_until};
