@@ -15,15 +15,64 @@ pub fn retry_delay(failures: u32) -> Duration {
 }
 
 /// The wait before the next attempt: the schedule, or longer when the server asked for it
-/// (`Retry-After`), whichever is longer.
-pub fn next_wait(failures: u32, retry_after: Option<Duration>) -> Duration {
-    retry_delay(failures).max(retry_after.unwrap_or_default())
+/// (`Retry-After`), whichever is longer. Kept in two parts so [`TimeScale::apply`] scales only
+/// the daemon's own schedule: the server's `Retry-After` is the server's to set, and a scaled
+/// one would let a test build hammer a server that asked for quiet.
+pub fn next_wait(failures: u32, retry_after: Option<Duration>) -> Wait {
+    Wait {
+        schedule: retry_delay(failures),
+        retry_after: retry_after.unwrap_or_default(),
+    }
 }
 
-/// A factor applied to every wait of the daemon (retry delays and the sync interval).
+/// A retry wait: the daemon's schedule and the server's `Retry-After` floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    /// From [`retry_delay`]; scaled by [`TimeScale`].
+    pub schedule: Duration,
+    /// From the server; never scaled.
+    pub retry_after: Duration,
+}
+
+impl Wait {
+    /// The wait at scale 1.
+    pub fn unscaled(self) -> Duration {
+        self.schedule.max(self.retry_after)
+    }
+}
+
+/// Something [`TimeScale::apply`] can scale: a plain daemon wait, or a [`Wait`].
+pub trait Scalable {
+    /// `self` under `scale`.
+    fn scaled(self, scale: TimeScale) -> Duration;
+}
+
+impl Scalable for Duration {
+    fn scaled(self, scale: TimeScale) -> Duration {
+        if scale.0 == 1.0 {
+            self
+        } else {
+            self.mul_f64(scale.0)
+        }
+    }
+}
+
+impl Scalable for Wait {
+    fn scaled(self, scale: TimeScale) -> Duration {
+        self.schedule.scaled(scale).max(self.retry_after)
+    }
+}
+
+/// The smallest factor [`TimeScale`] accepts: 10 s of schedule become 10 ms, never a tight
+/// loop against the server.
+pub const MIN_TIME_SCALE: f64 = 0.001;
+
+/// A factor applied to the daemon's own waits (retry delays and the sync interval), never to
+/// a server's `Retry-After`.
 ///
 /// Test-only: end-to-end tests set `BLOBSYNCD_TIME_SCALE=0.01` so the schedule 10, 20, 30 s
-/// becomes 0.1, 0.2, 0.3 s. Production leaves it unset (1.0).
+/// becomes 0.1, 0.2, 0.3 s. Production leaves it unset (1.0); the daemon logs a warning when it
+/// is set. Clamped to [[`MIN_TIME_SCALE`], 1]: it can only shorten waits, and not to nothing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TimeScale(f64);
 
@@ -34,10 +83,11 @@ impl Default for TimeScale {
 }
 
 impl TimeScale {
-    /// A scale; values that are not finite and positive mean 1.0.
+    /// A scale clamped to [[`MIN_TIME_SCALE`], 1]; values that are not finite and positive
+    /// mean 1.0.
     pub fn new(factor: f64) -> Self {
         if factor.is_finite() && factor > 0.0 {
-            Self(factor)
+            Self(factor.clamp(MIN_TIME_SCALE, 1.0))
         } else {
             Self(1.0)
         }
@@ -45,8 +95,12 @@ impl TimeScale {
 
     /// From [`TIME_SCALE_ENV`]; unset or unparsable means 1.0.
     pub fn from_env() -> Self {
-        std::env::var(TIME_SCALE_ENV)
-            .ok()
+        Self::parse(std::env::var(TIME_SCALE_ENV).ok().as_deref())
+    }
+
+    /// The value of [`TIME_SCALE_ENV`] as a scale; `None` or unparsable means 1.0.
+    pub fn parse(value: Option<&str>) -> Self {
+        value
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(Self::new)
             .unwrap_or_default()
@@ -57,9 +111,10 @@ impl TimeScale {
         self.0
     }
 
-    /// `d` scaled.
-    pub fn apply(self, d: Duration) -> Duration {
-        if self.0 == 1.0 { d } else { d.mul_f64(self.0) }
+    /// `d` scaled: a plain wait by the factor; a [`Wait`]'s schedule by the factor, its
+    /// `Retry-After` not at all.
+    pub fn apply<T: Scalable>(self, d: T) -> Duration {
+        d.scaled(self)
     }
 }
 
@@ -77,9 +132,10 @@ mod tests {
 
     #[test]
     fn retry_after_only_lengthens_the_wait() {
-        assert_eq!(next_wait(1, Some(Duration::from_secs(120))).as_secs(), 120);
-        assert_eq!(next_wait(3, Some(Duration::from_secs(5))).as_secs(), 30);
-        assert_eq!(next_wait(2, None).as_secs(), 20);
+        let secs = |w: Wait| w.unscaled().as_secs();
+        assert_eq!(secs(next_wait(1, Some(Duration::from_secs(120)))), 120);
+        assert_eq!(secs(next_wait(3, Some(Duration::from_secs(5)))), 30);
+        assert_eq!(secs(next_wait(2, None)), 20);
     }
 
     #[test]
@@ -90,5 +146,35 @@ mod tests {
         );
         assert_eq!(TimeScale::new(-1.0), TimeScale::default());
         assert_eq!(TimeScale::new(f64::NAN), TimeScale::default());
+    }
+
+    #[test]
+    fn time_scale_is_clamped_to_a_thousandth_and_one() {
+        // 1e-6 would turn the 10 s schedule into 10 us: a tight loop against the server.
+        assert_eq!(TimeScale::new(1e-6).factor(), MIN_TIME_SCALE);
+        assert_eq!(TimeScale::parse(Some("1e-6")).factor(), MIN_TIME_SCALE);
+        assert_eq!(
+            TimeScale::new(1e-6).apply(Duration::from_secs(10)),
+            Duration::from_millis(10)
+        );
+        // It only ever shortens waits.
+        assert_eq!(TimeScale::new(50.0).factor(), 1.0);
+        assert_eq!(TimeScale::parse(Some(" 0.02 ")).factor(), 0.02);
+        assert_eq!(TimeScale::parse(Some("fast")), TimeScale::default());
+        assert_eq!(TimeScale::parse(None), TimeScale::default());
+    }
+
+    #[test]
+    fn time_scale_never_shortens_retry_after() {
+        let scale = TimeScale::new(0.01);
+        // The server asked for 120 s: it gets 120 s at any scale.
+        let w = next_wait(1, Some(Duration::from_secs(120)));
+        assert_eq!(scale.apply(w), Duration::from_secs(120));
+        // Without Retry-After, or with a short one, the scaled schedule decides.
+        assert_eq!(scale.apply(next_wait(3, None)), Duration::from_millis(300));
+        let w = next_wait(3, Some(Duration::from_millis(100)));
+        assert_eq!(scale.apply(w), Duration::from_millis(300));
+        let w = next_wait(3, Some(Duration::from_millis(500)));
+        assert_eq!(scale.apply(w), Duration::from_millis(500));
     }
 }

@@ -693,18 +693,57 @@ async fn every_invalid_argument_is_refused_with_a_message() {
         .into_inner();
     let ids: Vec<_> = ls.blobs.iter().map(|b| b.id.as_str()).collect();
     assert_eq!(ids, ["ok"]);
-    tokio::time::sleep(Duration::from_millis(200)).await; // temp-file removal runs on a blocking thread
-    let tmp_files: Vec<_> = walk(&f.data)
-        .into_iter()
-        .filter(|p| {
-            p.strip_prefix(&f.data)
-                .unwrap()
-                .to_string_lossy()
-                .contains("tmp")
-        })
-        .collect();
-    assert!(tmp_files.is_empty(), "left behind: {tmp_files:?}");
+    // Temp-file removal runs on a blocking thread: wait for it rather than guess how long.
+    let tmp_files = || -> Vec<_> {
+        walk(&f.data)
+            .into_iter()
+            .filter(|p| {
+                p.strip_prefix(&f.data)
+                    .unwrap()
+                    .to_string_lossy()
+                    .contains("tmp")
+            })
+            .collect()
+    };
+    wait_until(
+        "no temp file is left",
+        || tmp_files().is_empty(),
+        || format!("{:?}", tmp_files()),
+    )
+    .await;
     f.stop().await;
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after 10 s with `what` and `detail()`.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool, detail: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}: {}",
+            detail()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The daemon's puts in progress under `data`: files it holds open there (this process is the
+/// daemon) and that no path names yet. A put writes an `O_TMPFILE` inode, which
+/// `/proc/self/fd` shows as `<dir>/#<inode> (deleted)`, or else a named `tmp/put.*` file.
+fn put_temp_files(data: &Path) -> Vec<PathBuf> {
+    let root = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
+    let mut out: Vec<PathBuf> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|t| t.starts_with(&root) && t.to_string_lossy().ends_with(" (deleted)"))
+        .collect();
+    out.extend(walk(&data.join("tmp")).into_iter().filter(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("put."))
+    }));
+    out
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -1137,11 +1176,24 @@ async fn a_cancelled_put_stores_nothing() {
         c2.put(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The put must be under way (its temp file exists) before the client goes away, or the
+    // test would only show that a put never started stores nothing.
+    let data = f.data.clone();
+    wait_until(
+        "the put writes its temp file",
+        || !put_temp_files(&data).is_empty(),
+        String::new,
+    )
+    .await;
     call.abort(); // the client goes away mid-stream, without ending the stream
     let _ = call.await;
     drop(tx);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        "the cut put's temp file is removed",
+        || put_temp_files(&data).is_empty(),
+        || format!("{:?}", put_temp_files(&data)),
+    )
+    .await;
     assert_eq!(
         code(
             c.get(pb::GetRequest {
@@ -1267,27 +1319,39 @@ async fn shutdown_cuts_a_stalled_put_and_stores_nothing() {
         c2.put(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let data = f.data.clone();
+    // The put must be in flight (its temp file exists) when shutdown starts.
+    wait_until(
+        "the put writes its temp file",
+        || !put_temp_files(&data).is_empty(),
+        String::new,
+    )
+    .await;
     // stop() fails if serve does not return within its deadline: a stalled client must
     // not hold up shutdown.
     f.stop().await;
     let r = call.await.unwrap();
     assert_eq!(code(r), Code::Unavailable);
     drop(tx);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let left: Vec<_> = walk(&data)
-        .into_iter()
-        .filter(|p| {
-            let rel = p
-                .strip_prefix(&data)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            rel.contains("stall") || rel.starts_with("tmp/")
-        })
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    let left = || -> Vec<_> {
+        walk(&data)
+            .into_iter()
+            .filter(|p| {
+                let rel = p
+                    .strip_prefix(&data)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                rel.contains("stall") || rel.starts_with("tmp/")
+            })
+            .collect()
+    };
+    wait_until(
+        "nothing of the cut put is left",
+        || left().is_empty(),
+        || format!("{:?}", left()),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

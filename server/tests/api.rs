@@ -954,7 +954,22 @@ async fn connections_over_the_limit_wait_for_a_free_slot() {
     // Two idle connections take both slots.
     let a = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let _b = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Both must be served (holding their slots) before the third tries: otherwise the third
+    // would wait behind them in the backlog and pass without the limit being involved.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s
+        .state
+        .metrics()
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two idle connections were never served"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let waited = tokio::time::timeout(Duration::from_millis(300), s.get("/blobs/alice", &t)).await;
     assert!(
         waited.is_err(),

@@ -195,8 +195,23 @@ async fn a_delete_during_the_upload_is_caught_at_the_commit() {
     tx.send(Ok(Bytes::from_static(b"first half ")))
         .await
         .unwrap();
+    // The server counts body bytes only once the early look-up has passed: wait for that, so
+    // the delete below lands during the upload and only the commit-time check can catch it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s
+        .state
+        .metrics()
+        .bytes_in
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 11
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never got past the early look-up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     // Meanwhile another device puts x and deletes it: seq 1 and 2.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(s.put("/blobs/alice/x", &t, "theirs").await.status, 201);
     assert_eq!(s.delete("/blobs/alice/x", &t).await.status, 200);
     tx.send(Ok(Bytes::from_static(b"second half")))

@@ -100,9 +100,10 @@ impl Cluster {
 /// The RNG seed of a randomized test: `BLOBSYNC_TEST_SEED` to replay, else a fresh one.
 /// Printed to stderr so a failing run shows it.
 pub fn test_seed(test: &str) -> u64 {
-    let seed = std::env::var("BLOBSYNC_TEST_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
+    // BLOBSYNC_SEED is accepted as a shorter alias.
+    let seed = ["BLOBSYNC_TEST_SEED", "BLOBSYNC_SEED"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().and_then(|s| s.trim().parse().ok()))
         .unwrap_or_else(rand::random);
     eprintln!("{test}: BLOBSYNC_TEST_SEED={seed}");
     seed

@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod digest;
 pub mod env;
 pub mod error;
+pub mod fuzz;
 pub mod proxy;
 pub mod rawhttp;
 pub mod server;
@@ -62,9 +63,15 @@ pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// Prints a note and returns true when a slow scenario should be skipped.
 ///
-/// Use as `if skip_slow_test("name") { return; }` at the top of a slow test.
+/// Use as `if skip_slow_test("name") { return; }` at the top of a slow test. A skip reports
+/// PASS, so under CI (`CI` set) it panics instead: CI must run every scenario.
 pub fn skip_slow_test(name: &str) -> bool {
     if skip_slow() {
+        assert!(
+            !env_flag("CI"),
+            "{name}: BLOBSYNC_SKIP_SLOW is set under CI, which would report a skipped scenario \
+             as passed; unset it"
+        );
         eprintln!("skipping slow scenario {name}: BLOBSYNC_SKIP_SLOW is set");
         true
     } else {

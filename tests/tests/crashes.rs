@@ -28,6 +28,22 @@ fn put_random(dev: &DaemonProc, id: &str, size: u64, seed: u64, model: &mut Mode
     Ok(())
 }
 
+/// The transfers `dev` reports in flight, as `id done/total`; with `early`, only those less
+/// than half done (so a kill right after still lands inside them).
+fn in_flight(dev: &DaemonProc, early: bool) -> blobsync_tests::Result<Vec<String>> {
+    let status = dev.ctl().status()?;
+    let transfers = status["transfers"].as_array().cloned().unwrap_or_default();
+    Ok(transfers
+        .iter()
+        .filter_map(|t| {
+            let done = t["bytes_done"].as_u64().unwrap_or(0);
+            let total = t["bytes_total"].as_u64().unwrap_or(0);
+            (!early || total == 0 || done < total / 2)
+                .then(|| format!("{} {done}/{total}", t["id"].as_str().unwrap_or("?")))
+        })
+        .collect())
+}
+
 fn daemon_kill_rounds(seed: u64) -> TestResult {
     let rounds = if full_size() { 10 } else { 4 };
     let mut rng = StdRng::seed_from_u64(seed);
@@ -56,6 +72,7 @@ fn daemon_kill_rounds(seed: u64) -> TestResult {
         )?,
     ];
     let mut model: Model = BTreeMap::new();
+    let mut mid_transfer_kills = 0;
     for round in 0..rounds {
         // New uploads on one device, which the other will be downloading.
         let up = rng.gen_range(0..2);
@@ -76,12 +93,38 @@ fn daemon_kill_rounds(seed: u64) -> TestResult {
                 model.remove(&key);
             }
         }
-        // A random point in the transfers: this sleep picks *when* to crash, it waits for
-        // nothing.
-        std::thread::sleep(Duration::from_millis(rng.gen_range(10..600)));
         let victim = rng.gen_range(0..2);
+        if round == 0 {
+            // Aimed: wait until the victim moves bytes, so at least one kill lands inside a
+            // transfer whatever the random timings below do. The downloader: its transfers
+            // start after the uploads, so they cannot all be over before the first look.
+            let victim = 1 - up;
+            wait_until(
+                "a transfer in flight on the victim",
+                Duration::from_secs(60),
+                || {
+                    let t = in_flight(&devices[victim], true)?;
+                    Ok(if t.is_empty() {
+                        Poll::Pending("no transfer less than half done".into())
+                    } else {
+                        Poll::Ready(())
+                    })
+                },
+            )?;
+        } else {
+            // A random point in the transfers: this sleep picks *when* to crash, it waits for
+            // nothing.
+            std::thread::sleep(Duration::from_millis(rng.gen_range(10..600)));
+        }
+        let victim = if round == 0 { 1 - up } else { victim };
+        // What the victim had in flight just before the kill (a status call's distance away).
+        let hit = in_flight(&devices[victim], false)?;
+        if !hit.is_empty() {
+            mid_transfer_kills += 1;
+        }
         eprintln!(
-            "round {round}: kill -9 {} (through its proxy so far: {} B up, {} B down)",
+            "round {round}: kill -9 {} mid-transfer: {hit:?} (through its proxy so far: {} B up, \
+             {} B down)",
             devices[victim].name(),
             proxies[victim].bytes(Direction::Up),
             proxies[victim].bytes(Direction::Down)
@@ -89,6 +132,11 @@ fn daemon_kill_rounds(seed: u64) -> TestResult {
         devices[victim].kill9();
         devices[victim].restart(&env)?;
     }
+    eprintln!("{mid_transfer_kills} of {rounds} kills landed inside a transfer");
+    assert!(
+        mid_transfer_kills >= 1,
+        "no kill landed inside a transfer: the scenario tested restarts, not crashes"
+    );
     let refs: Vec<&DaemonProc> = devices.iter().collect();
     assert_converged(
         &refs,

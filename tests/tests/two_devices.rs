@@ -139,33 +139,51 @@ fn two_devices_converge_after_random_operations() {
     }
 }
 
-/// A blob deleted on the server while another device had it PENDING_DOWNLOAD: the download
-/// gets 404, the next listing removes the row, and the partial download file must go too.
+/// A blob deleted elsewhere while this device holds a partial download of it: device A's
+/// download runs through a throttled proxy and A is killed once its partial file (`tmp/dl.*`,
+/// the verified segments so far) holds data; B then deletes the blob. When A restarts it
+/// learns of the delete, and the partial file must go with the row.
 #[test]
 fn partial_download_of_a_blob_deleted_elsewhere_is_removed() -> TestResult {
     use blobsync_tests::converge::stray_files;
+    use blobsync_tests::proxy::{Direction, Proxy};
     use blobsync_tests::wait::{Poll, wait_until};
     let env = TestEnv::new()?;
     let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
-    let a = cluster.start_device(&env, "device-a", 0)?;
+    let proxy = Proxy::start(cluster.server.addr()).expect("start proxy");
+    // 8 MB at 2 MB/s: seconds of download, so the partial is caught growing.
+    proxy.throttle(Direction::Down, Some(2 << 20));
+    let mut a = DaemonProc::start(&env, "device-a", cluster.daemon_opts_via(0, &proxy.url()))?;
     let b = cluster.start_device(&env, "device-b", 0)?;
-    a.ctl().run(&["pause"])?.ok()?;
     let file = b.dir().join("put.src");
-    write_random_file(&file, 100_000, 5)?;
+    write_random_file(&file, 8 << 20, 5)?;
     b.ctl().put(&file, "doomed", &["--wait"])?;
-    wait_until("device-a to list doomed", Duration::from_secs(30), || {
-        let _ = a.ctl().run(&["sync"]);
-        let rows = a.ctl().ls()?;
-        Ok(if rows.iter().any(|r| r.id == "doomed") {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(format!("{rows:?}"))
-        })
-    })?;
+    let partial = a.data_dir().join("tmp/dl.default.doomed");
+    wait_until(
+        "device-a's partial download to hold data",
+        Duration::from_secs(60),
+        || {
+            let _ = a.ctl().run(&["sync"]);
+            let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            Ok(if len > 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{} is {len} bytes", partial.display()))
+            })
+        },
+    )?;
+    // Kill A mid-download: a crash keeps the partial for the restart to resume from (a failed
+    // attempt would remove it itself, which is not what this test is about).
+    a.kill9();
+    let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        len > 0 && len < 8 << 20,
+        "no partial download to remove ({len} bytes)"
+    );
     b.ctl().rm("doomed", "default")?.ok()?;
     b.ctl().sync_wait()?;
-    a.ctl().run(&["resume"])?.ok()?;
-    wait_until("device-a to drop doomed", Duration::from_secs(30), || {
+    a.restart(&env)?;
+    wait_until("device-a to drop doomed", Duration::from_secs(60), || {
         let _ = a.ctl().run(&["sync"]);
         let rows = a.ctl().ls()?;
         Ok(if rows.is_empty() {
@@ -175,7 +193,60 @@ fn partial_download_of_a_blob_deleted_elsewhere_is_removed() -> TestResult {
         })
     })?;
     a.ctl().sync_wait()?;
+    assert!(!partial.exists(), "the partial download stayed");
     let stray = stray_files(a.data_dir());
     assert!(stray.is_empty(), "left behind: {stray:?}");
+    Ok(())
+}
+
+/// A blob whose download was cut by a crash and resumed after the restart: deleting it on
+/// that device must delete it everywhere. Found by `crashes.rs` (seed 11899554249988459773)
+/// before main's fix: the uploader refused the downloader's tombstone as unproven and
+/// uploaded the blob again.
+#[test]
+fn a_blob_downloaded_across_a_crash_can_be_deleted_from_that_device() -> TestResult {
+    use blobsync_tests::proxy::{Direction, Proxy};
+    use blobsync_tests::wait::{Poll, wait_until};
+    let env = TestEnv::new()?;
+    let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
+    let proxy = Proxy::start(cluster.server.addr()).expect("start proxy");
+    proxy.throttle(Direction::Down, Some(2 << 20));
+    let a = cluster.start_device(&env, "device-a", 0)?;
+    let mut b = DaemonProc::start(&env, "device-b", cluster.daemon_opts_via(0, &proxy.url()))?;
+    let file = a.dir().join("put.src");
+    write_random_file(&file, 4 << 20, 11)?;
+    a.ctl().put(&file, "resumed", &["--wait"])?;
+    let partial = b.data_dir().join("tmp/dl.default.resumed");
+    wait_until(
+        "device-b's partial download to hold data",
+        Duration::from_secs(60),
+        || {
+            let _ = b.ctl().run(&["sync"]);
+            let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            Ok(if len > 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{len} bytes"))
+            })
+        },
+    )?;
+    b.kill9();
+    b.restart(&env)?;
+    let mut model: Model = BTreeMap::new();
+    model.insert(("default".into(), "resumed".into()), sha256_file(&file)?);
+    assert_converged(
+        &[&a, &b],
+        Some(&cluster.view(0)),
+        &model,
+        Duration::from_secs(60),
+    )?;
+    b.ctl().rm("resumed", "default")?.ok()?;
+    model.clear();
+    assert_converged(
+        &[&a, &b],
+        Some(&cluster.view(0)),
+        &model,
+        Duration::from_secs(60),
+    )?;
     Ok(())
 }

@@ -5,8 +5,8 @@
 //! so peak RSS and CPU are that workload's alone. Blobs are staged as files before the clock
 //! starts (random, incompressible, from a fixed seed) and put on A with `PutPath`, many calls
 //! in flight, so the client is never the bottleneck. Upload = first put until A reports every
-//! blob `SYNCED` (watched through `Watch`); download = a forced `Sync` on B until B reports
-//! every blob `SYNCED` (B verified each segment's tag while downloading); afterwards, out of the
+//! blob `SYNCED` (watched through `Watch`); download = a forced `Sync` on B (checked to hold
+//! nothing of the workload first) until B reports every blob `SYNCED` (B verified each segment's tag while downloading); afterwards, out of the
 //! clock, every blob is read back from B and its SHA-256 compared with the staged file's.
 //! This module measures; it never asserts a target (it is a benchmark, not a test).
 
@@ -531,6 +531,18 @@ async fn synced_in(client: &mut Client, ns: &str) -> Result<(u64, u64), BenchErr
     Ok((synced, failed))
 }
 
+/// Rows of namespace `ns` in a Status answer, whatever their status.
+async fn rows_in(client: &mut Client, ns: &str) -> Result<u64, BenchError> {
+    let st = client.status(StatusRequest::default()).await?.into_inner();
+    Ok(st
+        .namespaces
+        .iter()
+        .filter(|n| n.namespace == ns)
+        .flat_map(|n| n.counts.iter())
+        .map(|c| c.count)
+        .sum())
+}
+
 /// Opens a Watch on `ns` that misses nothing from now on.
 async fn watch(
     client: &mut Client,
@@ -741,6 +753,14 @@ pub fn run_workload(opts: &BenchOpts, wl: &Workload) -> Result<WorkloadResult, B
         .await?;
         let upload_s = t0.elapsed().as_secs_f64();
         eprintln!("[{}] download", wl.name);
+        // B must start from nothing (its interval is a day, but a stray cycle would have it
+        // list or fetch during the upload and flatter the download figure).
+        let held = rows_in(&mut cb, &ns).await?;
+        if held != 0 {
+            return Err(BenchError::Check(format!(
+                "device B already holds {held} blob(s) of {ns} before the download clock starts"
+            )));
+        }
         let mut ev_b = watch(&mut cb, &ns).await?;
         let t1 = Instant::now();
         cb.sync(SyncRequest {
