@@ -9,6 +9,7 @@
 //!  listed, lazy ─────► REMOTE_ONLY ──wanted──► PENDING_DOWNLOAD ──────────────┘
 //!                      (REMOTE_ONLY ──fetched on demand──► SYNCED)
 //!                      PENDING_DOWNLOAD ──invalid max_invalid_retries times──► FAILED_DOWNLOAD
+//!                      PENDING_DOWNLOAD ──not blobsync's format──► REMOTE_ONLY (kept so)
 //!                      FAILED_DOWNLOAD ──retry──► PENDING_DOWNLOAD
 //!  deleted locally: SYNCED, PENDING_DOWNLOAD, FAILED_DOWNLOAD, REMOTE_ONLY and a
 //!                   PENDING_UPLOAD that may have reached the server ──► PENDING_DELETE
@@ -151,6 +152,7 @@ impl Status {
             (Synced | PendingUpload, T::LostRemotely) => Next::Is(PendingUpload),
             (PendingUpload, T::Contested) => Next::Is(PendingDownload),
             (PendingDownload, T::ContestLost) => Next::Is(FailedUpload),
+            (PendingDownload, T::ForeignFormat) => Next::Is(RemoteOnly),
             (RemoteOnly, T::Wanted) => Next::Is(PendingDownload),
             (from, transition) => return Err(IllegalTransition { from, transition }),
         };
@@ -221,6 +223,9 @@ pub enum Transition {
     Contested,
     /// The copy on the server holds other content than ours: keep ours, as a conflict.
     ContestLost,
+    /// The server's copy is not in blobsync's format (e.g. a Soledad client's): it stays
+    /// `REMOTE_ONLY`, never retried.
+    ForeignFormat,
 }
 
 /// Where a transition leads.

@@ -1,6 +1,8 @@
-//! Rollback (the trust model's promise 3): a device that has held a version of an id never
-//! goes back to an older one, whatever the listing says; a real delete and re-put from
-//! another device (a fresh salt) still goes through.
+//! What a device refuses to take from the server, and what it keeps to judge it: rollback
+//! (the trust model's promise 3: a device that has held a version of an id never goes back to
+//! an older one, whatever the listing says; a real delete and re-put from another device, a
+//! fresh salt, still goes through), salts backfilled for stores from before delete proofs, and
+//! blobs in another client's format.
 
 mod common;
 
@@ -120,4 +122,46 @@ async fn salts_missing_from_an_older_store_are_backfilled_so_proven_deletions_ap
     assert_eq!((s.deleted_local, s.reuploaded_missing), (1, 0), "{s:?}");
     assert_eq!(b.status_of("x").await, None);
     assert_eq!(b.status_of("keep").await, Some(Status::Synced));
+}
+
+/// A blob another client wrote in its own format (a Soledad client's preamble is base64 text)
+/// is listed `REMOTE_ONLY` with the reason "foreign format", never failed and never retried.
+#[tokio::test]
+async fn a_blob_in_a_foreign_format_stays_remote_only_and_is_not_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("remote");
+    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    let soledad_like =
+        b"EzcBAQQ0NTY3ODkwMTIzNDU2Nzg5MA== \x00\x01ciphertext of another format".to_vec();
+    b.dir_remote()
+        .put(
+            &Namespace::default(),
+            &BlobId::new("theirs").unwrap(),
+            soledad_like.len() as u64,
+            once_body(soledad_like),
+            None,
+        )
+        .await
+        .unwrap();
+    b.engine.run_cycle().await;
+    let row = b.info("theirs").await.unwrap();
+    assert_eq!(row.status, Status::RemoteOnly, "{row:?}");
+    assert!(row.last_error.unwrap().starts_with("foreign format"));
+    let gets = b
+        .remote
+        .faults
+        .gets
+        .load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..3 {
+        b.cycle_after(120).await;
+    }
+    assert_eq!(b.status_of("theirs").await, Some(Status::RemoteOnly));
+    assert_eq!(
+        b.remote
+            .faults
+            .gets
+            .load(std::sync::atomic::Ordering::SeqCst),
+        gets,
+        "never fetched again by the cycle"
+    );
 }

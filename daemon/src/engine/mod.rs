@@ -942,6 +942,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 .rows_with_status(ns, Status::RemoteOnly)
                 .await?
                 .into_iter()
+                // Not lazily left there: not ours to read (see `Engine::foreign_format`).
+                .filter(|b| b.last_error.as_deref() != Some(transfer::FOREIGN_FORMAT))
                 .map(|b| {
                     let u = crate::store::ops::RowUpdate::default();
                     (b.id, crate::status::Transition::Wanted, u)

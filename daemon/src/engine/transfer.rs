@@ -37,6 +37,10 @@ const MAX_CUTS_WITHOUT_PROGRESS: u32 = 3;
 /// Progress events per transfer at most every this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
+/// The reason kept on a blob that is not in blobsync's format (`Engine::foreign_format`).
+pub(crate) const FOREIGN_FORMAT: &str =
+    "foreign format: not a blobsync blob (e.g. written by a Soledad client); left on the server";
+
 /// A finished download: (plaintext size, sha256, stored size, header salt).
 type Fetched = (u64, [u8; 32], u64, Option<[u8; 32]>);
 
@@ -823,6 +827,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 Err(e) => {
                     let queued = b.status == Status::PendingDownload;
                     match &e {
+                        DownloadError::Invalid(InvalidBlob::BadMagic) if queued => {
+                            self.foreign_format(&b).await;
+                        }
                         DownloadError::Invalid(inv) => {
                             warn!(check = inv.check(), "downloaded blob failed verification");
                             if self.shared.download_invalid(&b.ns, &b.id, inv) {
@@ -900,6 +907,27 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let mut seen = self.shared.store.seen_salts(&b.ns, &b.id).await?;
         seen.retain(|s| Some(*s) != b.upload_salt);
         Ok(seen)
+    }
+
+    /// A server copy that does not start with our magic is no blobsync blob at all — in a
+    /// Soledad deployment, one a Soledad client wrote with its own encryption. It is not
+    /// damage and retrying cannot help: it stays `REMOTE_ONLY` with the reason, and is never
+    /// downloaded again by the cycle (a `get` still tries, and says why it fails).
+    async fn foreign_format(&self, b: &BlobInfo) {
+        info!(ns = %b.ns, id = %b.id, "not a blobsync blob (foreign format): left on the server");
+        let u = RowUpdate {
+            last_error: Some(FOREIGN_FORMAT.to_owned()),
+            now: Some(self.clock.now()),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .shared
+            .store
+            .transition(&b.ns, &b.id, Transition::ForeignFormat, u)
+            .await
+        {
+            warn!(ns = %b.ns, id = %b.id, error = %e, "cannot record a foreign-format blob");
+        }
     }
 
     /// The rollback check: refuses a copy whose header salt is one of `forbidden` unless its
@@ -1543,6 +1571,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     }
                 }
                 Err(e) if self.shared.download_invalid(&b.ns, &b.id, &e) => {}
+                Err(InvalidBlob::BadMagic) => self.foreign_format(b).await,
                 Err(e) => {
                     self.record_failure(b, Direction::Download, e.to_string(), None, true, stats)
                         .await
