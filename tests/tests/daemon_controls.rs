@@ -149,7 +149,11 @@ const CAP: usize = 2;
 fn a_paused_namespace_does_not_transfer_while_others_do() -> TestResult {
     let env = TestEnv::new()?;
     let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
-    let a = cluster.start_device(&env, "device-a", 0)?;
+    // Paused before its first blob: the namespace must be known (configured), or blobctl
+    // refuses the pause as a likely typo.
+    let mut opts = cluster.daemon_opts(0);
+    opts.extra_toml = "[namespaces.docs]\npolicy = \"eager\"\n".into();
+    let a = blobsync_tests::DaemonProc::start(&env, "device-a", opts)?;
     let b = cluster.start_device(&env, "device-b", 0)?;
     a.ctl().run(&["pause", "-n", "docs"])?.ok()?;
     let mut model: Model = BTreeMap::new();
