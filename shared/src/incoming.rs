@@ -140,8 +140,8 @@ mod tests {
 
     fn encrypt(recipient: &str, plain: &[u8]) -> Vec<u8> {
         let r = age::x25519::Recipient::from_str(recipient).unwrap();
-        let e = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
-            .unwrap();
+        let e =
+            age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
         let mut out = Vec::new();
         let mut w = e.wrap_output(&mut out).unwrap();
         w.write_all(plain).unwrap();
@@ -156,7 +156,9 @@ mod tests {
         assert_ne!(a, IncomingIdentity::derive(&key(2)).recipient());
         assert!(is_recipient(&a), "{a}");
         assert!(!is_recipient("age1nope"));
-        assert!(!is_recipient(&IncomingIdentity::derive(&key(1)).secret_string()));
+        assert!(!is_recipient(
+            &IncomingIdentity::derive(&key(1)).secret_string()
+        ));
     }
 
     #[test]
@@ -167,9 +169,13 @@ mod tests {
         let mut t = HKDF_INFO.to_vec();
         t.push(1);
         let okm = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, prk.as_ref()), &t);
-        let s = bech32::encode("age-secret-key-", okm.as_ref().to_base32(), bech32::Variant::Bech32)
-            .unwrap()
-            .to_uppercase();
+        let s = bech32::encode(
+            "age-secret-key-",
+            okm.as_ref().to_base32(),
+            bech32::Variant::Bech32,
+        )
+        .unwrap()
+        .to_uppercase();
         assert_eq!(IncomingIdentity::derive(&key(1)).secret_string(), s);
     }
 
