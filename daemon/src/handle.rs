@@ -310,6 +310,11 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// The user's incoming recipient (`age1...`), derived from the storage key.
+    pub fn incoming_recipient(&self) -> String {
+        blobsync_shared::incoming::IncomingIdentity::derive(&self.shared.key).recipient()
+    }
+
     pub(crate) fn new<R: Remote, C: Clock>(shared: Arc<Shared>, engine: Arc<Engine<R, C>>) -> Self {
         Self {
             shared,

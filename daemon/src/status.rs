@@ -152,6 +152,7 @@ impl Status {
             (PendingUpload, T::Contested) => Next::Is(PendingDownload),
             (PendingDownload, T::ContestLost) => Next::Is(FailedUpload),
             (RemoteOnly, T::Wanted) => Next::Is(PendingDownload),
+            (PendingDownload | RemoteOnly, T::Decrypted) => Next::Is(PendingUpload),
             (from, transition) => return Err(IllegalTransition { from, transition }),
         };
         Ok(next)
@@ -221,6 +222,9 @@ pub enum Transition {
     Contested,
     /// The copy on the server holds other content than ours: keep ours, as a conflict.
     ContestLost,
+    /// An incoming delivery (an age file) was decrypted into a local payload: it goes up
+    /// again as format v1, adopting the delivery (`engine::incoming`).
+    Decrypted,
 }
 
 /// Where a transition leads.

@@ -6,6 +6,7 @@
 //! decisions live in [`plan`]. The engine never opens a socket itself (the remote does) and
 //! never touches SQLite directly (the store does).
 
+mod incoming;
 pub mod plan;
 pub mod ratelimit;
 pub(crate) mod transfer;
@@ -157,6 +158,8 @@ pub(crate) struct RuntimeState {
     pub alarms: BTreeMap<(AlarmKind, Option<Namespace>), Alarm>,
     /// External blobs already refused in this run (logged once each).
     pub refused_external: HashSet<(Namespace, BlobId)>,
+    /// When the remote was last seen holding our incoming recipient (`engine::incoming`).
+    pub recipient_checked: Option<SystemTime>,
 }
 
 pub(crate) struct SyncRequest {
@@ -390,6 +393,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             namespaces_discovered: false,
             alarms: BTreeMap::new(),
             refused_external: HashSet::new(),
+            recipient_checked: None,
         };
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -721,6 +725,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let mut set: std::collections::BTreeSet<Namespace> =
             self.shared.settings().namespaces.keys().cloned().collect();
         set.insert(Namespace::default());
+        // The default incoming box is listed like a configured namespace: deliveries start it.
+        if let Ok(mx) = Namespace::new(blobsync_shared::config::DEFAULT_INCOMING_NAMESPACE)
+            && self.shared.settings().policy(&mx) == NamespacePolicy::Incoming
+        {
+            set.insert(mx);
+        }
         set.extend(self.shared.store.namespaces().await?);
         if ask_remote {
             match self.remote.namespaces().await {
@@ -827,7 +837,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     ) -> Result<(), SyncError> {
         // Never apply what one remote says to cursors and sequence numbers learnt from
         // another: a changed remote is reconciled by a full listing first.
-        let force_full = self.check_remote_identity().await? || force_full;
+        let changed = self.check_remote_identity().await?;
+        self.publish_recipient(changed).await;
+        let force_full = changed || force_full;
         let rebuild = self.shared.state().rebuild_pending;
         // The first cycle of this run discovers namespaces too (cycle numbers persist, so the
         // periodic full listing may be far away on a fresh start).
