@@ -350,3 +350,78 @@ fn bad_deliveries_get_clear_errors_and_store_nothing() -> TestResult {
     }
     Ok(())
 }
+
+/// `server/contrib/blobsync-deliver` (sh, curl and age; what the README gives mail servers):
+/// a delivery through it reaches the device; a refused one exits 1 with the server's reason.
+#[test]
+fn the_delivery_script_delivers_and_reports_refusals() -> TestResult {
+    let env = TestEnv::new()?;
+    let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
+    let app = cluster.server.add_app("mailer")?;
+    let a = cluster.start_device(&env, "device-a", 0)?;
+    let token_file = env.subdir("mta")?.join("app.token");
+    std::fs::write(&token_file, format!("{app}\n")).expect("write the token file");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/contrib/blobsync-deliver");
+    let run = |extra: &[&str], input: &[u8]| {
+        let mut child = Command::new("sh")
+            .arg(&script)
+            .args([
+                "--url",
+                &cluster.server.url(),
+                "--user",
+                "alice",
+                "--app-token-file",
+            ])
+            .arg(&token_file)
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write");
+        child.wait_with_output().expect("script ends")
+    };
+    // The recipient is published by the daemon's first cycle.
+    wait_until(
+        "the recipient to be published",
+        Duration::from_secs(30),
+        || {
+            let r = cluster
+                .server
+                .request(&app, "GET", "/keys/alice/incoming", b"")?;
+            Ok(if r.status == 200 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(r.text())
+            })
+        },
+    )?;
+    let plain = message(42, 20_000);
+    let out = run(&["--id", "viascript"], &plain);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "viascript");
+    wait_status(&a, &["viascript".to_string()], "SYNCED", 60)?;
+    assert!(get_plain(&a, "viascript") == plain);
+
+    let out = run(&["--id", "x", "--namespace", "default"], b"hi");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HTTP 403") && err.contains("may not deliver"),
+        "{err}"
+    );
+    let out = run(&["--user"], b"");
+    assert_eq!(out.status.code(), Some(2), "usage error");
+    Ok(())
+}
