@@ -267,7 +267,12 @@ async fn external_blobs_are_decrypted_in_an_incoming_namespace_and_refused_elsew
     )
     .await;
     let sum = b.engine.run_cycle().await;
-    assert_eq!(sum.downloaded, 1, "{sum:?}");
+    assert_eq!(
+        sum.downloaded,
+        1,
+        "{sum:?} {:?}",
+        b.info_ns(&mx, "mail1").await
+    );
     b.cycle_after(1).await;
     let info = b.info_ns(&mx, "mail1").await.unwrap();
     assert!(info.external);

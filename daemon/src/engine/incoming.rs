@@ -155,6 +155,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             ))
             .into());
         }
+        // tokio's File writes in the background: the decryption below must see every byte.
+        tokio::io::AsyncWriteExt::flush(&mut file).await?;
         drop(file);
         let mut age_sha = [0u8; 32];
         age_sha.copy_from_slice(hasher.finish().as_ref());

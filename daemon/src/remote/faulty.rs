@@ -264,13 +264,15 @@ impl<R: Remote> Remote for FaultyRemote<R> {
             .await
     }
 
+    // Like `namespaces`: not failed by `fail_next`, so tests that fail a listing or a
+    // transfer keep failing the call they aimed at.
     async fn incoming_recipient(&self) -> Result<Option<String>, RemoteError> {
-        self.faults.check()?;
+        self.faults.check_switches()?;
         self.inner.incoming_recipient().await
     }
 
     async fn publish_incoming_recipient(&self, recipient: &str) -> Result<(), RemoteError> {
-        self.faults.check()?;
+        self.faults.check_switches()?;
         self.inner.publish_incoming_recipient(recipient).await
     }
 
