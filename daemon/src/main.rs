@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use blobsync_shared::config::{Config, RemoteUrl};
+use blobsync_shared::config::{Config, RemoteUrl, ServerKind};
 use blobsync_shared::keyfile;
 use blobsync_shared::paths::DefaultPaths;
 use blobsyncd::clock::{Clock, SystemClock};
@@ -18,6 +18,7 @@ use blobsyncd::notify::notify;
 use blobsyncd::remote::Remote;
 use blobsyncd::remote::dir::DirRemote;
 use blobsyncd::remote::http::{HttpRemote, HttpRemoteConfig};
+use blobsyncd::remote::soledad::SoledadRemote;
 use blobsyncd::retry::TimeScale;
 use blobsyncd::store::payload::{self, DataDir};
 use blobsyncd::store::{OpenOutcome, Store};
@@ -229,6 +230,24 @@ async fn run(
                 info!(remote = %path.display(), "no remote configured: using the local folder remote");
             }
             let remote = DirRemote::new(&path, &cfg.user)?;
+            serve(
+                args, defaults, cfg, source, log, store, outcome, remote, key, data, settings,
+                events,
+            )
+            .await
+        }
+        RemoteUrl::Http(base) if cfg.server_kind == ServerKind::Soledad => {
+            let remote = SoledadRemote::new(HttpRemoteConfig {
+                base,
+                user: cfg.user.clone(),
+                token_file: cfg.token_file.clone(),
+                ca_file: cfg.ca_file.clone(),
+            })?;
+            warn!(
+                remote = %remote.describe(),
+                "the remote is a Soledad server: tombstones there carry no delete proofs, so its \
+                 deleted listing deletes local copies (a weaker guarantee than a blobsync-server's)"
+            );
             serve(
                 args, defaults, cfg, source, log, store, outcome, remote, key, data, settings,
                 events,

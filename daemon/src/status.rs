@@ -31,7 +31,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// A blob's local sync status (DESIGN.md "Data model").
+/// A blob's local sync status (docs/sync.md; the state machine is drawn above).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Status {
     /// Here and on the server.

@@ -1,10 +1,13 @@
-//! The HTTP API of DESIGN.md: routing, authentication, query validation, and the handlers
+//! The HTTP API (server/README.md, "API"): routing, authentication, query validation, and the handlers
 //! for listing, get (with ranges), put, flags, delete, `/stream` up and down, `/incoming`,
 //! `/healthz` and `/metrics`.
 //!
 //! Handlers validate everything that comes in (ids and namespaces become newtypes before any
 //! path is built) and answer errors as plain text saying what was wrong. Index calls and file
 //! system work go through the blocking pool; blob bytes move in bounded chunks.
+//!
+//! Tokens come as `Bearer` or as Soledad's `Token base64(user:token)`; where Soledad's API
+//! differs, the request's dialect decides the answer ([`crate::soledad`]).
 //!
 //! Status codes: 401 no/unknown token (with `WWW-Authenticate: Bearer`); 403 a path user that
 //! is not the token's, an app token outside `/incoming`, a user token on `/incoming`; 400 bad
@@ -34,6 +37,7 @@ use crate::body::{self, Body, CHUNK, TempBlob};
 use crate::index::{
     self, BlobRow, IndexError, ListQuery, Order, PendingPut, Principal, PutOutcome,
 };
+use crate::soledad::{self, Dialect, Scheme};
 use crate::{Inner, ServerState};
 
 mod incoming;
@@ -239,7 +243,11 @@ async fn route(
     req: Request<Incoming>,
 ) -> (&'static str, ApiResult) {
     let path = req.uri().path().to_owned();
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Soledad's client lists at `/blobs/{user}/` and may stream to `/stream/{user}/`.
+    if let ["blobs" | "stream", _, ""] = segs.as_slice() {
+        segs.pop();
+    }
     let method = req.method().clone();
     let label = match (segs.as_slice(), &method) {
         (["healthz"], _) => "healthz",
@@ -291,8 +299,12 @@ async fn route(
     if segs == ["healthz"] {
         return (label, Ok(text(StatusCode::OK, "ok\n")));
     }
+    let mut dialect = Dialect::Blobsync;
+    let mut req = req;
     let result = async {
-        let who = authenticate(st, peer, &req).await?;
+        let (who, scheme) = authenticate(st, peer, &req).await?;
+        dialect = Dialect::of(req.headers(), scheme);
+        req.extensions_mut().insert(dialect);
         match segs.as_slice() {
             // Server-wide totals are the operator's, not any user's or app's.
             ["metrics"] => Err(ApiError::new(
@@ -346,6 +358,14 @@ async fn route(
         }
     }
     .await;
+    // Soledad's client takes only 200 as success (see soledad.rs).
+    let result = result.map(|mut r| {
+        if dialect == Dialect::Soledad && r.status() == StatusCode::CREATED {
+            *r.status_mut() = StatusCode::OK;
+            r.headers_mut().remove("x-blobsync-seq");
+        }
+        r
+    });
     (label, result)
 }
 
@@ -353,7 +373,7 @@ async fn authenticate(
     st: &ServerState,
     peer: IpAddr,
     req: &Request<Incoming>,
-) -> Result<Principal, ApiError> {
+) -> Result<(Principal, Scheme), ApiError> {
     if let Some(wait) = st.inner.throttle.blocked(peer) {
         let secs = wait.as_secs() + 1;
         return Err(ApiError {
@@ -377,7 +397,10 @@ async fn authenticate(
     principal
 }
 
-async fn check_token(st: &ServerState, req: &Request<Incoming>) -> Result<Principal, ApiError> {
+async fn check_token(
+    st: &ServerState,
+    req: &Request<Incoming>,
+) -> Result<(Principal, Scheme), ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
     let Some(v) = req.headers().get(header::AUTHORIZATION) else {
         return Err(unauthorized(
@@ -388,18 +411,35 @@ async fn check_token(st: &ServerState, req: &Request<Incoming>) -> Result<Princi
     let v = v
         .to_str()
         .map_err(|_| unauthorized("Authorization header is not ASCII"))?;
-    let Some(token) = v
+    let (token, scheme, claimed) = if let Some(t) = v
         .strip_prefix("Bearer ")
         .or_else(|| v.strip_prefix("bearer "))
-    else {
+    {
+        (t.trim().to_owned(), Scheme::Bearer, None)
+    } else if let Some(c) = v.strip_prefix("Token ") {
+        let (user, token) = soledad::parse_token_credentials(c).map_err(unauthorized)?;
+        (token, Scheme::Token, Some(user))
+    } else {
         return Err(unauthorized(
-            "Authorization header must be \"Bearer <token>\"",
+            "Authorization header must be \"Bearer <token>\" (or Soledad's \
+             \"Token base64(user:token)\")",
         ));
     };
-    let hash = crate::token::hash(token.trim());
-    blocking(st, move |i| i.index.principal(&hash))
+    let hash = crate::token::hash(&token);
+    let who = blocking(st, move |i| i.index.principal(&hash))
         .await?
-        .ok_or_else(|| unauthorized("unknown or revoked token"))
+        .ok_or_else(|| unauthorized("unknown or revoked token"))?;
+    // Soledad's credentials name the user; it must be the token's (the route then checks it
+    // against the path's user).
+    if let Some(claimed) = claimed {
+        let (Principal::User(owner) | Principal::App(owner, _)) = &who;
+        if *owner != claimed {
+            return Err(unauthorized(&format!(
+                "the Token credentials name {claimed:?}, but the token is not theirs"
+            )));
+        }
+    }
+    Ok((who, scheme))
 }
 
 fn parse_id(s: &str) -> Result<BlobId, ApiError> {
@@ -444,8 +484,21 @@ impl Query {
     fn flag(&self, k: &str) -> Result<bool, ApiError> {
         match self.get(k) {
             None => Ok(false),
-            Some("" | "1" | "true" | "yes") => Ok(true),
-            Some("0" | "false" | "no") => Ok(false),
+            // Soledad's client sends Python's `True`/`False`.
+            Some(v)
+                if ["", "1", "true", "yes"]
+                    .iter()
+                    .any(|t| v.eq_ignore_ascii_case(t)) =>
+            {
+                Ok(true)
+            }
+            Some(v)
+                if ["0", "false", "no"]
+                    .iter()
+                    .any(|t| v.eq_ignore_ascii_case(t)) =>
+            {
+                Ok(false)
+            }
             Some(v) => Err(ApiError::bad(format!(
                 "{k}={v:?} is not a boolean: use 1 or 0 (true/false)"
             ))),
@@ -504,7 +557,7 @@ async fn metrics(st: &ServerState) -> ApiResult {
 // ---- GET /blobs/{user} ---------------------------------------------------------------------
 
 /// A `detail=1` listing entry: [`BlobDetail`] plus, on a tombstone (`deleted=1`), the delete
-/// proof it was written with (DESIGN's `deleted` listings carry proofs as changes do).
+/// proof it was written with (`deleted` listings carry proofs as changes do).
 #[derive(serde::Serialize)]
 struct DetailOut {
     #[serde(flatten)]
@@ -887,6 +940,8 @@ async fn get(st: &ServerState, user: String, id: BlobId, req: &Request<Incoming>
     let (start, end) = range.unwrap_or((0, row.size.saturating_sub(1)));
     let len = if row.size == 0 { 0 } else { end - start + 1 };
     let path = st.inner.layout.blob_path(&user, &ns, &id);
+    // Soledad's client refuses a download without it.
+    let tag = soledad::tag_header(path.clone(), row.size).await;
     let head = req.method() == Method::HEAD;
     let file = match open_at(path, start).await {
         Ok(f) => f,
@@ -907,6 +962,9 @@ async fn get(st: &ServerState, user: String, id: BlobId, req: &Request<Incoming>
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(tag) = tag {
+        h.insert("tag", tag);
+    }
     if range.is_some() {
         *r.status_mut() = StatusCode::PARTIAL_CONTENT;
         if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{}", row.size)) {
@@ -1489,6 +1547,7 @@ async fn stream_down(
     req: Request<Incoming>,
 ) -> ApiResult {
     let cfg = st.config().clone();
+    let req_dialect = req.extensions().get::<Dialect>().copied();
     let b = read_small_body(st, req, cfg.max_stream_header).await?;
     let ids: Vec<String> = serde_json::from_slice(&b)
         .map_err(|e| ApiError::bad(format!("body must be a JSON list of blob ids: {e}")))?;
@@ -1505,6 +1564,9 @@ async fn stream_down(
         .collect::<Result<Vec<_>, _>>()?;
     let (u2, n2, ids2) = (user.clone(), ns.clone(), ids.clone());
     let rows = blocking(st, move |i| i.index.lookup_many(&u2, &n2, &ids2)).await?;
+    if req_dialect == Some(Dialect::Soledad) {
+        return soledad_down(st, &user, &ns, ids, rows);
+    }
     let (tx, body) = body::channel();
     let st2 = st.clone();
     // One blocking thread produces the whole response: small blobs are coalesced into CHUNK
@@ -1549,6 +1611,49 @@ async fn stream_down(
         }
     });
     let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(r)
+}
+
+/// A `/stream` download in Soledad's framing ([`soledad::download_body`]). The framing has no
+/// way to say "missing", so a missing id fails the whole request before a byte is sent.
+fn soledad_down(
+    st: &ServerState,
+    user: &str,
+    ns: &Namespace,
+    ids: Vec<BlobId>,
+    rows: Vec<Option<BlobRow>>,
+) -> ApiResult {
+    let missing: Vec<&str> = ids
+        .iter()
+        .zip(&rows)
+        .filter(|(_, r)| r.is_none())
+        .map(|(i, _)| i.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no blob {} in namespace {ns} of {user}; Soledad's stream framing cannot skip one",
+            missing.join(", ")
+        )));
+    }
+    let mut files = Vec::with_capacity(ids.len());
+    for (id, row) in ids.into_iter().zip(rows) {
+        let row = row.expect("checked above");
+        if row.size > soledad::MAX_FRAMED_SIZE {
+            return Err(ApiError::bad(format!(
+                "blob {id} ({} bytes) is too large for Soledad's stream framing (at most {} \
+                 bytes); GET it on its own",
+                row.size,
+                soledad::MAX_FRAMED_SIZE
+            )));
+        }
+        let path = st.inner.layout.blob_path(user, ns, &id);
+        files.push((id, path, row));
+    }
+    let mut r = Response::new(soledad::download_body(st, files));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),

@@ -12,9 +12,11 @@ pub mod body;
 pub mod fsck;
 pub mod guard;
 pub mod http;
+pub mod import;
 pub mod index;
 pub mod layout;
 pub mod metrics;
+pub mod soledad;
 pub mod token;
 
 use std::net::SocketAddr;

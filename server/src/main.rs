@@ -48,6 +48,13 @@ enum Cmd {
     /// Print this server's instance id (the `blobsync-instance` header of every answer; it
     /// stays the same for as long as the index lives).
     Instance,
+    /// Import a Soledad server's blobs directory (`{DIR}/{uuid}/{namespace}/...`) for users
+    /// that exist here (server must be stopped). Tombstones are not imported; ids already here
+    /// are left alone.
+    ImportSoledad {
+        /// Soledad's `blobs_path`.
+        dir: PathBuf,
+    },
     /// Check the index against the payload files (server must be stopped).
     Fsck {
         /// Remove temp files and orphan payloads, recount usage.
@@ -293,6 +300,23 @@ fn main() -> anyhow::Result<()> {
             let index = Index::open(&data)
                 .with_context(|| format!("open the index in {}", data.display()))?;
             println!("{}", index.instance_id());
+            Ok(())
+        }
+        Cmd::ImportSoledad { dir } => {
+            if !dir.is_dir() {
+                anyhow::bail!(
+                    "{} is not a directory: give Soledad's blobs_path (it holds one directory \
+                     per user uuid)",
+                    dir.display()
+                );
+            }
+            blobsync_server::ensure_data_dir(&data)?;
+            let index = Index::open(&data)
+                .with_context(|| format!("open the index in {}", data.display()))?;
+            let layout = blobsync_server::Layout::new(&data);
+            let report = blobsync_server::import::import_soledad(&index, &layout, &dir)
+                .with_context(|| format!("import of {}", dir.display()))?;
+            print!("{}", report.render());
             Ok(())
         }
         Cmd::Fsck { repair } => {

@@ -1,4 +1,4 @@
-//! The HTTP API of DESIGN.md, driven over loopback with a real hyper client against the
+//! The HTTP API (server/README.md), driven over loopback with a real hyper client against the
 //! in-process server (real SQLite index, real payload files in a temp dir).
 
 mod common;

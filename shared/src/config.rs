@@ -1,4 +1,4 @@
-//! The daemon's config file (`config.toml`, see DESIGN.md "Config keys") and its defaults.
+//! The daemon's config file (`config.toml`, see the README's "Configuration reference") and its defaults.
 //!
 //! [`ConfigFile`] is exactly what the TOML may say (unknown keys are rejected and every field is
 //! optional); [`Config::resolve`] fills in the defaults and checks every value, naming the key
@@ -118,9 +118,23 @@ pub struct ConfigFile {
     pub mass_delete_guard: Option<bool>,
     /// Allow plain `http://` to a host that is not loopback (the token travels in cleartext).
     pub allow_insecure_http: Option<bool>,
+    /// What the `http(s)` remote is: `"blobsync"` (default) or `"soledad"`.
+    pub server_kind: Option<String>,
     /// Per-namespace settings.
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+/// What kind of server an `http(s)` remote is (`server_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerKind {
+    /// A `blobsync-server` (the default).
+    #[default]
+    Blobsync,
+    /// A genuine Soledad server (leap.soledad 0.10): `Token` auth with `user` as the uuid, full
+    /// listings every cycle, namespaces from this file only, and its `deleted` listing taken as
+    /// deletions without delete proofs (a weaker guarantee).
+    Soledad,
 }
 
 /// Where the daemon's blobs live remotely.
@@ -241,6 +255,8 @@ pub struct Config {
     pub log: String,
     /// Plain `http://` to a non-loopback host is allowed (default false).
     pub allow_insecure_http: bool,
+    /// What the `http(s)` remote is (default: a `blobsync-server`).
+    pub server_kind: ServerKind,
     /// Per-namespace policies; namespaces not listed are eager (`MX`: incoming).
     pub namespaces: BTreeMap<Namespace, NamespacePolicy>,
     /// Hold a cycle's remote deletions when they would remove more than max(100, 25 %) of a
@@ -311,6 +327,24 @@ impl Config {
         remote
             .check_transport(allow_insecure_http)
             .map_err(|e| bad("remote", e))?;
+        let server_kind = match file.server_kind.as_deref() {
+            None | Some("blobsync") => ServerKind::Blobsync,
+            Some("soledad") if matches!(remote, RemoteUrl::Http(_)) => ServerKind::Soledad,
+            Some("soledad") => {
+                return Err(bad(
+                    "server_kind",
+                    "\"soledad\" needs an http(s) remote: set remote to the Soledad server's \
+                     blobs URL, e.g. https://soledad.example.org:2424"
+                        .into(),
+                ));
+            }
+            Some(k) => {
+                return Err(bad(
+                    "server_kind",
+                    format!("{k:?} is not known; use \"blobsync\" or \"soledad\""),
+                ));
+            }
+        };
         let user = file.user.unwrap_or_else(login_name);
         if crate::id::Namespace::new(user.as_str()).is_err() {
             return Err(bad(
@@ -365,6 +399,7 @@ impl Config {
             allow_insecure_http,
             namespaces,
             mass_delete_guard: file.mass_delete_guard.unwrap_or(true),
+            server_kind,
         })
     }
 
@@ -529,5 +564,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`transfers`") && e.contains("1..=64"), "{e}");
+    }
+
+    #[test]
+    fn server_kind_is_checked() {
+        assert_eq!(parse("").unwrap().server_kind, ServerKind::Blobsync);
+        let c = parse("remote = \"http://127.0.0.1:2424\"\nserver_kind = \"soledad\"").unwrap();
+        assert_eq!(c.server_kind, ServerKind::Soledad);
+        let e = parse("server_kind = \"soledad\"").unwrap_err().to_string();
+        assert!(
+            e.contains("`server_kind`") && e.contains("http(s) remote"),
+            "{e}"
+        );
+        let e = parse("server_kind = \"couch\"").unwrap_err().to_string();
+        assert!(
+            e.contains("`server_kind`") && e.contains("\"soledad\""),
+            "{e}"
+        );
     }
 }

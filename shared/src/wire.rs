@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{BlobId, IdError};
 
-/// Query parameter names of the blob server's HTTP API (DESIGN.md's table).
+/// Query parameter names of the blob server's HTTP API (server/README.md, "API").
 pub mod query {
     /// Namespace of the request; default `default` (`MX` on `/incoming`).
     pub const NAMESPACE: &str = "namespace";
@@ -204,6 +204,11 @@ pub const INSTANCE_HEADER: &str = "blobsync-instance";
 /// deleted version, as 64 lowercase hex characters. The server keeps it with the tombstone and
 /// returns it as [`Change::proof`].
 pub const DELETE_PROOF_HEADER: &str = "x-blobsync-delete-proof";
+
+/// Request header blobsyncd sends on every request (value: `blobsyncd/VERSION`): answer in
+/// blobsync's own dialect (201 + sequence number on a put, blobsync's `/stream` download
+/// framing) even where the credentials are Soledad's `Token`. See the server's README.
+pub const CLIENT_HEADER: &str = "x-blobsync-client";
 
 /// Answer of `GET /blobs/{user}?since=S`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! The format can never change by accident: the reference vectors (made by an independent
-//! implementation of DESIGN.md) must encode to the exact stored bytes, decode to the exact
+//! implementation of docs/blob-format.md) must encode to the exact stored bytes, decode to the exact
 //! plaintext, and every tampered vector must fail with the check it names (in any chunking).
 
 mod common;

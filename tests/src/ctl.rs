@@ -1,7 +1,7 @@
 //! [`Blobctl`]: runs the real `blobctl` against one daemon's socket, with `--json`.
 //!
 //! Every call returns the exit code and the parsed JSON, so tests can assert both the
-//! success path and the error codes of DESIGN.md (0 ok, 1 error, 2 usage, 3 unreachable).
+//! success path and the error codes of blobctl (0 ok, 1 error, 2 usage, 3 unreachable).
 //! This module only parses `blobctl`'s documented JSON; it never talks gRPC itself.
 
 use std::path::{Path, PathBuf};

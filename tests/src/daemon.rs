@@ -40,6 +40,9 @@ pub enum RemoteSpec {
     },
     /// A `file://` remote in a local directory.
     Dir(PathBuf),
+    /// No `remote` in the config: the daemon's embedded default, `file://<data_dir>/remote`
+    /// (what the README's first command runs).
+    Default,
 }
 
 /// Options for one daemon.
@@ -100,6 +103,50 @@ fn toml_str(s: &str) -> String {
     serde_json::to_string(s).expect("a string always serializes")
 }
 
+/// Writes a device's `config.toml` for `opts`.
+fn write_config(
+    dir: &Path,
+    config: &Path,
+    data_dir: &Path,
+    socket: &Path,
+    opts: &DaemonOpts,
+) -> Result<()> {
+    let mut toml = String::new();
+    match &opts.remote {
+        RemoteSpec::Http { url, user, token } => {
+            let token_file = dir.join("token");
+            std::fs::write(&token_file, format!("{token}\n")).ctx(|| "write token file".into())?;
+            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
+                .ctx(|| "chmod token file".into())?;
+            toml.push_str(&format!(
+                "remote = {}\nuser = {}\ntoken_file = {}\n",
+                toml_str(url),
+                toml_str(user),
+                toml_str(&token_file.display().to_string())
+            ));
+        }
+        RemoteSpec::Dir(path) => {
+            toml.push_str(&format!(
+                "remote = {}\n",
+                toml_str(&format!("file://{}", path.display()))
+            ));
+        }
+        RemoteSpec::Default => {}
+    }
+    toml.push_str(&format!(
+        "key_file = {}\ndata_dir = {}\nsocket = {}\nlog = \"debug\"\n",
+        toml_str(&opts.key_file.display().to_string()),
+        toml_str(&data_dir.display().to_string()),
+        toml_str(&socket.display().to_string()),
+    ));
+    if let Some(s) = opts.sync_interval {
+        toml.push_str(&format!("sync_interval = {s}\n"));
+    }
+    toml.push_str(&opts.extra_toml);
+    toml.push('\n');
+    std::fs::write(config, toml).ctx(|| "write daemon config".into())
+}
+
 impl DaemonProc {
     /// Creates the device dir and config, starts the daemon and waits for its socket.
     pub fn start(env: &TestEnv, name: &str, opts: DaemonOpts) -> Result<Self> {
@@ -114,40 +161,7 @@ impl DaemonProc {
         let socket = dir.join("runtime").join("blobsyncd.sock");
         let data_dir = dir.join("data");
         let config = dir.join("config.toml");
-        let mut toml = String::new();
-        match &opts.remote {
-            RemoteSpec::Http { url, user, token } => {
-                let token_file = dir.join("token");
-                std::fs::write(&token_file, format!("{token}\n"))
-                    .ctx(|| "write token file".into())?;
-                std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
-                    .ctx(|| "chmod token file".into())?;
-                toml.push_str(&format!(
-                    "remote = {}\nuser = {}\ntoken_file = {}\n",
-                    toml_str(url),
-                    toml_str(user),
-                    toml_str(&token_file.display().to_string())
-                ));
-            }
-            RemoteSpec::Dir(path) => {
-                toml.push_str(&format!(
-                    "remote = {}\n",
-                    toml_str(&format!("file://{}", path.display()))
-                ));
-            }
-        }
-        toml.push_str(&format!(
-            "key_file = {}\ndata_dir = {}\nsocket = {}\nlog = \"debug\"\n",
-            toml_str(&opts.key_file.display().to_string()),
-            toml_str(&data_dir.display().to_string()),
-            toml_str(&socket.display().to_string()),
-        ));
-        if let Some(s) = opts.sync_interval {
-            toml.push_str(&format!("sync_interval = {s}\n"));
-        }
-        toml.push_str(&opts.extra_toml);
-        toml.push('\n');
-        std::fs::write(&config, toml).ctx(|| "write daemon config".into())?;
+        write_config(&dir, &config, &data_dir, &socket, &opts)?;
         let cmd = Self::command(&bin, &dir, &config, &socket, &opts);
         let slot = env.spawn(&name, cmd)?;
         let ctl = Blobctl::new(&socket)?;
@@ -258,6 +272,23 @@ impl DaemonProc {
     /// Peak and current resident memory in bytes (`VmHWM`, `VmRSS` from `/proc`).
     pub fn memory(&self) -> Option<(u64, u64)> {
         crate::proc_memory(self.pid()?)
+    }
+
+    /// Points the daemon at another remote, as a user editing `config.toml` does: stops it
+    /// (SIGTERM, as `systemctl stop` would), rewrites the config, starts it again.
+    pub fn switch_remote(&mut self, env: &TestEnv, remote: RemoteSpec) -> Result<()> {
+        self.terminate(Duration::from_secs(15));
+        self.opts.remote = remote;
+        write_config(
+            &self.dir,
+            &self.config,
+            &self.data_dir,
+            &self.socket,
+            &self.opts,
+        )?;
+        let cmd = Self::command(&self.bin, &self.dir, &self.config, &self.socket, &self.opts);
+        env.respawn(&self.slot, cmd)?;
+        self.wait_ready()
     }
 
     /// Starts the daemon again with the same config and data (kills it first if running).

@@ -3,7 +3,7 @@
 //! Started with port 0; the bound address is parsed from what the server prints at startup,
 //! and a restart reuses the same data dir and port so a daemon pointed at it reconnects.
 //! Readiness is `GET /healthz` answering 200 before a deadline. This module never reaches
-//! into the server's SQLite index; payload paths are computed from DESIGN.md's layout only
+//! into the server's SQLite index; payload paths are computed from the server's layout only
 //! for fault injection (tampering, checking for half-written files).
 
 use std::net::SocketAddr;
@@ -89,7 +89,7 @@ impl ServerProc {
         &self.data_dir
     }
 
-    /// The payload path of a blob per DESIGN.md's layout
+    /// The payload path of a blob per the server's layout (server/README.md)
     /// (`{user}/{namespace}/{id[0..1]}/{id[0..3]}/{id}` under the data dir; a `data/`
     /// component is tried first in case the server moves payloads there).
     pub fn blob_path(&self, user: &str, namespace: &str, id: &str) -> PathBuf {

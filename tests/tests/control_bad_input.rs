@@ -1,7 +1,7 @@
 //! Scenario 8 (control half): bad arguments to every control RPC, through the real `blobctl`
 //! and the real `blobsyncd` over its Unix socket.
 //!
-//! Each row must exit with DESIGN's code (2 for usage and INVALID_ARGUMENT, 1 for other
+//! Each row must exit with blobctl's code (2 for usage and INVALID_ARGUMENT, 1 for other
 //! errors, 3 when the daemon is unreachable) and print `{"error": {"code", "message"}}` with
 //! the expected gRPC code name and a non-empty message. Afterwards the daemon holds exactly
 //! what it held before: bad input stores nothing. (The daemon's own in-process tests cover

@@ -227,6 +227,13 @@ enum Op {
     },
     /// The server is replaced by an empty one (new instance id, everything gone).
     ServerReset,
+    /// Many puts on one device at once (enough to reach the mass-deletion guard's floor).
+    BulkPut {
+        dev: usize,
+        n: usize,
+    },
+    /// Another device of the user deletes every live blob, each with its proof.
+    MassRemoteDelete,
     Cycle {
         dev: usize,
         full: bool,
@@ -264,6 +271,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(|pick| Op::ServerLoses { pick }),
         1 => any::<usize>().prop_map(|pick| Op::ServerForgesDelete { pick }),
         1 => Just(Op::ServerReset),
+        1 => (0..2usize, 101..140usize).prop_map(|(dev, n)| Op::BulkPut { dev, n }),
+        1 => Just(Op::MassRemoteDelete),
     ]
 }
 
@@ -275,6 +284,8 @@ struct Sim {
     next_id: u32,
     next_salt: u32,
     mode: Mode,
+    /// The user allowed held mass deletions (`blobctl sync --allow-mass-delete`): converge().
+    allow_mass_delete: bool,
 }
 
 /// Which histories a property explores.
@@ -288,6 +299,9 @@ struct Mode {
     between_cycles: bool,
     /// The server loses blobs, forges tombstones and is replaced by an empty one.
     server_faults: bool,
+    /// Bulk puts and mass deletions (over the mass-deletion guard's floor of 100). Costly:
+    /// one property with fewer cases explores them.
+    bulk: bool,
 }
 
 impl Sim {
@@ -300,6 +314,7 @@ impl Sim {
             ns: Namespace::new("default").expect("valid namespace"),
             next_id: 0,
             next_salt: 0,
+            allow_mass_delete: false,
         }
     }
 
@@ -329,10 +344,29 @@ impl Sim {
 
     fn apply(&mut self, op: &Op) -> Result<(), String> {
         let before = self.held();
+        let totals: [u64; 2] = std::array::from_fn(|d| self.devices[d].rows(&self.ns).len() as u64);
         self.apply_op(op)?;
         // Nothing is lost: a copy a device held disappears only by the user's own delete on
         // that device, or on a tombstone proving the deletion of exactly that version.
         for (dev, held) in before.iter().enumerate() {
+            // The mass-deletion guard: one step (at most one cycle) never removes more of the
+            // device's copies on remote deletions than max(100, 25 %) of its rows, unless the
+            // user allowed it.
+            let local_deletes = matches!(op, Op::LocalDelete { dev: d, .. } if *d == dev);
+            let lost = held
+                .keys()
+                .filter(|id| {
+                    self.devices[dev]
+                        .row(&self.ns, &BlobId::new(id.as_str()).expect("valid"))
+                        .is_none()
+                })
+                .count() as u64;
+            let limit = blobsyncd::engine::mass_delete_limit(totals[dev]);
+            if !local_deletes && !self.allow_mass_delete && lost > limit {
+                return Err(format!(
+                    "device {dev} lost {lost} copies in one step, over the guard's {limit} ({op:?})"
+                ));
+            }
             for (id, salt) in held {
                 let row = self.devices[dev].row(&self.ns, &BlobId::new(id).expect("valid"));
                 if row.is_some() {
@@ -418,6 +452,29 @@ impl Sim {
                 let ids: Vec<String> = self.server.live.keys().cloned().collect();
                 if !ids.is_empty() {
                     self.server.delete(&ids[pick % ids.len()], None);
+                }
+            }
+            Op::BulkPut { .. } | Op::MassRemoteDelete if !self.mode.bulk => {}
+            Op::BulkPut { dev, n } => {
+                for _ in 0..*n {
+                    self.apply_op(&Op::Put {
+                        dev: *dev,
+                        size: 10,
+                    })?;
+                }
+            }
+            Op::MassRemoteDelete => {
+                if !self.mode.deletes {
+                    return Ok(());
+                }
+                let live: Vec<(String, Salt)> = self
+                    .server
+                    .live
+                    .iter()
+                    .map(|(id, l)| (id.clone(), l.3))
+                    .collect();
+                for (id, salt) in live {
+                    self.server.delete(&id, Some(proof_of(&salt)));
                 }
             }
             Op::ServerReset => {
@@ -518,7 +575,9 @@ impl Sim {
         // `Engine::apply_held_deletions`: proven deletions go through the mass-deletion guard.
         let held = ops::held_count(&mut d.conn, &ns).map_err(|e| e.to_string())?;
         let total = d.rows(&ns).len() as u64;
-        if held > 0 && held <= blobsyncd::engine::mass_delete_limit(total) {
+        if held > 0
+            && (self.allow_mass_delete || held <= blobsyncd::engine::mass_delete_limit(total))
+        {
             ops::apply_held(&mut d.conn, &ns, now).map_err(|e| e.to_string())?;
         }
         d.cursor = Some(self.server.seq);
@@ -773,6 +832,8 @@ impl Sim {
 
     /// Fault-free cycles until both devices match the server; then one more plans nothing.
     fn converge(&mut self) -> Result<(), String> {
+        // The user looks at the alarm and allows what the guard held.
+        self.allow_mass_delete = true;
         for round in 0..12 {
             for dev in 0..2 {
                 self.now += Duration::from_secs(61);
@@ -833,7 +894,7 @@ proptest! {
 
     #[test]
     fn planner_keeps_its_invariants_and_converges(ops in prop::collection::vec(op_strategy(), 1..60)) {
-        if let Err(e) = run(&ops, Mode { lost_responses: false, deletes: true, between_cycles: true, server_faults: false }) {
+        if let Err(e) = run(&ops, Mode { lost_responses: false, deletes: true, between_cycles: true, server_faults: false, bulk: false }) {
             prop_assert!(false, "{}", e);
         }
     }
@@ -842,7 +903,7 @@ proptest! {
     /// 409 with our own salt counts as success, nothing is uploaded twice.
     #[test]
     fn lost_upload_responses_are_recognised_as_our_own_uploads(ops in prop::collection::vec(op_strategy(), 1..60)) {
-        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: false, between_cycles: true, server_faults: false }) {
+        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: false, between_cycles: true, server_faults: false, bulk: false }) {
             prop_assert!(false, "{}", e);
         }
     }
@@ -855,7 +916,7 @@ proptest! {
     /// retry.
     #[test]
     fn a_blob_deleted_on_the_server_is_never_uploaded_again(ops in prop::collection::vec(op_strategy(), 1..60)) {
-        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true, between_cycles: false, server_faults: false }) {
+        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true, between_cycles: false, server_faults: false, bulk: false }) {
             prop_assert!(false, "{}", e);
         }
     }
@@ -871,14 +932,32 @@ proptest! {
     /// that after every step).
     #[test]
     fn a_server_that_loses_forges_or_resets_never_costs_a_device_a_blob(ops in prop::collection::vec(op_strategy(), 1..60)) {
-        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true, between_cycles: true, server_faults: true }) {
+        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true, between_cycles: true, server_faults: true, bulk: false }) {
             prop_assert!(false, "{}", e);
         }
     }
 
     #[test]
     fn a_blob_deleted_on_the_server_is_never_uploaded_again_by_a_retry_between_cycles(ops in prop::collection::vec(op_strategy(), 1..60)) {
-        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true, between_cycles: true, server_faults: false }) {
+        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true, between_cycles: true, server_faults: false, bulk: false }) {
+            prop_assert!(false, "{}", e);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: blobsync_tests::env_number("BLOBSYNC_PLANNER_BULK_CASES", 24u32),
+        ..ProptestConfig::default()
+    })]
+
+    /// With over a hundred blobs a device holds: a real mass deletion from another device
+    /// (every blob, each with its proof) is held by the guard — no step removes more than
+    /// max(100, 25 %) of a device's copies, and nothing held is uploaded meanwhile — until
+    /// the user allows it (`converge` does), alongside every server fault.
+    #[test]
+    fn mass_deletions_are_held_by_the_guard_and_never_undone(ops in prop::collection::vec(op_strategy(), 1..40)) {
+        if let Err(e) = run(&ops, Mode { lost_responses: true, deletes: true, between_cycles: true, server_faults: true, bulk: true }) {
             prop_assert!(false, "{}", e);
         }
     }

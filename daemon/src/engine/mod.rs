@@ -21,7 +21,7 @@ use blobsync_shared::{BlobId, Namespace, StorageKey};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::clock::Clock;
 use crate::events::{Alarm, AlarmKind, CycleSummary, Direction, EventBus, EventKind};
@@ -662,6 +662,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 Err(e) => summary.error = Some(e.to_string()),
             }
             tracing::Span::current().record("full", summary.full_listing);
+            if summary.error.is_none() {
+                self.backfill_salts().await;
+            }
             if !self.shared.state().remote.unauthorized {
                 let stats = self.run_transfers(cancel).await;
                 summary.uploaded = stats.uploaded;
@@ -785,6 +788,46 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         Ok(true)
     }
 
+    /// Copies downloaded by a daemon older than delete proofs have no salt recorded, so no
+    /// proof could ever verify against them and their legitimate deletions would come back as
+    /// "lost". A few per cycle, their salt is read from the server copy's header (a ranged
+    /// read). Trusting the server for it is safe: a wrong salt only makes a proof fail to
+    /// verify, which deletes nothing. Once none is left, a meta flag ends the search.
+    async fn backfill_salts(&self) {
+        const PER_CYCLE: usize = 64;
+        const DONE: &str = "salt_backfill_done";
+        let store = &self.shared.store;
+        if matches!(store.meta(DONE).await, Ok(Some(_))) {
+            return;
+        }
+        let rows = match store.synced_without_salt(PER_CYCLE).await {
+            Ok(r) => r,
+            Err(e) => return warn!(error = %e, "cannot read rows to backfill salts"),
+        };
+        let mut failed = false;
+        for b in &rows {
+            match self.salt_on_server(b).await {
+                Ok(Some(salt)) => {
+                    if let Err(e) = store.backfill_salt(&b.ns, &b.id, salt).await {
+                        warn!(error = %e, "cannot record a backfilled salt");
+                        failed = true;
+                    }
+                }
+                // Not on the server (the listing will say lost or deleted), or not ours to
+                // parse (external): nothing to backfill from.
+                Ok(None) | Err(RemoteError::NotFound) => {}
+                Err(e) => {
+                    debug!(error = %e, "salt backfill stopped for this cycle");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if !failed && rows.len() < PER_CYCLE {
+            let _ = store.set_meta(DONE, Some("1".into())).await;
+        }
+    }
+
     /// The mass-deletion guard, after a namespace's listing: proven remote deletions are
     /// applied unless they would remove more than max(100, 25 %) of the namespace's blobs in
     /// one go; then they stay held (nothing is deleted) and an alarm asks the user to allow
@@ -883,7 +926,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let cursor = store.cursor(ns).await?;
         let policy = self.shared.settings().policy(ns);
         match cursor {
-            Some(c) if !force_full => {
+            Some(c) if !force_full && !self.remote.full_listings_only() => {
                 match self.incremental_listing(ns, c, policy, summary).await {
                     Err(SyncError::Remote(RemoteError::CursorInvalid { .. })) => {
                         warn!(%ns, "listing cursor rejected by the server; doing a full listing");
@@ -1013,9 +1056,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let ids = changes.iter().map(|c| c.id.clone()).collect();
         let local = self.shared.store.rows_for(ns, ids).await?;
         let dk = &self.shared.delete_key;
+        // A remote that keeps no proofs (Soledad) deletes on its tombstones alone.
+        let unproven_delete = self.remote.tombstones_without_proof_delete();
         Ok(plan::diff_changes(&local, changes, policy, |l, c| {
             match (&l.upload_salt, &c.proof) {
                 (Some(salt), Some(proof)) => dk.verify(ns, &l.id, salt, proof),
+                (_, None) => unproven_delete,
                 _ => false,
             }
         }))

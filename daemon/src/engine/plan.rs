@@ -424,7 +424,7 @@ mod tests {
         for policy in [NamespacePolicy::Eager, NamespacePolicy::Lazy] {
             let facts = diff(
                 &[],
-                &[ext.clone()],
+                std::slice::from_ref(&ext),
                 ListingKind::Incremental,
                 policy,
                 proven,
@@ -433,7 +433,7 @@ mod tests {
             // Nor may it replace a blob we hold.
             let facts = diff(
                 &[held("mail", 1)],
-                &[ext.clone()],
+                std::slice::from_ref(&ext),
                 ListingKind::Incremental,
                 policy,
                 proven,

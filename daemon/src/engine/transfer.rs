@@ -512,7 +512,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
 
     /// The header salt of the server's copy of `b` (a ranged read of its header); `None` when
     /// the copy has no blob-format header.
-    async fn salt_on_server(&self, b: &BlobInfo) -> Result<Option<[u8; 32]>, RemoteError> {
+    pub(super) async fn salt_on_server(
+        &self,
+        b: &BlobInfo,
+    ) -> Result<Option<[u8; 32]>, RemoteError> {
         let range = Some(0..MAX_HEADER_LEN as u64);
         let resp = match self.remote.get(&b.ns, &b.id, range.clone()).await {
             // Right after a PUT the server broke off, a pooled connection may be dead: once more.

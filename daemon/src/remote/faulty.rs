@@ -148,6 +148,14 @@ impl<R: Remote> Remote for FaultyRemote<R> {
         format!("{} (fault-injecting)", self.inner.describe())
     }
 
+    fn full_listings_only(&self) -> bool {
+        self.inner.full_listings_only()
+    }
+
+    fn tombstones_without_proof_delete(&self) -> bool {
+        self.inner.tombstones_without_proof_delete()
+    }
+
     async fn changes(&self, ns: &Namespace, since: u64) -> Result<ChangesResponse, RemoteError> {
         self.faults.listings.fetch_add(1, Ordering::SeqCst);
         self.faults.check()?;

@@ -1,4 +1,4 @@
-//! `HttpRemote`: the `blobsync-server` HTTP API (DESIGN.md) over a pooled keep-alive hyper
+//! `HttpRemote`: the `blobsync-server` HTTP API (server/README.md) over a pooled keep-alive hyper
 //! client, with rustls (webpki roots plus an optional CA file) for `https`, and a bearer
 //! token read from the token file (re-read after a 401/403, so fixing the file resumes the
 //! queue without a restart).
@@ -29,7 +29,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::{ByteStream, GetResponse, Remote, RemoteError, RemoteListFilter};
 
-type Body = UnsyncBoxBody<Bytes, io::Error>;
+pub(super) type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Longest JSON answer read into memory (a listing of ~1M ids).
 const MAX_JSON: usize = 256 << 20;
@@ -63,6 +63,8 @@ pub struct HttpRemote {
     cfg: Arc<HttpRemoteConfig>,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     token: Arc<Mutex<Option<String>>>,
+    /// Send Soledad's `Token base64(user:token)` instead of `Bearer` ([`super::soledad`]).
+    soledad_auth: bool,
 }
 
 fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, RemoteError> {
@@ -111,19 +113,19 @@ fn read_token(path: &Path) -> Result<String, RemoteError> {
     Ok(t)
 }
 
-fn empty() -> Body {
+pub(super) fn empty() -> Body {
     Full::new(Bytes::new())
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
-fn full(b: impl Into<Bytes>) -> Body {
+pub(super) fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into())
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
-fn streamed(s: ByteStream) -> Body {
+pub(super) fn streamed(s: ByteStream) -> Body {
     StreamBody::new(s.map(|r| r.map(Frame::data))).boxed_unsync()
 }
 
@@ -151,7 +153,7 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 
 /// The body as a stream of bytes; a connection closed before the announced length ends
 /// the stream with an error (a transport fault).
-fn body_stream(body: hyper::body::Incoming) -> ByteStream {
+pub(super) fn body_stream(body: hyper::body::Incoming) -> ByteStream {
     Box::pin(BodyStream::new(body).filter_map(|f| async move {
         match f {
             Ok(frame) => frame.into_data().ok().map(Ok),
@@ -183,7 +185,14 @@ impl HttpRemote {
             cfg: Arc::new(cfg),
             client,
             token: Arc::new(Mutex::new(token)),
+            soledad_auth: false,
         })
+    }
+
+    /// The same client, authenticating with Soledad's `Token base64(user:token)`.
+    pub(super) fn with_soledad_auth(mut self) -> Self {
+        self.soledad_auth = true;
+        self
     }
 
     fn url(&self, path: &str, query: &[(&str, String)]) -> String {
@@ -212,16 +221,26 @@ impl HttpRemote {
         Ok(Some(t))
     }
 
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: Method,
         url: String,
         headers: &[(header::HeaderName, String)],
         body: Body,
     ) -> Result<http::Response<hyper::body::Incoming>, RemoteError> {
-        let mut req = Request::builder().method(method).uri(&url);
+        // Ask for blobsync's own dialect explicitly (the server answers `Token` clients
+        // Soledad's way otherwise).
+        let mut req = Request::builder().method(method).uri(&url).header(
+            wire::CLIENT_HEADER,
+            concat!("blobsyncd/", env!("CARGO_PKG_VERSION")),
+        );
         if let Some(t) = self.token().await? {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+            let auth = if self.soledad_auth {
+                super::soledad::token_credentials(&self.cfg.user, &t)
+            } else {
+                format!("Bearer {t}")
+            };
+            req = req.header(header::AUTHORIZATION, auth);
         }
         for (k, v) in headers {
             req = req.header(k, v);
@@ -274,7 +293,7 @@ impl HttpRemote {
         }
     }
 
-    async fn json<T: serde::de::DeserializeOwned>(
+    pub(super) async fn json<T: serde::de::DeserializeOwned>(
         resp: http::Response<hyper::body::Incoming>,
     ) -> Result<T, RemoteError> {
         let body = super::collect_body(body_stream(resp.into_body()), MAX_JSON).await?;

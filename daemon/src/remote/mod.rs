@@ -1,8 +1,8 @@
 //! The `Remote` trait: everything the engine asks of a blob server — incremental and full
 //! listings, streamed put, ranged streamed get, delete, flags and `/stream` batches — with
-//! two implementations, [`http::HttpRemote`] (a `blobsync-server`) and [`dir::DirRemote`]
-//! (the same layout in a local folder), plus [`faulty::FaultyRemote`], a wrapper that injects
-//! failures for tests.
+//! three implementations, [`http::HttpRemote`] (a `blobsync-server`), [`soledad::SoledadRemote`]
+//! (a genuine Soledad server) and [`dir::DirRemote`] (the same layout in a local folder), plus
+//! [`faulty::FaultyRemote`], a wrapper that injects failures for tests.
 //!
 //! Remotes move opaque stored bytes: they never see keys or plaintext, and never touch the
 //! store.
@@ -10,6 +10,7 @@
 pub mod dir;
 pub mod faulty;
 pub mod http;
+pub mod soledad;
 
 use std::future::Future;
 use std::io;
@@ -286,6 +287,20 @@ pub trait Remote: Send + Sync + 'static {
                 "this remote has no incoming box: it cannot adopt deliveries".into(),
             ))
         }
+    }
+
+    /// True when the remote has no incremental listing: the engine then lists in full every
+    /// cycle (and never keeps a cursor's promise it cannot check).
+    fn full_listings_only(&self) -> bool {
+        false
+    }
+
+    /// True when a tombstone without a delete proof counts as a deletion. Only a remote that
+    /// cannot keep proofs says so ([`soledad::SoledadRemote`]: Soledad's `deleted` listing),
+    /// which weakens the guarantee that only the user's own devices delete; the mass-deletion
+    /// guard still holds. `blobctl status` says so in the remote's description.
+    fn tombstones_without_proof_delete(&self) -> bool {
+        false
     }
 }
 

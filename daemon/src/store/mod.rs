@@ -482,6 +482,23 @@ impl Store {
         .await
     }
 
+    /// Up to `limit` `SYNCED` rows without a recorded salt (see [`ops::synced_without_salt`]).
+    pub async fn synced_without_salt(&self, limit: usize) -> Result<Vec<BlobInfo>, StoreError> {
+        self.call(move |c| ops::synced_without_salt(c, limit)).await
+    }
+
+    /// Records the header salt of the version a row holds, when none is recorded.
+    pub async fn backfill_salt(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        salt: [u8; 32],
+    ) -> Result<(), StoreError> {
+        let (ns, id) = (ns.clone(), id.clone());
+        self.call(move |c| ops::set_upload_salt(c, &ns, &id, &salt))
+            .await
+    }
+
     /// The remote this store last synced with (`None` before the first contact).
     pub async fn remote_identity(&self) -> Result<Option<String>, StoreError> {
         self.call(|c| ops::meta(c, ops::REMOTE_IDENTITY)).await

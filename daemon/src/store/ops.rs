@@ -464,7 +464,8 @@ pub fn due(c: &Connection, f: &DueFilter) -> Result<Vec<BlobInfo>, StoreError> {
         return Ok(Vec::new());
     }
     // `status IN (2, 3, 6)` literally, so SQLite can walk the partial index `blobs_due` in
-    // pick order and stop at the LIMIT.
+    // pick order and stop at the LIMIT. A blob whose proven remote deletion the guard holds is
+    // not transferred either: uploading it would undo the deletion the user has yet to judge.
     let extra = if f.statuses.is_empty() {
         String::new()
     } else {
@@ -473,12 +474,16 @@ pub fn due(c: &Connection, f: &DueFilter) -> Result<Vec<BlobInfo>, StoreError> {
     };
     let mut st = c.prepare_cached(&format!(
         "SELECT {COLS} FROM blobs INDEXED BY blobs_due WHERE status IN (2, 3, 6){extra} \
-         AND next_attempt_ms <= ?1 AND ns NOT IN (SELECT ns FROM paused) \
+         AND next_attempt_ms <= ?1 AND ns NOT IN (SELECT ns FROM paused) {NOT_HELD} \
          ORDER BY priority DESC, next_attempt_ms, created_ms, ns, id LIMIT ?2"
     ))?;
     let rows = st.query_map(params![to_millis(f.now), f.limit as i64], row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Leaves out the blobs whose remote deletion the mass-deletion guard holds.
+const NOT_HELD: &str = "AND NOT EXISTS (SELECT 1 FROM held_deletions h \
+    WHERE h.ns = blobs.ns AND h.id = blobs.id)";
 
 /// The earliest next attempt of a queued blob (unpaused namespaces).
 pub fn next_due(c: &mut Connection) -> Result<Option<SystemTime>, StoreError> {
@@ -486,8 +491,10 @@ pub fn next_due(c: &mut Connection) -> Result<Option<SystemTime>, StoreError> {
         return Ok(None);
     }
     let ms: Option<i64> = c.query_row(
-        "SELECT MIN(next_attempt_ms) FROM blobs WHERE status IN (2, 3, 6) \
-         AND ns NOT IN (SELECT ns FROM paused)",
+        &format!(
+            "SELECT MIN(next_attempt_ms) FROM blobs WHERE status IN (2, 3, 6) \
+             AND ns NOT IN (SELECT ns FROM paused) {NOT_HELD}"
+        ),
         [],
         |r| r.get(0),
     )?;
@@ -686,6 +693,16 @@ pub fn set_upload_salt(
         params![ns.as_str(), id.as_str(), &salt[..]],
     )?;
     Ok(())
+}
+
+/// Up to `limit` `SYNCED` rows with no salt recorded (copies downloaded by a daemon older than
+/// delete proofs), for the backfill of `Engine::backfill_salts`.
+pub fn synced_without_salt(c: &mut Connection, limit: usize) -> Result<Vec<BlobInfo>, StoreError> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {COLS} FROM blobs WHERE status = 1 AND upload_salt IS NULL AND external = 0 LIMIT ?1"
+    ))?;
+    let rows = st.query_map(params![limit as i64], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Records the salt AND the stored size of our first upload attempt: the size lets a later
@@ -1373,9 +1390,9 @@ mod tests {
         let (_d, mut c) = open();
         assert_eq!(next_cycle(&mut c).unwrap(), 1);
         assert_eq!(next_cycle(&mut c).unwrap(), 2);
-        set_meta(&mut c, "k", Some("v")).unwrap();
+        set_meta(&c, "k", Some("v")).unwrap();
         assert_eq!(meta(&mut c, "k").unwrap().as_deref(), Some("v"));
-        set_meta(&mut c, "k", None).unwrap();
+        set_meta(&c, "k", None).unwrap();
         assert_eq!(meta(&mut c, "k").unwrap(), None);
     }
 }

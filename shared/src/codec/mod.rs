@@ -1,4 +1,4 @@
-//! Blob format v1 (DESIGN.md, "Blob format v1"): a header, then the plaintext cut into
+//! Blob format v1 (docs/blob-format.md): a header, then the plaintext cut into
 //! `2^k`-byte segments, each sealed with AES-256-GCM under a per-upload key derived with
 //! HKDF-SHA256 from the storage key and the header's salt.
 //!
