@@ -185,6 +185,16 @@ fn age_deliveries_are_decrypted_and_adopted_on_both_devices() -> TestResult {
             flags.text()
         );
     }
+    // Adopted blobs verify like any other: the local copy and the server's format-v1 copy.
+    for d in [&a, &b] {
+        let v = d
+            .ctl()
+            .run(&["verify", "--remote", "-n", "MX"])?
+            .ok_json()?;
+        assert_eq!(v["skipped"], serde_json::json!(0), "{v}");
+        assert_eq!(v["problems"], serde_json::json!([]), "{v}");
+        assert!(v["checked"].as_u64().unwrap_or(0) >= 3, "{v}");
+    }
     let remote = a.ctl().run(&["ls", "--remote", "-n", "MX"])?.ok_json()?;
     let all_external = remote["blobs"]
         .as_array()
