@@ -314,3 +314,62 @@ async fn adoption_survives_a_crash_at_every_step() {
         assert_eq!(b.read_ns(&mx(), "m1", false).await, plain, "{point}");
     }
 }
+
+/// The tamper case of the issue: after the adoption, the server swaps the age file back in
+/// (under the adopted row). The device that adopted keeps its copy; a new device ends in a
+/// failed state with the reason (the served bytes no longer match what the server lists, so
+/// they fail verification; had they matched, its adoption would be refused and the conflict
+/// kept), and never loops adopting again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_swaps_the_age_file_back_after_adoption_gets_no_loop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start_server(tmp.path()).await;
+    let clock = ManualClock::default();
+    let plain = bytes(30_000, 5);
+    let file = age_file(&plain);
+    deliver(&srv, "m1", &file).await;
+    let a = device(&tmp.path().join("a"), &srv, &clock).await;
+    a.engine.run_cycle().await;
+    a.cycle_after(1).await;
+    assert_eq!(a.info_ns(&mx(), "m1").await.unwrap().status, Status::Synced);
+    // The operator puts the age file back under the adopted blob (same index row).
+    let path = tmp.path().join("server/alice/MX/m/m1/m1");
+    assert!(path.exists(), "server layout changed: {}", path.display());
+    std::fs::write(&path, &file).unwrap();
+
+    let c = device(&tmp.path().join("c"), &srv, &clock).await;
+    let mut puts = Vec::new();
+    for _ in 0..4 {
+        c.cycle_after(120).await;
+        puts.push(
+            c.remote
+                .faults
+                .puts
+                .load(std::sync::atomic::Ordering::SeqCst),
+        );
+    }
+    let info = c.info_ns(&mx(), "m1").await.unwrap();
+    assert!(
+        matches!(info.status, Status::FailedDownload | Status::FailedUpload),
+        "{info:?}"
+    );
+    assert!(info.last_error.is_some(), "{info:?}");
+    assert_eq!(
+        puts[2], puts[3],
+        "no adoption attempts once failed: {puts:?}"
+    );
+    if info.status == Status::FailedDownload {
+        assert!(
+            c.handle
+                .open_for_read(&mx(), &BlobId::new("m1").unwrap(), None, false)
+                .await
+                .is_err(),
+            "nothing handed out"
+        );
+    }
+    assert_eq!(
+        a.read_ns(&mx(), "m1", false).await,
+        plain,
+        "a is not affected"
+    );
+}

@@ -106,6 +106,15 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             v1.external = false;
             return Ok((self.fetch_to_payload(&v1, forbidden).await?, None));
         }
+        if b.reupload {
+            // Our adoption was refused as "not that file", yet the server still serves an
+            // age file: it contradicts itself. Keep our copy (FAILED_UPLOAD, with the reason)
+            // rather than adopt and be refused again every cycle.
+            return Err(DownloadError::Conflict(format!(
+                "conflict: the server refused our adoption of {}/{} but still serves a                  delivery under that id; this device's copy is kept",
+                b.ns, b.id
+            )));
+        }
         let res = self.fetch_age(b, total, head, body, forbidden).await;
         if res.is_err() {
             self.remove_partial(b).await;
