@@ -116,6 +116,9 @@ pub enum Command {
     /// Export or import the storage key, wrapped with a passphrase (works without the daemon).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The incoming box: print the recipient apps encrypt deliveries to.
+    #[command(subcommand)]
+    Incoming(IncomingCommand),
     /// Print blobctl's and the daemon's versions.
     Version,
     /// Print a shell completion script.
@@ -341,6 +344,16 @@ pub struct LimitsArgs {
     /// Transfers at once (at least 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub transfers: Option<u32>,
+}
+
+/// `incoming ...`.
+#[derive(Debug, Subcommand)]
+pub enum IncomingCommand {
+    /// Print the incoming recipient (age1...), as the daemon derives it from the storage key.
+    #[command(after_help = "Example:\n  \
+        R=$(blobctl incoming recipient)\n  \
+        age -r \"$R\" < message.eml > message.age   # what a mail server does for you")]
+    Recipient,
 }
 
 /// `key export` and `key import`.

@@ -74,6 +74,19 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Ls(a) if a.remote => ls_remote(&mut connect().await?, a, json).await,
         Command::Ls(a) => ls(&mut connect().await?, a, json).await,
         Command::Status => status(&mut connect().await?, json).await,
+        Command::Incoming(crate::cli::IncomingCommand::Recipient) => {
+            let r = connect()
+                .await?
+                .get_incoming_recipient(pb::GetIncomingRecipientRequest {})
+                .await?
+                .into_inner()
+                .recipient;
+            if json {
+                out_json(&json!({ "recipient": r }))
+            } else {
+                out(&format!("{r}\n"))
+            }
+        }
         Command::Sync(a) => sync(&mut connect().await?, a, json).await,
         Command::Watch(a) => watch(&mut connect().await?, a, json).await,
         Command::Retry(mut a) => {

@@ -337,6 +337,11 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// The user's incoming recipient (`age1...`), derived from the storage key.
+    pub fn incoming_recipient(&self) -> String {
+        blobsync_shared::incoming::IncomingIdentity::derive(&self.shared.key).recipient()
+    }
+
     pub(crate) fn new<R: Remote, C: Clock>(shared: Arc<Shared>, engine: Arc<Engine<R, C>>) -> Self {
         Self {
             shared,
@@ -883,17 +888,19 @@ impl EngineHandle {
                 }
                 checked += 1;
                 let mut problem = None;
-                if b.external {
-                    let why = if self.shared.settings().policy(&b.ns) == NamespacePolicy::Incoming {
-                        "external: delivered by an app as-is, not encrypted by your devices"
-                    } else {
+                // An incoming delivery is a normal blob once decrypted (and format v1 on the
+                // server once adopted); only an external blob elsewhere has nothing to check.
+                let foreign =
+                    b.external && self.shared.settings().policy(&b.ns) != NamespacePolicy::Incoming;
+                if foreign {
+                    report.skipped.push((
+                        b.ns.clone(),
+                        b.id.clone(),
                         "external outside an incoming namespace: refused, never handed out"
-                    };
-                    report
-                        .skipped
-                        .push((b.ns.clone(), b.id.clone(), why.to_owned()));
+                            .to_owned(),
+                    ));
                 }
-                if b.status.has_payload() && !b.external {
+                if b.status.has_payload() && !foreign {
                     report.checked_local += 1;
                     if let Some(p) = self.verify_local(&b).await? {
                         let requeued = b.status == Status::Synced
@@ -925,7 +932,7 @@ impl EngineHandle {
                         problem = Some(p);
                     }
                 }
-                if remote && b.status == Status::Synced && !b.external {
+                if remote && b.status == Status::Synced && !foreign {
                     report.checked_remote += 1;
                     if let Some(p) = self.ops.verify_remote_one(b.clone()).await? {
                         report.damaged.push(Damage {

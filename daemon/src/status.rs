@@ -154,6 +154,7 @@ impl Status {
             (PendingDownload, T::ContestLost) => Next::Is(FailedUpload),
             (PendingDownload, T::ForeignFormat) => Next::Is(RemoteOnly),
             (RemoteOnly, T::Wanted) => Next::Is(PendingDownload),
+            (PendingDownload | RemoteOnly, T::Decrypted) => Next::Is(PendingUpload),
             (from, transition) => return Err(IllegalTransition { from, transition }),
         };
         Ok(next)
@@ -226,6 +227,9 @@ pub enum Transition {
     /// The server's copy is not in blobsync's format (e.g. a Soledad client's): it stays
     /// `REMOTE_ONLY`, never retried.
     ForeignFormat,
+    /// An incoming delivery (an age file) was decrypted into a local payload: it goes up
+    /// again as format v1, adopting the delivery (`engine::incoming`).
+    Decrypted,
 }
 
 /// Where a transition leads.

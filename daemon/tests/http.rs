@@ -223,13 +223,27 @@ async fn http_409_after_lost_answer_is_synced_and_bad_token_is_unauthorized() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn external_blobs_are_taken_as_is_in_an_incoming_namespace_and_refused_elsewhere() {
+async fn external_blobs_are_decrypted_in_an_incoming_namespace_and_refused_elsewhere() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tmp = tempfile::tempdir().unwrap();
     let srv = start_server(tmp.path()).await;
     let app_token = std::fs::read_to_string(tmp.path().join("app-token")).unwrap();
-    // A trusted app delivers an (app-encrypted, opaque to us) blob to alice's MX namespace.
-    let body = b"-----BEGIN PGP MESSAGE----- not ours to decrypt".to_vec();
+    // A trusted app delivers a message to alice's MX namespace, encrypted to her incoming
+    // recipient (every device of hers derives it from the storage key).
+    let plain = b"Subject: hello\r\n\r\nfrom the mail server".to_vec();
+    let body = {
+        use std::io::Write;
+        use std::str::FromStr;
+        let r = blobsync_shared::incoming::IncomingIdentity::derive(&key()).recipient();
+        let r = age::x25519::Recipient::from_str(&r).unwrap();
+        let e =
+            age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
+        let mut out = Vec::new();
+        let mut w = e.wrap_output(&mut out).unwrap();
+        w.write_all(&plain).unwrap();
+        w.finish().unwrap();
+        out
+    };
     let addr = srv.base.trim_start_matches("http://").to_owned();
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
@@ -253,11 +267,17 @@ async fn external_blobs_are_taken_as_is_in_an_incoming_namespace_and_refused_els
     )
     .await;
     let sum = b.engine.run_cycle().await;
-    assert_eq!(sum.downloaded, 1, "{sum:?}");
+    assert_eq!(
+        sum.downloaded,
+        1,
+        "{sum:?} {:?}",
+        b.info_ns(&mx, "mail1").await
+    );
+    b.cycle_after(1).await;
     let info = b.info_ns(&mx, "mail1").await.unwrap();
     assert!(info.external);
     assert_eq!(info.status, Status::Synced);
-    assert_eq!(b.read_ns(&mx, "mail1", false).await, body);
+    assert_eq!(b.read_ns(&mx, "mail1", false).await, plain);
     // The consuming app sets the remote flags through the daemon.
     let id = BlobId::new("mail1").unwrap();
     b.handle

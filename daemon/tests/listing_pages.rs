@@ -50,6 +50,10 @@ impl Remote for PagedRemote {
     }
 
     async fn changes(&self, ns: &Namespace, since: u64) -> Result<ChangesResponse, RemoteError> {
+        // Only `default`'s listings are paged and counted (the daemon also lists `MX`).
+        if *ns != Namespace::default() {
+            return self.inner.changes(ns, since).await;
+        }
         let call = {
             let mut s = self.paging.sinces.lock().unwrap();
             s.push(since);

@@ -40,6 +40,8 @@ use crate::index::{
 use crate::soledad::{self, Dialect, Scheme};
 use crate::{Inner, ServerState};
 
+mod incoming;
+
 /// Largest body of a flags POST (four flag names fit many times over).
 const MAX_FLAGS_BODY: usize = 4096;
 
@@ -257,6 +259,7 @@ async fn route(
         (["blobs", _, _], &Method::DELETE) => "delete",
         (["stream", _], _) => "stream",
         (["incoming", _, _], _) => "incoming",
+        (["keys", _, "incoming"], _) => "keys",
         _ => "other",
     };
     let allowed: &[Method] = match segs.as_slice() {
@@ -270,12 +273,13 @@ async fn route(
         ],
         ["stream", _] => &[Method::POST],
         ["incoming", _, _] => &[Method::PUT],
+        ["keys", _, "incoming"] => &[Method::GET, Method::PUT],
         _ => {
             return (
                 label,
                 Err(ApiError::not_found(format!(
                     "no route {path}: use /blobs/{{user}}[/{{id}}], /stream/{{user}}, \
-                     /incoming/{{user}}/{{id}}, /healthz or /metrics"
+                     /incoming/{{user}}/{{id}}, /keys/{{user}}/incoming, /healthz or /metrics"
                 ))),
             );
         }
@@ -317,6 +321,7 @@ async fn route(
                 };
                 incoming(st, &app, &namespaces, user, id, req).await
             }
+            ["keys", user, "incoming"] => incoming::keys(st, &who, user, req).await,
             [_, user, rest @ ..] => {
                 match &who {
                     Principal::User(u) if u == user => {}
@@ -1061,8 +1066,19 @@ fn exists(id: &BlobId, ns: &Namespace) -> ApiError {
 }
 
 async fn put(st: &ServerState, user: String, id: BlobId, req: Request<Incoming>) -> ApiResult {
-    let q = Query::parse(&req, &[query::NAMESPACE, query::IF_ABSENT_SINCE])?;
+    let q = Query::parse(
+        &req,
+        &[
+            query::NAMESPACE,
+            query::IF_ABSENT_SINCE,
+            query::REPLACE_EXTERNAL,
+        ],
+    )?;
     let ns = q.namespace("default")?;
+    if let Some(h) = q.get(query::REPLACE_EXTERNAL) {
+        let h = incoming::parse_sha256(h)?;
+        return incoming::replace_external(st, user, ns, id, &h, req).await;
+    }
     let since = if_absent_since(&q)?;
     store_one(st, user, ns, id, req, false, since).await
 }
@@ -1148,8 +1164,12 @@ async fn store_one(
     }
     let mut w = TempBlob::new(st.inner.layout.temp_path(&user, &ns, &id));
     let mut body = BodyReader::new(st, req.into_body());
+    let mut age = external.then(incoming::AgeCheck::default);
     while let Some(data) = body.data().await {
         let data = data?;
+        if let Some(a) = age.as_mut() {
+            a.update(&data);
+        }
         let total = w.len() + data.len() as u64;
         if total > max {
             return Err(too_large(total, max));
@@ -1162,12 +1182,15 @@ async fn store_one(
         st.inner.metrics.add_in(data.len() as u64);
     }
     let size = w.len();
+    // An /incoming body must be an age file; `w` is dropped (and removed) on refusal.
+    let age_sha256 = age.map(|a| a.finish(&user)).transpose()?;
     let temp = w.finish(true).await.map_err(ApiError::internal)?;
     let item = PendingPut {
         id: id.clone(),
         size,
         temp,
         external,
+        age_sha256,
         flags: if external {
             index::flag_bit(Flag::Pending)
         } else {
@@ -1492,6 +1515,7 @@ async fn stream_up(
             size,
             temp,
             external: false,
+            age_sha256: None,
             flags: 0,
             if_absent_since: since,
         })

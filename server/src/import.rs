@@ -157,6 +157,7 @@ pub fn import_soledad(
                     size,
                     temp,
                     external: false,
+                    age_sha256: None,
                     flags,
                     if_absent_since: None,
                 });

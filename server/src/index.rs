@@ -92,6 +92,9 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> In
     }
 }
 
+mod incoming;
+pub use incoming::ReplaceOutcome;
+
 /// Numbered migrations, applied in order at open; never edit a released one.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -135,6 +138,17 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 ALTER TABLE blobs ADD COLUMN proof TEXT;
 -- Namespaces an app may deliver into, space-separated.
 ALTER TABLE apps ADD COLUMN namespaces TEXT NOT NULL DEFAULT 'MX';
+"#,
+    r#"
+-- Incoming box: the SHA-256 (64 hex) of a stored age file delivered to /incoming, kept from
+-- its delivery until a device adopts it (replace_external); NULL on every other row.
+ALTER TABLE blobs ADD COLUMN age_sha256 TEXT;
+-- Each user's incoming recipient (age1...), published by their devices.
+CREATE TABLE incoming_keys (
+    user TEXT PRIMARY KEY,
+    recipient TEXT NOT NULL,
+    updated INTEGER NOT NULL
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -239,6 +253,8 @@ pub struct PendingPut {
     pub temp: PathBuf,
     /// `/incoming` delivery.
     pub external: bool,
+    /// `/incoming` delivery: the SHA-256 (64 hex) of the age file, for `replace_external`.
+    pub age_sha256: Option<String>,
     /// Initial flags bitmask.
     pub flags: i64,
     /// `if_absent_since`: refuse ([`PutOutcome::DeletedAfter`]) when the id holds a tombstone
@@ -479,6 +495,7 @@ impl Index {
             return Ok(false);
         }
         tx.execute("DELETE FROM blobs WHERE user = ?1", [name])?;
+        tx.execute("DELETE FROM incoming_keys WHERE user = ?1", [name])?;
         tx.commit()?;
         let dir = layout.user_dir(name);
         match std::fs::remove_dir_all(&dir) {
@@ -1026,11 +1043,12 @@ fn apply_job(
         seq += 1;
         used += it.size as i64;
         tx.prepare_cached(
-            "INSERT INTO blobs (user, namespace, id, size, created, seq, deleted, flags, external) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8) \
+            "INSERT INTO blobs (user, namespace, id, size, created, seq, deleted, flags, external, \
+             age_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9) \
              ON CONFLICT (user, namespace, id) DO UPDATE SET size = excluded.size, \
              created = excluded.created, seq = excluded.seq, deleted = 0, \
-             flags = excluded.flags, external = excluded.external, proof = NULL",
+             flags = excluded.flags, external = excluded.external, proof = NULL, \
+             age_sha256 = excluded.age_sha256",
         )?
         .execute(params![
             user,
@@ -1040,7 +1058,8 @@ fn apply_job(
             now,
             seq,
             it.flags,
-            it.external
+            it.external,
+            it.age_sha256
         ])?;
         outcomes.push(PutOutcome::Created(seq as u64));
     }

@@ -446,13 +446,29 @@ async fn incoming_stores_external_pending_blobs_in_mx() {
     let t = s.add_user("alice", None);
     let app = s.add_app("mail");
     let r = s
-        .put("/incoming/alice/m1", &app, "-----BEGIN PGP MESSAGE-----")
+        .put("/incoming/alice/m1", &app, "age-encryption.org/v1\nmail")
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(s.put("/incoming/alice/m1", &app, "again").await.status, 409);
-    assert_eq!(s.put("/incoming/nobody/m1", &app, "x").await.status, 404);
+    assert_eq!(
+        s.put("/incoming/alice/m1", &app, "age-encryption.org/v1\nagain")
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        s.put("/incoming/nobody/m1", &app, "age-encryption.org/v1\nx")
+            .await
+            .status,
+        404
+    );
     // Only into the app's namespaces (MX by default).
-    let r = s.put("/incoming/alice/m2?namespace=other", &app, "y").await;
+    let r = s
+        .put(
+            "/incoming/alice/m2?namespace=other",
+            &app,
+            "age-encryption.org/v1\ny",
+        )
+        .await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(
         r.text().contains("may not deliver into namespace other"),
@@ -461,9 +477,13 @@ async fn incoming_stores_external_pending_blobs_in_mx() {
     );
     let other = s.add_app_in("other-mail", &["other", "MX"]);
     assert_eq!(
-        s.put("/incoming/alice/m2?namespace=other", &other, "y")
-            .await
-            .status,
+        s.put(
+            "/incoming/alice/m2?namespace=other",
+            &other,
+            "age-encryption.org/v1\ny"
+        )
+        .await
+        .status,
         201
     );
     let d: Vec<BlobDetail> = s.get("/blobs/alice?namespace=MX&detail=1", &t).await.json();
@@ -473,7 +493,7 @@ async fn incoming_stores_external_pending_blobs_in_mx() {
     assert!(ch.changes[0].external);
     assert_eq!(
         &s.get("/blobs/alice/m1?namespace=MX", &t).await.body[..],
-        b"-----BEGIN PGP MESSAGE-----"
+        b"age-encryption.org/v1\nmail"
     );
 }
 

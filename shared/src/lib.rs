@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod config;
 pub mod id;
+pub mod incoming;
 pub mod keyfile;
 pub mod paths;
 pub mod tombstone;

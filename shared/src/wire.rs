@@ -56,6 +56,9 @@ pub mod query {
     /// refuse (412) to store an id whose tombstone is newer than it, so a retried upload
     /// never recreates a blob another device deleted after the first attempt.
     pub const IF_ABSENT_SINCE: &str = "if_absent_since";
+    /// `PUT /blobs/...`: adopt a delivered age file — replace it only if the stored copy is
+    /// still the age file with this SHA-256 (64 hex); 412 otherwise.
+    pub const REPLACE_EXTERNAL: &str = "replace_external";
 }
 
 /// Errors of parsing wire data: flags and stream framing.

@@ -543,10 +543,20 @@ fn app_tokens_stay_in_their_namespaces() -> TestResult {
     let server = server_with(&env, &[])?;
     let alice = server.add_user("alice")?;
     let mailer = server.add_app("mailer")?;
-    let r = server.request(&mailer, "PUT", "/incoming/alice/m1?namespace=default", b"x")?;
+    let r = server.request(
+        &mailer,
+        "PUT",
+        "/incoming/alice/m1?namespace=default",
+        b"age-encryption.org/v1\nx",
+    )?;
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.text().contains("MX"), "{}", r.text());
-    let r = server.request(&mailer, "PUT", "/incoming/alice/m1", b"x")?;
+    let r = server.request(
+        &mailer,
+        "PUT",
+        "/incoming/alice/m1",
+        b"age-encryption.org/v1\nx",
+    )?;
     assert_eq!(r.status, 201, "{}", r.text());
     let out = server.admin(&[
         "app",
@@ -563,7 +573,7 @@ fn app_tokens_stay_in_their_namespaces() -> TestResult {
             &importer,
             "PUT",
             &format!("/incoming/alice/i1?namespace={ns}"),
-            b"x",
+            b"age-encryption.org/v1\nx",
         )?;
         assert_eq!(r.status, want, "{ns}: {}", r.text());
     }

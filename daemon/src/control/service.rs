@@ -977,6 +977,15 @@ impl Control for Service {
             api_version: pb::API_VERSION,
         }))
     }
+
+    async fn get_incoming_recipient(
+        &self,
+        _request: Request<pb::GetIncomingRecipientRequest>,
+    ) -> RpcResult<pb::GetIncomingRecipientResponse> {
+        Ok(Response::new(pb::GetIncomingRecipientResponse {
+            recipient: self.handle.incoming_recipient(),
+        }))
+    }
 }
 
 impl Service {

@@ -7,6 +7,7 @@
 //! never touches SQLite directly (the store does).
 
 pub(crate) mod keycheck;
+mod incoming;
 pub mod plan;
 pub mod ratelimit;
 pub(crate) mod transfer;
@@ -160,6 +161,8 @@ pub(crate) struct RuntimeState {
     pub refused_external: HashSet<(Namespace, BlobId)>,
     /// Transfers run between cycles (a put's upload): the next cycle's summary counts them.
     pub between_cycles: TransferStats,
+    /// When the remote was last seen holding our incoming recipient (`engine::incoming`).
+    pub recipient_checked: Option<SystemTime>,
 }
 
 pub(crate) struct SyncRequest {
@@ -396,6 +399,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             alarms: BTreeMap::new(),
             refused_external: HashSet::new(),
             between_cycles: TransferStats::default(),
+            recipient_checked: None,
         };
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -733,6 +737,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let mut set: std::collections::BTreeSet<Namespace> =
             self.shared.settings().namespaces.keys().cloned().collect();
         set.insert(Namespace::default());
+        // The default incoming box is listed like a configured namespace: deliveries start it.
+        if let Ok(mx) = Namespace::new(blobsync_shared::config::DEFAULT_INCOMING_NAMESPACE)
+            && self.shared.settings().policy(&mx) == NamespacePolicy::Incoming
+        {
+            set.insert(mx);
+        }
         set.extend(self.shared.store.namespaces().await?);
         if ask_remote {
             match self.remote.namespaces().await {
@@ -879,7 +889,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     ) -> Result<(), SyncError> {
         // Never apply what one remote says to cursors and sequence numbers learnt from
         // another: a changed remote is reconciled by a full listing first.
-        let force_full = self.check_remote_identity().await? || force_full;
+        let changed = self.check_remote_identity().await?;
+        self.publish_recipient(changed).await;
+        let force_full = changed || force_full;
         let rebuild = self.shared.state().rebuild_pending;
         // The first cycle of this run discovers namespaces too (cycle numbers persist, so the
         // periodic full listing may be far away on a fresh start).

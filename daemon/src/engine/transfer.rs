@@ -189,7 +189,7 @@ impl Drop for Progress {
 
 /// Streams `path` through the encoder: header first, then each sealed segment, paced by the
 /// upload limiter. Errors reading the file end the stream with an `Err` item.
-fn encrypt_stream(
+pub(super) fn encrypt_stream(
     shared: Arc<Shared>,
     path: std::path::PathBuf,
     mut enc: Encoder,
@@ -358,7 +358,7 @@ fn seal_file(
 
 impl<R: Remote, C: Clock> Engine<R, C> {
     /// Records a failed attempt on the schedule and publishes it.
-    async fn record_failure(
+    pub(super) async fn record_failure(
         &self,
         b: &BlobInfo,
         dir: Direction,
@@ -404,7 +404,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         });
     }
 
-    fn finished(&self, b: &BlobInfo, dir: Direction, bytes: u64) {
+    pub(super) fn finished(&self, b: &BlobInfo, dir: Direction, bytes: u64) {
         self.shared.events.publish(EventKind::TransferFinished {
             ns: b.ns.clone(),
             id: b.id.clone(),
@@ -413,7 +413,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         });
     }
 
-    async fn reject_upload(&self, b: &BlobInfo, reason: String, stats: &mut TransferStats) {
+    pub(super) async fn reject_upload(
+        &self,
+        b: &BlobInfo,
+        reason: String,
+        stats: &mut TransferStats,
+    ) {
         error!(ns = %b.ns, id = %b.id, %reason, "upload refused for good: FAILED_UPLOAD");
         let u = RowUpdate {
             last_error: Some(reason.clone()),
@@ -487,7 +492,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     /// The header our upload of `b` uses: the recorded salt if an attempt was made before
     /// (so the same ciphertext goes up and a 409 is recognised as ours), else a fresh one,
     /// recorded before the PUT.
-    async fn upload_header(&self, b: &BlobInfo) -> Result<Header, String> {
+    pub(super) async fn upload_header(&self, b: &BlobInfo) -> Result<Header, String> {
         let size = b.size.ok_or("no local size recorded")?;
         let seg = self.shared.settings().segment_exp;
         let mut header =
@@ -505,7 +510,11 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     }
 
     /// 409: ours (same salt in the server copy's header) or a conflict.
-    async fn is_our_copy(&self, b: &BlobInfo, salt: &[u8; 32]) -> Result<bool, RemoteError> {
+    pub(super) async fn is_our_copy(
+        &self,
+        b: &BlobInfo,
+        salt: &[u8; 32],
+    ) -> Result<bool, RemoteError> {
         Ok(self.salt_on_server(b).await? == Some(*salt))
     }
 
@@ -595,6 +604,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 Ok(Some(cur)) if cur.status == Status::PendingUpload => cur,
                 _ => return,
             };
+            // A decrypted incoming delivery goes up as the adoption of the age file.
+            if let Some(age_sha) = self.pending_adoption(&b).await {
+                return self.adopt_one(b, age_sha, cancel, stats).await;
+            }
             let header = match self.upload_header(&b).await {
                 Ok(h) => h,
                 Err(e) => {
@@ -758,7 +771,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             }
             let res = match self.may_download(&b).await {
                 Ok(forbidden) => tokio::select! {
-                    r = self.fetch_to_payload(&b, &forbidden) => r,
+                    r = self.fetch_download(&b, &forbidden) => r,
                     _ = cancel.cancelled() => Err(DownloadError::Cancelled),
                 },
                 Err(e) => Err(e),
@@ -772,7 +785,11 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 return Err(DownloadError::Cancelled);
             }
             match res {
-                Ok((size, sha, stored, salt)) => {
+                Ok((fetched, Some(age_sha))) => {
+                    self.shared.note_remote_ok();
+                    self.record_decrypted(&b, fetched, age_sha, stats).await
+                }
+                Ok(((size, sha, stored, salt), None)) => {
                     self.shared.note_remote_ok();
                     if !b.external {
                         self.shared.key_proven();
@@ -962,7 +979,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     /// Downloads into the partial file, verifying as it goes, resuming after cuts; then
     /// fsyncs and links it into place. Returns (plaintext size, sha256, stored size, header
     /// salt — none for an external blob).
-    async fn fetch_to_payload(
+    pub(super) async fn fetch_to_payload(
         &self,
         b: &BlobInfo,
         forbidden: &[[u8; 32]],

@@ -26,6 +26,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ByteStream, GetResponse, Remote, RemoteError, RemoteListFilter};
 
+mod incoming;
+
 /// Changes per `since` page.
 const PAGE: usize = 1000;
 /// Read size when streaming a payload.
@@ -624,6 +626,29 @@ impl Remote for DirRemote {
             out.insert(id.clone(), code);
         }
         Ok(out)
+    }
+
+    async fn incoming_recipient(&self) -> Result<Option<String>, RemoteError> {
+        self.blocking(|me| me.read_recipient()).await
+    }
+
+    async fn publish_incoming_recipient(&self, recipient: &str) -> Result<(), RemoteError> {
+        let r = recipient.to_owned();
+        self.blocking(move |me| me.write_recipient(&r)).await
+    }
+
+    async fn replace_external(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        len: u64,
+        mut body: ByteStream,
+        age_sha256: &[u8; 32],
+    ) -> Result<Option<u64>, RemoteError> {
+        let temp = self.receive(&mut body, len).await?;
+        let (ns, id, h) = (ns.to_string(), id.to_string(), *age_sha256);
+        self.blocking(move |me| me.commit_replace(&ns, &id, &temp, len, &h))
+            .await
     }
 
     async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {

@@ -272,6 +272,36 @@ impl<R: Remote> Remote for FaultyRemote<R> {
             .await
     }
 
+    // Like `namespaces`: not failed by `fail_next`, so tests that fail a listing or a
+    // transfer keep failing the call they aimed at.
+    async fn incoming_recipient(&self) -> Result<Option<String>, RemoteError> {
+        self.faults.check_switches()?;
+        self.inner.incoming_recipient().await
+    }
+
+    async fn publish_incoming_recipient(&self, recipient: &str) -> Result<(), RemoteError> {
+        self.faults.check_switches()?;
+        self.inner.publish_incoming_recipient(recipient).await
+    }
+
+    async fn replace_external(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        len: u64,
+        body: ByteStream,
+        age_sha256: &[u8; 32],
+    ) -> Result<Option<u64>, RemoteError> {
+        self.faults.puts.fetch_add(1, Ordering::SeqCst);
+        self.faults.check()?;
+        if let Some(e) = self.faults.next_put_errors.lock().unwrap().pop_front() {
+            return Err(e);
+        }
+        self.inner
+            .replace_external(ns, id, len, body, age_sha256)
+            .await
+    }
+
     async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {
         self.faults.batches.fetch_add(1, Ordering::SeqCst);
         self.faults.check()?;

@@ -546,6 +546,60 @@ impl Remote for HttpRemote {
         Self::json(resp).await
     }
 
+    async fn incoming_recipient(&self) -> Result<Option<String>, RemoteError> {
+        let url = self.url(&format!("/keys/{}/incoming", self.cfg.user), &[]);
+        match self.send(Method::GET, url, &[], empty()).await {
+            Ok(resp) => {
+                let b = super::collect_body(body_stream(resp.into_body()), MAX_ERROR_BODY).await?;
+                Ok(Some(String::from_utf8_lossy(&b).trim().to_owned()))
+            }
+            Err(RemoteError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn publish_incoming_recipient(&self, recipient: &str) -> Result<(), RemoteError> {
+        let url = self.url(&format!("/keys/{}/incoming", self.cfg.user), &[]);
+        let headers = [(header::CONTENT_TYPE, "text/plain".to_owned())];
+        let resp = self
+            .send(Method::PUT, url, &headers, full(recipient.to_owned()))
+            .await?;
+        let _ = super::collect_body(body_stream(resp.into_body()), MAX_ERROR_BODY).await;
+        Ok(())
+    }
+
+    async fn replace_external(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        len: u64,
+        body: ByteStream,
+        age_sha256: &[u8; 32],
+    ) -> Result<Option<u64>, RemoteError> {
+        let q = [
+            (wire::query::NAMESPACE, ns.to_string()),
+            (wire::query::REPLACE_EXTERNAL, hex::encode(age_sha256)),
+        ];
+        let url = self.url(&self.blob_path(id), &q);
+        let headers = [
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        ];
+        let resp = match self.send(Method::PUT, url, &headers, streamed(body)).await {
+            Ok(r) => r,
+            // The server's 412 on this route means "not that age file".
+            Err(RemoteError::DeletedAfter(m)) => return Err(RemoteError::NotTheDelivery(m)),
+            Err(e) => return Err(e),
+        };
+        let seq = resp
+            .headers()
+            .get("x-blobsync-seq")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let _ = super::collect_body(body_stream(resp.into_body()), MAX_ERROR_BODY).await;
+        Ok(seq)
+    }
+
     async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {
         let url = self.url(
             &format!("/stream/{}", self.cfg.user),

@@ -98,6 +98,10 @@ pub enum RemoteError {
     /// 416.
     #[error("range not satisfiable (HTTP 416)")]
     RangeNotSatisfiable,
+    /// 412 on an adoption (`replace_external`): the stored copy is no longer that age file
+    /// (another device adopted it first, or an earlier attempt of ours got through).
+    #[error("the remote's copy is not the delivery we adopted: {0}")]
+    NotTheDelivery(String),
     /// Any other HTTP status.
     #[error("remote answered HTTP {status}: {message}")]
     Http {
@@ -246,6 +250,44 @@ pub trait Remote: Send + Sync + 'static {
         ns: &Namespace,
         ids: &[BlobId],
     ) -> impl Future<Output = Result<ByteStream, RemoteError>> + Send;
+
+    // ---- incoming box (DESIGN.md "Incoming box"); remotes without one keep the defaults.
+
+    /// The user's published incoming recipient (`age1...`), `None` if there is none.
+    fn incoming_recipient(
+        &self,
+    ) -> impl Future<Output = Result<Option<String>, RemoteError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Publishes the user's incoming recipient.
+    fn publish_incoming_recipient(
+        &self,
+        recipient: &str,
+    ) -> impl Future<Output = Result<(), RemoteError>> + Send {
+        let _ = recipient;
+        async { Ok(()) }
+    }
+
+    /// Adopts a delivery: replaces the stored age file whose SHA-256 is `age_sha256` with
+    /// `len` bytes of `body` (our format-v1 copy), keeping its flags and `external` mark.
+    /// `NotTheDelivery` (412) when the stored copy is not that file; `NotFound` when there is
+    /// no blob. Returns the new sequence number when the remote says it.
+    fn replace_external(
+        &self,
+        ns: &Namespace,
+        id: &BlobId,
+        len: u64,
+        body: ByteStream,
+        age_sha256: &[u8; 32],
+    ) -> impl Future<Output = Result<Option<u64>, RemoteError>> + Send {
+        let _ = (ns, id, len, body, age_sha256);
+        async {
+            Err(RemoteError::Config(
+                "this remote has no incoming box: it cannot adopt deliveries".into(),
+            ))
+        }
+    }
 
     /// True when the remote has no incremental listing: the engine then lists in full every
     /// cycle (and never keeps a cursor's promise it cannot check).

@@ -12,6 +12,7 @@
 //!
 //! This module never touches the network.
 
+mod incoming;
 pub mod ops;
 pub mod payload;
 pub mod schema;

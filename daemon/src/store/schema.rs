@@ -110,6 +110,23 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (ns, id)
     ) WITHOUT ROWID;
     "#,
+    // Incoming box: a decrypted delivery waiting to be adopted on the server (the SHA-256
+    // of the age file it replaces there); the row goes with its blob. External copies kept
+    // raw by older builds are fetched again, to be decrypted and adopted.
+    r#"
+    CREATE TABLE incoming_adoptions (
+        ns         TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        age_sha256 BLOB NOT NULL,
+        PRIMARY KEY (ns, id)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER incoming_adoptions_gone AFTER DELETE ON blobs BEGIN
+        DELETE FROM incoming_adoptions WHERE ns = OLD.ns AND id = OLD.id;
+    END;
+    UPDATE blobs SET status = 3, size = NULL, sha256 = NULL, attempts = 0,
+        next_attempt_ms = 0
+        WHERE external = 1 AND status = 1;
+    "#,
 ];
 
 /// The schema version this build writes.

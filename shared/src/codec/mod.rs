@@ -155,6 +155,10 @@ pub enum InvalidBlob {
         /// Stored bytes seen when the excess was found.
         received: u64,
     },
+    /// An incoming delivery (an age file) that does not decrypt under the user's incoming
+    /// identity: not age, encrypted to someone else, or a chunk failed (`incoming`).
+    #[error("invalid incoming delivery: {0}")]
+    Age(String),
 }
 
 impl InvalidBlob {
@@ -173,6 +177,7 @@ impl InvalidBlob {
             InvalidBlob::IdMismatch { .. } => "id",
             InvalidBlob::BadTag { .. } => "tag",
             InvalidBlob::Truncated { .. } => "truncated",
+            InvalidBlob::Age(_) => "age",
             InvalidBlob::TrailingBytes { .. } => "trailing",
         }
     }

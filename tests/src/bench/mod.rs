@@ -14,6 +14,9 @@ pub mod client;
 pub mod measure;
 pub mod report;
 
+mod incoming;
+pub use incoming::{IncomingResult, run_incoming};
+
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -263,6 +266,8 @@ pub struct BenchReport {
     pub workloads: Vec<WorkloadResult>,
     /// The IDLE row, if run.
     pub idle: Option<IdleResult>,
+    /// The INCOMING row, if run.
+    pub incoming: Option<IncomingResult>,
     /// `uname -r`, CPU count: where it ran.
     pub machine: String,
 }

@@ -72,6 +72,20 @@ pub fn table(r: &BenchReport) -> String {
             ));
         }
     }
+    if let Some(i) = &r.incoming {
+        out.push_str(&format!(
+            "INCOMING {} messages x {}: delivered in {:.2} s, adopted on both devices after {:.2} s \
+             ({:.0} messages/s); CPU daemon A {:.1} s, B {:.1} s, server {:.1} s\n",
+            i.count,
+            size(i.size as u64),
+            i.deliver_s,
+            i.wall_s,
+            i.messages_s,
+            i.daemon_a.cpu_s,
+            i.daemon_b.cpu_s,
+            i.server.cpu_s,
+        ));
+    }
     if let Some(i) = &r.idle {
         out.push_str(&format!(
             "IDLE {} blobs x {}: populate {:.1} s; no-change cycle median {:.1} ms (runs: {}; full listing: {}); \

@@ -3,7 +3,7 @@
 //!
 //! Build the release binaries first (`cargo build --release --workspace --bins`), then
 //! `cargo run --release -p blobsync-tests --bin blobsync-bench -- [ROW...] [--json FILE]`.
-//! Rows: W1..W6, IDLE, DISK; none given = all, in the order DISK W1..W5 W6 IDLE.
+//! Rows: W1..W6, IDLE, DISK, INCOMING; none given = all, in the order DISK W1..W5 W6 IDLE INCOMING.
 //! It is a benchmark: it prints figures and never passes or fails on them.
 
 use std::time::Duration;
@@ -11,10 +11,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use blobsync_tests::bench::{self, BenchOpts, BenchReport, WORKLOADS};
 
-const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK ...] [--json FILE]
+const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK INCOMING ...] [--json FILE]
   [--seed N] [--put-concurrency N] [--put-batch N] [--idle-secs S] [--idle-blobs N] [--idle-blob-size BYTES]
   [--idle-cycles N] [--disk-bytes BYTES] [--no-verify] [--phase-timeout S]
-Rows default to all: DISK W1 W2 W3 W4 W5 W6 IDLE. Temp dirs go under TMPDIR.
+Rows default to all: DISK W1 W2 W3 W4 W5 W6 IDLE INCOMING. Temp dirs go under TMPDIR.
 Needs the release binaries: cargo build --release --workspace --bins";
 
 fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> anyhow::Result<T> {
@@ -54,7 +54,11 @@ fn main() -> anyhow::Result<()> {
             }
             r => {
                 let up = r.to_ascii_uppercase();
-                if up == "IDLE" || up == "DISK" || WORKLOADS.iter().any(|w| w.name == up) {
+                if up == "IDLE"
+                    || up == "DISK"
+                    || up == "INCOMING"
+                    || WORKLOADS.iter().any(|w| w.name == up)
+                {
                     rows.push(up);
                 } else {
                     bail!("unknown argument {r:?}\n{USAGE}");
@@ -63,9 +67,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if rows.is_empty() {
-        rows = ["DISK", "W1", "W2", "W3", "W4", "W5", "W6", "IDLE"]
-            .map(String::from)
-            .to_vec();
+        rows = [
+            "DISK", "W1", "W2", "W3", "W4", "W5", "W6", "IDLE", "INCOMING",
+        ]
+        .map(String::from)
+        .to_vec();
     }
     if cfg!(debug_assertions) {
         eprintln!("blobsync-bench: warning: this is a debug build of the harness; use --release");
@@ -91,6 +97,11 @@ fn main() -> anyhow::Result<()> {
                     report.disk = Some(bench::run_disk(&opts).context("disk test")?);
                 }
                 "IDLE" => report.idle = Some(bench::run_idle(&opts).context("IDLE")?),
+                "INCOMING" => {
+                    let r = bench::run_incoming(&opts).context("INCOMING")?;
+                    eprintln!("[INCOMING] wall {:.3} s", r.wall_s);
+                    report.incoming = Some(r);
+                }
                 w => {
                     let wl = WORKLOADS
                         .iter()

@@ -1,0 +1,375 @@
+//! The incoming box against the real server, in process: a delivery (an age file encrypted
+//! to the user's recipient) is decrypted and adopted, and the engine is stopped dead at each
+//! step of that (after the payload is installed but before its row moves on, between the
+//! decryption and the adoption, between the adoption and its local commit), dropped, and
+//! reopened: nothing lost, the delivery adopted exactly once, nothing half-adopted.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use blobsync_shared::incoming::IncomingIdentity;
+use blobsync_shared::wire::{ChangesResponse, Flag};
+use blobsync_shared::{BlobId, Namespace};
+use blobsyncd::clock::ManualClock;
+use blobsyncd::remote::Remote;
+use blobsyncd::remote::http::{HttpRemote, HttpRemoteConfig};
+use blobsyncd::status::Status;
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+struct Server {
+    base: String,
+    state: blobsync_server::ServerState,
+    token_file: PathBuf,
+    app_token: String,
+    user_token: String,
+    cancel: CancellationToken,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn start_server(dir: &Path) -> Server {
+    let cfg = blobsync_server::ServerConfig::new(dir.join("server"));
+    let state = tokio::task::spawn_blocking(move || blobsync_server::ServerState::open(cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    let user_token = blobsync_server::token::generate();
+    state
+        .index()
+        .add_user("alice", &blobsync_server::token::hash(&user_token), None)
+        .unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{user_token}\n")).unwrap();
+    let app_token = blobsync_server::token::generate();
+    state
+        .index()
+        .add_app("mailer", &blobsync_server::token::hash(&app_token))
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let cancel = CancellationToken::new();
+    tokio::spawn(blobsync_server::run(
+        listener,
+        state.clone(),
+        cancel.clone(),
+    ));
+    Server {
+        base,
+        state,
+        token_file,
+        app_token,
+        user_token,
+        cancel,
+    }
+}
+
+fn remote(s: &Server) -> HttpRemote {
+    HttpRemote::new(HttpRemoteConfig {
+        base: s.base.clone(),
+        user: "alice".into(),
+        token_file: Some(s.token_file.clone()),
+        ca_file: None,
+    })
+    .unwrap()
+}
+
+async fn device(data: &Path, s: &Server, clock: &ManualClock) -> Device<HttpRemote> {
+    Device::open_on(data, remote(s), settings(), clock.clone()).await
+}
+
+fn age_file(plain: &[u8]) -> Vec<u8> {
+    let r = IncomingIdentity::derive(&key()).recipient();
+    let r = age::x25519::Recipient::from_str(&r).unwrap();
+    let e = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
+    let mut out = Vec::new();
+    let mut w = e.wrap_output(&mut out).unwrap();
+    w.write_all(plain).unwrap();
+    w.finish().unwrap();
+    out
+}
+
+/// An HTTP request with a token, fully read: (status, body).
+async fn request(
+    s: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, Vec<u8>) {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", s.base))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let b = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, b)
+}
+
+async fn deliver(s: &Server, id: &str, file: &[u8]) -> u64 {
+    let (st, body) = request(
+        s,
+        &s.app_token,
+        "PUT",
+        &format!("/incoming/alice/{id}"),
+        file.to_vec(),
+    )
+    .await;
+    assert_eq!(st, 201, "{}", String::from_utf8_lossy(&body));
+    let ch: ChangesResponse = serde_json::from_slice(
+        &request(
+            s,
+            &s.user_token,
+            "GET",
+            "/blobs/alice?namespace=MX&since=0",
+            vec![],
+        )
+        .await
+        .1,
+    )
+    .unwrap();
+    ch.seq
+}
+
+/// The server's stored bytes of `MX/id`.
+async fn server_copy(s: &Server, id: &str) -> Vec<u8> {
+    request(
+        s,
+        &s.user_token,
+        "GET",
+        &format!("/blobs/alice/{id}?namespace=MX"),
+        vec![],
+    )
+    .await
+    .1
+}
+
+fn mx() -> Namespace {
+    Namespace::new("MX").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_is_decrypted_adopted_and_reaches_another_device_as_format_v1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start_server(tmp.path()).await;
+    let clock = ManualClock::default();
+    let a = device(&tmp.path().join("a"), &srv, &clock).await;
+    a.engine.run_cycle().await;
+    // The first cycle published the recipient.
+    let (st, r) = request(&srv, &srv.app_token, "GET", "/keys/alice/incoming", vec![]).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&r).trim(),
+        IncomingIdentity::derive(&key()).recipient()
+    );
+    assert_eq!(
+        a.remote.incoming_recipient().await.unwrap().as_deref(),
+        Some(&*String::from_utf8_lossy(&r).trim().to_owned())
+    );
+
+    let plain = bytes(200_000, 3);
+    let file = age_file(&plain);
+    deliver(&srv, "m1", &file).await;
+    let id = BlobId::new("m1").unwrap();
+    request(
+        &srv,
+        &srv.user_token,
+        "POST",
+        "/blobs/alice/m1?namespace=MX",
+        br#"["PENDING","PROCESSING"]"#.to_vec(),
+    )
+    .await;
+    a.engine.run_cycle().await;
+    a.cycle_after(1).await;
+    let info = a.info_ns(&mx(), "m1").await.unwrap();
+    assert_eq!(info.status, Status::Synced, "{info:?}");
+    assert!(info.external);
+    assert_eq!(a.read_ns(&mx(), "m1", false).await, plain);
+    let stored = server_copy(&srv, "m1").await;
+    assert!(!stored.starts_with(b"age-encryption.org/v1"));
+    assert_eq!(
+        a.handle.get_flags(&mx(), &id).await.unwrap(),
+        vec![Flag::Pending, Flag::Processing],
+        "flags survive the adoption"
+    );
+    // Another device takes the format-v1 copy as it is: nothing to adopt any more.
+    let b = device(&tmp.path().join("b"), &srv, &clock).await;
+    let s = b.engine.run_cycle().await;
+    assert_eq!(s.downloaded, 1, "{s:?}");
+    assert_eq!(s.uploaded, 0, "{s:?}");
+    let info = b.info_ns(&mx(), "m1").await.unwrap();
+    assert_eq!(info.status, Status::Synced);
+    assert!(info.external);
+    assert_eq!(b.read_ns(&mx(), "m1", false).await, plain);
+    assert_eq!(server_copy(&srv, "m1").await, stored, "b adopted nothing");
+    // A damaged delivery is InvalidBlob, retried, then FAILED_DOWNLOAD; nothing handed out.
+    let mut bad = age_file(&bytes(100_000, 4));
+    let n = bad.len();
+    bad[n - 5] ^= 0x40;
+    deliver(&srv, "bad", &bad).await;
+    for _ in 0..5 {
+        a.cycle_after(120).await;
+    }
+    let info = a.info_ns(&mx(), "bad").await.unwrap();
+    assert_eq!(info.status, Status::FailedDownload, "{info:?}");
+    assert!(
+        info.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("invalid incoming delivery"),
+        "{info:?}"
+    );
+    assert!(
+        a.handle
+            .open_for_read(&mx(), &BlobId::new("bad").unwrap(), None, false)
+            .await
+            .is_err()
+    );
+    assert_eq!(server_copy(&srv, "bad").await, bad, "nothing adopted");
+    let _ = srv.state.index();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_survives_a_crash_at_every_step() {
+    for point in [
+        "download.after_install",
+        "incoming.before_adopt",
+        "incoming.after_adopt",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let srv = start_server(tmp.path()).await;
+        let clock = ManualClock::default();
+        let da = tmp.path().join("a");
+        let plain = bytes(150_000, 9);
+        let file = age_file(&plain);
+        let delivered_at = deliver(&srv, "m1", &file).await;
+        {
+            let a = device(&da, &srv, &clock).await;
+            a.engine.arm_crash_point(point);
+            a.engine.run_cycle().await;
+            a.cycle_after(1).await;
+            let info = a.info_ns(&mx(), "m1").await.unwrap();
+            assert_ne!(
+                info.status,
+                Status::Synced,
+                "{point}: the crash point never fired"
+            );
+        }
+        let a = device(&da, &srv, &clock).await;
+        for _ in 0..3 {
+            a.cycle_after(120).await;
+        }
+        let info = a.info_ns(&mx(), "m1").await.unwrap();
+        assert_eq!(info.status, Status::Synced, "{point}: {info:?}");
+        assert_eq!(a.read_ns(&mx(), "m1", false).await, plain, "{point}");
+        assert!(
+            !server_copy(&srv, "m1")
+                .await
+                .starts_with(b"age-encryption.org/v1"),
+            "{point}: not adopted"
+        );
+        // Adopted exactly once: one change after the delivery.
+        let ch: ChangesResponse = serde_json::from_slice(
+            &request(
+                &srv,
+                &srv.user_token,
+                "GET",
+                &format!("/blobs/alice?namespace=MX&since={delivered_at}"),
+                vec![],
+            )
+            .await
+            .1,
+        )
+        .unwrap();
+        assert_eq!(ch.changes.len(), 1, "{point}: {ch:?}");
+        assert!(ch.changes[0].external, "{point}");
+        // Nothing half-done is left behind: no partial or temp files.
+        let tmp_left: Vec<_> = std::fs::read_dir(da.join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(tmp_left.is_empty(), "{point}: {tmp_left:?}");
+        // A second device agrees.
+        let b = device(&tmp.path().join("b"), &srv, &clock).await;
+        b.engine.run_cycle().await;
+        assert_eq!(b.read_ns(&mx(), "m1", false).await, plain, "{point}");
+    }
+}
+
+/// The tamper case of the issue: after the adoption, the server swaps the age file back in
+/// (under the adopted row). The device that adopted keeps its copy; a new device ends in a
+/// failed state with the reason (the served bytes no longer match what the server lists, so
+/// they fail verification; had they matched, its adoption would be refused and the conflict
+/// kept), and never loops adopting again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_swaps_the_age_file_back_after_adoption_gets_no_loop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start_server(tmp.path()).await;
+    let clock = ManualClock::default();
+    let plain = bytes(30_000, 5);
+    let file = age_file(&plain);
+    deliver(&srv, "m1", &file).await;
+    let a = device(&tmp.path().join("a"), &srv, &clock).await;
+    a.engine.run_cycle().await;
+    a.cycle_after(1).await;
+    assert_eq!(a.info_ns(&mx(), "m1").await.unwrap().status, Status::Synced);
+    // The operator puts the age file back under the adopted blob (same index row).
+    let path = tmp.path().join("server/alice/MX/m/m1/m1");
+    assert!(path.exists(), "server layout changed: {}", path.display());
+    std::fs::write(&path, &file).unwrap();
+
+    let c = device(&tmp.path().join("c"), &srv, &clock).await;
+    let mut puts = Vec::new();
+    for _ in 0..4 {
+        c.cycle_after(120).await;
+        puts.push(
+            c.remote
+                .faults
+                .puts
+                .load(std::sync::atomic::Ordering::SeqCst),
+        );
+    }
+    let info = c.info_ns(&mx(), "m1").await.unwrap();
+    assert!(
+        matches!(info.status, Status::FailedDownload | Status::FailedUpload),
+        "{info:?}"
+    );
+    assert!(info.last_error.is_some(), "{info:?}");
+    assert_eq!(
+        puts[2], puts[3],
+        "no adoption attempts once failed: {puts:?}"
+    );
+    if info.status == Status::FailedDownload {
+        assert!(
+            c.handle
+                .open_for_read(&mx(), &BlobId::new("m1").unwrap(), None, false)
+                .await
+                .is_err(),
+            "nothing handed out"
+        );
+    }
+    assert_eq!(
+        a.read_ns(&mx(), "m1", false).await,
+        plain,
+        "a is not affected"
+    );
+}

@@ -1,0 +1,134 @@
+//! The index side of the incoming box: each user's published recipient, and the conditional
+//! replace that adopts a delivered age file (`PUT /blobs/...?replace_external=<sha256>`).
+
+use std::path::Path;
+
+use blobsync_shared::{BlobId, Namespace};
+use rusqlite::{OptionalExtension, params};
+
+use super::{Index, IndexError, fsync_dir, io, lookup_in, now_secs};
+use crate::layout::Layout;
+
+/// What became of a `replace_external`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceOutcome {
+    /// Swapped in at this sequence number.
+    Replaced(u64),
+    /// No live blob under the id.
+    Missing,
+    /// The stored copy is not the age file with that hash (adopted already, by this or
+    /// another device, or never external).
+    NotThatFile,
+    /// The new copy would put the user over quota.
+    OverQuota,
+}
+
+impl Index {
+    /// The user's incoming recipient, if their devices published one.
+    pub fn incoming_recipient(&self, user: &str) -> Result<Option<String>, IndexError> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT recipient FROM incoming_keys WHERE user = ?1")?
+                    .query_row([user], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+    }
+
+    /// Sets the user's incoming recipient (validated by the caller).
+    pub fn set_incoming_recipient(&self, user: &str, recipient: &str) -> Result<(), IndexError> {
+        let c = self.writer();
+        c.execute(
+            "INSERT INTO incoming_keys (user, recipient, updated) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (user) DO UPDATE SET recipient = excluded.recipient, \
+             updated = excluded.updated",
+            params![user, recipient, now_secs()],
+        )?;
+        Ok(())
+    }
+
+    /// Adopts a delivered age file: if the live blob `ns/id` is external and still the age
+    /// file whose SHA-256 is `age_sha256`, `temp` (fsynced, `size` bytes, in the blob's
+    /// directory) replaces it in one index transaction with one new sequence number. Flags,
+    /// creation time and `external` stay; the age hash is cleared, so a second replace (the
+    /// other device's) gets [`ReplaceOutcome::NotThatFile`].
+    ///
+    /// Under the writer lock: the rename, the directory fsync, then the commit, as in
+    /// `commit_puts`. A crash between rename and commit leaves the new copy under the old
+    /// row (same id, age hash still set); the device's retry replaces it again.
+    /// `temp` is removed on every outcome but `Replaced`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn replace_external(
+        &self,
+        user: &str,
+        ns: &Namespace,
+        id: &BlobId,
+        age_sha256: &str,
+        temp: &Path,
+        size: u64,
+        default_quota: Option<u64>,
+        layout: &Layout,
+    ) -> Result<ReplaceOutcome, IndexError> {
+        let out = self.replace_locked(user, ns, id, age_sha256, temp, size, default_quota, layout);
+        if !matches!(out, Ok(ReplaceOutcome::Replaced(_))) {
+            let _ = std::fs::remove_file(temp);
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn replace_locked(
+        &self,
+        user: &str,
+        ns: &Namespace,
+        id: &BlobId,
+        age_sha256: &str,
+        temp: &Path,
+        size: u64,
+        default_quota: Option<u64>,
+        layout: &Layout,
+    ) -> Result<ReplaceOutcome, IndexError> {
+        let mut c = self.writer();
+        let tx = c.transaction()?;
+        let Some(row) = lookup_in(&tx, user, ns.as_str(), id.as_str())?.filter(|r| !r.deleted)
+        else {
+            return Ok(ReplaceOutcome::Missing);
+        };
+        let stored: Option<String> = tx
+            .prepare_cached(
+                "SELECT age_sha256 FROM blobs WHERE user = ?1 AND namespace = ?2 AND id = ?3",
+            )?
+            .query_row(params![user, ns.as_str(), id.as_str()], |r| r.get(0))?;
+        if !row.external || stored.as_deref() != Some(age_sha256) {
+            return Ok(ReplaceOutcome::NotThatFile);
+        }
+        let (quota, used): (Option<i64>, i64) = tx
+            .prepare_cached("SELECT quota_bytes, used_bytes FROM users WHERE name = ?1")?
+            .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let quota = quota.map(|q| q as u64).or(default_quota);
+        let used_after = (used as u64).saturating_sub(row.size) + size;
+        if size > row.size && quota.is_some_and(|q| used_after > q) {
+            return Ok(ReplaceOutcome::OverQuota);
+        }
+        let dest = layout.blob_path(user, ns, id);
+        std::fs::rename(temp, &dest).map_err(io("rename into place", &dest))?;
+        if let Some(d) = dest.parent() {
+            fsync_dir(d)?;
+        }
+        tx.execute(
+            "UPDATE users SET seq = seq + 1, used_bytes = ?2 WHERE name = ?1",
+            params![user, used_after as i64],
+        )?;
+        tx.execute(
+            "UPDATE blobs SET size = ?4, age_sha256 = NULL, \
+             seq = (SELECT seq FROM users WHERE name = ?1) \
+             WHERE user = ?1 AND namespace = ?2 AND id = ?3",
+            params![user, ns.as_str(), id.as_str(), size as i64],
+        )?;
+        let seq: i64 = tx.query_row("SELECT seq FROM users WHERE name = ?1", [user], |r| {
+            r.get(0)
+        })?;
+        tx.commit()?;
+        Ok(ReplaceOutcome::Replaced(seq as u64))
+    }
+}
