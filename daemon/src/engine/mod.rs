@@ -6,8 +6,8 @@
 //! decisions live in [`plan`]. The engine never opens a socket itself (the remote does) and
 //! never touches SQLite directly (the store does).
 
-pub(crate) mod keycheck;
 mod incoming;
+pub(crate) mod keycheck;
 pub mod plan;
 pub mod ratelimit;
 pub(crate) mod transfer;
