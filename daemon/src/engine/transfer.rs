@@ -814,29 +814,13 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 Err(DownloadError::Cancelled) => Err(DownloadError::Cancelled),
                 Err(DownloadError::Conflict(why)) => {
                     warn!(%why, "kept this device's copy");
-                    let u = RowUpdate {
-                        last_error: Some(why.clone()),
-                        now: Some(self.clock.now()),
-                        ..Default::default()
-                    };
-                    self.shared
-                        .store
-                        .transition(&b.ns, &b.id, Transition::ContestLost, u)
-                        .await?;
+                    self.settle(&b, Transition::ContestLost, &why).await?;
                     stats.failed += 1;
                     Err(DownloadError::Conflict(why))
                 }
                 Err(DownloadError::Refused(why)) => {
                     if b.status == Status::PendingDownload {
-                        let u = RowUpdate {
-                            last_error: Some(why.clone()),
-                            now: Some(self.clock.now()),
-                            ..Default::default()
-                        };
-                        self.shared
-                            .store
-                            .transition(&b.ns, &b.id, Transition::DownloadInvalid, u)
-                            .await?;
+                        self.settle(&b, Transition::DownloadInvalid, &why).await?;
                         stats.failed += 1;
                     }
                     Err(DownloadError::Refused(why))
@@ -932,19 +916,28 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     /// downloaded again by the cycle (a `get` still tries, and says why it fails).
     async fn foreign_format(&self, b: &BlobInfo) {
         info!(ns = %b.ns, id = %b.id, "not a blobsync blob (foreign format): left on the server");
-        let u = RowUpdate {
-            last_error: Some(FOREIGN_FORMAT.to_owned()),
-            now: Some(self.clock.now()),
-            ..Default::default()
-        };
         if let Err(e) = self
-            .shared
-            .store
-            .transition(&b.ns, &b.id, Transition::ForeignFormat, u)
+            .settle(b, Transition::ForeignFormat, FOREIGN_FORMAT)
             .await
         {
             warn!(ns = %b.ns, id = %b.id, error = %e, "cannot record a foreign-format blob");
         }
+    }
+
+    /// Moves `b` by `t` for a reason no retry can change, keeping `why` on the row.
+    async fn settle(
+        &self,
+        b: &BlobInfo,
+        t: Transition,
+        why: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        let u = RowUpdate {
+            last_error: Some(why.to_owned()),
+            now: Some(self.clock.now()),
+            ..Default::default()
+        };
+        self.shared.store.transition(&b.ns, &b.id, t, u).await?;
+        Ok(())
     }
 
     /// The rollback check: refuses a copy whose header salt is one of `forbidden` unless its
@@ -1573,15 +1566,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     match self.check_rollback(b, salt, &sha256_of(&plain), &forbidden) {
                         Ok(()) => verified.push((b, stored.len() as u64, plain, salt)),
                         Err(e) => {
-                            let u = RowUpdate {
-                                last_error: Some(e.to_string()),
-                                now: Some(now),
-                                ..Default::default()
-                            };
                             let _ = self
-                                .shared
-                                .store
-                                .transition(&b.ns, &b.id, Transition::DownloadInvalid, u)
+                                .settle(b, Transition::DownloadInvalid, &e.to_string())
                                 .await;
                             stats.failed += 1;
                         }
