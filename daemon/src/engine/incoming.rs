@@ -207,13 +207,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                  device already held with other content; the blob stays as it was",
                 b.ns, b.id
             );
-            self.shared.raise(
-                crate::events::AlarmKind::Rollback,
-                Some(&b.ns),
-                1,
-                why.clone(),
-            );
-            return Err(DownloadError::Refused(why));
+            return Err(self.refuse(crate::events::AlarmKind::Rollback, b, why));
         }
         let dest = self.shared.data.payload_path(&b.ns, &b.id);
         tokio::task::spawn_blocking(move || {

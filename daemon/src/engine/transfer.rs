@@ -886,6 +886,18 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         .await
     }
 
+    /// Raises `kind` about `b` and returns the refusal: its bytes are never handed out, and
+    /// retrying cannot change that.
+    pub(super) fn refuse(
+        &self,
+        kind: crate::events::AlarmKind,
+        b: &BlobInfo,
+        why: String,
+    ) -> DownloadError {
+        self.shared.raise(kind, Some(&b.ns), 1, why.clone());
+        DownloadError::Refused(why)
+    }
+
     /// Whether `b` may be downloaded at all, and the header salts its copy must not have:
     /// every version of the id this device held before, but the one it holds now (a
     /// re-download after damage is the same version). An external blob is taken only in an
@@ -897,13 +909,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                  devices) in a namespace that is not an incoming box",
                 b.ns, b.id
             );
-            self.shared.raise(
-                crate::events::AlarmKind::ExternalRefused,
-                Some(&b.ns),
-                1,
-                why.clone(),
-            );
-            return Err(DownloadError::Refused(why));
+            return Err(self.refuse(crate::events::AlarmKind::ExternalRefused, b, why));
         }
         let mut seen = self.shared.store.seen_salts(&b.ns, &b.id).await?;
         seen.retain(|s| Some(*s) != b.upload_salt);
@@ -957,13 +963,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                      before (a rollback); the blob stays as it was",
                     b.ns, b.id
                 );
-                self.shared.raise(
-                    crate::events::AlarmKind::Rollback,
-                    Some(&b.ns),
-                    1,
-                    why.clone(),
-                );
-                Err(DownloadError::Refused(why))
+                Err(self.refuse(crate::events::AlarmKind::Rollback, b, why))
             }
             _ => Ok(()),
         }
