@@ -804,7 +804,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     /// verify, which deletes nothing. Once none is left, a meta flag ends the search.
     async fn backfill_salts(&self) {
         const PER_CYCLE: usize = 64;
-        const DONE: &str = "salt_backfill_done";
+        const DONE: &str = crate::store::ops::SALT_BACKFILL_DONE;
         let store = &self.shared.store;
         if matches!(store.meta(DONE).await, Ok(Some(_))) {
             return;
