@@ -593,3 +593,40 @@ fn put_and_get_show_the_server_transfer_as_a_byte_bar() -> TestResult {
     );
     Ok(())
 }
+
+/// Item 8: a namespace created on another device shows up in the next cycles, not at the next
+/// periodic full listing (set far away here): once a listing shows the user's sequence moved,
+/// the daemon asks the server for its namespaces again.
+#[test]
+fn a_namespace_created_on_another_device_appears_within_a_few_cycles() -> TestResult {
+    let env = TestEnv::new()?;
+    let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
+    let mut opts = cluster.daemon_opts(0);
+    opts.sync_interval = Some(1);
+    opts.extra_toml = "full_list_every = 1000\n".into();
+    let a = DaemonProc::start(&env, "device-a", opts.clone())?;
+    let b = DaemonProc::start(&env, "device-b", opts)?;
+    // B has run its first cycles (and asked for the namespaces) before "photos" exists.
+    b.ctl().run(&["sync", "--wait"])?.ok()?;
+    let src = a.dir().join("src");
+    write_random_file(&src, 1_000, 12)?;
+    a.ctl().put(&src, "p1", &["-n", "photos", "--wait"])?;
+    wait_until(
+        "device B learns of namespace photos",
+        scaled(Duration::from_secs(20)),
+        || {
+            let rows = b.ctl().ls()?;
+            Ok(
+                if rows
+                    .iter()
+                    .any(|r| r.namespace == "photos" && r.id == "p1" && r.status == "SYNCED")
+                {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(describe_rows(&rows))
+                },
+            )
+        },
+    )?;
+    Ok(())
+}
