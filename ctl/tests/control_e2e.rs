@@ -372,6 +372,8 @@ fn every_command_answers_with_its_json_fields() {
     assert_eq!(st["counts"]["SYNCED"], 1, "{st}");
     assert_eq!(st["bytes"]["SYNCED"], 5000, "{st}");
     assert_eq!(st["namespaces"]["default"]["policy"], "EAGER", "{st}");
+    // Per namespace too (issue 21: it said 0 bytes).
+    assert_eq!(st["namespaces"]["default"]["bytes"]["SYNCED"], 5000, "{st}");
     assert_eq!(st["counts"].as_object().unwrap().len(), 8);
     for k in [
         "namespaces",

@@ -712,7 +712,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     reuploaded_missing = summary.reuploaded_missing,
                     deletions_held = summary.deletions_held,
                     changes = summary.listed_changes,
-                    error = summary.error.as_deref().unwrap_or(""),
+                    // Recorded only when there was one (no `error=""` on every line).
+                    error = summary.error.as_deref(),
                     "cycle finished"
                 );
             } else {

@@ -120,6 +120,8 @@ pub struct Counts {
     pub by_namespace: BTreeMap<Namespace, BTreeMap<Status, u64>>,
     /// Bytes per status (plaintext size when known, else stored size).
     pub bytes_by_status: BTreeMap<Status, u64>,
+    /// Bytes per namespace and status, measured as `bytes_by_status`.
+    pub bytes_by_namespace: BTreeMap<Namespace, BTreeMap<Status, u64>>,
 }
 
 /// A committed status change (`from`/`to` `None`: row created/removed).
@@ -518,6 +520,11 @@ pub fn counts(c: &mut Connection) -> Result<Counts, StoreError> {
             Status::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("status {code}")))?;
         *out.by_status.entry(s).or_default() += n as u64;
         *out.bytes_by_status.entry(s).or_default() += bytes as u64;
+        *out.bytes_by_namespace
+            .entry(ns.clone())
+            .or_default()
+            .entry(s)
+            .or_default() += bytes as u64;
         *out.by_namespace
             .entry(ns)
             .or_default()
