@@ -447,8 +447,16 @@ async fn put_many(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), Ctl
         size_hint: None,
         wait: false,
     };
+    // The daemon reads regular files itself (`PutPaths`: one durable group per call, ~20x
+    // faster for many small files) unless it cannot see them (another user, a sandboxed
+    // system service): those, and anything that is not a regular file, are streamed.
+    let by_path = a.by_path
+        || a.files
+            .iter()
+            .all(|f| std::fs::metadata(f).is_ok_and(|m| m.is_file()));
+    let counter = files_bar(a.files.len() as u64, show_progress(json));
     let mut results: Vec<(PathBuf, PutOutcome)> = Vec::new();
-    if a.by_path {
+    if by_path {
         for chunk in a.files.chunks(PER_CALL) {
             let mut items = Vec::with_capacity(chunk.len());
             for f in chunk {
@@ -471,37 +479,25 @@ async fn put_many(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), Ctl
                     Some(R::Error(e)) => Err((e.code, e.message)),
                     None => Err((tonic::Code::Internal as i32, "no result".into())),
                 };
+                let unseen =
+                    [tonic::Code::PermissionDenied, tonic::Code::NotFound].map(|c| c as i32);
+                let r = match r {
+                    Err((code, _)) if !a.by_path && unseen.contains(&code) => {
+                        stream_one(c, &header, f).await?
+                    }
+                    r => r,
+                };
                 results.push((f.clone(), r));
+                counter.inc(1);
             }
         }
     } else {
         for f in &a.files {
-            let r = match tokio::fs::File::open(f).await {
-                Err(e) => Err((
-                    tonic::Code::InvalidArgument as i32,
-                    format!("cannot open {}: {e}", f.display()),
-                )),
-                Ok(file) => {
-                    let size = file
-                        .metadata()
-                        .await
-                        .ok()
-                        .filter(|m| m.is_file())
-                        .map(|m| m.len());
-                    let mut h = header.clone();
-                    h.size_hint = size;
-                    let bar = bytes_bar(size, false, "uploading to blobsyncd");
-                    match put_stream(c, h, Box::new(file), &bar, f).await {
-                        Ok(Some(b)) => Ok(b),
-                        Ok(None) => Err((tonic::Code::Internal as i32, "no blob".into())),
-                        Err(CtlError::Rpc(st)) => Err((st.code() as i32, st.message().to_owned())),
-                        Err(e) => return Err(e),
-                    }
-                }
-            };
-            results.push((f.clone(), r));
+            results.push((f.clone(), stream_one(c, &header, f).await?));
+            counter.inc(1);
         }
     }
+    counter.finish_and_clear();
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();
     if json {
         let blobs: Vec<serde_json::Value> = results
@@ -537,6 +533,50 @@ async fn put_many(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), Ctl
         )));
     }
     Ok(())
+}
+
+/// One file of a multi-file `put`, streamed to the daemon.
+async fn stream_one(
+    c: &mut Client,
+    header: &pb::PutHeader,
+    f: &Path,
+) -> Result<PutOutcome, CtlError> {
+    let file = match tokio::fs::File::open(f).await {
+        Ok(file) => file,
+        Err(e) => {
+            return Ok(Err((
+                tonic::Code::InvalidArgument as i32,
+                format!("cannot open {}: {e}", f.display()),
+            )));
+        }
+    };
+    let size = file
+        .metadata()
+        .await
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    let mut h = header.clone();
+    h.size_hint = size;
+    let bar = bytes_bar(size, false, "uploading to blobsyncd");
+    Ok(match put_stream(c, h, Box::new(file), &bar, f).await {
+        Ok(Some(b)) => Ok(b),
+        Ok(None) => Err((tonic::Code::Internal as i32, "no blob".into())),
+        Err(CtlError::Rpc(st)) => Err((st.code() as i32, st.message().to_owned())),
+        Err(e) => return Err(e),
+    })
+}
+
+/// A `done/total files` counter for a multi-file `put` on a terminal.
+fn files_bar(total: u64, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("storing [{wide_bar}] {pos}/{len} files {per_sec} eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    )
 }
 
 /// Streams `reader` to the daemon as a Put. A read error cancels the call (so the daemon
