@@ -266,6 +266,10 @@ pub struct WatchArgs {
     /// Leave out transfer progress events.
     #[arg(long)]
     pub no_progress: bool,
+    /// Exit when the daemon closes the stream (by default the watch waits for the daemon to
+    /// come back, as after a restart, and resumes).
+    #[arg(long)]
+    pub no_reconnect: bool,
 }
 
 /// Arguments of `retry`.

@@ -88,7 +88,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             }
         }
         Command::Sync(a) => sync(&mut connect().await?, a, json).await,
-        Command::Watch(a) => watch(&mut connect().await?, a, json).await,
+        Command::Watch(a) => watch(&mut connect().await?, a, json, socket.as_deref()).await,
         Command::Retry(mut a) => {
             if let Some(id) = &a.id {
                 let (ns, id) =
@@ -1157,25 +1157,71 @@ async fn sync(c: &mut Client, a: cli::SyncArgs, json: bool) -> Result<(), CtlErr
     }
 }
 
-async fn watch(c: &mut Client, a: cli::WatchArgs, json: bool) -> Result<(), CtlError> {
-    let mut stream = c
-        .watch(pb::WatchRequest {
-            since: a.since,
-            namespace: a.namespace.unwrap_or_default(),
+/// `watch`: the daemon's events, one line each (or one JSON object each). In text, an idle
+/// cycle prints nothing, transfer progress carries its rate, and progress that arrives after
+/// the blob's final status is dropped. When the daemon goes away (a restart, an upgrade),
+/// the watch waits for it and resumes, unless `--no-reconnect`.
+async fn watch(
+    c: &mut Client,
+    a: cli::WatchArgs,
+    json: bool,
+    socket: Option<&Path>,
+) -> Result<(), CtlError> {
+    let mut view = render::WatchView::default();
+    let mut since = a.since;
+    let mut c = c.clone();
+    loop {
+        let req = pb::WatchRequest {
+            since,
+            namespace: a.namespace.clone().unwrap_or_default(),
             no_progress: a.no_progress,
-        })
-        .await?
-        .into_inner();
-    while let Some(e) = stream.message().await? {
-        if json {
-            out(&format!("{}\n", render::event_json(&e)))?;
-        } else {
-            out(&format!("{}\n", render::event_text(&e)))?;
+        };
+        let mut stream = c.watch(req).await?.into_inner();
+        let ended = loop {
+            match stream.message().await {
+                Ok(Some(e)) => {
+                    since = Some(e.id);
+                    if json {
+                        out(&format!("{}\n", render::event_json(&e)))?;
+                    } else {
+                        for line in view.lines(&e) {
+                            out(&format!("{line}\n"))?;
+                        }
+                    }
+                }
+                // The daemon ends every watch when it shuts down.
+                Ok(None) => break "the daemon closed the event stream (it is shutting down)",
+                Err(_) => break "the connection to the daemon broke",
+            }
+        };
+        if a.no_reconnect {
+            eprintln!("blobctl: {ended}");
+            return Ok(());
         }
+        eprintln!("blobctl: {ended}; waiting for it to come back (Ctrl-C to stop)");
+        c = loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let path = client::discover_socket(socket)?;
+            if let Ok(c) = client::connect(&path).await {
+                break c;
+            }
+        };
+        // The same daemon (the connection broke): resume after the last event seen. A
+        // restarted one numbers its events afresh: replay all it has, from its start.
+        let last = c
+            .status(pb::StatusRequest {})
+            .await?
+            .into_inner()
+            .last_event_id;
+        if since.is_none_or(|s| s > last) {
+            since = Some(0);
+            view = render::WatchView::default();
+        }
+        eprintln!("blobctl: reconnected to the daemon");
     }
-    // The daemon ends every watch when it shuts down.
-    eprintln!("blobctl: the daemon closed the event stream (it is shutting down)");
-    Ok(())
 }
 
 async fn retry(c: &mut Client, a: cli::RetryArgs, json: bool) -> Result<(), CtlError> {

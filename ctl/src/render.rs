@@ -694,6 +694,91 @@ fn opt_status(v: i32) -> Value {
 }
 
 /// A watch event for people, one line.
+/// What `watch` prints in text, event by event: a cycle that did nothing prints nothing (its
+/// "started" line is held until something happens in it), progress lines carry the rate since
+/// the transfer's first progress event, and progress that arrives after the blob's last
+/// status change of that transfer (a late 100 % after SYNCED) is dropped.
+#[derive(Default)]
+pub struct WatchView {
+    /// The held "cycle N started" line.
+    held_start: Option<String>,
+    /// First progress seen per transfer: (time, bytes done then).
+    started: std::collections::HashMap<(String, String, i32), (std::time::Instant, u64)>,
+    /// Transfers whose blob already reached a settled status.
+    settled: std::collections::HashSet<(String, String)>,
+}
+
+impl WatchView {
+    /// The lines to print for `e` (none, one, or the held start line and this one).
+    pub fn lines(&mut self, e: &pb::Event) -> Vec<String> {
+        use pb::event::Kind;
+        let mut text = event_text(e);
+        match &e.kind {
+            Some(Kind::CycleStarted(_)) => {
+                self.held_start = Some(text);
+                return Vec::new();
+            }
+            Some(Kind::CycleFinished(c)) => {
+                let idle = c.summary.as_ref().is_none_or(cycle_is_idle);
+                let start = self.held_start.take();
+                if idle {
+                    return Vec::new();
+                }
+                return start.into_iter().chain(std::iter::once(text)).collect();
+            }
+            Some(Kind::StatusChanged(s)) => {
+                let key = (s.namespace.clone(), s.id.clone());
+                let settled = [
+                    pb::BlobStatus::Synced as i32,
+                    pb::BlobStatus::FailedUpload as i32,
+                    pb::BlobStatus::FailedDownload as i32,
+                    0,
+                ];
+                if settled.contains(&s.new_status) {
+                    self.settled.insert(key.clone());
+                    self.started.retain(|k, _| (&k.0, &k.1) != (&key.0, &key.1));
+                } else {
+                    self.settled.remove(&key);
+                }
+            }
+            Some(Kind::TransferProgress(p)) => {
+                if self.settled.contains(&(p.namespace.clone(), p.id.clone())) {
+                    return Vec::new();
+                }
+                let key = (p.namespace.clone(), p.id.clone(), p.direction);
+                let now = std::time::Instant::now();
+                let (t0, b0) = *self.started.entry(key).or_insert((now, p.bytes_done));
+                let secs = now.duration_since(t0).as_secs_f64();
+                if secs >= 0.5 && p.bytes_done > b0 {
+                    let rate = ((p.bytes_done - b0) as f64 / secs) as u64;
+                    text.push_str(&format!("  {}/s", human_size(rate)));
+                }
+                if let Some(pct) = p.bytes_done.saturating_mul(100).checked_div(p.bytes_total) {
+                    text.push_str(&format!("  {pct}%"));
+                }
+            }
+            _ => {}
+        }
+        self.held_start
+            .take()
+            .into_iter()
+            .chain(std::iter::once(text))
+            .collect()
+    }
+}
+
+/// A cycle that moved nothing, failed nothing and listed no change.
+fn cycle_is_idle(c: &pb::CycleSummary) -> bool {
+    c.uploaded == 0
+        && c.downloaded == 0
+        && c.deleted_local == 0
+        && c.deleted_remote == 0
+        && c.failed == 0
+        && c.reuploaded_missing == 0
+        && c.deletions_held == 0
+        && c.error.is_empty()
+}
+
 pub fn event_text(e: &pb::Event) -> String {
     use pb::event::Kind;
     let time = e.time.as_ref().map_or("-".into(), rfc3339);
