@@ -32,7 +32,25 @@ const LS_PAGE: u32 = 1000;
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
     let json = cli.json;
+    if let Some(p) = &cli.config {
+        client::use_config(p)?;
+    }
     let socket = cli.socket.clone();
+    if cli.verbose > 0 {
+        let config = client::config_path().map_or("(none)".into(), |(p, named)| {
+            let how = if named {
+                "named"
+            } else if p.exists() {
+                "default"
+            } else {
+                "default, absent"
+            };
+            format!("{} ({how})", p.display())
+        });
+        let sock = client::discover_socket(socket.as_deref())
+            .map_or_else(|e| e.to_string(), |p| p.display().to_string());
+        eprintln!("blobctl: config {config}; socket {sock}");
+    }
     let connect = || async {
         let path = client::discover_socket(socket.as_deref())?;
         client::connect(&path).await
@@ -88,6 +106,18 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             }
         }
         Command::Sync(a) => sync(&mut connect().await?, a, json).await,
+        Command::Config => crate::doctor::config(socket.as_deref(), json),
+        Command::Doctor => crate::doctor::doctor(socket.as_deref(), json).await,
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .map_err(|e| CtlError::io(format!("writing man pages to {}", dir.display()), e))?;
+            if json {
+                out_json(&json!({ "dir": dir.display().to_string() }))
+            } else {
+                out(&format!("wrote the man pages to {}\n", dir.display()))
+            }
+        }
         Command::Watch(a) => watch(&mut connect().await?, a, json, socket.as_deref()).await,
         Command::Retry(mut a) => {
             if let Some(id) = &a.id {
@@ -129,7 +159,7 @@ pub fn out(text: &str) -> Result<(), CtlError> {
         .map_err(|e| CtlError::io("writing to standard output", e))
 }
 
-fn out_json(v: &Value) -> Result<(), CtlError> {
+pub fn out_json(v: &Value) -> Result<(), CtlError> {
     // Unwrap: serializing a Value cannot fail.
     out(&format!("{}\n", serde_json::to_string_pretty(v).unwrap()))
 }

@@ -200,6 +200,14 @@ impl Table {
                 if i > 0 {
                     line.push_str("  ");
                 }
+                // Failures stand out on a terminal; padding is counted on the plain text.
+                let painted;
+                let cell = if cell.starts_with("FAILED_") {
+                    painted = paint_level(cell, true);
+                    &painted
+                } else {
+                    cell
+                };
                 match self.align[i] {
                     Align::Right => {
                         line.extend(std::iter::repeat_n(' ', pad));
@@ -216,6 +224,29 @@ impl Table {
             out.push('\n');
         }
         out
+    }
+}
+
+/// Colour for people only: standard output a terminal, `NO_COLOR` unset, `TERM` not `dumb`.
+fn use_color() -> bool {
+    use std::io::IsTerminal;
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            && std::env::var("TERM").map_or(true, |t| t != "dumb")
+    })
+}
+
+/// `s` in bold red when `bad` and colour is on; else as is.
+pub fn paint_level(s: &str, bad: bool) -> String {
+    if bad && use_color() {
+        let style = anstyle::Style::new()
+            .bold()
+            .fg_color(Some(anstyle::AnsiColor::Red.into()));
+        format!("{style}{s}{style:#}")
+    } else {
+        s.to_owned()
     }
 }
 

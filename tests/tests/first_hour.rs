@@ -630,3 +630,87 @@ fn a_namespace_created_on_another_device_appears_within_a_few_cycles() -> TestRe
     )?;
     Ok(())
 }
+
+/// Item 8: `blobctl --config FILE` picks a device (its socket), `config` shows the effective
+/// values, `doctor` reports each check and fails on a refused token with what to do, `-v`
+/// says which config and socket it used, and `man` writes the pages.
+#[test]
+fn config_doctor_verbose_and_man_pages() -> TestResult {
+    let env = TestEnv::new()?;
+    let cluster = Cluster::start(&env, &["alice"], ServerOpts::default())?;
+    let good = cluster.start_device(&env, "good", 0)?;
+    let mut opts = cluster.daemon_opts(0);
+    opts.remote = RemoteSpec::Http {
+        url: cluster.server.url(),
+        user: "alice".into(),
+        token: "not-alices-token".into(),
+    };
+    let bad = DaemonProc::start(&env, "bad", opts)?;
+    let ctl = bins::bin_path(bins::CTL)?;
+    // No --socket: the config file names it.
+    let run = |cfg: &Path, args: &[&str]| {
+        Command::new(&ctl)
+            .arg("--config")
+            .arg(cfg)
+            .args(args)
+            .env_remove("BLOBSYNC_SOCKET")
+            .output()
+            .expect("run blobctl")
+    };
+    let o = run(good.config_path(), &["--json", "config"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("config --json");
+    assert_eq!(doc["socket"], good.socket().display().to_string(), "{doc}");
+    assert_eq!(doc["remote"], cluster.server.url(), "{doc}");
+    assert_eq!(doc["user"], "alice", "{doc}");
+
+    let o = run(good.config_path(), &["-v", "doctor"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "a healthy device: {text}\n{err}");
+    assert!(
+        text.contains("daemon") && text.contains("reachable as alice"),
+        "{text}"
+    );
+    assert!(
+        err.contains(&good.socket().display().to_string()),
+        "-v names the socket: {err}"
+    );
+
+    // The device with a refused token: doctor fails, says so and what to do.
+    wait_until(
+        "the bad device learns its token is refused",
+        scaled(Duration::from_secs(30)),
+        || {
+            let s = bad.ctl().status()?;
+            Ok(if s["remote"]["unauthorized"] == true {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(s["remote"].to_string())
+            })
+        },
+    )?;
+    let o = run(bad.config_path(), &["--json", "doctor"]);
+    assert_eq!(o.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("doctor --json");
+    let checks = doc["checks"].as_array().expect("checks");
+    assert!(
+        checks.iter().any(|c| c["check"] == "credentials"
+            && c["level"] == "fail"
+            && c["detail"].as_str().unwrap_or("").contains("token_file")),
+        "{doc}"
+    );
+
+    // A named config that does not exist is a usage error, not a silent default.
+    let o = run(&env.root().join("nope.toml"), &["status"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nope.toml"));
+
+    let man = env.subdir("man")?;
+    let o = run(good.config_path(), &["man", &man.display().to_string()]);
+    assert!(o.status.success());
+    let page = std::fs::read_to_string(man.join("blobctl-doctor.1")).expect("a doctor page");
+    assert!(page.contains(".TH") && page.contains("doctor"), "{page}");
+    assert!(man.join("blobctl.1").exists());
+    Ok(())
+}
