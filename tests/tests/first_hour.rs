@@ -27,8 +27,10 @@ fn alarms(status: &Value) -> Vec<Value> {
 
 /// Item 1: a device started before `key import`. With no key file and a remote that holds
 /// the user's blobs, the daemon refuses to start; started anyway with `--new-key` (here its
-/// environment form), its first downloads fail authentication, and it stops downloading
-/// with one `wrong_key` alarm that `status`, `verify --remote` and `get` all report.
+/// environment form), the incoming recipient device A published is not derived from its key,
+/// and it downloads nothing, with one `wrong_key` alarm that `status`, `verify --remote` and
+/// `get` all report. (The segment-0 failures are the other witness, for a remote without a
+/// published recipient: `daemon/tests/keycheck.rs`.)
 #[test]
 fn a_device_with_the_wrong_key_is_refused_then_stops_downloading() -> TestResult {
     let env = TestEnv::new()?;
@@ -117,11 +119,15 @@ fn a_device_with_the_wrong_key_is_refused_then_stops_downloading() -> TestResult
         .iter()
         .filter(|r| r.status == "PENDING_DOWNLOAD" && r.attempts == 0)
         .count();
-    assert!(
-        untouched >= BLOBS / 2,
-        "downloads must stop at the first failures, not fail every blob: {}",
+    // Device A published its incoming recipient: B sees it is not derived from its key
+    // before downloading anything.
+    assert_eq!(
+        untouched,
+        BLOBS,
+        "the published recipient stops every download before the first: {}",
         describe_rows(&rows)
     );
+    assert!(msg.contains("incoming recipient"), "{msg}");
     assert_eq!(
         alarms(&b.ctl().status()?).len(),
         1,

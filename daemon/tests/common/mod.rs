@@ -72,6 +72,24 @@ impl Device<DirRemote> {
         .await
     }
 
+    /// A device on the folder remote with a storage key of its own (a device set up before
+    /// its key was imported).
+    pub async fn open_keyed(
+        data: &Path,
+        remote_root: &Path,
+        settings: EngineSettings,
+        key: StorageKey,
+    ) -> Device {
+        Device::open_on_keyed(
+            data,
+            DirRemote::new(remote_root, "alice").unwrap(),
+            settings,
+            ManualClock::default(),
+            key,
+        )
+        .await
+    }
+
     pub fn dir_remote(&self) -> &DirRemote {
         self.remote.inner()
     }
@@ -83,6 +101,16 @@ impl<X: Remote + Clone> Device<X> {
         inner: X,
         settings: EngineSettings,
         clock: ManualClock,
+    ) -> Device<X> {
+        Self::open_on_keyed(data, inner, settings, clock, key()).await
+    }
+
+    pub async fn open_on_keyed(
+        data: &Path,
+        inner: X,
+        settings: EngineSettings,
+        clock: ManualClock,
+        key: StorageKey,
     ) -> Device<X> {
         let dd = DataDir::new(data);
         dd.create().unwrap();
@@ -97,7 +125,7 @@ impl<X: Remote + Clone> Device<X> {
             store,
             remote.clone(),
             clock.clone(),
-            key(),
+            key,
             dd,
             settings,
             events,
