@@ -164,6 +164,10 @@ pub struct PutArgs {
     /// The blob id, 1-128 of A-Z a-z 0-9 _ - (default: a random UUID).
     #[arg(long)]
     pub id: Option<String>,
+    /// Name each blob after its file, so `ls` shows names: the file name with every character
+    /// outside A-Z a-z 0-9 _ - replaced by `_` (report.pdf becomes report_pdf).
+    #[arg(long, conflicts_with = "id")]
+    pub id_from_name: bool,
     /// The namespace.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,

@@ -250,6 +250,14 @@ async fn put(c: &mut Client, mut a: cli::PutArgs, json: bool) -> Result<(), CtlE
     } else {
         None
     };
+    if a.id_from_name {
+        if from_stdin {
+            return Err(CtlError::Usage(
+                "--id-from-name needs a file name; standard input has none (use --id)".into(),
+            ));
+        }
+        a.id = Some(id_from_name(&file)?);
+    }
     let mut header = pb::PutHeader {
         namespace: a.namespace,
         id: a.id.unwrap_or_default(),
@@ -461,7 +469,9 @@ async fn put_many(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), Ctl
     }
     if a.id.is_some() {
         return Err(CtlError::Usage(
-            "--id names one blob; put several files without it (each gets a random id)".into(),
+            "--id names one blob; put several files without it (each gets a random id, or its \
+             file's name with --id-from-name)"
+                .into(),
         ));
     }
     if a.wait {
@@ -493,7 +503,7 @@ async fn put_many(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), Ctl
                 let path = std::path::absolute(f)
                     .map_err(|e| CtlError::io(format!("resolving {}", f.display()), e))?;
                 items.push(pb::PutPathRequest {
-                    header: Some(header.clone()),
+                    header: Some(header_for(&header, f, a.id_from_name)?),
                     path: path.to_string_lossy().into_owned(),
                 });
             }
@@ -513,7 +523,7 @@ async fn put_many(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), Ctl
                     [tonic::Code::PermissionDenied, tonic::Code::NotFound].map(|c| c as i32);
                 let r = match r {
                     Err((code, _)) if !a.by_path && unseen.contains(&code) => {
-                        stream_one(c, &header, f).await?
+                        stream_one(c, &header_for(&header, f, a.id_from_name)?, f).await?
                     }
                     r => r,
                 };
@@ -523,7 +533,8 @@ async fn put_many(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), Ctl
         }
     } else {
         for f in &a.files {
-            results.push((f.clone(), stream_one(c, &header, f).await?));
+            let h = header_for(&header, f, a.id_from_name)?;
+            results.push((f.clone(), stream_one(c, &h, f).await?));
             counter.inc(1);
         }
     }
@@ -563,6 +574,42 @@ async fn put_many(c: &mut Client, a: cli::PutArgs, json: bool) -> Result<(), Ctl
         )));
     }
     Ok(())
+}
+
+/// A blob id from a file name (`--id-from-name`): characters outside the id alphabet become
+/// `_`, and the result is cut to the id's 128 characters.
+fn id_from_name(f: &Path) -> Result<String, CtlError> {
+    let name = f
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let id: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(128)
+        .collect();
+    if id.is_empty() {
+        return Err(CtlError::Usage(format!(
+            "{} has no file name to make an id of; give --id",
+            f.display()
+        )));
+    }
+    Ok(id)
+}
+
+/// The header for one file of a multi-file `put`.
+fn header_for(h: &pb::PutHeader, f: &Path, by_name: bool) -> Result<pb::PutHeader, CtlError> {
+    let mut h = h.clone();
+    if by_name {
+        h.id = id_from_name(f)?;
+    }
+    Ok(h)
 }
 
 /// One file of a multi-file `put`, streamed to the daemon.
@@ -1514,6 +1561,22 @@ mod tests {
             PathBuf::from("/tmp/a/out.bin.blobctl-part")
         );
         assert_eq!(part_path(Path::new("x")), PathBuf::from("x.blobctl-part"));
+    }
+
+    #[test]
+    fn ids_from_file_names_keep_the_id_alphabet() {
+        assert_eq!(
+            id_from_name(Path::new("/x/report.pdf")).unwrap(),
+            "report_pdf"
+        );
+        assert_eq!(
+            id_from_name(Path::new("a b-c_d.tar.gz")).unwrap(),
+            "a_b-c_d_tar_gz"
+        );
+        assert_eq!(id_from_name(Path::new("héllo")).unwrap(), "h_llo");
+        let long = "x".repeat(300);
+        assert_eq!(id_from_name(Path::new(&long)).unwrap().len(), 128);
+        assert!(id_from_name(Path::new("/")).is_err());
     }
 
     #[test]

@@ -359,6 +359,18 @@ fn put_of_several_files_stores_each_and_reports_each() {
     assert_eq!(blobs.len(), 3, "{doc}");
     assert!(blobs.iter().all(|b| b["namespace"] == "auto"), "{doc}");
 
+    // --id-from-name: readable ids, from the file names.
+    let mut args = vec!["put", "--id-from-name", "-n", "named"];
+    args.extend(&names);
+    let doc = ctl_json(sock, &args);
+    let ids: Vec<&str> = doc["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["f0", "f1", "f2"], "{doc}");
+
     // --id names one blob: a usage error with several files.
     let (code, _, err) = ctl(sock, &["put", names[0], names[1], "--id", "x"]);
     assert_eq!(code, 2, "{err}");
