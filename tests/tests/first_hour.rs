@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use blobsync_tests::converge::describe_rows;
+use blobsync_tests::converge::{describe_rows, wait_for_rows, wait_for_rows_nudging};
 use blobsync_tests::daemon::write_key_file;
 use blobsync_tests::digest::write_random_file;
 use blobsync_tests::env::TestResult;
@@ -43,19 +43,9 @@ fn a_device_with_the_wrong_key_is_refused_then_stops_downloading() -> TestResult
         write_random_file(&f, 200 * 1024, i as u64)?;
         a.ctl().put(&f, &format!("b{i}"), &[])?;
     }
-    wait_until(
-        "device-a to upload",
-        scaled(Duration::from_secs(60)),
-        || {
-            let rows = a.ctl().ls()?;
-            Ok(if rows.iter().all(|r| r.status == "SYNCED") {
-                Poll::Ready(())
-            } else {
-                let _ = a.ctl().run(&["sync"]);
-                Poll::Pending(describe_rows(&rows))
-            })
-        },
-    )?;
+    wait_for_rows_nudging(&a, "device-a to upload", Duration::from_secs(60), |rows| {
+        rows.iter().all(|r| r.status == "SYNCED")
+    })?;
 
     // No key file yet: refused, and no key created behind the user's back.
     let keys = env.subdir("wrong-keys")?;
@@ -353,17 +343,11 @@ fn sync_wait_counts_a_put_upload_that_failed_and_exits_non_zero() -> TestResult 
     let src = d.dir().join("big");
     write_random_file(&src, 200_000, 5)?;
     d.ctl().put(&src, "big", &[])?;
-    wait_until(
+    wait_for_rows(
+        &d,
         "the over-quota upload to fail",
-        scaled(Duration::from_secs(30)),
-        || {
-            let rows = d.ctl().ls()?;
-            Ok(if rows.iter().any(|r| r.status == "FAILED_UPLOAD") {
-                Poll::Ready(())
-            } else {
-                Poll::Pending(describe_rows(&rows))
-            })
-        },
+        Duration::from_secs(30),
+        |rows| rows.iter().any(|r| r.status == "FAILED_UPLOAD"),
     )?;
     let out = d.ctl().run(&["sync", "--wait"])?;
     assert_eq!(
@@ -573,17 +557,11 @@ fn put_and_get_show_the_server_transfer_as_a_byte_bar() -> TestResult {
     let mut opts = cluster.daemon_opts(0);
     opts.extra_toml = "bwlimit_down = 2000000\n[namespaces.default]\npolicy = \"lazy\"\n".into();
     let b = DaemonProc::start(&env, "device-b", opts)?;
-    wait_until(
+    wait_for_rows(
+        &b,
         "device B lists the blob",
-        scaled(Duration::from_secs(60)),
-        || {
-            let rows = b.ctl().ls()?;
-            Ok(if rows.iter().any(|r| r.id == "big") {
-                Poll::Ready(())
-            } else {
-                Poll::Pending(describe_rows(&rows))
-            })
-        },
+        Duration::from_secs(60),
+        |rows| rows.iter().any(|r| r.id == "big"),
     )?;
     let out = b.dir().join("out");
     let (code, shown) = ctl_on_tty(&b, &format!("get big -o {}", out.display()))?;
@@ -617,21 +595,13 @@ fn a_namespace_created_on_another_device_appears_within_a_few_cycles() -> TestRe
     let src = a.dir().join("src");
     write_random_file(&src, 1_000, 12)?;
     a.ctl().put(&src, "p1", &["-n", "photos", "--wait"])?;
-    wait_until(
+    wait_for_rows(
+        &b,
         "device B learns of namespace photos",
-        scaled(Duration::from_secs(20)),
-        || {
-            let rows = b.ctl().ls()?;
-            Ok(
-                if rows
-                    .iter()
-                    .any(|r| r.namespace == "photos" && r.id == "p1" && r.status == "SYNCED")
-                {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending(describe_rows(&rows))
-                },
-            )
+        Duration::from_secs(20),
+        |rows| {
+            rows.iter()
+                .any(|r| r.namespace == "photos" && r.id == "p1" && r.status == "SYNCED")
         },
     )?;
     Ok(())
