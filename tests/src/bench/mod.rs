@@ -15,6 +15,7 @@ pub mod measure;
 pub mod report;
 
 mod incoming;
+pub mod server_load;
 pub use incoming::{IncomingResult, run_incoming};
 
 use std::collections::HashSet;
@@ -140,6 +141,12 @@ pub struct BenchOpts {
     pub verify: bool,
     /// Longest wait for one phase (upload or download) before giving up.
     pub phase_timeout: Duration,
+    /// Simulated devices of the SRV-LIST row.
+    pub server_devices: usize,
+    /// Clients of the SRV-PUT row.
+    pub server_put_clients: usize,
+    /// How long each server row runs.
+    pub server_secs: Duration,
 }
 
 impl Default for BenchOpts {
@@ -155,6 +162,9 @@ impl Default for BenchOpts {
             disk_bytes: 1024 * MIB,
             verify: true,
             phase_timeout: Duration::from_secs(1800),
+            server_devices: 1000,
+            server_put_clients: 64,
+            server_secs: Duration::from_secs(10),
         }
     }
 }
@@ -268,6 +278,8 @@ pub struct BenchReport {
     pub idle: Option<IdleResult>,
     /// The INCOMING row, if run.
     pub incoming: Option<IncomingResult>,
+    /// The server rows (SRV-LIST, SRV-PUT) that ran.
+    pub server: Vec<server_load::ServerLoadResult>,
     /// `uname -r`, CPU count: where it ran.
     pub machine: String,
 }
