@@ -12,11 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use blobsync_shared::{BlobId, Namespace};
 use blobsyncd::remote::dir::DirRemote;
-use blobsyncd::remote::http::{HttpRemote, HttpRemoteConfig};
+use blobsyncd::remote::http::HttpRemote;
 use blobsyncd::remote::{Remote, RemoteError, RemoteListFilter, collect_body};
 use blobsyncd::store::payload::DataDir;
 use common::*;
-use tokio_util::sync::CancellationToken;
 
 /// What the window between listing and PUT holds: when armed, the next conditional put (or
 /// batch) first deletes `victims` on the real remote underneath, as another device would,
@@ -266,40 +265,15 @@ async fn dir_remote_applies_the_rule_itself() {
 
 struct Server {
     remote: HttpRemote,
-    cancel: CancellationToken,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
+    _server: TestServer,
 }
 
 async fn start_server(dir: &Path) -> Server {
-    let cfg = blobsync_server::ServerConfig::new(dir.join("server"));
-    let state = tokio::task::spawn_blocking(move || blobsync_server::ServerState::open(cfg))
-        .await
-        .unwrap()
-        .unwrap();
-    let token = blobsync_server::token::generate();
-    state
-        .index()
-        .add_user("alice", &blobsync_server::token::hash(&token), None)
-        .unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let cancel = CancellationToken::new();
-    tokio::spawn(blobsync_server::run(listener, state, cancel.clone()));
-    let remote = HttpRemote::new(HttpRemoteConfig {
-        base: format!("http://127.0.0.1:{port}"),
-        user: "alice".into(),
-        token_file: Some(token_file),
-        ca_file: None,
-    })
-    .unwrap();
-    Server { remote, cancel }
+    let s = TestServer::start(dir).await;
+    Server {
+        remote: s.remote(),
+        _server: s,
+    }
 }
 
 #[tokio::test]

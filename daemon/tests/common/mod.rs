@@ -2,6 +2,9 @@
 //! engine over a fault-injecting wrapper of a real `DirRemote`, and a `ManualClock`.
 #![allow(dead_code)] // each test file uses a different subset
 
+mod server;
+#[allow(unused_imports)] // each test file uses a different subset
+pub use server::TestServer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
