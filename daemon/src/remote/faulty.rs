@@ -180,6 +180,12 @@ fn cut(body: ByteStream, after: u64) -> ByteStream {
     ))
 }
 
+/// Takes one from a counter of pending faults; whether there was one.
+fn take_one(n: &AtomicU64) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
 impl<R: Remote> Remote for FaultyRemote<R> {
     fn describe(&self) -> String {
         format!("{} (fault-injecting)", self.inner.describe())
@@ -235,12 +241,7 @@ impl<R: Remote> Remote for FaultyRemote<R> {
         }
         self.faults.run_before_put(ns, if_absent_since).await;
         self.inner.put(ns, id, len, body, if_absent_since).await?;
-        let lose = self
-            .faults
-            .lose_put_answers
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if lose {
+        if take_one(&self.faults.lose_put_answers) {
             return Err(RemoteError::Transport(
                 "answer lost after the server stored it (injected)".into(),
             ));
@@ -315,12 +316,7 @@ impl<R: Remote> Remote for FaultyRemote<R> {
             .inner
             .put_batch(ns, entries, body, if_absent_since)
             .await?;
-        let lose = self
-            .faults
-            .lose_batch_answers
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if lose {
+        if take_one(&self.faults.lose_batch_answers) {
             return Err(RemoteError::Transport(
                 "batch answer lost after the server stored it (injected)".into(),
             ));
