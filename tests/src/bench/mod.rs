@@ -143,6 +143,8 @@ pub struct BenchOpts {
     pub phase_timeout: Duration,
     /// Simulated devices of the SRV-LIST row.
     pub server_devices: usize,
+    /// Listings per second the SRV-LIST devices offer together.
+    pub server_rate: f64,
     /// Clients of the SRV-PUT row.
     pub server_put_clients: usize,
     /// How long each server row runs.
@@ -163,6 +165,7 @@ impl Default for BenchOpts {
             verify: true,
             phase_timeout: Duration::from_secs(1800),
             server_devices: 1000,
+            server_rate: 10_000.0,
             server_put_clients: 64,
             server_secs: Duration::from_secs(10),
         }

@@ -115,11 +115,12 @@ pub fn table(r: &BenchReport) -> String {
     }
     for v in &r.server {
         out.push_str(&format!(
-            "{} over {} connections for {:.0} s: {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, \
+            "{} over {} connections for {:.0} s (offered {:.0}/s, 0 = closed loop): {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, \
              {} errors; server peak RSS {:.1} MiB\n",
             v.row,
             v.connections,
             v.seconds,
+            v.offered_per_s,
             v.per_s,
             v.p50_ms,
             v.p99_ms,

@@ -3,8 +3,10 @@
 //!
 //! - `SRV-LIST`: `devices` devices (default 1,000), each on its own keep-alive connection,
 //!   ask for their changes since their cursor with nothing new, as an idle daemon does every
-//!   cycle. They come from different loopback addresses (127.0.0.2, .3, ...; the server caps
-//!   connections per client address), 50 devices per address.
+//!   cycle, at an offered rate (default 10,000 listings/s over all devices; open loop: a late
+//!   answer counts from when the request was due). They come from different loopback
+//!   addresses (127.0.0.2, .3, ...; the server caps connections per client address), 50
+//!   devices per address.
 //! - `SRV-PUT`: `clients` clients (default 64) each PUT 1 KiB blobs, one at a time, durable as
 //!   always.
 //!
@@ -38,6 +40,8 @@ pub struct ServerLoadResult {
     pub row: String,
     /// Connections (simulated devices or clients).
     pub connections: usize,
+    /// Offered requests per second (SRV-LIST; 0 for a closed loop, as SRV-PUT).
+    pub offered_per_s: f64,
     /// Seconds measured.
     pub seconds: f64,
     /// Requests answered (2xx) in that time.
@@ -165,12 +169,14 @@ where
 fn result(
     row: &str,
     connections: usize,
+    offered_per_s: f64,
     (requests, errors, lat, seconds): (u64, u64, Vec<f64>, f64),
     rss: u64,
 ) -> ServerLoadResult {
     ServerLoadResult {
         row: row.to_owned(),
         connections,
+        offered_per_s,
         seconds,
         requests,
         per_s: requests as f64 / seconds,
@@ -193,6 +199,7 @@ pub fn run_list(opts: &BenchOpts) -> Result<ServerLoadResult, BenchError> {
     }
     let tokens = Arc::new(tokens);
     let devices = opts.server_devices;
+    let rate = opts.server_rate;
     let secs = opts.server_secs;
     let rt = runtime()?;
     let figures = rt.block_on(async {
@@ -212,13 +219,21 @@ pub fn run_list(opts: &BenchOpts) -> Result<ServerLoadResult, BenchError> {
             async move {
                 let u = i % USERS;
                 let uri = format!("/blobs/u{u}?namespace=default&since={}&detail=1", cursor[u]);
+                // Open loop: each device asks on its own schedule (the offered rate spread
+                // over the devices, phases staggered), and a request's latency counts from
+                // when it was due, so a server that falls behind shows it in the latency
+                // instead of silently lowering the offered load.
+                let period = Duration::from_secs_f64(devices as f64 / rate);
+                let mut due =
+                    tokio::time::Instant::now() + period.mul_f64(i as f64 / devices as f64);
                 let (mut errors, mut lat) = (0u64, Vec::new());
                 while Instant::now() < until {
-                    let t0 = Instant::now();
+                    tokio::time::sleep_until(due).await;
                     match call(&mut send, "GET", &uri, &tokens[u], Bytes::new()).await {
-                        Ok(true) => lat.push(t0.elapsed().as_secs_f64() * 1e3),
+                        Ok(true) => lat.push(due.elapsed().as_secs_f64() * 1e3),
                         _ => errors += 1,
                     }
+                    due += period;
                 }
                 (errors, lat)
             }
@@ -226,7 +241,7 @@ pub fn run_list(opts: &BenchOpts) -> Result<ServerLoadResult, BenchError> {
         .await
     })?;
     let rss = peak_rss(&server)?;
-    Ok(result("SRV-LIST", devices, figures, rss))
+    Ok(result("SRV-LIST", devices, rate, figures, rss))
 }
 
 /// `SRV-PUT`: clients putting 1 KiB blobs, one at a time each.
@@ -257,5 +272,5 @@ pub fn run_put(opts: &BenchOpts) -> Result<ServerLoadResult, BenchError> {
         }
     }))?;
     let rss = peak_rss(&server)?;
-    Ok(result("SRV-PUT", clients, figures, rss))
+    Ok(result("SRV-PUT", clients, 0.0, figures, rss))
 }

@@ -15,7 +15,7 @@ use blobsync_tests::bench::{self, BenchOpts, BenchReport, WORKLOADS};
 const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK INCOMING SRV-LIST SRV-PUT ...] [--json FILE]
   [--seed N] [--put-concurrency N] [--put-batch N] [--idle-secs S] [--idle-blobs N] [--idle-blob-size BYTES]
   [--idle-cycles N] [--disk-bytes BYTES] [--no-verify] [--phase-timeout S]
-  [--server-devices N] [--server-put-clients N] [--server-secs S]
+  [--server-devices N] [--server-rate PER_S] [--server-put-clients N] [--server-secs S]
 Rows default to all: DISK W1 W2 W3 W4 W5 W6 IDLE INCOMING SRV-LIST SRV-PUT. Temp dirs go under TMPDIR.
 Needs the release binaries: cargo build --release --workspace --bins";
 
@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             }
             "--no-verify" => opts.verify = false,
             "--server-devices" => opts.server_devices = num(&a, args.next())?,
+            "--server-rate" => opts.server_rate = num(&a, args.next())?,
             "--server-put-clients" => opts.server_put_clients = num(&a, args.next())?,
             "--server-secs" => opts.server_secs = Duration::from_secs_f64(num(&a, args.next())?),
             "-h" | "--help" => {
