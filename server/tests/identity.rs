@@ -14,7 +14,7 @@ fn is_instance_id(s: &str) -> bool {
 #[tokio::test]
 async fn every_answer_names_the_instance_and_the_id_survives_a_restart() {
     let s = TestServer::start().await;
-    let t = s.add_user("alice", None);
+    let t = s.add_user("alice", None).await;
     let id = s.state.instance_id().to_owned();
     assert!(is_instance_id(&id), "{id:?}");
     // Success, errors of every kind, and the unauthenticated /healthz all carry it.
@@ -53,7 +53,7 @@ async fn every_answer_names_the_instance_and_the_id_survives_a_restart() {
 #[tokio::test]
 async fn delete_proofs_are_kept_and_listed_and_bad_ones_refused() {
     let s = TestServer::start().await;
-    let t = s.add_user("alice", None);
+    let t = s.add_user("alice", None).await;
     let proof = "0123456789abcdef".repeat(4);
     for id in ["p", "q"] {
         assert_eq!(
@@ -141,7 +141,7 @@ async fn delete_proofs_are_kept_and_listed_and_bad_ones_refused() {
 async fn since_listings_page_through_the_index_and_stay_consistent() {
     // Pages of 7 rows: a listing of 50 changes is written in 8 queries.
     let s = TestServer::start_with(|c| c.list_chunk = 7).await;
-    let t = s.add_user("alice", None);
+    let t = s.add_user("alice", None).await;
     for i in 0..50 {
         assert_eq!(
             s.put(&format!("/blobs/alice/b{i:02}"), &t, "x")

@@ -32,9 +32,9 @@ fn sha256_hex(b: &[u8]) -> String {
 #[tokio::test]
 async fn recipient_is_published_by_the_user_and_read_by_apps() {
     let s = TestServer::start().await;
-    let alice = s.add_user("alice", None);
-    let bob = s.add_user("bob", None);
-    let app = s.add_app("mail");
+    let alice = s.add_user("alice", None).await;
+    let bob = s.add_user("bob", None).await;
+    let app = s.add_app("mail").await;
     let r = s.get("/keys/alice/incoming", &app).await;
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(
@@ -77,8 +77,8 @@ async fn recipient_is_published_by_the_user_and_read_by_apps() {
 #[tokio::test]
 async fn incoming_takes_only_age_files_and_stores_nothing_else() {
     let s = TestServer::start().await;
-    let alice = s.add_user("alice", None);
-    let app = s.add_app("mail");
+    let alice = s.add_user("alice", None).await;
+    let app = s.add_app("mail").await;
     for bad in [
         &b"-----BEGIN PGP MESSAGE-----"[..],
         b"",
@@ -115,8 +115,8 @@ async fn incoming_takes_only_age_files_and_stores_nothing_else() {
 #[tokio::test]
 async fn replace_external_adopts_once_keeping_flags_and_the_external_mark() {
     let s = TestServer::start().await;
-    let alice = s.add_user("alice", None);
-    let app = s.add_app("mail");
+    let alice = s.add_user("alice", None).await;
+    let app = s.add_app("mail").await;
     let file = age_file(&identity().recipient(), b"a message");
     let h = sha256_hex(&file);
     assert_eq!(
@@ -224,15 +224,15 @@ async fn replace_external_adopts_once_keeping_flags_and_the_external_mark() {
     // An app token cannot replace anything.
     let r = s.put(&path, &app, "app").await;
     assert_eq!(r.status, 403, "{}", r.text());
-    let usage = s.state.index().usage("alice").unwrap().unwrap().0;
+    let usage = s.state.index().usage("alice").await.unwrap().unwrap().0;
     assert_eq!(usage, 18 + 1);
 }
 
 #[tokio::test]
 async fn concurrent_adoptions_exactly_one_wins() {
     let s = TestServer::start().await;
-    let alice = s.add_user("alice", None);
-    let app = s.add_app("mail");
+    let alice = s.add_user("alice", None).await;
+    let app = s.add_app("mail").await;
     let file = age_file(&identity().recipient(), b"race");
     assert_eq!(
         s.put("/incoming/alice/m1", &app, file.clone()).await.status,
@@ -260,8 +260,8 @@ async fn concurrent_adoptions_exactly_one_wins() {
 async fn replace_respects_max_size_and_quota() {
     let file = age_file(&identity().recipient(), b"q");
     let s = TestServer::start_with(|c| c.max_blob_size = file.len() as u64 + 100).await;
-    let alice = s.add_user("alice", Some(file.len() as u64 + 50));
-    let app = s.add_app("mail");
+    let alice = s.add_user("alice", Some(file.len() as u64 + 50)).await;
+    let app = s.add_app("mail").await;
     assert_eq!(
         s.put("/incoming/alice/m1", &app, file.clone()).await.status,
         201
