@@ -50,6 +50,7 @@ async fn every_answer_names_the_instance_and_the_id_survives_a_restart() {
     assert_ne!(other_id, id);
 }
 
+both_backends! {
 #[tokio::test]
 async fn delete_proofs_are_kept_and_listed_and_bad_ones_refused() {
     let s = TestServer::start().await;
@@ -136,7 +137,9 @@ async fn delete_proofs_are_kept_and_listed_and_bad_ones_refused() {
     let p = ch.changes.iter().find(|c| c.id.as_str() == "p").unwrap();
     assert_eq!((p.op, p.proof.as_deref()), (ChangeOp::Delete, None));
 }
+}
 
+both_backends! {
 #[tokio::test]
 async fn since_listings_page_through_the_index_and_stay_consistent() {
     // Pages of 7 rows: a listing of 50 changes is written in 8 queries.
@@ -196,4 +199,5 @@ async fn since_listings_page_through_the_index_and_stay_consistent() {
         .await
         .json();
     assert_eq!((none.changes.len(), none.more, none.seq), (0, false, 51));
+}
 }

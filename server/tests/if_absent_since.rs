@@ -30,6 +30,7 @@ async fn live(s: &TestServer, t: &str) -> Vec<String> {
     s.get("/blobs/alice", t).await.json()
 }
 
+both_backends! {
 #[tokio::test]
 async fn put_refuses_an_id_deleted_after_since_and_stores_otherwise() {
     let s = TestServer::start().await;
@@ -86,7 +87,9 @@ async fn put_refuses_an_id_deleted_after_since_and_stores_otherwise() {
         .await;
     assert_eq!(r.status, 412, "{}", r.text());
 }
+}
 
+both_backends! {
 #[tokio::test]
 async fn bad_if_absent_since_is_400_and_stores_nothing() {
     let s = TestServer::start().await;
@@ -127,7 +130,9 @@ async fn bad_if_absent_since_is_400_and_stores_nothing() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(live(&s, &t).await.is_empty());
 }
+}
 
+both_backends! {
 #[tokio::test]
 async fn stream_upload_applies_if_absent_since_to_every_entry() {
     let s = TestServer::start().await;
@@ -169,6 +174,7 @@ async fn stream_upload_applies_if_absent_since_to_every_entry() {
         )
         .await;
     assert_eq!(r.json::<BTreeMap<String, u16>>()["gone"], 201);
+}
 }
 
 /// The check that counts is the one under the index's writer lock: a delete that lands while

@@ -29,6 +29,7 @@ fn sha256_hex(b: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
 }
 
+both_backends! {
 #[tokio::test]
 async fn recipient_is_published_by_the_user_and_read_by_apps() {
     let s = TestServer::start().await;
@@ -73,6 +74,7 @@ async fn recipient_is_published_by_the_user_and_read_by_apps() {
     }
     assert_eq!(s.get("/keys/alice/incoming", &bob).await.status, 403);
 }
+}
 
 #[tokio::test]
 async fn incoming_takes_only_age_files_and_stores_nothing_else() {
@@ -112,6 +114,7 @@ async fn incoming_takes_only_age_files_and_stores_nothing_else() {
     assert_eq!(r.status, 403, "{}", r.text());
 }
 
+both_backends! {
 #[tokio::test]
 async fn replace_external_adopts_once_keeping_flags_and_the_external_mark() {
     let s = TestServer::start().await;
@@ -227,7 +230,9 @@ async fn replace_external_adopts_once_keeping_flags_and_the_external_mark() {
     let usage = s.state.index().usage("alice").await.unwrap().unwrap().0;
     assert_eq!(usage, 18 + 1);
 }
+}
 
+both_backends! {
 #[tokio::test]
 async fn concurrent_adoptions_exactly_one_wins() {
     let s = TestServer::start().await;
@@ -255,7 +260,9 @@ async fn concurrent_adoptions_exactly_one_wins() {
         winner.as_bytes()
     );
 }
+}
 
+both_backends! {
 #[tokio::test]
 async fn replace_respects_max_size_and_quota() {
     let file = age_file(&identity().recipient(), b"q");
@@ -284,4 +291,5 @@ async fn replace_respects_max_size_and_quota() {
             .status,
         201
     );
+}
 }

@@ -121,6 +121,8 @@ fn run_pg(bin: &Path, args: &[&str]) -> Result<String, String> {
 pub struct Postgres {
     dir: PathBuf,
     bin: PathBuf,
+    /// The postmaster's PID (from `postmaster.pid`), killed on drop.
+    pub pid: u32,
     /// Its port.
     pub port: u16,
 }
@@ -179,9 +181,14 @@ impl Postgres {
                 "start",
             ],
         )?;
+        let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+            .ok_or("postgres started but wrote no postmaster.pid")?;
         Ok(Self {
             dir: dir.to_path_buf(),
             bin,
+            pid,
             port,
         })
     }
@@ -208,7 +215,7 @@ impl Postgres {
         .map(|_| ())
     }
 
-    /// The server's PID (for the record; drop stops it with pg_ctl).
+    /// The server's log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }

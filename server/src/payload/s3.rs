@@ -103,6 +103,8 @@ fn parse_key(key: &str) -> Option<(String, String, String)> {
 impl S3Payloads {
     /// Connects (lazily: the first request opens the connection) to the bucket.
     pub fn connect(cfg: &S3Config) -> Result<Self, String> {
+        // reqwest is built without a TLS provider (no aws-lc-sys): ring's, once per process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&cfg.bucket)
             .with_region(&cfg.region)

@@ -76,11 +76,11 @@ macro_rules! both_backends {
             mod $name {
                 #[allow(unused_imports)]
                 use super::*;
-                async fn body() $body
+                async fn test_body() $body
                 #[tokio::test]
                 async fn fs_sqlite() {
                     $crate::common::use_backend($crate::common::Backend::FsSqlite);
-                    body().await
+                    test_body().await
                 }
                 #[tokio::test]
                 async fn s3_postgres() {
@@ -88,7 +88,7 @@ macro_rules! both_backends {
                         return;
                     }
                     $crate::common::use_backend($crate::common::Backend::S3Postgres);
-                    body().await
+                    test_body().await
                 }
             }
         )*
@@ -101,10 +101,10 @@ pub struct TestServer {
     pub state: ServerState,
     pub cancel: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<()>>,
+    /// s3+postgres: the engines, stopped when the server is dropped (before `dir` goes).
+    pub engines: Option<engines::Engines>,
     pub dir: tempfile::TempDir,
     pub client: Client<HttpConnector, ReqBody>,
-    /// s3+postgres: the engines, stopped when the server is dropped.
-    pub engines: Option<engines::Engines>,
 }
 
 impl TestServer {

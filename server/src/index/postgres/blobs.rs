@@ -253,7 +253,7 @@ impl PgIndex {
         let ns = q.namespace.as_str();
         let mut sql = format!(
             "SELECT {COLS} FROM blobs WHERE user_name = $1 AND namespace = $2 AND deleted = $3 \
-             AND ($4 = 0 OR flags & $4 <> 0)"
+             AND ($4::BIGINT = 0 OR flags & $4::BIGINT <> 0)"
         );
         let mut p: Vec<Box<dyn ToSql + Sync + Send>> = vec![
             Box::new(q.user.clone()),
@@ -421,7 +421,7 @@ impl IndexStore for PgIndex {
         let n: i64 = c
             .query_one(
                 "SELECT count(*) FROM blobs WHERE user_name = $1 AND namespace = $2 \
-                 AND deleted = $3 AND ($4 = 0 OR flags & $4 <> 0)",
+                 AND deleted = $3 AND ($4::BIGINT = 0 OR flags & $4::BIGINT <> 0)",
                 &[&q.user, &q.namespace.as_str(), &q.deleted, &flag],
             )
             .await

@@ -367,10 +367,10 @@ fn commit_jobs(c: &mut Connection, jobs: Vec<CommitJob>, layout: &Layout) {
             Err(_) => Vec::new(),
         };
         for (i, it) in job.items.iter().enumerate() {
-            if !created.get(i).copied().unwrap_or(false) {
-                if let Staged::File(temp) = &it.staged {
-                    let _ = std::fs::remove_file(temp);
-                }
+            if !created.get(i).copied().unwrap_or(false)
+                && let Staged::File(temp) = &it.staged
+            {
+                let _ = std::fs::remove_file(temp);
             }
         }
         // The caller waits on this channel; it has room for the one reply.
