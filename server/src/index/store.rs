@@ -7,8 +7,8 @@ use blobsync_shared::wire::Change;
 use blobsync_shared::{BlobId, Namespace};
 
 use super::{
-    BlobRow, Index, IndexError, ListQuery, LiveRow, PendingPut, Principal, PutOutcome,
-    ReplaceOutcome, Staged, UserInfo,
+    BackupCondition, BackupOutcome, BlobRow, Index, IndexError, ListQuery, LiveRow, PendingPut,
+    Principal, PutOutcome, ReplaceOutcome, Staged, UserInfo,
 };
 use crate::layout::Layout;
 
@@ -148,6 +148,16 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
     async fn incoming_recipient(&self, user: &str) -> Result<Option<String>, IndexError>;
     /// Sets the user's incoming recipient.
     async fn set_incoming_recipient(&self, user: &str, recipient: &str) -> Result<(), IndexError>;
+    /// The user's key backup and its ETag, if one was stored.
+    async fn key_backup(&self, user: &str) -> Result<Option<(Vec<u8>, String)>, IndexError>;
+    /// Stores the user's key backup if `cond` holds (atomically: two racing writers with the
+    /// same ETag cannot both win).
+    async fn put_key_backup(
+        &self,
+        user: &str,
+        data: &[u8],
+        cond: &BackupCondition,
+    ) -> Result<BackupOutcome, IndexError>;
 
     /// Every live row (fsck).
     async fn all_live(&self) -> Result<Vec<LiveRow>, IndexError>;
@@ -356,6 +366,19 @@ impl IndexStore for SqliteStore {
     async fn set_incoming_recipient(&self, user: &str, recipient: &str) -> Result<(), IndexError> {
         let (u, r) = (user.to_owned(), recipient.to_owned());
         self.run(move |i, _| i.set_incoming_recipient(&u, &r)).await
+    }
+    async fn key_backup(&self, user: &str) -> Result<Option<(Vec<u8>, String)>, IndexError> {
+        let u = user.to_owned();
+        self.run(move |i, _| i.key_backup(&u)).await
+    }
+    async fn put_key_backup(
+        &self,
+        user: &str,
+        data: &[u8],
+        cond: &BackupCondition,
+    ) -> Result<BackupOutcome, IndexError> {
+        let (u, d, c) = (user.to_owned(), data.to_vec(), cond.clone());
+        self.run(move |i, _| i.put_key_backup(&u, &d, &c)).await
     }
     async fn all_live(&self) -> Result<Vec<LiveRow>, IndexError> {
         self.run(|i, _| i.all_live()).await

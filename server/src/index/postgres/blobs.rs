@@ -10,8 +10,9 @@ use tokio_postgres::types::ToSql;
 
 use super::{PgIndex, pg};
 use crate::index::{
-    BlobRow, IndexError, IndexStore, ListQuery, LiveRow, Order, PendingPut, Principal, PutOutcome,
-    ReplaceOutcome, Staged, UserInfo, deleted_after, flag_bit, now_secs,
+    BackupCondition, BackupOutcome, BlobRow, IndexError, IndexStore, ListQuery, LiveRow, Order,
+    PendingPut, Principal, PutOutcome, ReplaceOutcome, Staged, UserInfo, deleted_after, flag_bit,
+    now_secs,
 };
 
 const COLS: &str = "id, size, created, flags, seq, deleted, external, proof, object_key";
@@ -432,7 +433,13 @@ impl IndexStore for PgIndex {
     async fn namespaces(&self, user: &str) -> Result<Vec<Namespace>, IndexError> {
         let c = self.client().await?;
         c.query(
-            "SELECT DISTINCT namespace FROM blobs WHERE user_name = $1 ORDER BY namespace",
+            // A skip scan over the primary key: one seek per namespace.
+            "WITH RECURSIVE ns(n) AS ( \
+               SELECT MIN(namespace) FROM blobs WHERE user_name = $1 \
+               UNION ALL \
+               SELECT (SELECT MIN(namespace) FROM blobs WHERE user_name = $1 AND namespace > n) \
+               FROM ns WHERE n IS NOT NULL) \
+             SELECT n FROM ns WHERE n IS NOT NULL",
             &[&user],
         )
         .await
@@ -582,6 +589,17 @@ impl IndexStore for PgIndex {
     }
     async fn set_incoming_recipient(&self, user: &str, recipient: &str) -> Result<(), IndexError> {
         self.set_recipient(user, recipient).await
+    }
+    async fn key_backup(&self, user: &str) -> Result<Option<(Vec<u8>, String)>, IndexError> {
+        self.backup_of(user).await
+    }
+    async fn put_key_backup(
+        &self,
+        user: &str,
+        data: &[u8],
+        cond: &BackupCondition,
+    ) -> Result<BackupOutcome, IndexError> {
+        self.put_backup(user, data, cond).await
     }
     async fn all_live(&self) -> Result<Vec<LiveRow>, IndexError> {
         let c = self.client().await?;

@@ -25,7 +25,10 @@ use blobsync_shared::Namespace;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use super::{IndexError, Principal, UserInfo, check_name, now_secs, parse_namespaces};
+use super::{
+    BackupCondition, BackupOutcome, IndexError, Principal, UserInfo, backup_etag, check_name,
+    now_secs, parse_namespaces,
+};
 
 mod blobs;
 
@@ -68,6 +71,12 @@ CREATE INDEX blobs_by_date ON blobs (user_name, namespace, deleted, created, seq
 CREATE TABLE incoming_keys (
     user_name TEXT PRIMARY KEY,
     recipient TEXT NOT NULL,
+    updated BIGINT NOT NULL
+);
+CREATE TABLE key_backups (
+    user_name TEXT PRIMARY KEY,
+    data BYTEA NOT NULL,
+    etag TEXT NOT NULL,
     updated BIGINT NOT NULL
 );
 "#];
@@ -332,6 +341,9 @@ impl PgIndex {
         tx.execute("DELETE FROM incoming_keys WHERE user_name = $1", &[&name])
             .await
             .map_err(pg)?;
+        tx.execute("DELETE FROM key_backups WHERE user_name = $1", &[&name])
+            .await
+            .map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(true)
     }
@@ -414,6 +426,75 @@ impl PgIndex {
         .await
         .map_err(pg)?;
         Ok(())
+    }
+}
+
+impl PgIndex {
+    pub(crate) async fn backup_of(
+        &self,
+        user: &str,
+    ) -> Result<Option<(Vec<u8>, String)>, IndexError> {
+        let c = self.client().await?;
+        Ok(c.query_opt(
+            "SELECT data, etag FROM key_backups WHERE user_name = $1",
+            &[&user],
+        )
+        .await
+        .map_err(pg)?
+        .map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// The conditional write in one transaction: the row (or its absence) is locked by the
+    /// `FOR UPDATE` read, or, for a first backup, by the primary key of the insert, so two
+    /// nodes racing with the same condition cannot both win.
+    pub(crate) async fn put_backup(
+        &self,
+        user: &str,
+        data: &[u8],
+        cond: &BackupCondition,
+    ) -> Result<BackupOutcome, IndexError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let current: Option<String> = tx
+            .query_opt(
+                "SELECT etag FROM key_backups WHERE user_name = $1 FOR UPDATE",
+                &[&user],
+            )
+            .await
+            .map_err(pg)?
+            .map(|r| r.get(0));
+        let etag = backup_etag(data);
+        match (cond, &current) {
+            (BackupCondition::Absent, None) => {
+                let n = tx
+                    .execute(
+                        "INSERT INTO key_backups (user_name, data, etag, updated) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        &[&user, &data, &etag, &now_secs()],
+                    )
+                    .await
+                    .map_err(pg)?;
+                if n == 0 {
+                    // Another node stored the first backup meanwhile.
+                    drop(tx);
+                    return Ok(BackupOutcome::Conflict(
+                        self.backup_of(user).await?.map(|b| b.1),
+                    ));
+                }
+            }
+            (BackupCondition::Matches(want), Some(have)) if want == have => {
+                tx.execute(
+                    "UPDATE key_backups SET data = $2, etag = $3, updated = $4 \
+                     WHERE user_name = $1",
+                    &[&user, &data, &etag, &now_secs()],
+                )
+                .await
+                .map_err(pg)?;
+            }
+            _ => return Ok(BackupOutcome::Conflict(current)),
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(BackupOutcome::Stored(etag))
     }
 }
 

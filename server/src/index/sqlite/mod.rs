@@ -20,6 +20,7 @@ use super::{BlobRow, IndexError, Principal, UserInfo, check_name, now_secs, pars
 use crate::layout::Layout;
 
 pub mod incoming;
+mod keys;
 mod read;
 mod write;
 use write::CommitJob;
@@ -91,6 +92,15 @@ ALTER TABLE blobs ADD COLUMN age_sha256 TEXT;
 CREATE TABLE incoming_keys (
     user TEXT PRIMARY KEY,
     recipient TEXT NOT NULL,
+    updated INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
+    r#"
+-- Each user's passphrase-wrapped storage key (opaque bytes, at most 4 KiB), and its ETag.
+CREATE TABLE key_backups (
+    user TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    etag TEXT NOT NULL,
     updated INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
@@ -296,6 +306,7 @@ impl Index {
         }
         tx.execute("DELETE FROM blobs WHERE user = ?1", [name])?;
         tx.execute("DELETE FROM incoming_keys WHERE user = ?1", [name])?;
+        tx.execute("DELETE FROM key_backups WHERE user = ?1", [name])?;
         tx.commit()?;
         let dir = layout.user_dir(name);
         match std::fs::remove_dir_all(&dir) {

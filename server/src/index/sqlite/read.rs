@@ -116,8 +116,16 @@ impl Index {
     pub fn namespaces(&self, user: &str) -> Result<Vec<Namespace>, IndexError> {
         self.read(|c| {
             let names = c
+                // A skip scan over the primary key (user, namespace, id): one seek per
+                // namespace, not a walk over every row of the user (devices ask after every
+                // listing that shows a change).
                 .prepare_cached(
-                    "SELECT DISTINCT namespace FROM blobs WHERE user = ?1 ORDER BY namespace",
+                    "WITH RECURSIVE ns(n) AS ( \
+                       SELECT MIN(namespace) FROM blobs WHERE user = ?1 \
+                       UNION ALL \
+                       SELECT (SELECT MIN(namespace) FROM blobs WHERE user = ?1 AND namespace > n) \
+                       FROM ns WHERE n IS NOT NULL) \
+                     SELECT n FROM ns WHERE n IS NOT NULL",
                 )?
                 .query_map([user], |r| r.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
