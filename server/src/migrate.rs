@@ -184,6 +184,25 @@ pub async fn migrate(from: &Path, to: &ScaleOut) -> Result<MigrateReport, Server
         .await
         .map_err(pg)?;
     }
+    if version >= 5 {
+        // Key backups (schema 5 on): opaque bytes with their ETag, as they are.
+        let backups: Vec<(String, Vec<u8>, String, i64)> = src
+            .prepare("SELECT user, data, etag, updated FROM key_backups")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect()
+            })
+            .map_err(IndexError::from)?;
+        for (user, data, etag, updated) in backups {
+            c.execute(
+                "INSERT INTO key_backups (user_name, data, etag, updated) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (user_name) DO UPDATE SET data = excluded.data, etag = excluded.etag",
+                &[&user, &data, &etag, &updated],
+            )
+            .await
+            .map_err(pg)?;
+        }
+    }
     // Blob rows: read in pages by rowid-free key order on the blocking pool.
     let mut after: (String, String, String) = Default::default();
     loop {

@@ -864,6 +864,7 @@ async fn hundred_concurrent_clients() {
     assert_eq!(c.count, 100);
 }
 
+both_backends! {
 #[tokio::test]
 async fn metrics_count_requests_and_bytes() {
     let s = TestServer::start().await;
@@ -901,6 +902,18 @@ async fn metrics_count_requests_and_bytes() {
             "missing {line:?} in\n{text}"
         );
     }
+    // Where the time went: one commit in the index, one payload written.
+    let (i, p) = (s.state.index().kind(), s.state.payloads().kind());
+    for line in [
+        format!("blobsync_backend_seconds_count{{backend=\"{i}\",op=\"commit\"}} 1"),
+        format!("blobsync_backend_seconds_count{{backend=\"{p}\",op=\"finish\"}} 1"),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+}
 }
 
 #[tokio::test]

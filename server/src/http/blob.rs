@@ -14,12 +14,11 @@ pub(super) async fn get(
     let ns = q.namespace("default")?;
     let only_flags = q.flag(query::ONLY_FLAGS)?;
     let missing = || ApiError::not_found(format!("no blob {id} in namespace {ns} of {user}"));
-    let row = st
-        .index()
-        .lookup(&user, &ns, &id)
-        .await?
-        .filter(|r| !r.deleted)
-        .ok_or_else(missing)?;
+    let t = std::time::Instant::now();
+    let row = st.index().lookup(&user, &ns, &id).await;
+    st.metrics()
+        .backend(st.index().kind(), "lookup", t.elapsed());
+    let row = row?.filter(|r| !r.deleted).ok_or_else(missing)?;
     if only_flags {
         return json(StatusCode::OK, &index::bits_to_flags(row.flags));
     }
@@ -45,11 +44,14 @@ pub(super) async fn get(
     let tag = soledad::tag_header(st.payloads(), &loc, row.size).await;
     let head = req.method() == Method::HEAD;
     // HEAD: the same headers (size, ranges) without reading the payload.
-    let stream = match st
+    let t = std::time::Instant::now();
+    let opened = st
         .payloads()
         .open(&loc, start, if head { 0 } else { len })
-        .await
-    {
+        .await;
+    st.metrics()
+        .backend(st.payloads().kind(), "open", t.elapsed());
+    let stream = match opened {
         Ok(s) => s,
         // Deleted between the index lookup and the open.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
@@ -269,7 +271,10 @@ async fn store_one(
     let size = w.len();
     // An /incoming body must be an age file; `w` is dropped (and removed) on refusal.
     let age_sha256 = age.map(|a| a.finish(&user)).transpose()?;
+    let t = std::time::Instant::now();
     let staged = w.finish(true).await.map_err(ApiError::internal)?;
+    st.metrics()
+        .backend(st.payloads().kind(), "finish", t.elapsed());
     let item = PendingPut {
         id: id.clone(),
         size,
@@ -283,10 +288,14 @@ async fn store_one(
         },
         if_absent_since: since,
     };
+    let t = std::time::Instant::now();
     let out = st
         .index()
         .commit_puts(&user, &ns, vec![item], default_quota)
-        .await?;
+        .await;
+    st.metrics()
+        .backend(st.index().kind(), "commit", t.elapsed());
+    let out = out?;
     if !matches!(out.first(), Some(PutOutcome::Created(_))) {
         st.payloads().discard(vec![staged]).await;
     }

@@ -201,10 +201,14 @@ async fn stream_up(
         .collect();
     let ids: Vec<BlobId> = items.iter().map(|i| i.id.clone()).collect();
     let default_quota = cfg.default_quota;
+    let t = std::time::Instant::now();
     let outcomes = st
         .index()
         .commit_puts(&user, &ns, items, default_quota)
-        .await?;
+        .await;
+    st.metrics()
+        .backend(st.index().kind(), "commit", t.elapsed());
+    let outcomes = outcomes?;
     let refused: Vec<Staged> = staged
         .into_iter()
         .zip(&outcomes)
