@@ -495,10 +495,7 @@ async fn admin(data: PathBuf, kind: Kind, scale: Option<ScaleOut>, cmd: Cmd) -> 
 fn serve(data: PathBuf, kind: Kind, scale: Option<ScaleOut>, a: ServeArgs) -> anyhow::Result<()> {
     blobsync_server::tune_allocator();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -601,6 +598,20 @@ fn serve(data: PathBuf, kind: Kind, scale: Option<ScaleOut>, a: ServeArgs) -> an
         tracing::info!("shut down");
         Ok(())
     })
+}
+
+/// `RUST_LOG`, else `info`; tokio-postgres at debug prints every statement's parameters
+/// (token hashes, key backups), so it stays at info unless `RUST_LOG` names it.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let mut f = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if !spec.contains("tokio_postgres")
+        && let Ok(d) = "tokio_postgres=info".parse()
+    {
+        f = f.add_directive(d);
+    }
+    f
 }
 
 /// Turns the first SIGTERM or SIGINT into a cancel.

@@ -11,6 +11,9 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A backend (`sqlite`, `postgres`, `fs`, `s3`) and one of its operations.
+type BackendOp = (&'static str, &'static str);
+
 /// The server's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -22,7 +25,7 @@ pub struct Metrics {
     /// Connections currently open.
     pub connections: AtomicU64,
     /// Backend calls: (backend, op) -> (count, total microseconds).
-    backend: Mutex<BTreeMap<(&'static str, &'static str), (u64, u64)>>,
+    backend: Mutex<BTreeMap<BackendOp, (u64, u64)>>,
 }
 
 impl Metrics {

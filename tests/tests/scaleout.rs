@@ -125,7 +125,7 @@ fn daemons_on_different_nodes_and_through_a_round_robin_proxy_converge() -> Test
     }
     let env = TestEnv::new()?;
     let d = deploy(&env)?;
-    let proxy = Proxy::start_many(d.addrs())?;
+    let proxy = Proxy::start_many(d.addrs()).expect("start the proxy");
     let a = d.device(&env, "device-a", &d.nodes[0].url())?;
     let b = d.device(&env, "device-b", &d.nodes[1].url())?;
     let c = d.device(&env, "device-c", &proxy.url())?;
@@ -179,7 +179,7 @@ fn kill_9_of_a_node_mid_upload_loses_nothing_and_the_retry_lands_elsewhere() -> 
     }
     let env = TestEnv::new()?;
     let mut d = deploy(&env)?;
-    let proxy = Proxy::start_many(d.addrs())?;
+    let proxy = Proxy::start_many(d.addrs()).expect("start the proxy");
     let dev = d.device(&env, "device-a", &proxy.url())?;
     // Slow uploads down so one is surely in flight when a node dies.
     proxy.throttle(Direction::Up, Some(2 << 20));
@@ -308,13 +308,19 @@ fn ten_writers_across_three_nodes_get_unique_sequence_numbers_and_complete_feeds
         .collect();
     let mut all: Vec<(String, u64)> = Vec::new();
     for w in writers {
-        let mut got = w.join().expect("writer thread")?;
+        let mut got = w
+            .join()
+            .expect("writer thread")
+            .unwrap_or_else(|e| panic!("writer: {e}"));
         // Each writer's own puts are sequential: its numbers grow.
         assert!(got.windows(2).all(|p| p[0].1 < p[1].1), "{got:?}");
         all.append(&mut got);
     }
     done.store(true, Ordering::SeqCst);
-    let seen = reader.join().expect("reader thread")?;
+    let seen = reader
+        .join()
+        .expect("reader thread")
+        .unwrap_or_else(|e| panic!("reader: {e}"));
     let n = (WRITERS * EACH) as u64;
     let seqs: BTreeSet<u64> = all.iter().map(|(_, s)| *s).collect();
     assert_eq!(seqs.len() as u64, n, "sequence numbers repeat");
