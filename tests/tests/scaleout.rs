@@ -2,11 +2,12 @@
 //! database (the `s3+postgres` backend), with real daemons.
 //!
 //! - Two daemons on different nodes and a third through a round-robin proxy whose
-//!   connections are cut every few hundred milliseconds (so its requests hop between nodes)
-//!   converge, byte for byte.
-//! - A node killed with SIGKILL in the middle of an upload loses nothing and publishes
-//!   nothing half-written: the daemon's retry lands on another node, and a fresh device reads
-//!   the blob back intact; fsck then finds nothing missing or wrong.
+//!   connections are cut after every put and every convergence poll (so its requests hop
+//!   between nodes) converge, byte for byte.
+//! - A node killed with SIGKILL in the middle of an upload (a PUT, a `/stream` batch) or of a
+//!   `/stream` download loses nothing and publishes nothing half-written: the daemon's retry
+//!   lands on another node, and a fresh device reads the blobs back intact; fsck then finds
+//!   nothing missing or wrong.
 //! - Ten writers spread over the three nodes on one user get unique sequence numbers
 //!   (exactly 1..=N), and a reader following the `since` feed, hopping between nodes, sees
 //!   every change with cursors that only grow.
@@ -87,15 +88,40 @@ impl Deployment {
 
     /// A node's `blobsync_bytes_received_total`.
     fn bytes_in(&self, node: usize) -> u64 {
+        self.counter(node, "blobsync_bytes_received_total")
+    }
+
+    /// A node's `blobsync_bytes_sent_total`.
+    fn bytes_out(&self, node: usize) -> u64 {
+        self.counter(node, "blobsync_bytes_sent_total")
+    }
+
+    /// A counter from a node's `/metrics`; 0 when the node is gone.
+    fn counter(&self, node: usize, name: &str) -> u64 {
         let r = rawhttp::request(self.metrics[node], "GET", "/metrics", &[], b"");
         r.ok()
             .and_then(|r| {
                 r.text()
                     .lines()
-                    .find(|l| l.starts_with("blobsync_bytes_received_total"))
+                    .find(|l| l.starts_with(name))
                     .and_then(|l| l.split_whitespace().last()?.parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    /// Waits until one of `nodes` has moved more than `bytes` (by `f`) and returns it.
+    fn busy_node(&self, nodes: &[usize], bytes: u64, f: impl Fn(&Self, usize) -> u64) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(&n) = nodes.iter().find(|&&n| f(self, n) > bytes) {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no node moved {bytes} bytes in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -186,17 +212,7 @@ fn kill_9_of_a_node_mid_upload_loses_nothing_and_the_retry_lands_elsewhere() -> 
     let size = 8u64 << 20;
     let sha = put(&dev, "big", size, 7)?;
     // Find the node receiving it and kill it once a good part has arrived.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let victim = loop {
-        if let Some(n) = (0..3).find(|&n| d.bytes_in(n) > 2 << 20) {
-            break n;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no node received the upload within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let victim = d.busy_node(&[0, 1, 2], 2 << 20, Deployment::bytes_in);
     d.nodes[victim].kill9();
     proxy.throttle(Direction::Up, None);
     // The retry goes to a live node; the blob ends up SYNCED.
@@ -338,5 +354,61 @@ fn ten_writers_across_three_nodes_get_unique_sequence_numbers_and_complete_feeds
         )?;
         assert_eq!(r.json().and_then(|v| v["count"].as_u64()), Some(n));
     }
+    Ok(())
+}
+
+#[test]
+fn kill_9_of_nodes_mid_stream_up_and_down_loses_nothing() -> TestResult {
+    if skip("scaleout::kill_9_stream") {
+        return Ok(());
+    }
+    let env = TestEnv::new()?;
+    let mut d = deploy(&env)?;
+    let proxy = Proxy::start_many(d.addrs()).expect("start the proxy");
+    // Many small blobs: the daemons move them in /stream batches.
+    let a = d.device(&env, "device-a", &proxy.url())?;
+    let mut model: BTreeMap<String, String> = BTreeMap::new();
+    proxy.throttle(Direction::Up, Some(512 << 10));
+    for i in 0..60u64 {
+        let id = format!("s{i}");
+        model.insert(id.clone(), put(&a, &id, 40_000 + i, 1000 + i)?);
+    }
+    let up_victim = d.busy_node(&[0, 1, 2], 600 << 10, Deployment::bytes_in);
+    d.nodes[up_victim].kill9();
+    proxy.throttle(Direction::Up, None);
+    let want: BTreeSet<(String, String)> = model
+        .keys()
+        .map(|id| ("default".to_string(), id.clone()))
+        .collect();
+    wait_all_synced(&[&a], Some(&want), Duration::from_secs(90))?;
+    // Downloads through the proxy too, slowed, and the sending node killed mid-stream.
+    let live: Vec<usize> = (0..3).filter(|&n| n != up_victim).collect();
+    let before: Vec<u64> = (0..3).map(|n| d.bytes_out(n)).collect();
+    proxy.throttle(Direction::Down, Some(512 << 10));
+    let b = d.device(&env, "device-b", &proxy.url())?;
+    let down_victim = d.busy_node(&live, 600 << 10, |d, n| {
+        d.bytes_out(n).saturating_sub(before[n])
+    });
+    d.nodes[down_victim].kill9();
+    proxy.throttle(Direction::Down, None);
+    wait_all_synced(&[&a, &b], Some(&want), Duration::from_secs(90))?;
+    for (id, sha) in &model {
+        assert_eq!(&read_back(&b, id)?, sha, "{id} on device-b");
+    }
+    let last = (0..3)
+        .find(|&n| n != up_victim && n != down_victim)
+        .expect("one node left");
+    assert!(
+        d.counter(
+            last,
+            "blobsync_requests_total{route=\"stream\",code=\"200\"}"
+        ) > 0,
+        "the daemons did not use /stream (the scenario needs batches)"
+    );
+    let out = d.nodes[last].admin(&["fsck", "--repair", "--min-age-secs", "0"])?;
+    assert!(
+        !out.contains("MISSING") && !out.contains("WRONG SIZE"),
+        "fsck: {out}"
+    );
     Ok(())
 }
