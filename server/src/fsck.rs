@@ -205,24 +205,7 @@ pub fn fsck(data_dir: &Path, repair: bool) -> Result<FsckReport, ServerError> {
     let found = layout::walk(data_dir)
         .map_err(io("walk the data dir"))?
         .into_iter()
-        .map(|f| match f {
-            layout::Found::Temp(p) => Found::Temp(p.display().to_string()),
-            layout::Found::Stray(p) => Found::Stray(p.display().to_string()),
-            layout::Found::Blob {
-                path,
-                user,
-                namespace,
-                id,
-                size,
-            } => Found::Blob {
-                key: path.display().to_string(),
-                user,
-                namespace,
-                id,
-                size,
-                age_secs: u64::MAX,
-            },
-        })
+        .map(crate::payload::fs::found_of)
         .collect();
     // The data dir is locked: no upload is in flight, so every orphan is one.
     compare(&mut report, live, found, 0);

@@ -4,8 +4,8 @@
 
 mod common;
 
-use blobsync_server::backend::{ScaleOut, open_s3_postgres};
-use blobsync_server::payload::{Location, S3Config, collect};
+use blobsync_server::backend::open_s3_postgres;
+use blobsync_server::payload::{Location, collect};
 use blobsync_shared::{BlobId, Namespace};
 use common::TestServer;
 use common::engines::{self, Engines};
@@ -41,17 +41,7 @@ async fn a_one_node_server_moves_to_s3_postgres_with_its_identity() {
             .unwrap()
             .unwrap()
     };
-    let to = ScaleOut {
-        s3: S3Config {
-            bucket: e.garage.bucket.clone(),
-            endpoint: Some(e.garage.endpoint.clone()),
-            region: e.garage.region.clone(),
-            access_key_id: e.garage.key_id.clone(),
-            secret_access_key: e.garage.secret.clone(),
-        },
-        database_url: e.database_url.clone(),
-        pool: 4,
-    };
+    let to = common::scale_out(&e);
     let r = blobsync_server::migrate::migrate(&data, &to).await.unwrap();
     assert_eq!(
         (r.users, r.copied, r.tombstones, r.skipped),

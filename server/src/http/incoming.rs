@@ -1,4 +1,4 @@
-//! The incoming box's HTTP side (DESIGN.md, "Incoming box"): the age check and hash of an
+//! The incoming box's HTTP side (README.md, "The incoming box"): the age check and hash of an
 //! `/incoming` delivery, `GET`/`PUT /keys/{user}/incoming`, and the conditional replace
 //! `PUT /blobs/{user}/{id}?replace_external=<sha256>` by which a device adopts a delivery.
 

@@ -318,3 +318,36 @@ pub fn backup_etag(data: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, data);
     hex::encode(&d.as_ref()[..16])
 }
+
+/// The `since` cursor rule, the same on every index: `current` (the user's sequence number)
+/// when `since` can be answered completely, else why not.
+pub fn check_since(since: u64, current: u64, purged: u64) -> Result<u64, IndexError> {
+    if since > current {
+        return Err(IndexError::SinceAhead { since, current });
+    }
+    // since=0 means "everything": a client with no cursor has nothing to delete, so the
+    // purged tombstones are not missed.
+    if since > 0 && since < purged {
+        return Err(IndexError::Gone { since, purged });
+    }
+    Ok(current)
+}
+
+/// A row as a change of a `since` listing (its latest state; a tombstone with its proof).
+/// `None` for an id that is not valid, which cannot be in an index (validated on the way in).
+pub fn change_of(r: BlobRow) -> Option<blobsync_shared::wire::Change> {
+    use blobsync_shared::wire::{Change, ChangeOp};
+    Some(Change {
+        id: BlobId::new(r.id).ok()?,
+        op: if r.deleted {
+            ChangeOp::Delete
+        } else {
+            ChangeOp::Put
+        },
+        size: r.size,
+        created: r.created,
+        seq: r.seq,
+        external: r.external,
+        proof: r.proof.filter(|_| r.deleted),
+    })
+}

@@ -38,6 +38,29 @@ impl PayloadWriter for TempBlob {
     }
 }
 
+/// A file of the layout walk as a payload found (files have no age that matters: fsck on
+/// `fs` runs with the data dir locked, so no upload is in flight).
+pub fn found_of(f: layout::Found) -> Found {
+    match f {
+        layout::Found::Temp(p) => Found::Temp(p.display().to_string()),
+        layout::Found::Stray(p) => Found::Stray(p.display().to_string()),
+        layout::Found::Blob {
+            path,
+            user,
+            namespace,
+            id,
+            size,
+        } => Found::Blob {
+            key: path.display().to_string(),
+            user,
+            namespace,
+            id,
+            size,
+            age_secs: u64::MAX,
+        },
+    }
+}
+
 fn files(staged: &[Staged]) -> Vec<std::path::PathBuf> {
     staged
         .iter()
@@ -148,27 +171,7 @@ impl PayloadStore for FsPayloads {
     async fn list(&self) -> std::io::Result<Vec<Found>> {
         let root = self.layout.root().to_path_buf();
         let found = blocking(move || layout::walk(&root)).await?;
-        Ok(found
-            .into_iter()
-            .map(|f| match f {
-                layout::Found::Temp(p) => Found::Temp(p.display().to_string()),
-                layout::Found::Stray(p) => Found::Stray(p.display().to_string()),
-                layout::Found::Blob {
-                    path,
-                    user,
-                    namespace,
-                    id,
-                    size,
-                } => Found::Blob {
-                    key: path.display().to_string(),
-                    user,
-                    namespace,
-                    id,
-                    size,
-                    age_secs: u64::MAX,
-                },
-            })
-            .collect())
+        Ok(found.into_iter().map(found_of).collect())
     }
 
     async fn remove_found(&self, key: &str) -> std::io::Result<()> {

@@ -95,6 +95,21 @@ macro_rules! both_backends {
     };
 }
 
+/// The `s3+postgres` settings of a set of engines.
+pub fn scale_out(e: &engines::Engines) -> blobsync_server::backend::ScaleOut {
+    blobsync_server::backend::ScaleOut {
+        s3: blobsync_server::payload::S3Config {
+            bucket: e.garage.bucket.clone(),
+            endpoint: Some(e.garage.endpoint.clone()),
+            region: e.garage.region.clone(),
+            access_key_id: e.garage.key_id.clone(),
+            secret_access_key: e.garage.secret.clone(),
+        },
+        database_url: e.database_url.clone(),
+        pool: 8,
+    }
+}
+
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -131,17 +146,7 @@ impl TestServer {
                     .await
                     .unwrap()
                     .unwrap_or_else(|e| panic!("start PostgreSQL and Garage: {e}"));
-                let scale = blobsync_server::backend::ScaleOut {
-                    s3: blobsync_server::payload::S3Config {
-                        bucket: e.garage.bucket.clone(),
-                        endpoint: Some(e.garage.endpoint.clone()),
-                        region: e.garage.region.clone(),
-                        access_key_id: e.garage.key_id.clone(),
-                        secret_access_key: e.garage.secret.clone(),
-                    },
-                    database_url: e.database_url.clone(),
-                    pool: 8,
-                };
+                let scale = scale_out(&e);
                 let b = blobsync_server::backend::open_s3_postgres(&scale, None)
                     .await
                     .unwrap();

@@ -3,7 +3,7 @@
 //! module docs of `index/postgres` for why that keeps sequence numbers and quotas right).
 //! Also [`PgIndex`]'s [`IndexStore`] implementation.
 
-use blobsync_shared::wire::{Change, ChangeOp};
+use blobsync_shared::wire::Change;
 use blobsync_shared::{BlobId, Namespace};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -11,8 +11,8 @@ use tokio_postgres::types::ToSql;
 use super::{PgIndex, pg};
 use crate::index::{
     BackupCondition, BackupOutcome, BlobRow, IndexError, IndexStore, ListQuery, LiveRow, Order,
-    PendingPut, Principal, PutOutcome, ReplaceOutcome, Staged, UserInfo, deleted_after, flag_bit,
-    now_secs,
+    PendingPut, Principal, PutOutcome, ReplaceOutcome, Staged, UserInfo, change_of, check_since,
+    deleted_after, flag_bit, now_secs,
 };
 
 const COLS: &str = "id, size, created, flags, seq, deleted, external, proof, object_key";
@@ -462,14 +462,7 @@ impl IndexStore for PgIndex {
             .await
             .map_err(pg)?
             .ok_or_else(|| IndexError::UnknownUser(user.to_owned()))?;
-        let (current, purged) = (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64);
-        if since > current {
-            return Err(IndexError::SinceAhead { since, current });
-        }
-        if since > 0 && since < purged {
-            return Err(IndexError::Gone { since, purged });
-        }
-        Ok(current)
+        check_since(since, r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)
     }
     async fn changes_page(
         &self,
@@ -497,20 +490,8 @@ impl IndexStore for PgIndex {
         .iter()
         .map(|r| {
             let r = row_of(r);
-            Ok(Change {
-                id: BlobId::new(r.id)
-                    .map_err(|e| IndexError::Postgres(format!("bad id in the index: {e}")))?,
-                op: if r.deleted {
-                    ChangeOp::Delete
-                } else {
-                    ChangeOp::Put
-                },
-                size: r.size,
-                created: r.created,
-                seq: r.seq,
-                external: r.external,
-                proof: r.proof.filter(|_| r.deleted),
-            })
+            let id = r.id.clone();
+            change_of(r).ok_or(IndexError::InvalidName(id))
         })
         .collect()
     }

@@ -1,11 +1,11 @@
 //! Blob reads of the SQLite index: lookups, listings, counts, namespaces and `since` changes.
 
-use blobsync_shared::wire::{Change, ChangeOp, ChangesResponse};
+use blobsync_shared::wire::{Change, ChangesResponse};
 use blobsync_shared::{BlobId, Namespace};
 use rusqlite::{OptionalExtension, params};
 
 use super::{Index, lookup_in, row_of};
-use crate::index::{BlobRow, IndexError, ListQuery, Order, flag_bit};
+use crate::index::{BlobRow, IndexError, ListQuery, Order, change_of, check_since, flag_bit};
 
 impl Index {
     // ---- blobs: reads ----------------------------------------------------------------
@@ -172,16 +172,7 @@ impl Index {
                 .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?
                 .ok_or_else(|| IndexError::UnknownUser(user.to_owned()))?;
-            let (current, purged) = (current as u64, purged as u64);
-            if since > current {
-                return Err(IndexError::SinceAhead { since, current });
-            }
-            // since=0 means "everything": a client with no cursor has nothing to delete, so the
-            // purged tombstones are not missed.
-            if since > 0 && since < purged {
-                return Err(IndexError::Gone { since, purged });
-            }
-            Ok(current)
+            check_since(since, current as u64, purged as u64)
         })
     }
 
@@ -209,21 +200,8 @@ impl Index {
             let mut out = Vec::new();
             for r in rows {
                 let r = r?;
-                out.push(Change {
-                    // Ids in the index were validated on the way in.
-                    id: BlobId::new(r.id)
-                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
-                    op: if r.deleted {
-                        ChangeOp::Delete
-                    } else {
-                        ChangeOp::Put
-                    },
-                    size: r.size,
-                    created: r.created,
-                    seq: r.seq,
-                    external: r.external,
-                    proof: r.proof.filter(|_| r.deleted),
-                });
+                let id = r.id.clone();
+                out.push(change_of(r).ok_or(IndexError::InvalidName(id))?);
             }
             Ok(out)
         })
