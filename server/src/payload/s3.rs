@@ -5,7 +5,7 @@
 //! rename and stores such as Garage may ignore `If-None-Match: *`, so a key is never written
 //! twice and never overwritten, and the index commit that records the key is what publishes
 //! the object (see `index/postgres`). A body is streamed: buffered up to [`PART`] bytes, then
-//! a multipart upload. A node killed mid-upload leaves an unfinished multipart upload (which
+//! a multipart upload with [`PARTS_IN_FLIGHT`] parts in flight. A node killed mid-upload leaves an unfinished multipart upload (which
 //! no GET sees) or a complete object no row names (an orphan that fsck finds and removes once
 //! it is older than any upload can take).
 
@@ -21,8 +21,12 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
 use super::{ByteStream, Found, Location, PayloadStore, PayloadWriter, Staged};
 
-/// Bytes buffered before an upload turns multipart (and the part size after that).
-pub const PART: usize = 8 << 20;
+/// Bytes buffered before an upload turns multipart (and the part size after that): S3's
+/// smallest part, so an upload holds at most [`PARTS_IN_FLIGHT`] + 1 parts in memory.
+pub const PART: usize = 5 << 20;
+
+/// Parts of one multipart upload sent at once (memory per upload: about 15 MiB).
+pub const PARTS_IN_FLIGHT: usize = 2;
 
 /// Prefix of every blob object; anything else in the bucket is left alone.
 const PREFIX: &str = "blobs";
@@ -200,7 +204,8 @@ impl PayloadStore for S3Payloads {
 
     fn writer(&self, user: &str, ns: &Namespace, id: &BlobId) -> Box<dyn PayloadWriter> {
         let key = new_key(user, ns, id);
-        let w = BufWriter::with_capacity(self.store.clone(), ObjPath::from(key.as_str()), PART);
+        let w = BufWriter::with_capacity(self.store.clone(), ObjPath::from(key.as_str()), PART)
+            .with_max_concurrency(PARTS_IN_FLIGHT);
         Box::new(ObjectWriter {
             key,
             w: Some(w),
