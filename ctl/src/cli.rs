@@ -34,6 +34,15 @@ pub struct Cli {
     #[arg(long, global = true, env = "BLOBSYNC_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
+    /// The device's config file, for its socket and key file (default:
+    /// ~/.config/blobsync/config.toml). Picks one of several daemons on one machine.
+    #[arg(long, global = true, env = "BLOBSYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// More detail: which config and socket are used, and error codes (-v), on stderr.
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -121,6 +130,19 @@ pub enum Command {
     Incoming(IncomingCommand),
     /// Print blobctl's and the daemon's versions.
     Version,
+    /// Show the effective configuration and paths: what the daemon reads from its config
+    /// file, with every default filled in (works without the daemon).
+    Config,
+    /// Check this device in one report: config, paths, key, daemon, remote, credentials,
+    /// alarms and failed transfers; says what to do about each problem (exit 1 if any).
+    Doctor,
+    /// Write blobctl's man pages (blobctl.1 and one per command) into a directory.
+    #[command(after_help = "Example:\n  \
+        blobctl man ~/.local/share/man/man1 && man blobctl")]
+    Man {
+        /// The directory to write the pages to (created if missing).
+        dir: PathBuf,
+    },
     /// Print a shell completion script.
     #[command(after_help = "Examples:\n  \
         blobctl completions bash > ~/.local/share/bash-completion/completions/blobctl\n  \
@@ -142,6 +164,10 @@ pub struct PutArgs {
     /// The blob id, 1-128 of A-Z a-z 0-9 _ - (default: a random UUID).
     #[arg(long)]
     pub id: Option<String>,
+    /// Name each blob after its file, so `ls` shows names: the file name with every character
+    /// outside A-Z a-z 0-9 _ - replaced by `_` (report.pdf becomes report_pdf).
+    #[arg(long, conflicts_with = "id")]
+    pub id_from_name: bool,
     /// The namespace.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
@@ -266,6 +292,10 @@ pub struct WatchArgs {
     /// Leave out transfer progress events.
     #[arg(long)]
     pub no_progress: bool,
+    /// Exit when the daemon closes the stream (by default the watch waits for the daemon to
+    /// come back, as after a restart, and resumes).
+    #[arg(long)]
+    pub no_reconnect: bool,
 }
 
 /// Arguments of `retry`.

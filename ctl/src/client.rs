@@ -139,8 +139,35 @@ pub fn grpc_code_name(c: tonic::Code) -> &'static str {
     }
 }
 
+/// The config file named by `--config` (`$BLOBSYNC_CONFIG`), loaded once at start.
+static EXPLICIT_CONFIG: std::sync::OnceLock<(PathBuf, Config)> = std::sync::OnceLock::new();
+
+/// `--config FILE`: this device's config, for its socket and key file. Unlike the default
+/// file, a named one must exist and parse: the user asked for it.
+pub fn use_config(path: &Path) -> Result<(), CtlError> {
+    let defaults = DefaultPaths::discover().map_err(|e| CtlError::Usage(e.to_string()))?;
+    let cfg = Config::load(path, &defaults)
+        .map_err(|e| CtlError::Usage(format!("--config {}: {e}", path.display())))?;
+    let _ = EXPLICIT_CONFIG.set((path.to_path_buf(), cfg));
+    Ok(())
+}
+
+/// The config file blobctl reads (named by `--config`, else the default), and whether it
+/// was named.
+pub fn config_path() -> Option<(PathBuf, bool)> {
+    if let Some((p, _)) = EXPLICIT_CONFIG.get() {
+        return Some((p.clone(), true));
+    }
+    DefaultPaths::discover()
+        .ok()
+        .map(|d| (d.config_file(), false))
+}
+
 /// The config file blobctl reads for `socket` and `key_file`, if the user has one.
-fn user_config() -> Option<Config> {
+pub fn user_config() -> Option<Config> {
+    if let Some((_, cfg)) = EXPLICIT_CONFIG.get() {
+        return Some(cfg.clone());
+    }
     let defaults = DefaultPaths::discover().ok()?;
     let path = defaults.config_file();
     if !path.exists() {
@@ -160,7 +187,7 @@ pub fn discover_socket(flag: Option<&Path>) -> Result<PathBuf, CtlError> {
     if let Some(cfg) = user_config() {
         let defaults = DefaultPaths::discover().ok();
         // Only an explicit config value overrides discovery (which also knows the system socket).
-        if defaults.is_none_or(|d| cfg.socket != d.socket()) {
+        if EXPLICIT_CONFIG.get().is_some() || defaults.is_none_or(|d| cfg.socket != d.socket()) {
             return Ok(cfg.socket);
         }
     }

@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod commands;
+mod doctor;
 mod keys;
 mod render;
 
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.json;
+    let verbose = cli.verbose;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -45,6 +47,8 @@ fn main() -> ExitCode {
                     "error": { "code": e.code_name(), "message": e.to_string() }
                 });
                 eprintln!("{doc}");
+            } else if verbose > 0 {
+                eprintln!("blobctl: {e} [{}]", e.code_name());
             } else {
                 eprintln!("blobctl: {e}");
             }

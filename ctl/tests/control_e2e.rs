@@ -359,6 +359,18 @@ fn put_of_several_files_stores_each_and_reports_each() {
     assert_eq!(blobs.len(), 3, "{doc}");
     assert!(blobs.iter().all(|b| b["namespace"] == "auto"), "{doc}");
 
+    // --id-from-name: readable ids, from the file names.
+    let mut args = vec!["put", "--id-from-name", "-n", "named"];
+    args.extend(&names);
+    let doc = ctl_json(sock, &args);
+    let ids: Vec<&str> = doc["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["f0", "f1", "f2"], "{doc}");
+
     // --id names one blob: a usage error with several files.
     let (code, _, err) = ctl(sock, &["put", names[0], names[1], "--id", "x"]);
     assert_eq!(code, 2, "{err}");
@@ -1162,6 +1174,10 @@ fn put_by_path_lets_the_daemon_read_the_file() {
 fn sigterm_ends_open_watches_and_the_daemon_exits_0() {
     let env = TestEnv::new().unwrap();
     let mut d = start_daemon(&env, "term");
+    // Something to replay: idle cycles print nothing in text.
+    let file = env.root().join("f");
+    write_file(&file, 1000, 1);
+    ctl_json(d.socket(), &["put", file.to_str().unwrap(), "--id", "t"]);
     let mut watch = Command::new(ctl_bin())
         .args([
             "--socket",
@@ -1169,6 +1185,7 @@ fn sigterm_ends_open_watches_and_the_daemon_exits_0() {
             "watch",
             "--since",
             "0",
+            "--no-reconnect",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1295,4 +1312,72 @@ fn an_unreachable_remote_is_reported_not_hidden() {
     let (code, doc) = ctl_json_err(sock, &["ls", "--remote"]);
     assert_eq!(code, 1);
     assert_eq!(doc["error"]["code"], "UNAVAILABLE", "{doc}");
+}
+
+/// Issue 21: `watch` outlives a daemon restart (it waits and resumes), prints no lines for idle
+/// cycles, and shows the blob put after the restart.
+#[test]
+fn watch_resumes_after_a_daemon_restart_and_folds_idle_cycles() {
+    let env = TestEnv::new().unwrap();
+    let mut d = start_daemon(&env, "rewatch");
+    let err_path = env.root().join("watch.err");
+    let mut watch = Command::new(ctl_bin())
+        .args([
+            "--socket",
+            d.socket().to_str().unwrap(),
+            "watch",
+            "--since",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.by_ref() {
+            if tx.send(l.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Idle cycles (the daemon runs them every 0.3 s at this time scale) print nothing.
+    let file = env.root().join("f");
+    write_file(&file, 1000, 3);
+    ctl_json(
+        d.socket(),
+        &["put", file.to_str().unwrap(), "--id", "before"],
+    );
+    wait_status(d.socket(), "before", "SYNCED");
+    std::thread::sleep(Duration::from_secs(2));
+    d.restart(&env).unwrap();
+    ctl_json(
+        d.socket(),
+        &["put", file.to_str().unwrap(), "--id", "after"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("/after") && l.contains("SYNCED"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!(
+                "no SYNCED line for the blob put after the restart: {seen:#?}\nstderr: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            ),
+        }
+    }
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert!(err.contains("reconnected"), "{err}");
+    let cycle_lines = seen.iter().filter(|l| l.contains("cycle")).count();
+    assert!(
+        cycle_lines <= 8,
+        "idle cycles print nothing (only cycles that did something): {seen:#?}"
+    );
 }

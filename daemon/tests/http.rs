@@ -11,75 +11,13 @@ use blobsyncd::remote::Remote;
 use blobsyncd::remote::http::{HttpRemote, HttpRemoteConfig};
 use blobsyncd::status::Status;
 use common::*;
-use tokio_util::sync::CancellationToken;
 
-struct Server {
-    base: String,
-    data: PathBuf,
-    token_file: PathBuf,
-    cancel: CancellationToken,
+async fn start_server(dir: &Path) -> TestServer {
+    TestServer::start(dir).await
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-async fn start_server(dir: &Path) -> Server {
-    start_server_with(dir, None).await
-}
-
-async fn start_server_with(dir: &Path, tls: Option<blobsync_server::TlsFiles>) -> Server {
-    let data = dir.join("server");
-    let mut cfg = blobsync_server::ServerConfig::new(&data);
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    cfg.tls = tls;
-    let d2 = data.clone();
-    let state = tokio::task::spawn_blocking(move || {
-        let _ = d2;
-        blobsync_server::ServerState::open(cfg).unwrap()
-    })
-    .await
-    .unwrap();
-    let token = blobsync_server::token::generate();
-    state
-        .index()
-        .add_user("alice", &blobsync_server::token::hash(&token), None)
-        .unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let base = if scheme == "https" {
-        format!("https://localhost:{port}")
-    } else {
-        format!("http://127.0.0.1:{port}")
-    };
-    let app_token = blobsync_server::token::generate();
-    state
-        .index()
-        .add_app("mailer", &blobsync_server::token::hash(&app_token))
-        .unwrap();
-    std::fs::write(dir.join("app-token"), &app_token).unwrap();
-    let cancel = CancellationToken::new();
-    tokio::spawn(blobsync_server::run(listener, state, cancel.clone()));
-    Server {
-        base,
-        data,
-        token_file,
-        cancel,
-    }
-}
-
-fn http_remote(s: &Server) -> HttpRemote {
-    HttpRemote::new(HttpRemoteConfig {
-        base: s.base.clone(),
-        user: "alice".into(),
-        token_file: Some(s.token_file.clone()),
-        ca_file: None,
-    })
-    .unwrap()
+fn http_remote(s: &TestServer) -> HttpRemote {
+    s.remote()
 }
 
 /// The server's payload file of `id` (found by name: the layout is the server's business).
@@ -98,7 +36,7 @@ fn server_file(root: &Path, id: &str) -> PathBuf {
     panic!("no server file for {id}");
 }
 
-async fn device(dir: &Path, name: &str, s: &Server) -> Device<HttpRemote> {
+async fn device(dir: &Path, name: &str, s: &TestServer) -> Device<HttpRemote> {
     Device::open_on(
         &dir.join(name),
         http_remote(s),
@@ -227,7 +165,7 @@ async fn external_blobs_are_decrypted_in_an_incoming_namespace_and_refused_elsew
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tmp = tempfile::tempdir().unwrap();
     let srv = start_server(tmp.path()).await;
-    let app_token = std::fs::read_to_string(tmp.path().join("app-token")).unwrap();
+    let app_token = srv.app_token.clone();
     // A trusted app delivers a message to alice's MX namespace, encrypted to her incoming
     // recipient (every device of hers derives it from the storage key).
     let plain = b"Subject: hello\r\n\r\nfrom the mail server".to_vec();
@@ -319,12 +257,13 @@ async fn external_blobs_are_decrypted_in_an_incoming_namespace_and_refused_elsew
 async fn https_with_a_ca_file_works_and_an_unknown_ca_is_refused() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/tests/fixtures");
     let tmp = tempfile::tempdir().unwrap();
-    let srv = start_server_with(
+    let srv = TestServer::start_with(
         tmp.path(),
         Some(blobsync_server::TlsFiles {
             cert: fixtures.join("tls-cert.pem"),
             key: fixtures.join("tls-key.pem"),
         }),
+        None,
     )
     .await;
     let with_ca = HttpRemote::new(HttpRemoteConfig {

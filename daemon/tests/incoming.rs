@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 
 use blobsync_shared::incoming::IncomingIdentity;
@@ -15,73 +15,19 @@ use blobsync_shared::wire::{ChangesResponse, Flag};
 use blobsync_shared::{BlobId, Namespace};
 use blobsyncd::clock::ManualClock;
 use blobsyncd::remote::Remote;
-use blobsyncd::remote::http::{HttpRemote, HttpRemoteConfig};
+use blobsyncd::remote::http::HttpRemote;
 use blobsyncd::status::Status;
 use common::*;
-use tokio_util::sync::CancellationToken;
 
-struct Server {
-    base: String,
-    state: blobsync_server::ServerState,
-    token_file: PathBuf,
-    app_token: String,
-    user_token: String,
-    cancel: CancellationToken,
+async fn start_server(dir: &Path) -> TestServer {
+    TestServer::start(dir).await
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
+fn remote(s: &TestServer) -> HttpRemote {
+    s.remote()
 }
 
-async fn start_server(dir: &Path) -> Server {
-    let cfg = blobsync_server::ServerConfig::new(dir.join("server"));
-    let state = tokio::task::spawn_blocking(move || blobsync_server::ServerState::open(cfg))
-        .await
-        .unwrap()
-        .unwrap();
-    let user_token = blobsync_server::token::generate();
-    state
-        .index()
-        .add_user("alice", &blobsync_server::token::hash(&user_token), None)
-        .unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, format!("{user_token}\n")).unwrap();
-    let app_token = blobsync_server::token::generate();
-    state
-        .index()
-        .add_app("mailer", &blobsync_server::token::hash(&app_token))
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let cancel = CancellationToken::new();
-    tokio::spawn(blobsync_server::run(
-        listener,
-        state.clone(),
-        cancel.clone(),
-    ));
-    Server {
-        base,
-        state,
-        token_file,
-        app_token,
-        user_token,
-        cancel,
-    }
-}
-
-fn remote(s: &Server) -> HttpRemote {
-    HttpRemote::new(HttpRemoteConfig {
-        base: s.base.clone(),
-        user: "alice".into(),
-        token_file: Some(s.token_file.clone()),
-        ca_file: None,
-    })
-    .unwrap()
-}
-
-async fn device(data: &Path, s: &Server, clock: &ManualClock) -> Device<HttpRemote> {
+async fn device(data: &Path, s: &TestServer, clock: &ManualClock) -> Device<HttpRemote> {
     Device::open_on(data, remote(s), settings(), clock.clone()).await
 }
 
@@ -98,7 +44,7 @@ fn age_file(plain: &[u8]) -> Vec<u8> {
 
 /// An HTTP request with a token, fully read: (status, body).
 async fn request(
-    s: &Server,
+    s: &TestServer,
     token: &str,
     method: &str,
     path: &str,
@@ -125,7 +71,7 @@ async fn request(
     (status, b)
 }
 
-async fn deliver(s: &Server, id: &str, file: &[u8]) -> u64 {
+async fn deliver(s: &TestServer, id: &str, file: &[u8]) -> u64 {
     let (st, body) = request(
         s,
         &s.app_token,
@@ -151,7 +97,7 @@ async fn deliver(s: &Server, id: &str, file: &[u8]) -> u64 {
 }
 
 /// The server's stored bytes of `MX/id`.
-async fn server_copy(s: &Server, id: &str) -> Vec<u8> {
+async fn server_copy(s: &TestServer, id: &str) -> Vec<u8> {
     request(
         s,
         &s.user_token,

@@ -4,23 +4,21 @@
 //! cycle resumes after them; a full listing applies its pages but moves the cursor only at
 //! the end, once it can tell which local rows the server no longer names.
 //!
-//! The remote is a real `DirRemote` behind `PagedRemote`, a wrapper that cuts every listing
-//! into pages of a few changes (as the real server does at 5,000), records the `since` of
-//! every listing call, fails a chosen listing call, and can hide ids (a server that lost
-//! them, tombstones and all).
+//! The remote is a real `DirRemote` whose listings a `FaultyRemote` hook cuts into pages of a
+//! few changes (as the real server does at 5,000); the hook records the `since` of every
+//! listing call, fails a chosen listing call, and can hide ids (a server that lost them,
+//! tombstones and all).
 
 mod common;
 
 use std::collections::HashSet;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use blobsync_shared::wire::{BlobDetail, ChangesResponse, Flag, UploadResponse};
+use blobsync_shared::wire::ChangesResponse;
 use blobsync_shared::{BlobId, Namespace};
-use blobsyncd::clock::ManualClock;
 use blobsyncd::remote::dir::DirRemote;
-use blobsyncd::remote::{ByteStream, GetResponse, Remote, RemoteError, RemoteListFilter};
+use blobsyncd::remote::{Remote, RemoteError};
 use blobsyncd::status::{Priority, Status};
 use common::*;
 
@@ -37,133 +35,47 @@ struct Paging {
     lost: Mutex<HashSet<String>>,
 }
 
-/// A real remote whose listings come in pages of [`PAGE`] changes.
-#[derive(Clone)]
-struct PagedRemote {
-    inner: DirRemote,
-    paging: Arc<Paging>,
+/// Cuts a listing answer into a page of [`PAGE`] changes, records its `since`, fails the
+/// chosen call and hides the lost ids: the `FaultyRemote` hook of every paged device.
+fn page(
+    paging: &Paging,
+    ns: &Namespace,
+    since: u64,
+    mut r: ChangesResponse,
+) -> Result<ChangesResponse, RemoteError> {
+    // Only `default`'s listings are paged and counted (the daemon also lists `MX`).
+    if *ns != Namespace::default() {
+        return Ok(r);
+    }
+    let call = {
+        let mut s = paging.sinces.lock().unwrap();
+        s.push(since);
+        s.len() as u64
+    };
+    if paging.fail_call.load(Ordering::SeqCst) == call {
+        return Err(RemoteError::Transport("injected: listing page lost".into()));
+    }
+    let lost = paging.lost.lock().unwrap().clone();
+    r.changes.retain(|c| !lost.contains(c.id.as_str()));
+    if r.changes.len() > PAGE {
+        r.changes.truncate(PAGE);
+        r.more = true;
+        r.seq = r.changes[PAGE - 1].seq;
+    }
+    Ok(r)
 }
 
-impl Remote for PagedRemote {
-    fn describe(&self) -> String {
-        format!("{} (paged by {PAGE})", self.inner.describe())
-    }
-
-    async fn changes(&self, ns: &Namespace, since: u64) -> Result<ChangesResponse, RemoteError> {
-        // Only `default`'s listings are paged and counted (the daemon also lists `MX`).
-        if *ns != Namespace::default() {
-            return self.inner.changes(ns, since).await;
-        }
-        let call = {
-            let mut s = self.paging.sinces.lock().unwrap();
-            s.push(since);
-            s.len() as u64
-        };
-        if self.paging.fail_call.load(Ordering::SeqCst) == call {
-            return Err(RemoteError::Transport("injected: listing page lost".into()));
-        }
-        let mut r = self.inner.changes(ns, since).await?;
-        let lost = self.paging.lost.lock().unwrap().clone();
-        r.changes.retain(|c| !lost.contains(c.id.as_str()));
-        if r.changes.len() > PAGE {
-            r.changes.truncate(PAGE);
-            r.more = true;
-            r.seq = r.changes[PAGE - 1].seq;
-        }
-        Ok(r)
-    }
-
-    async fn namespaces(&self) -> Result<Vec<Namespace>, RemoteError> {
-        self.inner.namespaces().await
-    }
-
-    async fn list(
-        &self,
-        ns: &Namespace,
-        filter: &RemoteListFilter,
-    ) -> Result<Vec<BlobDetail>, RemoteError> {
-        self.inner.list(ns, filter).await
-    }
-
-    async fn put(
-        &self,
-        ns: &Namespace,
-        id: &BlobId,
-        len: u64,
-        body: ByteStream,
-        if_absent_since: Option<u64>,
-    ) -> Result<(), RemoteError> {
-        self.inner.put(ns, id, len, body, if_absent_since).await
-    }
-
-    async fn get(
-        &self,
-        ns: &Namespace,
-        id: &BlobId,
-        range: Option<Range<u64>>,
-    ) -> Result<GetResponse, RemoteError> {
-        self.inner.get(ns, id, range).await
-    }
-
-    async fn delete(
-        &self,
-        ns: &Namespace,
-        id: &BlobId,
-        proof: Option<String>,
-    ) -> Result<(), RemoteError> {
-        self.inner.delete(ns, id, proof).await
-    }
-
-    async fn identity(&self) -> Result<String, RemoteError> {
-        self.inner.identity().await
-    }
-
-    async fn get_flags(&self, ns: &Namespace, id: &BlobId) -> Result<Vec<Flag>, RemoteError> {
-        self.inner.get_flags(ns, id).await
-    }
-
-    async fn set_flags(
-        &self,
-        ns: &Namespace,
-        id: &BlobId,
-        flags: &[Flag],
-    ) -> Result<(), RemoteError> {
-        self.inner.set_flags(ns, id, flags).await
-    }
-
-    async fn put_batch(
-        &self,
-        ns: &Namespace,
-        entries: &[(BlobId, u64)],
-        body: ByteStream,
-        if_absent_since: Option<u64>,
-    ) -> Result<UploadResponse, RemoteError> {
-        self.inner
-            .put_batch(ns, entries, body, if_absent_since)
-            .await
-    }
-
-    async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {
-        self.inner.get_batch(ns, ids).await
-    }
-}
-
+/// A device on the folder remote whose listings come in pages of [`PAGE`] changes.
 async fn paged_device(
     data: &std::path::Path,
     remote_root: &std::path::Path,
-) -> (Device<PagedRemote>, Arc<Paging>) {
+) -> (Device, Arc<Paging>) {
     let paging = Arc::new(Paging::default());
-    let inner = DirRemote::new(remote_root, "alice").unwrap();
-    let dev = Device::open_on(
-        data,
-        PagedRemote {
-            inner,
-            paging: paging.clone(),
-        },
-        settings(),
-        ManualClock::default(),
-    )
-    .await;
+    let dev = Device::open(data, remote_root, settings()).await;
+    let p = paging.clone();
+    dev.remote
+        .faults
+        .on_changes(Arc::new(move |ns, since, r| page(&p, ns, since, r)));
     (dev, paging)
 }
 
@@ -171,7 +83,7 @@ fn ids(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("blob{i:03}")).collect()
 }
 
-async fn present(dev: &Device<PagedRemote>, ids: &[String]) -> Vec<String> {
+async fn present(dev: &Device, ids: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for id in ids {
         if dev.status_of(id).await.is_some() {
@@ -181,7 +93,7 @@ async fn present(dev: &Device<PagedRemote>, ids: &[String]) -> Vec<String> {
     out
 }
 
-async fn cursor(dev: &Device<PagedRemote>) -> Option<u64> {
+async fn cursor(dev: &Device) -> Option<u64> {
     dev.engine
         .store()
         .cursor(&Namespace::default())

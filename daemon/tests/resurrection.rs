@@ -6,32 +6,20 @@
 
 mod common;
 
-use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use blobsync_shared::wire::{BlobDetail, ChangesResponse, Flag, UploadResponse};
 use blobsync_shared::{BlobId, Namespace};
 use blobsyncd::remote::dir::DirRemote;
-use blobsyncd::remote::http::{HttpRemote, HttpRemoteConfig};
-use blobsyncd::remote::{
-    ByteStream, GetResponse, Remote, RemoteError, RemoteListFilter, collect_body,
-};
+use blobsyncd::remote::http::HttpRemote;
+use blobsyncd::remote::{Remote, RemoteError, RemoteListFilter, collect_body};
 use blobsyncd::store::payload::DataDir;
 use common::*;
-use tokio_util::sync::CancellationToken;
 
 /// What the window between listing and PUT holds: when armed, the next conditional put (or
 /// batch) first deletes `victims` on the real remote underneath, as another device would,
-/// and records the `if_absent_since` it was sent. It can also store a batch and lose the
-/// answer (a `/stream` request cut after the server committed).
-#[derive(Clone)]
-struct DeleteInTheWindow<R> {
-    inner: R,
-    state: Arc<Window>,
-}
-
+/// and records the `if_absent_since` it was sent. A `FaultyRemote` hook runs it.
 #[derive(Default)]
 struct Window {
     armed: AtomicBool,
@@ -39,116 +27,37 @@ struct Window {
     deleted: AtomicU64,
     /// Every `if_absent_since` sent, in order (puts and batches).
     sent: Mutex<Vec<Option<u64>>>,
-    lose_batch_answer: AtomicBool,
 }
 
-impl<R: Remote + Clone> DeleteInTheWindow<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner,
-            state: Arc::default(),
-        }
-    }
-
+impl Window {
     fn arm(&self, victims: &[&str]) {
-        *self.state.victims.lock().unwrap() =
-            victims.iter().map(|v| BlobId::new(*v).unwrap()).collect();
-        self.state.armed.store(true, Ordering::SeqCst);
-    }
-
-    async fn window(&self, ns: &Namespace, since: Option<u64>) {
-        self.state.sent.lock().unwrap().push(since);
-        if since.is_some() && self.state.armed.swap(false, Ordering::SeqCst) {
-            let victims = self.state.victims.lock().unwrap().clone();
-            for id in victims {
-                common::delete_as_device(&self.inner, ns, &id).await;
-                self.state.deleted.fetch_add(1, Ordering::SeqCst);
-            }
-        }
+        *self.victims.lock().unwrap() = victims.iter().map(|v| BlobId::new(*v).unwrap()).collect();
+        self.armed.store(true, Ordering::SeqCst);
     }
 }
 
-impl<R: Remote + Clone> Remote for DeleteInTheWindow<R> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn changes(&self, ns: &Namespace, since: u64) -> Result<ChangesResponse, RemoteError> {
-        self.inner.changes(ns, since).await
-    }
-    async fn namespaces(&self) -> Result<Vec<Namespace>, RemoteError> {
-        self.inner.namespaces().await
-    }
-    async fn list(
-        &self,
-        ns: &Namespace,
-        f: &RemoteListFilter,
-    ) -> Result<Vec<BlobDetail>, RemoteError> {
-        self.inner.list(ns, f).await
-    }
-    async fn put(
-        &self,
-        ns: &Namespace,
-        id: &BlobId,
-        len: u64,
-        body: ByteStream,
-        if_absent_since: Option<u64>,
-    ) -> Result<(), RemoteError> {
-        self.window(ns, if_absent_since).await;
-        self.inner.put(ns, id, len, body, if_absent_since).await
-    }
-    async fn get(
-        &self,
-        ns: &Namespace,
-        id: &BlobId,
-        range: Option<Range<u64>>,
-    ) -> Result<GetResponse, RemoteError> {
-        self.inner.get(ns, id, range).await
-    }
-    async fn delete(
-        &self,
-        ns: &Namespace,
-        id: &BlobId,
-        proof: Option<String>,
-    ) -> Result<(), RemoteError> {
-        self.inner.delete(ns, id, proof).await
-    }
-
-    async fn identity(&self) -> Result<String, RemoteError> {
-        self.inner.identity().await
-    }
-    async fn get_flags(&self, ns: &Namespace, id: &BlobId) -> Result<Vec<Flag>, RemoteError> {
-        self.inner.get_flags(ns, id).await
-    }
-    async fn set_flags(
-        &self,
-        ns: &Namespace,
-        id: &BlobId,
-        flags: &[Flag],
-    ) -> Result<(), RemoteError> {
-        self.inner.set_flags(ns, id, flags).await
-    }
-    async fn put_batch(
-        &self,
-        ns: &Namespace,
-        entries: &[(BlobId, u64)],
-        body: ByteStream,
-        if_absent_since: Option<u64>,
-    ) -> Result<UploadResponse, RemoteError> {
-        self.window(ns, if_absent_since).await;
-        let r = self
-            .inner
-            .put_batch(ns, entries, body, if_absent_since)
-            .await?;
-        if self.state.lose_batch_answer.swap(false, Ordering::SeqCst) {
-            return Err(RemoteError::Transport(
-                "batch answer lost after the server stored it (injected)".into(),
-            ));
-        }
-        Ok(r)
-    }
-    async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {
-        self.inner.get_batch(ns, ids).await
-    }
+/// A device on `inner` whose uploads first open the window (see [`Window`]).
+async fn device_with_window<R: Remote + Clone + 'static>(
+    data: &Path,
+    inner: R,
+) -> (Device<R>, Arc<Window>) {
+    let a = Device::open_on(data, inner.clone(), settings(), Default::default()).await;
+    let window = Arc::new(Window::default());
+    let w = window.clone();
+    a.remote.faults.before_put(Arc::new(move |ns, since| {
+        let (w, inner) = (w.clone(), inner.clone());
+        Box::pin(async move {
+            w.sent.lock().unwrap().push(since);
+            if since.is_some() && w.armed.swap(false, Ordering::SeqCst) {
+                let victims = w.victims.lock().unwrap().clone();
+                for id in victims {
+                    common::delete_as_device(&inner, &ns, &id).await;
+                    w.deleted.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    }));
+    (a, window)
 }
 
 /// Live ids on the remote.
@@ -166,14 +75,7 @@ async fn live_ids<R: Remote>(r: &R) -> Vec<String> {
 /// live), and right after that listing another device deletes it. The retry must be refused.
 async fn single_put_retry_is_refused<R: Remote + Clone>(dir: &Path, inner: R) {
     let ns = Namespace::default();
-    let window = DeleteInTheWindow::new(inner.clone());
-    let a = Device::open_on(
-        &dir.join("a"),
-        window.clone(),
-        settings(),
-        Default::default(),
-    )
-    .await;
+    let (a, window) = device_with_window(&dir.join("a"), inner.clone()).await;
     let data = bytes(30_000, 9);
     a.put("x", &data).await;
     a.put("keep", b"unrelated").await;
@@ -189,16 +91,16 @@ async fn single_put_retry_is_refused<R: Remote + Clone>(dir: &Path, inner: R) {
         live_ids(&inner).await.contains(&"y".to_string()),
         "it did reach the remote"
     );
-    assert_eq!(*window.state.sent.lock().unwrap(), [None, None, None]);
+    assert_eq!(*window.sent.lock().unwrap(), [None, None, None]);
 
     window.arm(&["y"]);
     a.cycle_after(120).await; // lists (sees y live), then the retry PUT
     assert_eq!(
-        window.state.deleted.load(Ordering::SeqCst),
+        window.deleted.load(Ordering::SeqCst),
         1,
         "the window opened"
     );
-    let sent = window.state.sent.lock().unwrap().clone();
+    let sent = window.sent.lock().unwrap().clone();
     let cursor = a.engine.store().cursor(&ns).await.unwrap();
     assert_eq!(sent.last().copied(), Some(Some(cursor.unwrap_or(0))));
     assert!(cursor.is_some(), "the cycle listed before the retry");
@@ -231,14 +133,7 @@ async fn single_put_retry_is_refused<R: Remote + Clone>(dir: &Path, inner: R) {
 /// The partial outage: the blob is deleted elsewhere, then this device's listing fails but its
 /// retried PUT gets through. Without a listing only the server can stop the PUT.
 async fn retry_after_a_failed_listing_is_refused<R: Remote + Clone>(dir: &Path, inner: R) {
-    let window = DeleteInTheWindow::new(inner.clone());
-    let a = Device::open_on(
-        &dir.join("a"),
-        window.clone(),
-        settings(),
-        Default::default(),
-    )
-    .await;
+    let (a, window) = device_with_window(&dir.join("a"), inner.clone()).await;
     a.put("first", b"lists once, so there is a cursor").await;
     a.engine.run_cycle().await;
     a.put("y", &bytes(5_000, 3)).await;
@@ -260,7 +155,7 @@ async fn retry_after_a_failed_listing_is_refused<R: Remote + Clone>(dir: &Path, 
         puts + 1,
         "the retry ran without a listing"
     );
-    assert!(window.state.sent.lock().unwrap().last().unwrap().is_some());
+    assert!(window.sent.lock().unwrap().last().unwrap().is_some());
     assert_eq!(live_ids(&inner).await, ["first"]);
     // Refused, not recreated; the next listing's proven tombstone removes it here.
     a.cycle_after(1).await;
@@ -272,19 +167,15 @@ async fn retry_after_a_failed_listing_is_refused<R: Remote + Clone>(dir: &Path, 
 /// two of its blobs are deleted elsewhere. Those two are refused (412 in the map) and removed
 /// here; the others get 409 with our salt and are SYNCED.
 async fn batch_retry_refuses_only_the_deleted<R: Remote + Clone>(dir: &Path, inner: R) {
-    let window = DeleteInTheWindow::new(inner.clone());
-    let a = Device::open_on(
-        &dir.join("a"),
-        window.clone(),
-        settings(),
-        Default::default(),
-    )
-    .await;
+    let (a, window) = device_with_window(&dir.join("a"), inner.clone()).await;
     let ids: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
         a.put(id, &bytes(200 + i, i as u8)).await;
     }
-    window.state.lose_batch_answer.store(true, Ordering::SeqCst);
+    a.remote
+        .faults
+        .lose_batch_answers
+        .store(1, Ordering::SeqCst);
     a.engine.run_cycle().await;
     assert!(
         a.remote.faults.batches.load(Ordering::SeqCst) >= 1,
@@ -298,9 +189,9 @@ async fn batch_retry_refuses_only_the_deleted<R: Remote + Clone>(dir: &Path, inn
 
     window.arm(&["s3", "s7"]);
     a.cycle_after(120).await;
-    assert_eq!(window.state.deleted.load(Ordering::SeqCst), 2);
+    assert_eq!(window.deleted.load(Ordering::SeqCst), 2);
     assert!(
-        window.state.sent.lock().unwrap().last().unwrap().is_some(),
+        window.sent.lock().unwrap().last().unwrap().is_some(),
         "the retried batch was conditional"
     );
     let live = live_ids(&inner).await;
@@ -374,40 +265,15 @@ async fn dir_remote_applies_the_rule_itself() {
 
 struct Server {
     remote: HttpRemote,
-    cancel: CancellationToken,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
+    _server: TestServer,
 }
 
 async fn start_server(dir: &Path) -> Server {
-    let cfg = blobsync_server::ServerConfig::new(dir.join("server"));
-    let state = tokio::task::spawn_blocking(move || blobsync_server::ServerState::open(cfg))
-        .await
-        .unwrap()
-        .unwrap();
-    let token = blobsync_server::token::generate();
-    state
-        .index()
-        .add_user("alice", &blobsync_server::token::hash(&token), None)
-        .unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let cancel = CancellationToken::new();
-    tokio::spawn(blobsync_server::run(listener, state, cancel.clone()));
-    let remote = HttpRemote::new(HttpRemoteConfig {
-        base: format!("http://127.0.0.1:{port}"),
-        user: "alice".into(),
-        token_file: Some(token_file),
-        ca_file: None,
-    })
-    .unwrap();
-    Server { remote, cancel }
+    let s = TestServer::start(dir).await;
+    Server {
+        remote: s.remote(),
+        _server: s,
+    }
 }
 
 #[tokio::test]

@@ -63,6 +63,46 @@ pub fn describe_rows(rows: &[BlobRow]) -> String {
     format!("{counts:?} {odd:?}")
 }
 
+/// Waits (up to `timeout`, scaled) until `d`'s `ls` satisfies `done`; returns those rows.
+/// The rows are shown if it times out. It does not nudge the daemon: the test sees what its
+/// own cycles do.
+pub fn wait_for_rows(
+    d: &DaemonProc,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&[BlobRow]) -> bool,
+) -> Result<Vec<BlobRow>> {
+    wait_until(what, scaled(timeout), || {
+        let rows = d.ctl().ls()?;
+        Ok(if done(&rows) {
+            Poll::Ready(rows)
+        } else {
+            Poll::Pending(describe_rows(&rows))
+        })
+    })
+}
+
+/// [`wait_for_rows`] that also asks for a cycle (`blobctl sync`) on every poll.
+pub fn wait_for_rows_nudging(
+    d: &DaemonProc,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&[BlobRow]) -> bool,
+) -> Result<Vec<BlobRow>> {
+    wait_for_rows(d, what, timeout, |rows| {
+        let ok = done(rows);
+        if !ok {
+            let _ = d.ctl().run(&["sync"]);
+        }
+        ok
+    })
+}
+
+/// Whether `rows` hold `id` (any namespace) in `status`.
+pub fn has(rows: &[BlobRow], id: &str, status: &str) -> bool {
+    rows.iter().any(|r| r.id == id && r.status == status)
+}
+
 /// Waits until every device lists exactly `expected` (if given; else the same set on all
 /// devices), all `SYNCED`. Nudges each daemon with `blobctl sync` while waiting.
 pub fn wait_all_synced(

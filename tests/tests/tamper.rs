@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
-use blobsync_tests::converge::{Model, assert_converged, describe_rows};
+use blobsync_tests::converge::{Model, assert_converged, has, wait_for_rows};
 use blobsync_tests::digest::write_random_file;
 use blobsync_tests::env::TestResult;
-use blobsync_tests::wait::{Poll, wait_until};
 use blobsync_tests::{Cluster, DaemonProc, ServerOpts, TestEnv};
 
 fn put(dev: &DaemonProc, id: &str, size: u64, model: &mut Model) -> TestResult {
@@ -61,22 +60,14 @@ fn tampered_blob_fails_after_three_attempts_and_recovers_on_retry() -> TestResul
     let original = flip_byte(&path, offset);
 
     let b = cluster.start_device(&env, "device-b", 0)?;
-    let rows = wait_until(
+    let rows = wait_for_rows(
+        &b,
         "device-b to mark victim FAILED_DOWNLOAD and sync the others",
         Duration::from_secs(60),
-        || {
-            let rows = b.ctl().ls()?;
-            let st = |id: &str| rows.iter().find(|r| r.id == id).map(|r| r.status.clone());
-            Ok(
-                if st("victim").as_deref() == Some("FAILED_DOWNLOAD")
-                    && st("good1").as_deref() == Some("SYNCED")
-                    && st("good2").as_deref() == Some("SYNCED")
-                {
-                    Poll::Ready(rows)
-                } else {
-                    Poll::Pending(describe_rows(&rows))
-                },
-            )
+        |rows| {
+            has(rows, "victim", "FAILED_DOWNLOAD")
+                && has(rows, "good1", "SYNCED")
+                && has(rows, "good2", "SYNCED")
         },
     )?;
     let victim = rows.iter().find(|r| r.id == "victim").expect("victim row");
@@ -113,19 +104,11 @@ fn tampered_blob_fails_after_three_attempts_and_recovers_on_retry() -> TestResul
 
     // Other blobs keep syncing meanwhile.
     put(&a, "after", 20_000, &mut model)?;
-    wait_until(
+    wait_for_rows(
+        &b,
         "device-b to get a blob put after the failure",
         Duration::from_secs(60),
-        || {
-            let rows = b.ctl().ls()?;
-            Ok(
-                if rows.iter().any(|r| r.id == "after" && r.status == "SYNCED") {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending(describe_rows(&rows))
-                },
-            )
-        },
+        |rows| has(rows, "after", "SYNCED"),
     )?;
 
     // Restore the byte; retry recovers.

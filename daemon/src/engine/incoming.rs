@@ -57,9 +57,20 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let ours = self.incoming_identity().recipient();
         let res = match self.remote.incoming_recipient().await {
             Ok(Some(r)) if r == ours => Ok(()),
+            // Another device's, with another key: ours would send their mail to a key they
+            // don't have. Not replaced, and the wrong-key alarm stops downloads.
+            Ok(Some(other)) if !self.shared.foreign_recipient(&other, &ours) => {
+                tracing::error!(
+                    published = %other,
+                    ours = %ours,
+                    "the server's incoming recipient is not derived from this device's key: \
+                     this device has another key than the user's other devices"
+                );
+                return;
+            }
             Ok(other) => {
                 if let Some(other) = other {
-                    warn!(published = %other, "the remote held another incoming recipient; publishing ours");
+                    warn!(published = %other, "the remote held a stale incoming recipient (our key is proven by a download); publishing ours");
                 }
                 self.remote.publish_incoming_recipient(&ours).await
             }

@@ -7,6 +7,11 @@
 //! One tampered blob must not stop the device: it takes failures of [`DISTINCT_BLOBS`]
 //! different blobs with no blob authenticated in between (a wrong key fails every blob; a
 //! successful download proves the key).
+//!
+//! The incoming recipient is a second witness, checked before any download: it is derived
+//! from the storage key, so a recipient published by another device that differs from ours
+//! means our key is not theirs (see `Engine::publish_recipient`), unless a download already
+//! proved our key in this run.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -29,6 +34,8 @@ pub const WRONG_KEY_MESSAGE: &str = "this device's key is not the one your other
 #[derive(Debug, Default)]
 pub struct KeyCheck {
     failed: Mutex<HashSet<(Namespace, BlobId)>>,
+    /// A blob written by a device of this user authenticated with our key in this run.
+    proven: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -42,10 +49,41 @@ impl Shared {
     /// A blob authenticated with this device's key: the key is right.
     pub fn key_proven(&self) {
         self.key_check
+            .proven
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.key_check
             .failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+    }
+
+    /// Whether a download authenticated with our key in this run.
+    pub fn key_is_proven(&self) -> bool {
+        self.key_check
+            .proven
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The remote's published incoming recipient is not ours: unless our key was proven,
+    /// another device of this user published it with another key. Raises the alarm (downloads
+    /// stop); returns whether ours may replace it (our key is proven: theirs is stale).
+    pub fn foreign_recipient(&self, published: &str, ours: &str) -> bool {
+        if self.key_is_proven() {
+            return true;
+        }
+        if !self.wrong_key() {
+            self.raise(
+                AlarmKind::WrongKey,
+                None,
+                1,
+                format!(
+                    "{WRONG_KEY_MESSAGE} (the server's incoming recipient {published} was \
+                     published by a device with another key; this device's is {ours})"
+                ),
+            );
+        }
+        false
     }
 
     /// A download of `ns/id` failed verification with `inv`; raises the alarm once the

@@ -1,8 +1,10 @@
 //! `FaultyRemote`: wraps any [`Remote`] and injects failures on request — the remote being
 //! down, refusing credentials, answering an error once, cutting a download body after N
 //! bytes, or storing an upload but losing the answer (a crash between PUT and commit). It
-//! counts calls so tests can assert "exactly 3 attempts". Used by tests; a real remote
-//! underneath does the real work.
+//! counts calls so tests can assert "exactly 3 attempts", and runs a test's hooks inside
+//! calls (a listing's answer reshaped, another device acting right before a PUT), so tests
+//! need no forwarding wrapper of their own. Used by tests; a real remote underneath does the
+//! real work.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -12,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use blobsync_shared::wire::{BlobDetail, ChangesResponse, Flag, UploadResponse};
 use blobsync_shared::{BlobId, Namespace};
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 
 use super::{ByteStream, GetResponse, Remote, RemoteError, RemoteListFilter};
 
@@ -44,7 +47,24 @@ pub struct Faults {
     pub listings: AtomicU64,
     /// Batch calls (either direction).
     pub batches: AtomicU64,
+    /// The next upload batches are stored but answer a transport error.
+    pub lose_batch_answers: AtomicU64,
+    /// Reshapes every listing answer (see [`ChangesHook`]).
+    pub on_changes: Mutex<Option<ChangesHook>>,
+    /// Runs before every PUT and upload batch reaches the remote (see [`BeforePutHook`]).
+    pub before_put: Mutex<Option<BeforePutHook>>,
 }
+
+/// A test's hook on `changes`: gets the namespace, the `since` asked for and the inner
+/// remote's answer, returns what the engine sees (a page of it, fewer ids, an error).
+pub type ChangesHook = Arc<
+    dyn Fn(&Namespace, u64, ChangesResponse) -> Result<ChangesResponse, RemoteError> + Send + Sync,
+>;
+
+/// A test's hook before a PUT or an upload batch, with its namespace and `if_absent_since`:
+/// what another device does in the window between the listing and the upload.
+pub type BeforePutHook =
+    Arc<dyn Fn(Namespace, Option<u64>) -> BoxFuture<'static, ()> + Send + Sync>;
 
 impl Faults {
     /// Queues an error for the next call.
@@ -60,6 +80,23 @@ impl Faults {
     /// Queues an error for the next GET.
     pub fn fail_next_get(&self, e: RemoteError) {
         self.next_get_errors.lock().unwrap().push_back(e);
+    }
+
+    /// Sets the listing hook.
+    pub fn on_changes(&self, h: ChangesHook) {
+        *self.on_changes.lock().unwrap() = Some(h);
+    }
+
+    /// Sets the hook run before each upload.
+    pub fn before_put(&self, h: BeforePutHook) {
+        *self.before_put.lock().unwrap() = Some(h);
+    }
+
+    async fn run_before_put(&self, ns: &Namespace, since: Option<u64>) {
+        let h = self.before_put.lock().unwrap().clone();
+        if let Some(h) = h {
+            h(ns.clone(), since).await;
+        }
     }
 
     /// Cuts the next download after `n` bytes.
@@ -143,6 +180,12 @@ fn cut(body: ByteStream, after: u64) -> ByteStream {
     ))
 }
 
+/// Takes one from a counter of pending faults; whether there was one.
+fn take_one(n: &AtomicU64) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
 impl<R: Remote> Remote for FaultyRemote<R> {
     fn describe(&self) -> String {
         format!("{} (fault-injecting)", self.inner.describe())
@@ -159,7 +202,12 @@ impl<R: Remote> Remote for FaultyRemote<R> {
     async fn changes(&self, ns: &Namespace, since: u64) -> Result<ChangesResponse, RemoteError> {
         self.faults.listings.fetch_add(1, Ordering::SeqCst);
         self.faults.check()?;
-        self.inner.changes(ns, since).await
+        let r = self.inner.changes(ns, since).await?;
+        let hook = self.faults.on_changes.lock().unwrap().clone();
+        match hook {
+            Some(h) => h(ns, since, r),
+            None => Ok(r),
+        }
     }
 
     async fn namespaces(&self) -> Result<Vec<Namespace>, RemoteError> {
@@ -191,13 +239,9 @@ impl<R: Remote> Remote for FaultyRemote<R> {
         if let Some(e) = self.faults.next_put_errors.lock().unwrap().pop_front() {
             return Err(e);
         }
+        self.faults.run_before_put(ns, if_absent_since).await;
         self.inner.put(ns, id, len, body, if_absent_since).await?;
-        let lose = self
-            .faults
-            .lose_put_answers
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if lose {
+        if take_one(&self.faults.lose_put_answers) {
             return Err(RemoteError::Transport(
                 "answer lost after the server stored it (injected)".into(),
             ));
@@ -267,9 +311,17 @@ impl<R: Remote> Remote for FaultyRemote<R> {
     ) -> Result<UploadResponse, RemoteError> {
         self.faults.batches.fetch_add(1, Ordering::SeqCst);
         self.faults.check()?;
-        self.inner
+        self.faults.run_before_put(ns, if_absent_since).await;
+        let r = self
+            .inner
             .put_batch(ns, entries, body, if_absent_since)
-            .await
+            .await?;
+        if take_one(&self.faults.lose_batch_answers) {
+            return Err(RemoteError::Transport(
+                "batch answer lost after the server stored it (injected)".into(),
+            ));
+        }
+        Ok(r)
     }
 
     // Like `namespaces`: not failed by `fail_next`, so tests that fail a listing or a

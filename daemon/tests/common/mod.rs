@@ -2,6 +2,9 @@
 //! engine over a fault-injecting wrapper of a real `DirRemote`, and a `ManualClock`.
 #![allow(dead_code)] // each test file uses a different subset
 
+mod server;
+#[allow(unused_imports)] // each test file uses a different subset
+pub use server::TestServer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +75,24 @@ impl Device<DirRemote> {
         .await
     }
 
+    /// A device on the folder remote with a storage key of its own (a device set up before
+    /// its key was imported).
+    pub async fn open_keyed(
+        data: &Path,
+        remote_root: &Path,
+        settings: EngineSettings,
+        key: StorageKey,
+    ) -> Device {
+        Device::open_on_keyed(
+            data,
+            DirRemote::new(remote_root, "alice").unwrap(),
+            settings,
+            ManualClock::default(),
+            key,
+        )
+        .await
+    }
+
     pub fn dir_remote(&self) -> &DirRemote {
         self.remote.inner()
     }
@@ -83,6 +104,16 @@ impl<X: Remote + Clone> Device<X> {
         inner: X,
         settings: EngineSettings,
         clock: ManualClock,
+    ) -> Device<X> {
+        Self::open_on_keyed(data, inner, settings, clock, key()).await
+    }
+
+    pub async fn open_on_keyed(
+        data: &Path,
+        inner: X,
+        settings: EngineSettings,
+        clock: ManualClock,
+        key: StorageKey,
     ) -> Device<X> {
         let dd = DataDir::new(data);
         dd.create().unwrap();
@@ -97,7 +128,7 @@ impl<X: Remote + Clone> Device<X> {
             store,
             remote.clone(),
             clock.clone(),
-            key(),
+            key,
             dd,
             settings,
             events,

@@ -15,6 +15,7 @@ pub mod measure;
 pub mod report;
 
 mod incoming;
+pub mod server_load;
 pub use incoming::{IncomingResult, run_incoming};
 
 use std::collections::HashSet;
@@ -144,6 +145,12 @@ pub struct BenchOpts {
     /// [`crate::engines`]); 0 = one `fs+sqlite` server. Device A talks to the first node and
     /// B to the last, so with several nodes every blob crosses nodes.
     pub scaleout_nodes: usize,
+    /// Simulated devices of the SRV-LIST row.
+    pub server_devices: usize,
+    /// Clients of the SRV-PUT row.
+    pub server_put_clients: usize,
+    /// How long each server row runs.
+    pub server_secs: Duration,
 }
 
 impl Default for BenchOpts {
@@ -160,6 +167,9 @@ impl Default for BenchOpts {
             verify: true,
             phase_timeout: Duration::from_secs(1800),
             scaleout_nodes: 0,
+            server_devices: 1000,
+            server_put_clients: 64,
+            server_secs: Duration::from_secs(10),
         }
     }
 }
@@ -273,6 +283,8 @@ pub struct BenchReport {
     pub idle: Option<IdleResult>,
     /// The INCOMING row, if run.
     pub incoming: Option<IncomingResult>,
+    /// The server rows (SRV-LIST, SRV-PUT) that ran.
+    pub server: Vec<server_load::ServerLoadResult>,
     /// `uname -r`, CPU count: where it ran.
     pub machine: String,
 }

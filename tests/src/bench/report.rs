@@ -113,5 +113,20 @@ pub fn table(r: &BenchReport) -> String {
             i.blobs, i.startup_ms, i.startup_status_ms
         ));
     }
+    for v in &r.server {
+        out.push_str(&format!(
+            "{} over {} connections for {:.0} s: {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, \
+             {} errors; server peak RSS {:.1} MiB\n",
+            v.row,
+            v.connections,
+            v.seconds,
+            v.per_s,
+            v.p50_ms,
+            v.p99_ms,
+            v.max_ms,
+            v.errors,
+            mib(v.server_peak_rss_bytes),
+        ));
+    }
     out
 }

@@ -3,7 +3,8 @@
 //!
 //! Build the release binaries first (`cargo build --release --workspace --bins`), then
 //! `cargo run --release -p blobsync-tests --bin blobsync-bench -- [ROW...] [--json FILE]`.
-//! Rows: W1..W6, IDLE, DISK, INCOMING; none given = all, in the order DISK W1..W5 W6 IDLE INCOMING.
+//! Rows: W1..W6, IDLE, DISK, INCOMING, SRV-LIST, SRV-PUT; none given = all, in that order
+//! (DISK first).
 //! It is a benchmark: it prints figures and never passes or fails on them.
 
 use std::time::Duration;
@@ -11,10 +12,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use blobsync_tests::bench::{self, BenchOpts, BenchReport, WORKLOADS};
 
-const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK INCOMING ...] [--json FILE]
+const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK INCOMING SRV-LIST SRV-PUT ...] [--json FILE]
   [--scaleout-nodes N] [--seed N] [--put-concurrency N] [--put-batch N] [--idle-secs S] [--idle-blobs N] [--idle-blob-size BYTES]
   [--idle-cycles N] [--disk-bytes BYTES] [--no-verify] [--phase-timeout S]
-Rows default to all: DISK W1 W2 W3 W4 W5 W6 IDLE INCOMING. Temp dirs go under TMPDIR.
+  [--server-devices N] [--server-put-clients N] [--server-secs S]
+Rows default to all: DISK W1 W2 W3 W4 W5 W6 IDLE INCOMING SRV-LIST SRV-PUT. Temp dirs go under TMPDIR.
 Needs the release binaries: cargo build --release --workspace --bins";
 
 fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> anyhow::Result<T> {
@@ -50,6 +52,9 @@ fn main() -> anyhow::Result<()> {
             "--no-verify" => opts.verify = false,
             // s3+postgres on N nodes (Garage + PostgreSQL started for each row).
             "--scaleout-nodes" => opts.scaleout_nodes = num(&a, args.next())?,
+            "--server-devices" => opts.server_devices = num(&a, args.next())?,
+            "--server-put-clients" => opts.server_put_clients = num(&a, args.next())?,
+            "--server-secs" => opts.server_secs = Duration::from_secs_f64(num(&a, args.next())?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -59,6 +64,8 @@ fn main() -> anyhow::Result<()> {
                 if up == "IDLE"
                     || up == "DISK"
                     || up == "INCOMING"
+                    || up == "SRV-LIST"
+                    || up == "SRV-PUT"
                     || WORKLOADS.iter().any(|w| w.name == up)
                 {
                     rows.push(up);
@@ -70,7 +77,7 @@ fn main() -> anyhow::Result<()> {
     }
     if rows.is_empty() {
         rows = [
-            "DISK", "W1", "W2", "W3", "W4", "W5", "W6", "IDLE", "INCOMING",
+            "DISK", "W1", "W2", "W3", "W4", "W5", "W6", "IDLE", "INCOMING", "SRV-LIST", "SRV-PUT",
         ]
         .map(String::from)
         .to_vec();
@@ -99,6 +106,24 @@ fn main() -> anyhow::Result<()> {
                     report.disk = Some(bench::run_disk(&opts).context("disk test")?);
                 }
                 "IDLE" => report.idle = Some(bench::run_idle(&opts).context("IDLE")?),
+                "SRV-LIST" | "SRV-PUT" => {
+                    let r = if row == "SRV-LIST" {
+                        bench::server_load::run_list(&opts)
+                    } else {
+                        bench::server_load::run_put(&opts)
+                    }
+                    .with_context(|| row.clone())?;
+                    eprintln!(
+                        "[{row}] {:.0}/s over {} connections, p50 {:.2} ms, p99 {:.2} ms, {} errors, server peak RSS {} MiB",
+                        r.per_s,
+                        r.connections,
+                        r.p50_ms,
+                        r.p99_ms,
+                        r.errors,
+                        r.server_peak_rss_bytes >> 20
+                    );
+                    report.server.push(r);
+                }
                 "INCOMING" => {
                     let r = bench::run_incoming(&opts).context("INCOMING")?;
                     eprintln!("[INCOMING] wall {:.3} s", r.wall_s);

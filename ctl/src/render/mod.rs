@@ -4,11 +4,15 @@
 //!
 //! Pure functions only: this module never talks to the daemon or touches files.
 
-use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use blobsync_proto as pb;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+
+mod events;
+mod status;
+pub use events::*;
+pub use status::*;
 
 /// A size in bytes, humanly: `512 B`, `1.5 KiB`, `12.0 MiB`, `3.2 GiB`.
 pub fn human_size(bytes: u64) -> String {
@@ -35,7 +39,7 @@ pub fn human_rate(bytes_per_sec: u64) -> String {
 }
 
 /// An enum's proto name without its type prefix: `BLOB_STATUS_SYNCED` -> `SYNCED`.
-fn strip(name: &str, prefix: &str) -> String {
+pub(crate) fn strip(name: &str, prefix: &str) -> String {
     name.strip_prefix(prefix).unwrap_or(name).to_owned()
 }
 
@@ -88,7 +92,7 @@ pub const STATUSES: [pb::BlobStatus; 8] = [
 
 /// Days since 1970-01-01 to a civil (year, month, day), proleptic Gregorian
 /// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -115,7 +119,7 @@ pub fn rfc3339(ts: &prost_types::Timestamp) -> String {
 }
 
 /// An optional timestamp as JSON: an RFC 3339 string or null.
-fn ts_json(ts: &Option<prost_types::Timestamp>) -> Value {
+pub(crate) fn ts_json(ts: &Option<prost_types::Timestamp>) -> Value {
     ts.as_ref()
         .map_or(Value::Null, |t| Value::String(rfc3339(t)))
 }
@@ -200,6 +204,14 @@ impl Table {
                 if i > 0 {
                     line.push_str("  ");
                 }
+                // Failures stand out on a terminal; padding is counted on the plain text.
+                let painted;
+                let cell = if cell.starts_with("FAILED_") {
+                    painted = paint_level(cell, true);
+                    &painted
+                } else {
+                    cell
+                };
                 match self.align[i] {
                     Align::Right => {
                         line.extend(std::iter::repeat_n(' ', pad));
@@ -216,6 +228,29 @@ impl Table {
             out.push('\n');
         }
         out
+    }
+}
+
+/// Colour for people only: standard output a terminal, `NO_COLOR` unset, `TERM` not `dumb`.
+pub(crate) fn use_color() -> bool {
+    use std::io::IsTerminal;
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            && std::env::var("TERM").map_or(true, |t| t != "dumb")
+    })
+}
+
+/// `s` in bold red when `bad` and colour is on; else as is.
+pub fn paint_level(s: &str, bad: bool) -> String {
+    if bad && use_color() {
+        let style = anstyle::Style::new()
+            .bold()
+            .fg_color(Some(anstyle::AnsiColor::Red.into()));
+        format!("{style}{s}{style:#}")
+    } else {
+        s.to_owned()
     }
 }
 
@@ -307,467 +342,6 @@ pub fn remote_row(b: &pb::RemoteBlob) -> Vec<String> {
         b.created.as_ref().map_or("-".into(), rfc3339),
         flags.join(","),
     ]
-}
-
-fn counts_json(counts: &[pb::StatusCount]) -> (Value, Value) {
-    let mut c = Map::new();
-    let mut bytes = Map::new();
-    for s in STATUSES {
-        c.insert(status_name(s as i32), json!(0));
-        bytes.insert(status_name(s as i32), json!(0));
-    }
-    for sc in counts {
-        c.insert(status_name(sc.status), json!(sc.count));
-        bytes.insert(status_name(sc.status), json!(sc.bytes));
-    }
-    (Value::Object(c), Value::Object(bytes))
-}
-
-/// A cycle summary as JSON.
-pub fn cycle_json(c: &pb::CycleSummary) -> Value {
-    json!({
-        "cycle": c.cycle,
-        "started": ts_json(&c.started),
-        "finished": ts_json(&c.finished),
-        "full_list": c.full_list,
-        "uploaded": c.uploaded,
-        "downloaded": c.downloaded,
-        "deleted_local": c.deleted_local,
-        "deleted_remote": c.deleted_remote,
-        "failed": c.failed,
-        "bytes_up": c.bytes_up,
-        "bytes_down": c.bytes_down,
-        "pending": c.pending,
-        "reuploaded_missing": c.reuploaded_missing,
-        "deletions_held": c.deletions_held,
-        "error": if c.error.is_empty() { Value::Null } else { c.error.clone().into() },
-    })
-}
-
-/// An alarm as JSON.
-pub fn alarm_json(a: &pb::Alarm) -> Value {
-    json!({
-        "kind": a.kind,
-        "namespace": if a.namespace.is_empty() { Value::Null } else { a.namespace.clone().into() },
-        "message": a.message,
-        "count": a.count,
-        "at": ts_json(&a.at),
-    })
-}
-
-/// An alarm for people: one line.
-pub fn alarm_text(a: &pb::Alarm) -> String {
-    format!("ALARM {}: {}", a.kind, a.message)
-}
-
-/// Limits as JSON.
-pub fn limits_json(l: &pb::Limits) -> Value {
-    json!({ "bwlimit_up": l.bwlimit_up, "bwlimit_down": l.bwlimit_down, "transfers": l.transfers })
-}
-
-fn transfer_json(t: &pb::Transfer) -> Value {
-    json!({
-        "namespace": t.namespace,
-        "id": t.id,
-        "direction": direction_name(t.direction),
-        "bytes_done": t.bytes_done,
-        "bytes_total": t.bytes_total,
-        "priority": priority_name(t.priority),
-        "attempt": t.attempt,
-        "started": ts_json(&t.started),
-    })
-}
-
-/// `status --json`: counts keyed by status name (every status, zeros included), namespaces
-/// keyed by name.
-pub fn status_json(s: &pb::StatusResponse) -> Value {
-    let (counts, bytes) = counts_json(&s.counts);
-    let mut namespaces = Map::new();
-    for ns in &s.namespaces {
-        let (c, b) = counts_json(&ns.counts);
-        namespaces.insert(
-            ns.namespace.clone(),
-            json!({ "counts": c, "bytes": b, "paused": ns.paused, "policy": policy_name(ns.policy) }),
-        );
-    }
-    let remote = s.remote.as_ref().map_or(Value::Null, |r| {
-        json!({
-            "url": r.url,
-            "user": if r.user.is_empty() { Value::Null } else { r.user.clone().into() },
-            "reachable": r.reachable,
-            "unauthorized": r.unauthorized,
-            "last_contact": ts_json(&r.last_contact),
-            "last_error": if r.last_error.is_empty() { Value::Null } else { r.last_error.clone().into() },
-            "identity": if r.identity.is_empty() { Value::Null } else { r.identity.clone().into() },
-        })
-    });
-    json!({
-        "counts": counts,
-        "bytes": bytes,
-        "namespaces": namespaces,
-        "transfers": s.transfers.iter().map(transfer_json).collect::<Vec<_>>(),
-        "remote": remote,
-        "paused": s.paused,
-        "limits": s.limits.as_ref().map_or(Value::Null, limits_json),
-        "last_cycle": s.last_cycle.as_ref().map_or(Value::Null, cycle_json),
-        "next_cycle": ts_json(&s.next_cycle),
-        "cycle_running": s.cycle_running,
-        "daemon_version": s.daemon_version,
-        "api_version": s.api_version,
-        "started": ts_json(&s.started),
-        "last_event_id": s.last_event_id,
-        "alarms": s.alarms.iter().map(alarm_json).collect::<Vec<_>>(),
-    })
-}
-
-/// `status` for people.
-pub fn status_text(s: &pb::StatusResponse) -> String {
-    let now = now_unix();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "blobsyncd {} (API v1.{}), up since {}",
-        s.daemon_version,
-        s.api_version,
-        s.started.as_ref().map_or("-".into(), rfc3339)
-    );
-    if let Some(r) = &s.remote {
-        let state = if r.unauthorized {
-            format!("REFUSED CREDENTIALS: {}", r.last_error)
-        } else if r.reachable {
-            "reachable".to_owned()
-        } else if r.last_error.is_empty() {
-            "not contacted yet".to_owned()
-        } else {
-            format!("UNREACHABLE: {}", r.last_error)
-        };
-        let user = if r.user.is_empty() {
-            String::new()
-        } else {
-            format!(" as {}", r.user)
-        };
-        let _ = writeln!(out, "remote:   {}{user} ({state})", r.url);
-        if !r.identity.is_empty() {
-            let _ = writeln!(out, "identity: {}", r.identity);
-        }
-    }
-    for a in &s.alarms {
-        let _ = writeln!(out, "{}", alarm_text(a));
-    }
-    let paused: Vec<&str> = s
-        .namespaces
-        .iter()
-        .filter(|n| n.paused)
-        .map(|n| n.namespace.as_str())
-        .collect();
-    let _ = writeln!(
-        out,
-        "sync:     {}",
-        match (s.paused, paused.is_empty()) {
-            (true, _) => "PAUSED".to_owned(),
-            (false, true) => "running".to_owned(),
-            (false, false) => format!("running (paused: {})", paused.join(", ")),
-        }
-    );
-    let cycle = if s.cycle_running {
-        "a cycle is running now".to_owned()
-    } else {
-        format!("next cycle {}", relative(&s.next_cycle, now))
-    };
-    let last = s.last_cycle.as_ref().map_or("none yet".to_owned(), |c| {
-        let when = match relative(&c.finished, now).as_str() {
-            "now" => "just now".to_owned(),
-            w => w.to_owned(),
-        };
-        let err = if c.error.is_empty() {
-            String::new()
-        } else {
-            format!(", error: {}", c.error)
-        };
-        format!(
-            "#{} {when}: {} up, {} down, {} failed, {} to retry{err}",
-            c.cycle, c.uploaded, c.downloaded, c.failed, c.pending
-        )
-    });
-    let _ = writeln!(out, "cycles:   last {last}; {cycle}");
-    if let Some(l) = &s.limits {
-        let _ = writeln!(
-            out,
-            "limits:   up {}, down {}, {} transfers",
-            human_rate(l.bwlimit_up),
-            human_rate(l.bwlimit_down),
-            l.transfers
-        );
-    }
-    out.push('\n');
-    // A daemon that does not track sizes per status sends zeros: show no SIZE column then
-    // rather than a column of misleading "0 B".
-    let sizes = s.counts.iter().any(|c| c.bytes > 0);
-    let mut cols = vec![("STATUS", Align::Left), ("BLOBS", Align::Right)];
-    if sizes {
-        cols.push(("SIZE", Align::Right));
-    }
-    let mut t = Table::new(&cols);
-    for st in STATUSES {
-        let c = s.counts.iter().find(|c| c.status == st as i32);
-        let (n, b) = c.map_or((0, 0), |c| (c.count, c.bytes));
-        let mut row = vec![status_name(st as i32), n.to_string()];
-        if sizes {
-            row.push(human_size(b));
-        }
-        t.row(row);
-    }
-    out.push_str(&t.render());
-    if !s.namespaces.is_empty() {
-        out.push('\n');
-        let ns_sizes = s
-            .namespaces
-            .iter()
-            .any(|n| n.counts.iter().any(|c| c.bytes > 0));
-        let mut cols = vec![("NAMESPACE", Align::Left), ("BLOBS", Align::Right)];
-        if ns_sizes {
-            cols.push(("SIZE", Align::Right));
-        }
-        cols.extend([("POLICY", Align::Left), ("STATE", Align::Left)]);
-        let mut t = Table::new(&cols);
-        for ns in &s.namespaces {
-            let n: u64 = ns.counts.iter().map(|c| c.count).sum();
-            let b: u64 = ns.counts.iter().map(|c| c.bytes).sum();
-            // Settled states need nothing more from the sync engine.
-            let settled = [
-                pb::BlobStatus::Synced as i32,
-                pb::BlobStatus::LocalOnly as i32,
-                pb::BlobStatus::RemoteOnly as i32,
-            ];
-            let unsettled: u64 = ns
-                .counts
-                .iter()
-                .filter(|c| !settled.contains(&c.status))
-                .map(|c| c.count)
-                .sum();
-            let state = match (ns.paused, unsettled) {
-                (true, _) => "paused".to_owned(),
-                (false, 0) => "in sync".to_owned(),
-                (false, p) => format!("{p} not synced"),
-            };
-            let mut row = vec![ns.namespace.clone(), n.to_string()];
-            if ns_sizes {
-                row.push(human_size(b));
-            }
-            row.push(if ns.policy == 0 {
-                "-".to_owned()
-            } else {
-                policy_name(ns.policy).to_ascii_lowercase()
-            });
-            row.push(state);
-            t.row(row);
-        }
-        out.push_str(&t.render());
-    }
-    if !s.transfers.is_empty() {
-        out.push('\n');
-        let mut t = Table::new(&[
-            ("DIR", Align::Left),
-            ("NAMESPACE", Align::Left),
-            ("ID", Align::Left),
-            ("DONE", Align::Right),
-            ("TOTAL", Align::Right),
-            ("ATTEMPT", Align::Right),
-        ]);
-        for tr in &s.transfers {
-            t.row(vec![
-                direction_name(tr.direction).to_ascii_lowercase(),
-                tr.namespace.clone(),
-                tr.id.clone(),
-                human_size(tr.bytes_done),
-                human_size(tr.bytes_total),
-                tr.attempt.to_string(),
-            ]);
-        }
-        out.push_str(&t.render());
-    }
-    out
-}
-
-/// A cycle summary for people, one line.
-pub fn cycle_text(c: &pb::CycleSummary) -> String {
-    let mut s = format!(
-        "cycle {}{}: {} uploaded ({}), {} downloaded ({}), {} deleted here, {} deleted on the \
-         server, {} failed, {} to retry",
-        c.cycle,
-        if c.full_list { " (full listing)" } else { "" },
-        c.uploaded,
-        human_size(c.bytes_up),
-        c.downloaded,
-        human_size(c.bytes_down),
-        c.deleted_local,
-        c.deleted_remote,
-        c.failed,
-        c.pending
-    );
-    if c.reuploaded_missing > 0 {
-        let _ = write!(
-            s,
-            "; {} re-uploaded (missing on the server)",
-            c.reuploaded_missing
-        );
-    }
-    if c.deletions_held > 0 {
-        let _ = write!(
-            s,
-            "; {} remote deletions HELD (blobctl sync --allow-mass-delete applies them)",
-            c.deletions_held
-        );
-    }
-    if !c.error.is_empty() {
-        let _ = write!(s, "; stopped early: {}", c.error);
-    }
-    s
-}
-
-/// A watch event as one JSON object: `{"id", "time", "<kind>": {...}}` (the proto's oneof
-/// field name as the key, as protobuf's JSON mapping does).
-pub fn event_json(e: &pb::Event) -> Value {
-    use pb::event::Kind;
-    let mut m = Map::new();
-    m.insert("id".into(), json!(e.id));
-    m.insert("time".into(), ts_json(&e.time));
-    let (key, body) = match &e.kind {
-        Some(Kind::StatusChanged(s)) => (
-            "status_changed",
-            json!({
-                "namespace": s.namespace, "id": s.id,
-                "old_status": opt_status(s.old_status), "new_status": opt_status(s.new_status),
-                "reason": if s.reason.is_empty() { Value::Null } else { s.reason.clone().into() },
-            }),
-        ),
-        Some(Kind::TransferProgress(p)) => (
-            "transfer_progress",
-            json!({
-                "namespace": p.namespace, "id": p.id, "direction": direction_name(p.direction),
-                "bytes_done": p.bytes_done, "bytes_total": p.bytes_total,
-            }),
-        ),
-        Some(Kind::CycleStarted(c)) => (
-            "cycle_started",
-            json!({ "cycle": c.cycle, "full_list": c.full_list }),
-        ),
-        Some(Kind::CycleFinished(c)) => (
-            "cycle_finished",
-            json!({ "summary": c.summary.as_ref().map_or(Value::Null, cycle_json) }),
-        ),
-        Some(Kind::TransferFailed(f)) => (
-            "transfer_failed",
-            json!({
-                "namespace": f.namespace, "id": f.id, "direction": direction_name(f.direction),
-                "message": f.message, "attempt": f.attempt, "retryable": f.retryable,
-                "next_attempt": ts_json(&f.next_attempt),
-            }),
-        ),
-        Some(Kind::EventsMissed(g)) => (
-            "events_missed",
-            json!({
-                "reason": pb::events_missed::Reason::try_from(g.reason)
-                    .map(|r| strip(r.as_str_name(), "REASON_"))
-                    .unwrap_or_else(|_| g.reason.to_string()),
-                "first_id": g.first_id, "last_id": g.last_id,
-            }),
-        ),
-        Some(Kind::PauseChanged(p)) => ("pause_changed", pause_json(p.state.as_ref())),
-        Some(Kind::Error(err)) => (
-            "error",
-            json!({ "message": err.message, "namespace": err.namespace, "id": err.id }),
-        ),
-        Some(Kind::Alarm(a)) => ("alarm", alarm_json(a)),
-        None => ("unknown", Value::Null),
-    };
-    m.insert(key.into(), body);
-    Value::Object(m)
-}
-
-fn opt_status(v: i32) -> Value {
-    if v == 0 {
-        Value::Null
-    } else {
-        status_name(v).into()
-    }
-}
-
-/// A watch event for people, one line.
-pub fn event_text(e: &pb::Event) -> String {
-    use pb::event::Kind;
-    let time = e.time.as_ref().map_or("-".into(), rfc3339);
-    let what = match &e.kind {
-        Some(Kind::StatusChanged(s)) => {
-            let old = if s.old_status == 0 {
-                "new".into()
-            } else {
-                status_name(s.old_status)
-            };
-            let new = if s.new_status == 0 {
-                "gone".into()
-            } else {
-                status_name(s.new_status)
-            };
-            let reason = if s.reason.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", s.reason)
-            };
-            format!("{}/{}  {old} -> {new}{reason}", s.namespace, s.id)
-        }
-        Some(Kind::TransferProgress(p)) => format!(
-            "{}/{}  {} {} / {}",
-            p.namespace,
-            p.id,
-            direction_name(p.direction).to_ascii_lowercase(),
-            human_size(p.bytes_done),
-            human_size(p.bytes_total)
-        ),
-        Some(Kind::CycleStarted(c)) => format!(
-            "cycle {} started{}",
-            c.cycle,
-            if c.full_list { " (full listing)" } else { "" }
-        ),
-        Some(Kind::CycleFinished(c)) => c
-            .summary
-            .as_ref()
-            .map_or("cycle finished".into(), cycle_text),
-        Some(Kind::TransferFailed(f)) => {
-            let attempt = if f.attempt > 0 {
-                format!(" attempt {}", f.attempt)
-            } else {
-                String::new()
-            };
-            let next = match (f.retryable, &f.next_attempt) {
-                (false, _) => " (given up)".to_owned(),
-                (true, None) => " (will retry)".to_owned(),
-                (true, t) => format!(" (retry {})", relative(t, now_unix())),
-            };
-            format!(
-                "{}/{}  {}{attempt} failed: {}{next}",
-                f.namespace,
-                f.id,
-                direction_name(f.direction).to_ascii_lowercase(),
-                f.message,
-            )
-        }
-        Some(Kind::EventsMissed(g)) => format!(
-            "missed events {}..={} ({})",
-            g.first_id,
-            g.last_id,
-            if g.reason == pb::events_missed::Reason::SlowWatcher as i32 {
-                "this watcher fell behind"
-            } else {
-                "no longer buffered"
-            }
-        ),
-        Some(Kind::PauseChanged(p)) => pause_text(p.state.as_ref()),
-        Some(Kind::Error(err)) => format!("error: {}", err.message),
-        Some(Kind::Alarm(a)) => alarm_text(a),
-        None => "(an event this blobctl does not know)".into(),
-    };
-    format!("{time}  #{:<6} {what}", e.id)
 }
 
 /// Pause state as JSON: `{"all", "namespaces"}`.

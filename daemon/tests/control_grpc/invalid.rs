@@ -1,0 +1,335 @@
+//! Every invalid argument is refused with INVALID_ARGUMENT and a message.
+
+use super::*;
+
+/// One call of the table, run later: the code it was answered with.
+type Refusal = std::pin::Pin<Box<dyn std::future::Future<Output = Code> + Send>>;
+
+/// `call!(c.rpc(request))`: the call on a clone of the client, as a [`Refusal`].
+macro_rules! call {
+    ($c:ident . $rpc:ident ( $req:expr )) => {{
+        let mut client = $c.clone();
+        let req = $req;
+        Box::pin(async move { code(client.$rpc(req).await) }) as Refusal
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invalid_argument_is_refused_with_a_message() {
+    let f = Fixture::start().await;
+    let mut c = f.client().await;
+    put(&mut c, "", "ok", &bytes(100, 1), true).await;
+    // Every call below is refused with INVALID_ARGUMENT: (what it is, the call).
+    let mut cases: Vec<(String, Refusal)> = Vec::new();
+    let long = "x".repeat(129);
+    for (ns, id) in [
+        ("", "bad id"),
+        ("", "../etc/passwd"),
+        ("", long.as_str()),
+        ("a/b", "ok"),
+        ("é", "ok"),
+        ("", ""),
+    ] {
+        let (n, i) = (ns.to_owned(), id.to_owned());
+        let what = |rpc: &str| format!("{rpc} ns {ns:?} id {id:?}");
+        cases.extend([
+            (
+                what("get"),
+                call!(c.get(pb::GetRequest {
+                    namespace: n.clone(),
+                    id: i.clone(),
+                    range: None,
+                    wait: false
+                })),
+            ),
+            (
+                what("delete"),
+                call!(c.delete(pb::DeleteRequest {
+                    namespace: n.clone(),
+                    id: i.clone()
+                })),
+            ),
+            (
+                what("priority"),
+                call!(c.set_priority(pb::SetPriorityRequest {
+                    namespace: n.clone(),
+                    id: i.clone(),
+                    priority: 1
+                })),
+            ),
+            (
+                what("flags"),
+                call!(c.get_flags(pb::GetFlagsRequest {
+                    namespace: n.clone(),
+                    id: i.clone()
+                })),
+            ),
+            (
+                what("retry"),
+                call!(c.retry(pb::RetryRequest {
+                    namespace: n.clone(),
+                    id: i.clone(),
+                    all_failed: false
+                })),
+            ),
+        ]);
+        if !id.is_empty() {
+            let h = pb::PutRequest {
+                msg: Some(pb::put_request::Msg::Header(pb::PutHeader {
+                    namespace: n.clone(),
+                    id: i.clone(),
+                    ..Default::default()
+                })),
+            };
+            cases.push((what("put"), call!(c.put(tokio_stream::iter(vec![h])))));
+        }
+    }
+    for ns in ["a b", "../x"] {
+        let n = ns.to_owned();
+        let what = |rpc: &str| format!("{rpc} ns {ns:?}");
+        cases.extend([
+            (
+                what("list"),
+                call!(c.list(pb::ListRequest {
+                    namespace: n.clone(),
+                    ..Default::default()
+                })),
+            ),
+            (
+                what("pause"),
+                call!(c.pause(pb::PauseRequest {
+                    namespace: n.clone()
+                })),
+            ),
+            (
+                what("resume"),
+                call!(c.resume(pb::ResumeRequest {
+                    namespace: n.clone()
+                })),
+            ),
+            (
+                what("watch"),
+                call!(c.watch(pb::WatchRequest {
+                    namespace: n.clone(),
+                    ..Default::default()
+                })),
+            ),
+            (
+                what("list_remote"),
+                call!(c.list_remote(pb::ListRemoteRequest {
+                    namespace: n.clone(),
+                    ..Default::default()
+                })),
+            ),
+        ]);
+    }
+    // Enums out of range or UNSPECIFIED where a value is required.
+    for p in [0, 5, -1] {
+        cases.push((
+            format!("priority {p}"),
+            call!(c.set_priority(pb::SetPriorityRequest {
+                namespace: String::new(),
+                id: "ok".into(),
+                priority: p
+            })),
+        ));
+    }
+    let bad_prio = pb::PutRequest {
+        msg: Some(pb::put_request::Msg::Header(pb::PutHeader {
+            id: "p9".into(),
+            priority: 9,
+            ..Default::default()
+        })),
+    };
+    cases.push((
+        "put priority 9".into(),
+        call!(c.put(tokio_stream::iter(vec![bad_prio]))),
+    ));
+    for flags in [vec![0], vec![99], vec![1, 0]] {
+        cases.push((
+            format!("set_flags {flags:?}"),
+            call!(c.set_flags(pb::SetFlagsRequest {
+                namespace: String::new(),
+                id: "ok".into(),
+                flags
+            })),
+        ));
+    }
+    cases.extend([
+        (
+            "list_remote filter_flag 42".into(),
+            call!(c.list_remote(pb::ListRemoteRequest {
+                filter_flag: 42,
+                ..Default::default()
+            })),
+        ),
+        (
+            "list status 0".into(),
+            call!(c.list(pb::ListRequest {
+                statuses: vec![0],
+                ..Default::default()
+            })),
+        ),
+        (
+            "list status 42".into(),
+            call!(c.list(pb::ListRequest {
+                statuses: vec![42],
+                ..Default::default()
+            })),
+        ),
+    ]);
+    // Page tokens this daemon never issued.
+    for t in ["garbage!", "a/b/c", "/x"] {
+        cases.push((
+            format!("list page_token {t:?}"),
+            call!(c.list(pb::ListRequest {
+                page_token: t.into(),
+                ..Default::default()
+            })),
+        ));
+    }
+    cases.push((
+        "list_remote page_token".into(),
+        call!(c.list_remote(pb::ListRemoteRequest {
+            page_token: "no good".into(),
+            ..Default::default()
+        })),
+    ));
+    // Limits and retry shapes.
+    cases.extend([
+        (
+            "limits transfers 0".into(),
+            call!(c.set_limits(pb::SetLimitsRequest {
+                transfers: Some(0),
+                ..Default::default()
+            })),
+        ),
+        (
+            "retry with neither id nor all_failed".into(),
+            call!(c.retry(pb::RetryRequest::default())),
+        ),
+        (
+            "retry with both".into(),
+            call!(c.retry(pb::RetryRequest {
+                id: "ok".into(),
+                all_failed: true,
+                ..Default::default()
+            })),
+        ),
+    ]);
+    // Ranges (the blob "ok" has 100 bytes).
+    let range = |start, end| pb::GetRequest {
+        namespace: String::new(),
+        id: "ok".into(),
+        range: Some(pb::ByteRange { start, end }),
+        wait: false,
+    };
+    cases.extend([
+        ("empty range".into(), call!(c.get(range(10, Some(10))))),
+        ("reversed range".into(), call!(c.get(range(10, Some(5))))),
+        (
+            "range starting at the end".into(),
+            call!(c.get(range(100, None))),
+        ),
+        (
+            "range starting past the end".into(),
+            call!(c.get(range(500, Some(600)))),
+        ),
+    ]);
+    // Put stream shapes.
+    cases.extend([
+        (
+            "chunk before header".into(),
+            call!(c.put(tokio_stream::iter(vec![chunk(b"abc")]))),
+        ),
+        (
+            "two headers".into(),
+            call!(c.put(tokio_stream::iter(vec![
+                header("h1", None),
+                header("h1", None)
+            ]))),
+        ),
+        (
+            "short of size_hint".into(),
+            call!(c.put(tokio_stream::iter(vec![
+                header("h2", Some(5)),
+                chunk(b"abc")
+            ]))),
+        ),
+        (
+            "over size_hint".into(),
+            call!(c.put(tokio_stream::iter(vec![
+                header("h3", Some(2)),
+                chunk(b"abc")
+            ]))),
+        ),
+        (
+            "empty put stream".into(),
+            call!(c.put(tokio_stream::iter(Vec::<pb::PutRequest>::new()))),
+        ),
+    ]);
+    // PutPath with a relative path.
+    let pp = pb::PutPathRequest {
+        header: Some(pb::PutHeader {
+            id: "pp".into(),
+            ..Default::default()
+        }),
+        path: "relative/file".into(),
+    };
+    cases.push(("put_path of a relative path".into(), call!(c.put_path(pp))));
+
+    for (what, refusal) in cases {
+        assert_eq!(refusal.await, Code::InvalidArgument, "{what}");
+    }
+
+    // PutPath of a taken id: refused, and the blob that has it keeps its bytes.
+    let before = c
+        .list(pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let src = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(src.path(), b"some other content entirely").unwrap();
+    let pp = pb::PutPathRequest {
+        header: Some(pb::PutHeader {
+            id: "ok".into(),
+            ..Default::default()
+        }),
+        path: src.path().to_string_lossy().into_owned(),
+    };
+    assert_eq!(code(c.put_path(pp).await), Code::AlreadyExists);
+    let after = c
+        .list(pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before.blobs, after.blobs);
+
+    // Nothing refused left a blob or a temp file behind.
+    let ls = c
+        .list(pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = ls.blobs.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(ids, ["ok"]);
+    // Temp-file removal runs on a blocking thread: wait for it rather than guess how long.
+    let tmp_files = || -> Vec<_> {
+        walk(&f.data)
+            .into_iter()
+            .filter(|p| {
+                p.strip_prefix(&f.data)
+                    .unwrap()
+                    .to_string_lossy()
+                    .contains("tmp")
+            })
+            .collect()
+    };
+    wait_until(
+        "no temp file is left",
+        || tmp_files().is_empty(),
+        || format!("{:?}", tmp_files()),
+    )
+    .await;
+    f.stop().await;
+}
