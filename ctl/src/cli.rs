@@ -171,8 +171,8 @@ pub struct PutArgs {
     /// The namespace.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
-    /// Upload priority: low, medium, high, urgent.
-    #[arg(long, value_parser = parse_priority, default_value = "medium")]
+    /// Upload priority.
+    #[arg(long, value_parser = Named::new(parse_priority, PRIORITIES), default_value = "medium")]
     pub priority: Priority,
     /// Keep the blob on this device only; never upload it.
     #[arg(long)]
@@ -251,15 +251,14 @@ pub struct LsArgs {
     /// Only this namespace (default: every namespace; with --remote: default).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
-    /// Only blobs with this status (repeatable): synced, pending-upload, pending-download,
-    /// failed-download, failed-upload, pending-delete, local-only, remote-only.
-    #[arg(long, value_parser = parse_status, conflicts_with = "remote")]
+    /// Only blobs with this status (repeatable).
+    #[arg(long, value_parser = Named::new(parse_status, STATUSES), conflicts_with = "remote")]
     pub status: Vec<BlobStatus>,
     /// List what the server has instead of the local view.
     #[arg(long)]
     pub remote: bool,
     /// With --remote: only blobs with this flag.
-    #[arg(long, value_parser = parse_flag, requires = "remote")]
+    #[arg(long, value_parser = Named::new(parse_flag, FLAGS), requires = "remote")]
     pub flag: Option<Flag>,
     /// With --remote: list deleted blobs (tombstones).
     #[arg(long, requires = "remote")]
@@ -317,8 +316,8 @@ pub struct RetryArgs {
 pub struct PriorityArgs {
     /// The blob id.
     pub id: String,
-    /// The new priority: low, medium, high, urgent.
-    #[arg(value_parser = parse_priority)]
+    /// The new priority.
+    #[arg(value_parser = Named::new(parse_priority, PRIORITIES))]
     pub priority: Priority,
     /// The namespace.
     #[arg(short = 'n', long, default_value = "default")]
@@ -341,8 +340,8 @@ pub struct FlagsArgs {
     /// The namespace.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
-    /// Replace the flags with these: pending, processing, processed, failed.
-    #[arg(long, num_args = 1.., value_parser = parse_flag, conflicts_with = "clear")]
+    /// Replace the flags with these.
+    #[arg(long, num_args = 1.., value_parser = Named::new(parse_flag, FLAGS), conflicts_with = "clear")]
     pub set: Vec<Flag>,
     /// Remove every flag.
     #[arg(long)]
@@ -454,6 +453,64 @@ pub fn parse_priority(s: &str) -> Result<Priority, String> {
         _ => Err(format!(
             "{s:?} is not a priority; use low, medium, high or urgent"
         )),
+    }
+}
+
+/// The names completions offer (any case and `_` for `-` are accepted too).
+const PRIORITIES: &[&str] = &["low", "medium", "high", "urgent"];
+const STATUSES: &[&str] = &[
+    "synced",
+    "pending-upload",
+    "pending-download",
+    "failed-download",
+    "failed-upload",
+    "pending-delete",
+    "local-only",
+    "remote-only",
+];
+const FLAGS: &[&str] = &["pending", "processing", "processed", "failed"];
+
+/// A value parser that keeps our lenient parsing (any case, `_` or `-`, the proto's long
+/// names) and tells clap the canonical names, so shell completions offer them.
+#[derive(Clone)]
+pub struct Named<T> {
+    parse: fn(&str) -> Result<T, String>,
+    names: &'static [&'static str],
+}
+
+impl<T> Named<T> {
+    pub fn new(parse: fn(&str) -> Result<T, String>, names: &'static [&'static str]) -> Self {
+        Self { parse, names }
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Named<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let s = value.to_str().ok_or_else(|| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidUtf8, "not UTF-8\n").with_cmd(cmd)
+        })?;
+        (self.parse)(s).map_err(|e| {
+            let name = arg.map_or(String::new(), |a| format!("{a}: "));
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{name}{e}\n"))
+                .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            self.names
+                .iter()
+                .map(|n| clap::builder::PossibleValue::new(*n)),
+        ))
     }
 }
 

@@ -287,7 +287,7 @@ async fn https_with_a_ca_file_works_and_an_unknown_ca_is_refused() {
     let without = http_remote(&srv);
     let err = without.changes(&Namespace::default(), 0).await.unwrap_err();
     assert!(
-        err.is_retryable() && err.to_string().contains("certificate"),
+        err.is_unreachable() && err.to_string().contains("certificate"),
         "{err}"
     );
 }

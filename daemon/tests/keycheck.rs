@@ -109,3 +109,47 @@ async fn the_right_key_downloads_everything_and_raises_nothing() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_device_whose_key_was_proven_republishes_a_replaced_recipient_without_an_alarm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _a = first_device(tmp.path()).await;
+    let c = Device::open(
+        &tmp.path().join("c"),
+        &tmp.path().join("remote"),
+        settings(),
+    )
+    .await;
+    c.engine.run_cycle().await;
+    assert_eq!(c.info("b0").await.unwrap().status, Status::Synced);
+    // The server (or an old daemon) replaces the published recipient.
+    let path = tmp.path().join("remote/alice/.incoming_recipient");
+    let other =
+        blobsync_shared::incoming::IncomingIdentity::derive(&StorageKey::from_bytes([9; 32]))
+            .recipient();
+    std::fs::write(&path, format!("{other}\n")).unwrap();
+    // A restarted device: the proof is remembered by the store, not only by this run (it is
+    // written in the background: wait for it).
+    for _ in 0..200 {
+        if c.engine.store().meta("key_proven").await.unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(c.engine.store().meta("key_proven").await.unwrap().is_some());
+    drop(c);
+    let c = Device::open(
+        &tmp.path().join("c"),
+        &tmp.path().join("remote"),
+        settings(),
+    )
+    .await;
+    c.engine.run_cycle().await;
+    assert_eq!(wrong_key_alarms(&c).await, 0);
+    let ours = blobsync_shared::incoming::IncomingIdentity::derive(&common::key()).recipient();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap().trim(),
+        ours,
+        "ours is back"
+    );
+}

@@ -314,6 +314,5 @@ async fn http_remote_maps_412_to_deleted_after() {
         matches!(&e, RemoteError::DeletedAfter(m) if m.contains("deleted at seq 2, after 1")),
         "{e:?}"
     );
-    assert!(!e.is_retryable());
     s.remote.put(&ns, &id, 1, body(), Some(2)).await.unwrap();
 }

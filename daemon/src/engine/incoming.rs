@@ -59,7 +59,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             Ok(Some(r)) if r == ours => Ok(()),
             // Another device's, with another key: ours would send their mail to a key they
             // don't have. Not replaced, and the wrong-key alarm stops downloads.
-            Ok(Some(other)) if !self.shared.foreign_recipient(&other, &ours) => {
+            Ok(Some(other))
+                if !self.key_proven_ever().await
+                    && !self.shared.foreign_recipient(&other, &ours) =>
+            {
                 tracing::error!(
                     published = %other,
                     ours = %ours,
@@ -70,7 +73,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             }
             Ok(other) => {
                 if let Some(other) = other {
-                    warn!(published = %other, "the remote held a stale incoming recipient (our key is proven by a download); publishing ours");
+                    warn!(published = %other, "the server's incoming recipient is not ours, though downloads have proven this device's key: the server's copy is stale or was replaced; publishing ours");
                 }
                 self.remote.publish_incoming_recipient(&ours).await
             }
@@ -83,6 +86,16 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             }
             Err(e) => warn!(error = %e, "cannot publish the incoming recipient; will retry"),
         }
+    }
+
+    /// Whether a download ever authenticated with this device's key (this run, or recorded
+    /// by an earlier one).
+    async fn key_proven_ever(&self) -> bool {
+        self.shared.key_is_proven()
+            || matches!(
+                self.shared.store.meta(super::keycheck::KEY_PROVEN).await,
+                Ok(Some(_))
+            )
     }
 
     /// A download: an `external` row goes through the incoming box (`Some(age sha256)` when

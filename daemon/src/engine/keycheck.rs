@@ -21,6 +21,9 @@ use blobsync_shared::{BlobId, InvalidBlob, Namespace};
 use super::Shared;
 use crate::events::AlarmKind;
 
+/// Meta key set once a download authenticated with this device's key (in any run).
+pub const KEY_PROVEN: &str = "key_proven";
+
 /// Different blobs failing at segment 0, with no success between, that prove a wrong key.
 pub const DISTINCT_BLOBS: usize = 2;
 
@@ -48,9 +51,20 @@ impl Shared {
 
     /// A blob authenticated with this device's key: the key is right.
     pub fn key_proven(&self) {
-        self.key_check
+        let before = self
+            .key_check
             .proven
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        if !before {
+            // Kept in the store: a later run trusts a key that once opened another device's
+            // blob (see `Engine::publish_recipient`).
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.set_meta(KEY_PROVEN, Some("1".into())).await {
+                    tracing::warn!(error = %e, "cannot record that the key was proven");
+                }
+            });
+        }
         self.key_check
             .failed
             .lock()
@@ -78,8 +92,9 @@ impl Shared {
                 None,
                 1,
                 format!(
-                    "{WRONG_KEY_MESSAGE} (the server's incoming recipient {published} was \
-                     published by a device with another key; this device's is {ours})"
+                    "{WRONG_KEY_MESSAGE} (the server's incoming recipient {published} is not \
+                     derived from this device's key, whose recipient is {ours}: another device \
+                     of yours published it with another key, or the server replaced it)"
                 ),
             );
         }

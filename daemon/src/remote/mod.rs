@@ -51,7 +51,10 @@ pub struct RemoteListFilter {
     pub deleted: bool,
 }
 
-/// Errors of the remote layer, classified by [`RemoteError::is_retryable`].
+/// Errors of the remote layer. The engine retries every failed transfer on the schedule
+/// (`retry_delay`) except a blob that fails verification (`InvalidBlob`); the variants say
+/// what the status line and the alarms show, and `is_unreachable`/`is_unauthorized` mark
+/// the remote's health.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     /// Connecting or talking to the server failed (refused, reset, timeout, body cut short).
@@ -121,20 +124,6 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
-    /// Worth trying again later: transport faults, 5xx, 408, 429, and 401/403 (retried on the
-    /// schedule so a fixed token resumes the queue). 404/409/412/413/416/507 and bad data are
-    /// not.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            RemoteError::Transport(_) | RemoteError::Io(_) | RemoteError::Unauthorized { .. } => {
-                true
-            }
-            RemoteError::Http { status, .. } => *status >= 500 || matches!(status, 408 | 429),
-            RemoteError::Protocol(_) => true,
-            _ => false,
-        }
-    }
-
     /// 401/403.
     pub fn is_unauthorized(&self) -> bool {
         matches!(self, RemoteError::Unauthorized { .. })

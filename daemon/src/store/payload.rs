@@ -315,8 +315,11 @@ type InstallReply = tokio::sync::oneshot::Sender<Installed>;
 pub struct SyncGroup {
     root: PathBuf,
     /// The thread's queue, started by the first install.
-    tx: std::sync::OnceLock<std::sync::mpsc::Sender<(Vec<Install>, InstallReply)>>,
+    tx: std::sync::OnceLock<tokio::sync::mpsc::Sender<(Vec<Install>, InstallReply)>>,
 }
+
+/// Install batches waiting for the sync thread before callers wait too.
+const SYNC_GROUP_QUEUE: usize = 256;
 
 impl SyncGroup {
     /// A group for the file system of `data` (the thread starts with the first install).
@@ -327,18 +330,23 @@ impl SyncGroup {
         }
     }
 
-    fn sender(&self) -> io::Result<&std::sync::mpsc::Sender<(Vec<Install>, InstallReply)>> {
+    fn sender(&self) -> io::Result<&tokio::sync::mpsc::Sender<(Vec<Install>, InstallReply)>> {
         if let Some(tx) = self.tx.get() {
             return Ok(tx);
         }
         let root = fs::File::open(&self.root)?;
-        let (tx, rx) = std::sync::mpsc::channel::<(Vec<Install>, InstallReply)>();
+        // Bounded: callers wait (asynchronously) while the thread is this far behind, instead
+        // of queueing without limit.
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<(Vec<Install>, InstallReply)>(SYNC_GROUP_QUEUE);
         std::thread::Builder::new()
             .name("blobsyncd-sync".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
+                while let Some(first) = rx.blocking_recv() {
                     let mut batches = vec![first];
-                    batches.extend(rx.try_iter());
+                    while let Ok(more) = rx.try_recv() {
+                        batches.push(more);
+                    }
                     install_group(&root, batches);
                 }
             })?;
@@ -355,7 +363,10 @@ impl SyncGroup {
     ) -> io::Result<Vec<(NewPayload, io::Result<()>)>> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let gone = || io::Error::other("the payload sync thread is gone; restart the daemon");
-        self.sender()?.send((items, reply)).map_err(|_| gone())?;
+        self.sender()?
+            .send((items, reply))
+            .await
+            .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())
     }
 }
