@@ -155,7 +155,7 @@ pub fn import_soledad(
                 batch.push(PendingPut {
                     id,
                     size,
-                    temp,
+                    staged: crate::payload::Staged::File(temp),
                     external: false,
                     age_sha256: None,
                     flags,

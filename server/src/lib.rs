@@ -1,13 +1,16 @@
 //! `blobsync-server`: Soledad's Blobs HTTP API plus incremental listing, on hyper.
 //!
-//! Owns the HTTP routes ([`http`]), payload files in Soledad's layout ([`layout`]), the
-//! SQLite index with users, tokens, flags, tombstones and sequence numbers ([`index`]),
-//! and the consistency checker ([`fsck`]). The server only ever sees ciphertext: it never
-//! holds keys and never decrypts.
+//! Owns the HTTP routes ([`http`]), the payload store ([`payload`]: files in Soledad's layout
+//! ([`layout`]) or objects in an S3 bucket), the index with users, tokens, flags, tombstones
+//! and sequence numbers ([`index`]: SQLite or PostgreSQL), the choice between the two pairs
+//! ([`backend`]), and the consistency checker ([`fsck`]). The server only ever sees
+//! ciphertext: it never holds keys and never decrypts.
 //!
-//! Entry points: [`ServerState::open`] then [`run`] with a bound listener and a cancellation
-//! token (tests bind `127.0.0.1:0`; `main.rs` binds `--listen`).
+//! Entry points: [`ServerState::open`] (`fs` + `sqlite`) or [`ServerState::with_backends`]
+//! then [`run`] with a bound listener and a cancellation token (tests bind `127.0.0.1:0`;
+//! `main.rs` binds `--listen`).
 
+pub mod backend;
 pub mod body;
 pub mod fsck;
 pub mod guard;
@@ -16,6 +19,8 @@ pub mod import;
 pub mod index;
 pub mod layout;
 pub mod metrics;
+pub mod migrate;
+pub mod payload;
 pub mod soledad;
 pub mod token;
 
@@ -28,8 +33,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use index::{Index, IndexError};
+pub use index::{Index, IndexError, IndexStore};
 pub use layout::Layout;
+pub use payload::PayloadStore;
 
 /// Name of the lock file that keeps two servers (or a server and `fsck`) off one data dir.
 pub const LOCK_FILE: &str = ".lock";
@@ -182,14 +188,15 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), ServerError> {
 
 pub(crate) struct Inner {
     pub(crate) config: ServerConfig,
-    pub(crate) index: Index,
+    pub(crate) index: Arc<dyn IndexStore>,
+    pub(crate) payloads: Arc<dyn PayloadStore>,
     /// The instance id as the header value every response carries.
     pub(crate) instance: ::http::HeaderValue,
     pub(crate) conns: Arc<guard::ClientConns>,
     pub(crate) throttle: guard::AuthThrottle,
-    pub(crate) layout: Layout,
     pub(crate) metrics: metrics::Metrics,
-    pub(crate) _lock: DirLock,
+    /// `fs` + `sqlite`: the data dir's lock (one server per data dir).
+    pub(crate) _lock: Option<DirLock>,
 }
 
 /// Everything a request needs; cheap to clone.
@@ -207,35 +214,37 @@ impl std::fmt::Debug for ServerState {
 }
 
 impl ServerState {
-    /// Locks the data dir, opens the index and removes temp files left by a crash. Blocking:
-    /// call it before serving (or from `spawn_blocking`).
+    /// `fs` + `sqlite`: locks the data dir, opens the index and removes temp files left by a
+    /// crash. Blocking: call it before serving (or from `spawn_blocking`).
     pub fn open(config: ServerConfig) -> Result<Self, ServerError> {
-        ensure_data_dir(&config.data_dir)?;
-        let lock = DirLock::acquire(&config.data_dir)?;
-        let index = Index::open(&config.data_dir)?;
+        let b = backend::open_fs_sqlite(&config.data_dir)?;
         let removed = layout::remove_temp_files(&config.data_dir)
             .map_err(io_err("remove leftover temp files"))?;
         if removed > 0 {
             tracing::info!(removed, "removed temp files of uploads cut off earlier");
         }
-        let layout = Layout::new(&config.data_dir);
-        let instance = ::http::HeaderValue::from_str(index.instance_id()).map_err(|_| {
+        Self::with_backends(config, b)
+    }
+
+    /// A server over opened backends (see [`backend`]).
+    pub fn with_backends(config: ServerConfig, b: backend::Backends) -> Result<Self, ServerError> {
+        let instance = ::http::HeaderValue::from_str(b.index.instance_id()).map_err(|_| {
             ServerError::Index(IndexError::Batch(format!(
                 "instance id {:?} in the index is not a valid header value",
-                index.instance_id()
+                b.index.instance_id()
             )))
         })?;
         let throttle = guard::AuthThrottle::new(config.auth_fail_limit, config.auth_window);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                index,
+                index: b.index,
+                payloads: b.payloads,
                 instance,
                 conns: Arc::default(),
                 throttle,
-                layout,
                 metrics: metrics::Metrics::default(),
-                _lock: lock,
+                _lock: b.lock,
             }),
         })
     }
@@ -250,12 +259,17 @@ impl ServerState {
         &self.inner.metrics
     }
 
-    /// The index (blocking API; use from `spawn_blocking`).
-    pub fn index(&self) -> &Index {
-        &self.inner.index
+    /// The index.
+    pub fn index(&self) -> &dyn IndexStore {
+        self.inner.index.as_ref()
     }
 
-    /// The server's instance id (see [`Index::instance_id`]).
+    /// The payload store.
+    pub fn payloads(&self) -> &dyn PayloadStore {
+        self.inner.payloads.as_ref()
+    }
+
+    /// The server's instance id (the same on every node of a deployment).
     pub fn instance_id(&self) -> &str {
         self.inner.index.instance_id()
     }
@@ -308,12 +322,10 @@ pub async fn purge_tombstones_periodically(
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let before = now.saturating_sub(ttl).as_secs() as i64;
-        let st = state.clone();
-        match tokio::task::spawn_blocking(move || st.index().purge_tombstones(before)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(n, ?ttl, "purged tombstones older than the retention"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "tombstone purge failed; trying again later"),
-            Err(e) => tracing::warn!(error = %e, "tombstone purge task failed"),
+        match state.index().purge_tombstones(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, ?ttl, "purged tombstones older than the retention"),
+            Err(e) => tracing::warn!(error = %e, "tombstone purge failed; trying again later"),
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -7,8 +7,15 @@ use std::time::Duration;
 
 use std::io::Write;
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
-use blobsync_server::{Index, Layout, ServerConfig, ServerState, TlsFiles, fsck, token};
+use blobsync_server::backend::{self, FileConfig, Given, Kind, ScaleOut};
+use blobsync_server::index::SqliteStore;
+use blobsync_server::payload::FsPayloads;
+use blobsync_server::{
+    Index, IndexStore, Layout, PayloadStore, ServerConfig, ServerState, TlsFiles, fsck, token,
+};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -24,8 +31,64 @@ struct Cli {
         env = "BLOBSYNC_SERVER_DATA"
     )]
     data: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Where the index and payloads are (every command). Credentials come only from the
+/// environment or the config file, never from flags (a command line is visible in `ps`).
+#[derive(clap::Args, Debug)]
+struct BackendArgs {
+    /// fs+sqlite (one node, in --data; the default) or s3+postgres (many nodes on one bucket
+    /// and one database).
+    #[arg(long, global = true, env = "BLOBSYNC_SERVER_BACKEND")]
+    backend: Option<Kind>,
+    /// TOML file with `backend`, `[s3]` (bucket, endpoint, region, access_key_id,
+    /// secret_access_key) and `[postgres]` (url, pool); flags and environment win over it.
+    #[arg(long, global = true, env = "BLOBSYNC_SERVER_BACKEND_CONFIG")]
+    backend_config: Option<PathBuf>,
+    /// S3 bucket (s3+postgres).
+    #[arg(long, global = true, env = "BLOBSYNC_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// S3 endpoint URL, e.g. http://127.0.0.1:3900 for a local Garage (default: AWS).
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
+    s3_endpoint: Option<String>,
+    /// S3 region (Garage's default is "garage").
+    #[arg(long, global = true, env = "AWS_REGION")]
+    s3_region: Option<String>,
+    /// PostgreSQL URL, postgres://USER:PASSWORD@HOST:PORT/DB (s3+postgres).
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Database connections per node.
+    #[arg(long, global = true)]
+    db_pool: Option<usize>,
+}
+
+impl BackendArgs {
+    /// The backend pair and, for s3+postgres, its settings (flags, environment, file).
+    fn resolve(&self) -> anyhow::Result<(Kind, Option<ScaleOut>)> {
+        let file = self
+            .backend_config
+            .as_deref()
+            .map(FileConfig::load)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Given {
+            backend: self.backend,
+            bucket: self.s3_bucket.clone(),
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            access_key_id: env("AWS_ACCESS_KEY_ID"),
+            secret_access_key: env("AWS_SECRET_ACCESS_KEY"),
+            database_url: self.database_url.clone(),
+            pool: self.db_pool,
+        }
+        .resolve(file)
+        .map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -55,11 +118,27 @@ enum Cmd {
         /// Soledad's `blobs_path`.
         dir: PathBuf,
     },
-    /// Check the index against the payload files (server must be stopped).
+    /// Check the index against the payloads. fs+sqlite: the server must be stopped;
+    /// s3+postgres: safe while nodes serve (young orphans are left, see --min-age-secs).
     Fsck {
         /// Remove temp files and orphan payloads, recount usage.
         #[arg(long)]
         repair: bool,
+        /// s3+postgres: objects without an index entry count as orphans only once older than
+        /// this (an upload in flight writes its object before its row).
+        #[arg(long, default_value_t = 3600)]
+        min_age_secs: u64,
+    },
+    /// Copy a stopped one-node server (fs+sqlite in --from) to s3+postgres (the backend flags,
+    /// environment or config file). Resumable, verified (size and SHA-256 of every object),
+    /// the source is only read, and the instance id is kept, so devices see no change.
+    Migrate {
+        /// The one-node server's data dir.
+        #[arg(long)]
+        from: PathBuf,
+        /// Where to: s3+postgres.
+        #[arg(long)]
+        to: Kind,
     },
 }
 
@@ -188,24 +267,71 @@ fn check_name(kind: &str, name: &str) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The ring provider for TLS to an object store (reqwest is built without one).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let data = match cli.data {
         Some(d) => d,
         None => default_data_dir()?,
     };
-    match cli.cmd {
-        Cmd::Serve(a) => serve(data, a),
+    let mut backend = cli.backend;
+    if let Cmd::Migrate { to, .. } = &cli.cmd {
+        // The target's settings are the backend settings.
+        backend.backend = Some(*to);
+    }
+    let (kind, scale) = backend.resolve()?;
+    if let Cmd::Serve(a) = cli.cmd {
+        return serve(data, kind, scale, a);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    rt.block_on(admin(data, kind, scale, cli.cmd))
+}
+
+/// Opens the index and payloads for an admin command. fs+sqlite takes no data dir lock (a
+/// running server and `user add` share the SQLite file safely).
+async fn open_admin(
+    data: &std::path::Path,
+    kind: Kind,
+    scale: Option<&ScaleOut>,
+) -> anyhow::Result<(Arc<dyn IndexStore>, Arc<dyn PayloadStore>)> {
+    match (kind, scale) {
+        (Kind::S3Postgres, Some(s)) => {
+            let b = backend::open_s3_postgres(s, None)
+                .await
+                .context("open the s3+postgres backend")?;
+            Ok((b.index, b.payloads))
+        }
+        _ => {
+            blobsync_server::ensure_data_dir(data)?;
+            let d = data.to_path_buf();
+            let index = tokio::task::spawn_blocking(move || Index::open(&d))
+                .await?
+                .with_context(|| format!("open the index in {}", data.display()))?;
+            let layout = Layout::new(data);
+            Ok((
+                Arc::new(SqliteStore::new(index, layout.clone())),
+                Arc::new(FsPayloads::new(layout)),
+            ))
+        }
+    }
+}
+
+async fn admin(data: PathBuf, kind: Kind, scale: Option<ScaleOut>, cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Serve(_) => unreachable!("handled in main"),
         Cmd::User(c) => {
             if let UserCmd::Add { name, .. } | UserCmd::Remove { name } = &c {
                 check_name("user", name)?;
             }
-            blobsync_server::ensure_data_dir(&data)?;
-            let index = Index::open(&data)
-                .with_context(|| format!("open the index in {}", data.display()))?;
+            let (index, payloads) = open_admin(&data, kind, scale.as_ref()).await?;
             match c {
                 UserCmd::Add { name, quota } => {
                     let t = token::generate();
-                    index.add_user(&name, &token::hash(&t), quota)?;
+                    index.add_user(&name, &token::hash(&t), quota).await?;
                     println!("added user {name}; their token (shown only this once):");
                     println!("{t}");
                 }
@@ -214,7 +340,7 @@ fn main() -> anyhow::Result<()> {
                         "{:<24} {:>10} {:>16} {:>16} {:>10}",
                         "USER", "BLOBS", "USED", "QUOTA", "SEQ"
                     );
-                    for u in index.list_users()? {
+                    for u in index.list_users().await? {
                         let quota = u
                             .quota_bytes
                             .map_or("default".to_string(), |q| q.to_string());
@@ -225,9 +351,13 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 UserCmd::Remove { name } => {
-                    if !index.remove_user(&name, &Layout::new(&data))? {
+                    if !index.remove_user(&name).await? {
                         bail!("no user named {name:?}");
                     }
+                    payloads
+                        .remove_user(&name)
+                        .await
+                        .with_context(|| format!("remove the payloads of {name}"))?;
                     println!("removed user {name}, their token and their blobs");
                 }
             }
@@ -256,13 +386,11 @@ fn main() -> anyhow::Result<()> {
                 AppCmd::Remove { name } => check_name("app", name)?,
                 AppCmd::List => {}
             }
-            blobsync_server::ensure_data_dir(&data)?;
-            let index = Index::open(&data)
-                .with_context(|| format!("open the index in {}", data.display()))?;
+            let (index, _) = open_admin(&data, kind, scale.as_ref()).await?;
             match c {
                 AppCmd::Add { name, .. } => {
                     let t = token::generate();
-                    index.add_app_with_namespaces(&name, &token::hash(&t), &namespaces)?;
+                    index.add_app(&name, &token::hash(&t), &namespaces).await?;
                     let ns: Vec<&str> = namespaces.iter().map(|n| n.as_str()).collect();
                     println!(
                         "added app {name} (may deliver into: {}); its token (shown only this once):",
@@ -272,13 +400,13 @@ fn main() -> anyhow::Result<()> {
                 }
                 AppCmd::List => {
                     println!("{:<24} NAMESPACES", "APP");
-                    for (a, ns) in index.list_apps()? {
+                    for (a, ns) in index.list_apps().await? {
                         let ns: Vec<&str> = ns.iter().map(|n| n.as_str()).collect();
                         println!("{a:<24} {}", ns.join(","));
                     }
                 }
                 AppCmd::Remove { name } => {
-                    if !index.remove_app(&name)? {
+                    if !index.remove_app(&name).await? {
                         bail!("no app named {name:?}");
                     }
                     println!("removed app {name}");
@@ -287,22 +415,25 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::PurgeTombstones { older_than_days } => {
-            let index = Index::open(&data)
-                .with_context(|| format!("open the index in {}", data.display()))?;
+            let (index, _) = open_admin(&data, kind, scale.as_ref()).await?;
             let before = blobsync_server::index::now_secs()
                 .saturating_sub(older_than_days.saturating_mul(86_400) as i64);
-            let n = index.purge_tombstones(before)?;
+            let n = index.purge_tombstones(before).await?;
             println!("purged {n} tombstones older than {older_than_days} days");
             Ok(())
         }
         Cmd::Instance => {
-            blobsync_server::ensure_data_dir(&data)?;
-            let index = Index::open(&data)
-                .with_context(|| format!("open the index in {}", data.display()))?;
+            let (index, _) = open_admin(&data, kind, scale.as_ref()).await?;
             println!("{}", index.instance_id());
             Ok(())
         }
         Cmd::ImportSoledad { dir } => {
+            if kind != Kind::FsSqlite {
+                bail!(
+                    "import-soledad writes a fs+sqlite data dir: import into one, then copy it \
+                     with blobsync-server migrate --from DIR --to s3+postgres"
+                );
+            }
             if !dir.is_dir() {
                 anyhow::bail!(
                     "{} is not a directory: give Soledad's blobs_path (it holds one directory \
@@ -310,34 +441,61 @@ fn main() -> anyhow::Result<()> {
                     dir.display()
                 );
             }
-            blobsync_server::ensure_data_dir(&data)?;
-            let index = Index::open(&data)
-                .with_context(|| format!("open the index in {}", data.display()))?;
-            let layout = blobsync_server::Layout::new(&data);
-            let report = blobsync_server::import::import_soledad(&index, &layout, &dir)
-                .with_context(|| format!("import of {}", dir.display()))?;
-            print!("{}", report.render());
-            Ok(())
+            tokio::task::spawn_blocking(move || {
+                blobsync_server::ensure_data_dir(&data)?;
+                let index = Index::open(&data)
+                    .with_context(|| format!("open the index in {}", data.display()))?;
+                let layout = blobsync_server::Layout::new(&data);
+                let report = blobsync_server::import::import_soledad(&index, &layout, &dir)
+                    .with_context(|| format!("import of {}", dir.display()))?;
+                print!("{}", report.render());
+                Ok(())
+            })
+            .await?
         }
-        Cmd::Fsck { repair } => {
-            let report =
-                fsck::fsck(&data, repair).with_context(|| format!("fsck of {}", data.display()))?;
+        Cmd::Fsck {
+            repair,
+            min_age_secs,
+        } => {
+            let report = match (kind, scale.as_ref()) {
+                (Kind::S3Postgres, Some(_)) => {
+                    let (index, payloads) = open_admin(&data, kind, scale.as_ref()).await?;
+                    fsck::check(index.as_ref(), payloads.as_ref(), repair, min_age_secs).await?
+                }
+                _ => {
+                    let d = data.clone();
+                    tokio::task::spawn_blocking(move || fsck::fsck(&d, repair))
+                        .await?
+                        .with_context(|| format!("fsck of {}", data.display()))?
+                }
+            };
             print!("{}", report.render());
             if !report.is_clean() {
                 std::process::exit(1);
             }
             Ok(())
         }
+        Cmd::Migrate { from, to } => {
+            let Some(scale) = scale.filter(|_| to == Kind::S3Postgres) else {
+                bail!(
+                    "migrate copies to s3+postgres: pass --to s3+postgres and its settings \
+                     (--s3-bucket, --database-url or DATABASE_URL, AWS_ACCESS_KEY_ID, \
+                     AWS_SECRET_ACCESS_KEY, or --backend-config FILE)"
+                );
+            };
+            let report = blobsync_server::migrate::migrate(&from, &scale)
+                .await
+                .with_context(|| format!("migrate {}", from.display()))?;
+            print!("{}", report.render());
+            Ok(())
+        }
     }
 }
 
-fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
+fn serve(data: PathBuf, kind: Kind, scale: Option<ScaleOut>, a: ServeArgs) -> anyhow::Result<()> {
     blobsync_server::tune_allocator();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -364,12 +522,23 @@ fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
-    let state =
-        ServerState::open(cfg).with_context(|| format!("open data dir {}", data.display()))?;
+    if let Some(s) = &scale {
+        tracing::info!(settings = ?s, "backend s3+postgres");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the tokio runtime")?;
+    let state = match (kind, scale) {
+        (Kind::S3Postgres, Some(s)) => {
+            let b = rt
+                .block_on(backend::open_s3_postgres(&s, None))
+                .context("open the s3+postgres backend")?;
+            ServerState::with_backends(cfg, b)?
+        }
+        _ => ServerState::open(cfg).with_context(|| format!("open data dir {}", data.display()))?,
+    };
+    let backend_name = kind.to_string();
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
@@ -381,6 +550,7 @@ fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
             %addr,
             %scheme,
             data = %data.display(),
+            backend = %backend_name,
             instance = state.instance_id(),
             "serving"
         );
@@ -428,6 +598,20 @@ fn serve(data: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shut down");
         Ok(())
     })
+}
+
+/// `RUST_LOG`, else `info`; tokio-postgres at debug prints every statement's parameters
+/// (token hashes, key backups), so it stays at info unless `RUST_LOG` names it.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let mut f = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if !spec.contains("tokio_postgres")
+        && let Ok(d) = "tokio_postgres=info".parse()
+    {
+        f = f.add_directive(d);
+    }
+    f
 }
 
 /// Turns the first SIGTERM or SIGINT into a cancel.

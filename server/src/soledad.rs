@@ -8,18 +8,16 @@
 //! working; a `Token` request without the header is a Soledad client and gets 200 on a put and
 //! Soledad's framing. Everything else (listings, flags, deletes, errors) is the same for both.
 
-use std::io::Read;
-use std::os::unix::fs::FileExt;
-
 use base64::Engine;
-use blobsync_shared::BlobId;
 use blobsync_shared::wire;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue};
 
 use crate::ServerState;
-use crate::body::{self, Body, CHUNK};
+use crate::body::{self, Body};
 use crate::index::BlobRow;
+use crate::payload::{self, Location, PayloadStore};
 
 /// How a request is answered where blobsync and Soledad differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,58 +66,56 @@ pub fn parse_token_credentials(b64: &str) -> Result<(String, String), &'static s
 
 /// Soledad's tag of a stored blob: the urlsafe base64 of its last 16 bytes (the AES-GCM tag
 /// of a Soledad blob; for other blobs just their last bytes, or all of a shorter one).
-pub fn tag_of(file: &std::fs::File, size: u64) -> std::io::Result<String> {
-    let n = size.min(16) as usize;
-    let mut tail = [0u8; 16];
-    file.read_exact_at(&mut tail[..n], size - n as u64)?;
-    Ok(base64::engine::general_purpose::URL_SAFE.encode(&tail[..n]))
+pub fn tag_of(tail: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE.encode(&tail[tail.len().saturating_sub(16)..])
 }
 
-/// The `Tag` header value for the blob at `path` of `size` bytes.
-pub async fn tag_header(path: std::path::PathBuf, size: u64) -> std::io::Result<HeaderValue> {
-    let tag = tokio::task::spawn_blocking(move || tag_of(&std::fs::File::open(path)?, size))
-        .await
-        .map_err(std::io::Error::other)??;
-    HeaderValue::from_str(&tag).map_err(std::io::Error::other)
+/// The `Tag` header value for the blob at `loc` of `size` bytes.
+pub async fn tag_header(
+    payloads: &dyn PayloadStore,
+    loc: &Location,
+    size: u64,
+) -> std::io::Result<HeaderValue> {
+    let n = size.min(16);
+    let tail = payload::collect(payloads.open(loc, size - n, n).await?).await?;
+    HeaderValue::from_str(&tag_of(&tail)).map_err(std::io::Error::other)
 }
 
 /// Largest blob Soledad's download framing can announce (8 hex digits).
 pub const MAX_FRAMED_SIZE: u64 = u32::MAX as u64;
 
 /// The body of a `/stream` download in Soledad's framing: per blob, `%08x` size, the urlsafe
-/// base64 tag, a space, then the bytes. Every present blob must be in `rows`, in order.
+/// base64 tag, a space, then the bytes. Every present blob must be in `files`, in order.
 ///
 /// Each frame header goes out as its own HTTP chunk and no chunk spans two blobs: Soledad's
 /// client splits its buffer on the first space with `buf.split(' ')` and crashes when the
 /// blob bytes that came with the header contain a space too (Soledad's own server writes the
 /// header in separate chunks, which is why this never shows there).
-pub fn download_body(st: &ServerState, files: Vec<(BlobId, std::path::PathBuf, BlobRow)>) -> Body {
+pub fn download_body(st: &ServerState, files: Vec<(Location, BlobRow)>) -> Body {
     let (tx, body) = body::channel();
     let st = st.clone();
-    tokio::task::spawn_blocking(move || {
-        for (_id, path, row) in files {
-            let file = std::fs::File::open(&path);
-            let res = file.and_then(|mut f| {
-                let tag = tag_of(&f, row.size)?;
-                let head = format!("{:08x}{tag} ", row.size);
-                if tx.blocking_send(Ok(Bytes::from(head))).is_err() {
+    tokio::spawn(async move {
+        for (loc, row) in files {
+            let res = async {
+                let tag = tag_header(st.payloads(), &loc, row.size).await?;
+                let head = format!("{:08x}{} ", row.size, tag.to_str().unwrap_or(""));
+                if tx.send(Ok(Bytes::from(head))).await.is_err() {
                     return Err(std::io::ErrorKind::BrokenPipe.into());
                 }
-                let mut left = row.size;
-                while left > 0 {
-                    let mut buf = vec![0u8; left.min(CHUNK as u64) as usize];
-                    f.read_exact(&mut buf)?;
-                    left -= buf.len() as u64;
-                    st.inner.metrics.add_out(buf.len() as u64);
-                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                let mut s = st.payloads().open(&loc, 0, row.size).await?;
+                while let Some(b) = s.next().await {
+                    let b = b?;
+                    st.inner.metrics.add_out(b.len() as u64);
+                    if tx.send(Ok(b)).await.is_err() {
                         return Err(std::io::ErrorKind::BrokenPipe.into());
                     }
                 }
-                Ok(())
-            });
+                Ok::<(), std::io::Error>(())
+            }
+            .await;
             if let Err(e) = res {
                 // Cut the body off: the client sees a broken download, never a short blob.
-                let _ = tx.blocking_send(Err(e));
+                let _ = tx.send(Err(e)).await;
                 return;
             }
         }
@@ -147,15 +143,9 @@ mod tests {
 
     #[test]
     fn tags_are_the_last_16_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("b");
         let data: Vec<u8> = (0u8..40).collect();
-        std::fs::write(&p, &data).unwrap();
-        let f = std::fs::File::open(&p).unwrap();
         let want = base64::engine::general_purpose::URL_SAFE.encode(&data[24..]);
-        assert_eq!(tag_of(&f, 40).unwrap(), want);
-        std::fs::write(&p, b"abc").unwrap();
-        let f = std::fs::File::open(&p).unwrap();
-        assert_eq!(tag_of(&f, 3).unwrap(), "YWJj");
+        assert_eq!(tag_of(&data), want);
+        assert_eq!(tag_of(b"abc"), "YWJj");
     }
 }

@@ -14,7 +14,7 @@ fn is_instance_id(s: &str) -> bool {
 #[tokio::test]
 async fn every_answer_names_the_instance_and_the_id_survives_a_restart() {
     let s = TestServer::start().await;
-    let t = s.add_user("alice", None);
+    let t = s.add_user("alice", None).await;
     let id = s.state.instance_id().to_owned();
     assert!(is_instance_id(&id), "{id:?}");
     // Success, errors of every kind, and the unauthenticated /healthz all carry it.
@@ -50,10 +50,11 @@ async fn every_answer_names_the_instance_and_the_id_survives_a_restart() {
     assert_ne!(other_id, id);
 }
 
+both_backends! {
 #[tokio::test]
 async fn delete_proofs_are_kept_and_listed_and_bad_ones_refused() {
     let s = TestServer::start().await;
-    let t = s.add_user("alice", None);
+    let t = s.add_user("alice", None).await;
     let proof = "0123456789abcdef".repeat(4);
     for id in ["p", "q"] {
         assert_eq!(
@@ -136,12 +137,14 @@ async fn delete_proofs_are_kept_and_listed_and_bad_ones_refused() {
     let p = ch.changes.iter().find(|c| c.id.as_str() == "p").unwrap();
     assert_eq!((p.op, p.proof.as_deref()), (ChangeOp::Delete, None));
 }
+}
 
+both_backends! {
 #[tokio::test]
 async fn since_listings_page_through_the_index_and_stay_consistent() {
     // Pages of 7 rows: a listing of 50 changes is written in 8 queries.
     let s = TestServer::start_with(|c| c.list_chunk = 7).await;
-    let t = s.add_user("alice", None);
+    let t = s.add_user("alice", None).await;
     for i in 0..50 {
         assert_eq!(
             s.put(&format!("/blobs/alice/b{i:02}"), &t, "x")
@@ -196,4 +199,5 @@ async fn since_listings_page_through_the_index_and_stay_consistent() {
         .await
         .json();
     assert_eq!((none.changes.len(), none.more, none.seq), (0, false, 51));
+}
 }

@@ -30,10 +30,11 @@ async fn live(s: &TestServer, t: &str) -> Vec<String> {
     s.get("/blobs/alice", t).await.json()
 }
 
+both_backends! {
 #[tokio::test]
 async fn put_refuses_an_id_deleted_after_since_and_stores_otherwise() {
     let s = TestServer::start().await;
-    let t = s.add_user("alice", None);
+    let t = s.add_user("alice", None).await;
     assert_eq!(s.put("/blobs/alice/x", &t, "first").await.status, 201); // seq 1
     assert_eq!(s.delete("/blobs/alice/x", &t).await.status, 200); // seq 2
 
@@ -86,11 +87,13 @@ async fn put_refuses_an_id_deleted_after_since_and_stores_otherwise() {
         .await;
     assert_eq!(r.status, 412, "{}", r.text());
 }
+}
 
+both_backends! {
 #[tokio::test]
 async fn bad_if_absent_since_is_400_and_stores_nothing() {
     let s = TestServer::start().await;
-    let t = s.add_user("alice", None);
+    let t = s.add_user("alice", None).await;
     for bad in ["abc", "-1", "1.5", "", "18446744073709551616"] {
         let r = s
             .put(&format!("/blobs/alice/x?if_absent_since={bad}"), &t, "x")
@@ -120,18 +123,20 @@ async fn bad_if_absent_since_is_400_and_stores_nothing() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("uploads only"), "{}", r.text());
     // Not a parameter of /incoming (the app delivers, it does not retry our uploads).
-    let app = s.add_app("mail");
+    let app = s.add_app("mail").await;
     let r = s
         .put("/incoming/alice/m1?if_absent_since=1", &app, "mail")
         .await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(live(&s, &t).await.is_empty());
 }
+}
 
+both_backends! {
 #[tokio::test]
 async fn stream_upload_applies_if_absent_since_to_every_entry() {
     let s = TestServer::start().await;
-    let t = s.add_user("alice", None);
+    let t = s.add_user("alice", None).await;
     s.put("/blobs/alice/old", &t, "o").await; // seq 1
     s.delete("/blobs/alice/old", &t).await; // seq 2
     s.put("/blobs/alice/live", &t, "l").await; // seq 3
@@ -170,13 +175,14 @@ async fn stream_upload_applies_if_absent_since_to_every_entry() {
         .await;
     assert_eq!(r.json::<BTreeMap<String, u16>>()["gone"], 201);
 }
+}
 
 /// The check that counts is the one under the index's writer lock: a delete that lands while
 /// the body is still uploading (after the early look-up passed) is caught at the commit.
 #[tokio::test]
 async fn a_delete_during_the_upload_is_caught_at_the_commit() {
     let s = TestServer::start().await;
-    let t = s.add_user("alice", None);
+    let t = s.add_user("alice", None).await;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let chunks = futures_util::stream::unfold(rx, |mut rx| async move {

@@ -29,12 +29,13 @@ fn sha256_hex(b: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
 }
 
+both_backends! {
 #[tokio::test]
 async fn recipient_is_published_by_the_user_and_read_by_apps() {
     let s = TestServer::start().await;
-    let alice = s.add_user("alice", None);
-    let bob = s.add_user("bob", None);
-    let app = s.add_app("mail");
+    let alice = s.add_user("alice", None).await;
+    let bob = s.add_user("bob", None).await;
+    let app = s.add_app("mail").await;
     let r = s.get("/keys/alice/incoming", &app).await;
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(
@@ -73,12 +74,13 @@ async fn recipient_is_published_by_the_user_and_read_by_apps() {
     }
     assert_eq!(s.get("/keys/alice/incoming", &bob).await.status, 403);
 }
+}
 
 #[tokio::test]
 async fn incoming_takes_only_age_files_and_stores_nothing_else() {
     let s = TestServer::start().await;
-    let alice = s.add_user("alice", None);
-    let app = s.add_app("mail");
+    let alice = s.add_user("alice", None).await;
+    let app = s.add_app("mail").await;
     for bad in [
         &b"-----BEGIN PGP MESSAGE-----"[..],
         b"",
@@ -112,11 +114,12 @@ async fn incoming_takes_only_age_files_and_stores_nothing_else() {
     assert_eq!(r.status, 403, "{}", r.text());
 }
 
+both_backends! {
 #[tokio::test]
 async fn replace_external_adopts_once_keeping_flags_and_the_external_mark() {
     let s = TestServer::start().await;
-    let alice = s.add_user("alice", None);
-    let app = s.add_app("mail");
+    let alice = s.add_user("alice", None).await;
+    let app = s.add_app("mail").await;
     let file = age_file(&identity().recipient(), b"a message");
     let h = sha256_hex(&file);
     assert_eq!(
@@ -224,15 +227,17 @@ async fn replace_external_adopts_once_keeping_flags_and_the_external_mark() {
     // An app token cannot replace anything.
     let r = s.put(&path, &app, "app").await;
     assert_eq!(r.status, 403, "{}", r.text());
-    let usage = s.state.index().usage("alice").unwrap().unwrap().0;
+    let usage = s.state.index().usage("alice").await.unwrap().unwrap().0;
     assert_eq!(usage, 18 + 1);
 }
+}
 
+both_backends! {
 #[tokio::test]
 async fn concurrent_adoptions_exactly_one_wins() {
     let s = TestServer::start().await;
-    let alice = s.add_user("alice", None);
-    let app = s.add_app("mail");
+    let alice = s.add_user("alice", None).await;
+    let app = s.add_app("mail").await;
     let file = age_file(&identity().recipient(), b"race");
     assert_eq!(
         s.put("/incoming/alice/m1", &app, file.clone()).await.status,
@@ -255,13 +260,15 @@ async fn concurrent_adoptions_exactly_one_wins() {
         winner.as_bytes()
     );
 }
+}
 
+both_backends! {
 #[tokio::test]
 async fn replace_respects_max_size_and_quota() {
     let file = age_file(&identity().recipient(), b"q");
     let s = TestServer::start_with(|c| c.max_blob_size = file.len() as u64 + 100).await;
-    let alice = s.add_user("alice", Some(file.len() as u64 + 50));
-    let app = s.add_app("mail");
+    let alice = s.add_user("alice", Some(file.len() as u64 + 50)).await;
+    let app = s.add_app("mail").await;
     assert_eq!(
         s.put("/incoming/alice/m1", &app, file.clone()).await.status,
         201
@@ -284,4 +291,5 @@ async fn replace_respects_max_size_and_quota() {
             .status,
         201
     );
+}
 }

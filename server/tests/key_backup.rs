@@ -16,10 +16,11 @@ fn etag(r: &common::Resp) -> String {
         .to_owned()
 }
 
+both_backends! {
 #[tokio::test]
 async fn a_backup_is_created_once_and_replaced_only_with_the_etag_read() {
     let s = TestServer::start().await;
-    let alice = s.add_user("alice", None);
+    let alice = s.add_user("alice", None).await;
 
     let r = s.get(PATH, &alice).await;
     assert_eq!(r.status, 404, "{}", r.text());
@@ -76,13 +77,15 @@ async fn a_backup_is_created_once_and_replaced_only_with_the_etag_read() {
     let r = put("wrapped-3", ("if-match", "not quoted".into())).await;
     assert_eq!(r.status, 400, "{}", r.text());
 }
+}
 
+both_backends! {
 #[tokio::test]
 async fn only_the_users_own_token_reads_or_writes_it_and_size_is_bounded() {
     let s = TestServer::start().await;
-    let alice = s.add_user("alice", None);
-    let bob = s.add_user("bob", None);
-    let app = s.add_app("mail");
+    let alice = s.add_user("alice", None).await;
+    let bob = s.add_user("bob", None).await;
+    let app = s.add_app("mail").await;
     let r = s
         .req(
             "PUT",
@@ -133,11 +136,12 @@ async fn only_the_users_own_token_reads_or_writes_it_and_size_is_bounded() {
     assert_eq!(s.get("/keys/bob/storage", &bob).await.status, 404);
     assert_eq!(&s.get(PATH, &alice).await.body[..], b"k");
 }
+}
 
 #[tokio::test]
 async fn the_backup_survives_a_restart() {
     let s = TestServer::start().await;
-    let alice = s.add_user("alice", None);
+    let alice = s.add_user("alice", None).await;
     let r = s
         .req(
             "PUT",

@@ -26,7 +26,7 @@ async fn serves_the_api_over_tls() {
         })
     })
     .await;
-    let t = s.add_user("alice", None);
+    let t = s.add_user("alice", None).await;
 
     let pem = std::fs::read(fixture("tls-ca.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();

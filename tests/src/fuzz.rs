@@ -282,9 +282,12 @@ fn range_server() -> &'static RangeServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let state = ServerState::open(ServerConfig::new(dir.path().join("data"))).expect("open");
         let t = token::generate();
-        state
-            .index()
-            .add_user("alice", &token::hash(&t), None)
+        // The index API is async; this runs before the server's runtime exists.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(state.index().add_user("alice", &token::hash(&t), None))
             .expect("add user");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");

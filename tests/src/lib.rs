@@ -15,6 +15,7 @@ pub mod converge;
 pub mod ctl;
 pub mod daemon;
 pub mod digest;
+pub mod engines;
 pub mod env;
 pub mod error;
 pub mod fuzz;

@@ -87,7 +87,9 @@ struct Counters {
 const MAX_ACCEPT_TIMES: usize = 10_000;
 
 struct Shared {
-    target: SocketAddr,
+    /// Where connections go: round-robin over these, skipping one that refuses.
+    targets: Vec<SocketAddr>,
+    next: AtomicU64,
     faults: Mutex<Faults>,
     counters: Counters,
     accept_times: Mutex<std::collections::VecDeque<std::time::Instant>>,
@@ -117,6 +119,14 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy on `127.0.0.1:0` forwarding to `target`.
     pub fn start(target: SocketAddr) -> io::Result<Proxy> {
+        Self::start_many(vec![target])
+    }
+
+    /// Starts a proxy that sends each new connection to the next of `targets` in turn (a
+    /// load balancer over the nodes of a scale-out deployment); a target that refuses the
+    /// connection (a killed node) is skipped for the next one.
+    pub fn start_many(targets: Vec<SocketAddr>) -> io::Result<Proxy> {
+        assert!(!targets.is_empty(), "a proxy needs a target");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("blobsync-test-proxy")
@@ -130,7 +140,8 @@ impl Proxy {
             TcpListener::from_std(std_listener)?
         };
         let shared = Arc::new(Shared {
-            target,
+            targets,
+            next: AtomicU64::new(0),
             faults: Mutex::new(Faults::default()),
             counters: Counters::default(),
             accept_times: Mutex::new(std::collections::VecDeque::new()),
@@ -351,9 +362,18 @@ enum PumpEnd {
 
 async fn handle(client: TcpStream, shared: Arc<Shared>, mut kill: watch::Receiver<u64>) {
     kill.mark_unchanged();
-    let server = match TcpStream::connect(shared.target).await {
-        Ok(s) => s,
-        Err(_) => {
+    let n = shared.targets.len();
+    let first = shared.next.fetch_add(1, Ordering::SeqCst) as usize;
+    let mut server = None;
+    for k in 0..n {
+        if let Ok(s) = TcpStream::connect(shared.targets[(first + k) % n]).await {
+            server = Some(s);
+            break;
+        }
+    }
+    let server = match server {
+        Some(s) => s,
+        None => {
             shared
                 .counters
                 .failed_connects

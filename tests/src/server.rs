@@ -113,6 +113,9 @@ impl ServerProc {
             .arg("--data")
             .arg(&self.data_dir)
             .args(args)
+            // The server's own environment: an s3+postgres node's admin commands must reach
+            // the same database.
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .output()
             .ctx(|| format!("run {} {args:?}", self.bin.display()))?;
         if !out.status.success() {

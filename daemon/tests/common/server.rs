@@ -53,13 +53,19 @@ impl TestServer {
         state
             .index()
             .add_user("alice", &blobsync_server::token::hash(&user_token), None)
+            .await
             .unwrap();
         let token_file = dir.join("token");
         std::fs::write(&token_file, format!("{user_token}\n")).unwrap();
         let app_token = blobsync_server::token::generate();
         state
             .index()
-            .add_app("mailer", &blobsync_server::token::hash(&app_token))
+            .add_app(
+                "mailer",
+                &blobsync_server::token::hash(&app_token),
+                &[blobsync_shared::Namespace::new("MX").unwrap()],
+            )
+            .await
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

@@ -1,4 +1,4 @@
-//! The incoming box's HTTP side (DESIGN.md, "Incoming box"): the age check and hash of an
+//! The incoming box's HTTP side (README.md, "The incoming box"): the age check and hash of an
 //! `/incoming` delivery, `GET`/`PUT /keys/{user}/incoming`, and the conditional replace
 //! `PUT /blobs/{user}/{id}?replace_external=<sha256>` by which a device adopts a delivery.
 
@@ -8,12 +8,9 @@ use http::header::HeaderValue;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
-use super::{
-    ApiError, ApiResult, BodyReader, blocking, content_length, over_quota, read_small_body, text,
-    too_large,
-};
+use super::blob::{content_length, over_quota, read_small_body, too_large};
+use super::{ApiError, ApiResult, BodyReader, text};
 use crate::ServerState;
-use crate::body::TempBlob;
 use crate::index::{Principal, ReplaceOutcome};
 
 /// Longest recipient body accepted (an `age1...` string is 62 characters).
@@ -100,7 +97,7 @@ pub(super) async fn keys(
     }
     let u = user.to_owned();
     if req.method() == Method::GET {
-        return match blocking(st, move |i| i.index.incoming_recipient(&u)).await? {
+        return match st.index().incoming_recipient(&u).await? {
             Some(r) => Ok(text(StatusCode::OK, format!("{r}\n"))),
             None => Err(ApiError::not_found(format!(
                 "user {user:?} has no incoming recipient yet: it is published when one of \
@@ -117,7 +114,7 @@ pub(super) async fn keys(
         ));
     }
     let r2 = r.clone();
-    blocking(st, move |i| i.index.set_incoming_recipient(&u, &r2)).await?;
+    st.index().set_incoming_recipient(&u, &r2).await?;
     Ok(text(StatusCode::OK, format!("{r}\n")))
 }
 
@@ -137,7 +134,7 @@ pub(super) async fn replace_external(
     if let Some(n) = content_length(&req).filter(|n| *n > max) {
         return Err(too_large(n, max));
     }
-    let mut w = TempBlob::new(st.inner.layout.temp_path(&user, &ns, &id));
+    let mut w = st.payloads().writer(&user, &ns, &id);
     let mut body = BodyReader::new(st, req.into_body());
     while let Some(data) = body.data().await {
         let data = data?;
@@ -149,15 +146,34 @@ pub(super) async fn replace_external(
         st.inner.metrics.add_in(data.len() as u64);
     }
     let size = w.len();
-    let temp = w.finish(true).await.map_err(ApiError::internal)?;
-    let (u2, n2, i2, h2) = (user.clone(), ns.clone(), id.clone(), age_sha256.to_owned());
-    let out = blocking(st, move |i| {
-        i.index
-            .replace_external(&u2, &n2, &i2, &h2, &temp, size, default_quota, &i.layout)
-    })
-    .await?;
+    let staged = w.finish(true).await.map_err(ApiError::internal)?;
+    let out = st
+        .index()
+        .replace_external(
+            &user,
+            &ns,
+            &id,
+            age_sha256,
+            staged.clone(),
+            size,
+            default_quota,
+        )
+        .await?;
+    match &out {
+        ReplaceOutcome::Replaced {
+            old_object: Some(old),
+            ..
+        } => {
+            // The age file's object, unreachable since the commit.
+            if let Err(e) = st.payloads().remove_object(old).await {
+                tracing::warn!(error = %e, "removing a replaced object failed; fsck --repair removes it");
+            }
+        }
+        ReplaceOutcome::Replaced { .. } => {}
+        _ => st.payloads().discard(vec![staged]).await,
+    }
     match out {
-        ReplaceOutcome::Replaced(seq) => {
+        ReplaceOutcome::Replaced { seq, .. } => {
             let mut r = text(
                 StatusCode::CREATED,
                 format!("adopted {id} ({size} bytes replace the age file)\n"),

@@ -7,7 +7,8 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode};
 use hyper::body::Incoming;
 
-use super::{ApiError, ApiResult, blocking, read_small_body, text};
+use super::blob::read_small_body;
+use super::{ApiError, ApiResult, text};
 use crate::ServerState;
 use crate::body;
 use crate::index::{BackupCondition, BackupOutcome, Principal};
@@ -39,9 +40,8 @@ pub(super) async fn storage(
             ));
         }
     }
-    let u = user.to_owned();
     if req.method() == Method::GET {
-        let Some((data, etag)) = blocking(st, move |i| i.index.key_backup(&u)).await? else {
+        let Some((data, etag)) = st.index().key_backup(user).await? else {
             return Err(ApiError::not_found(format!(
                 "user {user:?} has no key backup: run `blobctl key backup` on a device that \
                  has the key"
@@ -65,7 +65,7 @@ pub(super) async fn storage(
         ));
     }
     let created = cond == BackupCondition::Absent;
-    let out = blocking(st, move |i| i.index.put_key_backup(&u, &data, &cond)).await?;
+    let out = st.index().put_key_backup(user, &data, &cond).await?;
     match out {
         BackupOutcome::Stored(etag) => {
             let (status, what) = if created {

@@ -43,12 +43,81 @@ pub fn client() -> Client<HttpConnector, ReqBody> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// The real PostgreSQL and Garage (the tests crate's harness, shared as a file).
+#[path = "../../../tests/src/engines.rs"]
+pub mod engines;
+
+/// Which backend pair a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Files + SQLite in a temp data dir.
+    FsSqlite,
+    /// A throwaway Garage bucket + PostgreSQL cluster.
+    S3Postgres,
+}
+
+thread_local! {
+    /// The backend `TestServer::start*` uses on this thread (the `both_backends!` macro sets
+    /// it; `#[tokio::test]` runs the body on the test's thread).
+    static BACKEND: std::cell::Cell<Backend> = const { std::cell::Cell::new(Backend::FsSqlite) };
+}
+
+/// Makes `TestServer::start*` on this thread use `b`.
+pub fn use_backend(b: Backend) {
+    BACKEND.with(|c| c.set(b));
+}
+
+/// Runs each test body twice, as `NAME::fs_sqlite` and `NAME::s3_postgres` (the latter skips
+/// loudly without the engines, and fails without them under `CI`).
+#[macro_export]
+macro_rules! both_backends {
+    ($( $(#[doc = $doc:literal])* #[tokio::test] async fn $name:ident() $body:block )*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                async fn test_body() $body
+                #[tokio::test]
+                async fn fs_sqlite() {
+                    $crate::common::use_backend($crate::common::Backend::FsSqlite);
+                    test_body().await
+                }
+                #[tokio::test]
+                async fn s3_postgres() {
+                    if !$crate::common::engines::available(concat!(stringify!($name), "::s3_postgres")) {
+                        return;
+                    }
+                    $crate::common::use_backend($crate::common::Backend::S3Postgres);
+                    test_body().await
+                }
+            }
+        )*
+    };
+}
+
+/// The `s3+postgres` settings of a set of engines.
+pub fn scale_out(e: &engines::Engines) -> blobsync_server::backend::ScaleOut {
+    blobsync_server::backend::ScaleOut {
+        s3: blobsync_server::payload::S3Config {
+            bucket: e.garage.bucket.clone(),
+            endpoint: Some(e.garage.endpoint.clone()),
+            region: e.garage.region.clone(),
+            access_key_id: e.garage.key_id.clone(),
+            secret_access_key: e.garage.secret.clone(),
+        },
+        database_url: e.database_url.clone(),
+        pool: 8,
+    }
+}
+
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub state: ServerState,
     pub cancel: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<()>>,
+    /// s3+postgres: the engines, stopped when the server is dropped (before `dir` goes).
+    pub engines: Option<engines::Engines>,
     pub dir: tempfile::TempDir,
     pub client: Client<HttpConnector, ReqBody>,
 }
@@ -63,10 +132,27 @@ impl TestServer {
         let mut cfg = ServerConfig::new(dir.path().join("data"));
         cfg.shutdown_grace = Duration::from_secs(5);
         f(&mut cfg);
-        let state = tokio::task::spawn_blocking(move || ServerState::open(cfg))
-            .await
-            .unwrap()
-            .unwrap();
+        let (state, engines) = match BACKEND.with(|c| c.get()) {
+            Backend::FsSqlite => (
+                tokio::task::spawn_blocking(move || ServerState::open(cfg))
+                    .await
+                    .unwrap()
+                    .unwrap(),
+                None,
+            ),
+            Backend::S3Postgres => {
+                let edir = dir.path().join("engines");
+                let e = tokio::task::spawn_blocking(move || engines::Engines::start(&edir))
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("start PostgreSQL and Garage: {e}"));
+                let scale = scale_out(&e);
+                let b = blobsync_server::backend::open_s3_postgres(&scale, None)
+                    .await
+                    .unwrap();
+                (ServerState::with_backends(cfg, b).unwrap(), Some(e))
+            }
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
@@ -81,6 +167,7 @@ impl TestServer {
             task: Some(task),
             dir,
             client: client(),
+            engines,
         }
     }
 
@@ -88,23 +175,22 @@ impl TestServer {
         self.dir.path().join("data")
     }
 
-    pub fn add_user(&self, name: &str, quota: Option<u64>) -> String {
+    pub async fn add_user(&self, name: &str, quota: Option<u64>) -> String {
         let t = token::generate();
         self.state
             .index()
             .add_user(name, &token::hash(&t), quota)
+            .await
             .unwrap();
         t
     }
 
-    pub fn add_app(&self, name: &str) -> String {
-        let t = token::generate();
-        self.state.index().add_app(name, &token::hash(&t)).unwrap();
-        t
+    pub async fn add_app(&self, name: &str) -> String {
+        self.add_app_in(name, &["MX"]).await
     }
 
     /// An app that may deliver into `namespaces`.
-    pub fn add_app_in(&self, name: &str, namespaces: &[&str]) -> String {
+    pub async fn add_app_in(&self, name: &str, namespaces: &[&str]) -> String {
         let t = token::generate();
         let ns: Vec<blobsync_shared::Namespace> = namespaces
             .iter()
@@ -112,7 +198,8 @@ impl TestServer {
             .collect();
         self.state
             .index()
-            .add_app_with_namespaces(name, &token::hash(&t), &ns)
+            .add_app(name, &token::hash(&t), &ns)
+            .await
             .unwrap();
         t
     }

@@ -63,7 +63,7 @@ fn encrypt(recipient: &str, plain: &[u8]) -> Result<Vec<u8>, BenchError> {
 pub fn run_incoming(opts: &BenchOpts) -> Result<IncomingResult, BenchError> {
     let env = new_env(opts)?;
     // `MX` is an incoming namespace by default, and always listed.
-    let rig = start_rig(&env, true, Some(86_400), "default")?;
+    let rig = start_rig(&env, true, Some(86_400), "default", opts.scaleout_nodes)?;
     let app = rig.server.add_app("mx")?;
     let b = rig.b.as_ref().expect("two devices were started");
     let pids = [pid_of(&rig.a)?, pid_of(b)?, server_pid(&rig.server)?];

@@ -141,6 +141,10 @@ pub struct BenchOpts {
     pub verify: bool,
     /// Longest wait for one phase (upload or download) before giving up.
     pub phase_timeout: Duration,
+    /// Server nodes on `s3+postgres` (a throwaway Garage and PostgreSQL, see
+    /// [`crate::engines`]); 0 = one `fs+sqlite` server. Device A talks to the first node and
+    /// B to the last, so with several nodes every blob crosses nodes.
+    pub scaleout_nodes: usize,
     /// Simulated devices of the SRV-LIST row.
     pub server_devices: usize,
     /// Listings per second the SRV-LIST devices offer together.
@@ -164,6 +168,7 @@ impl Default for BenchOpts {
             disk_bytes: 1024 * MIB,
             verify: true,
             phase_timeout: Duration::from_secs(1800),
+            scaleout_nodes: 0,
             server_devices: 1000,
             server_rate: 10_000.0,
             server_put_clients: 64,
@@ -475,6 +480,9 @@ struct Rig {
     server: ServerProc,
     a: DaemonProc,
     b: Option<DaemonProc>,
+    /// s3+postgres: the other nodes, then the engines (dropped after the nodes).
+    _more_nodes: Vec<ServerProc>,
+    _engines: Option<crate::engines::Engines>,
 }
 
 const USER: &str = "bench";
@@ -486,18 +494,37 @@ fn start_rig(
     two: bool,
     sync_interval: Option<u64>,
     ns: &str,
+    nodes: usize,
 ) -> Result<Rig, BenchError> {
     // Quiet by default: per-request debug logging would be part of what is measured.
     // `BLOBSYNC_BENCH_LOG` sets another filter (e.g. `debug`) to see where time goes.
     let filter = std::env::var("BLOBSYNC_BENCH_LOG").unwrap_or_else(|_| "warn".into());
     let quiet = vec![("RUST_LOG".to_string(), filter)];
-    let server = ServerProc::start(
-        env,
-        ServerOpts {
-            extra_args: Vec::new(),
-            env: quiet.clone(),
-        },
-    )?;
+    let (engines, mut server_env) = if nodes > 0 {
+        let e = crate::engines::Engines::start(&env.subdir("engines")?).map_err(|e| {
+            BenchError::Harness(HarnessError::protocol("start PostgreSQL and Garage", e))
+        })?;
+        let v = e.server_env();
+        (Some(e), v)
+    } else {
+        (None, Vec::new())
+    };
+    server_env.extend(quiet.clone());
+    // Several nodes cannot share the default metrics port.
+    let extra_args: Vec<String> = if nodes > 0 {
+        vec!["--metrics-listen".into(), "none".into()]
+    } else {
+        Vec::new()
+    };
+    let node_opts = || ServerOpts {
+        extra_args: extra_args.clone(),
+        env: server_env.clone(),
+    };
+    let server = ServerProc::start(env, node_opts())?;
+    let mut more_nodes = Vec::new();
+    for _ in 1..nodes {
+        more_nodes.push(ServerProc::start(env, node_opts())?);
+    }
     let token = server.add_user(USER)?;
     let key_file = env.subdir("keys")?.join("bench.key");
     write_key_file(&key_file)?;
@@ -513,12 +540,21 @@ fn start_rig(
     opts.env = quiet;
     opts.extra_toml = format!("\n[namespaces.{ns}]\npolicy = \"eager\"\n");
     let a = DaemonProc::start(env, "daemon-a", opts.clone())?;
+    if let (Some(last), RemoteSpec::Http { url, .. }) = (more_nodes.last(), &mut opts.remote) {
+        *url = last.url();
+    }
     let b = if two {
         Some(DaemonProc::start(env, "daemon-b", opts)?)
     } else {
         None
     };
-    Ok(Rig { server, a, b })
+    Ok(Rig {
+        server,
+        a,
+        b,
+        _more_nodes: more_nodes,
+        _engines: engines,
+    })
 }
 
 fn pid_of(d: &DaemonProc) -> Result<u32, BenchError> {
@@ -749,7 +785,7 @@ pub fn run_workload(opts: &BenchOpts, wl: &Workload) -> Result<WorkloadResult, B
     eprintln!("[{}] staging {} x {} bytes", wl.name, wl.count, wl.size);
     let blobs = stage(&stage_dir, wl.name, wl.count, wl.size, opts.seed)?;
     let ns = wl.name.to_ascii_lowercase();
-    let rig = start_rig(&env, true, Some(86_400), &ns)?;
+    let rig = start_rig(&env, true, Some(86_400), &ns, opts.scaleout_nodes)?;
     let b = rig.b.as_ref().expect("two devices were started");
     let pids = [pid_of(&rig.a)?, pid_of(b)?, server_pid(&rig.server)?];
     let rt = runtime()?;
@@ -841,7 +877,7 @@ pub fn run_idle(opts: &BenchOpts) -> Result<IdleResult, BenchError> {
     let blobs = stage(&stage_dir, "IDLE", n, opts.idle_blob_size, opts.seed)?;
     // The daemon's default sync interval: the idle minute includes its periodic cycles.
     let ns = "idle";
-    let mut rig = start_rig(&env, false, None, ns)?;
+    let mut rig = start_rig(&env, false, None, ns, opts.scaleout_nodes)?;
     let server_pid = server_pid(&rig.server)?;
     let rt = runtime()?;
     let first = Snapshot::take(&[pid_of(&rig.a)?, server_pid]);

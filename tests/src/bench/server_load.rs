@@ -188,10 +188,34 @@ fn result(
     }
 }
 
+/// With `--scaleout-nodes` (any N > 0: these rows use one node): PostgreSQL and Garage for
+/// the server, and its options; else none and the defaults (`fs+sqlite`).
+fn server_setup(
+    env: &crate::TestEnv,
+    opts: &BenchOpts,
+) -> Result<(Option<crate::engines::Engines>, ServerOpts), BenchError> {
+    if opts.scaleout_nodes == 0 {
+        return Ok((None, ServerOpts::default()));
+    }
+    let e = crate::engines::Engines::start(&env.subdir("engines")?).map_err(|e| {
+        BenchError::Harness(crate::HarnessError::protocol(
+            "start PostgreSQL and Garage",
+            e,
+        ))
+    })?;
+    let o = ServerOpts {
+        extra_args: vec!["--metrics-listen".into(), "none".into()],
+        env: e.server_env(),
+    };
+    Ok((Some(e), o))
+}
+
 /// `SRV-LIST`: idle devices asking for changes since their cursor.
 pub fn run_list(opts: &BenchOpts) -> Result<ServerLoadResult, BenchError> {
     let env = new_env(opts)?;
-    let server = ServerProc::start(&env, ServerOpts::default())?;
+    // Declared before the server: dropped after it.
+    let (_engines, server_opts) = server_setup(&env, opts)?;
+    let server = ServerProc::start(&env, server_opts)?;
     let addr = server.addr();
     let mut tokens = Vec::with_capacity(USERS);
     for u in 0..USERS {
@@ -247,7 +271,8 @@ pub fn run_list(opts: &BenchOpts) -> Result<ServerLoadResult, BenchError> {
 /// `SRV-PUT`: clients putting 1 KiB blobs, one at a time each.
 pub fn run_put(opts: &BenchOpts) -> Result<ServerLoadResult, BenchError> {
     let env = new_env(opts)?;
-    let server = ServerProc::start(&env, ServerOpts::default())?;
+    let (_engines, server_opts) = server_setup(&env, opts)?;
+    let server = ServerProc::start(&env, server_opts)?;
     let addr = server.addr();
     let token = Arc::new(server.add_user("putter")?);
     let clients = opts.server_put_clients;

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use blobsync_tests::bench::{self, BenchOpts, BenchReport, WORKLOADS};
 
 const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK INCOMING SRV-LIST SRV-PUT ...] [--json FILE]
-  [--seed N] [--put-concurrency N] [--put-batch N] [--idle-secs S] [--idle-blobs N] [--idle-blob-size BYTES]
+  [--scaleout-nodes N] [--seed N] [--put-concurrency N] [--put-batch N] [--idle-secs S] [--idle-blobs N] [--idle-blob-size BYTES]
   [--idle-cycles N] [--disk-bytes BYTES] [--no-verify] [--phase-timeout S]
   [--server-devices N] [--server-rate PER_S] [--server-put-clients N] [--server-secs S]
 Rows default to all: DISK W1 W2 W3 W4 W5 W6 IDLE INCOMING SRV-LIST SRV-PUT. Temp dirs go under TMPDIR.
@@ -50,6 +50,8 @@ fn main() -> anyhow::Result<()> {
                 opts.phase_timeout = Duration::from_secs_f64(num(&a, args.next())?)
             }
             "--no-verify" => opts.verify = false,
+            // s3+postgres on N nodes (Garage + PostgreSQL started for each row).
+            "--scaleout-nodes" => opts.scaleout_nodes = num(&a, args.next())?,
             "--server-devices" => opts.server_devices = num(&a, args.next())?,
             "--server-rate" => opts.server_rate = num(&a, args.next())?,
             "--server-put-clients" => opts.server_put_clients = num(&a, args.next())?,

@@ -1,27 +1,12 @@
 //! The index side of the incoming box: each user's published recipient, and the conditional
 //! replace that adopts a delivered age file (`PUT /blobs/...?replace_external=<sha256>`).
 
-use std::path::Path;
-
 use blobsync_shared::{BlobId, Namespace};
 use rusqlite::{OptionalExtension, params};
 
 use super::{Index, IndexError, fsync_dir, io, lookup_in, now_secs};
+use crate::index::{ReplaceOutcome, Staged};
 use crate::layout::Layout;
-
-/// What became of a `replace_external`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplaceOutcome {
-    /// Swapped in at this sequence number.
-    Replaced(u64),
-    /// No live blob under the id.
-    Missing,
-    /// The stored copy is not the age file with that hash (adopted already, by this or
-    /// another device, or never external).
-    NotThatFile,
-    /// The new copy would put the user over quota.
-    OverQuota,
-}
 
 impl Index {
     /// The user's incoming recipient, if their devices published one.
@@ -48,15 +33,16 @@ impl Index {
     }
 
     /// Adopts a delivered age file: if the live blob `ns/id` is external and still the age
-    /// file whose SHA-256 is `age_sha256`, `temp` (fsynced, `size` bytes, in the blob's
-    /// directory) replaces it in one index transaction with one new sequence number. Flags,
+    /// file whose SHA-256 is `age_sha256`, `staged` (`size` bytes: an fsynced temp file in the
+    /// blob's directory, or an object under its own key) replaces it in one index transaction with one new sequence number. Flags,
     /// creation time and `external` stay; the age hash is cleared, so a second replace (the
     /// other device's) gets [`ReplaceOutcome::NotThatFile`].
     ///
     /// Under the writer lock: the rename, the directory fsync, then the commit, as in
     /// `commit_puts`. A crash between rename and commit leaves the new copy under the old
     /// row (same id, age hash still set); the device's retry replaces it again.
-    /// `temp` is removed on every outcome but `Replaced`.
+    /// A staged file is removed on every outcome but `Replaced`; a staged object is the
+    /// caller's to discard, and on `Replaced` the old object (if any) is the caller's to remove.
     #[allow(clippy::too_many_arguments)]
     pub fn replace_external(
         &self,
@@ -64,13 +50,24 @@ impl Index {
         ns: &Namespace,
         id: &BlobId,
         age_sha256: &str,
-        temp: &Path,
+        staged: &Staged,
         size: u64,
         default_quota: Option<u64>,
         layout: &Layout,
     ) -> Result<ReplaceOutcome, IndexError> {
-        let out = self.replace_locked(user, ns, id, age_sha256, temp, size, default_quota, layout);
-        if !matches!(out, Ok(ReplaceOutcome::Replaced(_))) {
+        let out = self.replace_locked(
+            user,
+            ns,
+            id,
+            age_sha256,
+            staged,
+            size,
+            default_quota,
+            layout,
+        );
+        if let (false, Staged::File(temp)) =
+            (matches!(out, Ok(ReplaceOutcome::Replaced { .. })), staged)
+        {
             let _ = std::fs::remove_file(temp);
         }
         out
@@ -83,7 +80,7 @@ impl Index {
         ns: &Namespace,
         id: &BlobId,
         age_sha256: &str,
-        temp: &Path,
+        staged: &Staged,
         size: u64,
         default_quota: Option<u64>,
         layout: &Layout,
@@ -110,25 +107,34 @@ impl Index {
         if size > row.size && quota.is_some_and(|q| used_after > q) {
             return Ok(ReplaceOutcome::OverQuota);
         }
-        let dest = layout.blob_path(user, ns, id);
-        std::fs::rename(temp, &dest).map_err(io("rename into place", &dest))?;
-        if let Some(d) = dest.parent() {
-            fsync_dir(d)?;
-        }
+        let new_key = match staged {
+            Staged::File(temp) => {
+                let dest = layout.blob_path(user, ns, id);
+                std::fs::rename(temp, &dest).map_err(io("rename into place", &dest))?;
+                if let Some(d) = dest.parent() {
+                    fsync_dir(d)?;
+                }
+                None
+            }
+            Staged::Object(k) => Some(k.as_str()),
+        };
         tx.execute(
             "UPDATE users SET seq = seq + 1, used_bytes = ?2 WHERE name = ?1",
             params![user, used_after as i64],
         )?;
         tx.execute(
-            "UPDATE blobs SET size = ?4, age_sha256 = NULL, \
+            "UPDATE blobs SET size = ?4, age_sha256 = NULL, object_key = ?5, \
              seq = (SELECT seq FROM users WHERE name = ?1) \
              WHERE user = ?1 AND namespace = ?2 AND id = ?3",
-            params![user, ns.as_str(), id.as_str(), size as i64],
+            params![user, ns.as_str(), id.as_str(), size as i64, new_key],
         )?;
         let seq: i64 = tx.query_row("SELECT seq FROM users WHERE name = ?1", [user], |r| {
             r.get(0)
         })?;
         tx.commit()?;
-        Ok(ReplaceOutcome::Replaced(seq as u64))
+        Ok(ReplaceOutcome::Replaced {
+            seq: seq as u64,
+            old_object: row.object_key,
+        })
     }
 }

@@ -5,31 +5,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{Index, IndexError, now_secs};
-
-/// The precondition a key-backup write must meet (`PUT /keys/{user}/storage`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackupCondition {
-    /// `If-None-Match: *`: only when the user has no backup yet.
-    Absent,
-    /// `If-Match: "<etag>"`: only when the stored backup has this ETag.
-    Matches(String),
-}
-
-/// What became of a key-backup write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackupOutcome {
-    /// Stored; the new ETag (unquoted).
-    Stored(String),
-    /// The condition failed: the current ETag, or `None` when there is no backup.
-    Conflict(Option<String>),
-}
-
-/// The ETag of a backup: the first 32 hex digits of its SHA-256. Equal bytes have equal tags,
-/// which is harmless: rewriting the same backup changes nothing another device could lose.
-pub fn backup_etag(data: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, data);
-    hex::encode(&d.as_ref()[..16])
-}
+use crate::index::{BackupCondition, BackupOutcome, backup_etag};
 
 impl Index {
     /// The user's key backup and its ETag, if one was stored.

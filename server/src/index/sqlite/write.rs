@@ -1,0 +1,379 @@
+//! Blob writes of the SQLite index: the group commit of puts (with the renames into place),
+//! deletes, tombstone purges, flags, and what fsck needs.
+
+use std::path::PathBuf;
+
+use blobsync_shared::{BlobId, Namespace};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Index, fsync_dir, io, lookup_in};
+use crate::index::{
+    BlobRow, IndexError, LiveRow, PendingPut, PutOutcome, Staged, deleted_after, now_secs,
+};
+use crate::layout::Layout;
+
+impl Index {
+    // ---- blobs: writes ---------------------------------------------------------------
+
+    /// Like [`Index::lookup_many`] but tombstones are returned too (`deleted` set): what the
+    /// early `if_absent_since` check of a `/stream` upload needs.
+    pub fn lookup_many_any(
+        &self,
+        user: &str,
+        ns: &Namespace,
+        ids: &[BlobId],
+    ) -> Result<Vec<Option<BlobRow>>, IndexError> {
+        self.read(|c| {
+            let tx = c.transaction()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(lookup_in(&tx, user, ns.as_str(), id.as_str())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Renames fsynced temp files into place and indexes them in ONE transaction; per item
+    /// the outcome. `default_quota` applies to users without their own.
+    ///
+    /// Order (what makes a crash safe): temp files were fsynced by the caller; here each is
+    /// renamed to its final name, the directories are fsynced, then the transaction commits.
+    /// A crash before the commit leaves payload files with no index row, which no request can
+    /// see and `fsck` removes; it never leaves an index row without its payload.
+    ///
+    /// Group commit: callers queue their job, then take the writer lock; whoever holds it
+    /// drains every queued job into one transaction (one set of directory fsyncs, one WAL
+    /// fsync). Concurrent PUTs thus share their durability cost instead of queueing for it.
+    pub fn commit_puts(
+        &self,
+        user: &str,
+        ns: &Namespace,
+        items: Vec<PendingPut>,
+        default_quota: Option<u64>,
+        layout: &Layout,
+    ) -> Result<Vec<PutOutcome>, IndexError> {
+        let (reply, result) = std::sync::mpsc::sync_channel(1);
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(CommitJob {
+                user: user.to_owned(),
+                ns: ns.clone(),
+                items,
+                default_quota,
+                reply,
+            });
+        {
+            let mut c = self.writer();
+            let jobs = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+            if !jobs.is_empty() {
+                commit_jobs(&mut c, jobs, layout);
+            }
+        }
+        // Our job was drained by us or by an earlier lock holder, who replied before
+        // releasing the lock; so the reply is already there.
+        result
+            .recv()
+            .unwrap_or_else(|_| Err(IndexError::Batch("commit worker vanished".into())))
+    }
+
+    /// Deletes a live blob: tombstone with a new seq (and the deleting device's `proof`, kept
+    /// as given: the server cannot check it), then unlink the payload file. Returns the row as
+    /// it was (None if there was no live blob); when it names an object, the caller removes it.
+    pub fn delete(
+        &self,
+        user: &str,
+        ns: &Namespace,
+        id: &BlobId,
+        proof: Option<&str>,
+        layout: &Layout,
+    ) -> Result<Option<BlobRow>, IndexError> {
+        let mut c = self.writer();
+        let tx = c.transaction()?;
+        let Some(row) = lookup_in(&tx, user, ns.as_str(), id.as_str())?.filter(|r| !r.deleted)
+        else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE users SET seq = seq + 1, used_bytes = used_bytes - ?2 WHERE name = ?1",
+            params![user, row.size as i64],
+        )?;
+        tx.execute(
+            "UPDATE blobs SET deleted = 1, created = ?4, proof = ?5, \
+             seq = (SELECT seq FROM users WHERE name = ?1) \
+             WHERE user = ?1 AND namespace = ?2 AND id = ?3",
+            params![user, ns.as_str(), id.as_str(), now_secs(), proof],
+        )?;
+        tx.commit()?;
+        if row.object_key.is_some() {
+            // An object: the caller removes it (an orphan if we crash first; fsck removes it).
+            return Ok(Some(row));
+        }
+        // Unlink after the commit and still under the writer lock: a crash in between leaves
+        // an orphan payload (invisible, removed by fsck), and no put of the same id can have
+        // renamed a new file into place yet.
+        let path = layout.blob_path(user, ns, id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", &path)(e)),
+        }
+        Ok(Some(row))
+    }
+
+    /// Deletes tombstones older than `before` (unix seconds) and raises each affected user's
+    /// `purged_seq`, so cursors from before then get 410 Gone instead of a listing that
+    /// silently misses deletions. Returns how many tombstones were removed.
+    pub fn purge_tombstones(&self, before: i64) -> Result<u64, IndexError> {
+        let mut c = self.writer();
+        let tx = c.transaction()?;
+        tx.execute(
+            "UPDATE users SET purged_seq = max(purged_seq, \
+             (SELECT coalesce(max(seq), 0) FROM blobs b \
+              WHERE b.user = users.name AND b.deleted = 1 AND b.created < ?1))",
+            [before],
+        )?;
+        let n = tx.execute(
+            "DELETE FROM blobs WHERE deleted = 1 AND created < ?1",
+            [before],
+        )?;
+        tx.commit()?;
+        Ok(n as u64)
+    }
+
+    /// Sets a live blob's flags; false if there is none.
+    pub fn set_flags(
+        &self,
+        user: &str,
+        ns: &Namespace,
+        id: &BlobId,
+        flags: i64,
+    ) -> Result<bool, IndexError> {
+        let c = self.writer();
+        let n = c.execute(
+            "UPDATE blobs SET flags = ?4 WHERE user = ?1 AND namespace = ?2 AND id = ?3 \
+             AND deleted = 0",
+            params![user, ns.as_str(), id.as_str(), flags],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Every live row of every user (for fsck).
+    pub fn all_live(&self) -> Result<Vec<LiveRow>, IndexError> {
+        self.read(|c| {
+            let mut s = c.prepare(
+                "SELECT user, namespace, id, size, object_key FROM blobs WHERE deleted = 0 \
+                 ORDER BY user, namespace, id",
+            )?;
+            let v = s
+                .query_map([], |r| {
+                    Ok(LiveRow {
+                        user: r.get(0)?,
+                        namespace: r.get(1)?,
+                        id: r.get(2)?,
+                        size: r.get::<_, i64>(3)? as u64,
+                        object_key: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(v)
+        })
+    }
+
+    /// Compares every user's recorded `used_bytes` with the sum of their live rows; returns
+    /// (user, recorded, actual) for those that differ, and with `repair` fixes them.
+    pub fn fix_usage(&self, repair: bool) -> Result<Vec<(String, u64, u64)>, IndexError> {
+        let c = self.writer();
+        let mut s = c.prepare(
+            "SELECT u.name, u.used_bytes, \
+             (SELECT coalesce(sum(size), 0) FROM blobs b WHERE b.user = u.name AND b.deleted = 0) \
+             FROM users u",
+        )?;
+        let off = s
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|(_, a, b)| a != b)
+            .collect::<Vec<_>>();
+        drop(s);
+        if repair {
+            for (u, _, real) in &off {
+                c.execute(
+                    "UPDATE users SET used_bytes = ?2 WHERE name = ?1",
+                    params![u, *real as i64],
+                )?;
+            }
+        }
+        Ok(off)
+    }
+
+    /// Runs SQLite's own integrity check; the problems it reports (empty when fine).
+    pub fn integrity_check(&self) -> Result<Vec<String>, IndexError> {
+        self.read(|c| {
+            let mut s = c.prepare("PRAGMA integrity_check")?;
+            let v = s
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(v.into_iter().filter(|l| l != "ok").collect())
+        })
+    }
+}
+
+/// One caller's share of a group commit.
+pub(super) struct CommitJob {
+    user: String,
+    ns: Namespace,
+    items: Vec<PendingPut>,
+    default_quota: Option<u64>,
+    reply: std::sync::mpsc::SyncSender<Result<Vec<PutOutcome>, IndexError>>,
+}
+
+/// Applies one job inside the batch transaction: renames and rows. A missing user fails only
+/// this job (Ok(Err)); any other error fails the batch.
+fn apply_job(
+    tx: &rusqlite::Transaction<'_>,
+    job: &CommitJob,
+    now: i64,
+    layout: &Layout,
+    placed: &mut Vec<PathBuf>,
+    dirs: &mut std::collections::BTreeSet<PathBuf>,
+) -> Result<Result<Vec<PutOutcome>, IndexError>, IndexError> {
+    let (user, ns) = (job.user.as_str(), &job.ns);
+    let row: Option<(i64, Option<i64>, i64)> = tx
+        .prepare_cached("SELECT seq, quota_bytes, used_bytes FROM users WHERE name = ?1")?
+        .query_row([user], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((mut seq, quota, mut used)) = row else {
+        return Ok(Err(IndexError::UnknownUser(user.to_owned())));
+    };
+    let quota = quota.map(|q| q as u64).or(job.default_quota);
+    let mut outcomes = Vec::with_capacity(job.items.len());
+    for it in &job.items {
+        let live: bool = tx
+            .prepare_cached(
+                "SELECT 1 FROM blobs WHERE user = ?1 AND namespace = ?2 AND id = ?3 \
+                 AND deleted = 0",
+            )?
+            .exists(params![user, ns.as_str(), it.id.as_str()])?;
+        if live {
+            outcomes.push(PutOutcome::Exists);
+            continue;
+        }
+        if it.if_absent_since.is_some() {
+            let row = lookup_in(tx, user, ns.as_str(), it.id.as_str())?;
+            if let Some(seq) = deleted_after(row.as_ref(), it.if_absent_since) {
+                outcomes.push(PutOutcome::DeletedAfter(seq));
+                continue;
+            }
+        }
+        if quota.is_some_and(|q| used as u64 + it.size > q) {
+            outcomes.push(PutOutcome::OverQuota);
+            continue;
+        }
+        let object_key = match &it.staged {
+            Staged::File(temp) => {
+                let dest = layout.blob_path(user, ns, &it.id);
+                std::fs::rename(temp, &dest).map_err(io("rename into place", &dest))?;
+                placed.push(dest.clone());
+                if let Some(d) = dest.parent() {
+                    dirs.insert(d.to_path_buf());
+                }
+                None
+            }
+            Staged::Object(key) => Some(key.as_str()),
+        };
+        seq += 1;
+        used += it.size as i64;
+        tx.prepare_cached(
+            "INSERT INTO blobs (user, namespace, id, size, created, seq, deleted, flags, external, \
+             age_sha256, object_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10) \
+             ON CONFLICT (user, namespace, id) DO UPDATE SET size = excluded.size, \
+             created = excluded.created, seq = excluded.seq, deleted = 0, \
+             flags = excluded.flags, external = excluded.external, proof = NULL, \
+             age_sha256 = excluded.age_sha256, object_key = excluded.object_key",
+        )?
+        .execute(params![
+            user,
+            ns.as_str(),
+            it.id.as_str(),
+            it.size as i64,
+            now,
+            seq,
+            it.flags,
+            it.external,
+            it.age_sha256,
+            object_key
+        ])?;
+        outcomes.push(PutOutcome::Created(seq as u64));
+    }
+    tx.prepare_cached("UPDATE users SET seq = ?2, used_bytes = ?3 WHERE name = ?1")?
+        .execute(params![user, seq, used])?;
+    Ok(Ok(outcomes))
+}
+
+/// Commits queued jobs in one transaction and replies to each. Runs under the writer lock.
+fn commit_jobs(c: &mut Connection, jobs: Vec<CommitJob>, layout: &Layout) {
+    let mut placed: Vec<PathBuf> = Vec::new();
+    let mut dirs: std::collections::BTreeSet<PathBuf> = Default::default();
+    let mut results: Vec<Result<Vec<PutOutcome>, IndexError>> = Vec::with_capacity(jobs.len());
+    let batch = (|| -> Result<(), IndexError> {
+        let tx = c.transaction()?;
+        let now = now_secs();
+        for job in &jobs {
+            results.push(apply_job(&tx, job, now, layout, &mut placed, &mut dirs)?);
+        }
+        if dirs.len() >= crate::layout::SYNCFS_MIN {
+            crate::layout::sync_files(layout.root(), &placed)
+                .map_err(io("sync renamed files", layout.root()))?;
+        } else {
+            for d in &dirs {
+                fsync_dir(d)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    if let Err(e) = batch {
+        // Nothing was committed: payloads placed under no index row are removed (no request
+        // could see them anyway: the index decides what exists).
+        for p in &placed {
+            let _ = std::fs::remove_file(p);
+        }
+        tracing::error!(error = %e, jobs = jobs.len(), "index commit failed");
+        let msg = e.to_string();
+        let mut first = Some(e);
+        results = jobs
+            .iter()
+            .map(|_| {
+                Err(first
+                    .take()
+                    .unwrap_or_else(|| IndexError::Batch(msg.clone())))
+            })
+            .collect();
+    }
+    for (job, result) in jobs.into_iter().zip(results) {
+        // Temp files that were not placed (conflict, quota, failure) are removed here.
+        let created: Vec<bool> = match &result {
+            Ok(outs) => outs
+                .iter()
+                .map(|o| matches!(o, PutOutcome::Created(_)))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for (i, it) in job.items.iter().enumerate() {
+            if !created.get(i).copied().unwrap_or(false)
+                && let Staged::File(temp) = &it.staged
+            {
+                let _ = std::fs::remove_file(temp);
+            }
+        }
+        // The caller waits on this channel; it has room for the one reply.
+        let _ = job.reply.send(result);
+    }
+}

@@ -1,0 +1,181 @@
+//! `fs` payloads: files in Soledad's layout under the data dir ([`crate::layout`]), written
+//! through [`TempBlob`] (temp file beside the final name, fsync) and renamed into place by the
+//! SQLite index's commit under its writer lock (`index/sqlite/write.rs`). Reads and walks run
+//! on the blocking pool.
+
+use std::io::{Read, Seek};
+
+use blobsync_shared::{BlobId, Namespace};
+use bytes::Bytes;
+
+use super::{ByteStream, Found, Location, PayloadStore, PayloadWriter, Staged};
+use crate::body::{CHUNK, TempBlob};
+use crate::layout::{self, Layout};
+
+/// Payload files under a data dir.
+#[derive(Debug, Clone)]
+pub struct FsPayloads {
+    layout: Layout,
+}
+
+impl FsPayloads {
+    /// Payloads in `layout`.
+    pub fn new(layout: Layout) -> Self {
+        Self { layout }
+    }
+}
+
+#[async_trait::async_trait]
+impl PayloadWriter for TempBlob {
+    async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        TempBlob::write(self, data).await
+    }
+    fn len(&self) -> u64 {
+        TempBlob::len(self)
+    }
+    async fn finish(self: Box<Self>, sync: bool) -> std::io::Result<Staged> {
+        Ok(Staged::File(TempBlob::finish(*self, sync).await?))
+    }
+}
+
+/// A file of the layout walk as a payload found (files have no age that matters: fsck on
+/// `fs` runs with the data dir locked, so no upload is in flight).
+pub fn found_of(f: layout::Found) -> Found {
+    match f {
+        layout::Found::Temp(p) => Found::Temp(p.display().to_string()),
+        layout::Found::Stray(p) => Found::Stray(p.display().to_string()),
+        layout::Found::Blob {
+            path,
+            user,
+            namespace,
+            id,
+            size,
+        } => Found::Blob {
+            key: path.display().to_string(),
+            user,
+            namespace,
+            id,
+            size,
+            age_secs: u64::MAX,
+        },
+    }
+}
+
+fn files(staged: &[Staged]) -> Vec<std::path::PathBuf> {
+    staged
+        .iter()
+        .filter_map(|s| match s {
+            Staged::File(p) => Some(p.clone()),
+            Staged::Object(_) => None,
+        })
+        .collect()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+#[async_trait::async_trait]
+impl PayloadStore for FsPayloads {
+    fn kind(&self) -> &'static str {
+        "fs"
+    }
+
+    fn layout(&self) -> Option<&Layout> {
+        Some(&self.layout)
+    }
+
+    fn writer(&self, user: &str, ns: &Namespace, id: &BlobId) -> Box<dyn PayloadWriter> {
+        Box::new(TempBlob::new(self.layout.temp_path(user, ns, id)))
+    }
+
+    async fn sync_batch(&self, staged: &[Staged]) -> std::io::Result<()> {
+        let (root, paths) = (self.layout.root().to_path_buf(), files(staged));
+        blocking(move || layout::sync_files(&root, &paths)).await
+    }
+
+    async fn discard(&self, staged: Vec<Staged>) {
+        let paths = files(&staged);
+        let _ = blocking(move || {
+            for p in paths {
+                let _ = std::fs::remove_file(p);
+            }
+            Ok(())
+        })
+        .await;
+    }
+
+    async fn open(&self, loc: &Location, start: u64, len: u64) -> std::io::Result<ByteStream> {
+        let path = self.layout.blob_path(&loc.user, &loc.ns, &loc.id);
+        // A small read is done in the same blocking hop as the open.
+        let (file, first) = blocking(move || {
+            let mut f = std::fs::File::open(path)?;
+            f.seek(std::io::SeekFrom::Start(start))?;
+            let n = len.min(CHUNK as u64) as usize;
+            let mut buf = vec![0u8; n];
+            f.read_exact(&mut buf)?;
+            Ok((f, Bytes::from(buf)))
+        })
+        .await?;
+        let left = len - first.len() as u64;
+        let head = futures_util::stream::iter([Ok(first)]);
+        if left == 0 {
+            return Ok(Box::pin(head));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::body::BODY_CHANNEL);
+        tokio::task::spawn_blocking(move || {
+            let (mut file, mut left) = (file, left);
+            while left > 0 {
+                let mut buf = vec![0u8; left.min(CHUNK as u64) as usize];
+                if let Err(e) = file.read_exact(&mut buf) {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+                left -= buf.len() as u64;
+                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    return; // the reader went away
+                }
+            }
+        });
+        let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Box::pin(futures_util::StreamExt::chain(head, rest)))
+    }
+
+    async fn remove_object(&self, key: &str) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("fs payloads have no object keys (asked to remove {key:?})"),
+        ))
+    }
+
+    async fn remove_user(&self, user: &str) -> std::io::Result<()> {
+        let dir = self.layout.user_dir(user);
+        blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        })
+        .await
+    }
+
+    async fn sweep_temps(&self) -> std::io::Result<usize> {
+        let root = self.layout.root().to_path_buf();
+        blocking(move || layout::remove_temp_files(&root)).await
+    }
+
+    async fn list(&self) -> std::io::Result<Vec<Found>> {
+        let root = self.layout.root().to_path_buf();
+        let found = blocking(move || layout::walk(&root)).await?;
+        Ok(found.into_iter().map(found_of).collect())
+    }
+
+    async fn remove_found(&self, key: &str) -> std::io::Result<()> {
+        let p = std::path::PathBuf::from(key);
+        blocking(move || std::fs::remove_file(p)).await
+    }
+}
