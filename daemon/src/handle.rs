@@ -19,7 +19,6 @@ use blobsync_shared::writeback::WriteBehind;
 use blobsync_shared::{BlobId, Namespace};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use tokio::io::AsyncSeekExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +29,67 @@ use crate::remote::{Remote, RemoteError, RemoteListFilter};
 use crate::spool::Spool;
 use crate::status::{Priority, Status, Transition};
 use crate::store::ops::RowUpdate;
-use crate::store::{BlobInfo, ListFilter, NewLocalBlob, StoreError, payload};
+use crate::store::{BlobInfo, ListFilter, NewLocalBlob, StoreError, payload, sealed};
+
+/// A blob's plaintext as [`EngineHandle::open_for_read`] gives it: decrypted as it is read.
+pub struct PlainReader(std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>);
+
+impl std::fmt::Debug for PlainReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlainReader")
+    }
+}
+
+impl tokio::io::AsyncRead for PlainReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_read(cx, buf)
+    }
+}
+
+/// Plaintext chunks decrypted ahead of the reader.
+const READ_AHEAD: usize = 4;
+/// Plaintext bytes per chunk handed to the reader.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A `Write` on the blocking pool that hands its bytes, in chunks, to an async reader.
+struct ChannelWriter {
+    tx: mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    /// Sends what is buffered; `BrokenPipe` once the reader is gone (the call was dropped).
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(READ_CHUNK),
+        ));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = (READ_CHUNK - self.buf.len()).min(b.len());
+        self.buf.extend_from_slice(&b[..n]);
+        if self.buf.len() >= READ_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Which gRPC code an [`EngineError`] maps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,17 +419,31 @@ impl EngineHandle {
     /// Starts a put: write the bytes, then `commit`. Dropping the writer aborts it (the temp
     /// file is removed). `id = None` picks a random UUIDv4 id. Fails with `AlreadyExists`
     /// when the id is taken (checked now and again at commit).
+    ///
+    /// With `size_hint` (the exact size), the bytes are sealed into the payload as they
+    /// arrive; without, they are spooled sealed under a one-time key and sealed into the
+    /// payload at commit (`sealed::EphemeralSpool`): plaintext never reaches the disk.
     pub async fn put_writer(
         &self,
         ns: Namespace,
         id: Option<BlobId>,
         priority: Priority,
         local_only: bool,
+        size_hint: Option<u64>,
     ) -> Result<PutWriter, EngineError> {
         self.alive()?;
         let id = id.unwrap_or_else(BlobId::random);
         // Refused now, before the client streams the bytes (and again at commit).
         self.refuse_taken(&ns, &id).await?;
+        let seal = match size_hint {
+            Some(size) => {
+                let seg = self.shared.settings().segment_exp;
+                let header = blobsync_shared::codec::Header::new(ns.clone(), id.clone(), size, seg)
+                    .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+                PutSeal::Direct(sealed::Sealer::new(&self.shared.key, header))
+            }
+            None => PutSeal::Spooled(sealed::EphemeralSpool::new()),
+        };
         let data = self.shared.data.clone();
         let dest = data.payload_path(&ns, &id);
         let mut payload = blocking(move || Ok(payload::NewPayload::create(&data, &dest)?)).await?;
@@ -383,7 +456,8 @@ impl EngineHandle {
             local_only,
             payload: Some(payload),
             file: Some(file),
-            hasher: ring::digest::Context::new(&ring::digest::SHA256),
+            seal: Some(seal),
+            out: Vec::new(),
             size: 0,
         })
     }
@@ -453,19 +527,20 @@ impl EngineHandle {
         // the no-clobber link or by the store commit, and its copy is discarded. One trip to
         // the blocking pool copies and hashes every file.
         let data = self.shared.data.clone();
-        let jobs: Vec<(PathBuf, PathBuf)> = work
+        let key = self.shared.key.clone();
+        let seg = self.shared.settings().segment_exp;
+        let jobs: Vec<(PathBuf, Namespace, BlobId)> = work
             .iter()
-            .map(|w| (w.1.clone(), data.payload_path(&w.2, &w.3)))
+            .map(|w| (w.1.clone(), w.2.clone(), w.3.clone()))
             .collect();
         // The copy outlives this future on the blocking pool: if the caller goes away (the
         // RPC is dropped), the flag stops it at the next chunk.
         let cancel = CancelOnDrop::default();
         let flag = cancel.0.clone();
         let copied = blocking(move || {
-            let mut buf = Vec::new();
             Ok(jobs
                 .into_iter()
-                .map(|(src, dest)| copy_in(&data, &src, &dest, &mut buf, &flag))
+                .map(|(src, ns, id)| copy_in(&data, &key, seg, &src, ns, id, &flag))
                 .collect::<Vec<_>>())
         })
         .await?;
@@ -550,8 +625,10 @@ impl EngineHandle {
         }
     }
 
-    /// Opens a blob's plaintext for reading: a file positioned at `range.start` and the
-    /// number of bytes to read. A `REMOTE_ONLY` or `PENDING_DOWNLOAD` blob is fetched first
+    /// Opens a blob's plaintext for reading: a reader of the plaintext from `range.start` and
+    /// the number of bytes it gives. The payload is decrypted as it is read (one segment at a
+    /// time, on the blocking pool), ranged reads included; a segment that fails
+    /// authentication ends the reader with an `InvalidData` error, before any byte of it. A `REMOTE_ONLY` or `PENDING_DOWNLOAD` blob is fetched first
     /// when `fetch_if_missing` (else `FailedPrecondition`).
     pub async fn open_for_read(
         &self,
@@ -559,7 +636,7 @@ impl EngineHandle {
         id: &BlobId,
         range: Option<Range<u64>>,
         fetch_if_missing: bool,
-    ) -> Result<(tokio::fs::File, u64), EngineError> {
+    ) -> Result<(PlainReader, u64), EngineError> {
         self.alive()?;
         let b = self.info(ns, id).await?;
         if b.external && self.shared.settings().policy(ns) != NamespacePolicy::Incoming {
@@ -602,9 +679,26 @@ impl EngineHandle {
                 r.start, r.end
             )));
         }
-        let mut f = tokio::fs::File::open(self.shared.data.payload_path(ns, id)).await?;
-        f.seek(std::io::SeekFrom::Start(r.start)).await?;
-        Ok((f, r.end - r.start))
+        let path = self.shared.data.payload_path(ns, id);
+        let key = self.shared.key.clone();
+        let (ns2, id2) = (ns.clone(), id.clone());
+        let mut src =
+            blocking(move || Ok(sealed::PlainSource::open(&key, &path, &ns2, &id2, size)?)).await?;
+        let (tx, rx) = mpsc::channel::<std::io::Result<bytes::Bytes>>(READ_AHEAD);
+        let len = r.end - r.start;
+        tokio::task::spawn_blocking(move || {
+            let mut w = ChannelWriter {
+                tx,
+                buf: Vec::with_capacity(READ_CHUNK),
+            };
+            let res = src.copy_range(r, &mut w).and_then(|_| w.send());
+            if let Err(e) = res {
+                let _ = w.tx.blocking_send(Err(e));
+            }
+        });
+        let reader =
+            tokio_util::io::StreamReader::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok((PlainReader(Box::pin(reader)), len))
     }
 
     /// One blob's info.
@@ -654,11 +748,7 @@ impl EngineHandle {
         }
         if b.status == Status::PendingDownload {
             // A download stopped by a restart may have left a partial.
-            let p = self.shared.data.partial_path(ns, id);
-            let _ = tokio::fs::remove_file(&p).await;
-            let mut h = p.into_os_string();
-            h.push(".hdr");
-            let _ = tokio::fs::remove_file(h).await;
+            self.shared.remove_partial(ns, id).await;
         }
         if ch.to.is_some() {
             self.shared.kick.notify_one();
@@ -960,17 +1050,33 @@ impl EngineHandle {
         Ok(report)
     }
 
+    /// Re-authenticates a local payload (every segment, the plaintext hashed and compared
+    /// with the recorded SHA-256, and written nowhere); a plaintext payload an earlier release
+    /// left, not converted yet, is re-hashed.
     async fn verify_local(&self, b: &BlobInfo) -> Result<Option<String>, EngineError> {
         let path = self.shared.data.payload_path(&b.ns, &b.id);
-        let res = tokio::task::spawn_blocking(move || payload::sha256_file(&path))
-            .await
-            .map_err(std::io::Error::other)?;
+        let key = self.shared.key.clone();
+        let (ns, id, size) = (b.ns.clone(), b.id.clone(), b.size.unwrap_or(0));
+        let res = tokio::task::spawn_blocking(move || {
+            let len = std::fs::metadata(&path)?.len();
+            if sealed::is_plain_len(len, size) {
+                return payload::sha256_file(&path).map(|(sha, n)| Ok((sha, n)));
+            }
+            Ok(match sealed::authenticate(&key, &path, &ns, &id) {
+                Ok(a) => Ok((a.sha256, a.header.plain_size)),
+                Err(blobsync_shared::codec::CodecError::Io(e)) => return Err(e),
+                Err(e) => Err(e.to_string()),
+            })
+        })
+        .await
+        .map_err(std::io::Error::other)?;
         Ok(match res {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Some("payload file is missing".into())
             }
             Err(e) => Some(format!("cannot read the payload file: {e}")),
-            Ok((sha, size)) => {
+            Ok(Err(why)) => Some(format!("payload failed authentication: {why}")),
+            Ok(Ok((sha, size))) => {
                 if Some(size) != b.size {
                     Some(format!(
                         "payload is {size} bytes, {} were recorded",
@@ -1026,8 +1132,18 @@ pub struct PutWriter {
     payload: Option<payload::NewPayload>,
     /// The same open file, for async writes.
     file: Option<Spool>,
-    hasher: ring::digest::Context,
+    seal: Option<PutSeal>,
+    /// Sealed bytes on their way to `file`.
+    out: Vec<u8>,
     size: u64,
+}
+
+/// How a streamed put seals what arrives.
+enum PutSeal {
+    /// The size is known: straight into the payload.
+    Direct(sealed::Sealer),
+    /// It is not: into a spool under a one-time key, sealed into the payload at commit.
+    Spooled(sealed::EphemeralSpool),
 }
 
 impl PutWriter {
@@ -1049,8 +1165,14 @@ impl PutWriter {
     /// Appends bytes.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), EngineError> {
         let f = self.file.as_mut().ok_or(EngineError::ShuttingDown)?;
-        f.write_all(data).await?;
-        self.hasher.update(data);
+        match self.seal.as_mut().ok_or(EngineError::ShuttingDown)? {
+            PutSeal::Direct(s) => s
+                .push(data, &mut self.out)
+                .map_err(|e| EngineError::InvalidArgument(e.to_string()))?,
+            PutSeal::Spooled(s) => s.push(data, &mut self.out),
+        }
+        f.write_all(&self.out).await?;
+        self.out.clear();
         self.size += data.len() as u64;
         Ok(())
     }
@@ -1058,9 +1180,49 @@ impl PutWriter {
     /// Makes the blob durable (fsync, link into place, store commit) and queues its upload,
     /// which starts at once.
     pub async fn commit(mut self) -> Result<BlobInfo, EngineError> {
-        let file = self.file.take().ok_or(EngineError::ShuttingDown)?;
-        file.close().await?;
+        let mut file = self.file.take().ok_or(EngineError::ShuttingDown)?;
+        let seal = self.seal.take().ok_or(EngineError::ShuttingDown)?;
         let mut payload = self.payload.take().ok_or(EngineError::ShuttingDown)?;
+        let sha = match seal {
+            PutSeal::Direct(s) => {
+                let sha = s
+                    .finish(&mut self.out)
+                    .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+                file.write_all(&self.out).await?;
+                file.close().await?;
+                sha
+            }
+            PutSeal::Spooled(mut spool) => {
+                spool.finish(&mut self.out);
+                file.write_all(&self.out).await?;
+                file.close().await?;
+                // Now the size is known: seal the spooled bytes into the real payload.
+                let seg = self.shared.settings().segment_exp;
+                let header = blobsync_shared::codec::Header::new(
+                    self.ns.clone(),
+                    self.id.clone(),
+                    spool.len(),
+                    seg,
+                )
+                .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+                let data = self.shared.data.clone();
+                let dest = data.payload_path(&self.ns, &self.id);
+                let key = self.shared.key.clone();
+                let (p, sha) = blocking(move || {
+                    use std::io::Seek;
+                    let mut spooled =
+                        std::io::BufReader::with_capacity(256 * 1024, payload.file().try_clone()?);
+                    spooled.seek(std::io::SeekFrom::Start(0))?;
+                    let mut out = payload::NewPayload::create(&data, &dest)?;
+                    let sha = spool.unspool(&key, header, &mut spooled, out.file())?;
+                    drop(payload); // the spool vanishes
+                    Ok((out, sha))
+                })
+                .await?;
+                payload = p;
+                sha
+            }
+        };
         let lock = self.shared.blob_lock(&self.ns, &self.id);
         let _g = lock.lock().await;
         let (payload, linked) = if self.size > GROUP_SYNC_MAX {
@@ -1073,8 +1235,6 @@ impl PutWriter {
         } else {
             install_in_group(&self.shared, payload, &self.ns, &self.id).await?
         };
-        let mut sha = [0u8; 32];
-        sha.copy_from_slice(self.hasher.clone().finish().as_ref());
         let new = NewLocalBlob {
             ns: self.ns.clone(),
             id: self.id.clone(),
@@ -1121,52 +1281,62 @@ struct Copied {
     sha256: [u8; 32],
 }
 
-/// Blocking: copies `src` into a new payload for `dest`, hashing it. A big file is also
-/// fsynced and linked here (write-behind already overlapped most of its writing); a small
-/// one is left for the sync group. `buf` is reused across calls.
+/// Blocking: seals `src` into a new payload for `ns/id` while copying it (blob format v1,
+/// a fresh salt: the bytes the upload will send as they are), hashing its plaintext. A big
+/// file is also fsynced and linked here (write-behind already overlapped most of its
+/// writing); a small one is left for the sync group. A file that changes size while it is
+/// copied is refused: the header has already promised its size.
 fn copy_in(
     data: &payload::DataDir,
+    key: &blobsync_shared::StorageKey,
+    seg: u8,
     src: &Path,
-    dest: &Path,
-    buf: &mut Vec<u8>,
+    ns: Namespace,
+    id: BlobId,
     cancelled: &AtomicBool,
 ) -> Result<Copied, EngineError> {
-    use std::io::{Read, Write};
-    let unreadable = |e: std::io::Error| EngineError::Source {
-        path: src.to_path_buf(),
-        error: e,
-    };
     let mut from = open_regular(src)?;
-    let len = from.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut payload = payload::NewPayload::create(data, dest)?;
-    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    // +1: a file that grew since `metadata` still ends in one more read.
-    let want = (len as usize).clamp(4096, 256 * 1024 - 1) + 1;
-    if buf.len() < want {
-        buf.resize(want, 0);
-    }
-    let mut size = 0u64;
+    let size = from
+        .metadata()
+        .map_err(|error| EngineError::Source {
+            path: src.to_path_buf(),
+            error,
+        })?
+        .len();
+    let dest = data.payload_path(&ns, &id);
+    let header = blobsync_shared::codec::Header::new(ns, id, size, seg)
+        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+    let mut payload = payload::NewPayload::create(data, &dest)?;
     let mut behind = WriteBehind::default();
-    loop {
-        if cancelled.load(Ordering::Relaxed) {
-            return Err(EngineError::InvalidArgument(
-                "the caller cancelled the put; nothing was stored".into(),
-            ));
+    let sealed = sealed::seal_file(
+        key,
+        header,
+        &mut from,
+        payload.file(),
+        |f, n| behind.wrote(f, n),
+        || cancelled.load(Ordering::Relaxed),
+    );
+    let sha256 = match sealed {
+        Ok(sha) => sha,
+        Err(e) if sealed::is_source_error(&e) => {
+            return Err(EngineError::Source {
+                path: src.to_path_buf(),
+                error: e,
+            });
         }
-        let n = match from.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(unreadable(e)),
-        };
-        payload.file().write_all(&buf[..n])?;
-        behind.wrote(payload.file(), n)?;
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    let linked = (size > GROUP_SYNC_MAX).then(|| install_payload(&mut payload, dest));
-    let mut sha256 = [0u8; 32];
-    sha256.copy_from_slice(hasher.finish().as_ref());
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+            return Err(EngineError::InvalidArgument(e.to_string()));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return Err(EngineError::InvalidArgument(format!(
+                "{} changed size while it was being put ({e}); put it again once it is \
+                 complete",
+                src.display()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let linked = (size > GROUP_SYNC_MAX).then(|| install_payload(&mut payload, &dest));
     Ok(Copied {
         payload,
         linked,

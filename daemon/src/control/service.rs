@@ -196,7 +196,7 @@ impl Control for Service {
         let (ns, id, priority) = Self::put_target(&header)?;
         let mut writer = self
             .handle
-            .put_writer(ns, id, priority, header.local_only)
+            .put_writer(ns, id, priority, header.local_only, header.size_hint)
             .await
             .map_err(engine_status)?;
         // Each chunk goes to the writer as it arrives: memory stays at one chunk. On any

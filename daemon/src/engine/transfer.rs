@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blobsync_shared::codec::{DecodeError, Decoder, Encoder, Header, MAX_HEADER_LEN};
+use blobsync_shared::codec::{DecodeError, Decoder, Header, MAX_HEADER_LEN};
 use blobsync_shared::config::NamespacePolicy;
 use blobsync_shared::wire::{FrameDecoder, FrameEvent};
 use blobsync_shared::{BlobId, InvalidBlob, Namespace};
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::{Engine, Shared, TransferInfo, TransferStats};
+use super::{Engine, Shared, TransferInfo, TransferStats, atrest};
 use crate::clock::Clock;
 use crate::events::{Direction, EventKind};
 use crate::remote::{ByteStream, Remote, RemoteError};
@@ -28,10 +28,10 @@ use crate::status::{Status, Transition};
 use crate::store::ops::RowUpdate;
 use crate::store::{BlobInfo, RetryPlan, payload};
 
-/// Encrypted segments buffered ahead of the network per upload (each at most one segment).
-const ENCRYPT_AHEAD: usize = 4;
-/// Segments at least this big are sealed on the blocking pool (CPU work off the runtime).
-const BLOCKING_SEAL: usize = 1 << 20;
+/// Chunks of a payload file read ahead of the network per upload.
+const READ_AHEAD: usize = 4;
+/// Bytes per read of a payload file being uploaded.
+const UPLOAD_CHUNK: usize = 256 * 1024;
 /// Cuts without progress before a download attempt counts as failed.
 const MAX_CUTS_WITHOUT_PROGRESS: u32 = 3;
 /// Progress events per transfer at most every this often.
@@ -44,11 +44,12 @@ pub(crate) const FOREIGN_FORMAT: &str =
 /// A finished download: (plaintext size, sha256, stored size, header salt).
 type Fetched = (u64, [u8; 32], u64, Option<[u8; 32]>);
 
-/// The header sidecar of a partial download.
-fn hdr_path(partial: &std::path::Path) -> std::path::PathBuf {
-    let mut p = partial.as_os_str().to_owned();
-    p.push(".hdr");
-    p.into()
+/// Why an upload cannot start.
+pub(super) enum NotReady {
+    /// Retried on the schedule (the store or the disk failed for now).
+    Retry(String),
+    /// Refused for good (`FAILED_UPLOAD`): the local payload is missing or damaged.
+    Reject(String),
 }
 
 /// Why a download attempt failed.
@@ -187,22 +188,18 @@ impl Drop for Progress {
     }
 }
 
-/// Streams `path` through the encoder: header first, then each sealed segment, paced by the
-/// upload limiter. Errors reading the file end the stream with an `Err` item.
-pub(super) fn encrypt_stream(
+/// Streams the payload file at `path` as it is (it is the stored blob: header, then sealed
+/// segments), `len` bytes, paced by the upload limiter. Errors reading the file end the
+/// stream with an `Err` item, as does a file that is not exactly `len` bytes long.
+pub(super) fn file_stream(
     shared: Arc<Shared>,
     path: std::path::PathBuf,
-    mut enc: Encoder,
+    len: u64,
     progress: Option<Progress>,
 ) -> ByteStream {
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(ENCRYPT_AHEAD);
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD);
     tokio::spawn(async move {
         let mut progress = progress;
-        let header = Bytes::copy_from_slice(enc.header_bytes());
-        shared.up.acquire(header.len()).await;
-        if tx.send(Ok(header)).await.is_err() {
-            return;
-        }
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) => {
@@ -210,53 +207,23 @@ pub(super) fn encrypt_stream(
                 return;
             }
         };
-        while let Some(n) = enc.next_plain_len() {
-            let mut buf = vec![0u8; n];
+        let mut left = len;
+        while left > 0 {
+            let mut buf = vec![0u8; (left as usize).min(UPLOAD_CHUNK)];
             if let Err(e) = file.read_exact(&mut buf).await {
                 let _ = tx.send(Err(e)).await;
                 return;
             }
-            let sealed = if n >= BLOCKING_SEAL {
-                match tokio::task::spawn_blocking(move || {
-                    let tag = enc.seal_in_place(&mut buf);
-                    (enc, buf, tag)
-                })
-                .await
-                {
-                    Ok((e, mut b, tag)) => {
-                        enc = e;
-                        tag.map(|t| {
-                            b.extend_from_slice(&t);
-                            b
-                        })
-                    }
-                    Err(j) => {
-                        let _ = tx.send(Err(std::io::Error::other(j))).await;
-                        return;
-                    }
-                }
-            } else {
-                enc.seal_in_place(&mut buf).map(|t| {
-                    buf.extend_from_slice(&t);
-                    buf
-                })
-            };
-            let sealed = match sealed {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::other(e))).await;
-                    return;
-                }
-            };
-            shared.up.acquire(sealed.len()).await;
+            left -= buf.len() as u64;
+            shared.up.acquire(buf.len()).await;
             if let Some(p) = progress.as_mut() {
-                p.add(sealed.len() as u64);
+                p.add(buf.len() as u64);
             }
-            if tx.send(Ok(Bytes::from(sealed))).await.is_err() {
+            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
                 return;
             }
         }
-        // The file must not have grown: immutable payloads are exactly `plain_size` long.
+        // The file must not have grown: immutable payloads are exactly `len` long.
         let mut extra = [0u8; 1];
         if let Ok(1..) = file.read(&mut extra).await {
             let _ = tx
@@ -271,89 +238,16 @@ pub(super) fn encrypt_stream(
     }))
 }
 
-/// Plaintext read and sealed per trip to the blocking pool by [`encrypt_small_batch`].
-const SEAL_GROUP_BYTES: u64 = 1 << 20;
-
-/// The encrypted blobs of a `/stream` batch (small blobs: at most `BatchPolicy::max_blob`
-/// each), in order. Each trip to the blocking pool opens, reads and seals a group of them
-/// (up to [`SEAL_GROUP_BYTES`] of plaintext), instead of a task, an open and two reads on the
-/// pool for every blob: the per-blob cost that dominated 10,000 x 1 KB uploads.
-fn encrypt_small_batch(
-    shared: Arc<Shared>,
-    parts: Vec<(std::path::PathBuf, Header)>,
-) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    let mut groups: Vec<Vec<(std::path::PathBuf, Header)>> = Vec::new();
-    let mut bytes = 0;
-    for (path, h) in parts {
-        let n = h.plain_size;
-        match groups.last_mut() {
-            Some(g) if bytes + n <= SEAL_GROUP_BYTES => {
-                g.push((path, h));
-                bytes += n;
-            }
-            _ => {
-                groups.push(vec![(path, h)]);
-                bytes = n;
-            }
-        }
+/// Blocking: a small payload file, whole; it must be exactly `len` bytes.
+fn read_exactly(path: &std::path::Path, len: u64) -> std::io::Result<Bytes> {
+    let bytes = std::fs::read(path)?;
+    if bytes.len() as u64 != len {
+        return Err(std::io::Error::other(format!(
+            "payload file is {} bytes, {len} were recorded",
+            bytes.len()
+        )));
     }
-    let key = shared.key.clone();
-    futures_util::stream::iter(groups)
-        .then(move |group| {
-            let key = key.clone();
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    group
-                        .into_iter()
-                        .map(|(path, h)| seal_file(&key, &path, h))
-                        .collect::<std::io::Result<Vec<Bytes>>>()
-                })
-                .await
-                .map_err(std::io::Error::other)?
-            }
-        })
-        .flat_map(|sealed| match sealed {
-            Ok(v) => futures_util::stream::iter(v.into_iter().map(Ok)).left_stream(),
-            Err(e) => futures_util::stream::once(async { Err(e) }).right_stream(),
-        })
-        .then(move |item| {
-            let shared = shared.clone();
-            async move {
-                if let Ok(b) = &item {
-                    shared.up.acquire(b.len()).await;
-                }
-                item
-            }
-        })
-}
-
-/// Blocking: one small payload file, whole, as its encrypted blob (header and every segment).
-fn seal_file(
-    key: &blobsync_shared::StorageKey,
-    path: &std::path::Path,
-    h: Header,
-) -> std::io::Result<Bytes> {
-    use std::io::Read;
-    let mut enc = Encoder::new(key, h);
-    let mut out = Vec::with_capacity(enc.header().stored_size() as usize);
-    out.extend_from_slice(enc.header_bytes());
-    let mut file = std::fs::File::open(path)?;
-    while let Some(n) = enc.next_plain_len() {
-        let at = out.len();
-        out.resize(at + n, 0);
-        file.read_exact(&mut out[at..])?;
-        let tag = enc
-            .seal_in_place(&mut out[at..])
-            .map_err(std::io::Error::other)?;
-        out.extend_from_slice(&tag);
-    }
-    // The file must not have grown: immutable payloads are exactly `plain_size` long.
-    if file.read(&mut [0u8; 1])? != 0 {
-        return Err(std::io::Error::other(
-            "payload file is longer than recorded",
-        ));
-    }
-    Ok(Bytes::from(out))
+    Ok(Bytes::from(bytes))
 }
 
 impl<R: Remote, C: Clock> Engine<R, C> {
@@ -489,24 +383,88 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         }
     }
 
-    /// The header our upload of `b` uses: the recorded salt if an attempt was made before
-    /// (so the same ciphertext goes up and a 409 is recognised as ours), else a fresh one,
-    /// recorded before the PUT.
-    pub(super) async fn upload_header(&self, b: &BlobInfo) -> Result<Header, String> {
-        let size = b.size.ok_or("no local size recorded")?;
-        let seg = self.shared.settings().segment_exp;
-        let mut header =
-            Header::new(b.ns.clone(), b.id.clone(), size, seg).map_err(|e| e.to_string())?;
-        match b.upload_salt {
-            Some(salt) => header.salt = salt,
-            None => self
-                .shared
-                .store
-                .set_upload_salt(&b.ns, &b.id, header.salt, header.stored_size())
-                .await
-                .map_err(|e| e.to_string())?,
+    /// Readies `b`'s payload for upload and returns its header: the payload file is the
+    /// stored blob, sent as it is. A plaintext payload of an earlier release is sealed first
+    /// (see `atrest`). The salt goes into the store before the PUT, so a 409 is recognised as
+    /// ours; a payload whose salt this device held before for the id (the server lost that
+    /// version, or it is a rollback candidate) is sealed again under a fresh one first, as a
+    /// salt is never used for two encodings. The caller holds the blob's lock.
+    pub(super) async fn upload_header(&self, b: &BlobInfo) -> Result<Header, NotReady> {
+        let size = b
+            .size
+            .ok_or(NotReady::Retry("no local size recorded".into()))?;
+        match self.seal_plain(b).await {
+            Ok(atrest::Sealed::Damaged) => {
+                return Err(NotReady::Reject(
+                    "the local plaintext payload does not match its recorded SHA-256: \
+                     damaged on disk"
+                        .into(),
+                ));
+            }
+            Ok(atrest::Sealed::Now) => {
+                let _ = self.shared.store.unmark_plain(&b.ns, &b.id).await;
+            }
+            Ok(atrest::Sealed::Already) => {}
+            Err(e) => return Err(NotReady::Retry(format!("sealing the local payload: {e}"))),
         }
-        Ok(header)
+        let path = self.shared.data.payload_path(&b.ns, &b.id);
+        let (ns, id) = (b.ns.clone(), b.id.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let len = std::fs::metadata(&path)?.len();
+            crate::store::sealed::header_of(&path, &ns, &id).map(|h| (h, len))
+        })
+        .await
+        .map_err(|e| NotReady::Retry(e.to_string()))?;
+        let (header, len) = match read {
+            Ok(v) => v,
+            Err(blobsync_shared::codec::CodecError::Io(e))
+                if e.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(NotReady::Reject("local payload file is missing".into()));
+            }
+            Err(blobsync_shared::codec::CodecError::Io(e)) => {
+                return Err(NotReady::Retry(format!("reading the local payload: {e}")));
+            }
+            Err(e) => {
+                return Err(NotReady::Reject(format!(
+                    "the local payload's header is damaged ({e}): damaged on disk"
+                )));
+            }
+        };
+        if header.plain_size != size || len != header.stored_size() {
+            return Err(NotReady::Reject(format!(
+                "local payload is {len} bytes for {} bytes of plaintext, {} were put: damaged \
+                 on disk",
+                header.plain_size, size
+            )));
+        }
+        match b.upload_salt {
+            Some(s) if s == header.salt => Ok(header),
+            Some(_) => Err(NotReady::Reject(
+                "the local payload's salt is not the one recorded for its upload; put the \
+                 blob again"
+                    .into(),
+            )),
+            None => {
+                let seen = self
+                    .shared
+                    .store
+                    .seen_salts(&b.ns, &b.id)
+                    .await
+                    .map_err(|e| NotReady::Retry(e.to_string()))?;
+                let header = if seen.contains(&header.salt) {
+                    self.reseal_fresh(b).await.map_err(NotReady::Retry)?
+                } else {
+                    header
+                };
+                self.shared
+                    .store
+                    .set_upload_salt(&b.ns, &b.id, header.salt, header.stored_size())
+                    .await
+                    .map_err(|e| NotReady::Retry(e.to_string()))?;
+                Ok(header)
+            }
+        }
     }
 
     /// 409: ours (same salt in the server copy's header) or a conflict.
@@ -610,11 +568,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             }
             let header = match self.upload_header(&b).await {
                 Ok(h) => h,
-                Err(e) => {
+                Err(NotReady::Retry(e)) => {
                     self.record_failure(&b, Direction::Upload, e, None, false, stats)
                         .await;
                     return;
                 }
+                Err(NotReady::Reject(e)) => return self.reject_upload(&b, e, stats).await,
             };
             if self.shared.crash_here("upload.after_salt") {
                 return;
@@ -622,31 +581,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             let salt = header.salt;
             let stored = header.stored_size();
             let path = self.shared.data.payload_path(&b.ns, &b.id);
-            match tokio::fs::metadata(&path).await {
-                Ok(m) if Some(m.len()) == b.size => {}
-                Ok(m) => {
-                    let why = format!(
-                        "local payload is {} bytes, {} were put: damaged on disk",
-                        m.len(),
-                        b.size.unwrap_or(0)
-                    );
-                    return self.reject_upload(&b, why, stats).await;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return self
-                        .reject_upload(&b, "local payload file is missing".into(), stats)
-                        .await;
-                }
-                Err(_) => {}
-            }
             let since = self.if_absent_since(&b.ns, b.upload_salt.is_some()).await;
             let progress = Progress::start(&self.shared, &b, Direction::Upload, stored, 1);
-            let body = encrypt_stream(
-                self.shared.clone(),
-                path,
-                Encoder::new(&self.shared.key, header),
-                Some(progress),
-            );
+            let body = file_stream(self.shared.clone(), path, stored, Some(progress));
             let res = tokio::select! {
                 r = self.remote.put(&b.ns, &b.id, stored, body, since) => r,
                 _ = cancel.cancelled() => return,
@@ -989,62 +926,41 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         }
     }
 
-    /// Removes a blob's partial download and its header sidecar.
+    /// Removes a blob's partial download.
     pub(crate) async fn remove_partial(&self, b: &BlobInfo) {
-        let partial = self.shared.data.partial_path(&b.ns, &b.id);
-        let _ = tokio::fs::remove_file(hdr_path(&partial)).await;
-        let _ = tokio::fs::remove_file(&partial).await;
+        let partial = self.shared.data.partial(&b.ns, &b.id);
+        let _ = tokio::task::spawn_blocking(move || partial.remove()).await;
     }
 
-    /// Opens the partial download: resumes one left by a stopped daemon (its header sidecar
-    /// says where the verified plaintext ends), else starts a new one.
+    /// Opens the partial download: resumes one left by a stopped daemon (its whole segments,
+    /// re-authenticated here: a file on disk is checked like a server's answer, and hashed for
+    /// the plaintext's SHA-256), else starts a new one.
     async fn open_partial(
         &self,
         b: &BlobInfo,
         allow_resume: bool,
         hasher: &mut ring::digest::Context,
-    ) -> Result<(tokio::fs::File, Decoder, bool), DownloadError> {
-        let partial = self.shared.data.partial_path(&b.ns, &b.id);
-        if allow_resume
-            && let Ok(hb) = tokio::fs::read(hdr_path(&partial)).await
-            && let Ok(Some((h, n))) = Header::parse(&hb)
-            && n == hb.len()
-            && let Ok(meta) = tokio::fs::metadata(&partial).await
-        {
-            // At least the last segment is fetched again: the Range must not be empty.
-            let next = (meta.len() >> h.segment_exp).min(h.segment_count() - 1);
-            let keep = (next << h.segment_exp).min(h.plain_size);
-            if next > 0
-                && let Ok(d) = Decoder::resume(&self.shared.key, &hb, &b.ns, &b.id, next)
-            {
-                let mut f = tokio::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&partial)
-                    .await?;
-                f.set_len(keep).await?;
-                // The hash covers the whole plaintext: re-read what is already there.
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut left = keep;
-                while left > 0 {
-                    let n = f.read(&mut buf[..(left as usize).min(256 * 1024)]).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    left -= n as u64;
-                }
+    ) -> Result<(std::fs::File, Decoder, bool), DownloadError> {
+        let partial = self.shared.data.partial(&b.ns, &b.id);
+        let (key, ns, id) = (self.shared.key.clone(), b.ns.clone(), b.id.clone());
+        let h0 = hasher.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            resume_partial(&key, partial.path(), &ns, &id, allow_resume, h0)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        match opened {
+            (f, Some((d, h))) => {
                 debug!(
-                    resume_segment = next,
+                    resume_segment = d.verified_segments(),
                     "resuming a download left by a restart"
                 );
+                *hasher = h;
                 self.shared.mark_resumed(b);
-                return Ok((f, d, true));
+                Ok((f, d, true))
             }
+            (f, None) => Ok((f, Decoder::new(&self.shared.key, &b.ns, &b.id), false)),
         }
-        let f = tokio::fs::File::create(&partial).await?;
-        let _ = tokio::fs::remove_file(hdr_path(&partial)).await;
-        Ok((f, Decoder::new(&self.shared.key, &b.ns, &b.id), false))
     }
 
     async fn fetch_inner(
@@ -1053,28 +969,22 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         allow_resume: bool,
         forbidden: &[[u8; 32]],
     ) -> Result<Fetched, DownloadError> {
-        let partial = self.shared.data.partial_path(&b.ns, &b.id);
+        let partial = self.shared.data.partial(&b.ns, &b.id);
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-        let (file, mut decoder, mut hdr_saved) = if b.external {
-            (tokio::fs::File::create(&partial).await?, None, true)
-        } else {
-            let (f, d, resumed) = self.open_partial(b, allow_resume, &mut hasher).await?;
-            (f, Some(d), resumed)
-        };
-        // Written in big pieces, one in flight while the next is decrypted (not a pool hop per
+        let (file, mut decoder, _) = self.open_partial(b, allow_resume, &mut hasher).await?;
+        // Written in big pieces, one in flight while the next is verified (not a pool hop per
         // HTTP chunk: 1 GB = ~65k chunks). What a crash loses from the buffer is only fetched
-        // again: a restart resumes from the partial file's length.
-        let mut file = Spool::new(file.into_std().await);
-        let mut raw_done = 0u64; // external blobs: bytes written
+        // again: a restart resumes from the partial file's whole segments. Only verified
+        // stored bytes are written (the header as soon as it parsed: segment 0 authenticates
+        // it, and a resume checks it again), so the partial is always a prefix of the blob.
+        let mut file = Spool::new(file);
+        let mut written = decoder.verified_stored_bytes();
+        let mut unwritten: Vec<u8> = Vec::new();
         let mut total = b.remote_size.unwrap_or(0);
         let mut progress = Progress::start(&self.shared, b, Direction::Download, total, 1);
         let mut cuts = 0u32;
-        let mut plain = Vec::new();
         loop {
-            let offset = match &decoder {
-                Some(d) => d.verified_stored_bytes(),
-                None => raw_done,
-            };
+            let offset = decoder.verified_stored_bytes();
             let range = (offset > 0).then_some(offset..u64::MAX);
             let resp = self.remote.get(&b.ns, &b.id, range).await?;
             total = resp.total;
@@ -1093,30 +1003,22 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 };
                 self.shared.down.acquire(chunk.len()).await;
                 at += chunk.len() as u64;
-                match decoder.as_mut() {
-                    Some(d) => {
-                        plain.clear();
-                        d.feed(&chunk, |p| {
-                            plain.extend_from_slice(p);
-                            Ok::<(), Infallible>(())
-                        })
-                        .map_err(|e| match e {
-                            DecodeError::Invalid(i) => i,
-                            DecodeError::Sink(never) => match never {},
-                        })?;
-                        hasher.update(&plain);
-                        file.write_all(&plain).await?;
-                        if !hdr_saved && let Some(hb) = d.header_bytes() {
-                            // Lets a restarted daemon resume from the verified plaintext.
-                            tokio::fs::write(hdr_path(&partial), hb).await?;
-                            hdr_saved = true;
-                        }
-                    }
-                    None => {
-                        hasher.update(&chunk);
-                        file.write_all(&chunk).await?;
-                        raw_done += chunk.len() as u64;
-                    }
+                unwritten.extend_from_slice(&chunk);
+                decoder
+                    .feed(&chunk, |p| {
+                        hasher.update(p);
+                        Ok::<(), Infallible>(())
+                    })
+                    .map_err(|e| match e {
+                        DecodeError::Invalid(i) => i,
+                        DecodeError::Sink(never) => match never {},
+                    })?;
+                let verified = decoder.verified_stored_bytes();
+                if verified > written {
+                    let n = (verified - written) as usize;
+                    file.write_all(&unwritten[..n]).await?;
+                    unwritten.drain(..n);
+                    written = verified;
                 }
                 progress.set(at);
             }
@@ -1128,10 +1030,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 Some(why) => {
                     // A cut body is a transport fault, never tampering: resume from the last
                     // verified segment while each attempt makes progress.
-                    let now_at = match &decoder {
-                        Some(d) => d.verified_stored_bytes(),
-                        None => raw_done,
-                    };
+                    let now_at = decoder.verified_stored_bytes();
                     if now_at > offset {
                         cuts = 0;
                     } else {
@@ -1143,19 +1042,18 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         return Err(DownloadError::Cancelled);
                     }
                     // Drop the half-received segment: resume exactly at the boundary.
-                    if let Some(d) = decoder.as_mut()
-                        && let Some(hb) = d.header_bytes()
-                    {
+                    unwritten.clear();
+                    if let Some(hb) = decoder.header_bytes() {
                         let hb = hb.to_vec();
-                        *d = Decoder::resume(
+                        decoder = Decoder::resume(
                             &self.shared.key,
                             &hb,
                             &b.ns,
                             &b.id,
-                            d.verified_segments(),
+                            decoder.verified_segments(),
                         )?;
-                    } else if let Some(d) = decoder.as_mut() {
-                        *d = Decoder::new(&self.shared.key, &b.ns, &b.id);
+                    } else {
+                        decoder = Decoder::new(&self.shared.key, &b.ns, &b.id);
                     }
                     if cuts >= MAX_CUTS_WITHOUT_PROGRESS {
                         return Err(
@@ -1165,13 +1063,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 }
             }
         }
-        let (size, salt) = match decoder {
-            Some(d) => {
-                let h = d.finish()?;
-                (h.plain_size, Some(h.salt))
-            }
-            None => (raw_done, None),
-        };
+        let h = decoder.finish()?;
+        let (size, salt) = (h.plain_size, Some(h.salt));
         let mut sha = [0u8; 32];
         sha.copy_from_slice(hasher.finish().as_ref());
         self.check_rollback(b, salt, &sha, forbidden)?;
@@ -1188,15 +1081,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         }
         file.sync_and_close().await?;
         let dest = self.shared.data.payload_path(&b.ns, &b.id);
-        let hdr = hdr_path(&partial);
-        tokio::task::spawn_blocking(move || {
-            // A stale copy (replaced remotely) may still be there.
-            payload::remove(&dest)?;
-            payload::install(&partial, &dest)?;
-            payload::remove(&hdr)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
+        tokio::task::spawn_blocking(move || partial.install(&dest))
+            .await
+            .map_err(std::io::Error::other)??;
         Ok((size, sha, total, salt))
     }
 
@@ -1268,38 +1155,128 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         stats: &mut TransferStats,
     ) {
         let ns = blobs[0].ns.clone();
+        // Every payload file whole, in one trip to the blocking pool (small blobs: at most
+        // `BatchPolicy::max_blob` of plaintext each, so a batch is a few MiB): each is the
+        // stored blob, sent as it is, and its header is read from memory.
+        let paths: Vec<std::path::PathBuf> = blobs
+            .iter()
+            .map(|b| self.shared.data.payload_path(&b.ns, &b.id))
+            .collect();
+        let read = match tokio::task::spawn_blocking(move || {
+            paths.iter().map(std::fs::read).collect::<Vec<_>>()
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot read a batch's payloads; left queued");
+                return;
+            }
+        };
+        let seen = match self
+            .shared
+            .store
+            .seen_salts_many(&ns, blobs.iter().map(|b| b.id.clone()).collect())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot read the salts seen before; batch left queued");
+                return;
+            }
+        };
         let mut entries = Vec::new();
-        let mut encoders = Vec::new();
-        // Headers for the whole batch first; the fresh salts are then recorded in one
-        // transaction (one commit instead of one per blob: W5 of issue 8).
-        let seg = self.shared.settings().segment_exp;
+        let mut encoders: Vec<(BlobInfo, Header, Bytes)> = Vec::new();
         let mut fresh = Vec::new();
-        for b in &blobs {
-            let header = b
-                .size
-                .ok_or_else(|| "no local size recorded".to_owned())
-                .and_then(|size| {
-                    Header::new(b.ns.clone(), b.id.clone(), size, seg).map_err(|e| e.to_string())
-                });
-            match header {
-                Ok(mut h) => {
-                    match b.upload_salt {
-                        Some(salt) => h.salt = salt,
-                        None => fresh.push((b.id.clone(), h.salt, h.stored_size())),
-                    }
-                    entries.push((b.id.clone(), h.stored_size()));
-                    encoders.push((b.clone(), h));
+        let mut slow = Vec::new();
+        for (b, r) in blobs.iter().zip(read) {
+            let bytes = match r {
+                Ok(v) => v,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.reject_upload(b, "local payload file is missing".into(), stats)
+                        .await;
+                    continue;
                 }
                 Err(e) => {
-                    self.record_failure(b, Direction::Upload, e, None, false, stats)
-                        .await
+                    let msg = format!("reading the local payload: {e}");
+                    self.record_failure(b, Direction::Upload, msg, None, false, stats)
+                        .await;
+                    continue;
+                }
+            };
+            let size = b.size.unwrap_or(0);
+            let parsed = match Header::parse(&bytes) {
+                Ok(Some((h, _)))
+                    if !crate::store::sealed::is_plain_len(bytes.len() as u64, size) =>
+                {
+                    Some(h)
+                }
+                _ => None,
+            };
+            match parsed {
+                // A plaintext payload of an earlier release, or a salt this device held
+                // before: the single-blob preparation seals it (rare).
+                None => slow.push(b.clone()),
+                Some(h)
+                    if b.upload_salt.is_none()
+                        && seen.get(&b.id).is_some_and(|s| s.contains(&h.salt)) =>
+                {
+                    slow.push(b.clone())
+                }
+                Some(h) => {
+                    if h.namespace != b.ns
+                        || h.id != b.id
+                        || h.plain_size != size
+                        || h.stored_size() != bytes.len() as u64
+                        || b.upload_salt.is_some_and(|s| s != h.salt)
+                    {
+                        let why = "the local payload does not match its blob (damaged on disk)";
+                        self.reject_upload(b, why.into(), stats).await;
+                        continue;
+                    }
+                    if b.upload_salt.is_none() {
+                        fresh.push((b.id.clone(), h.salt, h.stored_size()));
+                    }
+                    entries.push((b.id.clone(), h.stored_size()));
+                    encoders.push((b.clone(), h, Bytes::from(bytes)));
                 }
             }
         }
+        for b in slow {
+            let lock = self.shared.blob_lock(&b.ns, &b.id);
+            let _g = lock.lock().await;
+            let h = match self.upload_header(&b).await {
+                Ok(h) => h,
+                Err(NotReady::Retry(e)) => {
+                    self.record_failure(&b, Direction::Upload, e, None, false, stats)
+                        .await;
+                    continue;
+                }
+                Err(NotReady::Reject(e)) => {
+                    self.reject_upload(&b, e, stats).await;
+                    continue;
+                }
+            };
+            let path = self.shared.data.payload_path(&b.ns, &b.id);
+            let n = h.stored_size();
+            match tokio::task::spawn_blocking(move || read_exactly(&path, n)).await {
+                Ok(Ok(bytes)) => {
+                    entries.push((b.id.clone(), n));
+                    encoders.push((b, h, bytes));
+                }
+                other => {
+                    let msg = format!("reading the local payload: {other:?}");
+                    self.record_failure(&b, Direction::Upload, msg, None, false, stats)
+                        .await;
+                }
+            }
+        }
+        // The fresh salts are recorded in one transaction (one commit instead of one per
+        // blob: W5 of issue 8).
         if !fresh.is_empty()
             && let Err(e) = self.shared.store.set_upload_salts(&ns, fresh).await
         {
-            for (b, _) in &encoders {
+            for (b, _, _) in &encoders {
                 self.record_failure(b, Direction::Upload, e.to_string(), None, false, stats)
                     .await;
             }
@@ -1309,7 +1286,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             return;
         }
         // One condition for the whole request: the cursor, when any blob of it is a retry.
-        let any_retry = encoders.iter().any(|(b, _)| b.upload_salt.is_some());
+        let any_retry = encoders.iter().any(|(b, _, _)| b.upload_salt.is_some());
         let since = self.if_absent_since(&ns, any_retry).await;
         let total: u64 = entries.iter().map(|e| e.1).sum();
         let progress = Progress::start(
@@ -1319,22 +1296,22 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             total,
             encoders.len(),
         );
-        // The blobs' encrypted streams one after another, read and sealed a group at a time.
-        let parts: Vec<(std::path::PathBuf, Header)> = encoders
-            .iter()
-            .map(|(b, h)| (self.shared.data.payload_path(&b.ns, &b.id), h.clone()))
-            .collect();
         let progress = std::sync::Arc::new(std::sync::Mutex::new(progress));
-        let body: ByteStream = Box::pin(encrypt_small_batch(self.shared.clone(), parts).inspect(
-            move |item| {
-                if let Ok(b) = item {
-                    progress
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .add(b.len() as u64);
-                }
-            },
-        ));
+        let parts: Vec<Bytes> = encoders.iter().map(|(_, _, b)| b.clone()).collect();
+        let shared = self.shared.clone();
+        let body: ByteStream = Box::pin(futures_util::stream::iter(parts).then(move |b| {
+            let (shared, progress) = (shared.clone(), progress.clone());
+            async move {
+                shared.up.acquire(b.len()).await;
+                progress
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .add(b.len() as u64);
+                Ok(b)
+            }
+        }));
+        let encoders: Vec<(BlobInfo, Header)> =
+            encoders.into_iter().map(|(b, h, _)| (b, h)).collect();
         let res = tokio::select! {
             r = self.remote.put_batch(&ns, &entries, body, since) => r,
             _ = cancel.cancelled() => return,
@@ -1559,12 +1536,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 .copied()
                 .collect();
             match open_small(&self.shared.key, b, &stored) {
-                Ok((plain, salt)) => {
-                    if !b.external {
-                        self.shared.key_proven();
-                    }
-                    match self.check_rollback(b, salt, &sha256_of(&plain), &forbidden) {
-                        Ok(()) => verified.push((b, stored.len() as u64, plain, salt)),
+                Ok((plain_size, sha, salt)) => {
+                    self.shared.key_proven();
+                    match self.check_rollback(b, Some(salt), &sha, &forbidden) {
+                        Ok(()) => verified.push((b, stored, plain_size, sha, salt)),
                         Err(e) => {
                             let _ = self
                                 .settle(b, Transition::DownloadInvalid, &e.to_string())
@@ -1584,15 +1559,15 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         // The per-blob locks keep an on-demand fetch of the same blob out; taken in id order.
         verified.sort_by(|x, y| x.0.id.cmp(&y.0.id));
         let mut guards = Vec::with_capacity(verified.len());
-        for (b, _, _, _) in &verified {
+        for (b, _, _, _, _) in &verified {
             guards.push(self.shared.blob_lock(&b.ns, &b.id).lock_owned().await);
         }
         let mut files = Vec::with_capacity(verified.len());
         let mut facts = Vec::with_capacity(verified.len());
-        for (b, stored_len, plain, salt) in verified {
-            let sha = sha256_of(&plain);
-            facts.push((b, stored_len, plain.len() as u64, sha, salt));
-            files.push((self.shared.data.payload_path(&b.ns, &b.id), plain));
+        for (b, stored, size, sha, salt) in verified {
+            facts.push((b, stored.len() as u64, size, sha, salt));
+            // The verified stored bytes are the payload, as they are.
+            files.push((self.shared.data.payload_path(&b.ns, &b.id), stored));
         }
         let installed = self.install_many(files).await;
         for (i, (b, stored_len, size, sha, salt)) in facts.into_iter().enumerate() {
@@ -1604,7 +1579,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         size: Some(size),
                         sha256: Some(sha),
                         remote_size: Some(stored_len),
-                        salt,
+                        salt: Some(salt),
                         now: Some(now),
                         ..Default::default()
                     },
@@ -1655,26 +1630,23 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     }
 }
 
-fn sha256_of(b: &[u8]) -> [u8; 32] {
-    let mut sha = [0u8; 32];
-    sha.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, b).as_ref());
-    sha
-}
-
-/// Verifies a small stored blob held in memory and returns its plaintext and header salt
-/// (an external blob is kept as it is, and has no salt).
+/// Verifies a small stored blob held in memory: its plaintext size, the plaintext's SHA-256
+/// and its header salt. The plaintext goes nowhere but the hash.
 fn open_small(
     key: &blobsync_shared::StorageKey,
     b: &BlobInfo,
     stored: &[u8],
-) -> Result<(Vec<u8>, Option<[u8; 32]>), InvalidBlob> {
+) -> Result<(u64, [u8; 32], [u8; 32]), InvalidBlob> {
     if b.external {
-        return Ok((stored.to_vec(), None));
+        // Never batched (`plan::next_transfers`): an age file goes through `incoming`.
+        return Err(InvalidBlob::BadHeader(
+            "an external blob cannot come in a batch".into(),
+        ));
     }
     let mut d = Decoder::new(key, &b.ns, &b.id);
-    let mut out = Vec::with_capacity(stored.len());
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     d.feed(stored, |p| {
-        out.extend_from_slice(p);
+        ctx.update(p);
         Ok::<(), Infallible>(())
     })
     .map_err(|e| match e {
@@ -1682,5 +1654,81 @@ fn open_small(
         DecodeError::Sink(never) => match never {},
     })?;
     let h = d.finish()?;
-    Ok((out, Some(h.salt)))
+    let mut sha = [0u8; 32];
+    sha.copy_from_slice(ctx.finish().as_ref());
+    Ok((h.plain_size, sha, h.salt))
+}
+
+/// Blocking: the partial download at `path`, opened for writing. With `allow_resume` and a
+/// partial that holds a header for `ns/id` and at least one whole segment, its whole
+/// segments are authenticated and hashed (into `hasher`), the file is cut after them, and a
+/// decoder returned that resumes there; at least the last segment is always fetched again,
+/// so the Range is never empty. Anything else starts over with an empty file.
+#[allow(clippy::type_complexity)]
+fn resume_partial(
+    key: &blobsync_shared::StorageKey,
+    path: &std::path::Path,
+    ns: &Namespace,
+    id: &BlobId,
+    allow_resume: bool,
+    mut hasher: ring::digest::Context,
+) -> std::io::Result<(std::fs::File, Option<(Decoder, ring::digest::Context)>)> {
+    use std::io::{Read, Seek, Write};
+    struct Hash<'a>(&'a mut ring::digest::Context);
+    impl Write for Hash<'_> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.update(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    if allow_resume
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+    {
+        let len = f.metadata()?.len();
+        let mut hb = vec![0u8; MAX_HEADER_LEN.min(len as usize)];
+        f.read_exact(&mut hb)?;
+        if let Ok(Some((h, hlen))) = Header::parse(&hb)
+            && h.namespace == *ns
+            && h.id == *id
+        {
+            hb.truncate(hlen);
+            // Whole segments on disk.
+            let mut whole = 0;
+            while whole < h.segment_count()
+                && h.segment_offset(whole) + h.segment_sealed_len(whole) <= len
+            {
+                whole += 1;
+            }
+            let next = whole.min(h.segment_count() - 1);
+            let plain_end = (next << h.segment_exp).min(h.plain_size);
+            let authentic = next > 0
+                && blobsync_shared::codec::decrypt_range(
+                    key,
+                    &mut f,
+                    ns,
+                    id,
+                    0..plain_end,
+                    Hash(&mut hasher),
+                )
+                .is_ok();
+            if authentic && let Ok(d) = Decoder::resume(key, &hb, ns, id, next) {
+                f.set_len(h.segment_offset(next))?;
+                f.seek(std::io::SeekFrom::End(0))?;
+                return Ok((f, Some((d, hasher))));
+            }
+        }
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    Ok((f, None))
 }
