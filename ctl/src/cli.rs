@@ -134,8 +134,9 @@ pub enum Command {
 /// Arguments of `put`.
 #[derive(Debug, Args)]
 pub struct PutArgs {
-    /// The file to store, or `-` for standard input; several files are stored one blob each
-    /// (with --by-path, in one call: the fast way to import many small files).
+    /// The file to store, or `-` for standard input; several files are stored one blob each.
+    /// Several regular files are read by the daemon itself in batches (the fast way), and
+    /// streamed when it can't read them.
     #[arg(value_name = "FILE|-", required = true, num_args = 1..)]
     pub files: Vec<PathBuf>,
     /// The blob id, 1-128 of A-Z a-z 0-9 _ - (default: a random UUID).
@@ -155,7 +156,7 @@ pub struct PutArgs {
     #[arg(long)]
     pub wait: bool,
     /// Let the daemon read FILE itself instead of sending its bytes (FILE must be readable by
-    /// the daemon's user).
+    /// the daemon's user); with several files, never fall back to streaming.
     #[arg(long)]
     pub by_path: bool,
 }

@@ -350,6 +350,15 @@ fn put_of_several_files_stores_each_and_reports_each() {
     let ls = ctl_json(sock, &["ls", "-n", "default"]);
     assert_eq!(ls["blobs"].as_array().unwrap().len(), 2, "{ls}");
 
+    // Regular files without --by-path: the daemon reads them too (the fast path), and the
+    // report is the same.
+    let mut args = vec!["put", "-n", "auto"];
+    args.extend(&names);
+    let doc = ctl_json(sock, &args);
+    let blobs = doc["blobs"].as_array().expect("a blobs array");
+    assert_eq!(blobs.len(), 3, "{doc}");
+    assert!(blobs.iter().all(|b| b["namespace"] == "auto"), "{doc}");
+
     // --id names one blob: a usage error with several files.
     let (code, _, err) = ctl(sock, &["put", names[0], names[1], "--id", "x"]);
     assert_eq!(code, 2, "{err}");
@@ -372,6 +381,8 @@ fn every_command_answers_with_its_json_fields() {
     assert_eq!(st["counts"]["SYNCED"], 1, "{st}");
     assert_eq!(st["bytes"]["SYNCED"], 5000, "{st}");
     assert_eq!(st["namespaces"]["default"]["policy"], "EAGER", "{st}");
+    // Per namespace too (issue 21: it said 0 bytes).
+    assert_eq!(st["namespaces"]["default"]["bytes"]["SYNCED"], 5000, "{st}");
     assert_eq!(st["counts"].as_object().unwrap().len(), 8);
     for k in [
         "namespaces",

@@ -235,6 +235,8 @@ pub struct StatusSnapshot {
     pub bytes: BTreeMap<Status, u64>,
     /// Blobs per namespace and status.
     pub namespaces: BTreeMap<Namespace, BTreeMap<Status, u64>>,
+    /// Bytes per namespace and status (as `bytes`).
+    pub namespace_bytes: BTreeMap<Namespace, BTreeMap<Status, u64>>,
     /// Download policy of every namespace in `namespaces` and every configured one.
     pub policies: BTreeMap<Namespace, blobsync_shared::config::NamespacePolicy>,
     /// When the engine was created (daemon start).
@@ -787,6 +789,7 @@ impl EngineHandle {
             counts: by_status,
             bytes,
             namespaces: counts.by_namespace,
+            namespace_bytes: counts.bytes_by_namespace,
             policies,
             started: st.started,
             transfers,

@@ -41,6 +41,7 @@ use crate::soledad::{self, Dialect, Scheme};
 use crate::{Inner, ServerState};
 
 mod incoming;
+mod keys;
 
 /// Largest body of a flags POST (four flag names fit many times over).
 const MAX_FLAGS_BODY: usize = 4096;
@@ -259,7 +260,7 @@ async fn route(
         (["blobs", _, _], &Method::DELETE) => "delete",
         (["stream", _], _) => "stream",
         (["incoming", _, _], _) => "incoming",
-        (["keys", _, "incoming"], _) => "keys",
+        (["keys", _, "incoming" | "storage"], _) => "keys",
         _ => "other",
     };
     let allowed: &[Method] = match segs.as_slice() {
@@ -273,13 +274,14 @@ async fn route(
         ],
         ["stream", _] => &[Method::POST],
         ["incoming", _, _] => &[Method::PUT],
-        ["keys", _, "incoming"] => &[Method::GET, Method::PUT],
+        ["keys", _, "incoming" | "storage"] => &[Method::GET, Method::PUT],
         _ => {
             return (
                 label,
                 Err(ApiError::not_found(format!(
                     "no route {path}: use /blobs/{{user}}[/{{id}}], /stream/{{user}}, \
-                     /incoming/{{user}}/{{id}}, /keys/{{user}}/incoming, /healthz or /metrics"
+                     /incoming/{{user}}/{{id}}, /keys/{{user}}/incoming, /keys/{{user}}/storage, \
+                     /healthz or /metrics"
                 ))),
             );
         }
@@ -322,6 +324,7 @@ async fn route(
                 incoming(st, &app, &namespaces, user, id, req).await
             }
             ["keys", user, "incoming"] => incoming::keys(st, &who, user, req).await,
+            ["keys", user, "storage"] => keys::storage(st, &who, user, req).await,
             [_, user, rest @ ..] => {
                 match &who {
                     Principal::User(u) if u == user => {}

@@ -93,7 +93,9 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> In
 }
 
 mod incoming;
+mod keys;
 pub use incoming::ReplaceOutcome;
+pub use keys::{BackupCondition, BackupOutcome, backup_etag};
 
 /// Numbered migrations, applied in order at open; never edit a released one.
 const MIGRATIONS: &[&str] = &[
@@ -147,6 +149,15 @@ ALTER TABLE blobs ADD COLUMN age_sha256 TEXT;
 CREATE TABLE incoming_keys (
     user TEXT PRIMARY KEY,
     recipient TEXT NOT NULL,
+    updated INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
+    r#"
+-- Each user's passphrase-wrapped storage key (opaque bytes, at most 4 KiB), and its ETag.
+CREATE TABLE key_backups (
+    user TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    etag TEXT NOT NULL,
     updated INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
@@ -496,6 +507,7 @@ impl Index {
         }
         tx.execute("DELETE FROM blobs WHERE user = ?1", [name])?;
         tx.execute("DELETE FROM incoming_keys WHERE user = ?1", [name])?;
+        tx.execute("DELETE FROM key_backups WHERE user = ?1", [name])?;
         tx.commit()?;
         let dir = layout.user_dir(name);
         match std::fs::remove_dir_all(&dir) {
@@ -676,8 +688,16 @@ impl Index {
     pub fn namespaces(&self, user: &str) -> Result<Vec<Namespace>, IndexError> {
         self.read(|c| {
             let names = c
+                // A skip scan over the primary key (user, namespace, id): one seek per
+                // namespace, not a walk over every row of the user (devices ask after every
+                // listing that shows a change).
                 .prepare_cached(
-                    "SELECT DISTINCT namespace FROM blobs WHERE user = ?1 ORDER BY namespace",
+                    "WITH RECURSIVE ns(n) AS ( \
+                       SELECT MIN(namespace) FROM blobs WHERE user = ?1 \
+                       UNION ALL \
+                       SELECT (SELECT MIN(namespace) FROM blobs WHERE user = ?1 AND namespace > n) \
+                       FROM ns WHERE n IS NOT NULL) \
+                     SELECT n FROM ns WHERE n IS NOT NULL",
                 )?
                 .query_map([user], |r| r.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()?;

@@ -581,6 +581,15 @@ impl Sim {
             ops::apply_held(&mut d.conn, &ns, now).map_err(|e| e.to_string())?;
         }
         d.cursor = Some(self.server.seq);
+        // `Engine::backfill_salts`: after a good listing, a synced copy whose salt is not known
+        // (a remote change forgot it) takes the server copy's salt from its header.
+        let unknown = ops::synced_without_salt(&mut d.conn, 10_000).map_err(|e| e.to_string())?;
+        for b in unknown {
+            if let Some(&(_, _, _, salt)) = self.server.live.get(b.id.as_str()) {
+                ops::set_upload_salt(&mut d.conn, &b.ns, &b.id, &salt)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         self.transfers(dev, outs, shuffle)
     }
 

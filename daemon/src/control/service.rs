@@ -488,7 +488,6 @@ impl Control for Service {
     async fn status(&self, _request: Request<pb::StatusRequest>) -> RpcResult<pb::StatusResponse> {
         let s = self.handle.status().await.map_err(engine_status)?;
         type PerStatus = std::collections::BTreeMap<Status, u64>;
-        // Sizes exist per status overall, not per namespace (those get 0).
         let counts = |m: &PerStatus, bytes: Option<&PerStatus>| -> Vec<pb::StatusCount> {
             m.iter()
                 .filter(|(_, n)| **n > 0)
@@ -509,7 +508,7 @@ impl Control for Service {
                 counts: s
                     .namespaces
                     .get(ns)
-                    .map(|m| counts(m, None))
+                    .map(|m| counts(m, s.namespace_bytes.get(ns)))
                     .unwrap_or_default(),
                 paused: s.paused_namespaces.contains(ns),
                 policy: s.policies.get(ns).map_or(0, |p| match p {

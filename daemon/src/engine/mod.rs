@@ -156,6 +156,11 @@ pub(crate) struct RuntimeState {
     pub started: SystemTime,
     /// The remote's namespaces were listed once in this run (see `Engine::namespaces`).
     pub namespaces_discovered: bool,
+    /// The user's sequence number (the highest listing cursor) when the remote's namespaces
+    /// were last asked for: once a listing shows it moved, they are asked for again, so a
+    /// namespace created on another device shows up in the next cycle (see
+    /// `Engine::sync_listing`).
+    pub namespaces_head: Option<u64>,
     /// Integrity alarms in force, by kind and namespace (see [`Shared::raise`]).
     pub alarms: BTreeMap<(AlarmKind, Option<Namespace>), Alarm>,
     /// External blobs already refused in this run (logged once each).
@@ -403,6 +408,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             rebuild_pending: false,
             started: clock.now(),
             namespaces_discovered: false,
+            namespaces_head: None,
             alarms: BTreeMap::new(),
             refused_external: HashSet::new(),
             between_cycles: TransferStats::default(),
@@ -716,7 +722,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     reuploaded_missing = summary.reuploaded_missing,
                     deletions_held = summary.deletions_held,
                     changes = summary.listed_changes,
-                    error = summary.error.as_deref().unwrap_or(""),
+                    // Recorded only when there was one (no `error=""` on every line).
+                    error = summary.error.as_deref(),
                     "cycle finished"
                 );
             } else {
@@ -814,7 +821,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     /// verify, which deletes nothing. Once none is left, a meta flag ends the search.
     async fn backfill_salts(&self) {
         const PER_CYCLE: usize = 64;
-        const DONE: &str = "salt_backfill_done";
+        const DONE: &str = crate::store::ops::SALT_BACKFILL_DONE;
         let store = &self.shared.store;
         if matches!(store.meta(DONE).await, Ok(Some(_))) {
             return;
@@ -906,17 +913,52 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         // The first cycle of this run discovers namespaces too (cycle numbers persist, so the
         // periodic full listing may be far away on a fresh start).
         let discover = force_full || rebuild || !self.shared.state().namespaces_discovered;
-        for ns in self.namespaces(discover).await? {
-            self.sync_namespace(&ns, force_full || rebuild, summary)
+        let known = self.namespaces(discover).await?;
+        if discover {
+            // Before this cycle's listings: any change they show is asked about again below
+            // (a first cycle, with no cursor yet, asks again once).
+            let before = self.listing_head(&known).await?.unwrap_or(0);
+            self.shared.state().namespaces_head = Some(before);
+        }
+        for ns in &known {
+            self.sync_namespace(ns, force_full || rebuild, summary)
                 .await?;
-            self.apply_held_deletions(&ns, allow_mass_delete, summary)
+            self.apply_held_deletions(ns, allow_mass_delete, summary)
                 .await?;
+        }
+        // Something changed on the server since the namespaces were last asked for (the
+        // user's sequence number moved): it may be in a namespace this device has never seen,
+        // so ask again now. An idle cycle sends no extra request.
+        let head = self.listing_head(&known).await?;
+        let asked_at = self.shared.state().namespaces_head;
+        if head.is_some() && asked_at.is_some_and(|a| head > Some(a)) {
+            for ns in self.namespaces(true).await? {
+                if !known.contains(&ns) {
+                    info!(%ns, "a namespace created elsewhere: syncing it");
+                    self.sync_namespace(&ns, force_full || rebuild, summary)
+                        .await?;
+                    self.apply_held_deletions(&ns, allow_mass_delete, summary)
+                        .await?;
+                }
+            }
+            self.shared.state().namespaces_head = head;
         }
         if rebuild {
             self.adopt_payloads().await?;
             self.shared.state().rebuild_pending = false;
         }
         Ok(())
+    }
+
+    /// The highest listing cursor of `namespaces`: the user's sequence number as of the
+    /// latest listing (every `since` listing returns it). `None` before any listing, and
+    /// against a remote without cursors (a Soledad server lists in full every cycle).
+    async fn listing_head(&self, namespaces: &[Namespace]) -> Result<Option<u64>, SyncError> {
+        let mut head = None;
+        for ns in namespaces {
+            head = head.max(self.shared.store.cursor(ns).await?);
+        }
+        Ok(head)
     }
 
     /// Steps 1-3 of a cycle for one namespace: list, diff, apply, page by page.

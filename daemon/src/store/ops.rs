@@ -120,6 +120,8 @@ pub struct Counts {
     pub by_namespace: BTreeMap<Namespace, BTreeMap<Status, u64>>,
     /// Bytes per status (plaintext size when known, else stored size).
     pub bytes_by_status: BTreeMap<Status, u64>,
+    /// Bytes per namespace and status, measured as `bytes_by_status`.
+    pub bytes_by_namespace: BTreeMap<Namespace, BTreeMap<Status, u64>>,
 }
 
 /// A committed status change (`from`/`to` `None`: row created/removed).
@@ -518,6 +520,11 @@ pub fn counts(c: &mut Connection) -> Result<Counts, StoreError> {
             Status::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("status {code}")))?;
         *out.by_status.entry(s).or_default() += n as u64;
         *out.bytes_by_status.entry(s).or_default() += bytes as u64;
+        *out.bytes_by_namespace
+            .entry(ns.clone())
+            .or_default()
+            .entry(s)
+            .or_default() += bytes as u64;
         *out.by_namespace
             .entry(ns)
             .or_default()
@@ -981,6 +988,12 @@ pub fn seen_salts(
 /// the old one — cursors (the next listing is full), the sequence numbers of known copies
 /// (they are the old server's) and held deletions — and record the new identity, in one
 /// transaction. Local blobs and their statuses stay: the full listing reconciles them.
+///
+/// The salts of synced copies are forgotten too, and the salt backfill re-armed: a copy the
+/// new remote holds may be another device's re-upload (another salt), and a later delete
+/// proof names the server's version. The backfill reads each present copy's salt from its
+/// header; an absent one is uploaded again under a fresh salt (docs/sync.md, "Remote
+/// identity").
 pub fn reset_remote(c: &mut Connection, identity: &str) -> Result<(), StoreError> {
     let tx = c.transaction()?;
     exec(&tx, "DELETE FROM cursors", [])?;
@@ -990,6 +1003,12 @@ pub fn reset_remote(c: &mut Connection, identity: &str) -> Result<(), StoreError
         "UPDATE blobs SET remote_seq = NULL WHERE remote_seq IS NOT NULL",
         [],
     )?;
+    exec(
+        &tx,
+        "UPDATE blobs SET upload_salt = NULL WHERE status = 1 AND external = 0",
+        [],
+    )?;
+    set_meta(&tx, SALT_BACKFILL_DONE, None)?;
     set_meta(&tx, REMOTE_IDENTITY, Some(identity))?;
     tx.commit()?;
     Ok(())
@@ -997,6 +1016,9 @@ pub fn reset_remote(c: &mut Connection, identity: &str) -> Result<(), StoreError
 
 /// Meta key of the remote this store synced with (see [`reset_remote`]).
 pub const REMOTE_IDENTITY: &str = "remote_identity";
+
+/// Meta key set once every synced copy's salt is known (`Engine::backfill_salts`).
+pub const SALT_BACKFILL_DONE: &str = "salt_backfill_done";
 
 /// `retry` on one blob: a failed blob is re-queued; a queued one becomes due now.
 pub fn retry(c: &mut Connection, ns: &Namespace, id: &BlobId) -> Result<StatusChange, StoreError> {
@@ -1214,6 +1236,33 @@ mod tests {
         c.pragma_update(None, "user_version", 99).unwrap();
         let e = crate::store::schema::migrate(&mut c).unwrap_err();
         assert!(e.to_string().contains("newer"), "{e}");
+    }
+
+    #[test]
+    fn a_remote_change_forgets_the_salts_of_synced_copies_and_rearms_the_backfill() {
+        let (_d, mut c) = open();
+        let ns = Namespace::default();
+        let synced = put(&mut c, "default", "s", Priority::Medium, 1);
+        let pending = put(&mut c, "default", "p", Priority::Medium, 1);
+        for b in [&synced, &pending] {
+            record_upload_attempt(&mut c, &ns, &b.id, &[7; 32], 3).unwrap();
+        }
+        let u = RowUpdate::default();
+        transition(&c, &ns, &synced.id, Transition::UploadSucceeded, &u).unwrap();
+        set_meta(&c, SALT_BACKFILL_DONE, Some("1")).unwrap();
+
+        reset_remote(&mut c, "instance B").unwrap();
+        // The synced copy's salt is the old server's: read again from the new one.
+        assert_eq!(get(&c, &ns, &synced.id).unwrap().unwrap().upload_salt, None);
+        assert_eq!(synced_without_salt(&mut c, 10).unwrap().len(), 1);
+        assert_eq!(meta(&mut c, SALT_BACKFILL_DONE).unwrap(), None);
+        // A pending upload keeps the salt it may already have stored under.
+        let p = get(&c, &ns, &pending.id).unwrap().unwrap();
+        assert_eq!(p.upload_salt, Some([7; 32]));
+        assert_eq!(
+            meta(&mut c, REMOTE_IDENTITY).unwrap().as_deref(),
+            Some("instance B")
+        );
     }
 
     #[test]
