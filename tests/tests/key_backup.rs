@@ -129,15 +129,20 @@ fn a_new_device_restores_the_key_from_the_server_and_reads_the_blobs() -> TestRe
     wait_until("b to download f", Duration::from_secs(60), || {
         b.ctl().sync_wait()?;
         let rows = b.ctl().ls()?;
-        Ok(if rows.iter().any(|r| r.id == "f" && r.status == "SYNCED") {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(format!("{rows:?}"))
-        })
+        Ok(
+            if rows.iter().any(|r| r.id == "f" && r.status == "SYNCED") {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{rows:?}"))
+            },
+        )
     })?;
     let got = b.dir().join("got");
     b.ctl().get_to("f", "default", &got)?;
-    assert_eq!(std::fs::read(&got).unwrap(), b"what the second device must read");
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        b"what the second device must read"
+    );
     Ok(())
 }
 
@@ -150,8 +155,12 @@ fn no_backup_a_conflicting_backup_and_a_corrupted_one_are_clear_errors() -> Test
     let pass = pass_file(&dir, "pass", "a long enough passphrase");
 
     // No backup yet.
-    let (fresh_cfg, fresh_key) =
-        new_device_config(&dir.join("fresh"), &cluster.server.url(), &user.name, &user.token);
+    let (fresh_cfg, fresh_key) = new_device_config(
+        &dir.join("fresh"),
+        &cluster.server.url(),
+        &user.name,
+        &user.token,
+    );
     let out = blobctl(&[
         "key",
         "restore",
@@ -165,8 +174,12 @@ fn no_backup_a_conflicting_backup_and_a_corrupted_one_are_clear_errors() -> Test
     assert!(!fresh_key.exists());
 
     // Device 1 backs its key up.
-    let (one_cfg, one_key) =
-        new_device_config(&dir.join("one"), &cluster.server.url(), &user.name, &user.token);
+    let (one_cfg, one_key) = new_device_config(
+        &dir.join("one"),
+        &cluster.server.url(),
+        &user.name,
+        &user.token,
+    );
     std::fs::copy(&user.key_file, &one_key).unwrap();
     let out = blobctl(&[
         "key",
@@ -179,8 +192,12 @@ fn no_backup_a_conflicting_backup_and_a_corrupted_one_are_clear_errors() -> Test
     assert!(out.status.success(), "{}", text(&out));
 
     // Device 2 has another key: its backup meets the first one (412) and is refused.
-    let (two_cfg, two_key) =
-        new_device_config(&dir.join("two"), &cluster.server.url(), &user.name, &user.token);
+    let (two_cfg, two_key) = new_device_config(
+        &dir.join("two"),
+        &cluster.server.url(),
+        &user.name,
+        &user.token,
+    );
     blobsync_tests::daemon::write_key_file(&two_key)?;
     let out = blobctl(&[
         "key",
@@ -192,8 +209,14 @@ fn no_backup_a_conflicting_backup_and_a_corrupted_one_are_clear_errors() -> Test
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);
-    assert!(t.contains("412") && t.contains("already holds a key backup"), "{t}");
-    assert!(t.contains("key restore") && t.contains("--replace"), "says what to do: {t}");
+    assert!(
+        t.contains("412") && t.contains("already holds a key backup"),
+        "{t}"
+    );
+    assert!(
+        t.contains("key restore") && t.contains("--replace"),
+        "says what to do: {t}"
+    );
     // The server still holds device 1's key.
     let out = blobctl(&[
         "key",
@@ -218,7 +241,11 @@ fn no_backup_a_conflicting_backup_and_a_corrupted_one_are_clear_errors() -> Test
         &pass,
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("different storage key"), "{}", text(&out));
+    assert!(
+        text(&out).contains("different storage key"),
+        "{}",
+        text(&out)
+    );
 
     // The server's copy gets corrupted (a byte of its ciphertext flipped, through the API).
     let addr = cluster.server.addr();
@@ -238,8 +265,12 @@ fn no_backup_a_conflicting_backup_and_a_corrupted_one_are_clear_errors() -> Test
         &body,
     )?;
     assert!(put.status / 100 == 2, "{} {}", put.status, put.text());
-    let (cfg3, key3) =
-        new_device_config(&dir.join("three"), &cluster.server.url(), &user.name, &user.token);
+    let (cfg3, key3) = new_device_config(
+        &dir.join("three"),
+        &cluster.server.url(),
+        &user.name,
+        &user.token,
+    );
     let out = blobctl(&[
         "key",
         "restore",
@@ -295,6 +326,9 @@ fn no_backup_a_conflicting_backup_and_a_corrupted_one_are_clear_errors() -> Test
         &pass,
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(std::fs::read(&key3).unwrap(), std::fs::read(&two_key).unwrap());
+    assert_eq!(
+        std::fs::read(&key3).unwrap(),
+        std::fs::read(&two_key).unwrap()
+    );
     Ok(())
 }
