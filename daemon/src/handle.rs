@@ -442,9 +442,9 @@ impl EngineHandle {
                 let seg = self.shared.settings().segment_exp;
                 let header = blobsync_shared::codec::Header::new(ns.clone(), id.clone(), size, seg)
                     .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
-                PutSeal::Direct(sealed::Sealer::new(&self.shared.key, header))
+                PutSeal::Direct(Box::new(sealed::Sealer::new(&self.shared.key, header)))
             }
-            None => PutSeal::Spooled(sealed::EphemeralSpool::new()),
+            None => PutSeal::Spooled(Box::default()),
         };
         let data = self.shared.data.clone();
         let dest = data.payload_path(&ns, &id);
@@ -1144,9 +1144,9 @@ pub struct PutWriter {
 /// How a streamed put seals what arrives.
 enum PutSeal {
     /// The size is known: straight into the payload.
-    Direct(sealed::Sealer),
+    Direct(Box<sealed::Sealer>),
     /// It is not: into a spool under a one-time key, sealed into the payload at commit.
-    Spooled(sealed::EphemeralSpool),
+    Spooled(Box<sealed::EphemeralSpool>),
 }
 
 impl PutWriter {

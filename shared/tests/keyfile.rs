@@ -215,10 +215,16 @@ fn backup_wrapping_cost() {
     let mut times = Vec::new();
     for _ in 0..3 {
         let t = std::time::Instant::now();
-        let w = export_wrapped_with(&key, "a passphrase of some length", BACKUP_M_COST_KIB, BACKUP_T_COST);
+        let w = export_wrapped_with(
+            &key,
+            "a passphrase of some length",
+            BACKUP_M_COST_KIB,
+            BACKUP_T_COST,
+        );
         let wrap = t.elapsed();
         let t = std::time::Instant::now();
-        let k = blobsync_shared::keyfile::import_wrapped(&w, "a passphrase of some length").unwrap();
+        let k =
+            blobsync_shared::keyfile::import_wrapped(&w, "a passphrase of some length").unwrap();
         let unwrap = t.elapsed();
         assert_eq!(k.as_bytes(), key.as_bytes());
         times.push((wrap, unwrap));

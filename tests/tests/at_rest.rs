@@ -182,6 +182,7 @@ fn migration_total(dev: &DaemonProc) -> Option<u64> {
     let (out, err) = dev.log_tails(5000);
     format!("{out}\n{err}")
         .lines()
+        .rev()
         .filter(|l| l.contains("at-rest migration: sealing"))
         .filter_map(|l| {
             let at = l.find("total=")? + "total=".len();
@@ -191,7 +192,7 @@ fn migration_total(dev: &DaemonProc) -> Option<u64> {
                 .parse()
                 .ok()
         })
-        .last()
+        .next()
 }
 
 #[test]

@@ -16,7 +16,11 @@ use crate::status::{IllegalTransition, Next, Priority, Status, Transition};
 
 /// `execute` through the statement cache: rusqlite's `Connection::execute` prepares on every
 /// call, and parsing (with trigger code generation) cost more than running the statement.
-fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+pub(crate) fn exec(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
     c.prepare_cached(sql)?.execute(params)
 }
 
@@ -231,7 +235,7 @@ pub enum RemoteFact {
     },
 }
 
-const COLS: &str = "ns, id, size, remote_size, sha256, status, priority, attempts, \
+pub(crate) const COLS: &str = "ns, id, size, remote_size, sha256, status, priority, attempts, \
     next_attempt_ms, last_error, invalid_attempts, upload_salt, external, created_ms, \
     updated_ms, remote_seq, reupload";
 
@@ -247,7 +251,7 @@ fn blob32(v: Option<Vec<u8>>) -> rusqlite::Result<Option<[u8; 32]>> {
     .transpose()
 }
 
-fn row(r: &Row<'_>) -> rusqlite::Result<BlobInfo> {
+pub(crate) fn row(r: &Row<'_>) -> rusqlite::Result<BlobInfo> {
     let ns: String = r.get(0)?;
     let id: String = r.get(1)?;
     let status: i64 = r.get(5)?;
@@ -578,7 +582,7 @@ pub fn transition(
             let keep = matches!(s, Status::FailedDownload | Status::FailedUpload);
             // A download installs a sealed payload in place of whatever was there.
             if t == Transition::DownloadSucceeded {
-                unmark_plain(c, ns, id)?;
+                super::plain::unmark_plain(c, ns, id)?;
             }
             // Our own upload: the seq of any earlier copy under this id is not ours, and must
             // not make the next listing think our blob was replaced.
@@ -1448,56 +1452,4 @@ mod tests {
         set_meta(&c, "k", None).unwrap();
         assert_eq!(meta(&mut c, "k").unwrap(), None);
     }
-}
-
-/// Whether the payload of `ns/id` still holds plaintext written by an earlier release (see
-/// migration 6 and `engine::atrest`).
-pub fn is_plain(c: &Connection, ns: &Namespace, id: &BlobId) -> Result<bool, StoreError> {
-    Ok(
-        c.prepare_cached("SELECT 1 FROM plain_payloads WHERE ns = ?1 AND id = ?2")?
-            .exists(params![ns.as_str(), id.as_str()])?,
-    )
-}
-
-/// Records that the payload of `ns/id` is sealed now (converted, or replaced by a download).
-pub fn unmark_plain(c: &Connection, ns: &Namespace, id: &BlobId) -> Result<(), StoreError> {
-    exec(
-        c,
-        "DELETE FROM plain_payloads WHERE ns = ?1 AND id = ?2",
-        params![ns.as_str(), id.as_str()],
-    )?;
-    Ok(())
-}
-
-/// Records that the payload of `ns/id` holds plaintext (a rebuilt store adopting a file of an
-/// earlier release).
-pub fn mark_plain(c: &Connection, ns: &Namespace, id: &BlobId) -> Result<(), StoreError> {
-    exec(
-        c,
-        "INSERT OR IGNORE INTO plain_payloads (ns, id) VALUES (?1, ?2)",
-        params![ns.as_str(), id.as_str()],
-    )?;
-    Ok(())
-}
-
-/// Up to `limit` rows whose payload still holds plaintext, after `after` in (ns, id) order.
-pub fn plain_page(
-    c: &Connection,
-    after: Option<&(Namespace, BlobId)>,
-    limit: usize,
-) -> Result<Vec<BlobInfo>, StoreError> {
-    let (ans, aid) = after.map_or(("", ""), |(n, i)| (n.as_str(), i.as_str()));
-    let mut st = c.prepare_cached(&format!(
-        "SELECT {COLS} FROM blobs WHERE (ns, id) IN (SELECT ns, id FROM plain_payloads \
-         WHERE (ns, id) > (?1, ?2) ORDER BY ns, id LIMIT ?3) ORDER BY ns, id"
-    ))?;
-    let rows = st.query_map(params![ans, aid, limit as i64], row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// How many payloads still hold plaintext.
-pub fn plain_count(c: &mut Connection) -> Result<u64, StoreError> {
-    Ok(c.query_row("SELECT COUNT(*) FROM plain_payloads", [], |r| {
-        r.get::<_, i64>(0)
-    })? as u64)
 }

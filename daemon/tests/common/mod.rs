@@ -122,7 +122,7 @@ impl<X: Remote + Clone> Device<X> {
     pub async fn put_ns(&self, ns: Namespace, id: &str, bytes: &[u8]) -> BlobInfo {
         // Both ways a streamed put is sealed get exercised: with the size known up front
         // (sealed as it arrives), and without (spooled under a one-time key first).
-        let hint = (bytes.len() % 2 == 0).then_some(bytes.len() as u64);
+        let hint = bytes.len().is_multiple_of(2).then_some(bytes.len() as u64);
         let mut w = self
             .handle
             .put_writer(
