@@ -457,7 +457,7 @@ async fn serve<R: Remote>(
         remote = %remote_desc,
         data_dir = %cfg.data_dir.display(),
         socket = %cfg.socket.display(),
-        key_file = %cfg.key_file.display(),
+        key_store = %KeyStore::new(cfg.key_store, &cfg.key_file, &cfg.user).describe(),
         "blobsyncd ready"
     );
     let _ = notify("READY=1");

@@ -98,8 +98,25 @@ fn check_passphrase(pass: &str) -> Result<(), CtlError> {
 }
 
 fn export(a: KeyExportArgs, json: bool) -> Result<(), CtlError> {
-    let key_path = client::discover_key_file(a.key_file.as_deref())?;
-    let key = keyfile::load_key_file(&key_path)?;
+    // The key is read from where the daemon keeps it (`key_store`), unless --key-file names a
+    // key file.
+    let keyring_or_credential = match &a.key_file {
+        None => config(None)
+            .ok()
+            .filter(|c| c.key_store != blobsync_shared::keystore::KeyStoreKind::File),
+        Some(_) => None,
+    };
+    let (key, key_path) = match keyring_or_credential {
+        Some(c) => {
+            let store = blobsync_shared::keystore::KeyStore::new(c.key_store, &c.key_file, &c.user);
+            let key = store.load().map_err(|e| CtlError::Key(e.to_string()))?;
+            (key, PathBuf::from(store.describe()))
+        }
+        None => {
+            let key_path = client::discover_key_file(a.key_file.as_deref())?;
+            (keyfile::load_key_file(&key_path)?, key_path)
+        }
+    };
     let pass = match &a.passphrase_file {
         Some(f) => passphrase_from_file(f)?,
         // At the terminal a short or mistyped passphrase asks again (three tries).

@@ -7,11 +7,14 @@
 //! never touches SQLite directly (the store does).
 
 mod atrest;
+pub mod error;
 mod incoming;
 pub(crate) mod keycheck;
 pub mod plan;
+pub mod put;
 pub mod ratelimit;
 pub(crate) mod transfer;
+pub mod verify;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
