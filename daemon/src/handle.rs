@@ -322,8 +322,13 @@ impl EngineHandle {
         let path = self.shared.data.payload_path(ns, id);
         let key = self.shared.key.clone();
         let (ns2, id2) = (ns.clone(), id.clone());
-        let mut src =
-            blocking(move || Ok(sealed::PlainSource::open(&key, &path, &ns2, &id2, size)?)).await?;
+        let listed = self.shared.store.is_plain(ns, id).await?;
+        let mut src = blocking(move || {
+            Ok(sealed::PlainSource::open(
+                &key, &path, &ns2, &id2, size, listed,
+            )?)
+        })
+        .await?;
         let (tx, rx) = mpsc::channel::<std::io::Result<bytes::Bytes>>(READ_AHEAD);
         let len = r.end - r.start;
         tokio::task::spawn_blocking(move || {

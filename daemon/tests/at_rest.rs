@@ -199,6 +199,48 @@ async fn a_damaged_payload_is_never_handed_out_and_verify_requeues_it() {
     assert_eq!(a.read("x").await, data);
 }
 
+#[tokio::test]
+async fn a_sealed_payload_cut_to_its_plaintexts_length_is_never_read_as_plaintext() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("r");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let data = marked(20_000, 3);
+    a.put("cut", &data).await;
+    a.engine.run_cycle().await;
+    let path = blobsyncd::store::payload::DataDir::new(tmp.path().join("a"))
+        .payload_path(&Namespace::default(), &BlobId::new("cut").unwrap());
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(data.len() as u64).unwrap();
+    drop(f);
+    // Not listed as plaintext: the header is read, the cut segment fails, nothing handed out
+    // but what authenticated.
+    let got = match a
+        .handle
+        .open_for_read(
+            &Namespace::default(),
+            &BlobId::new("cut").unwrap(),
+            None,
+            false,
+        )
+        .await
+    {
+        Ok((mut r, _)) => {
+            let mut got = Vec::new();
+            assert!(
+                tokio::io::AsyncReadExt::read_to_end(&mut r, &mut got)
+                    .await
+                    .is_err()
+            );
+            got
+        }
+        Err(_) => Vec::new(),
+    };
+    assert!(data.starts_with(&got) && got.len() < data.len());
+    let (tx, _rx) = tokio::sync::mpsc::channel(1000);
+    let report = a.handle.verify(false, tx).await.unwrap();
+    assert_eq!(report.damaged.len(), 1, "{:?}", report.damaged);
+}
+
 /// Turns a device's store into what an earlier release left: every payload plaintext, and
 /// listed in `plain_payloads` (as migration 6 lists them when it opens such a store).
 async fn as_previous_release(dev: &Path, ids: &[(&str, Vec<u8>)]) {

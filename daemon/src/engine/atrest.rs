@@ -1,7 +1,8 @@
 //! The local store encrypted at rest ([docs/local-store.md](../../docs/local-store.md)): the
 //! migration that seals, in place, the plaintext payloads a release before at-rest
 //! encryption left (crash-safe, resumable, with progress in the log; an unconverted payload
-//! stays readable meanwhile, told apart by its length: `store::sealed::is_plain_len`), and the
+//! stays readable meanwhile: a listed payload as long as its plaintext is plaintext,
+//! `store::sealed::is_plain_len`), and the
 //! re-seal of a payload under a fresh salt for a re-upload after the server lost a blob (a
 //! salt is never used for two encodings).
 

@@ -1257,8 +1257,15 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             let (ns2, id2) = (ns.clone(), id.clone());
             let read = tokio::task::spawn_blocking(move || {
                 let len = std::fs::metadata(&path)?.len();
+                // A header naming this very blob is a sealed payload (damaged if its length or
+                // a segment is wrong, and then left out); anything else is plaintext of an
+                // earlier release.
                 match crate::store::sealed::header_of(&path, &ns2, &id2) {
-                    Ok(h) if h.stored_size() == len => {
+                    Ok(h) if h.stored_size() != len => {
+                        warn!(ns = %ns2, id = %id2, "rebuild: a payload file is cut short or too long; not adopted");
+                        Ok(None)
+                    }
+                    Ok(_) => {
                         match crate::store::sealed::authenticate(&key, &path, &ns2, &id2) {
                             Ok(a) => Ok(Some((a.sha256, a.header.plain_size, false))),
                             Err(e) => {

@@ -204,9 +204,10 @@ impl EngineHandle {
         let path = self.shared.data.payload_path(&b.ns, &b.id);
         let key = self.shared.key.clone();
         let (ns, id, size) = (b.ns.clone(), b.id.clone(), b.size.unwrap_or(0));
+        let listed = self.shared.store.is_plain(&b.ns, &b.id).await?;
         let res = tokio::task::spawn_blocking(move || {
             let len = std::fs::metadata(&path)?.len();
-            if sealed::is_plain_len(len, size) {
+            if listed && sealed::is_plain_len(len, size) {
                 return payload::sha256_file(&path).map(|(sha, n)| Ok((sha, n)));
             }
             Ok(match sealed::authenticate(&key, &path, &ns, &id) {

@@ -181,19 +181,21 @@ pub struct PlainSource {
 }
 
 impl PlainSource {
-    /// Blocking: opens `path`, the payload of a blob of `size` plaintext bytes. A file of
-    /// exactly `size` bytes is a plaintext payload an earlier release wrote, not converted
-    /// yet (see [`is_plain_len`]); any other must be sealed, its header naming `ns`/`id` and
-    /// `size`.
+    /// Blocking: opens `path`, the payload of a blob of `size` plaintext bytes. `listed`: the
+    /// store still lists it as a plaintext payload of an earlier release (`plain_payloads`);
+    /// then a file of exactly `size` bytes is that plaintext (see [`is_plain_len`]). Any other
+    /// must be sealed, its header naming `ns`/`id` and `size`: a sealed payload cut to its
+    /// plaintext's length by damage is never mistaken for plaintext once the migration is past.
     pub fn open(
         key: &StorageKey,
         path: &Path,
         ns: &Namespace,
         id: &BlobId,
         size: u64,
+        listed: bool,
     ) -> io::Result<Self> {
         let mut file = File::open(path)?;
-        let (header, plain_size) = if is_plain_len(file.metadata()?.len(), size) {
+        let (header, plain_size) = if listed && is_plain_len(file.metadata()?.len(), size) {
             (None, size)
         } else {
             let h = read_header(&mut file, ns, id).map_err(codec_io)?;
@@ -256,11 +258,11 @@ impl PlainSource {
     }
 }
 
-/// Whether a payload file of `file_len` bytes, for a blob of `plain_size` plaintext bytes,
-/// holds the plaintext itself (written by a release before at-rest encryption). A sealed
-/// payload is always longer than its plaintext (a header, and a tag per segment), so the
-/// length alone tells them apart, even when a crash came between the migration's rename and
-/// its store commit.
+/// Whether a payload file of `file_len` bytes, for a blob of `plain_size` plaintext bytes that
+/// the store still lists as plaintext, holds the plaintext itself (written by a release before
+/// at-rest encryption). A sealed payload is always longer than its plaintext (a header, and a
+/// tag per segment), so the length tells them apart, even when a crash came between the
+/// migration's rename and its store commit. Only for listed rows: see [`PlainSource::open`].
 pub fn is_plain_len(file_len: u64, plain_size: u64) -> bool {
     file_len == plain_size
 }
@@ -617,7 +619,8 @@ mod tests {
             assert_eq!(std::fs::read(&path).unwrap(), expect, "size {size}");
             let a = authenticate(&key, &path, &h.namespace, &h.id).unwrap();
             assert_eq!(a.sha256, sha);
-            let mut src = PlainSource::open(&key, &path, &h.namespace, &h.id, size as u64).unwrap();
+            let mut src =
+                PlainSource::open(&key, &path, &h.namespace, &h.id, size as u64, false).unwrap();
             for r in [0..size as u64, (size as u64 / 3)..(size as u64 / 2)] {
                 let mut got = Vec::new();
                 src.copy_range(r.clone(), &mut got).unwrap();
@@ -662,7 +665,7 @@ mod tests {
             Err(CodecError::Invalid(_))
         ));
         // The first segments still read; the damaged one is never handed out.
-        let mut src = PlainSource::open(&key, &path, &h.namespace, &h.id, 10_000).unwrap();
+        let mut src = PlainSource::open(&key, &path, &h.namespace, &h.id, 10_000, false).unwrap();
         let mut got = Vec::new();
         src.copy_range(0..4096, &mut got).unwrap();
         assert_eq!(got, plain[..4096]);

@@ -175,19 +175,27 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let size = b
             .size
             .ok_or(NotReady::Retry("no local size recorded".into()))?;
-        match self.seal_plain(b).await {
-            Ok(atrest::Sealed::Damaged) => {
-                return Err(NotReady::Reject(
-                    "the local plaintext payload does not match its recorded SHA-256: \
-                     damaged on disk"
-                        .into(),
-                ));
+        let listed = self
+            .shared
+            .store
+            .is_plain(&b.ns, &b.id)
+            .await
+            .map_err(|e| NotReady::Retry(e.to_string()))?;
+        if listed {
+            match self.seal_plain(b).await {
+                Ok(atrest::Sealed::Damaged) => {
+                    return Err(NotReady::Reject(
+                        "the local plaintext payload does not match its recorded SHA-256: \
+                         damaged on disk"
+                            .into(),
+                    ));
+                }
+                Ok(atrest::Sealed::Now) => {
+                    let _ = self.shared.store.unmark_plain(&b.ns, &b.id).await;
+                }
+                Ok(atrest::Sealed::Already) => {}
+                Err(e) => return Err(NotReady::Retry(format!("sealing the local payload: {e}"))),
             }
-            Ok(atrest::Sealed::Now) => {
-                let _ = self.shared.store.unmark_plain(&b.ns, &b.id).await;
-            }
-            Ok(atrest::Sealed::Already) => {}
-            Err(e) => return Err(NotReady::Retry(format!("sealing the local payload: {e}"))),
         }
         let path = self.shared.data.payload_path(&b.ns, &b.id);
         let (ns, id) = (b.ns.clone(), b.id.clone());
