@@ -27,7 +27,7 @@ pub enum ErrorCode {
     PermissionDenied,
 }
 
-/// Errors of [`EngineHandle`] calls; messages are for humans.
+/// Errors of [`EngineHandle`](crate::handle::EngineHandle) calls; messages are for humans.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// Bad input.
