@@ -32,7 +32,7 @@ use crate::store::{BlobInfo, RetryPlan};
 /// Chunks of a payload file read ahead of the network per upload.
 pub(super) const READ_AHEAD: usize = 4;
 /// Bytes per read of a payload file being uploaded.
-pub(super) const UPLOAD_CHUNK: usize = 256 * 1024;
+pub(super) const UPLOAD_CHUNK: usize = 1 << 20;
 /// Cuts without progress before a download attempt counts as failed.
 pub(super) const MAX_CUTS_WITHOUT_PROGRESS: u32 = 3;
 /// Progress events per transfer at most every this often.

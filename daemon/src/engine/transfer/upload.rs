@@ -7,7 +7,7 @@ use std::sync::Arc;
 use blobsync_shared::Namespace;
 use blobsync_shared::codec::{Header, MAX_HEADER_LEN};
 use bytes::Bytes;
-use tokio::io::AsyncReadExt;
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -30,45 +30,57 @@ pub(in crate::engine) fn file_stream(
     len: u64,
     progress: Option<Progress>,
 ) -> ByteStream {
+    // One blocking task reads the file front to back (a hop to the blocking pool per chunk
+    // cost more than the read), READ_AHEAD chunks ahead of the network; the limiter and the
+    // progress are applied as the body takes each chunk.
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD);
-    tokio::spawn(async move {
-        let mut progress = progress;
-        let mut file = match tokio::fs::File::open(&path).await {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) => {
-                let _ = tx.send(Err(e)).await;
+                let _ = tx.blocking_send(Err(e));
                 return;
             }
         };
         let mut left = len;
         while left > 0 {
             let mut buf = vec![0u8; (left as usize).min(UPLOAD_CHUNK)];
-            if let Err(e) = file.read_exact(&mut buf).await {
-                let _ = tx.send(Err(e)).await;
+            if let Err(e) = file.read_exact(&mut buf) {
+                let _ = tx.blocking_send(Err(e));
                 return;
             }
             left -= buf.len() as u64;
-            shared.up.acquire(buf.len()).await;
-            if let Some(p) = progress.as_mut() {
-                p.add(buf.len() as u64);
-            }
-            if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                 return;
             }
         }
         // The file must not have grown: immutable payloads are exactly `len` long.
         let mut extra = [0u8; 1];
-        if let Ok(1..) = file.read(&mut extra).await {
-            let _ = tx
-                .send(Err(std::io::Error::other(
-                    "payload file is longer than recorded",
-                )))
-                .await;
+        if let Ok(1..) = file.read(&mut extra) {
+            let _ = tx.blocking_send(Err(std::io::Error::other(
+                "payload file is longer than recorded",
+            )));
         }
     });
-    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
+    let progress = Arc::new(std::sync::Mutex::new(progress));
+    Box::pin(
+        futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+        .then(move |item| {
+            let (shared, progress) = (shared.clone(), progress.clone());
+            async move {
+                if let Ok(b) = &item {
+                    shared.up.acquire(b.len()).await;
+                    if let Some(p) = progress.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                        p.add(b.len() as u64);
+                    }
+                }
+                item
+            }
+        }),
+    )
 }
 
 /// Blocking: a small payload file, whole; it must be exactly `len` bytes.
