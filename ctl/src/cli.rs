@@ -397,6 +397,69 @@ pub enum KeyCommand {
     /// Install a key written by `key export` (refuses to replace an existing key without --force).
     #[command(after_help = "Example:\n  blobctl key import blobsync-key.txt")]
     Import(KeyImportArgs),
+    /// Move the key to another key store (`key_store`: file, keyring, credential) and set the
+    /// config's `key_store`.
+    #[command(
+        after_help = "Examples:\n  blobctl key migrate --to keyring      # the desktop's Secret Service / Keychain\n  sudo blobctl key migrate --to credential --config /etc/blobsync/config.toml"
+    )]
+    Migrate(KeyMigrateArgs),
+    /// Put the key on the server, wrapped with a passphrase, for `key restore` on new devices.
+    #[command(after_help = "Example:\n  blobctl key backup        # asks for a passphrase twice")]
+    Backup(KeyBackupArgs),
+    /// Fetch the key backup from the server, unwrap it with its passphrase, and install it.
+    #[command(after_help = "Example:\n  blobctl key restore       # asks for the passphrase")]
+    Restore(KeyRestoreArgs),
+}
+
+/// Arguments of `key migrate`.
+#[derive(Debug, Args)]
+pub struct KeyMigrateArgs {
+    /// The key store to move the key to: file, keyring or credential.
+    #[arg(long, value_name = "STORE")]
+    pub to: String,
+    /// The key store it is in now (default: the config's `key_store`).
+    #[arg(long, value_name = "STORE")]
+    pub from: Option<String>,
+    /// The key file (default: the config's `key_file`).
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Where `--to credential` writes the encrypted credential.
+    #[arg(long, value_name = "PATH")]
+    pub credential_file: Option<PathBuf>,
+    /// The daemon's config file (default: CONFIG_DIR/config.toml).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// Arguments of `key backup`.
+#[derive(Debug, Args)]
+pub struct KeyBackupArgs {
+    /// Read the passphrase from the first line of this file instead of asking.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Replace a backup the server holds already (of another key, or another passphrase).
+    #[arg(long)]
+    pub replace: bool,
+    /// The daemon's config file (default: CONFIG_DIR/config.toml).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// Arguments of `key restore`.
+#[derive(Debug, Args)]
+pub struct KeyRestoreArgs {
+    /// Read the passphrase from the first line of this file instead of asking.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// The key store to write the key to: file or keyring (default: the config's `key_store`).
+    #[arg(long, value_name = "STORE")]
+    pub to: Option<String>,
+    /// The key file to write with `--to file` (default: the config's `key_file`).
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// The daemon's config file (default: CONFIG_DIR/config.toml).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 /// Arguments of `key export`.

@@ -1,25 +1,25 @@
 //! [`EngineHandle`]: the only API the control service (and tests) use to drive the daemon —
 //! put, get, delete, list, status, sync, watch, retry, priority, pause/resume, limits,
-//! verify, and remote flags/listing.
+//! verify, and remote flags/listing. This module is the thin part: the handle, the reads
+//! (`open_for_read` decrypts as it streams) and the small calls; puts are in
+//! [`crate::engine::put`], verify in [`crate::engine::verify`], the error type in
+//! [`crate::engine::error`] (re-exported here).
 //!
 //! Errors are [`EngineError`]; [`EngineError::code`] says which gRPC code a caller should
 //! map it to. This module never knows about prost types.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use blobsync_shared::codec::Decoder;
 use blobsync_shared::config::NamespacePolicy;
 use blobsync_shared::wire::{BlobDetail, Flag};
-use blobsync_shared::writeback::WriteBehind;
 use blobsync_shared::{BlobId, Namespace};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use tokio::io::AsyncSeekExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -27,121 +27,71 @@ use crate::clock::Clock;
 use crate::engine::{Engine, RemoteState, Shared, SyncRequest, TransferInfo};
 use crate::events::{CycleSummary, Subscription};
 use crate::remote::{Remote, RemoteError, RemoteListFilter};
-use crate::spool::Spool;
 use crate::status::{Priority, Status, Transition};
 use crate::store::ops::RowUpdate;
-use crate::store::{BlobInfo, ListFilter, NewLocalBlob, StoreError, payload};
+use crate::store::{BlobInfo, ListFilter, StoreError, sealed};
 
-/// Which gRPC code an [`EngineError`] maps to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// Bad input (ids, ranges, flags, paths).
-    InvalidArgument,
-    /// No such blob.
-    NotFound,
-    /// The blob already exists.
-    AlreadyExists,
-    /// The remote is down or refused us; try later.
-    Unavailable,
-    /// The blob's status does not allow it (e.g. retry on a synced blob).
-    FailedPrecondition,
-    /// A bug or local disk trouble.
-    Internal,
-    /// The daemon may not read a file it was asked to.
-    PermissionDenied,
+pub use crate::engine::error::{EngineError, ErrorCode};
+pub use crate::engine::put::{PutItem, PutWriter};
+pub use crate::engine::verify::{Damage, VerifyProgress, VerifyReport};
+
+/// A blob's plaintext as [`EngineHandle::open_for_read`] gives it: decrypted as it is read.
+pub struct PlainReader(std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>);
+
+impl std::fmt::Debug for PlainReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlainReader")
+    }
 }
 
-/// Errors of [`EngineHandle`] calls; messages are for humans.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// Bad input.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// The blob's status does not allow it.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// The remote is needed and not usable.
-    #[error("{0}")]
-    Unavailable(String),
-    /// A store error (NotFound/AlreadyExists/illegal transition/internal).
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A remote error.
-    #[error(transparent)]
-    Remote(#[from] RemoteError),
-    /// Local file trouble.
-    #[error("local i/o: {0}")]
-    Io(#[from] std::io::Error),
-    /// The file to put cannot be opened or read.
-    #[error(
-        "the daemon cannot read {}: {error}; the file must exist and be readable by the daemon's user",
-        path.display()
-    )]
-    Source {
-        /// The file.
-        path: PathBuf,
-        /// What the OS said.
-        error: std::io::Error,
-    },
-    /// The daemon is shutting down.
-    #[error("the daemon is shutting down")]
-    ShuttingDown,
-    /// No such blob in the namespace asked for, but the id exists in others.
-    #[error(
-        "no blob {id} in namespace {ns}, but there is one in {}: ask for {}/{id} (or -n {})",
-        found_in.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
-        found_in[0], found_in[0]
-    )]
-    NotFoundElsewhere {
-        /// The namespace asked for.
-        ns: Namespace,
-        /// The id.
-        id: BlobId,
-        /// Namespaces holding the id (at least one).
-        found_in: Vec<Namespace>,
-    },
-    /// A put of an id whose delete has not reached the server yet.
-    #[error(
-        "{ns}/{id} was deleted here and the server has not been told yet: put it again once it \
-         has (`blobctl sync --wait` tells it now, when the server is reachable), or use another id"
-    )]
-    DeletePending {
-        /// Namespace.
-        ns: Namespace,
-        /// Id.
-        id: BlobId,
-    },
+impl tokio::io::AsyncRead for PlainReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_read(cx, buf)
+    }
 }
 
-impl EngineError {
-    /// The gRPC code to answer with.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            EngineError::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            EngineError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
-            EngineError::Unavailable(_) | EngineError::ShuttingDown => ErrorCode::Unavailable,
-            EngineError::Store(StoreError::NotFound { .. })
-            | EngineError::NotFoundElsewhere { .. } => ErrorCode::NotFound,
-            EngineError::Store(StoreError::AlreadyExists { .. })
-            | EngineError::DeletePending { .. } => ErrorCode::AlreadyExists,
-            EngineError::Store(StoreError::Illegal(_)) => ErrorCode::FailedPrecondition,
-            EngineError::Store(StoreError::Closed) => ErrorCode::Unavailable,
-            EngineError::Store(_) | EngineError::Io(_) => ErrorCode::Internal,
-            EngineError::Source { error, .. } => match error.kind() {
-                std::io::ErrorKind::NotFound => ErrorCode::NotFound,
-                std::io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
-                _ => ErrorCode::InvalidArgument,
-            },
-            EngineError::Remote(e) => match e {
-                RemoteError::NotFound => ErrorCode::NotFound,
-                RemoteError::Conflict => ErrorCode::AlreadyExists,
-                RemoteError::BadFlags(_) | RemoteError::RangeNotSatisfiable => {
-                    ErrorCode::InvalidArgument
-                }
-                RemoteError::TooLarge | RemoteError::QuotaExceeded => ErrorCode::FailedPrecondition,
-                _ => ErrorCode::Unavailable,
-            },
+/// Plaintext chunks decrypted ahead of the reader.
+const READ_AHEAD: usize = 4;
+/// Plaintext bytes per chunk handed to the reader.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A `Write` on the blocking pool that hands its bytes, in chunks, to an async reader.
+struct ChannelWriter {
+    tx: mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    /// Sends what is buffered; `BrokenPipe` once the reader is gone (the call was dropped).
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
         }
+        let chunk = bytes::Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(READ_CHUNK),
+        ));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = (READ_CHUNK - self.buf.len()).min(b.len());
+        self.buf.extend_from_slice(&b[..n]);
+        if self.buf.len() >= READ_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -205,50 +155,6 @@ pub struct StatusSnapshot {
     /// Integrity alarms in force (held mass deletions, unproven tombstones, rollbacks,
     /// refused external blobs, a changed remote), oldest kind first.
     pub alarms: Vec<crate::events::Alarm>,
-}
-
-/// Progress of a verify pass.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifyProgress {
-    /// Blobs checked so far.
-    pub checked: u64,
-    /// Blobs to check.
-    pub total: u64,
-    /// The blob just checked.
-    pub ns: Namespace,
-    /// The blob just checked.
-    pub id: BlobId,
-    /// `None`: fine; else what is wrong.
-    pub problem: Option<String>,
-}
-
-/// One damaged blob found by verify.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Damage {
-    /// Namespace.
-    pub ns: Namespace,
-    /// Id.
-    pub id: BlobId,
-    /// `"local"` or `"remote"`.
-    pub copy: &'static str,
-    /// What is wrong.
-    pub problem: String,
-    /// A download was queued to repair the local copy.
-    pub requeued: bool,
-}
-
-/// What a verify pass found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VerifyReport {
-    /// Local payloads re-hashed.
-    pub checked_local: u64,
-    /// Server copies downloaded and authenticated.
-    pub checked_remote: u64,
-    /// What is damaged.
-    pub damaged: Vec<Damage>,
-    /// Blobs not checked, and why (external blobs: not encrypted by us, nothing to
-    /// authenticate them with).
-    pub skipped: Vec<(Namespace, BlobId, String)>,
 }
 
 /// The remote-dependent half of the engine, behind a trait object so the handle is not
@@ -334,8 +240,8 @@ impl<R: Remote, C: Clock> EngineOps for Engine<R, C> {
 /// concurrently.
 #[derive(Clone)]
 pub struct EngineHandle {
-    shared: Arc<Shared>,
-    ops: Arc<dyn EngineOps>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) ops: Arc<dyn EngineOps>,
 }
 
 impl EngineHandle {
@@ -351,7 +257,7 @@ impl EngineHandle {
         }
     }
 
-    fn alive(&self) -> Result<(), EngineError> {
+    pub(crate) fn alive(&self) -> Result<(), EngineError> {
         if self.shared.cancel.is_cancelled() {
             Err(EngineError::ShuttingDown)
         } else {
@@ -359,201 +265,10 @@ impl EngineHandle {
         }
     }
 
-    /// Starts a put: write the bytes, then `commit`. Dropping the writer aborts it (the temp
-    /// file is removed). `id = None` picks a random UUIDv4 id. Fails with `AlreadyExists`
-    /// when the id is taken (checked now and again at commit).
-    pub async fn put_writer(
-        &self,
-        ns: Namespace,
-        id: Option<BlobId>,
-        priority: Priority,
-        local_only: bool,
-    ) -> Result<PutWriter, EngineError> {
-        self.alive()?;
-        let id = id.unwrap_or_else(BlobId::random);
-        // Refused now, before the client streams the bytes (and again at commit).
-        self.refuse_taken(&ns, &id).await?;
-        let data = self.shared.data.clone();
-        let dest = data.payload_path(&ns, &id);
-        let mut payload = blocking(move || Ok(payload::NewPayload::create(&data, &dest)?)).await?;
-        let file = Spool::cached(payload.file().try_clone()?);
-        Ok(PutWriter {
-            shared: self.shared.clone(),
-            ns,
-            id,
-            priority,
-            local_only,
-            payload: Some(payload),
-            file: Some(file),
-            hasher: ring::digest::Context::new(&ring::digest::SHA256),
-            size: 0,
-        })
-    }
-
-    /// Puts the file at `path` (read by the daemon, streamed).
-    pub async fn put_path(
-        &self,
-        path: &Path,
-        ns: Namespace,
-        id: Option<BlobId>,
-        priority: Priority,
-        local_only: bool,
-    ) -> Result<BlobInfo, EngineError> {
-        let item = PutItem {
-            path: path.to_path_buf(),
-            ns,
-            id,
-            priority,
-            local_only,
-        };
-        let mut done = self.put_paths(vec![item]).await?;
-        done.pop().expect("one result per item")
-    }
-
-    /// Puts many files at once (`PutPaths`): each is copied and hashed, the small ones are made
-    /// durable together through the sync group, and their rows commit in one store
-    /// transaction, so a batch of small files costs about as much as one. One result per
-    /// item, in order; an item fails alone (bad path, taken id, unreadable file, an id given
-    /// twice in the batch).
-    pub async fn put_paths(
-        &self,
-        items: Vec<PutItem>,
-    ) -> Result<Vec<Result<BlobInfo, EngineError>>, EngineError> {
-        self.alive()?;
-        let mut results: Vec<Option<Result<BlobInfo, EngineError>>> =
-            (0..items.len()).map(|_| None).collect();
-        let mut seen = std::collections::HashSet::new();
-        let mut work = Vec::with_capacity(items.len());
-        for (i, it) in items.into_iter().enumerate() {
-            if !it.path.is_absolute() {
-                results[i] = Some(Err(EngineError::InvalidArgument(format!(
-                    "{} is not an absolute path; the daemon resolves paths on its own",
-                    it.path.display()
-                ))));
-                continue;
-            }
-            let id = it.id.unwrap_or_else(BlobId::random);
-            if !seen.insert((it.ns.clone(), id.clone())) {
-                results[i] = Some(Err(EngineError::InvalidArgument(format!(
-                    "blob {id} in namespace {} is given twice in this request",
-                    it.ns
-                ))));
-                continue;
-            }
-            work.push((i, it.path, it.ns, id, it.priority, it.local_only));
-        }
-        // The per-blob locks keep a download of the same id out; taken in id order, as
-        // batch downloads do, so two batches never wait on each other.
-        let mut keys: Vec<(Namespace, BlobId)> =
-            work.iter().map(|w| (w.2.clone(), w.3.clone())).collect();
-        keys.sort();
-        let mut guards = Vec::with_capacity(keys.len());
-        for (ns, id) in &keys {
-            guards.push(self.shared.blob_lock(ns, id).lock_owned().await);
-        }
-        // No look-up of the ids first (a trip to the store thread): a taken id is refused by
-        // the no-clobber link or by the store commit, and its copy is discarded. One trip to
-        // the blocking pool copies and hashes every file.
-        let data = self.shared.data.clone();
-        let jobs: Vec<(PathBuf, PathBuf)> = work
-            .iter()
-            .map(|w| (w.1.clone(), data.payload_path(&w.2, &w.3)))
-            .collect();
-        // The copy outlives this future on the blocking pool: if the caller goes away (the
-        // RPC is dropped), the flag stops it at the next chunk.
-        let cancel = CancelOnDrop::default();
-        let flag = cancel.0.clone();
-        let copied = blocking(move || {
-            let mut buf = Vec::new();
-            Ok(jobs
-                .into_iter()
-                .map(|(src, dest)| copy_in(&data, &src, &dest, &mut buf, &flag))
-                .collect::<Vec<_>>())
-        })
-        .await?;
-        drop(cancel);
-        // The small ones are made durable together.
-        let mut group = Vec::new();
-        let mut slots = Vec::new();
-        let mut copies = Vec::with_capacity(work.len());
-        for (k, c) in copied.into_iter().enumerate() {
-            match c {
-                Ok(c) if c.linked.is_none() => {
-                    slots.push(k);
-                    group.push(payload::Install {
-                        payload: c.payload,
-                        dest: self.shared.data.payload_path(&work[k].2, &work[k].3),
-                        replace: false,
-                    });
-                    copies.push(Ok((None, None, c.size, c.sha256)));
-                }
-                Ok(c) => copies.push(Ok((Some(c.payload), c.linked, c.size, c.sha256))),
-                Err(e) => copies.push(Err(e)),
-            }
-        }
-        if !group.is_empty() {
-            let installed = self.shared.syncer.install(group).await?;
-            for (k, (p, linked)) in slots.into_iter().zip(installed) {
-                if let Ok((payload, l, _, _)) = &mut copies[k] {
-                    *payload = Some(p);
-                    *l = Some(linked);
-                }
-            }
-        }
-        // Every row commits; concurrent inserts share one store transaction.
-        let commits = work.into_iter().zip(copies).map(|(w, c)| {
-            let shared = self.shared.clone();
-            async move {
-                let (i, _, ns, id, priority, local_only) = w;
-                let r = match c {
-                    Err(e) => Err(e),
-                    Ok((payload, linked, size, sha256)) => {
-                        let payload = payload.expect("set for every copied item");
-                        let linked = linked.expect("set for every copied item");
-                        let new = NewLocalBlob {
-                            ns,
-                            id,
-                            size,
-                            sha256,
-                            priority,
-                            local_only,
-                            created: (shared.now)(),
-                        };
-                        commit_put(&shared, payload, linked, new).await
-                    }
-                };
-                (i, r)
-            }
-        });
-        for (i, r) in futures_util::future::join_all(commits).await {
-            results[i] = Some(r);
-        }
-        drop(guards);
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every item has a result"))
-            .collect())
-    }
-
-    /// `AlreadyExists` when the id has a row.
-    async fn refuse_taken(&self, ns: &Namespace, id: &BlobId) -> Result<(), EngineError> {
-        match self.shared.store.get(ns, id).await? {
-            Some(b) if b.status == Status::PendingDelete => Err(EngineError::DeletePending {
-                ns: ns.clone(),
-                id: id.clone(),
-            }),
-            Some(b) => Err(StoreError::AlreadyExists {
-                ns: ns.clone(),
-                id: id.clone(),
-                status: b.status,
-            }
-            .into()),
-            None => Ok(()),
-        }
-    }
-
-    /// Opens a blob's plaintext for reading: a file positioned at `range.start` and the
-    /// number of bytes to read. A `REMOTE_ONLY` or `PENDING_DOWNLOAD` blob is fetched first
+    /// Opens a blob's plaintext for reading: a reader of the plaintext from `range.start` and
+    /// the number of bytes it gives. The payload is decrypted as it is read (one segment at a
+    /// time, on the blocking pool), ranged reads included; a segment that fails
+    /// authentication ends the reader with an `InvalidData` error, before any byte of it. A `REMOTE_ONLY` or `PENDING_DOWNLOAD` blob is fetched first
     /// when `fetch_if_missing` (else `FailedPrecondition`).
     pub async fn open_for_read(
         &self,
@@ -561,7 +276,7 @@ impl EngineHandle {
         id: &BlobId,
         range: Option<Range<u64>>,
         fetch_if_missing: bool,
-    ) -> Result<(tokio::fs::File, u64), EngineError> {
+    ) -> Result<(PlainReader, u64), EngineError> {
         self.alive()?;
         let b = self.info(ns, id).await?;
         if b.external && self.shared.settings().policy(ns) != NamespacePolicy::Incoming {
@@ -604,9 +319,31 @@ impl EngineHandle {
                 r.start, r.end
             )));
         }
-        let mut f = tokio::fs::File::open(self.shared.data.payload_path(ns, id)).await?;
-        f.seek(std::io::SeekFrom::Start(r.start)).await?;
-        Ok((f, r.end - r.start))
+        let path = self.shared.data.payload_path(ns, id);
+        let key = self.shared.key.clone();
+        let (ns2, id2) = (ns.clone(), id.clone());
+        let listed = self.shared.store.is_plain(ns, id).await?;
+        let mut src = blocking(move || {
+            Ok(sealed::PlainSource::open(
+                &key, &path, &ns2, &id2, size, listed,
+            )?)
+        })
+        .await?;
+        let (tx, rx) = mpsc::channel::<std::io::Result<bytes::Bytes>>(READ_AHEAD);
+        let len = r.end - r.start;
+        tokio::task::spawn_blocking(move || {
+            let mut w = ChannelWriter {
+                tx,
+                buf: Vec::with_capacity(READ_CHUNK),
+            };
+            let res = src.copy_range(r, &mut w).and_then(|_| w.send());
+            if let Err(e) = res {
+                let _ = w.tx.blocking_send(Err(e));
+            }
+        });
+        let reader =
+            tokio_util::io::StreamReader::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok((PlainReader(Box::pin(reader)), len))
     }
 
     /// One blob's info.
@@ -656,11 +393,7 @@ impl EngineHandle {
         }
         if b.status == Status::PendingDownload {
             // A download stopped by a restart may have left a partial.
-            let p = self.shared.data.partial_path(ns, id);
-            let _ = tokio::fs::remove_file(&p).await;
-            let mut h = p.into_os_string();
-            h.push(".hdr");
-            let _ = tokio::fs::remove_file(h).await;
+            self.shared.remove_partial(ns, id).await;
         }
         if ch.to.is_some() {
             self.shared.kick.notify_one();
@@ -822,172 +555,6 @@ impl EngineHandle {
         })
     }
 
-    /// Re-hashes every local payload against its recorded SHA-256 (a damaged `SYNCED` copy
-    /// is re-queued for download); with `remote`, also downloads and authenticates every
-    /// server copy of a synced blob. Progress goes to `progress` (dropped if it is full).
-    pub async fn verify(
-        &self,
-        remote: bool,
-        progress: mpsc::Sender<VerifyProgress>,
-    ) -> Result<VerifyReport, EngineError> {
-        self.verify_only(None, None, remote, progress).await
-    }
-
-    /// [`EngineHandle::verify`] limited to one namespace, or to one blob (`ns` and `id`).
-    pub async fn verify_only(
-        &self,
-        ns: Option<Namespace>,
-        id: Option<BlobId>,
-        remote: bool,
-        progress: mpsc::Sender<VerifyProgress>,
-    ) -> Result<VerifyReport, EngineError> {
-        let mut single = match (&ns, &id) {
-            (Some(n), Some(i)) => Some(self.info(n, i).await?),
-            (None, Some(_)) => {
-                return Err(EngineError::InvalidArgument(
-                    "verify of one blob needs its namespace too".into(),
-                ));
-            }
-            _ => None,
-        };
-        if remote && self.shared.wrong_key() {
-            // Every remote copy would fail: one clear answer instead of "checked 0".
-            return Err(EngineError::FailedPrecondition(
-                crate::engine::keycheck::WRONG_KEY_MESSAGE.into(),
-            ));
-        }
-        let mut report = VerifyReport::default();
-        let counts = self.shared.store.counts().await?;
-        let total = match (&ns, &single) {
-            (_, Some(_)) => 1,
-            (Some(n), None) => counts.by_namespace.get(n).map_or(0, |m| m.values().sum()),
-            (None, None) => counts.by_status.values().sum::<u64>(),
-        };
-        let one_blob = single.is_some();
-        let mut checked = 0u64;
-        let mut after = None;
-        loop {
-            let page = if one_blob {
-                match single.take() {
-                    Some(b) => vec![b],
-                    None => break,
-                }
-            } else {
-                self.shared
-                    .store
-                    .list(ListFilter {
-                        ns: ns.clone(),
-                        after: after.clone(),
-                        limit: 500,
-                        ..Default::default()
-                    })
-                    .await?
-            };
-            let Some(last) = page.last() else { break };
-            after = Some((last.ns.clone(), last.id.clone()));
-            for b in page {
-                if self.shared.cancel.is_cancelled() {
-                    return Err(EngineError::ShuttingDown);
-                }
-                checked += 1;
-                let mut problem = None;
-                // An incoming delivery is a normal blob once decrypted (and format v1 on the
-                // server once adopted); only an external blob elsewhere has nothing to check.
-                let foreign =
-                    b.external && self.shared.settings().policy(&b.ns) != NamespacePolicy::Incoming;
-                if foreign {
-                    report.skipped.push((
-                        b.ns.clone(),
-                        b.id.clone(),
-                        "external outside an incoming namespace: refused, never handed out"
-                            .to_owned(),
-                    ));
-                }
-                if b.status.has_payload() && !foreign {
-                    report.checked_local += 1;
-                    if let Some(p) = self.verify_local(&b).await? {
-                        let requeued = b.status == Status::Synced
-                            && self
-                                .shared
-                                .store
-                                .transition(
-                                    &b.ns,
-                                    &b.id,
-                                    Transition::DamageFound,
-                                    RowUpdate {
-                                        last_error: Some(format!("local copy damaged: {p}")),
-                                        now: Some((self.shared.now)()),
-                                        ..Default::default()
-                                    },
-                                )
-                                .await
-                                .is_ok();
-                        if requeued {
-                            self.shared.remove_payload(&b.ns, &b.id).await;
-                        }
-                        report.damaged.push(Damage {
-                            ns: b.ns.clone(),
-                            id: b.id.clone(),
-                            copy: "local",
-                            problem: p.clone(),
-                            requeued,
-                        });
-                        problem = Some(p);
-                    }
-                }
-                if remote && b.status == Status::Synced && !foreign {
-                    report.checked_remote += 1;
-                    if let Some(p) = self.ops.verify_remote_one(b.clone()).await? {
-                        report.damaged.push(Damage {
-                            ns: b.ns.clone(),
-                            id: b.id.clone(),
-                            copy: "remote",
-                            problem: p.clone(),
-                            requeued: false,
-                        });
-                        problem = Some(p);
-                    }
-                }
-                let _ = progress.try_send(VerifyProgress {
-                    checked,
-                    total,
-                    ns: b.ns,
-                    id: b.id,
-                    problem,
-                });
-            }
-        }
-        if report.damaged.iter().any(|d| d.requeued) {
-            self.shared.kick.notify_one();
-        }
-        Ok(report)
-    }
-
-    async fn verify_local(&self, b: &BlobInfo) -> Result<Option<String>, EngineError> {
-        let path = self.shared.data.payload_path(&b.ns, &b.id);
-        let res = tokio::task::spawn_blocking(move || payload::sha256_file(&path))
-            .await
-            .map_err(std::io::Error::other)?;
-        Ok(match res {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Some("payload file is missing".into())
-            }
-            Err(e) => Some(format!("cannot read the payload file: {e}")),
-            Ok((sha, size)) => {
-                if Some(size) != b.size {
-                    Some(format!(
-                        "payload is {size} bytes, {} were recorded",
-                        b.size.unwrap_or(0)
-                    ))
-                } else if Some(sha) != b.sha256 {
-                    Some("payload SHA-256 does not match the recorded one (bit rot?)".into())
-                } else {
-                    None
-                }
-            }
-        })
-    }
-
     /// The remote flags of a blob.
     pub async fn get_flags(&self, ns: &Namespace, id: &BlobId) -> Result<Vec<Flag>, EngineError> {
         self.ops.get_flags(ns.clone(), id.clone()).await
@@ -1018,305 +585,11 @@ impl EngineHandle {
     }
 }
 
-/// A put in progress: `write` chunks, then `commit`. Dropped without commit, it is aborted
-/// and its file vanishes (it has no name until commit).
-pub struct PutWriter {
-    shared: Arc<Shared>,
-    ns: Namespace,
-    id: BlobId,
-    priority: Priority,
-    local_only: bool,
-    payload: Option<payload::NewPayload>,
-    /// The same open file, for async writes.
-    file: Option<Spool>,
-    hasher: ring::digest::Context,
-    size: u64,
-}
-
-impl PutWriter {
-    /// The id the blob will get.
-    pub fn id(&self) -> &BlobId {
-        &self.id
-    }
-
-    /// The namespace.
-    pub fn namespace(&self) -> &Namespace {
-        &self.ns
-    }
-
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.size
-    }
-
-    /// Appends bytes.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), EngineError> {
-        let f = self.file.as_mut().ok_or(EngineError::ShuttingDown)?;
-        f.write_all(data).await?;
-        self.hasher.update(data);
-        self.size += data.len() as u64;
-        Ok(())
-    }
-
-    /// Makes the blob durable (fsync, link into place, store commit) and queues its upload,
-    /// which starts at once.
-    pub async fn commit(mut self) -> Result<BlobInfo, EngineError> {
-        let file = self.file.take().ok_or(EngineError::ShuttingDown)?;
-        file.close().await?;
-        let mut payload = self.payload.take().ok_or(EngineError::ShuttingDown)?;
-        let lock = self.shared.blob_lock(&self.ns, &self.id);
-        let _g = lock.lock().await;
-        let (payload, linked) = if self.size > GROUP_SYNC_MAX {
-            let dest = self.shared.data.payload_path(&self.ns, &self.id);
-            blocking(move || {
-                let linked = install_payload(&mut payload, &dest);
-                Ok((payload, linked))
-            })
-            .await?
-        } else {
-            install_in_group(&self.shared, payload, &self.ns, &self.id).await?
-        };
-        let mut sha = [0u8; 32];
-        sha.copy_from_slice(self.hasher.clone().finish().as_ref());
-        let new = NewLocalBlob {
-            ns: self.ns.clone(),
-            id: self.id.clone(),
-            size: self.size,
-            sha256: sha,
-            priority: self.priority,
-            local_only: self.local_only,
-            created: (self.shared.now)(),
-        };
-        commit_put(&self.shared, payload, linked, new).await
-    }
-}
-
 /// Runs blocking file work on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, EngineError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|j| EngineError::Io(std::io::Error::other(j)))?
-}
-
-/// One file of [`EngineHandle::put_paths`].
-#[derive(Debug, Clone)]
-pub struct PutItem {
-    /// Absolute path of a file the daemon can read.
-    pub path: PathBuf,
-    /// The namespace.
-    pub ns: Namespace,
-    /// The id; `None` picks a random one.
-    pub id: Option<BlobId>,
-    /// Upload priority.
-    pub priority: Priority,
-    /// Never upload it.
-    pub local_only: bool,
-}
-
-/// A file copied into a new payload by [`copy_in`].
-struct Copied {
-    payload: payload::NewPayload,
-    /// `Some` when it was big enough to be installed on its own (fsync, link, dir fsync).
-    linked: Option<std::io::Result<()>>,
-    size: u64,
-    sha256: [u8; 32],
-}
-
-/// Blocking: copies `src` into a new payload for `dest`, hashing it. A big file is also
-/// fsynced and linked here (write-behind already overlapped most of its writing); a small
-/// one is left for the sync group. `buf` is reused across calls.
-fn copy_in(
-    data: &payload::DataDir,
-    src: &Path,
-    dest: &Path,
-    buf: &mut Vec<u8>,
-    cancelled: &AtomicBool,
-) -> Result<Copied, EngineError> {
-    use std::io::{Read, Write};
-    let unreadable = |e: std::io::Error| EngineError::Source {
-        path: src.to_path_buf(),
-        error: e,
-    };
-    let mut from = open_regular(src)?;
-    let len = from.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut payload = payload::NewPayload::create(data, dest)?;
-    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    // +1: a file that grew since `metadata` still ends in one more read.
-    let want = (len as usize).clamp(4096, 256 * 1024 - 1) + 1;
-    if buf.len() < want {
-        buf.resize(want, 0);
-    }
-    let mut size = 0u64;
-    let mut behind = WriteBehind::default();
-    loop {
-        if cancelled.load(Ordering::Relaxed) {
-            return Err(EngineError::InvalidArgument(
-                "the caller cancelled the put; nothing was stored".into(),
-            ));
-        }
-        let n = match from.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(unreadable(e)),
-        };
-        payload.file().write_all(&buf[..n])?;
-        behind.wrote(payload.file(), n)?;
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    let linked = (size > GROUP_SYNC_MAX).then(|| install_payload(&mut payload, dest));
-    let mut sha256 = [0u8; 32];
-    sha256.copy_from_slice(hasher.finish().as_ref());
-    Ok(Copied {
-        payload,
-        linked,
-        size,
-        sha256,
-    })
-}
-
-/// Blocking: opens a file to put, refusing anything but a regular file. `O_NONBLOCK` so a
-/// FIFO without a writer cannot hang the open; `fstat` on the open file (not the path), so
-/// what is checked is what is read. A device like `/dev/zero` would never end.
-fn open_regular(src: &Path) -> Result<std::fs::File, EngineError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let from = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(src)
-        .map_err(|error| EngineError::Source {
-            path: src.to_path_buf(),
-            error,
-        })?;
-    let meta = from.metadata().map_err(|error| EngineError::Source {
-        path: src.to_path_buf(),
-        error,
-    })?;
-    if !meta.is_file() {
-        return Err(EngineError::InvalidArgument(format!(
-            "{} is {}: a file put by path must be a regular file. To store a stream, send its \
-             bytes instead (`blobctl put -`, the Put call)",
-            src.display(),
-            file_kind(&meta.file_type())
-        )));
-    }
-    // Regular files ignore O_NONBLOCK for reads, but clear it anyway: the fd is ours.
-    // SAFETY: fcntl on a valid, owned fd.
-    unsafe {
-        use std::os::unix::io::AsRawFd;
-        let fd = from.as_raw_fd();
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        }
-    }
-    Ok(from)
-}
-
-/// A file type in words, for error messages.
-fn file_kind(t: &std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    }
-}
-
-/// Sets its flag when dropped: tells blocking work that its caller is gone.
-#[derive(Default)]
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Puts up to this size are made durable with everyone else's (see [`payload::SyncGroup`]).
-const GROUP_SYNC_MAX: u64 = 1 << 20;
-
-/// Installs a small new payload through the sync group (no clobber).
-async fn install_in_group(
-    shared: &Shared,
-    payload: payload::NewPayload,
-    ns: &Namespace,
-    id: &BlobId,
-) -> Result<(payload::NewPayload, std::io::Result<()>), EngineError> {
-    let item = payload::Install {
-        payload,
-        dest: shared.data.payload_path(ns, id),
-        replace: false,
-    };
-    let mut done = shared.syncer.install(vec![item]).await?;
-    Ok(done.pop().expect("one result per item"))
-}
-
-/// Blocking: fsyncs a new payload, links it at `dest` (no clobber) and fsyncs the directory.
-fn install_payload(payload: &mut payload::NewPayload, dest: &Path) -> std::io::Result<()> {
-    payload.file().sync_all()?;
-    payload.link(dest)?;
-    payload::sync_dir(dest.parent().expect("payload paths have a parent")) // by construction
-}
-
-/// The end of every put, with the blob's lock held: on `AlreadyExists` from the link, a file
-/// without a row is a leftover of a crash between link and commit (never committed, so
-/// garbage) and is replaced; then the store commit, which queues the upload.
-async fn commit_put(
-    shared: &Arc<Shared>,
-    mut payload: payload::NewPayload,
-    mut linked: std::io::Result<()>,
-    blob: NewLocalBlob,
-) -> Result<BlobInfo, EngineError> {
-    let (ns, id) = (blob.ns.clone(), blob.id.clone());
-    let dest = shared.data.payload_path(&ns, &id);
-    if matches!(&linked, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
-        && shared.store.get(&ns, &id).await?.is_none()
-    {
-        tracing::warn!(%ns, %id, "removing an uncommitted payload left by a crash");
-        let d2 = dest.clone();
-        linked = blocking(move || {
-            payload::remove(&d2)?;
-            Ok(install_payload(&mut payload, &d2))
-        })
-        .await?;
-    } else {
-        drop(payload);
-    }
-    if let Err(e) = linked {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            let status = shared
-                .store
-                .get(&ns, &id)
-                .await?
-                .map_or(Status::PendingUpload, |b| b.status);
-            return Err(StoreError::AlreadyExists { ns, id, status }.into());
-        }
-        return Err(e.into());
-    }
-    if shared.crash_here("put.after_link") {
-        return Err(EngineError::ShuttingDown);
-    }
-    match shared.store.insert_local(blob).await {
-        Ok(info) => {
-            shared.kick.notify_one();
-            Ok(info)
-        }
-        Err(e) => {
-            // The row exists (a lazy blob listed meanwhile): our file must not stay.
-            let _ = tokio::fs::remove_file(&dest).await;
-            Err(e.into())
-        }
-    }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use blobsync_shared::config::{Config, RemoteUrl, ServerKind};
-use blobsync_shared::keyfile;
+use blobsync_shared::keyfile::{self, KeyError};
+use blobsync_shared::keystore::{KeyStore, KeyStoreError, KeyStoreKind};
 use blobsync_shared::paths::DefaultPaths;
 use blobsyncd::clock::{Clock, SystemClock};
 use blobsyncd::engine::{Engine, EngineSettings};
@@ -272,30 +273,49 @@ async fn run(
 /// How long the start waits for the remote's namespace list before creating a key.
 const KEY_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Loads the storage key, or creates one. A key created while the remote already holds this
-/// user's blobs could read none of them (the device would download and fail them all), so
-/// that start is refused unless `new_key`. A remote that cannot be asked does not block a
-/// first start: the engine's wrong-key alarm still stops the downloads.
+/// Loads the storage key from its store (`key_store`, docs/keys.md), or creates one. A key
+/// created while the remote already holds this user's blobs could read none of them (the
+/// device would download and fail them all), so that start is refused unless `new_key`. A
+/// remote that cannot be asked does not block a first start: the engine's wrong-key alarm
+/// still stops the downloads. A key that cannot be had (a locked keyring, no credentials
+/// directory...) stops the start with what was wrong and how to fix it.
 async fn load_key<R: Remote>(
     cfg: &Config,
     remote: &R,
     new_key: bool,
 ) -> Result<blobsync_shared::StorageKey> {
-    let missing = !cfg
-        .key_file
-        .try_exists()
-        .with_context(|| format!("storage key {}", cfg.key_file.display()))?;
+    let store = KeyStore::new(cfg.key_store, &cfg.key_file, &cfg.user);
+    let s2 = store.clone();
+    let found = tokio::task::spawn_blocking(move || s2.load())
+        .await
+        .context("the key store thread failed")?;
+    let missing = match found {
+        Ok(key) => {
+            if store.kind() == KeyStoreKind::File {
+                secure_key_dir(&cfg.key_file);
+            }
+            return Ok(key);
+        }
+        Err(KeyStoreError::Missing { .. } | KeyStoreError::File(KeyError::Missing { .. }))
+            if store.kind() != KeyStoreKind::Credential =>
+        {
+            true
+        }
+        Err(e) => return Err(anyhow::anyhow!(e)),
+    };
     if missing && !new_key {
         match tokio::time::timeout(KEY_CHECK_TIMEOUT, remote.namespaces()).await {
             Ok(Ok(ns)) if !ns.is_empty() => {
                 let names: Vec<&str> = ns.iter().map(|n| n.as_str()).collect();
                 anyhow::bail!(
-                    "there is no storage key at {}, but the remote {} already holds this \
+                    "there is no storage key in {}, but the remote {} already holds this \
                      user's blobs (namespaces: {}); a new key could decrypt none of them. \
-                     Copy the key of your other devices: there `blobctl key export -o \
-                     key.txt`, here `blobctl key import key.txt`, then start blobsyncd again. \
-                     To start over with a new key anyway, start once with --new-key",
-                    cfg.key_file.display(),
+                     Restore the key from its backup on the server: `blobctl key restore` \
+                     (it asks for the passphrase), or copy it from another device (there \
+                     `blobctl key export -o key.txt`, here `blobctl key import key.txt`); then \
+                     start blobsyncd again. To start over with a new key anyway, start once \
+                     with --new-key",
+                    store.describe(),
                     remote.describe(),
                     names.join(", ")
                 );
@@ -311,13 +331,25 @@ async fn load_key<R: Remote>(
             ),
         }
     }
-    let (key, created) = keyfile::load_or_generate(&cfg.key_file)
-        .with_context(|| format!("storage key {}", cfg.key_file.display()))?;
-    secure_key_dir(&cfg.key_file);
+    let (key, created) = match &store {
+        KeyStore::File(path) => keyfile::load_or_generate(path)
+            .with_context(|| format!("storage key {}", path.display()))?,
+        _ => {
+            let key = blobsync_shared::StorageKey::generate();
+            let (s2, k2) = (store.clone(), key.clone());
+            tokio::task::spawn_blocking(move || s2.save(&k2))
+                .await
+                .context("the key store thread failed")??;
+            (key, true)
+        }
+    };
+    if store.kind() == KeyStoreKind::File {
+        secure_key_dir(&cfg.key_file);
+    }
     if created {
         warn!(
-            key_file = %cfg.key_file.display(),
-            "created a new storage key; back it up (`blobctl key export`): without it the data cannot be decrypted"
+            key_store = %store.describe(),
+            "created a new storage key; back it up (`blobctl key backup` puts it on the server, wrapped with your passphrase): without it the data cannot be decrypted"
         );
     }
     Ok(key)
@@ -425,7 +457,7 @@ async fn serve<R: Remote>(
         remote = %remote_desc,
         data_dir = %cfg.data_dir.display(),
         socket = %cfg.socket.display(),
-        key_file = %cfg.key_file.display(),
+        key_store = %KeyStore::new(cfg.key_store, &cfg.key_file, &cfg.user).describe(),
         "blobsyncd ready"
     );
     let _ = notify("READY=1");
@@ -496,6 +528,7 @@ fn reload<R: Remote, C: Clock>(
         ("data_dir", new.data_dir != old.data_dir),
         ("socket", new.socket != old.socket),
         ("key_file", new.key_file != old.key_file),
+        ("key_store", new.key_store != old.key_store),
         ("user", new.user != old.user),
     ] {
         if changed {

@@ -109,6 +109,7 @@ async fn a_put_that_crashed_before_its_commit_leaves_nothing_and_can_be_redone()
                 Some(BlobId::new("p").unwrap()),
                 Priority::Medium,
                 false,
+                None,
             )
             .await
             .unwrap();
@@ -117,7 +118,7 @@ async fn a_put_that_crashed_before_its_commit_leaves_nothing_and_can_be_redone()
         // A half-written put, never committed: the temp a real crash leaves.
         let mut w2 = a
             .handle
-            .put_writer(Namespace::default(), None, Priority::Medium, false)
+            .put_writer(Namespace::default(), None, Priority::Medium, false, None)
             .await
             .unwrap();
         w2.write(b"half").await.unwrap();
@@ -221,11 +222,19 @@ async fn a_download_stopped_mid_body_resumes_after_a_restart_from_the_verified_s
         assert_eq!(b.status_of("big").await, Some(Status::PendingDownload));
     }
     let b = Device::open(&db, &remote, settings()).await;
+    // The partial is kept: the verified prefix of the stored blob (its header first, no
+    // sidecar), and no plaintext.
+    let kept = tmp_files(&db);
+    assert_eq!(kept.len(), 1, "partial kept: {kept:?}");
+    let partial = std::fs::read(db.join("tmp").join(&kept[0])).unwrap();
     assert_eq!(
-        tmp_files(&db).len(),
-        2,
-        "partial and header kept: {:?}",
-        tmp_files(&db)
+        &partial[..2],
+        &[0x13, 0x37],
+        "starts with the blob's header"
+    );
+    assert!(
+        !partial.windows(64).any(|w| w == &data[70_000..70_064]),
+        "no plaintext in the partial"
     );
     let s = b.engine.run_cycle().await;
     assert_eq!(s.downloaded, 1, "{s:?}");

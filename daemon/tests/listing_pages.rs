@@ -199,6 +199,7 @@ async fn a_paged_full_listing_deletes_only_on_proven_tombstones_reuploads_what_t
             Some(BlobId::new("mine").unwrap()),
             Priority::Medium,
             true,
+            None,
         )
         .await
         .unwrap();

@@ -77,6 +77,8 @@ async fn a_namespace_created_later_is_found_by_the_next_incremental_cycle() {
     // so it asks for the namespaces again and lists the new one (in full: it has no cursor).
     let sum = b.engine.run_cycle().await;
     assert_eq!(sum.downloaded, 1, "{sum:?}");
+    let sum = b.engine.run_full_cycle().await;
+    assert_eq!(sum.downloaded, 0, "{sum:?}");
     assert_eq!(
         b.info_ns(&ns("later"), "x").await.unwrap().status,
         Status::Synced

@@ -74,10 +74,15 @@ fn grouped(c: &Connection) -> Counts {
             .entry(s)
             .or_default() += bytes as u64;
         *out.by_namespace
-            .entry(Namespace::new(ns).unwrap())
+            .entry(Namespace::new(ns.clone()).unwrap())
             .or_default()
             .entry(s)
             .or_default() += n as u64;
+        *out.bytes_by_namespace
+            .entry(Namespace::new(ns).unwrap())
+            .or_default()
+            .entry(s)
+            .or_default() += bytes as u64;
     }
     out
 }

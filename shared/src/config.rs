@@ -92,6 +92,8 @@ pub struct ConfigFile {
     pub token_file: Option<PathBuf>,
     /// The storage key file.
     pub key_file: Option<PathBuf>,
+    /// Where the storage key is kept: `"file"` (default), `"keyring"` or `"credential"`.
+    pub key_store: Option<String>,
     /// The daemon's data dir.
     pub data_dir: Option<PathBuf>,
     /// The control socket.
@@ -231,6 +233,8 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// Storage key file (default `<config_dir>/key`).
     pub key_file: PathBuf,
+    /// Where the storage key is kept (default: the key file).
+    pub key_store: crate::keystore::KeyStoreKind,
     /// Data dir (default: `directories`' data dir).
     pub data_dir: PathBuf,
     /// Control socket.
@@ -385,6 +389,12 @@ impl Config {
             user,
             token_file: abs("token_file", file.token_file)?,
             key_file: abs("key_file", file.key_file)?.unwrap_or_else(|| defaults.key_file()),
+            key_store: match file.key_store.as_deref() {
+                None => Default::default(),
+                Some(s) => {
+                    crate::keystore::KeyStoreKind::parse(s).map_err(|e| bad("key_store", e))?
+                }
+            },
             socket: abs("socket", file.socket)?.unwrap_or_else(|| defaults.socket()),
             data_dir,
             sync_interval: Duration::from_secs(sync_interval),

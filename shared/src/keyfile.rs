@@ -254,7 +254,9 @@ pub fn load_key_file(path: &Path) -> Result<StorageKey, KeyError> {
     result
 }
 
-fn parse_key_text(raw: &[u8]) -> Result<StorageKey, String> {
+/// Parses the key file's text (64 lowercase hex characters, a final newline optional); the
+/// error says what is wrong without quoting the contents.
+pub fn parse_key_text(raw: &[u8]) -> Result<StorageKey, String> {
     let body = raw.strip_suffix(b"\n").unwrap_or(raw);
     if body.len() != 2 * KEY_LEN {
         return Err(format!(
@@ -320,9 +322,22 @@ fn wrapping_key(
     Ok(key)
 }
 
+/// Argon2id memory (KiB) of the key backup on the server (`blobctl key backup`): the server
+/// may try passphrases offline, so each guess costs 256 MiB and [`BACKUP_T_COST`] passes
+/// (docs/keys.md has the time it takes).
+pub const BACKUP_M_COST_KIB: u32 = 256 * 1024;
+/// Argon2id passes of the key backup on the server.
+pub const BACKUP_T_COST: u32 = 3;
+
 /// Wraps `key` with `passphrase` in the documented text format (Argon2id + AES-256-GCM, fresh
 /// salt and nonce). The caller should refuse empty or short passphrases before calling.
 pub fn export_wrapped(key: &StorageKey, passphrase: &str) -> Vec<u8> {
+    export_wrapped_with(key, passphrase, EXPORT_M_COST_KIB, EXPORT_T_COST)
+}
+
+/// [`export_wrapped`] with Argon2id memory `m` (KiB) and `t` passes (one lane): the key backup
+/// on the server uses [`BACKUP_M_COST_KIB`] and [`BACKUP_T_COST`].
+pub fn export_wrapped_with(key: &StorageKey, passphrase: &str, m: u32, t: u32) -> Vec<u8> {
     let rng = SystemRandom::new();
     let mut salt = [0u8; WRAP_SALT_LEN];
     let mut nonce = [0u8; aead::NONCE_LEN];
@@ -330,8 +345,8 @@ pub fn export_wrapped(key: &StorageKey, passphrase: &str) -> Vec<u8> {
     rng.fill(&mut salt).expect("the OS random source failed");
     rng.fill(&mut nonce).expect("the OS random source failed");
     let params = KdfParams {
-        m: EXPORT_M_COST_KIB,
-        t: EXPORT_T_COST,
+        m,
+        t,
         p: EXPORT_P_COST,
     };
     let head = format!(

@@ -6,6 +6,7 @@ pub mod config;
 pub mod id;
 pub mod incoming;
 pub mod keyfile;
+pub mod keystore;
 pub mod paths;
 pub mod tombstone;
 pub mod wire;

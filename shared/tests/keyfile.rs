@@ -203,3 +203,33 @@ fn altered_or_foreign_exports_are_refused() {
     .unwrap_err();
     assert!(e.to_string().contains("not supported"), "{e}");
 }
+
+/// The cost of the key backup's wrapping (Argon2id at 256 MiB, t = 3), which every passphrase
+/// guess of an offline attack by the server pays too: docs/keys.md publishes the time. Run it
+/// with `cargo test -p blobsync-shared --release --test keyfile -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement (about a second, 256 MiB), not a check"]
+fn backup_wrapping_cost() {
+    use blobsync_shared::keyfile::{BACKUP_M_COST_KIB, BACKUP_T_COST, export_wrapped_with};
+    let key = blobsync_shared::StorageKey::generate();
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let w = export_wrapped_with(
+            &key,
+            "a passphrase of some length",
+            BACKUP_M_COST_KIB,
+            BACKUP_T_COST,
+        );
+        let wrap = t.elapsed();
+        let t = std::time::Instant::now();
+        let k =
+            blobsync_shared::keyfile::import_wrapped(&w, "a passphrase of some length").unwrap();
+        let unwrap = t.elapsed();
+        assert_eq!(k.as_bytes(), key.as_bytes());
+        times.push((wrap, unwrap));
+    }
+    for (w, u) in times {
+        eprintln!("argon2id m=256MiB t=3 p=1: wrap {w:?}, unwrap {u:?}");
+    }
+}

@@ -173,7 +173,7 @@ pub fn assert_converged(
 }
 
 /// [`assert_converged`], where `strict_partials = false` tolerates leftover partial
-/// downloads (`tmp/dl.*`) of blobs *not* in the model (deleted elsewhere mid-download) and
+/// downloads (`tmp/part.*`) of blobs *not* in the model (deleted elsewhere mid-download) and
 /// only reports them on stderr: for investigating, never for a committed scenario.
 pub fn assert_converged_with(
     devices: &[&DaemonProc],
@@ -317,12 +317,12 @@ pub fn stray_files(data_dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Whether `p` is a partial download (`dl.{ns}.{id}`) of a blob that is not in `model`.
+/// Whether `p` is a partial download (`part.{ns}.{id}`) of a blob that is not in `model`.
 fn is_orphan_partial(p: &Path, model: &Model) -> bool {
     let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
-    let Some(rest) = name.strip_prefix("dl.") else {
+    let Some(rest) = name.strip_prefix("part.") else {
         return false;
     };
     let Some((ns, id)) = rest.split_once('.') else {

@@ -377,8 +377,18 @@ fn an_open_data_dir_is_tightened_at_start_and_a_foreign_one_refused() -> TestRes
         "B to download doc1",
         scaled(Duration::from_secs(60)),
         || {
-            Ok(match std::fs::metadata(payload(&b)) {
-                Ok(_) if sha256_file(&payload(&b))? == sha => Poll::Ready(()),
+            // The payload is the stored blob (docs/local-store.md): B's copy is A's, byte for
+            // byte, and it reads back as what was put.
+            Ok(match std::fs::read(payload(&b)) {
+                Ok(bytes) if bytes == std::fs::read(payload(&a)).unwrap_or_default() => {
+                    let got = b.dir().join("got");
+                    b.ctl().get_to("doc1", "default", &got)?;
+                    if sha256_file(&got)? == sha {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending("read back other bytes".into())
+                    }
+                }
                 _ => Poll::Pending("not yet".into()),
             })
         },

@@ -140,7 +140,7 @@ fn two_devices_converge_after_random_operations() {
 }
 
 /// A blob deleted elsewhere while this device holds a partial download of it: device A's
-/// download runs through a throttled proxy and A is killed once its partial file (`tmp/dl.*`,
+/// download runs through a throttled proxy and A is killed once its partial file (`tmp/part.*`,
 /// the verified segments so far) holds data; B then deletes the blob. When A restarts it
 /// learns of the delete, and the partial file must go with the row.
 #[test]
@@ -158,7 +158,7 @@ fn partial_download_of_a_blob_deleted_elsewhere_is_removed() -> TestResult {
     let file = b.dir().join("put.src");
     write_random_file(&file, 8 << 20, 5)?;
     b.ctl().put(&file, "doomed", &["--wait"])?;
-    let partial = a.data_dir().join("tmp/dl.default.doomed");
+    let partial = a.data_dir().join("tmp/part.default.doomed");
     wait_until(
         "device-a's partial download to hold data",
         Duration::from_secs(60),
@@ -216,7 +216,7 @@ fn a_blob_downloaded_across_a_crash_can_be_deleted_from_that_device() -> TestRes
     let file = a.dir().join("put.src");
     write_random_file(&file, 4 << 20, 11)?;
     a.ctl().put(&file, "resumed", &["--wait"])?;
-    let partial = b.data_dir().join("tmp/dl.default.resumed");
+    let partial = b.data_dir().join("tmp/part.default.resumed");
     wait_until(
         "device-b's partial download to hold data",
         Duration::from_secs(60),

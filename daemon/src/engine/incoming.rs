@@ -13,13 +13,12 @@ use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use blobsync_shared::InvalidBlob;
-use blobsync_shared::codec::Encoder;
 use blobsync_shared::incoming::{AGE_MAGIC, IncomingError, IncomingIdentity, looks_like_age};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::transfer::{DownloadError, Progress, encrypt_stream};
+use super::transfer::{DownloadError, NotReady, Progress, file_stream};
 use super::{Engine, TransferStats};
 use crate::clock::Clock;
 use crate::events::Direction;
@@ -157,8 +156,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         mut body: crate::remote::ByteStream,
         forbidden: &[[u8; 32]],
     ) -> Result<(Fetched, [u8; 32]), DownloadError> {
-        let partial = self.shared.data.partial_path(&b.ns, &b.id);
-        let mut file = tokio::fs::File::create(&partial).await?;
+        let partial = self.shared.data.partial(&b.ns, &b.id);
+        let mut file = tokio::fs::File::create(partial.path()).await?;
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         let mut progress = Progress::start(&self.shared, b, Direction::Download, total, 1);
         let mut got = 0u64;
@@ -193,24 +192,44 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         drop(file);
         let mut age_sha = [0u8; 32];
         age_sha.copy_from_slice(hasher.finish().as_ref());
-        // Decrypt on the blocking pool into an unnamed payload file, hashing the plaintext.
+        // On the blocking pool: decrypt once to authenticate the whole delivery and learn its
+        // size (the header of the sealed payload names it), then again, sealing the plaintext
+        // into an unnamed payload file under a fresh salt. Plaintext never reaches the disk.
         let identity = self.incoming_identity();
         let data = self.shared.data.clone();
+        let key = self.shared.key.clone();
+        let seg = self.shared.settings().segment_exp;
         let dest = self.shared.data.payload_path(&b.ns, &b.id);
-        let src = partial.clone();
+        let src = partial.path().to_path_buf();
         let (ns, id) = (b.ns.clone(), b.id.clone());
+        let (ns2, id2) = (ns.clone(), id.clone());
         let decrypted = tokio::task::spawn_blocking(move || {
-            let input = std::fs::File::open(&src)?;
-            let mut out = payload::NewPayload::create(&data, &dest)?;
-            let mut w = HashingWriter {
-                inner: out.file(),
+            let mut count = HashingWriter {
+                inner: std::io::sink(),
                 ctx: ring::digest::Context::new(&ring::digest::SHA256),
             };
-            let size = identity.decrypt(input, &mut w)?;
-            let ctx = w.ctx;
-            out.file().sync_all()?;
+            let size = identity.decrypt(std::fs::File::open(&src)?, &mut count)?;
             let mut sha = [0u8; 32];
-            sha.copy_from_slice(ctx.finish().as_ref());
+            sha.copy_from_slice(count.ctx.finish().as_ref());
+            let header = blobsync_shared::codec::Header::new(ns2, id2, size, seg)
+                .map_err(|e| IncomingError::Io(std::io::Error::other(e)))?;
+            let mut out = payload::NewPayload::create(&data, &dest)?;
+            let mut sealer = crate::store::sealed::Sealer::new(&key, header);
+            let mut w = SealInto {
+                sealer: &mut sealer,
+                out: out.file(),
+                buf: Vec::new(),
+            };
+            identity.decrypt(std::fs::File::open(&src)?, &mut w)?;
+            let mut tail = Vec::new();
+            let again = sealer.finish(&mut tail)?;
+            std::io::Write::write_all(out.file(), &tail)?;
+            if again != sha {
+                return Err(IncomingError::Io(std::io::Error::other(
+                    "the delivery decrypted differently the second time (changed on disk)",
+                )));
+            }
+            out.file().sync_all()?;
             Ok::<_, IncomingError>((out, size, sha))
         })
         .await
@@ -238,7 +257,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             payload::remove(&dest)?;
             out.link(&dest)?;
             payload::sync_dir(dest.parent().expect("payload paths have a parent"))?;
-            payload::remove(&partial)
+            partial.remove()
         })
         .await
         .map_err(std::io::Error::other)??;
@@ -302,22 +321,18 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         }
         let header = match self.upload_header(&b).await {
             Ok(h) => h,
-            Err(e) => {
+            Err(NotReady::Retry(e)) => {
                 return self
                     .record_failure(&b, Direction::Upload, e, None, false, stats)
                     .await;
             }
+            Err(NotReady::Reject(e)) => return self.reject_upload(&b, e, stats).await,
         };
         let salt = header.salt;
         let stored = header.stored_size();
         let path = self.shared.data.payload_path(&b.ns, &b.id);
         let progress = Progress::start(&self.shared, &b, Direction::Upload, stored, 1);
-        let body = encrypt_stream(
-            self.shared.clone(),
-            path,
-            Encoder::new(&self.shared.key, header),
-            Some(progress),
-        );
+        let body = file_stream(self.shared.clone(), path, stored, Some(progress));
         let res = tokio::select! {
             r = self.remote.replace_external(&b.ns, &b.id, stored, body, &age_sha) => r,
             _ = cancel.cancelled() => return,
@@ -409,12 +424,13 @@ impl<R: Remote, C: Clock> Engine<R, C> {
 }
 
 /// Hashes what passes through to the payload file.
-struct HashingWriter<'a> {
-    inner: &'a mut std::fs::File,
+/// Hashes what passes through to `inner`.
+struct HashingWriter<W: Write> {
+    inner: W,
     ctx: ring::digest::Context,
 }
 
-impl Write for HashingWriter<'_> {
+impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.ctx.update(&buf[..n]);
@@ -422,5 +438,24 @@ impl Write for HashingWriter<'_> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Seals what is written into a payload file.
+struct SealInto<'a> {
+    sealer: &'a mut crate::store::sealed::Sealer,
+    out: &'a mut std::fs::File,
+    buf: Vec<u8>,
+}
+
+impl Write for SealInto<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.sealer.push(b, &mut self.buf)?;
+        self.out.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }

@@ -6,11 +6,15 @@
 //! decisions live in [`plan`]. The engine never opens a socket itself (the remote does) and
 //! never touches SQLite directly (the store does).
 
+mod atrest;
+pub mod error;
 mod incoming;
 pub(crate) mod keycheck;
 pub mod plan;
+pub mod put;
 pub mod ratelimit;
 pub(crate) mod transfer;
+pub mod verify;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -330,6 +334,12 @@ impl Shared {
         self.kick.notify_one();
     }
 
+    /// Removes a blob's partial download, if a stopped download left one.
+    pub async fn remove_partial(&self, ns: &Namespace, id: &BlobId) {
+        let partial = self.data.partial(ns, id);
+        let _ = tokio::task::spawn_blocking(move || partial.remove()).await;
+    }
+
     /// Removes a payload file; logged, not fatal (the row is already gone).
     pub async fn remove_payload(&self, ns: &Namespace, id: &BlobId) {
         let path = self.data.payload_path(ns, id);
@@ -508,6 +518,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     /// something is put or a retry is due. Returns once `cancel` fires and in-flight transfers
     /// have drained (bounded by `drain_timeout`).
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        // Plaintext payloads of an earlier release are sealed in the background; they stay
+        // readable meanwhile, and an upload seals its own payload first.
+        tokio::spawn(self.clone().migrate_at_rest(cancel.child_token()));
         let mut rx = self.sync_rx.lock().await;
         let mut next_tick = tokio::time::Instant::now();
         loop {
@@ -1217,11 +1230,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             }
             if ch.to.is_none() && ch.from == Some(Status::PendingDownload) {
                 // A download stopped by a restart may have left a partial for it.
-                let p = self.shared.data.partial_path(&ch.ns, &ch.id);
-                let _ = tokio::fs::remove_file(&p).await;
-                let mut h = p.into_os_string();
-                h.push(".hdr");
-                let _ = tokio::fs::remove_file(h).await;
+                self.shared.remove_partial(&ch.ns, &ch.id).await;
             }
             if ch.to.is_none() && ch.from != Some(Status::PendingDelete) {
                 summary.deleted_local += 1;
@@ -1238,13 +1247,41 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
             .map_err(StoreError::Io)?;
         let mut adopted = 0u64;
+        let mut any_plain = false;
         for (ns, id, path) in files {
             let existing = self.shared.store.get(&ns, &id).await?;
-            let (sha, size) =
-                match tokio::task::spawn_blocking(move || payload::sha256_file(&path)).await {
-                    Ok(Ok(v)) => v,
-                    _ => continue,
-                };
+            // A sealed payload is authenticated (a damaged one is skipped: never adopted as
+            // if it were plaintext); a plaintext one an earlier release left is hashed and
+            // listed for the at-rest migration.
+            let key = self.shared.key.clone();
+            let (ns2, id2) = (ns.clone(), id.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                let len = std::fs::metadata(&path)?.len();
+                // A header naming this very blob is a sealed payload (damaged if its length or
+                // a segment is wrong, and then left out); anything else is plaintext of an
+                // earlier release.
+                match crate::store::sealed::header_of(&path, &ns2, &id2) {
+                    Ok(h) if h.stored_size() != len => {
+                        warn!(ns = %ns2, id = %id2, "rebuild: a payload file is cut short or too long; not adopted");
+                        Ok(None)
+                    }
+                    Ok(_) => {
+                        match crate::store::sealed::authenticate(&key, &path, &ns2, &id2) {
+                            Ok(a) => Ok(Some((a.sha256, a.header.plain_size, false))),
+                            Err(e) => {
+                                warn!(ns = %ns2, id = %id2, error = %e, "rebuild: a payload file failed authentication; not adopted");
+                                Ok(None)
+                            }
+                        }
+                    }
+                    _ => payload::sha256_file(&path).map(|(sha, n)| Some((sha, n, true))),
+                }
+            })
+            .await;
+            let (sha, size, plain) = match read {
+                Ok(Ok(Some(v))) => v,
+                _ => continue,
+            };
             match existing {
                 Some(row) if row.status == Status::PendingDownload => {
                     // The server has it and so do we: adopt without a download.
@@ -1275,6 +1312,14 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     adopted += 1;
                 }
             }
+            if plain {
+                self.shared.store.mark_plain(&ns, &id).await?;
+                any_plain = true;
+            }
+        }
+        if any_plain {
+            let me = self.self_arc();
+            tokio::spawn(me.migrate_at_rest(self.shared.cancel.child_token()));
         }
         warn!(
             adopted,

@@ -45,6 +45,8 @@ impl Store {
             .call(move |c| {
                 let tx = c.transaction()?;
                 let ch = ops::transition(&tx, &ns, &id, Transition::Decrypted, &update)?;
+                // The decrypted delivery was sealed into its payload.
+                super::plain::unmark_plain(&tx, &ns, &id)?;
                 tx.execute(
                     "INSERT OR REPLACE INTO incoming_adoptions (ns, id, age_sha256) \
                      VALUES (?1, ?2, ?3)",

@@ -15,7 +15,9 @@
 mod incoming;
 pub mod ops;
 pub mod payload;
+pub mod plain;
 pub mod schema;
+pub mod sealed;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -394,6 +396,39 @@ impl Store {
             self.publish(std::slice::from_ref(ch));
         }
         Ok(ch)
+    }
+
+    /// Whether the payload of `ns/id` still holds plaintext of an earlier release.
+    pub async fn is_plain(&self, ns: &Namespace, id: &BlobId) -> Result<bool, StoreError> {
+        let (ns, id) = (ns.clone(), id.clone());
+        self.call(move |c| plain::is_plain(c, &ns, &id)).await
+    }
+
+    /// Records that the payload of `ns/id` is sealed (converted by the at-rest migration).
+    pub async fn unmark_plain(&self, ns: &Namespace, id: &BlobId) -> Result<(), StoreError> {
+        let (ns, id) = (ns.clone(), id.clone());
+        self.call(move |c| plain::unmark_plain(c, &ns, &id)).await
+    }
+
+    /// Records that the payload of `ns/id` holds plaintext (a rebuilt store's adoption).
+    pub async fn mark_plain(&self, ns: &Namespace, id: &BlobId) -> Result<(), StoreError> {
+        let (ns, id) = (ns.clone(), id.clone());
+        self.call(move |c| plain::mark_plain(c, &ns, &id)).await
+    }
+
+    /// A page of the rows whose payload still holds plaintext (see [`plain::plain_page`]).
+    pub async fn plain_page(
+        &self,
+        after: Option<(Namespace, BlobId)>,
+        limit: usize,
+    ) -> Result<Vec<BlobInfo>, StoreError> {
+        self.call(move |c| plain::plain_page(c, after.as_ref(), limit))
+            .await
+    }
+
+    /// How many payloads still hold plaintext.
+    pub async fn plain_count(&self) -> Result<u64, StoreError> {
+        self.call(plain::plain_count).await
     }
 
     /// Records the header salt and stored size of an upload before its PUT (kept across

@@ -1,6 +1,8 @@
 //! Where payload files live under the data dir, and how they are written: temp file, fsync,
 //! no-clobber link into place, and only then the store commit. A crash leaves either no file,
-//! an orphan temp (swept at start), or a complete file.
+//! an orphan temp (swept at start), or a complete file. Every path to a payload or a partial
+//! download is built here ([`DataDir::payload_path`], [`DataDir::partial`]); what is inside
+//! them (blob format v1, sealed) is [`super::sealed`]'s.
 //!
 //! Plain blocking file I/O: callers run it on the store thread or in `spawn_blocking`.
 
@@ -22,7 +24,7 @@ impl DataDir {
         Self { root: root.into() }
     }
 
-    /// Creates the dirs (mode 0700: plaintext lives here).
+    /// Creates the dirs (mode 0700: the trust model keeps the data dir the user's alone).
     pub fn create(&self) -> io::Result<()> {
         for d in [self.root.clone(), self.blobs_dir(), self.tmp_dir()] {
             create_private_dir(&d)?;
@@ -57,15 +59,50 @@ impl DataDir {
         self.blobs_dir().join(ns.as_str()).join(fan).join(id_s)
     }
 
-    /// The partial download of a blob (plaintext of verified segments so far).
-    pub fn partial_path(&self, ns: &Namespace, id: &BlobId) -> PathBuf {
-        self.tmp_dir()
-            .join(format!("dl.{}.{}", ns.as_str(), id.as_str()))
+    /// The partial download of a blob.
+    pub fn partial(&self, ns: &Namespace, id: &BlobId) -> Partial {
+        Partial {
+            path: self
+                .tmp_dir()
+                .join(format!("{PARTIAL_PREFIX}{}.{}", ns.as_str(), id.as_str())),
+        }
     }
 
     /// A fresh temp path for a put.
     pub fn new_temp_path(&self) -> PathBuf {
         self.tmp_dir().join(format!("put.{}", BlobId::random()))
+    }
+}
+
+/// Names of partial downloads under `tmp/` start with this. (Releases before at-rest
+/// encryption named them `dl.*`, with a `.hdr` sidecar, and kept plaintext in them: the sweep
+/// at start removes those.)
+const PARTIAL_PREFIX: &str = "part.";
+
+/// A download in progress: the verified prefix of the stored blob (its header, then whole
+/// segments, exactly as the server sent them), under `tmp/`. A restarted daemon resumes
+/// from it; once complete and fsynced it is installed as the payload.
+#[derive(Debug, Clone)]
+pub struct Partial {
+    path: PathBuf,
+}
+
+impl Partial {
+    /// Its path (opened by the download that writes it).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Blocking: removes it; a missing one is fine.
+    pub fn remove(&self) -> io::Result<()> {
+        remove(&self.path)
+    }
+
+    /// Blocking: makes the complete, fsynced partial the payload at `dest`, replacing a stale
+    /// copy there (a blob replaced remotely, a damaged copy fetched again).
+    pub fn install(self, dest: &Path) -> io::Result<()> {
+        remove(dest)?;
+        install(&self.path, dest)
     }
 }
 
@@ -156,6 +193,34 @@ pub fn install(temp: &Path, dest: &Path) -> io::Result<()> {
     fs::hard_link(temp, dest)?;
     fs::remove_file(temp)?;
     fs::File::open(dir)?.sync_all()
+}
+
+/// Blocking: replaces the payload at `dest` with what `write` puts into a new file, crash-safe:
+/// a named temp under `tmp/` (swept at start if a crash leaves it), fsync, `rename` over
+/// `dest` (atomic: `dest` is the old file or the new one, never neither), fsync of the
+/// directory. Used where a payload is rewritten in place: the at-rest migration and a re-seal
+/// under a fresh salt. The caller holds the blob's lock.
+pub fn replace_atomically<T>(
+    data: &DataDir,
+    dest: &Path,
+    write: impl FnOnce(&mut fs::File) -> io::Result<T>,
+) -> io::Result<T> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let temp = data.new_temp_path();
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)?;
+    let out = write(&mut file).and_then(|v| file.sync_all().map(|()| v));
+    let out = out.and_then(|v| fs::rename(&temp, dest).map(|()| v));
+    if out.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    let v = out?;
+    sync_dir(dest.parent().expect("payload paths have a parent"))?; // by construction
+    Ok(v)
 }
 
 /// A payload file being written that no path names yet: an `O_TMPFILE` inode in its final
@@ -432,13 +497,18 @@ pub fn remove(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Deletes every temp left by a crash except partial downloads (`dl.*`, which a restarted
-/// download resumes; the engine removes those whose blob is gone).
+/// Deletes every temp left by a crash except partial downloads (which a restarted download
+/// resumes; the engine removes those whose blob is gone), and the plaintext partials of
+/// releases before at-rest encryption (`dl.*` and their `.hdr` sidecars: fetched again).
 pub fn sweep_temps(data: &DataDir) -> io::Result<usize> {
     let mut n = 0;
     for entry in fs::read_dir(data.tmp_dir())? {
         let entry = entry?;
-        if !entry.file_name().to_string_lossy().starts_with("dl.") {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(PARTIAL_PREFIX)
+        {
             remove(&entry.path())?;
             n += 1;
         }

@@ -151,9 +151,18 @@ impl<X: Remote + Clone> Device<X> {
     }
 
     pub async fn put_ns(&self, ns: Namespace, id: &str, bytes: &[u8]) -> BlobInfo {
+        // Both ways a streamed put is sealed get exercised: with the size known up front
+        // (sealed as it arrives), and without (spooled under a one-time key first).
+        let hint = bytes.len().is_multiple_of(2).then_some(bytes.len() as u64);
         let mut w = self
             .handle
-            .put_writer(ns, Some(BlobId::new(id).unwrap()), Priority::Medium, false)
+            .put_writer(
+                ns,
+                Some(BlobId::new(id).unwrap()),
+                Priority::Medium,
+                false,
+                hint,
+            )
             .await
             .unwrap();
         for chunk in bytes.chunks(10_000) {

@@ -41,7 +41,7 @@ pub(super) async fn put(
     let (ns, id, priority) = Service::put_target(&header)?;
     let mut writer = svc
         .handle
-        .put_writer(ns, id, priority, header.local_only)
+        .put_writer(ns, id, priority, header.local_only, header.size_hint)
         .await
         .map_err(engine_status)?;
     // Each chunk goes to the writer as it arrives: memory stays at one chunk. On any

@@ -1,14 +1,21 @@
-//! `blobctl key export|import`: moving the storage key between devices, wrapped with a
-//! passphrase (`blobsync_shared::keyfile`). These commands work on the key file directly, so
-//! they also work when the daemon is not running.
+//! `blobctl key`: the storage key's custody, outside the daemon (a new device has no key, so
+//! its daemon cannot start yet). `export|import` move it between devices as a file wrapped
+//! with a passphrase (`blobsync_shared::keyfile`); `migrate` moves it between key stores
+//! (`custody`); `backup|restore` keep it wrapped on the server (`backup`).
 //!
 //! This module never prints or logs key bytes or passphrases.
+
+mod backup;
+mod custody;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use blobsync_shared::keyfile::{self, KeyError};
 use serde_json::json;
+
+use blobsync_shared::config::{Config, ConfigFile};
+use blobsync_shared::paths::DefaultPaths;
 
 use crate::cli::{KeyCommand, KeyExportArgs, KeyImportArgs};
 use crate::client::{self, CtlError};
@@ -24,44 +31,98 @@ impl From<KeyError> for CtlError {
 }
 
 /// Runs a `key` subcommand.
-pub fn run(cmd: KeyCommand, json: bool) -> Result<(), CtlError> {
+pub async fn run(cmd: KeyCommand, json: bool) -> Result<(), CtlError> {
     match cmd {
         KeyCommand::Export(a) => export(a, json),
         KeyCommand::Import(a) => import(a, json),
+        KeyCommand::Migrate(a) => custody::migrate(a, json).await,
+        KeyCommand::Backup(a) => backup::backup(a, json).await,
+        KeyCommand::Restore(a) => restore_cmd(a, json).await,
     }
 }
 
-fn export(a: KeyExportArgs, json: bool) -> Result<(), CtlError> {
-    let key_path = client::discover_key_file(a.key_file.as_deref())?;
-    let key = keyfile::load_key_file(&key_path)?;
-    let pass = match &a.passphrase_file {
-        Some(f) => passphrase_from_file(f)?,
-        None => {
-            // At the terminal a short or mistyped passphrase asks again (three tries).
-            let mut tries = 0;
-            loop {
-                tries += 1;
-                let p = prompt("Passphrase to protect the exported key: ")?;
-                let problem = if p.chars().count() < MIN_PASSPHRASE_CHARS {
-                    format!("shorter than {MIN_PASSPHRASE_CHARS} characters")
-                } else if prompt("Same passphrase again: ")? != p {
-                    "the two passphrases differ".to_owned()
-                } else {
-                    break p;
-                };
-                if tries == 3 {
-                    return Err(CtlError::Usage(format!("{problem}; nothing was written")));
-                }
-                eprintln!("blobctl: {problem}; try again");
-            }
+async fn restore_cmd(a: crate::cli::KeyRestoreArgs, json: bool) -> Result<(), CtlError> {
+    backup::restore(a, json).await
+}
+
+/// The daemon's config as the key commands need it (remote, user, token, key store), from
+/// `--config`, else the default config file; without a file, every default.
+pub(crate) fn config(flag: Option<&Path>) -> Result<Config, CtlError> {
+    config_and_path(flag).map(|(c, _)| c)
+}
+
+/// [`config`] and the path of its file (which may not exist yet).
+pub(crate) fn config_and_path(flag: Option<&Path>) -> Result<(Config, PathBuf), CtlError> {
+    let defaults = DefaultPaths::discover().map_err(|e| CtlError::Usage(e.to_string()))?;
+    let path = flag
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| defaults.config_file());
+    let cfg = if path.exists() {
+        Config::load(&path, &defaults)
+    } else {
+        Config::resolve(ConfigFile::default(), &defaults, &path)
+    }
+    .map_err(|e| CtlError::Usage(format!("{e}; fix the config first")))?;
+    Ok((cfg, path))
+}
+
+/// Asks twice for a new passphrase at the terminal (three tries at a short or mistyped one).
+fn new_passphrase(question: &str) -> Result<String, CtlError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let p = prompt(question)?;
+        let problem = if p.chars().count() < MIN_PASSPHRASE_CHARS {
+            format!("shorter than {MIN_PASSPHRASE_CHARS} characters")
+        } else if prompt("Same passphrase again: ")? != p {
+            "the two passphrases differ".to_owned()
+        } else {
+            return Ok(p);
+        };
+        if tries == 3 {
+            return Err(CtlError::Usage(format!("{problem}; nothing was written")));
         }
-    };
+        eprintln!("blobctl: {problem}; try again");
+    }
+}
+
+/// Refuses a passphrase too short to protect every blob.
+fn check_passphrase(pass: &str) -> Result<(), CtlError> {
     if pass.chars().count() < MIN_PASSPHRASE_CHARS {
         return Err(CtlError::Usage(format!(
             "the passphrase is shorter than {MIN_PASSPHRASE_CHARS} characters; it alone protects \
              every blob, so choose a longer one"
         )));
     }
+    Ok(())
+}
+
+fn export(a: KeyExportArgs, json: bool) -> Result<(), CtlError> {
+    // The key is read from where the daemon keeps it (`key_store`), unless --key-file names a
+    // key file.
+    let keyring_or_credential = match &a.key_file {
+        None => config(None)
+            .ok()
+            .filter(|c| c.key_store != blobsync_shared::keystore::KeyStoreKind::File),
+        Some(_) => None,
+    };
+    let (key, key_path) = match keyring_or_credential {
+        Some(c) => {
+            let store = blobsync_shared::keystore::KeyStore::new(c.key_store, &c.key_file, &c.user);
+            let key = store.load().map_err(|e| CtlError::Key(e.to_string()))?;
+            (key, PathBuf::from(store.describe()))
+        }
+        None => {
+            let key_path = client::discover_key_file(a.key_file.as_deref())?;
+            (keyfile::load_key_file(&key_path)?, key_path)
+        }
+    };
+    let pass = match &a.passphrase_file {
+        Some(f) => passphrase_from_file(f)?,
+        // At the terminal a short or mistyped passphrase asks again (three tries).
+        None => new_passphrase("Passphrase to protect the exported key: ")?,
+    };
+    check_passphrase(&pass)?;
     let wrapped = keyfile::export_wrapped(&key, &pass);
     let to_stdout = a.output == Path::new("-");
     if to_stdout {
