@@ -1,4 +1,4 @@
-//! The incoming identity (DESIGN.md, "Incoming box"): an age X25519 identity derived from the
+//! The incoming identity (docs/incoming.md): an age X25519 identity derived from the
 //! storage key, so every device of a user holds it and no new secret exists. Apps encrypt
 //! deliveries to its recipient (`age1...`) with any age implementation; the daemon decrypts
 //! them with [`IncomingIdentity::decrypt`]. The age format itself is the `age` crate's.
@@ -55,7 +55,7 @@ impl hkdf::KeyType for Len32 {
 pub struct IncomingIdentity(age::x25519::Identity);
 
 impl IncomingIdentity {
-    /// Derives the identity from the storage key (DESIGN.md's rule; see the module docs).
+    /// Derives the identity from the storage key (docs/incoming.md; see the module docs).
     pub fn derive(key: &StorageKey) -> Self {
         let mut secret = [0u8; 32];
         hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT)

@@ -1,4 +1,4 @@
-//! Soledad compatibility of blobsync-server (DESIGN.md, "Soledad compatibility").
+//! Soledad compatibility of blobsync-server (README.md, "Soledad compatibility"; server/README.md).
 //!
 //! The genuine Soledad 0.10.7 client (`BlobManager`, from PyPI, Python 2.7) runs its HTTP code
 //! unmodified against the server (`tests/python/soledad_client_conformance.py`); only its

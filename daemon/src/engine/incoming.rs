@@ -1,4 +1,4 @@
-//! The incoming box on the device (DESIGN.md, "Incoming box"): publishing the recipient,
+//! The incoming box on the device (docs/incoming.md): publishing the recipient,
 //! fetching an `external` blob (the delivered age file, decrypted with the incoming identity
 //! into a normal payload; or, once some device adopted it, its format-v1 copy), and the
 //! adoption itself: our format-v1 copy replaces the age file on the server

@@ -240,7 +240,7 @@ pub trait Remote: Send + Sync + 'static {
         ids: &[BlobId],
     ) -> impl Future<Output = Result<ByteStream, RemoteError>> + Send;
 
-    // ---- incoming box (DESIGN.md "Incoming box"); remotes without one keep the defaults.
+    // ---- incoming box (docs/incoming.md); remotes without one keep the defaults.
 
     /// The user's published incoming recipient (`age1...`), `None` if there is none.
     fn incoming_recipient(
