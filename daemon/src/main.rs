@@ -440,8 +440,14 @@ async fn serve<R: Remote>(
         .with_context(|| format!("control socket {}", cfg.socket.display()))?;
     {
         let (h, c) = (handle.clone(), cancel.child_token());
+        let info = blobsyncd::control::DaemonInfo {
+            key_store: cfg.key_store.as_str().to_owned(),
+            key_file: cfg.key_file.clone(),
+            user: cfg.user.clone(),
+            config_file: source.clone().unwrap_or_else(|| defaults.config_file()),
+        };
         tasks.spawn(async move {
-            if let Err(e) = blobsyncd::control::serve(listener, h, c).await {
+            if let Err(e) = blobsyncd::control::serve(listener, h, c, info).await {
                 error!(error = %e, "control service failed");
             }
         });

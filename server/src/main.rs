@@ -223,8 +223,12 @@ enum UserCmd {
         #[arg(long)]
         quota: Option<u64>,
     },
-    /// List users with usage.
-    List,
+    /// List users with usage (sizes in KiB/MiB/GiB; --bytes for exact byte counts).
+    List {
+        /// Exact byte counts, for scripts.
+        #[arg(long)]
+        bytes: bool,
+    },
     /// Remove a user, their token, index entries and payloads.
     Remove {
         /// User name.
@@ -266,7 +270,19 @@ fn check_name(kind: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with its causes (`a: b: c`), as the other tools print errors; not
+            // anyhow's "Error: ... Caused by:" block.
+            eprintln!("blobsync-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     // The ring provider for TLS to an object store (reqwest is built without one).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
@@ -330,23 +346,39 @@ async fn admin(data: PathBuf, kind: Kind, scale: Option<ScaleOut>, cmd: Cmd) -> 
             let (index, payloads) = open_admin(&data, kind, scale.as_ref()).await?;
             match c {
                 UserCmd::Add { name, quota } => {
+                    if index.list_users().await?.iter().any(|u| u.name == name) {
+                        bail!(
+                            "user {name:?} already exists; nothing was changed (their token \
+                             stays valid). To start over: `user remove {name}` (deletes their \
+                             blobs too), then `user add {name}`"
+                        );
+                    }
                     let t = token::generate();
                     index.add_user(&name, &token::hash(&t), quota).await?;
                     println!("added user {name}; their token (shown only this once):");
                     println!("{t}");
                 }
-                UserCmd::List => {
+                UserCmd::List { bytes } => {
+                    let size = |n: u64| {
+                        if bytes {
+                            n.to_string()
+                        } else {
+                            blobsync_shared::units::human_size(n)
+                        }
+                    };
                     println!(
                         "{:<24} {:>10} {:>16} {:>16} {:>10}",
                         "USER", "BLOBS", "USED", "QUOTA", "SEQ"
                     );
                     for u in index.list_users().await? {
-                        let quota = u
-                            .quota_bytes
-                            .map_or("default".to_string(), |q| q.to_string());
+                        let quota = u.quota_bytes.map_or("default".to_string(), size);
                         println!(
                             "{:<24} {:>10} {:>16} {:>16} {:>10}",
-                            u.name, u.blobs, u.used_bytes, quota, u.seq
+                            u.name,
+                            u.blobs,
+                            size(u.used_bytes),
+                            quota,
+                            u.seq
                         );
                     }
                 }

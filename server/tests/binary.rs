@@ -79,16 +79,29 @@ fn user_and_app_commands() {
     assert_eq!(token.len(), 64, "{stdout}");
     let out = cli(&data, &["user", "add", "alice"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("blobsync-server: user \"alice\" already exists; nothing was changed")
+            && err.contains("user remove alice")
+            && !err.contains("Caused by"),
+        "{err}"
+    );
     let out = cli(&data, &["user", "add", "../evil"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid"));
     let list = String::from_utf8(cli(&data, &["user", "list"]).stdout).unwrap();
     assert!(
         list.lines()
-            .any(|l| l.starts_with("alice") && l.contains("1000")),
+            .any(|l| l.starts_with("alice") && l.contains("1000 B")),
         "{list}"
     );
+    let list = String::from_utf8(cli(&data, &["user", "list", "--bytes"]).stdout).unwrap();
+    let alice: Vec<&str> = list
+        .lines()
+        .find(|l| l.starts_with("alice"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(alice.get(3), Some(&"1000"), "{list}");
     let out = cli(&data, &["app", "add", "mail"]);
     assert_eq!(
         String::from_utf8(out.stdout)

@@ -9,6 +9,7 @@ pub mod keyfile;
 pub mod keystore;
 pub mod paths;
 pub mod tombstone;
+pub mod units;
 pub mod wire;
 pub mod writeback;
 

@@ -296,3 +296,92 @@ fn the_credential_store_reads_the_credentials_directory() -> TestResult {
     assert!(text(&out).contains("has no file"), "{}", text(&out));
     Ok(())
 }
+
+/// `key export --socket S` exports the key of the daemon at S (it says where its key is over
+/// the socket), not the caller's default key; a named socket with no daemon is exit 3 with
+/// what to do.
+#[test]
+fn key_export_exports_the_key_of_the_daemon_at_the_socket() -> TestResult {
+    let env = TestEnv::new()?;
+    let remote = env.subdir("remote")?;
+    let (key_a, key_b) = (env.root().join("a.key"), env.root().join("b.key"));
+    blobsync_tests::daemon::write_key_file(&key_a)?;
+    blobsync_tests::daemon::write_key_file(&key_b)?;
+    let a = DaemonProc::start(
+        &env,
+        "a",
+        DaemonOpts::new(RemoteSpec::Dir(remote.clone()), &key_a),
+    )?;
+    let b = DaemonProc::start(&env, "b", DaemonOpts::new(RemoteSpec::Dir(remote), &key_b))?;
+    // The caller's own default key (in its HOME) is a third one: never the one exported.
+    let home = env.subdir("caller-home")?;
+    blobsync_tests::daemon::write_key_file(&home.join(".config/blobsync/key"))?;
+    let pass = env.root().join("pass");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let caller = vec![
+        ("HOME".to_owned(), home.display().to_string()),
+        (
+            "XDG_CONFIG_HOME".to_owned(),
+            home.join(".config").display().to_string(),
+        ),
+        (
+            "XDG_RUNTIME_DIR".to_owned(),
+            home.join("run").display().to_string(),
+        ),
+    ];
+    let s = |p: &Path| p.display().to_string();
+    for (dev, key) in [(&a, &key_a), (&b, &key_b)] {
+        let wrapped = env.root().join(format!("{}.export", dev.name()));
+        let out = blobctl(
+            &[
+                "--socket",
+                &s(dev.socket()),
+                "key",
+                "export",
+                "--passphrase-file",
+                &s(&pass),
+                "-o",
+                &s(&wrapped),
+            ],
+            &caller,
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let imported = env.root().join(format!("{}.imported", dev.name()));
+        let out = blobctl(
+            &[
+                "key",
+                "import",
+                &s(&wrapped),
+                "--passphrase-file",
+                &s(&pass),
+                "--key-file",
+                &s(&imported),
+            ],
+            &caller,
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(
+            std::fs::read(&imported).unwrap(),
+            std::fs::read(key).unwrap(),
+            "key export --socket {} exported another key",
+            dev.name()
+        );
+    }
+    let out = blobctl(
+        &[
+            "--socket",
+            &s(&env.root().join("nobody.sock")),
+            "key",
+            "export",
+            "--passphrase-file",
+            &s(&pass),
+            "-o",
+            &s(&env.root().join("none.export")),
+        ],
+        &caller,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("--key-file"), "{}", text(&out));
+    assert!(!env.root().join("none.export").exists());
+    Ok(())
+}

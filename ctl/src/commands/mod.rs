@@ -69,7 +69,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             clap_complete::generate(shell, &mut Cli::command(), "blobctl", &mut buf);
             out(&String::from_utf8_lossy(&buf))
         }
-        Command::Key(k) => crate::keys::run(k, json).await,
+        Command::Key(k) => crate::keys::run(k, json, socket.as_deref()).await,
         Command::Version => version(socket.as_deref(), json).await,
         Command::Put(a) => put(&mut connect().await?, a, json).await,
         Command::Get(mut a) => {

@@ -31,9 +31,9 @@ impl From<KeyError> for CtlError {
 }
 
 /// Runs a `key` subcommand.
-pub async fn run(cmd: KeyCommand, json: bool) -> Result<(), CtlError> {
+pub async fn run(cmd: KeyCommand, json: bool, socket: Option<&Path>) -> Result<(), CtlError> {
     match cmd {
-        KeyCommand::Export(a) => export(a, json),
+        KeyCommand::Export(a) => export(a, json, socket).await,
         KeyCommand::Import(a) => import(a, json),
         KeyCommand::Migrate(a) => custody::migrate(a, json).await,
         KeyCommand::Backup(a) => backup::backup(a, json).await,
@@ -97,18 +97,62 @@ fn check_passphrase(pass: &str) -> Result<(), CtlError> {
     Ok(())
 }
 
-fn export(a: KeyExportArgs, json: bool) -> Result<(), CtlError> {
-    // The key is read from where the daemon keeps it (`key_store`), unless --key-file names a
-    // key file.
-    let keyring_or_credential = match &a.key_file {
-        None => config(None)
-            .ok()
-            .filter(|c| c.key_store != blobsync_shared::keystore::KeyStoreKind::File),
-        Some(_) => None,
+/// Where the running daemon keeps its key, asked over its socket (`GetVersion`), so `key
+/// export --socket S` exports the key of the daemon at S, and `sudo blobctl key export` the
+/// system service's. `None` when no daemon answers at the default socket (then the config
+/// decides); an error when the socket was named and nothing answers there.
+async fn daemon_key_store(
+    socket: Option<&Path>,
+) -> Result<Option<blobsync_shared::keystore::KeyStore>, CtlError> {
+    use blobsync_shared::keystore::{KeyStore, KeyStoreKind};
+    let path = client::discover_socket(socket)?;
+    let mut c = match client::connect(&path).await {
+        Ok(c) => c,
+        Err(CtlError::Unreachable { socket: s, reason }) if socket.is_some() => {
+            return Err(CtlError::Unreachable {
+                socket: s,
+                reason: format!(
+                    "{reason}; `key export --socket` asks that daemon where its key is, so start                      it, or name the key with --key-file"
+                ),
+            });
+        }
+        Err(CtlError::Unreachable { .. }) => return Ok(None),
+        Err(e) => return Err(e),
     };
-    let (key, key_path) = match keyring_or_credential {
-        Some(c) => {
-            let store = blobsync_shared::keystore::KeyStore::new(c.key_store, &c.key_file, &c.user);
+    let v = c
+        .get_version(blobsync_proto::GetVersionRequest {})
+        .await?
+        .into_inner();
+    if v.key_store.is_empty() {
+        // A daemon older than these fields: the config decides, as before.
+        return Ok(None);
+    }
+    let kind = KeyStoreKind::parse(&v.key_store).map_err(|e| {
+        CtlError::Key(format!(
+            "the daemon at {} reported its key store as {e}",
+            path.display()
+        ))
+    })?;
+    Ok(Some(KeyStore::new(kind, Path::new(&v.key_file), &v.user)))
+}
+
+async fn export(a: KeyExportArgs, json: bool, socket: Option<&Path>) -> Result<(), CtlError> {
+    // The key is read from where the daemon keeps it: --key-file if given; else the running
+    // daemon's store (it says over its socket); else the config's `key_store` and `key_file`.
+    let named_config = client::config_path().is_some_and(|(_, named)| named);
+    let from_daemon = match (&a.key_file, named_config) {
+        (None, false) => daemon_key_store(socket).await?,
+        _ => None,
+    };
+    let keyring_or_credential = match &a.key_file {
+        None if from_daemon.is_none() => config(None)
+            .ok()
+            .filter(|c| c.key_store != blobsync_shared::keystore::KeyStoreKind::File)
+            .map(|c| blobsync_shared::keystore::KeyStore::new(c.key_store, &c.key_file, &c.user)),
+        _ => None,
+    };
+    let (key, key_path) = match from_daemon.or(keyring_or_credential) {
+        Some(store) => {
             let key = store.load().map_err(|e| CtlError::Key(e.to_string()))?;
             (key, PathBuf::from(store.describe()))
         }
@@ -339,8 +383,8 @@ fn with_echo_off<T>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn export_then_import_moves_the_key_and_refuses_to_clobber() {
+    #[tokio::test]
+    async fn export_then_import_moves_the_key_and_refuses_to_clobber() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("cfg/key");
         let original = keyfile::generate_key_file(&key).unwrap();
@@ -354,7 +398,9 @@ mod tests {
                 key_file: Some(key.clone()),
             },
             true,
+            None,
         )
+        .await
         .unwrap();
         let text = std::fs::read_to_string(&wrapped).unwrap();
         assert!(text.starts_with("blobsync-key v1"));
@@ -402,8 +448,8 @@ mod tests {
         assert_eq!(backups, 1);
     }
 
-    #[test]
-    fn wrong_passphrase_and_short_passphrase_are_refused() {
+    #[tokio::test]
+    async fn wrong_passphrase_and_short_passphrase_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key");
         keyfile::generate_key_file(&key).unwrap();
@@ -416,7 +462,9 @@ mod tests {
                 key_file: Some(key.clone()),
             },
             true,
+            None,
         )
+        .await
         .unwrap_err();
         assert_eq!(e.exit_code(), 2, "{e}");
         assert!(!dir.path().join("x").exists());
@@ -431,7 +479,9 @@ mod tests {
                 key_file: Some(key),
             },
             true,
+            None,
         )
+        .await
         .unwrap();
         let bad = dir.path().join("bad");
         std::fs::write(&bad, "another long passphrase").unwrap();

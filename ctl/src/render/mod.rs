@@ -14,20 +14,7 @@ mod status;
 pub use events::*;
 pub use status::*;
 
-/// A size in bytes, humanly: `512 B`, `1.5 KiB`, `12.0 MiB`, `3.2 GiB`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
+pub use blobsync_shared::units::human_size;
 
 /// A rate in bytes per second, `0` meaning unlimited.
 pub fn human_rate(bytes_per_sec: u64) -> String {

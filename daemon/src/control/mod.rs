@@ -23,6 +23,20 @@ use tonic::transport::server::UdsConnectInfo;
 pub use convert::engine_status;
 pub use service::Service;
 
+/// What the daemon tells `GetVersion` about where it keeps its key, so `blobctl key export
+/// --socket S` exports the key of the daemon at S (empty in tests that do not care).
+#[derive(Debug, Clone, Default)]
+pub struct DaemonInfo {
+    /// `key_store`: "file", "keyring" or "credential".
+    pub key_store: String,
+    /// The key file (the keyring entry is named after it).
+    pub key_file: PathBuf,
+    /// The user name on the server.
+    pub user: String,
+    /// The config file read (or looked for: it may not exist).
+    pub config_file: PathBuf,
+}
+
 use crate::handle::EngineHandle;
 
 /// Largest gRPC message the daemon accepts (Put chunks are documented as at most 4 MiB;
@@ -196,6 +210,7 @@ pub async fn serve(
     listener: UnixListener,
     handle: EngineHandle,
     cancel: CancellationToken,
+    info: DaemonInfo,
 ) -> Result<(), ControlError> {
     let socket_path = listener
         .local_addr()
@@ -216,7 +231,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(blobsync_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let control = ControlServer::new(Service::new(handle, cancel.clone()))
+    let control = ControlServer::new(Service::new(handle, cancel.clone(), info))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     tracing::info!(

@@ -52,12 +52,17 @@ type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, GrpcStatus
 pub struct Service {
     handle: EngineHandle,
     cancel: CancellationToken,
+    info: super::DaemonInfo,
 }
 
 impl Service {
     /// A service calling `handle`; `cancel` ends its open streams at shutdown.
-    pub fn new(handle: EngineHandle, cancel: CancellationToken) -> Self {
-        Self { handle, cancel }
+    pub fn new(handle: EngineHandle, cancel: CancellationToken, info: super::DaemonInfo) -> Self {
+        Self {
+            handle,
+            cancel,
+            info,
+        }
     }
 
     /// Validates a put header into (namespace, id, priority).
@@ -643,9 +648,14 @@ impl Control for Service {
         &self,
         _request: Request<pb::GetVersionRequest>,
     ) -> RpcResult<pb::GetVersionResponse> {
+        let i = &self.info;
         Ok(Response::new(pb::GetVersionResponse {
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
             api_version: pb::API_VERSION,
+            key_store: i.key_store.clone(),
+            key_file: i.key_file.display().to_string(),
+            user: i.user.clone(),
+            config_file: i.config_file.display().to_string(),
         }))
     }
 

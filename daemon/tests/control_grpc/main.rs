@@ -67,6 +67,7 @@ impl Fixture {
             listener,
             engine.handle(),
             cancel.child_token(),
+            blobsyncd::control::DaemonInfo::default(),
         ));
         Fixture {
             _tmp: tmp,
