@@ -74,7 +74,7 @@ pub struct NewLocalBlob {
     pub created: SystemTime,
 }
 
-/// A page request for [`list`].
+/// A page request for [`list`](super::list).
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     /// Only this namespace.
@@ -87,7 +87,7 @@ pub struct ListFilter {
     pub limit: usize,
 }
 
-/// Which queued blobs [`due`] returns.
+/// Which queued blobs [`due`](super::due) returns.
 #[derive(Debug, Clone)]
 pub struct DueFilter {
     /// Only those due at or before this time.
@@ -182,7 +182,7 @@ pub enum RemoteFact {
     },
     /// A tombstone whose proof verifies against the version this device holds: a deletion
     /// made by another device of the user. Held in `held_deletions` and applied after the
-    /// listing by [`apply_held`], unless the mass-deletion guard holds it.
+    /// listing by [`apply_held`](super::remote::apply_held), unless the mass-deletion guard holds it.
     ProvenDelete {
         /// Id.
         id: BlobId,
