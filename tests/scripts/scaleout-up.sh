@@ -22,6 +22,10 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 
+# Two runs at once (CI and a developer) build Garage once: the second waits for the first.
+mkdir -p "$GARAGE_ROOT"
+exec 9>"$GARAGE_ROOT/.install.lock"
+flock 9
 if [ ! -x "$GARAGE" ]; then
     echo "==> cargo install garage 2.5.0 into $GARAGE_ROOT (about 10 minutes)" >&2
     build="$(mktemp -d /tmp/garage-build.XXXXXX)"
@@ -29,6 +33,7 @@ if [ ! -x "$GARAGE" ]; then
         --locked --no-default-features --features bundled-libs,sqlite --root "$GARAGE_ROOT"
     rm -rf "$build"
 fi
+flock -u 9
 
 if [ "${1:-}" = "--install" ]; then
     echo "BLOBSYNC_GARAGE=$GARAGE"
