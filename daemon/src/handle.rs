@@ -509,9 +509,9 @@ impl EngineHandle {
         self.info(ns, id).await
     }
 
-    /// Re-queues every failed blob; returns how many.
-    pub async fn retry_all_failed(&self) -> Result<u64, EngineError> {
-        let n = self.shared.store.retry_all_failed().await?.len() as u64;
+    /// Re-queues every failed blob of one namespace, or of all; returns how many.
+    pub async fn retry_failed(&self, ns: Option<Namespace>) -> Result<u64, EngineError> {
+        let n = self.shared.store.retry_failed(ns).await?.len() as u64;
         self.shared.kick.notify_one();
         Ok(n)
     }

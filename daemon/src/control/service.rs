@@ -424,42 +424,11 @@ impl Control for Service {
                 self.handle.retry(&ns, &id).await.map_err(engine_status)?;
                 1
             }
-            (true, true) => match namespace_filter(&req.namespace)? {
-                None => self
-                    .handle
-                    .retry_all_failed()
-                    .await
-                    .map_err(engine_status)?,
-                Some(ns) => {
-                    // One namespace: walk its failed blobs page by page.
-                    let mut n = 0;
-                    for status in [Status::FailedUpload, Status::FailedDownload] {
-                        let mut after = None;
-                        loop {
-                            let page = self
-                                .handle
-                                .list(ListFilter {
-                                    ns: Some(ns.clone()),
-                                    status: Some(status),
-                                    after: after.clone(),
-                                    limit: DEFAULT_PAGE as usize,
-                                })
-                                .await
-                                .map_err(engine_status)?;
-                            let Some(last) = page.last() else { break };
-                            after = Some((last.ns.clone(), last.id.clone()));
-                            for b in &page {
-                                self.handle
-                                    .retry(&b.ns, &b.id)
-                                    .await
-                                    .map_err(engine_status)?;
-                                n += 1;
-                            }
-                        }
-                    }
-                    n
-                }
-            },
+            (true, true) => self
+                .handle
+                .retry_failed(namespace_filter(&req.namespace)?)
+                .await
+                .map_err(engine_status)?,
             (true, false) => {
                 return Err(GrpcStatus::invalid_argument(
                     "Retry needs a blob id, or all_failed to re-queue every failed blob",

@@ -553,8 +553,12 @@ impl Store {
     }
 
     /// Re-queues every failed blob; returns how many.
-    pub async fn retry_all_failed(&self) -> Result<Vec<StatusChange>, StoreError> {
-        self.call_changes(ops::retry_all_failed).await
+    pub async fn retry_failed(
+        &self,
+        ns: Option<Namespace>,
+    ) -> Result<Vec<StatusChange>, StoreError> {
+        self.call_changes(move |c| ops::retry_failed(c, ns.as_ref()))
+            .await
     }
 
     /// Changes a blob's priority.

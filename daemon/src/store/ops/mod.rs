@@ -602,12 +602,22 @@ pub fn retry(c: &mut Connection, ns: &Namespace, id: &BlobId) -> Result<StatusCh
     Ok(ch)
 }
 
-/// Re-queues every failed blob.
+/// Requeues every failed blob (`FAILED_UPLOAD`, `FAILED_DOWNLOAD`) in one transaction.
 pub fn retry_all_failed(c: &mut Connection) -> Result<Vec<StatusChange>, StoreError> {
+    retry_failed(c, None)
+}
+
+/// Requeues the failed blobs of one namespace, or of all, in one transaction.
+pub fn retry_failed(
+    c: &mut Connection,
+    ns: Option<&Namespace>,
+) -> Result<Vec<StatusChange>, StoreError> {
     let tx = c.transaction()?;
     let failed: Vec<(String, String)> = {
-        let mut st = tx.prepare("SELECT ns, id FROM blobs WHERE status IN (4, 5)")?;
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let mut st = tx.prepare(
+            "SELECT ns, id FROM blobs WHERE status IN (4, 5) AND (?1 IS NULL OR ns = ?1)",
+        )?;
+        st.query_map([ns.map(Namespace::as_str)], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?
     };
     let mut out = Vec::with_capacity(failed.len());

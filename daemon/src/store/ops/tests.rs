@@ -236,9 +236,17 @@ fn invalid_downloads_fail_at_the_limit_and_keep_the_reason() {
     let b = get(&c, &ns, &id).unwrap().unwrap();
     assert_eq!((b.attempts, b.invalid_attempts), (3, 3));
     assert!(b.last_error.unwrap().contains("bad tag"));
-    assert_eq!(retry_all_failed(&mut c).unwrap().len(), 1);
+    // A retry of another namespace's failures leaves this one failed.
+    let other = Namespace::new("other").unwrap();
+    assert!(retry_failed(&mut c, Some(&other)).unwrap().is_empty());
+    assert_eq!(
+        get(&c, &ns, &id).unwrap().unwrap().status,
+        Status::FailedDownload
+    );
+    assert_eq!(retry_failed(&mut c, Some(&ns)).unwrap().len(), 1);
     let b = get(&c, &ns, &id).unwrap().unwrap();
     assert_eq!((b.status, b.attempts), (Status::PendingDownload, 0));
+    assert!(retry_all_failed(&mut c).unwrap().is_empty());
 }
 
 #[test]
