@@ -68,11 +68,6 @@ fn grouped(c: &Connection) -> Counts {
         let s = Status::from_code(code).unwrap();
         *out.by_status.entry(s).or_default() += n as u64;
         *out.bytes_by_status.entry(s).or_default() += bytes as u64;
-        *out.bytes_by_namespace
-            .entry(Namespace::new(ns.clone()).unwrap())
-            .or_default()
-            .entry(s)
-            .or_default() += bytes as u64;
         *out.by_namespace
             .entry(Namespace::new(ns.clone()).unwrap())
             .or_default()

@@ -101,13 +101,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         // (planner_model: `..._never_uploaded_again_by_a_retry_between_cycles`.)
         if self.attempted_upload_due().await {
             let mut summary = CycleSummary::default();
-            match self.sync_listing(false, false, &mut summary).await {
-                Ok(()) => self.shared.note_remote_ok(),
-                Err(SyncError::Remote(e)) => {
-                    self.shared.note_remote_err(&e);
-                    warn!(error = %e, "listing before an upload retry failed");
-                }
-                Err(e) => warn!(error = %e, "listing before an upload retry failed"),
+            if let Err(e) = self.sync_listing(false, false, &mut summary).await {
+                warn!(error = %e, "listing before an upload retry failed");
             }
         }
         let stats = self.run_transfers(cancel).await;
@@ -183,9 +178,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 .sync_listing(force_full || periodic_full, allow_mass_delete, &mut summary)
                 .await
             {
-                Ok(()) => self.shared.note_remote_ok(),
+                Ok(()) => {}
                 Err(SyncError::Remote(e)) => {
-                    self.shared.note_remote_err(&e);
                     warn!(error = %e, "listing failed");
                     summary.error = Some(e.to_string());
                 }

@@ -381,7 +381,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     .await
             }
             Err(e) => {
-                self.shared.note_remote_err(&e);
                 let ra = e.retry_after();
                 self.record_failure(
                     &b,
@@ -403,7 +402,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         stored: u64,
         stats: &mut TransferStats,
     ) {
-        self.shared.note_remote_ok();
         let remote_size = (t == Transition::UploadSucceeded).then_some(stored);
         match self
             .shared

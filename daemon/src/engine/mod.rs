@@ -13,6 +13,7 @@
 mod atrest;
 mod cycle;
 pub mod error;
+pub(crate) mod health;
 mod incoming;
 pub(crate) mod keycheck;
 mod listing;
@@ -65,7 +66,8 @@ pub(crate) use state::{RuntimeState, Shared, SyncRequest, TransferStats};
 /// The sync engine.
 pub struct Engine<R: Remote, C: Clock> {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) remote: R,
+    /// The remote, recording its health on every call ([`health::Observed`]).
+    pub(crate) remote: health::Observed<R>,
     pub(crate) clock: C,
     pub(super) sync_rx: tokio::sync::Mutex<mpsc::Receiver<SyncRequest>>,
     me: std::sync::Weak<Self>,
@@ -103,30 +105,31 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             between_cycles: TransferStats::default(),
             recipient_checked: None,
         };
+        let shared = Arc::new(Shared {
+            store,
+            events,
+            syncer: payload::SyncGroup::new(&data),
+            data,
+            delete_key: DeleteKey::derive(&key),
+            key,
+            up: ratelimit::RateLimiter::new(settings.bwlimit_up),
+            down: ratelimit::RateLimiter::new(settings.bwlimit_down),
+            settings: RwLock::new(settings),
+            state: Mutex::new(state),
+            sync_tx,
+            kick: Notify::new(),
+            locks: Mutex::new(HashMap::new()),
+            now: Box::new(move || c2.now()),
+            cancel: CancellationToken::new(),
+            crash_points: Mutex::new(HashSet::new()),
+            crashed: Default::default(),
+            resumed: Mutex::new(HashSet::new()),
+            key_check: Default::default(),
+        });
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
-            shared: Arc::new(Shared {
-                store,
-                events,
-                syncer: payload::SyncGroup::new(&data),
-                data,
-                delete_key: DeleteKey::derive(&key),
-                key,
-                up: ratelimit::RateLimiter::new(settings.bwlimit_up),
-                down: ratelimit::RateLimiter::new(settings.bwlimit_down),
-                settings: RwLock::new(settings),
-                state: Mutex::new(state),
-                sync_tx,
-                kick: Notify::new(),
-                locks: Mutex::new(HashMap::new()),
-                now: Box::new(move || c2.now()),
-                cancel: CancellationToken::new(),
-                crash_points: Mutex::new(HashSet::new()),
-                crashed: Default::default(),
-                resumed: Mutex::new(HashSet::new()),
-                key_check: Default::default(),
-            }),
-            remote,
+            shared: shared.clone(),
+            remote: health::Observed::new(remote, shared),
             clock,
             sync_rx: tokio::sync::Mutex::new(sync_rx),
         })
@@ -151,7 +154,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
 
     /// The remote (tests reach through it to the fault injector).
     pub fn remote(&self) -> &R {
-        &self.remote
+        &self.remote.inner
     }
 
     /// Test hook: the next time the engine reaches `point` it stops there as if the process

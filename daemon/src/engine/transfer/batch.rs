@@ -256,7 +256,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let results = match res {
             Ok(r) => r,
             Err(e) => {
-                self.shared.note_remote_err(&e);
                 let ra = e.retry_after();
                 for (b, _) in &encoders {
                     self.record_failure(
@@ -272,7 +271,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 return;
             }
         };
-        self.shared.note_remote_ok();
         let now = self.clock.now();
         let mut ok = Vec::new();
         for (b, h) in &encoders {
@@ -378,7 +376,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let mut body = match res {
             Ok(b) => b,
             Err(e) => {
-                self.shared.note_remote_err(&e);
                 let ra = e.retry_after();
                 for b in &blobs {
                     self.record_failure(
@@ -447,7 +444,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             broken = Some(e.to_string());
         }
         drop(progress);
-        self.shared.note_remote_ok();
         let now = self.clock.now();
         // Verify every blob first (in memory), then install the good ones together: one
         // write pass, concurrent fsyncs, one fsync per directory, and the one commit below,

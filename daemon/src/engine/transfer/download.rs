@@ -62,11 +62,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             }
             match res {
                 Ok((fetched, Some(age_sha))) => {
-                    self.shared.note_remote_ok();
                     self.record_decrypted(&b, fetched, age_sha, stats).await
                 }
                 Ok(((size, sha, stored, salt), None)) => {
-                    self.shared.note_remote_ok();
                     if !b.external {
                         self.shared.key_proven();
                     }
@@ -126,7 +124,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                             }
                         }
                         DownloadError::Remote(re) => {
-                            self.shared.note_remote_err(re);
                             if queued {
                                 let ra = re.retry_after();
                                 self.record_failure(

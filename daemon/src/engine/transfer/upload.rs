@@ -404,7 +404,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             }
             match res {
                 Ok(()) => {
-                    self.shared.note_remote_ok();
                     self.mark_uploaded(&b, stored, stats).await;
                 }
                 Err(RemoteError::Conflict) => match self.is_our_copy(&b, &salt).await {
@@ -414,7 +413,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     }
                     Ok(false) => self.take_their_copy(&b).await,
                     Err(e) => {
-                        self.shared.note_remote_err(&e);
                         let ra = e.retry_after();
                         self.record_failure(
                             &b,
@@ -431,7 +429,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     self.reject_upload(&b, e.to_string(), stats).await
                 }
                 Err(RemoteError::DeletedAfter(why)) => {
-                    self.shared.note_remote_ok();
                     self.upload_deleted_remotely(&b, &why, stats).await
                 }
                 // The connection broke: the server may have stored it all the same (the answer
@@ -444,7 +441,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     self.mark_uploaded(&b, stored, stats).await;
                 }
                 Err(e) => {
-                    self.shared.note_remote_err(&e);
                     let ra = e.retry_after();
                     self.record_failure(&b, Direction::Upload, e.to_string(), ra, false, stats)
                         .await
@@ -467,7 +463,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             Ok(()) | Err(RemoteError::NotFound)
                 if self.shared.crash_here("delete.after_remote") => {}
             Ok(()) | Err(RemoteError::NotFound) => {
-                self.shared.note_remote_ok();
                 let u = RowUpdate {
                     now: Some(self.clock.now()),
                     ..Default::default()
@@ -483,7 +478,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 }
             }
             Err(e) => {
-                self.shared.note_remote_err(&e);
                 let ra = e.retry_after();
                 self.record_failure(
                     &b,
