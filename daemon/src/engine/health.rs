@@ -9,7 +9,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use blobsync_shared::wire::{BlobDetail, ChangesResponse, Flag, UploadResponse};
+use blobsync_shared::wire::{BlobDetail, ChangesResponse, Flag};
 use blobsync_shared::{BlobId, Namespace};
 use futures_util::TryStreamExt;
 
@@ -145,7 +145,7 @@ impl<R: Remote> Remote for Observed<R> {
         entries: &[(BlobId, u64)],
         body: ByteStream,
         if_absent_since: Option<u64>,
-    ) -> Result<UploadResponse, RemoteError> {
+    ) -> Result<crate::remote::BatchOutcome, RemoteError> {
         self.seen(
             self.inner
                 .put_batch(ns, entries, body, if_absent_since)

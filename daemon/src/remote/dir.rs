@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use blobsync_shared::wire::{
-    BlobDetail, Change, ChangeOp, ChangesResponse, Flag, UploadResponse, encode_frame_header,
+    BlobDetail, Change, ChangeOp, ChangesResponse, Flag, encode_frame_header,
 };
 use blobsync_shared::{BlobId, Namespace};
 use bytes::Bytes;
@@ -585,9 +585,9 @@ impl Remote for DirRemote {
         entries: &[(BlobId, u64)],
         mut body: ByteStream,
         if_absent_since: Option<u64>,
-    ) -> Result<UploadResponse, RemoteError> {
+    ) -> Result<super::BatchOutcome, RemoteError> {
         // Split the body into its blobs, one temp file each; a chunk may span blobs.
-        let mut out = UploadResponse::new();
+        let mut out = super::BatchOutcome::new();
         let mut carry: Option<Bytes> = None;
         for (id, len) in entries {
             let temp = self.temp_path();
@@ -614,16 +614,14 @@ impl Remote for DirRemote {
             f.sync_all().await?;
             drop(f);
             let (ns_s, id_s, n) = (ns.to_string(), id.to_string(), *len);
-            let code = match self
+            let outcome = match self
                 .blocking(move |me| me.commit_put(&ns_s, &id_s, &temp, n, if_absent_since))
                 .await
             {
-                Ok(()) => 201,
-                Err(RemoteError::Conflict) => 409,
-                Err(RemoteError::DeletedAfter(_)) => 412,
+                r @ (Ok(()) | Err(RemoteError::Conflict | RemoteError::DeletedAfter(_))) => r,
                 Err(e) => return Err(e),
             };
-            out.insert(id.clone(), code);
+            out.insert(id.clone(), outcome);
         }
         Ok(out)
     }

@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use blobsync_shared::wire::{BlobDetail, ChangesResponse, Flag, UploadResponse};
+use blobsync_shared::wire::{BlobDetail, ChangesResponse, Flag};
 use blobsync_shared::{BlobId, Namespace};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -308,7 +308,7 @@ impl<R: Remote> Remote for FaultyRemote<R> {
         entries: &[(BlobId, u64)],
         body: ByteStream,
         if_absent_since: Option<u64>,
-    ) -> Result<UploadResponse, RemoteError> {
+    ) -> Result<crate::remote::BatchOutcome, RemoteError> {
         self.faults.batches.fetch_add(1, Ordering::SeqCst);
         self.faults.check()?;
         self.faults.run_before_put(ns, if_absent_since).await;

@@ -527,7 +527,7 @@ impl Remote for HttpRemote {
         entries: &[(BlobId, u64)],
         body: ByteStream,
         if_absent_since: Option<u64>,
-    ) -> Result<UploadResponse, RemoteError> {
+    ) -> Result<super::BatchOutcome, RemoteError> {
         let mut q = vec![
             (wire::query::NAMESPACE, ns.to_string()),
             (wire::query::DIRECTION, "upload".into()),
@@ -543,7 +543,11 @@ impl Remote for HttpRemote {
         let resp = self
             .send(Method::POST, url, &headers, streamed(whole))
             .await?;
-        Self::json(resp).await
+        let codes: UploadResponse = Self::json(resp).await?;
+        Ok(codes
+            .into_iter()
+            .map(|(id, code)| (id, super::batch_status(code, if_absent_since)))
+            .collect())
     }
 
     async fn incoming_recipient(&self) -> Result<Option<String>, RemoteError> {

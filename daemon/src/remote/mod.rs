@@ -18,13 +18,36 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::time::Duration;
 
-use blobsync_shared::wire::{BlobDetail, ChangesResponse, Flag, UploadResponse};
+use blobsync_shared::wire::{BlobDetail, ChangesResponse, Flag};
 use blobsync_shared::{BlobId, Namespace};
 use bytes::Bytes;
 use futures_util::Stream;
 
 /// A body of bytes, streamed; an `Err` item means the transfer broke (a transport fault).
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Each blob's outcome in a batch upload ([`Remote::put_batch`]).
+pub type BatchOutcome = std::collections::BTreeMap<BlobId, Result<(), RemoteError>>;
+
+/// A blob's outcome from the HTTP status a `/stream` upload answered for it: the same errors
+/// a single PUT gives. `since` is the request's `if_absent_since`, for the 412 message.
+pub fn batch_status(code: u16, since: Option<u64>) -> Result<(), RemoteError> {
+    match code {
+        200..=299 => Ok(()),
+        409 => Err(RemoteError::Conflict),
+        412 => Err(RemoteError::DeletedAfter(format!(
+            "HTTP 412 in a batch: deleted after seq {}",
+            since.unwrap_or(0)
+        ))),
+        413 => Err(RemoteError::TooLarge),
+        507 => Err(RemoteError::QuotaExceeded),
+        status => Err(RemoteError::Http {
+            status,
+            message: "the batch upload's answer for this blob".into(),
+            retry_after: None,
+        }),
+    }
+}
 
 /// A (possibly ranged) download.
 pub struct GetResponse {
@@ -222,15 +245,16 @@ pub trait Remote: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), RemoteError>> + Send;
 
     /// Uploads many blobs in one request: `body` holds their bytes back to back, in the
-    /// order and sizes of `entries`. Returns the HTTP status per id. `if_absent_since`
-    /// applies [`Remote::put`]'s rule to every entry; a refused one is `412` in the map.
+    /// order and sizes of `entries`. Returns each blob's outcome, as [`Remote::put`] would
+    /// have returned it (`Conflict`, `DeletedAfter`, `TooLarge`, ...); the outer error is the
+    /// request's. `if_absent_since` applies [`Remote::put`]'s rule to every entry.
     fn put_batch(
         &self,
         ns: &Namespace,
         entries: &[(BlobId, u64)],
         body: ByteStream,
         if_absent_since: Option<u64>,
-    ) -> impl Future<Output = Result<UploadResponse, RemoteError>> + Send;
+    ) -> impl Future<Output = Result<BatchOutcome, RemoteError>> + Send;
 
     /// Downloads many blobs in one request: the raw downstream frames (decode them with
     /// `wire::FrameDecoder`).

@@ -20,15 +20,13 @@
 //! - **Conditional puts** (`if_absent_since`) check the `deleted` listing first.
 //! - **401** means bad credentials *or* a path Soledad does not route; the error says both.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use blobsync_shared::wire::{
-    self, BlobDetail, Change, ChangeOp, ChangesResponse, Flag, UploadResponse,
-};
+use blobsync_shared::wire::{self, BlobDetail, Change, ChangeOp, ChangesResponse, Flag};
 use blobsync_shared::{BlobId, Namespace};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -478,7 +476,7 @@ impl Remote for SoledadRemote {
         entries: &[(BlobId, u64)],
         mut body: ByteStream,
         if_absent_since: Option<u64>,
-    ) -> Result<UploadResponse, RemoteError> {
+    ) -> Result<super::BatchOutcome, RemoteError> {
         // One PUT per blob (batch members are small: each is held in memory).
         let deleted: HashSet<BlobId> = match if_absent_since {
             Some(_) => self
@@ -488,7 +486,7 @@ impl Remote for SoledadRemote {
                 .collect(),
             None => HashSet::new(),
         };
-        let mut out: UploadResponse = BTreeMap::new();
+        let mut out = super::BatchOutcome::new();
         let mut pending = Bytes::new();
         for (id, len) in entries {
             let mut buf = Vec::with_capacity(*len as usize);
@@ -508,17 +506,17 @@ impl Remote for SoledadRemote {
                 buf.extend_from_slice(&pending.split_to(take));
             }
             if deleted.contains(id) {
-                out.insert(id.clone(), 412);
+                out.insert(id.clone(), super::batch_status(412, if_absent_since));
                 continue;
             }
-            let code = match self.put_bytes(ns, id, *len, full(buf)).await {
-                Ok(()) => 201,
-                Err(RemoteError::Conflict) => 409,
-                Err(RemoteError::TooLarge) => 413,
-                Err(RemoteError::QuotaExceeded) => 507,
+            let outcome = match self.put_bytes(ns, id, *len, full(buf)).await {
+                r @ (Ok(())
+                | Err(
+                    RemoteError::Conflict | RemoteError::TooLarge | RemoteError::QuotaExceeded,
+                )) => r,
                 Err(e) => return Err(e),
             };
-            out.insert(id.clone(), code);
+            out.insert(id.clone(), outcome);
         }
         Ok(out)
     }

@@ -253,7 +253,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             r = self.remote.put_batch(&ns, &entries, body, since) => r,
             _ = cancel.cancelled() => return,
         };
-        let results = match res {
+        let mut results = match res {
             Ok(r) => r,
             Err(e) => {
                 let ra = e.retry_after();
@@ -274,9 +274,13 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let now = self.clock.now();
         let mut ok = Vec::new();
         for (b, h) in &encoders {
-            let code = results.get(&b.id).copied();
-            match code {
-                Some(200..=299) => ok.push((
+            let res = results.remove(&b.id).unwrap_or_else(|| {
+                Err(RemoteError::Protocol(
+                    "the batch upload's answer has no result for this blob".into(),
+                ))
+            });
+            if self.settle_upload(b, &h.salt, res, stats).await {
+                ok.push((
                     b.id.clone(),
                     Transition::UploadSucceeded,
                     RowUpdate {
@@ -284,57 +288,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         now: Some(now),
                         ..Default::default()
                     },
-                )),
-                // The single-blob path handles 409 (salt check), 413, 507 and retries.
-                Some(409) => match self.is_our_copy(b, &h.salt).await {
-                    Ok(true) => ok.push((
-                        b.id.clone(),
-                        Transition::UploadSucceeded,
-                        RowUpdate {
-                            remote_size: Some(h.stored_size()),
-                            now: Some(now),
-                            ..Default::default()
-                        },
-                    )),
-                    Ok(false) => self.take_their_copy(b).await,
-                    Err(e) => {
-                        self.record_failure(
-                            b,
-                            Direction::Upload,
-                            format!("checking a 409: {e}"),
-                            None,
-                            false,
-                            stats,
-                        )
-                        .await
-                    }
-                },
-                Some(413) => {
-                    self.reject_upload(b, RemoteError::TooLarge.to_string(), stats)
-                        .await
-                }
-                // A retry deleted elsewhere since our first attempt. A first attempt that
-                // shares the request only met a newer tombstone of a reused id: it is retried,
-                // and the next listing decides.
-                Some(412) if b.upload_salt.is_some() => {
-                    let why = format!(
-                        "HTTP 412 in a batch: deleted after seq {}",
-                        since.unwrap_or(0)
-                    );
-                    self.upload_deleted_remotely(b, &why, stats).await
-                }
-                Some(507) => {
-                    self.reject_upload(b, RemoteError::QuotaExceeded.to_string(), stats)
-                        .await
-                }
-                other => {
-                    let msg = match other {
-                        Some(c) => format!("batch upload: HTTP {c} for this blob"),
-                        None => "batch upload: no result for this blob".to_owned(),
-                    };
-                    self.record_failure(b, Direction::Upload, msg, None, false, stats)
-                        .await
-                }
+                ));
             }
         }
         match self.shared.store.transition_many(&ns, ok).await {

@@ -359,6 +359,65 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         });
     }
 
+    /// What an upload's answer means for the blob, for a single PUT and for each blob of a
+    /// `/stream` batch alike: `true` when the server holds our copy (the caller records it
+    /// uploaded: one row, or the batch's rows in one transaction); otherwise this settles the
+    /// blob itself (their copy taken, rejected, deleted elsewhere, or a failure retried on
+    /// the schedule).
+    pub(in crate::engine) async fn settle_upload(
+        &self,
+        b: &BlobInfo,
+        salt: &[u8; 32],
+        res: Result<(), RemoteError>,
+        stats: &mut TransferStats,
+    ) -> bool {
+        match res {
+            Ok(()) => true,
+            Err(RemoteError::Conflict) => match self.is_our_copy(b, salt).await {
+                Ok(true) => {
+                    debug!("409 with our own salt: an earlier upload got through");
+                    true
+                }
+                Ok(false) => {
+                    self.take_their_copy(b).await;
+                    false
+                }
+                Err(e) => {
+                    let msg = format!("checking a 409: {e}");
+                    self.record_failure(b, Direction::Upload, msg, e.retry_after(), false, stats)
+                        .await;
+                    false
+                }
+            },
+            Err(e @ (RemoteError::TooLarge | RemoteError::QuotaExceeded)) => {
+                self.reject_upload(b, e.to_string(), stats).await;
+                false
+            }
+            // A retry, deleted elsewhere since our first attempt. (A first attempt never sends
+            // the condition alone; one that shares a batch with retries only met a newer
+            // tombstone of a reused id: it is retried below, and the next listing decides.)
+            Err(RemoteError::DeletedAfter(why)) if b.upload_salt.is_some() => {
+                self.upload_deleted_remotely(b, &why, stats).await;
+                false
+            }
+            // The connection broke: the server may have stored it all the same (the answer
+            // was lost, or it answered 409 early and closed while we were still sending).
+            // Our salt in its copy's header settles it without another attempt.
+            Err(e @ (RemoteError::Transport(_) | RemoteError::Io(_)))
+                if matches!(self.is_our_copy(b, salt).await, Ok(true)) =>
+            {
+                debug!(error = %e, "upload broke off, but the server has our copy");
+                true
+            }
+            Err(e) => {
+                let ra = e.retry_after();
+                self.record_failure(b, Direction::Upload, e.to_string(), ra, false, stats)
+                    .await;
+                false
+            }
+        }
+    }
+
     pub(in crate::engine) async fn upload_one(
         self: &Arc<Self>,
         b: BlobInfo,
@@ -402,49 +461,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             if self.shared.crash_here("upload.after_put") {
                 return;
             }
-            match res {
-                Ok(()) => {
-                    self.mark_uploaded(&b, stored, stats).await;
-                }
-                Err(RemoteError::Conflict) => match self.is_our_copy(&b, &salt).await {
-                    Ok(true) => {
-                        debug!("409 with our own salt: an earlier upload got through");
-                        self.mark_uploaded(&b, stored, stats).await;
-                    }
-                    Ok(false) => self.take_their_copy(&b).await,
-                    Err(e) => {
-                        let ra = e.retry_after();
-                        self.record_failure(
-                            &b,
-                            Direction::Upload,
-                            format!("checking a 409: {e}"),
-                            ra,
-                            false,
-                            stats,
-                        )
-                        .await
-                    }
-                },
-                Err(e @ (RemoteError::TooLarge | RemoteError::QuotaExceeded)) => {
-                    self.reject_upload(&b, e.to_string(), stats).await
-                }
-                Err(RemoteError::DeletedAfter(why)) => {
-                    self.upload_deleted_remotely(&b, &why, stats).await
-                }
-                // The connection broke: the server may have stored it all the same (the answer
-                // was lost, or it answered 409 early and closed while we were still sending).
-                // Our salt in its copy's header settles it without another attempt.
-                Err(e @ (RemoteError::Transport(_) | RemoteError::Io(_)))
-                    if matches!(self.is_our_copy(&b, &salt).await, Ok(true)) =>
-                {
-                    debug!(error = %e, "upload broke off, but the server has our copy");
-                    self.mark_uploaded(&b, stored, stats).await;
-                }
-                Err(e) => {
-                    let ra = e.retry_after();
-                    self.record_failure(&b, Direction::Upload, e.to_string(), ra, false, stats)
-                        .await
-                }
+            if self.settle_upload(&b, &salt, res, stats).await {
+                self.mark_uploaded(&b, stored, stats).await;
             }
         }
         .instrument(span)
