@@ -93,6 +93,18 @@ async fn every_invalid_argument_is_refused_with_a_message() {
                 })),
             ),
         ]);
+        if !(ns.is_empty() && id.is_empty()) {
+            // (An empty namespace and id is a verification of everything.)
+            cases.push((
+                what("verify"),
+                says,
+                call!(c.verify(pb::VerifyRequest {
+                    namespace: n.clone(),
+                    id: i.clone(),
+                    remote: false
+                })),
+            ));
+        }
         if !id.is_empty() {
             let h = pb::PutRequest {
                 msg: Some(pb::put_request::Msg::Header(pb::PutHeader {
@@ -332,6 +344,11 @@ async fn every_invalid_argument_is_refused_with_a_message() {
         }),
         path: "relative/file".into(),
     };
+    cases.push((
+        "put_paths with no items".into(),
+        "takes 1 to 10000 items, not 0",
+        call!(c.put_paths(pb::PutPathsRequest { items: vec![] })),
+    ));
     cases.push((
         "put_path of a relative path".into(),
         "absolute",
