@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use blobsync_proto as pb;
 use blobsync_tests::daemon::write_key_file;
+use blobsync_tests::wait::{Poll, wait_until};
 use blobsync_tests::{DaemonOpts, DaemonProc, RemoteSpec, TestEnv, bins};
 use serde_json::Value;
 
@@ -81,25 +82,23 @@ fn write_file(path: &Path, len: usize, seed: u8) -> Vec<u8> {
     data
 }
 
-/// Waits until `blobctl ls` shows `id` with `status`.
+/// Waits until `blobctl ls` shows `id` with `status` (30 s deadline).
 fn wait_status(socket: &Path, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ls = ctl_json(socket, &["ls"]);
-        if let Some(b) = ls["blobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["id"] == id && b["status"] == status)
-        {
-            return b.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} never became {status}: {ls}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        &format!("{id} to become {status}"),
+        Duration::from_secs(30),
+        || {
+            let ls = ctl_json(socket, &["ls"]);
+            let row = ls["blobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["id"] == id && b["status"] == status)
+                .cloned();
+            Ok(row.map_or_else(|| Poll::Pending(ls.to_string()), Poll::Ready))
+        },
+    )
+    .unwrap()
 }
 
 /// The pid of the daemon whose command line names `config`.

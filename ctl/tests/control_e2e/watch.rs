@@ -177,7 +177,17 @@ fn watch_resumes_after_a_daemon_restart_and_folds_idle_cycles() {
         &["put", file.to_str().unwrap(), "--id", "before"],
     );
     wait_status(d.socket(), "before", "SYNCED");
-    std::thread::sleep(Duration::from_secs(2));
+    // Let idle cycles happen while the watch is open (what the fold below is about): wait
+    // until the daemon has finished five more cycles, not a fixed time.
+    let cycle = |sock: &Path| ctl_json(sock, &["status"])["last_cycle"]["cycle"].as_u64();
+    let from = cycle(d.socket()).unwrap_or(0);
+    wait_until("five more idle cycles", Duration::from_secs(30), || {
+        Ok(match cycle(d.socket()) {
+            Some(n) if n >= from + 5 => Poll::Ready(()),
+            n => Poll::Pending(format!("at cycle {n:?}, from {from}")),
+        })
+    })
+    .unwrap();
     d.restart(&env).unwrap();
     ctl_json(
         d.socket(),
