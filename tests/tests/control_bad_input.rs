@@ -38,8 +38,9 @@ fn row(args: &[&str], exit: i32, codes: &'static [&'static str], says: &'static 
     }
 }
 
-/// Runs every row on `ctl`; returns a line per row that did not get what it wants.
-fn check_rows(ctl: &Blobctl, rows: &[Row]) -> TestResult<Vec<String>> {
+/// Runs every row on `ctl` (with `--json` when `json`); returns a line per row that did not
+/// get what it wants.
+fn check_rows(ctl: &Blobctl, rows: &[Row], json: bool) -> TestResult<Vec<String>> {
     let mut failures = Vec::new();
     for Row {
         args,
@@ -48,7 +49,7 @@ fn check_rows(ctl: &Blobctl, rows: &[Row]) -> TestResult<Vec<String>> {
         says,
     } in rows
     {
-        let o = ctl.run(args)?;
+        let o = ctl.run_opts(args, json)?;
         let err: Option<serde_json::Value> = serde_json::from_str(o.stderr.trim())
             .ok()
             .or_else(|| o.json.clone());
@@ -95,12 +96,14 @@ fn usage_errors_exit_2_without_a_daemon() -> TestResult {
         row(&["limits", "--up", "fast"], 2, INVALID, "fast"),
         row(&["frobnicate"], 2, INVALID, "frobnicate"),
     ];
-    let failures = check_rows(&nowhere, &rows)?;
+    // As a user types them, and with `--json`.
+    let mut failures = check_rows(&nowhere, &rows, false)?;
+    failures.extend(check_rows(&nowhere, &rows, true)?);
     assert!(
         failures.is_empty(),
         "{} of {} rows failed:\n{}",
         failures.len(),
-        rows.len(),
+        2 * rows.len(),
         failures.join("\n")
     );
     let o = nowhere.run_opts(&["completions", "bash"], false)?;
@@ -261,7 +264,7 @@ fn bad_control_requests_get_the_right_codes_and_store_nothing() -> TestResult {
         row(&["limits", "--up", "fast"], 2, INVALID, "fast"),
     ];
 
-    let mut failures = check_rows(a.ctl(), &rows)?;
+    let mut failures = check_rows(a.ctl(), &rows, true)?;
 
     // An unreachable daemon: exit 3 with a message saying how to start it.
     let nowhere = Blobctl::new(&env.root().join("no-daemon.sock"))?;
