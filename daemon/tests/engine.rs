@@ -1,67 +1,96 @@
-//! Engine tests: real stores in temp dirs, a real `DirRemote`, faults injected by
-//! `FaultyRemote`, time from a `ManualClock`.
+//! Engine tests: real stores in temp dirs, a real remote, faults injected by `FaultyRemote`,
+//! time from a `ManualClock`. The remote is a `DirRemote`, except for the behaviours that
+//! depend on what the remote answers (sync, deletes, batches, conflicts, ranges, tampering,
+//! refusals): those are one body generic over `Meeting` with an `rstest` case for the
+//! `DirRemote` and one for `HttpRemote` against the real server in process.
 
 mod common;
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use blobsync_shared::{BlobId, Namespace};
 use blobsyncd::clock::Clock;
 use blobsyncd::remote::RemoteError;
-use blobsyncd::remote::dir::tamper;
 use blobsyncd::status::Status;
 use common::*;
+use rstest::rstest;
 
-#[tokio::test]
-async fn put_on_a_appears_on_b_and_delete_on_a_disappears_from_b() {
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = tmp.path().join("remote");
-    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
-    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
-    let data = bytes(200_000, 1);
-    a.put("doc1", &data).await;
-    assert_eq!(a.status_of("doc1").await, Some(Status::PendingUpload));
+/// Two devices through one remote: a put on A (a big blob and a dozen small ones, which go
+/// up batched) is downloaded by B, the remote holds only ciphertext, A's next cycle re-uploads
+/// nothing, and a delete on A is PENDING_DELETE until the remote confirms, then gone on A and
+/// on B, which never uploads it again. (Was written twice, for each remote.)
+async fn two_devices_sync_puts_and_deletes_on<M: Meeting>(m: &M, dir: &Path) {
+    let a = m.device(&dir.join("a"), settings()).await;
+    let b = m.device(&dir.join("b"), settings()).await;
+    let big = bytes(1_500_000, 1);
+    a.put("big", &big).await;
+    for i in 0..12 {
+        a.put(&format!("small{i}"), &bytes(300 + i, i as u8)).await;
+    }
+    assert_eq!(a.status_of("big").await, Some(Status::PendingUpload));
     let s = a.engine.run_cycle().await;
-    assert_eq!(s.uploaded, 1, "{s:?}");
-    assert_eq!(a.status_of("doc1").await, Some(Status::Synced));
+    assert_eq!(s.uploaded, 13, "{s:?}");
+    assert!(
+        a.remote.faults.batches.load(Ordering::SeqCst) >= 1,
+        "small blobs batched"
+    );
+    assert_eq!(a.status_of("big").await, Some(Status::Synced));
 
     let s = b.engine.run_cycle().await;
-    assert_eq!(s.downloaded, 1, "{s:?}");
-    assert_eq!(b.status_of("doc1").await, Some(Status::Synced));
-    assert_eq!(b.read("doc1").await, data);
+    assert_eq!(s.downloaded, 13, "{s:?}");
+    assert_eq!(b.status_of("big").await, Some(Status::Synced));
+    assert_eq!(b.read("big").await, big);
+    assert_eq!(b.read("small7").await, bytes(307, 7));
 
-    // A's next cycle sees its own blob listed: nothing to do, nothing re-uploaded.
+    // The remote only ever holds ciphertext.
+    let stored = std::fs::read(m.stored_file("big")).unwrap();
+    assert_eq!(&stored[..2], &[0x13, 0x37]);
+    assert!(!stored.windows(64).any(|w| w == &big[1000..1064]));
+
+    // A's next cycle sees its own blobs listed: nothing to do, nothing re-uploaded.
     let puts = a.remote.faults.puts.load(Ordering::SeqCst);
     let s = a.engine.run_cycle().await;
     assert_eq!((s.uploaded, s.downloaded), (0, 0), "{s:?}");
     assert_eq!(a.remote.faults.puts.load(Ordering::SeqCst), puts);
 
-    // Delete on A: PENDING_DELETE until the server confirms, then gone; B follows.
+    // Delete on A: PENDING_DELETE until the remote confirms, then gone; B follows.
     let st = a
         .handle
-        .delete(&Namespace::default(), &BlobId::new("doc1").unwrap())
+        .delete(&Namespace::default(), &BlobId::new("big").unwrap())
         .await
         .unwrap();
     assert_eq!(st, Some(Status::PendingDelete));
     let s = a.engine.run_cycle().await;
     assert_eq!(s.deleted_remote, 1, "{s:?}");
-    assert_eq!(a.status_of("doc1").await, None);
+    assert_eq!(a.status_of("big").await, None);
+    let b_file = b.data.join("blobs/default/bi/big");
+    assert!(
+        b_file.exists(),
+        "B's payload of big is at {}",
+        b_file.display()
+    );
     let s = b.engine.run_cycle().await;
     assert_eq!(s.deleted_local, 1, "{s:?}");
-    assert_eq!(b.status_of("doc1").await, None);
-    assert!(!b.data.join("blobs/default/do/doc1").exists());
+    assert_eq!(b.status_of("big").await, None);
+    assert!(!b_file.exists());
     // And B never uploads it again.
     b.engine.run_cycle().await;
     assert_eq!(b.remote.faults.puts.load(Ordering::SeqCst), 0);
 }
 
-#[tokio::test]
-async fn full_listing_removes_blobs_deleted_elsewhere() {
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = tmp.path().join("remote");
-    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
-    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_sync_puts_and_deletes(#[case] kind: RemoteKind) {
+    on_remote!(kind, two_devices_sync_puts_and_deletes_on);
+}
+
+async fn full_listing_removes_blobs_deleted_elsewhere_on<M: Meeting>(m: &M, dir: &Path) {
+    let a = m.device(&dir.join("a"), settings()).await;
+    let b = m.device(&dir.join("b"), settings()).await;
     a.put("x", b"hello").await;
     a.engine.run_cycle().await;
     b.engine.run_cycle().await;
@@ -74,6 +103,14 @@ async fn full_listing_removes_blobs_deleted_elsewhere() {
     let s = b.engine.run_full_cycle().await;
     assert!(s.full_listing);
     assert_eq!(b.status_of("x").await, None);
+}
+
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_listing_removes_blobs_deleted_elsewhere(#[case] kind: RemoteKind) {
+    on_remote!(kind, full_listing_removes_blobs_deleted_elsewhere_on);
 }
 
 #[tokio::test]
@@ -173,21 +210,15 @@ async fn remote_down_then_back_drains_the_queue() {
     assert_eq!(st.remote.reachable, Some(true));
 }
 
-#[tokio::test]
-async fn a_tampered_blob_is_tried_exactly_3_times_then_failed_download() {
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = tmp.path().join("remote");
-    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
-    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+async fn a_tampered_blob_is_tried_exactly_3_times_then_failed_download_on<M: Meeting>(
+    m: &M,
+    dir: &Path,
+) {
+    let a = m.device(&dir.join("a"), settings()).await;
+    let b = m.device(&dir.join("b"), settings()).await;
     a.put("t", &bytes(50_000, 3)).await;
     a.engine.run_cycle().await;
-    tamper(
-        a.dir_remote(),
-        &Namespace::default(),
-        &BlobId::new("t").unwrap(),
-        20_000,
-    )
-    .unwrap();
+    m.tamper("t", 20_000);
     let mut gets = 0;
     for i in 0..6 {
         b.cycle_after(if i == 0 { 0 } else { 60 }).await;
@@ -215,12 +246,23 @@ async fn a_tampered_blob_is_tried_exactly_3_times_then_failed_download() {
     assert_eq!(b.status_of("t").await, Some(Status::PendingDownload));
 }
 
-#[tokio::test]
-async fn a_cut_download_resumes_with_a_range_and_is_not_tampering() {
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = tmp.path().join("remote");
-    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
-    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_blob_is_tried_exactly_3_times_then_failed_download(#[case] kind: RemoteKind) {
+    on_remote!(
+        kind,
+        a_tampered_blob_is_tried_exactly_3_times_then_failed_download_on
+    );
+}
+
+async fn a_cut_download_resumes_with_a_range_and_is_not_tampering_on<M: Meeting>(
+    m: &M,
+    dir: &Path,
+) {
+    let a = m.device(&dir.join("a"), settings()).await;
+    let b = m.device(&dir.join("b"), settings()).await;
     let data = bytes(300_000, 9);
     a.put("big", &data).await;
     a.engine.run_cycle().await;
@@ -234,12 +276,20 @@ async fn a_cut_download_resumes_with_a_range_and_is_not_tampering() {
     assert_eq!((info.attempts, info.invalid_attempts), (0, 0));
 }
 
-#[tokio::test]
-async fn a_body_cut_without_progress_is_a_retry_not_invalid() {
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = tmp.path().join("remote");
-    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
-    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_download_resumes_with_a_range_and_is_not_tampering(#[case] kind: RemoteKind) {
+    on_remote!(
+        kind,
+        a_cut_download_resumes_with_a_range_and_is_not_tampering_on
+    );
+}
+
+async fn a_body_cut_without_progress_is_a_retry_not_invalid_on<M: Meeting>(m: &M, dir: &Path) {
+    let a = m.device(&dir.join("a"), settings()).await;
+    let b = m.device(&dir.join("b"), settings()).await;
     a.put("c", &bytes(20_000, 2)).await;
     a.engine.run_cycle().await;
     for _ in 0..3 {
@@ -251,6 +301,14 @@ async fn a_body_cut_without_progress_is_a_retry_not_invalid() {
     assert_eq!((info.attempts, info.invalid_attempts), (1, 0));
     let s = b.cycle_after(10).await;
     assert_eq!(s.downloaded, 1);
+}
+
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_without_progress_is_a_retry_not_invalid(#[case] kind: RemoteKind) {
+    on_remote!(kind, a_body_cut_without_progress_is_a_retry_not_invalid_on);
 }
 
 #[tokio::test]
@@ -286,11 +344,9 @@ async fn a_lazy_namespace_stays_remote_only_until_fetched() {
     );
 }
 
-#[tokio::test]
-async fn a_409_after_a_lost_answer_is_ours_and_becomes_synced() {
-    let tmp = tempfile::tempdir().unwrap();
-    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
-    a.put("p", &bytes(10_000, 4)).await;
+async fn a_409_after_a_lost_answer_is_ours_and_becomes_synced_on<M: Meeting>(m: &M, dir: &Path) {
+    let a = m.device(&dir.join("a"), settings()).await;
+    a.put("p", &bytes(70_000, 5)).await;
     a.lose_next_put_answer_and_its_check();
     a.engine.run_cycle().await;
     assert_eq!(a.status_of("p").await, Some(Status::PendingUpload));
@@ -300,12 +356,20 @@ async fn a_409_after_a_lost_answer_is_ours_and_becomes_synced() {
     assert_eq!(a.remote.faults.puts.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test]
-async fn a_409_for_someone_elses_blob_is_failed_upload() {
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = tmp.path().join("r");
-    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
-    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_409_after_a_lost_answer_is_ours_and_becomes_synced(#[case] kind: RemoteKind) {
+    on_remote!(
+        kind,
+        a_409_after_a_lost_answer_is_ours_and_becomes_synced_on
+    );
+}
+
+async fn a_409_for_someone_elses_blob_is_failed_upload_on<M: Meeting>(m: &M, dir: &Path) {
+    let a = m.device(&dir.join("a"), settings()).await;
+    let b = m.device(&dir.join("b"), settings()).await;
     a.put("same", b"from a").await;
     b.put("same", b"from b").await;
     a.engine.run_cycle().await;
@@ -313,6 +377,14 @@ async fn a_409_for_someone_elses_blob_is_failed_upload() {
     let info = b.info("same").await.unwrap();
     assert_eq!(info.status, Status::FailedUpload);
     assert!(info.last_error.unwrap().contains("conflict"));
+}
+
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_409_for_someone_elses_blob_is_failed_upload(#[case] kind: RemoteKind) {
+    on_remote!(kind, a_409_for_someone_elses_blob_is_failed_upload_on);
 }
 
 #[tokio::test]
@@ -345,10 +417,11 @@ async fn retry_after_longer_than_the_schedule_is_honoured() {
     assert_eq!(wait, Duration::from_secs(120));
 }
 
-#[tokio::test]
-async fn unauthorized_stops_transfers_and_shows_in_status_until_fixed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+async fn unauthorized_stops_transfers_and_shows_in_status_until_fixed_on<M: Meeting>(
+    m: &M,
+    dir: &Path,
+) {
+    let a = m.device(&dir.join("a"), settings()).await;
     a.put("u1", b"1").await;
     a.put("u2", b"2").await;
     a.remote.faults.unauthorized.store(true, Ordering::SeqCst);
@@ -366,12 +439,20 @@ async fn unauthorized_stops_transfers_and_shows_in_status_until_fixed() {
     assert!(!a.handle.status().await.unwrap().remote.unauthorized);
 }
 
-#[tokio::test]
-async fn many_small_blobs_go_up_and_down_in_batches() {
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = tmp.path().join("remote");
-    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
-    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_stops_transfers_and_shows_in_status_until_fixed(#[case] kind: RemoteKind) {
+    on_remote!(
+        kind,
+        unauthorized_stops_transfers_and_shows_in_status_until_fixed_on
+    );
+}
+
+async fn many_small_blobs_go_up_and_down_in_batches_on<M: Meeting>(m: &M, dir: &Path) {
+    let a = m.device(&dir.join("a"), settings()).await;
+    let b = m.device(&dir.join("b"), settings()).await;
     for i in 0..40 {
         a.put(&format!("s{i:02}"), &bytes(100 + i, i as u8)).await;
     }
@@ -385,6 +466,14 @@ async fn many_small_blobs_go_up_and_down_in_batches() {
     for i in [0usize, 17, 39] {
         assert_eq!(b.read(&format!("s{i:02}")).await, bytes(100 + i, i as u8));
     }
+}
+
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_blobs_go_up_and_down_in_batches(#[case] kind: RemoteKind) {
+    on_remote!(kind, many_small_blobs_go_up_and_down_in_batches_on);
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 //! cycle resumes after them; a full listing applies its pages but moves the cursor only at
 //! the end, once it can tell which local rows the server no longer names.
 //!
-//! The remote is a real `DirRemote` whose listings a `FaultyRemote` hook cuts into pages of a
+//! The remote is a real `DirRemote` or, in a second `rstest` case of each test, `HttpRemote`
+//! against the real server in process; a `FaultyRemote` hook cuts its listings into pages of a
 //! few changes (as the real server does at 5,000); the hook records the `since` of every
 //! listing call, fails a chosen listing call, and can hide ids (a server that lost them,
 //! tombstones and all).
@@ -12,15 +13,16 @@
 mod common;
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use blobsync_shared::wire::ChangesResponse;
 use blobsync_shared::{BlobId, Namespace};
-use blobsyncd::remote::dir::DirRemote;
 use blobsyncd::remote::{Remote, RemoteError};
 use blobsyncd::status::{Priority, Status};
 use common::*;
+use rstest::rstest;
 
 /// Changes per listing page.
 const PAGE: usize = 10;
@@ -65,13 +67,10 @@ fn page(
     Ok(r)
 }
 
-/// A device on the folder remote whose listings come in pages of [`PAGE`] changes.
-async fn paged_device(
-    data: &std::path::Path,
-    remote_root: &std::path::Path,
-) -> (Device, Arc<Paging>) {
+/// A device on the meeting's remote whose listings come in pages of [`PAGE`] changes.
+async fn paged_device<M: Meeting>(m: &M, data: &Path) -> (Device<M::R>, Arc<Paging>) {
     let paging = Arc::new(Paging::default());
-    let dev = Device::open(data, remote_root, settings()).await;
+    let dev = m.device(data, settings()).await;
     let p = paging.clone();
     dev.remote
         .faults
@@ -83,7 +82,7 @@ fn ids(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("blob{i:03}")).collect()
 }
 
-async fn present(dev: &Device, ids: &[String]) -> Vec<String> {
+async fn present<R: Remote + Clone>(dev: &Device<R>, ids: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for id in ids {
         if dev.status_of(id).await.is_some() {
@@ -93,7 +92,7 @@ async fn present(dev: &Device, ids: &[String]) -> Vec<String> {
     out
 }
 
-async fn cursor(dev: &Device) -> Option<u64> {
+async fn cursor<R: Remote + Clone>(dev: &Device<R>) -> Option<u64> {
     dev.engine
         .store()
         .cursor(&Namespace::default())
@@ -102,9 +101,9 @@ async fn cursor(dev: &Device) -> Option<u64> {
 }
 
 /// The seq of each of the namespace's changes on the server, in order.
-async fn server_seqs(remote_root: &std::path::Path) -> Vec<u64> {
-    let r = DirRemote::new(remote_root, "alice").unwrap();
-    r.changes(&Namespace::default(), 0)
+async fn server_seqs<M: Meeting>(m: &M) -> Vec<u64> {
+    m.remote()
+        .changes(&Namespace::default(), 0)
         .await
         .unwrap()
         .changes
@@ -113,12 +112,14 @@ async fn server_seqs(remote_root: &std::path::Path) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test]
-async fn an_incremental_listing_cut_off_midway_keeps_its_applied_pages_and_resumes_after_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = tmp.path().join("remote");
-    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
-    let (b, paging) = paged_device(&tmp.path().join("b"), &remote).await;
+async fn an_incremental_listing_cut_off_midway_keeps_its_applied_pages_and_resumes_after_them_on<
+    M: Meeting,
+>(
+    m: &M,
+    dir: &Path,
+) {
+    let a = m.device(&dir.join("a"), settings()).await;
+    let (b, paging) = paged_device(m, &dir.join("b")).await;
     // B's first cycle (full, empty remote) leaves it a cursor: what follows is incremental.
     b.engine.run_cycle().await;
     let start = cursor(&b).await.expect("a cursor after the first listing");
@@ -129,7 +130,7 @@ async fn an_incremental_listing_cut_off_midway_keeps_its_applied_pages_and_resum
     }
     let s = a.engine.run_cycle().await;
     assert_eq!(s.uploaded, 25, "{s:?}");
-    let seqs = server_seqs(&remote).await;
+    let seqs = server_seqs(m).await;
     assert_eq!(seqs.len(), 25);
 
     // The second page of B's listing is lost: the first page is applied, cursor and all.
@@ -166,13 +167,27 @@ async fn an_incremental_listing_cut_off_midway_keeps_its_applied_pages_and_resum
     assert_eq!((s.downloaded, s.uploaded, s.deleted_local), (0, 0, 0));
 }
 
-#[tokio::test]
-async fn a_paged_full_listing_deletes_only_on_proven_tombstones_reuploads_what_the_server_lost_and_moves_the_cursor_last()
- {
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = tmp.path().join("remote");
-    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
-    let (b, paging) = paged_device(&tmp.path().join("b"), &remote).await;
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_listing_cut_off_midway_keeps_its_applied_pages_and_resumes_after_them(
+    #[case] kind: RemoteKind,
+) {
+    on_remote!(
+        kind,
+        an_incremental_listing_cut_off_midway_keeps_its_applied_pages_and_resumes_after_them_on
+    );
+}
+
+async fn a_paged_full_listing_deletes_only_on_proven_tombstones_reuploads_what_the_server_lost_and_moves_the_cursor_last_on<
+    M: Meeting,
+>(
+    m: &M,
+    dir: &Path,
+) {
+    let a = m.device(&dir.join("a"), settings()).await;
+    let (b, paging) = paged_device(m, &dir.join("b")).await;
     let names = ids(25);
     for (i, id) in names.iter().enumerate() {
         a.put(id, &bytes(100, i as u8)).await;
@@ -249,4 +264,14 @@ async fn a_paged_full_listing_deletes_only_on_proven_tombstones_reuploads_what_t
     // Local work is never "absent", though the server has never heard of it.
     assert_eq!(b.status_of("mine").await, Some(Status::LocalOnly));
     assert!(cursor(&b).await > synced_cursor);
+}
+
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_full_listing_deletes_only_on_proven_tombstones_reuploads_what_the_server_lost_and_moves_the_cursor_last(
+    #[case] kind: RemoteKind,
+) {
+    on_remote!(kind, a_paged_full_listing_deletes_only_on_proven_tombstones_reuploads_what_the_server_lost_and_moves_the_cursor_last_on);
 }

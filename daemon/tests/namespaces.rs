@@ -1,9 +1,12 @@
 //! Namespace discovery: a device lists the namespaces the remote holds (on its first cycle
 //! and on every full listing), not only `default`, configured ones and ones it has rows in.
-//! Real stores in temp dirs over a real `DirRemote` shared by the devices.
+//! Real stores in temp dirs over a real remote shared by the devices: each behaviour is one
+//! body with an `rstest` case for a `DirRemote` and one for `HttpRemote` against the real
+//! server in process (whose namespace listing is its own endpoint).
 
 mod common;
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use blobsync_shared::config::NamespacePolicy;
@@ -11,16 +14,17 @@ use blobsync_shared::{BlobId, Namespace};
 use blobsyncd::remote::Remote;
 use blobsyncd::status::Status;
 use common::*;
+use rstest::rstest;
 
 fn ns(s: &str) -> Namespace {
     Namespace::new(s).unwrap()
 }
 
-#[tokio::test]
-async fn a_fresh_device_discovers_every_namespace_on_its_first_cycle() {
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = tmp.path().join("remote");
-    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+async fn a_fresh_device_discovers_every_namespace_on_its_first_cycle_on<M: Meeting>(
+    m: &M,
+    dir: &Path,
+) {
+    let a = m.device(&dir.join("a"), settings()).await;
     let photo = bytes(30_000, 1);
     let mail = bytes(20_000, 2);
     a.put_ns(ns("photos"), "p1", &photo).await;
@@ -34,7 +38,8 @@ async fn a_fresh_device_discovers_every_namespace_on_its_first_cycle() {
         .unwrap();
     a.engine.run_cycle().await;
     let mut names: Vec<String> = a
-        .dir_remote()
+        .remote
+        .inner()
         .namespaces()
         .await
         .unwrap()
@@ -47,7 +52,7 @@ async fn a_fresh_device_discovers_every_namespace_on_its_first_cycle() {
     // B configures MX lazy and knows nothing of `photos`: unknown namespaces are eager.
     let mut s = settings();
     s.namespaces.insert(ns("MX"), NamespacePolicy::Lazy);
-    let b = Device::open(&tmp.path().join("b"), &remote, s).await;
+    let b = m.device(&dir.join("b"), s).await;
     let sum = b.engine.run_cycle().await;
     assert_eq!(sum.error, None, "{sum:?}");
     assert_eq!(sum.downloaded, 1, "{sum:?}");
@@ -63,12 +68,23 @@ async fn a_fresh_device_discovers_every_namespace_on_its_first_cycle() {
     assert!(b.info_ns(&ns("old"), "gone").await.is_none());
 }
 
-#[tokio::test]
-async fn a_namespace_created_later_is_found_by_the_next_incremental_cycle() {
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = tmp.path().join("remote");
-    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
-    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_device_discovers_every_namespace_on_its_first_cycle(#[case] kind: RemoteKind) {
+    on_remote!(
+        kind,
+        a_fresh_device_discovers_every_namespace_on_its_first_cycle_on
+    );
+}
+
+async fn a_namespace_created_later_is_found_by_the_next_incremental_cycle_on<M: Meeting>(
+    m: &M,
+    dir: &Path,
+) {
+    let a = m.device(&dir.join("a"), settings()).await;
+    let b = m.device(&dir.join("b"), settings()).await;
     b.engine.run_cycle().await;
     b.engine.run_cycle().await;
     a.put_ns(ns("later"), "x", &bytes(5_000, 4)).await;
@@ -85,14 +101,27 @@ async fn a_namespace_created_later_is_found_by_the_next_incremental_cycle() {
     );
 }
 
-#[tokio::test]
-async fn discovery_that_failed_because_the_remote_was_down_is_retried_next_cycle() {
-    let tmp = tempfile::tempdir().unwrap();
-    let remote = tmp.path().join("remote");
-    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_created_later_is_found_by_the_next_incremental_cycle(
+    #[case] kind: RemoteKind,
+) {
+    on_remote!(
+        kind,
+        a_namespace_created_later_is_found_by_the_next_incremental_cycle_on
+    );
+}
+
+async fn discovery_that_failed_because_the_remote_was_down_is_retried_next_cycle_on<M: Meeting>(
+    m: &M,
+    dir: &Path,
+) {
+    let a = m.device(&dir.join("a"), settings()).await;
     a.put_ns(ns("photos"), "p1", &bytes(8_000, 5)).await;
     a.engine.run_cycle().await;
-    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    let b = m.device(&dir.join("b"), settings()).await;
     b.remote.faults.down.store(true, Ordering::SeqCst);
     let sum = b.engine.run_cycle().await;
     assert!(sum.error.is_some(), "{sum:?}");
@@ -100,4 +129,17 @@ async fn discovery_that_failed_because_the_remote_was_down_is_retried_next_cycle
     // Not a full listing by the schedule, but this run never listed the namespaces yet.
     let sum = b.cycle_after(30).await;
     assert_eq!(sum.downloaded, 1, "{sum:?}");
+}
+
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_that_failed_because_the_remote_was_down_is_retried_next_cycle(
+    #[case] kind: RemoteKind,
+) {
+    on_remote!(
+        kind,
+        discovery_that_failed_because_the_remote_was_down_is_retried_next_cycle_on
+    );
 }

@@ -1,8 +1,9 @@
 //! The resurrection guard: a retried upload (its first PUT's answer was lost) must not recreate
 //! a blob another device deleted in the window between this device's listing and its retry.
 //! The retry carries `if_absent_since` = the listing cursor; the remote refuses, and the blob
-//! ends as one deleted remotely (row and payload gone). Run over `DirRemote` (its change-log
-//! rule) and over `HttpRemote` against the real `blobsync-server` in process (the server's rule).
+//! ends as one deleted remotely (row and payload gone). Each behaviour is one body with an `rstest`
+//! case over `DirRemote` (its change-log rule) and one over `HttpRemote` against the real
+//! `blobsync-server` in process (the server's rule).
 
 mod common;
 
@@ -11,11 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use blobsync_shared::{BlobId, Namespace};
-use blobsyncd::remote::dir::DirRemote;
-use blobsyncd::remote::http::HttpRemote;
 use blobsyncd::remote::{Remote, RemoteError, RemoteListFilter, collect_body};
 use blobsyncd::store::payload::DataDir;
 use common::*;
+use rstest::rstest;
 
 /// What the window between listing and PUT holds: when armed, the next conditional put (or
 /// batch) first deletes `victims` on the real remote underneath, as another device would,
@@ -210,33 +210,49 @@ async fn batch_retry_refuses_only_the_deleted<R: Remote + Clone>(dir: &Path, inn
     }
 }
 
-// ---- over DirRemote (file://) -------------------------------------------------------------
+// ---- each behaviour over DirRemote (its change-log rule) and HttpRemote (the server's) ------
 
-#[tokio::test]
-async fn dir_remote_a_delete_between_listing_and_retry_is_not_undone() {
-    let tmp = tempfile::tempdir().unwrap();
-    let inner = DirRemote::new(tmp.path().join("remote"), "alice").unwrap();
-    single_put_retry_is_refused(tmp.path(), inner).await;
+async fn a_delete_between_listing_and_retry_is_not_undone_on<M: Meeting>(m: &M, dir: &Path) {
+    single_put_retry_is_refused(dir, m.remote()).await;
 }
 
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
 #[tokio::test]
-async fn dir_remote_a_retry_after_a_failed_listing_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let inner = DirRemote::new(tmp.path().join("remote"), "alice").unwrap();
-    retry_after_a_failed_listing_is_refused(tmp.path(), inner).await;
+async fn a_delete_between_listing_and_retry_is_not_undone(#[case] kind: RemoteKind) {
+    on_remote!(kind, a_delete_between_listing_and_retry_is_not_undone_on);
 }
 
-#[tokio::test]
-async fn dir_remote_a_batch_retry_skips_the_blobs_deleted_meanwhile() {
-    let tmp = tempfile::tempdir().unwrap();
-    let inner = DirRemote::new(tmp.path().join("remote"), "alice").unwrap();
-    batch_retry_refuses_only_the_deleted(tmp.path(), inner).await;
+async fn a_retry_after_a_failed_listing_is_refused_on<M: Meeting>(m: &M, dir: &Path) {
+    retry_after_a_failed_listing_is_refused(dir, m.remote()).await;
 }
 
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
 #[tokio::test]
-async fn dir_remote_applies_the_rule_itself() {
-    let tmp = tempfile::tempdir().unwrap();
-    let r = DirRemote::new(tmp.path().join("remote"), "alice").unwrap();
+async fn a_retry_after_a_failed_listing_is_refused(#[case] kind: RemoteKind) {
+    on_remote!(kind, a_retry_after_a_failed_listing_is_refused_on);
+}
+
+async fn a_batch_retry_skips_the_blobs_deleted_meanwhile_on<M: Meeting>(m: &M, dir: &Path) {
+    batch_retry_refuses_only_the_deleted(dir, m.remote()).await;
+}
+
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test]
+async fn a_batch_retry_skips_the_blobs_deleted_meanwhile(#[case] kind: RemoteKind) {
+    on_remote!(kind, a_batch_retry_skips_the_blobs_deleted_meanwhile_on);
+}
+
+/// The rule itself, at the remote: a put with `if_absent_since` is a conflict while the blob
+/// lives, `DeletedAfter` (the server's 412) when it was deleted after `since`, and stored when
+/// it was deleted at or before `since`.
+async fn the_remote_refuses_a_put_deleted_after_since_on<M: Meeting>(m: &M, _dir: &Path) {
+    let r = m.remote();
     let ns = Namespace::default();
     let id = BlobId::new("z").unwrap();
     let put = |since| {
@@ -261,58 +277,10 @@ async fn dir_remote_applies_the_rule_itself() {
     assert_eq!(collect_body(got.body, 10).await.unwrap(), b"z");
 }
 
-// ---- over HttpRemote against the real server ------------------------------------------
-
-struct Server {
-    remote: HttpRemote,
-    _server: TestServer,
-}
-
-async fn start_server(dir: &Path) -> Server {
-    let s = TestServer::start(dir).await;
-    Server {
-        remote: s.remote(),
-        _server: s,
-    }
-}
-
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
 #[tokio::test]
-async fn http_remote_a_delete_between_listing_and_retry_is_not_undone() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = start_server(tmp.path()).await;
-    single_put_retry_is_refused(tmp.path(), s.remote.clone()).await;
-}
-
-#[tokio::test]
-async fn http_remote_a_retry_after_a_failed_listing_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = start_server(tmp.path()).await;
-    retry_after_a_failed_listing_is_refused(tmp.path(), s.remote.clone()).await;
-}
-
-#[tokio::test]
-async fn http_remote_a_batch_retry_skips_the_blobs_deleted_meanwhile() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = start_server(tmp.path()).await;
-    batch_retry_refuses_only_the_deleted(tmp.path(), s.remote.clone()).await;
-}
-
-#[tokio::test]
-async fn http_remote_maps_412_to_deleted_after() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = start_server(tmp.path()).await;
-    let (ns, id) = (Namespace::default(), BlobId::new("z").unwrap());
-    let body = || blobsyncd::remote::once_body(&b"z"[..]);
-    s.remote.put(&ns, &id, 1, body(), None).await.unwrap();
-    s.remote.delete(&ns, &id, None).await.unwrap();
-    let e = s
-        .remote
-        .put(&ns, &id, 1, body(), Some(1))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, RemoteError::DeletedAfter(m) if m.contains("deleted at seq 2, after 1")),
-        "{e:?}"
-    );
-    s.remote.put(&ns, &id, 1, body(), Some(2)).await.unwrap();
+async fn the_remote_refuses_a_put_deleted_after_since(#[case] kind: RemoteKind) {
+    on_remote!(kind, the_remote_refuses_a_put_deleted_after_since_on);
 }

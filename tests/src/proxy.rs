@@ -432,6 +432,7 @@ async fn pump(
             Err(_) => return PumpEnd::Error,
         };
         if !delay.is_zero() {
+            // The injected latency is the fault under test: this sleep waits for nothing.
             tokio::time::sleep(delay).await;
         }
         let (forward, cut) = {
@@ -484,6 +485,7 @@ async fn pump(
             return PumpEnd::Cut;
         }
         if let Some(rate) = rate {
+            // The throttle under test: holding the bytes back is the point, not a wait.
             tokio::time::sleep(Duration::from_secs_f64(forward as f64 / rate as f64)).await;
         }
     }

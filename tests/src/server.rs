@@ -197,6 +197,8 @@ impl ServerProc {
                     if !err.contains("in use") {
                         return Err(e);
                     }
+                    // The old process's port is not free yet: back off, then respawn (the
+                    // loop is bounded by `deadline`).
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(e) => return Err(e),

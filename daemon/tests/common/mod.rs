@@ -1,5 +1,7 @@
 //! Shared helpers of the daemon's engine tests: a "device" is a real store in a temp dir, an
-//! engine over a fault-injecting wrapper of a real `DirRemote`, and a `ManualClock`.
+//! engine over a fault-injecting wrapper of a real remote (a `DirRemote` unless a test says
+//! otherwise), and a `ManualClock`. A behaviour that must hold on either remote is one test
+//! body generic over [`Meeting`], run by `rstest` cases through [`on_remote!`].
 #![allow(dead_code)] // each test file uses a different subset
 
 mod server;
@@ -17,6 +19,7 @@ use blobsyncd::handle::EngineHandle;
 use blobsyncd::remote::Remote;
 use blobsyncd::remote::dir::DirRemote;
 use blobsyncd::remote::faulty::FaultyRemote;
+use blobsyncd::remote::http::HttpRemote;
 use blobsyncd::retry::TimeScale;
 use blobsyncd::status::{Priority, Status};
 use blobsyncd::store::payload::DataDir;
@@ -253,4 +256,112 @@ pub async fn device_proof<X: Remote>(remote: &X, ns: &Namespace, id: &BlobId) ->
     let (h, _) = blobsync_shared::codec::Header::parse(&bytes).ok()??;
     let dk = blobsync_shared::tombstone::DeleteKey::derive(&key());
     Some(dk.prove(ns, id, &h.salt))
+}
+
+/// The two remotes a behaviour is checked against: a folder (`DirRemote`) and the real server
+/// in this process (`HttpRemote` against a [`TestServer`]).
+#[derive(Clone, Copy, Debug)]
+pub enum RemoteKind {
+    Dir,
+    Http,
+}
+
+/// Where a test's devices meet, whichever the remote (see [`on_remote!`]).
+pub trait Meeting {
+    type R: Remote + Clone + 'static;
+    /// A new client of the remote, for user alice.
+    fn remote(&self) -> Self::R;
+    /// The directory under which the remote keeps its payload files.
+    fn payload_root(&self) -> &Path;
+
+    /// The remote's (encrypted) payload file of `id` (found by name: both remotes name it
+    /// after the id; the layout is theirs).
+    fn stored_file(&self, id: &str) -> PathBuf {
+        find_file(self.payload_root(), id).unwrap_or_else(|| panic!("no stored file for {id}"))
+    }
+
+    /// Flips one byte of the stored copy of `id` at `at` (as `dir::tamper` does).
+    fn tamper(&self, id: &str, at: usize) {
+        let path = self.stored_file(id);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let i = at.min(bytes.len().saturating_sub(1));
+        bytes[i] ^= 0x55;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// A device with its data in `data`, on this remote, with a manual clock.
+    #[allow(async_fn_in_trait)] // only these tests call it
+    async fn device(&self, data: &Path, settings: EngineSettings) -> Device<Self::R> {
+        Device::open_on(data, self.remote(), settings, ManualClock::default()).await
+    }
+}
+
+/// A folder remote under `root` (what `Device::open` uses).
+pub struct DirMeeting {
+    pub root: PathBuf,
+}
+
+impl DirMeeting {
+    pub fn new(dir: &Path) -> DirMeeting {
+        DirMeeting {
+            root: dir.join("remote"),
+        }
+    }
+}
+
+impl Meeting for DirMeeting {
+    type R = DirRemote;
+    fn remote(&self) -> DirRemote {
+        DirRemote::new(&self.root, "alice").unwrap()
+    }
+    fn payload_root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Meeting for TestServer {
+    type R = HttpRemote;
+    fn remote(&self) -> HttpRemote {
+        TestServer::remote(self)
+    }
+    fn payload_root(&self) -> &Path {
+        &self.data
+    }
+}
+
+/// The first file named `name` under `root`.
+pub fn find_file(root: &Path, name: &str) -> Option<PathBuf> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else if e.file_name() == name {
+                return Some(e.path());
+            }
+        }
+    }
+    None
+}
+
+/// `on_remote!(kind, body)`: runs `body(&meeting, dir).await` in a fresh temp dir `dir`, with
+/// the meeting of `kind` ([`DirMeeting`] or a started [`TestServer`]). `body` is an async fn
+/// generic over [`Meeting`]; each `#[case]` of an `rstest` names the kind.
+#[macro_export]
+macro_rules! on_remote {
+    ($kind:expr, $body:ident) => {{
+        let tmp = tempfile::tempdir().unwrap();
+        match $kind {
+            $crate::common::RemoteKind::Dir => {
+                $body(&$crate::common::DirMeeting::new(tmp.path()), tmp.path()).await
+            }
+            $crate::common::RemoteKind::Http => {
+                $body(
+                    &$crate::common::TestServer::start(tmp.path()).await,
+                    tmp.path(),
+                )
+                .await
+            }
+        }
+    }};
 }

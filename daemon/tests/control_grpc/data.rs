@@ -331,8 +331,6 @@ async fn put_paths_stores_a_batch_and_refuses_each_bad_item_alone() {
     want.sort();
     assert_eq!(ids, want);
 
-    // An empty call is a bad request as a whole.
-    let empty = c.put_paths(pb::PutPathsRequest { items: vec![] }).await;
-    assert_eq!(code(empty), Code::InvalidArgument);
+    // An empty call, a bad request as a whole, is a row of invalid.rs's table.
     f.stop().await;
 }

@@ -1,16 +1,25 @@
-//! Every invalid argument is refused with INVALID_ARGUMENT and a message.
+//! The control gRPC service's one invalid-input suite: every invalid argument of every RPC,
+//! including what blobctl's parser would never send (enum values out of range, page tokens
+//! it never issued, put streams of the wrong shape), is refused with INVALID_ARGUMENT and a
+//! message naming the problem, and leaves no blob and no temp file behind. Each row is (what
+//! it is, a fragment the message must contain, the call). blobctl's own table is
+//! `tests/tests/control_bad_input.rs`.
 
 use super::*;
 
-/// One call of the table, run later: the code it was answered with.
-type Refusal = std::pin::Pin<Box<dyn std::future::Future<Output = Code> + Send>>;
+/// One call of the table, run later: the code it was answered with, and its message.
+type Refusal = std::pin::Pin<Box<dyn std::future::Future<Output = (Code, String)> + Send>>;
 
 /// `call!(c.rpc(request))`: the call on a clone of the client, as a [`Refusal`].
 macro_rules! call {
     ($c:ident . $rpc:ident ( $req:expr )) => {{
         let mut client = $c.clone();
         let req = $req;
-        Box::pin(async move { code(client.$rpc(req).await) }) as Refusal
+        Box::pin(async move {
+            let r = client.$rpc(req).await;
+            let msg = r.as_ref().err().map(|s| s.message().to_owned());
+            (code(r), msg.unwrap_or_default())
+        }) as Refusal
     }};
 }
 
@@ -20,21 +29,23 @@ async fn every_invalid_argument_is_refused_with_a_message() {
     let mut c = f.client().await;
     put(&mut c, "", "ok", &bytes(100, 1), true).await;
     // Every call below is refused with INVALID_ARGUMENT: (what it is, the call).
-    let mut cases: Vec<(String, Refusal)> = Vec::new();
+    let mut cases: Vec<(String, &str, Refusal)> = Vec::new();
     let long = "x".repeat(129);
-    for (ns, id) in [
-        ("", "bad id"),
-        ("", "../etc/passwd"),
-        ("", long.as_str()),
-        ("a/b", "ok"),
-        ("é", "ok"),
-        ("", ""),
+    // (namespace, id, what the message must say)
+    for (ns, id, says) in [
+        ("", "bad id", "' '"),
+        ("", "../etc/passwd", "'.'"),
+        ("", long.as_str(), "128"),
+        ("a/b", "ok", "'/'"),
+        ("é", "ok", "'é'"),
+        ("", "", "empty"),
     ] {
         let (n, i) = (ns.to_owned(), id.to_owned());
         let what = |rpc: &str| format!("{rpc} ns {ns:?} id {id:?}");
         cases.extend([
             (
                 what("get"),
+                says,
                 call!(c.get(pb::GetRequest {
                     namespace: n.clone(),
                     id: i.clone(),
@@ -44,6 +55,7 @@ async fn every_invalid_argument_is_refused_with_a_message() {
             ),
             (
                 what("delete"),
+                says,
                 call!(c.delete(pb::DeleteRequest {
                     namespace: n.clone(),
                     id: i.clone()
@@ -51,6 +63,7 @@ async fn every_invalid_argument_is_refused_with_a_message() {
             ),
             (
                 what("priority"),
+                says,
                 call!(c.set_priority(pb::SetPriorityRequest {
                     namespace: n.clone(),
                     id: i.clone(),
@@ -59,6 +72,7 @@ async fn every_invalid_argument_is_refused_with_a_message() {
             ),
             (
                 what("flags"),
+                says,
                 call!(c.get_flags(pb::GetFlagsRequest {
                     namespace: n.clone(),
                     id: i.clone()
@@ -66,6 +80,12 @@ async fn every_invalid_argument_is_refused_with_a_message() {
             ),
             (
                 what("retry"),
+                // Retry of no id is a request for neither an id nor all_failed.
+                if id.is_empty() {
+                    "needs a blob id"
+                } else {
+                    says
+                },
                 call!(c.retry(pb::RetryRequest {
                     namespace: n.clone(),
                     id: i.clone(),
@@ -73,6 +93,18 @@ async fn every_invalid_argument_is_refused_with_a_message() {
                 })),
             ),
         ]);
+        if !(ns.is_empty() && id.is_empty()) {
+            // (An empty namespace and id is a verification of everything.)
+            cases.push((
+                what("verify"),
+                says,
+                call!(c.verify(pb::VerifyRequest {
+                    namespace: n.clone(),
+                    id: i.clone(),
+                    remote: false
+                })),
+            ));
+        }
         if !id.is_empty() {
             let h = pb::PutRequest {
                 msg: Some(pb::put_request::Msg::Header(pb::PutHeader {
@@ -81,15 +113,16 @@ async fn every_invalid_argument_is_refused_with_a_message() {
                     ..Default::default()
                 })),
             };
-            cases.push((what("put"), call!(c.put(tokio_stream::iter(vec![h])))));
+            cases.push((what("put"), says, call!(c.put(tokio_stream::iter(vec![h])))));
         }
     }
-    for ns in ["a b", "../x"] {
+    for (ns, says) in [("a b", "' '"), ("../x", "'.'")] {
         let n = ns.to_owned();
         let what = |rpc: &str| format!("{rpc} ns {ns:?}");
         cases.extend([
             (
                 what("list"),
+                says,
                 call!(c.list(pb::ListRequest {
                     namespace: n.clone(),
                     ..Default::default()
@@ -97,18 +130,21 @@ async fn every_invalid_argument_is_refused_with_a_message() {
             ),
             (
                 what("pause"),
+                says,
                 call!(c.pause(pb::PauseRequest {
                     namespace: n.clone()
                 })),
             ),
             (
                 what("resume"),
+                says,
                 call!(c.resume(pb::ResumeRequest {
                     namespace: n.clone()
                 })),
             ),
             (
                 what("watch"),
+                says,
                 call!(c.watch(pb::WatchRequest {
                     namespace: n.clone(),
                     ..Default::default()
@@ -116,6 +152,7 @@ async fn every_invalid_argument_is_refused_with_a_message() {
             ),
             (
                 what("list_remote"),
+                says,
                 call!(c.list_remote(pb::ListRemoteRequest {
                     namespace: n.clone(),
                     ..Default::default()
@@ -124,9 +161,10 @@ async fn every_invalid_argument_is_refused_with_a_message() {
         ]);
     }
     // Enums out of range or UNSPECIFIED where a value is required.
-    for p in [0, 5, -1] {
+    for p in [0, 5, -1, 77] {
         cases.push((
             format!("priority {p}"),
+            "priority",
             call!(c.set_priority(pb::SetPriorityRequest {
                 namespace: String::new(),
                 id: "ok".into(),
@@ -143,11 +181,13 @@ async fn every_invalid_argument_is_refused_with_a_message() {
     };
     cases.push((
         "put priority 9".into(),
+        "priority",
         call!(c.put(tokio_stream::iter(vec![bad_prio]))),
     ));
     for flags in [vec![0], vec![99], vec![1, 0]] {
         cases.push((
             format!("set_flags {flags:?}"),
+            "flag",
             call!(c.set_flags(pb::SetFlagsRequest {
                 namespace: String::new(),
                 id: "ok".into(),
@@ -158,6 +198,7 @@ async fn every_invalid_argument_is_refused_with_a_message() {
     cases.extend([
         (
             "list_remote filter_flag 42".into(),
+            "flag",
             call!(c.list_remote(pb::ListRemoteRequest {
                 filter_flag: 42,
                 ..Default::default()
@@ -165,6 +206,7 @@ async fn every_invalid_argument_is_refused_with_a_message() {
         ),
         (
             "list status 0".into(),
+            "status",
             call!(c.list(pb::ListRequest {
                 statuses: vec![0],
                 ..Default::default()
@@ -172,6 +214,7 @@ async fn every_invalid_argument_is_refused_with_a_message() {
         ),
         (
             "list status 42".into(),
+            "status",
             call!(c.list(pb::ListRequest {
                 statuses: vec![42],
                 ..Default::default()
@@ -182,6 +225,7 @@ async fn every_invalid_argument_is_refused_with_a_message() {
     for t in ["garbage!", "a/b/c", "/x"] {
         cases.push((
             format!("list page_token {t:?}"),
+            "page_token is not one this daemon issued",
             call!(c.list(pb::ListRequest {
                 page_token: t.into(),
                 ..Default::default()
@@ -190,6 +234,7 @@ async fn every_invalid_argument_is_refused_with_a_message() {
     }
     cases.push((
         "list_remote page_token".into(),
+        "page_token is not one this daemon issued",
         call!(c.list_remote(pb::ListRemoteRequest {
             page_token: "no good".into(),
             ..Default::default()
@@ -199,6 +244,7 @@ async fn every_invalid_argument_is_refused_with_a_message() {
     cases.extend([
         (
             "limits transfers 0".into(),
+            "transfers",
             call!(c.set_limits(pb::SetLimitsRequest {
                 transfers: Some(0),
                 ..Default::default()
@@ -206,10 +252,12 @@ async fn every_invalid_argument_is_refused_with_a_message() {
         ),
         (
             "retry with neither id nor all_failed".into(),
+            "all_failed",
             call!(c.retry(pb::RetryRequest::default())),
         ),
         (
             "retry with both".into(),
+            "all_failed",
             call!(c.retry(pb::RetryRequest {
                 id: "ok".into(),
                 all_failed: true,
@@ -225,25 +273,42 @@ async fn every_invalid_argument_is_refused_with_a_message() {
         wait: false,
     };
     cases.extend([
-        ("empty range".into(), call!(c.get(range(10, Some(10))))),
-        ("reversed range".into(), call!(c.get(range(10, Some(5))))),
+        (
+            "empty range".into(),
+            "range",
+            call!(c.get(range(10, Some(10)))),
+        ),
+        (
+            "reversed range".into(),
+            "range",
+            call!(c.get(range(10, Some(5)))),
+        ),
         (
             "range starting at the end".into(),
+            "range",
             call!(c.get(range(100, None))),
         ),
         (
             "range starting past the end".into(),
+            "range",
             call!(c.get(range(500, Some(600)))),
+        ),
+        (
+            "open range starting past the end".into(),
+            "range",
+            call!(c.get(range(101, None))),
         ),
     ]);
     // Put stream shapes.
     cases.extend([
         (
             "chunk before header".into(),
+            "header",
             call!(c.put(tokio_stream::iter(vec![chunk(b"abc")]))),
         ),
         (
             "two headers".into(),
+            "header",
             call!(c.put(tokio_stream::iter(vec![
                 header("h1", None),
                 header("h1", None)
@@ -251,6 +316,7 @@ async fn every_invalid_argument_is_refused_with_a_message() {
         ),
         (
             "short of size_hint".into(),
+            "size",
             call!(c.put(tokio_stream::iter(vec![
                 header("h2", Some(5)),
                 chunk(b"abc")
@@ -258,6 +324,7 @@ async fn every_invalid_argument_is_refused_with_a_message() {
         ),
         (
             "over size_hint".into(),
+            "size",
             call!(c.put(tokio_stream::iter(vec![
                 header("h3", Some(2)),
                 chunk(b"abc")
@@ -265,6 +332,7 @@ async fn every_invalid_argument_is_refused_with_a_message() {
         ),
         (
             "empty put stream".into(),
+            "header",
             call!(c.put(tokio_stream::iter(Vec::<pb::PutRequest>::new()))),
         ),
     ]);
@@ -276,11 +344,33 @@ async fn every_invalid_argument_is_refused_with_a_message() {
         }),
         path: "relative/file".into(),
     };
-    cases.push(("put_path of a relative path".into(), call!(c.put_path(pp))));
+    cases.push((
+        "put_paths with no items".into(),
+        "takes 1 to 10000 items, not 0",
+        call!(c.put_paths(pb::PutPathsRequest { items: vec![] })),
+    ));
+    cases.push((
+        "put_path of a relative path".into(),
+        "absolute",
+        call!(c.put_path(pp)),
+    ));
 
-    for (what, refusal) in cases {
-        assert_eq!(refusal.await, Code::InvalidArgument, "{what}");
+    let mut failures = Vec::new();
+    let total = cases.len();
+    for (what, says, refusal) in cases {
+        let (code, msg) = refusal.await;
+        if code != Code::InvalidArgument || !msg.contains(says) {
+            failures.push(format!(
+                "{what}: {code:?} {msg:?} (want InvalidArgument, a message with {says:?})"
+            ));
+        }
     }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 
     // PutPath of a taken id: refused, and the blob that has it keeps its bytes.
     let before = c

@@ -1,0 +1,194 @@
+//! The files of a run: blobs staged before the clock starts (random, incompressible, from a
+//! fixed seed), a row's [`TestEnv`] whose files outlive the row, the trash that keeps them
+//! until deleting them no longer slows the next run, and the disk's durable write rate.
+
+use super::*;
+
+/// A staged blob: id, file, expected digest.
+pub(super) struct Staged {
+    pub(super) id: String,
+    pub(super) path: PathBuf,
+    pub(super) sha256: [u8; 32],
+}
+
+pub(super) fn new_env(_opts: &BenchOpts) -> Result<RowEnv, BenchError> {
+    // TestEnv lives under the system temp dir; set TMPDIR to bench another disk.
+    Ok(RowEnv(Some(TestEnv::new()?)))
+}
+
+/// A row's [`TestEnv`] whose files outlive the row: see [`remove_row_dirs`].
+pub(super) struct RowEnv(Option<TestEnv>);
+
+pub(super) static ROW_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+impl std::ops::Deref for RowEnv {
+    type Target = TestEnv;
+    fn deref(&self) -> &TestEnv {
+        self.0.as_ref().expect("set until drop")
+    }
+}
+
+impl std::ops::DerefMut for RowEnv {
+    fn deref_mut(&mut self) -> &mut TestEnv {
+        self.0.as_mut().expect("set until drop")
+    }
+}
+
+impl Drop for RowEnv {
+    fn drop(&mut self) {
+        // Dropping the env stops its processes; its files stay for `remove_row_dirs`.
+        if let Some(mut env) = self.0.take()
+            && !crate::env_flag("BLOBSYNC_TEST_KEEP")
+        {
+            let root = env.keep();
+            ROW_DIRS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(root);
+        }
+    }
+}
+
+/// Where finished rows' small files wait before they are deleted.
+pub(super) fn trash_dir() -> PathBuf {
+    std::env::temp_dir().join("blobsync-bench-trash")
+}
+
+/// How long the trash keeps files: longer than ext4's inode "recentcy" (60 s, 360 s while
+/// the inode table block is dirty).
+pub(super) const TRASH_AGE: Duration = Duration::from_secs(420);
+
+/// Cleans up after the rows run so far, without slowing the next run. Deleting tens of
+/// thousands of files would be measured in every run of the next few minutes: on ext4
+/// without a journal (this build box), creating a file skips every inode of its group freed
+/// in the last 60-360 s (`recently_deleted` in the inode allocator, a block lookup each), and
+/// that dominated W5. So big files (few inodes) are deleted now, the rest is moved to a trash
+/// dir and deleted by a run at least 7 minutes later.
+pub fn remove_row_dirs() {
+    let dirs = std::mem::take(&mut *ROW_DIRS.lock().unwrap_or_else(|p| p.into_inner()));
+    let trash = trash_dir();
+    let _ = std::fs::create_dir_all(&trash);
+    for d in dirs {
+        remove_big_files(&d);
+        let name = d.file_name().map(|n| n.to_owned()).unwrap_or_default();
+        if std::fs::rename(&d, trash.join(name)).is_err() {
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+}
+
+/// Deletes what earlier runs put in the trash more than 7 minutes ago (`TRASH_AGE`).
+pub fn empty_old_trash() {
+    let Ok(entries) = std::fs::read_dir(trash_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > TRASH_AGE);
+        if old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+pub(super) fn remove_big_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => remove_big_files(&e.path()),
+            Ok(t) if t.is_file() && e.metadata().is_ok_and(|m| m.len() >= 1 << 20) => {
+                let _ = std::fs::remove_file(e.path());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Writes `count` files of `size` random bytes (stream from `seed`, per workload) into `dir`.
+pub(super) fn stage(
+    dir: &Path,
+    name: &str,
+    count: usize,
+    size: u64,
+    seed: u64,
+) -> Result<Vec<Staged>, BenchError> {
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_be_bytes());
+    for (i, b) in name.bytes().enumerate().take(24) {
+        seed_bytes[8 + i] = b;
+    }
+    let mut rng = rand::rngs::StdRng::from_seed(seed_bytes);
+    let mut buf = vec![0u8; size.min(MIB) as usize];
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = format!("b{i:06}");
+        let path = dir.join(&id);
+        let f =
+            std::fs::File::create(&path).map_err(io_err(format!("create {}", path.display())))?;
+        let mut w = std::io::BufWriter::with_capacity(MIB as usize, f);
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            rng.fill_bytes(&mut buf[..n]);
+            ctx.update(&buf[..n]);
+            w.write_all(&buf[..n])
+                .map_err(io_err(format!("write {}", path.display())))?;
+            left -= n as u64;
+        }
+        w.flush()
+            .map_err(io_err(format!("write {}", path.display())))?;
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(ctx.finish().as_ref());
+        out.push(Staged { id, path, sha256 });
+    }
+    Ok(out)
+}
+
+/// Measures the durable write rate of the disk under `dir`: `bytes` written in 1 MiB
+/// writes, then one fsync (what `dd bs=1M conv=fsync` does).
+pub fn disk_rate(dir: &Path, bytes: u64) -> Result<DiskResult, BenchError> {
+    /// Runs taken; the median is the figure.
+    const RUNS: usize = 3;
+    let mut buf = vec![0u8; MIB as usize];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut times = Vec::with_capacity(RUNS);
+    for run in 0..RUNS {
+        let path = dir.join(format!("disk-rate-{run}.bin"));
+        let start = Instant::now();
+        let mut f = std::fs::File::create(&path).map_err(io_err("create disk test file"))?;
+        let mut left = bytes;
+        while left > 0 {
+            rng.fill_bytes(&mut buf);
+            let n = left.min(MIB) as usize;
+            f.write_all(&buf[..n])
+                .map_err(io_err("write disk test file"))?;
+            left -= n as u64;
+        }
+        f.sync_all().map_err(io_err("fsync disk test file"))?;
+        times.push(start.elapsed().as_secs_f64());
+        drop(f);
+        let _ = std::fs::remove_file(&path);
+    }
+    let runs_mb_s = times.iter().map(|t| bytes as f64 / 1e6 / t).collect();
+    times.sort_by(f64::total_cmp);
+    let seconds = times[RUNS / 2];
+    Ok(DiskResult {
+        bytes,
+        seconds,
+        mb_s: bytes as f64 / 1e6 / seconds,
+        runs_mb_s,
+    })
+}
+
+/// The disk test in a fresh temp env (same file system as the workloads).
+pub fn run_disk(opts: &BenchOpts) -> Result<DiskResult, BenchError> {
+    let env = new_env(opts)?;
+    disk_rate(env.root(), opts.disk_bytes)
+}
