@@ -14,7 +14,7 @@ use blobsync_shared::{BlobId, Namespace};
 use futures_util::TryStreamExt;
 
 use super::Shared;
-use crate::remote::{ByteStream, GetResponse, Remote, RemoteError, RemoteListFilter};
+use crate::remote::{BatchItems, ByteStream, GetResponse, Remote, RemoteError, RemoteListFilter};
 
 /// A remote whose calls record the remote's health in [`Shared`].
 pub(crate) struct Observed<R> {
@@ -153,9 +153,19 @@ impl<R: Remote> Remote for Observed<R> {
         )
     }
 
-    async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {
-        let body = self.seen(self.inner.get_batch(ns, ids).await)?;
-        Ok(self.watched(body))
+    async fn get_batch(
+        &self,
+        ns: &Namespace,
+        ids: &[BlobId],
+        max_blob: u64,
+    ) -> Result<BatchItems, RemoteError> {
+        let items = self.seen(self.inner.get_batch(ns, ids, max_blob).await)?;
+        let shared = self.shared.clone();
+        Ok(Box::pin(items.inspect_err(move |e| {
+            if !answered(e) {
+                shared.note_remote_err(e)
+            }
+        })))
     }
 
     async fn incoming_recipient(&self) -> Result<Option<String>, RemoteError> {

@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use blobsync_shared::wire::{
-    BlobDetail, Change, ChangeOp, ChangesResponse, Flag, encode_frame_header,
-};
+use blobsync_shared::wire::{BlobDetail, Change, ChangeOp, ChangesResponse, Flag};
 use blobsync_shared::{BlobId, Namespace};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -649,21 +647,39 @@ impl Remote for DirRemote {
             .await
     }
 
-    async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {
-        let mut parts: Vec<ByteStream> = Vec::new();
+    async fn get_batch(
+        &self,
+        ns: &Namespace,
+        ids: &[BlobId],
+        max_blob: u64,
+    ) -> Result<super::BatchItems, RemoteError> {
+        let mut items = Vec::with_capacity(ids.len());
         for id in ids {
             match self.get(ns, id, None).await {
-                Ok(r) => {
-                    parts.push(super::once_body(encode_frame_header(id, Some(r.total))));
-                    parts.push(r.body);
+                Ok(r) if r.total > max_blob => {
+                    items.push(Err(RemoteError::Protocol(format!(
+                        "batch download: blob {id} is {} bytes, more than asked for",
+                        r.total
+                    ))));
+                    break;
                 }
+                Ok(r) => match super::collect_body(r.body, r.total as usize).await {
+                    Ok(stored) => items.push(Ok(super::BatchItem::Blob {
+                        id: id.clone(),
+                        stored,
+                    })),
+                    Err(e) => {
+                        items.push(Err(e));
+                        break;
+                    }
+                },
                 Err(RemoteError::NotFound) => {
-                    parts.push(super::once_body(encode_frame_header(id, None)));
+                    items.push(Ok(super::BatchItem::Missing { id: id.clone() }))
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(Box::pin(futures_util::stream::iter(parts).flatten()))
+        Ok(Box::pin(futures_util::stream::iter(items)))
     }
 }
 

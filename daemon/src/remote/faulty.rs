@@ -354,9 +354,14 @@ impl<R: Remote> Remote for FaultyRemote<R> {
             .await
     }
 
-    async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {
+    async fn get_batch(
+        &self,
+        ns: &Namespace,
+        ids: &[BlobId],
+        max_blob: u64,
+    ) -> Result<super::BatchItems, RemoteError> {
         self.faults.batches.fetch_add(1, Ordering::SeqCst);
         self.faults.check()?;
-        self.inner.get_batch(ns, ids).await
+        self.inner.get_batch(ns, ids, max_blob).await
     }
 }

@@ -604,7 +604,12 @@ impl Remote for HttpRemote {
         Ok(seq)
     }
 
-    async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {
+    async fn get_batch(
+        &self,
+        ns: &Namespace,
+        ids: &[BlobId],
+        max_blob: u64,
+    ) -> Result<super::BatchItems, RemoteError> {
         let url = self.url(
             &format!("/stream/{}", self.cfg.user),
             &[
@@ -616,6 +621,6 @@ impl Remote for HttpRemote {
         let body = serde_json::to_vec(req).map_err(|e| RemoteError::Protocol(e.to_string()))?;
         let headers = [(header::CONTENT_TYPE, "application/json".to_owned())];
         let resp = self.send(Method::POST, url, &headers, full(body)).await?;
-        Ok(body_stream(resp.into_body()))
+        Ok(super::batch_items(body_stream(resp.into_body()), max_blob))
     }
 }

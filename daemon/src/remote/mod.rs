@@ -26,6 +26,111 @@ use futures_util::Stream;
 /// A body of bytes, streamed; an `Err` item means the transfer broke (a transport fault).
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
+/// One blob of a batch download ([`Remote::get_batch`]).
+#[derive(Debug)]
+pub enum BatchItem {
+    /// The blob's stored bytes (blob format v1, not yet verified).
+    Blob {
+        /// Its id.
+        id: BlobId,
+        /// Its bytes as the remote stores them.
+        stored: Vec<u8>,
+    },
+    /// The remote has no such blob.
+    Missing {
+        /// Its id.
+        id: BlobId,
+    },
+}
+
+/// The blobs of a batch download, in the remote's order; an error ends it.
+pub type BatchItems = Pin<Box<dyn Stream<Item = Result<BatchItem, RemoteError>> + Send>>;
+
+/// Decodes a `/stream` download body (blobsync's framing, `wire::FrameDecoder`) into blobs:
+/// the one place the frames are read.
+pub fn batch_items(body: ByteStream, max_blob: u64) -> BatchItems {
+    use blobsync_shared::wire::{FrameDecoder, FrameEvent};
+    use futures_util::StreamExt;
+
+    struct Reader {
+        body: ByteStream,
+        dec: FrameDecoder,
+        current: Option<(BlobId, Vec<u8>)>,
+        ready: std::collections::VecDeque<BatchItem>,
+        done: bool,
+    }
+    impl Reader {
+        fn feed(&mut self, mut input: &[u8], max_blob: u64) -> Result<(), RemoteError> {
+            let bad = |e: String| RemoteError::Protocol(format!("batch download: {e}"));
+            while !input.is_empty() || self.dec.has_pending_event() {
+                let (used, ev) = self.dec.decode(input).map_err(|e| bad(e.to_string()))?;
+                input = &input[used..];
+                match ev {
+                    Some(FrameEvent::Blob { id, size }) => {
+                        if size > max_blob {
+                            return Err(bad(format!(
+                                "blob {id} is {size} bytes, more than asked for"
+                            )));
+                        }
+                        self.current = Some((id, Vec::with_capacity(size as usize)));
+                    }
+                    Some(FrameEvent::Data(d)) => {
+                        if let Some((_, buf)) = self.current.as_mut() {
+                            buf.extend_from_slice(d);
+                        }
+                    }
+                    Some(FrameEvent::End { .. }) => {
+                        if let Some((id, stored)) = self.current.take() {
+                            self.ready.push_back(BatchItem::Blob { id, stored });
+                        }
+                    }
+                    Some(FrameEvent::Missing { id }) => {
+                        self.ready.push_back(BatchItem::Missing { id })
+                    }
+                    None => {}
+                }
+            }
+            Ok(())
+        }
+    }
+    let reader = Reader {
+        body,
+        dec: FrameDecoder::new(),
+        current: None,
+        ready: Default::default(),
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(
+        reader,
+        move |mut r| async move {
+            loop {
+                if let Some(item) = r.ready.pop_front() {
+                    return Some((Ok(item), r));
+                }
+                if r.done {
+                    return None;
+                }
+                let failed = match r.body.next().await {
+                    Some(Ok(chunk)) => r.feed(&chunk, max_blob).err(),
+                    Some(Err(e)) => Some(RemoteError::Transport(format!("batch download: {e}"))),
+                    None => {
+                        r.done = true;
+                        r.dec
+                            .finish()
+                            .err()
+                            .map(|e| RemoteError::Protocol(format!("batch download: {e}")))
+                    }
+                };
+                if let Some(e) = failed {
+                    r.done = true;
+                    r.ready.clear();
+                    return Some((Err(e), r));
+                }
+            }
+        },
+    ))
+}
+
 /// Each blob's outcome in a batch upload ([`Remote::put_batch`]).
 pub type BatchOutcome = std::collections::BTreeMap<BlobId, Result<(), RemoteError>>;
 
@@ -256,13 +361,15 @@ pub trait Remote: Send + Sync + 'static {
         if_absent_since: Option<u64>,
     ) -> impl Future<Output = Result<BatchOutcome, RemoteError>> + Send;
 
-    /// Downloads many blobs in one request: the raw downstream frames (decode them with
-    /// `wire::FrameDecoder`).
+    /// Downloads many blobs in one request: each blob's stored bytes (or that the remote has
+    /// none), as they arrive. A blob announced at more than `max_blob` bytes ends the stream
+    /// with an error: the caller holds each one in memory.
     fn get_batch(
         &self,
         ns: &Namespace,
         ids: &[BlobId],
-    ) -> impl Future<Output = Result<ByteStream, RemoteError>> + Send;
+        max_blob: u64,
+    ) -> impl Future<Output = Result<BatchItems, RemoteError>> + Send;
 
     // ---- incoming box (docs/incoming.md); remotes without one keep the defaults.
 
@@ -357,4 +464,62 @@ pub async fn collect_body(mut body: ByteStream, max: usize) -> Result<Vec<u8>, R
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blobsync_shared::wire::encode_frame_header;
+    use futures_util::StreamExt;
+
+    fn id(s: &str) -> BlobId {
+        BlobId::new(s).unwrap()
+    }
+
+    /// A body cut into `chunk`-byte pieces, so frames span chunks.
+    fn body(bytes: Vec<u8>, chunk: usize) -> ByteStream {
+        let parts: Vec<io::Result<Bytes>> = bytes
+            .chunks(chunk)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        Box::pin(futures_util::stream::iter(parts))
+    }
+
+    async fn items(bytes: Vec<u8>, chunk: usize, max: u64) -> Vec<Result<BatchItem, RemoteError>> {
+        batch_items(body(bytes, chunk), max).collect().await
+    }
+
+    #[tokio::test]
+    async fn frames_become_blobs_whatever_the_chunking() {
+        let mut wire = encode_frame_header(&id("a"), Some(5));
+        wire.extend_from_slice(b"hello");
+        wire.extend(encode_frame_header(&id("gone"), None));
+        wire.extend(encode_frame_header(&id("b"), Some(0)));
+        for chunk in [1, 3, 7, wire.len()] {
+            let got = items(wire.clone(), chunk, 5).await;
+            assert_eq!(got.len(), 3, "chunk {chunk}: {got:?}");
+            assert!(
+                matches!(&got[0], Ok(BatchItem::Blob { id: i, stored }) if i.as_str() == "a" && stored == b"hello")
+            );
+            assert!(matches!(&got[1], Ok(BatchItem::Missing { id: i }) if i.as_str() == "gone"));
+            assert!(
+                matches!(&got[2], Ok(BatchItem::Blob { id: i, stored }) if i.as_str() == "b" && stored.is_empty())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_or_cut_body_ends_with_an_error() {
+        let mut wire = encode_frame_header(&id("a"), Some(5));
+        wire.extend_from_slice(b"hello");
+        let got = items(wire.clone(), 4, 4).await;
+        assert_eq!(got.len(), 1);
+        let e = got[0].as_ref().unwrap_err().to_string();
+        assert!(e.contains("more than asked for"), "{e}");
+
+        wire.truncate(wire.len() - 2);
+        let got = items(wire, 4, 5).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(matches!(got[0], Err(RemoteError::Protocol(_))), "{got:?}");
+    }
 }

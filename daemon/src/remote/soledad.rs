@@ -521,30 +521,39 @@ impl Remote for SoledadRemote {
         Ok(out)
     }
 
-    async fn get_batch(&self, ns: &Namespace, ids: &[BlobId]) -> Result<ByteStream, RemoteError> {
-        // One GET per blob, framed as blobsync's `/stream` download.
+    async fn get_batch(
+        &self,
+        ns: &Namespace,
+        ids: &[BlobId],
+        max_blob: u64,
+    ) -> Result<super::BatchItems, RemoteError> {
+        // One GET per blob, each read whole (batch members are small).
         let me = self.clone();
         let ns = ns.clone();
-        let frames = futures_util::stream::iter(ids.to_vec())
-            .then(move |id| {
-                let (me, ns) = (me.clone(), ns.clone());
-                async move {
-                    match me.whole(&ns, &id).await {
-                        Ok((size, body)) => {
-                            let head = super::once_body(wire::encode_frame_header(&id, Some(size)));
-                            Box::pin(head.chain(body)) as ByteStream
-                        }
-                        Err(RemoteError::NotFound) => {
-                            super::once_body(wire::encode_frame_header(&id, None))
-                        }
-                        Err(e) => Box::pin(futures_util::stream::once(std::future::ready(Err(
-                            io::Error::other(e.to_string()),
-                        )))),
-                    }
+        let items = futures_util::stream::iter(ids.to_vec()).then(move |id| {
+            let (me, ns) = (me.clone(), ns.clone());
+            async move {
+                match me.whole(&ns, &id).await {
+                    Ok((size, _)) if size > max_blob => Err(RemoteError::Protocol(format!(
+                        "batch download: blob {id} is {size} bytes, more than asked for"
+                    ))),
+                    Ok((size, body)) => super::collect_body(body, size as usize)
+                        .await
+                        .map(|stored| super::BatchItem::Blob { id, stored }),
+                    Err(RemoteError::NotFound) => Ok(super::BatchItem::Missing { id }),
+                    Err(e) => Err(e),
                 }
-            })
-            .flatten();
-        Ok(Box::pin(frames))
+            }
+        });
+        // An error ends the batch, as a broken `/stream` body does.
+        let items = items.scan(false, |failed, item| {
+            let out = (!*failed).then(|| {
+                *failed = item.is_err();
+                item
+            });
+            std::future::ready(out)
+        });
+        Ok(Box::pin(items))
     }
 
     fn full_listings_only(&self) -> bool {

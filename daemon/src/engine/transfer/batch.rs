@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use blobsync_shared::codec::{DecodeError, Decoder, Header, MAX_HEADER_LEN};
-use blobsync_shared::wire::{FrameDecoder, FrameEvent};
 use blobsync_shared::{BlobId, InvalidBlob};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -18,7 +17,7 @@ use super::{NotReady, Progress};
 use crate::clock::Clock;
 use crate::engine::{Engine, TransferStats};
 use crate::events::Direction;
-use crate::remote::{ByteStream, Remote, RemoteError};
+use crate::remote::{BatchItem, ByteStream, Remote, RemoteError};
 use crate::status::Transition;
 use crate::store::ops::RowUpdate;
 use crate::store::{BlobInfo, payload};
@@ -323,11 +322,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             total,
             ids.len(),
         );
+        let max_blob = self.shared.settings().batch.max_blob * 2 + MAX_HEADER_LEN as u64;
         let res = tokio::select! {
-            r = self.remote.get_batch(&ns, &ids) => r,
+            r = self.remote.get_batch(&ns, &ids, max_blob) => r,
             _ = cancel.cancelled() => return,
         };
-        let mut body = match res {
+        let mut items = match res {
             Ok(b) => b,
             Err(e) => {
                 let ra = e.retry_after();
@@ -345,57 +345,22 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 return;
             }
         };
-        let mut dec = FrameDecoder::new();
-        let mut current: Option<(BlobId, Vec<u8>)> = None;
         let mut complete: Vec<(BlobId, Vec<u8>)> = Vec::new();
         let mut missing: Vec<BlobId> = Vec::new();
         let mut broken: Option<String> = None;
-        let max_blob = self.shared.settings().batch.max_blob * 2 + MAX_HEADER_LEN as u64;
-        'read: while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
+        while let Some(item) = items.next().await {
+            match item {
+                Ok(BatchItem::Blob { id, stored }) => {
+                    self.shared.down.acquire(stored.len()).await;
+                    progress.add(stored.len() as u64);
+                    complete.push((id, stored));
+                }
+                Ok(BatchItem::Missing { id }) => missing.push(id),
                 Err(e) => {
                     broken = Some(e.to_string());
                     break;
                 }
-            };
-            self.shared.down.acquire(chunk.len()).await;
-            progress.add(chunk.len() as u64);
-            let mut input = &chunk[..];
-            while !input.is_empty() || dec.has_pending_event() {
-                let (used, ev) = match dec.decode(input) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        broken = Some(e.to_string());
-                        break 'read;
-                    }
-                };
-                input = &input[used..];
-                match ev {
-                    Some(FrameEvent::Blob { id, size }) => {
-                        if size > max_blob {
-                            broken = Some(format!(
-                                "blob {id} in batch is {size} bytes, more than asked for"
-                            ));
-                            break 'read;
-                        }
-                        current = Some((id, Vec::with_capacity(size as usize)));
-                    }
-                    Some(FrameEvent::Data(d)) => {
-                        if let Some((_, buf)) = current.as_mut() {
-                            buf.extend_from_slice(d);
-                        }
-                    }
-                    Some(FrameEvent::End { .. }) => complete.extend(current.take()),
-                    Some(FrameEvent::Missing { id }) => missing.push(id),
-                    None => {}
-                }
             }
-        }
-        if broken.is_none()
-            && let Err(e) = dec.finish()
-        {
-            broken = Some(e.to_string());
         }
         drop(progress);
         let now = self.clock.now();
