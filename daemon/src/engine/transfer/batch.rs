@@ -361,6 +361,11 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     break;
                 }
             }
+            // A hostile server must not make us hold more than we asked for.
+            if complete.len() + missing.len() > ids.len() {
+                broken = Some("the batch answer holds more blobs than were asked for".into());
+                break;
+            }
         }
         drop(progress);
         let now = self.clock.now();
