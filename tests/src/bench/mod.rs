@@ -16,6 +16,7 @@ pub mod report;
 
 mod idle;
 mod incoming;
+mod million;
 mod opts;
 mod results;
 mod rig;
@@ -25,6 +26,7 @@ mod workload;
 
 pub use idle::run_idle;
 pub use incoming::{IncomingResult, run_incoming};
+pub use million::{MillionDevice, MillionResult, run_million};
 pub use opts::{BenchOpts, PUT_METHOD, WORKLOADS, Workload};
 pub use results::{BenchReport, DiskResult, IdleResult, WorkloadResult};
 pub use staging::{disk_rate, empty_old_trash, remove_row_dirs, run_disk};

@@ -88,6 +88,8 @@ pub struct BenchOpts {
     pub server_put_clients: usize,
     /// How long each server row runs.
     pub server_secs: Duration,
+    /// Blobs of the SRV-FULL and IDLE-1M user (plaintext size: `idle_blob_size`).
+    pub million_blobs: usize,
 }
 
 impl Default for BenchOpts {
@@ -108,6 +110,7 @@ impl Default for BenchOpts {
             server_rate: 10_000.0,
             server_put_clients: 64,
             server_secs: Duration::from_secs(10),
+            million_blobs: 1_000_000,
         }
     }
 }

@@ -129,5 +129,38 @@ pub fn table(r: &BenchReport) -> String {
             mib(v.server_peak_rss_bytes),
         ));
     }
+    if let Some(m) = &r.million {
+        out.push_str(&format!(
+            "SRV-FULL {} blobs x {} (populated over /stream in {:.1} s): full listing of ids {:.3} s to the last byte \
+             ({:.1} MiB, server peak RSS {:.1} MiB); detail=1 {:.3} s ({:.1} MiB, server peak RSS {:.1} MiB)\n",
+            m.blobs,
+            size(m.blob_size),
+            m.server_populate_s,
+            m.full_list_ids_s,
+            mib(m.full_list_ids_bytes),
+            mib(m.full_list_ids_server_rss_bytes),
+            m.full_list_detail_s,
+            mib(m.full_list_detail_bytes),
+            mib(m.full_list_detail_server_rss_bytes),
+        ));
+        if let Some(d) = &m.device {
+            out.push_str(&format!(
+                "IDLE-1M {} blobs: device populate (download) {:.1} s; no-change cycle median {:.1} ms (runs: {}); \
+                 spawn -> socket {:.1} ms, first Status {:.1} ms (spawn -> answer {:.1} ms), warm Status {:.2} ms; \
+                 daemon RSS peak {:.1} MiB, now {:.1} MiB; data dir {:.0} MiB\n",
+                m.blobs,
+                d.populate_s,
+                d.nochange_cycle_median_ms,
+                d.nochange_cycle_ms.iter().map(|m| format!("{m:.1}")).collect::<Vec<_>>().join(" "),
+                d.startup_ms,
+                d.first_status_ms,
+                d.startup_status_ms,
+                d.status_median_ms,
+                mib(d.daemon_peak_rss_bytes),
+                mib(d.daemon_rss_bytes),
+                mib(d.data_dir_bytes),
+            ));
+        }
+    }
     out
 }

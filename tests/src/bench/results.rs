@@ -111,6 +111,8 @@ pub struct BenchReport {
     pub incoming: Option<IncomingResult>,
     /// The server rows (SRV-LIST, SRV-PUT) that ran.
     pub server: Vec<server_load::ServerLoadResult>,
+    /// SRV-FULL (and IDLE-1M), if run.
+    pub million: Option<super::MillionResult>,
     /// `uname -r`, CPU count: where it ran.
     pub machine: String,
 }

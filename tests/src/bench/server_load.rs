@@ -60,12 +60,12 @@ pub struct ServerLoadResult {
     pub server_peak_rss_bytes: u64,
 }
 
-fn bench_err(what: &str) -> impl FnOnce(hyper::Error) -> BenchError + '_ {
+pub(super) fn bench_err(what: &str) -> impl FnOnce(hyper::Error) -> BenchError + '_ {
     move |e| BenchError::Check(format!("{what}: {e}"))
 }
 
 /// One keep-alive HTTP/1.1 connection from `local` to the server.
-async fn connect(
+pub(super) async fn connect(
     server: SocketAddr,
     local: IpAddr,
 ) -> Result<SendRequest<Full<Bytes>>, BenchError> {
@@ -92,6 +92,18 @@ async fn call(
     token: &str,
     body: Bytes,
 ) -> Result<bool, BenchError> {
+    let (status, _) = call_full(send, method, uri, token, body).await?;
+    Ok((200..300).contains(&status))
+}
+
+/// Sends one request and returns its status and whole body.
+pub(super) async fn call_full(
+    send: &mut SendRequest<Full<Bytes>>,
+    method: &str,
+    uri: &str,
+    token: &str,
+    body: Bytes,
+) -> Result<(u16, Bytes), BenchError> {
     let req = hyper::Request::builder()
         .method(method)
         .uri(uri)
@@ -102,12 +114,14 @@ async fn call(
         .map_err(|e| BenchError::Check(format!("request: {e}")))?;
     send.ready().await.map_err(bench_err("ready"))?;
     let resp = send.send_request(req).await.map_err(bench_err("send"))?;
-    let ok = resp.status().is_success();
-    resp.into_body()
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
         .collect()
         .await
-        .map_err(bench_err("body"))?;
-    Ok(ok)
+        .map_err(bench_err("body"))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 /// The server's peak RSS so far, bytes.

@@ -3,7 +3,8 @@
 //!
 //! Build the release binaries first (`cargo build --release --workspace --bins`), then
 //! `cargo run --release -p blobsync-tests --bin blobsync-bench -- [ROW...] [--json FILE]`.
-//! Rows: W1..W6, IDLE, DISK, INCOMING, SRV-LIST, SRV-PUT; none given = all, in that order
+//! Rows: W1..W6, IDLE, DISK, INCOMING, SRV-LIST, SRV-PUT, SRV-FULL, IDLE-1M; none given = all but
+//! the last two (they populate a million blobs: minutes and gigabytes), in that order
 //! (DISK first).
 //! It is a benchmark: it prints figures and never passes or fails on them.
 
@@ -12,11 +13,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use blobsync_tests::bench::{self, BenchOpts, BenchReport, WORKLOADS};
 
-const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK INCOMING SRV-LIST SRV-PUT ...] [--json FILE]
+const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK INCOMING SRV-LIST SRV-PUT SRV-FULL IDLE-1M ...] [--json FILE]
   [--scaleout-nodes N] [--seed N] [--put-concurrency N] [--put-batch N] [--idle-secs S] [--idle-blobs N] [--idle-blob-size BYTES]
   [--idle-cycles N] [--disk-bytes BYTES] [--no-verify] [--phase-timeout S]
-  [--server-devices N] [--server-rate PER_S] [--server-put-clients N] [--server-secs S]
-Rows default to all: DISK W1 W2 W3 W4 W5 W6 IDLE INCOMING SRV-LIST SRV-PUT. Temp dirs go under TMPDIR.
+  [--server-devices N] [--server-rate PER_S] [--server-put-clients N] [--server-secs S] [--million-blobs N]
+Rows default to DISK W1 W2 W3 W4 W5 W6 IDLE INCOMING SRV-LIST SRV-PUT (SRV-FULL and IDLE-1M, which
+share one populate of --million-blobs, run only when named). Temp dirs go under TMPDIR.
 Needs the release binaries: cargo build --release --workspace --bins";
 
 fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> anyhow::Result<T> {
@@ -56,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             "--server-rate" => opts.server_rate = num(&a, args.next())?,
             "--server-put-clients" => opts.server_put_clients = num(&a, args.next())?,
             "--server-secs" => opts.server_secs = Duration::from_secs_f64(num(&a, args.next())?),
+            "--million-blobs" => opts.million_blobs = num(&a, args.next())?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -67,6 +70,8 @@ fn main() -> anyhow::Result<()> {
                     || up == "INCOMING"
                     || up == "SRV-LIST"
                     || up == "SRV-PUT"
+                    || up == "SRV-FULL"
+                    || up == "IDLE-1M"
                     || WORKLOADS.iter().any(|w| w.name == up)
                 {
                     rows.push(up);
@@ -107,6 +112,13 @@ fn main() -> anyhow::Result<()> {
                     report.disk = Some(bench::run_disk(&opts).context("disk test")?);
                 }
                 "IDLE" => report.idle = Some(bench::run_idle(&opts).context("IDLE")?),
+                // One populate serves both; IDLE-1M includes SRV-FULL.
+                "SRV-FULL" | "IDLE-1M" if report.million.is_some() => {}
+                "SRV-FULL" | "IDLE-1M" => {
+                    let device = rows.iter().any(|r| r == "IDLE-1M");
+                    report.million =
+                        Some(bench::run_million(&opts, device).with_context(|| row.clone())?);
+                }
                 "SRV-LIST" | "SRV-PUT" => {
                     let r = if row == "SRV-LIST" {
                         bench::server_load::run_list(&opts)
