@@ -11,6 +11,7 @@
 //! This module measures; it never asserts a target (it is a benchmark, not a test).
 
 pub mod client;
+pub mod contention;
 pub mod measure;
 pub mod report;
 
@@ -32,7 +33,7 @@ pub use results::{BenchReport, DiskResult, IdleResult, WorkloadResult};
 pub use staging::{disk_rate, empty_old_trash, remove_row_dirs, run_disk};
 pub use workload::run_workload;
 
-use opts::MIB;
+use opts::{GIB, KIB, MIB};
 use rig::*;
 use staging::*;
 

@@ -17,6 +17,7 @@ pub struct Workload {
 
 pub(super) const KIB: u64 = 1024;
 pub(super) const MIB: u64 = 1024 * 1024;
+pub(super) const GIB: u64 = 1024 * MIB;
 
 /// The workloads of issue 8, in table order.
 pub const WORKLOADS: [Workload; 6] = [
@@ -90,6 +91,11 @@ pub struct BenchOpts {
     pub server_secs: Duration,
     /// Blobs of the SRV-FULL and IDLE-1M user (plaintext size: `idle_blob_size`).
     pub million_blobs: usize,
+    /// 0: no neighbour; else the workload rows run with a background writer using at most
+    /// this many bytes of disk (the SYNC row's contended half uses at least 1 GiB).
+    pub neighbour_bytes: u64,
+    /// Batches of 32 files per strategy and condition in the SYNC row.
+    pub sync_batches: usize,
 }
 
 impl Default for BenchOpts {
@@ -111,6 +117,8 @@ impl Default for BenchOpts {
             server_put_clients: 64,
             server_secs: Duration::from_secs(10),
             million_blobs: 1_000_000,
+            neighbour_bytes: 0,
+            sync_batches: 32,
         }
     }
 }

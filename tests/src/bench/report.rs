@@ -129,6 +129,23 @@ pub fn table(r: &BenchReport) -> String {
             mib(v.server_peak_rss_bytes),
         ));
     }
+    if r.neighbour_bytes > 0 {
+        out.push_str(&format!(
+            "(workload rows ran with a neighbour writing up to {} MiB without fsync on the same file system)\n",
+            r.neighbour_bytes >> 20
+        ));
+    }
+    for s in &r.sync {
+        out.push_str(&format!(
+            "SYNC {:<20} {:<11} {:>6} files: {:>7.0} files/s, batch of 32 p50 {:>7.1} ms, p99 {:>7.1} ms\n",
+            format!("{:?}", s.strategy),
+            if s.neighbour { "+neighbour" } else { "quiet" },
+            s.files,
+            s.files_s,
+            s.p50_ms,
+            s.p99_ms
+        ));
+    }
     if let Some(m) = &r.million {
         out.push_str(&format!(
             "SRV-FULL {} blobs x {} (populated over /stream in {:.1} s): full listing of ids {:.3} s to the last byte \

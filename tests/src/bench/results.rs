@@ -111,6 +111,10 @@ pub struct BenchReport {
     pub incoming: Option<IncomingResult>,
     /// The server rows (SRV-LIST, SRV-PUT) that ran.
     pub server: Vec<server_load::ServerLoadResult>,
+    /// The SYNC row's strategies, if run.
+    pub sync: Vec<super::contention::SyncResult>,
+    /// Bytes of disk the neighbour used during the workload rows (0: none).
+    pub neighbour_bytes: u64,
     /// SRV-FULL (and IDLE-1M), if run.
     pub million: Option<super::MillionResult>,
     /// `uname -r`, CPU count: where it ran.

@@ -14,6 +14,8 @@ pub fn run_workload(opts: &BenchOpts, wl: &Workload) -> Result<WorkloadResult, B
     let b = rig.b.as_ref().expect("two devices were started");
     let pids = [pid_of(&rig.a)?, pid_of(b)?, server_pid(&rig.server)?];
     let rt = runtime()?;
+    // Started after staging and the daemons' start, stopped when the row returns.
+    let _neighbour = contention::neighbour_for_row(opts)?;
     let (put_s, upload_s, download_s, verified, before, after) = rt.block_on(async {
         let mut ca = client::connect(rig.a.socket()).await?;
         let mut cb = client::connect(b.socket()).await?;

@@ -13,11 +13,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use blobsync_tests::bench::{self, BenchOpts, BenchReport, WORKLOADS};
 
-const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK INCOMING SRV-LIST SRV-PUT SRV-FULL IDLE-1M ...] [--json FILE]
+const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK INCOMING SRV-LIST SRV-PUT SRV-FULL IDLE-1M SYNC ...] [--json FILE]
   [--scaleout-nodes N] [--seed N] [--put-concurrency N] [--put-batch N] [--idle-secs S] [--idle-blobs N] [--idle-blob-size BYTES]
   [--idle-cycles N] [--disk-bytes BYTES] [--no-verify] [--phase-timeout S]
   [--server-devices N] [--server-rate PER_S] [--server-put-clients N] [--server-secs S] [--million-blobs N]
-Rows default to DISK W1 W2 W3 W4 W5 W6 IDLE INCOMING SRV-LIST SRV-PUT (SRV-FULL and IDLE-1M, which
+  [--neighbour BYTES] [--sync-batches N]
+Rows default to DISK W1 W2 W3 W4 W5 W6 IDLE INCOMING SRV-LIST SRV-PUT (SYNC, and SRV-FULL and IDLE-1M, which
 share one populate of --million-blobs, run only when named). Temp dirs go under TMPDIR.
 Needs the release binaries: cargo build --release --workspace --bins";
 
@@ -59,6 +60,8 @@ fn main() -> anyhow::Result<()> {
             "--server-put-clients" => opts.server_put_clients = num(&a, args.next())?,
             "--server-secs" => opts.server_secs = Duration::from_secs_f64(num(&a, args.next())?),
             "--million-blobs" => opts.million_blobs = num(&a, args.next())?,
+            "--neighbour" => opts.neighbour_bytes = num(&a, args.next())?,
+            "--sync-batches" => opts.sync_batches = num(&a, args.next())?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -72,6 +75,7 @@ fn main() -> anyhow::Result<()> {
                     || up == "SRV-PUT"
                     || up == "SRV-FULL"
                     || up == "IDLE-1M"
+                    || up == "SYNC"
                     || WORKLOADS.iter().any(|w| w.name == up)
                 {
                     rows.push(up);
@@ -101,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         },
         seed: opts.seed,
         machine: bench::machine(),
+        neighbour_bytes: opts.neighbour_bytes,
         ..Default::default()
     };
     bench::empty_old_trash();
@@ -112,6 +117,7 @@ fn main() -> anyhow::Result<()> {
                     report.disk = Some(bench::run_disk(&opts).context("disk test")?);
                 }
                 "IDLE" => report.idle = Some(bench::run_idle(&opts).context("IDLE")?),
+                "SYNC" => report.sync = bench::contention::run_sync(&opts).context("SYNC")?,
                 // One populate serves both; IDLE-1M includes SRV-FULL.
                 "SRV-FULL" | "IDLE-1M" if report.million.is_some() => {}
                 "SRV-FULL" | "IDLE-1M" => {
