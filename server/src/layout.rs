@@ -70,28 +70,15 @@ impl Layout {
     }
 }
 
-/// Batches at least this large are made durable with one `syncfs` of the data dir's file
-/// system instead of one fsync per file (Linux; elsewhere always per file).
-pub const SYNCFS_MIN: usize = 4;
-
-/// Makes `files` (written, closed) and their renames durable: one `syncfs` for a batch, or
-/// one fsync per file for a few.
-pub fn sync_files(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    if files.len() >= SYNCFS_MIN {
-        return syncfs(root);
-    }
-    let _ = root;
-    for f in files {
-        std::fs::File::open(f)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Flushes every dirty page and inode of the file system holding `root`.
-#[cfg(target_os = "linux")]
-pub fn syncfs(root: &Path) -> std::io::Result<()> {
-    blobsync_shared::writeback::syncfs(&std::fs::File::open(root)?)
+/// Makes `files` (written, closed) durable: their writeback started together, then
+/// `fdatasync` on several threads (`writeback::sync_data_all`). Not `syncfs`, which also
+/// waits for every other program's dirty pages on the file system.
+pub fn sync_files(files: &[PathBuf]) -> std::io::Result<()> {
+    let open = files
+        .iter()
+        .map(std::fs::File::open)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    blobsync_shared::writeback::sync_data_all(&open.iter().collect::<Vec<_>>())
 }
 
 /// A file found under the payload tree.

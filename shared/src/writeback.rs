@@ -1,6 +1,7 @@
 //! Getting bytes to the disk cheaply. [`WriteBehind`], for big files that end in an fsync:
 //! start the disk writing each chunk as soon as it is in the page cache, instead of leaving a
-//! whole blob dirty for the final fsync. [`syncfs`], for batches of small files.
+//! whole blob dirty for the final fsync. [`sync_data_all`] and [`sync_dirs`], for batches of
+//! small files.
 //!
 //! Without it a 1 GB download or upload is two phases in a row, filling the page cache at
 //! memory speed and then waiting for the disk at the fsync, and the disk idles during the
@@ -138,25 +139,46 @@ fn wait_writeback(_: &File, _: std::ops::Range<u64>) -> io::Result<()> {
     Ok(())
 }
 
-/// Flushes every dirty page and inode of the file system holding `dir` (an open directory),
-/// and the device's write cache: one call makes a whole batch of small files durable, where
-/// an fsync each would cost a few synchronous writes per file.
-#[cfg(target_os = "linux")]
-pub fn syncfs(dir: &File) -> io::Result<()> {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: syncfs on an fd we own; no memory is passed.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
+/// Threads that wait for a batch's files at once: enough that the journal folds their commits
+/// together and the disk queue stays full, few enough to be cheap to start per batch.
+pub const SYNC_THREADS: usize = 8;
+
+/// Runs `f` on every item, on up to [`SYNC_THREADS`] scoped threads; the first error wins.
+fn on_threads<T: Sync>(items: &[T], f: impl Fn(&T) -> io::Result<()> + Sync) -> io::Result<()> {
+    if items.len() <= 1 {
+        return items.iter().try_for_each(&f);
     }
-    Ok(())
+    let per = items.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|c| s.spawn(|| c.iter().try_for_each(&f)))
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(io::Error::other("a sync thread panicked")))
+        })
+    })
 }
 
-/// Without `syncfs`: `sync` (every file system), then the directory itself.
-#[cfg(not(target_os = "linux"))]
-pub fn syncfs(dir: &File) -> io::Result<()> {
-    // SAFETY: sync takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    dir.sync_all()
+/// Makes a batch of written files durable (data, and the size and blocks needed to read it):
+/// starts every file's writeback first, so the disk gets them all at once, then waits for
+/// each with `fdatasync` on [`SYNC_THREADS`] threads. Unlike `syncfs(2)` it waits for these
+/// files only: `syncfs` also flushes every other program's dirty pages on the file system,
+/// and with a neighbour writing gigabytes (a build, a download) that made each batch of small
+/// puts wait seconds (measured: BENCHMARKS.md, "A neighbour on the disk").
+pub fn sync_data_all(files: &[&File]) -> io::Result<()> {
+    for f in files {
+        // An empty range is the whole file (sync_file_range's length 0 runs to the end).
+        start_writeback(f, 0..0)?;
+    }
+    on_threads(files, |f| f.sync_data())
+}
+
+/// fsyncs each directory (making the names created in it durable), on [`SYNC_THREADS`]
+/// threads.
+pub fn sync_dirs<P: AsRef<std::path::Path> + Sync>(dirs: &[P]) -> io::Result<()> {
+    on_threads(dirs, |d| File::open(d.as_ref())?.sync_all())
 }
 
 #[cfg(test)]

@@ -369,16 +369,15 @@ pub type Installed = Vec<(NewPayload, io::Result<()>)>;
 type InstallReply = tokio::sync::oneshot::Sender<Installed>;
 
 /// Installs small payloads for everyone at once: a thread that takes every batch waiting,
-/// makes their data durable with one `syncfs`, links them all, and makes the links durable
-/// with a second `syncfs`, instead of an fsync of each file and of each fan directory (on
-/// ext4 without a journal that is three synchronous writes per file; with a journal, a commit
-/// per fsync that concurrency only partly folds). Same crash order as a lone put: a file is
-/// complete and durable before its name exists, and its name before the caller's store
-/// commit. A batch of one file alone is fsynced instead: `syncfs` also flushes whatever else
-/// is dirty on the file system, which only pays off over many files.
-#[derive(Debug)]
+/// makes their data durable together (every file's writeback started, then `fdatasync` on
+/// several threads, so the journal folds their commits: `writeback::sync_data_all`), links
+/// them all, and makes the links durable with one fsync per fan directory, also in parallel.
+/// Same crash order as a lone put: a file is complete and durable before its name exists, and
+/// its name before the caller's store commit. Not `syncfs`, which was cheaper on a quiet disk
+/// but also waits for every other program's dirty pages (BENCHMARKS.md, "A neighbour on the
+/// disk").
+#[derive(Debug, Default)]
 pub struct SyncGroup {
-    root: PathBuf,
     /// The thread's queue, started by the first install.
     tx: std::sync::OnceLock<tokio::sync::mpsc::Sender<(Vec<Install>, InstallReply)>>,
 }
@@ -387,19 +386,15 @@ pub struct SyncGroup {
 const SYNC_GROUP_QUEUE: usize = 256;
 
 impl SyncGroup {
-    /// A group for the file system of `data` (the thread starts with the first install).
-    pub fn new(data: &DataDir) -> Self {
-        Self {
-            root: data.root().to_path_buf(),
-            tx: std::sync::OnceLock::new(),
-        }
+    /// A group (the thread starts with the first install).
+    pub fn new() -> Self {
+        Self::default()
     }
 
     fn sender(&self) -> io::Result<&tokio::sync::mpsc::Sender<(Vec<Install>, InstallReply)>> {
         if let Some(tx) = self.tx.get() {
             return Ok(tx);
         }
-        let root = fs::File::open(&self.root)?;
         // Bounded: callers wait (asynchronously) while the thread is this far behind, instead
         // of queueing without limit.
         let (tx, mut rx) =
@@ -412,7 +407,7 @@ impl SyncGroup {
                     while let Ok(more) = rx.try_recv() {
                         batches.push(more);
                     }
-                    install_group(&root, batches);
+                    install_group(batches);
                 }
             })?;
         // Two first installs at once: the loser's thread ends when its sender drops.
@@ -436,16 +431,14 @@ impl SyncGroup {
     }
 }
 
-fn install_group(root: &fs::File, batches: Vec<(Vec<Install>, InstallReply)>) {
-    let total: usize = batches.iter().map(|(items, _)| items.len()).sum();
-    let data_synced = if total == 1 {
-        batches
-            .iter()
-            .flat_map(|(items, _)| items)
-            .try_for_each(|i| i.payload.file.sync_all())
-    } else {
-        blobsync_shared::writeback::syncfs(root)
-    };
+fn install_group(batches: Vec<(Vec<Install>, InstallReply)>) {
+    let files: Vec<&fs::File> = batches
+        .iter()
+        .flat_map(|(items, _)| items)
+        .map(|i| &i.payload.file)
+        .collect();
+    let data_synced = blobsync_shared::writeback::sync_data_all(&files);
+    drop(files);
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut done: Vec<(Installed, InstallReply)> = Vec::new();
     for (items, reply) in batches {
@@ -467,11 +460,7 @@ fn install_group(root: &fs::File, batches: Vec<(Vec<Install>, InstallReply)>) {
         }
         done.push((out, reply));
     }
-    let links_synced = match dirs.len() {
-        0 => Ok(()),
-        1 if total == 1 => sync_dir(&dirs[0]),
-        _ => blobsync_shared::writeback::syncfs(root),
-    };
+    let links_synced = blobsync_shared::writeback::sync_dirs(&dirs);
     for (mut out, reply) in done {
         if links_synced.is_err() {
             for (_, r) in out.iter_mut().filter(|(_, r)| r.is_ok()) {
@@ -582,7 +571,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let data = DataDir::new(root.path());
         data.create().unwrap();
-        let group = std::sync::Arc::new(SyncGroup::new(&data));
+        let group = std::sync::Arc::new(SyncGroup::new());
         let ns = Namespace::default();
         let taken = data.payload_path(&ns, &BlobId::random());
         create_private_dir(taken.parent().unwrap()).unwrap();

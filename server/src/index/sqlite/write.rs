@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use blobsync_shared::{BlobId, Namespace};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Index, fsync_dir, io, lookup_in};
+use super::{Index, io, lookup_in};
 use crate::index::{
     BlobRow, IndexError, LiveRow, PendingPut, PutOutcome, Staged, deleted_after, now_secs,
 };
@@ -328,14 +328,10 @@ fn commit_jobs(c: &mut Connection, jobs: Vec<CommitJob>, layout: &Layout) {
         for job in &jobs {
             results.push(apply_job(&tx, job, now, layout, &mut placed, &mut dirs)?);
         }
-        if dirs.len() >= crate::layout::SYNCFS_MIN {
-            crate::layout::sync_files(layout.root(), &placed)
-                .map_err(io("sync renamed files", layout.root()))?;
-        } else {
-            for d in &dirs {
-                fsync_dir(d)?;
-            }
-        }
+        // The renames' directories, in parallel (their files' data was synced before).
+        let dirs: Vec<&PathBuf> = dirs.iter().collect();
+        blobsync_shared::writeback::sync_dirs(&dirs)
+            .map_err(io("sync the directories of renamed files", layout.root()))?;
         tx.commit()?;
         Ok(())
     })();
