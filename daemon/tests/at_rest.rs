@@ -4,6 +4,10 @@
 //! (plaintext payloads) sealed in place, readable meanwhile, and resumable.
 
 mod common;
+/// The plaintext-marker scan, shared with the end-to-end at-rest test (the file says why it
+/// is included rather than depended on).
+#[path = "../../tests/src/plaintext.rs"]
+mod plaintext;
 
 use std::path::{Path, PathBuf};
 
@@ -11,51 +15,8 @@ use blobsync_shared::{BlobId, Namespace};
 use blobsyncd::handle::PutItem;
 use blobsyncd::status::{Priority, Status};
 use common::{Device, settings};
+use plaintext::{files_under, files_with_plaintext, marked};
 use tokio_util::sync::CancellationToken;
-
-/// A plaintext no encryption output contains by chance.
-const MARKER: &[u8] = b"AT-REST-MARKER:plaintext-must-never-be-on-disk:";
-
-/// `n` bytes of plaintext made of the marker and a counter.
-fn marked(n: usize, seed: u8) -> Vec<u8> {
-    let mut out = Vec::with_capacity(n + MARKER.len());
-    let mut i = 0u32;
-    while out.len() < n {
-        out.extend_from_slice(MARKER);
-        out.extend_from_slice(&i.to_be_bytes());
-        out.push(seed);
-        i += 1;
-    }
-    out.truncate(n);
-    out
-}
-
-fn files_under(d: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-        let t = e.file_type().unwrap();
-        if t.is_dir() {
-            out.extend(files_under(&e.path()));
-        } else if t.is_file() {
-            out.push(e.path());
-        }
-    }
-    out
-}
-
-/// Every file under `d` that holds the marker (the first 32 bytes of it are enough: a blob's
-/// plaintext holds it every ~52 bytes).
-fn files_with_plaintext(d: &Path) -> Vec<PathBuf> {
-    let needle = &MARKER[..32];
-    files_under(d)
-        .into_iter()
-        .filter(|p| {
-            std::fs::read(p)
-                .map(|b| b.windows(needle.len()).any(|w| w == needle))
-                .unwrap_or(false)
-        })
-        .collect()
-}
 
 /// The remote's stored copy of `default/id` (the directory remote's layout).
 fn remote_copy(remote: &Path, id: &str) -> Vec<u8> {
@@ -93,7 +54,7 @@ async fn no_plaintext_under_the_data_dir_after_put_download_get_and_verify() {
     for r in a.handle.put_paths(vec![item("by-path")]).await.unwrap() {
         r.unwrap();
     }
-    for i in 0..12u8 {
+    for i in 0..12u32 {
         a.put(&format!("small{i}"), &marked(900 + i as usize, i))
             .await;
     }
@@ -265,7 +226,7 @@ async fn a_store_of_the_previous_release_is_sealed_in_place_and_readable_meanwhi
     let tmp = tempfile::tempdir().unwrap();
     let remote = tmp.path().join("r");
     let da = tmp.path().join("a");
-    let blobs: Vec<(String, Vec<u8>)> = (0..20u8)
+    let blobs: Vec<(String, Vec<u8>)> = (0..20u32)
         .map(|i| (format!("m{i}"), marked(3_000 * i as usize + 7, i)))
         .collect();
     {

@@ -19,6 +19,7 @@ pub mod engines;
 pub mod env;
 pub mod error;
 pub mod fuzz;
+pub mod plaintext;
 pub mod proxy;
 pub mod rawhttp;
 pub mod server;

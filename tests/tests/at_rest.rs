@@ -7,54 +7,12 @@
 //!   first start, and a `kill -9` in the middle of that migration loses nothing: the next start
 //!   resumes where it stopped, and every blob reads back byte for byte.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use blobsync_tests::env::TestResult;
+use blobsync_tests::plaintext::{files_under, files_with_plaintext, marked};
 use blobsync_tests::wait::{Poll, wait_until};
 use blobsync_tests::{Cluster, DaemonOpts, DaemonProc, RemoteSpec, ServerOpts, TestEnv};
-
-/// A plaintext no encryption output contains by chance.
-const MARKER: &[u8] = b"AT-REST-E2E-MARKER:plaintext-must-never-be-on-disk:";
-
-fn marked(n: usize, seed: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(n + 64);
-    let mut i = 0u32;
-    while out.len() < n {
-        out.extend_from_slice(MARKER);
-        out.extend_from_slice(&seed.to_be_bytes());
-        out.extend_from_slice(&i.to_be_bytes());
-        i += 1;
-    }
-    out.truncate(n);
-    out
-}
-
-fn files_under(d: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-        let Ok(t) = e.file_type() else { continue };
-        if t.is_dir() {
-            out.extend(files_under(&e.path()));
-        } else if t.is_file() {
-            out.push(e.path());
-        }
-    }
-    out
-}
-
-/// Files under `d` holding the marker's first 32 bytes (a blob holds it every ~60 bytes).
-fn files_with_plaintext(d: &Path) -> Vec<PathBuf> {
-    let needle = &MARKER[..32];
-    files_under(d)
-        .into_iter()
-        .filter(|p| {
-            std::fs::read(p)
-                .map(|b| b.windows(needle.len()).any(|w| w == needle))
-                .unwrap_or(false)
-        })
-        .collect()
-}
 
 fn assert_no_plaintext(dev: &DaemonProc, when: &str) {
     let found = files_with_plaintext(dev.data_dir());

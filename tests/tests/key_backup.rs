@@ -28,26 +28,73 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// A device's config before its daemon runs: the server, the user's token, a key file that
-/// does not exist yet.
-fn new_device_config(dir: &Path, server: &str, user: &str, token: &str) -> (PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let key = dir.join("key");
-    let cfg = dir.join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "remote = \"{server}\"\nuser = \"{user}\"\ntoken_file = \"{}\"\nkey_file = \"{}\"\n\
-             data_dir = \"{}\"\n",
-            token_file.display(),
-            key.display(),
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
-    (cfg, key)
+/// `blobctl key <op...> --config CFG --passphrase-file PASS`.
+fn key_cmd(op: &[&str], cfg: &Path, pass: &str) -> Output {
+    let cfg = cfg.display().to_string();
+    let mut args = vec!["key"];
+    args.extend_from_slice(op);
+    args.extend(["--config", cfg.as_str(), "--passphrase-file", pass]);
+    blobctl(&args)
+}
+
+/// Asserts `out` exited 0 (showing its output otherwise).
+fn succeeded(out: &Output) {
+    assert!(out.status.success(), "{}", text(out));
+}
+
+/// A device set up by hand before its daemon ever runs: a config naming the server, the
+/// user's token and a key file that does not exist yet.
+struct NewDevice {
+    cfg: PathBuf,
+    key: PathBuf,
+}
+
+impl NewDevice {
+    fn new(dir: &Path, cluster: &Cluster, u: usize) -> Self {
+        let user = &cluster.users[u];
+        std::fs::create_dir_all(dir).unwrap();
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, format!("{}\n", user.token)).unwrap();
+        let key = dir.join("key");
+        let cfg = dir.join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "remote = \"{}\"\nuser = \"{}\"\ntoken_file = \"{}\"\nkey_file = \"{}\"\n\
+                 data_dir = \"{}\"\n",
+                cluster.server.url(),
+                user.name,
+                token_file.display(),
+                key.display(),
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        NewDevice { cfg, key }
+    }
+
+    fn backup(&self, pass: &str) -> Output {
+        key_cmd(&["backup"], &self.cfg, pass)
+    }
+
+    fn restore(&self, pass: &str) -> Output {
+        key_cmd(&["restore"], &self.cfg, pass)
+    }
+
+    /// `key restore` must be refused: exit 1, an error that says `says`, and the key file
+    /// as it was (absent stays absent, another key stays untouched).
+    fn restore_refused(&self, pass: &str, says: &str) {
+        let before = std::fs::read(&self.key).ok();
+        let out = self.restore(pass);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains(says), "want {says:?}: {}", text(&out));
+        assert_eq!(
+            std::fs::read(&self.key).ok(),
+            before,
+            "a refused restore ({says}) changed {}",
+            self.key.display()
+        );
+    }
 }
 
 fn pass_file(dir: &Path, name: &str, pass: &str) -> String {
@@ -68,63 +115,27 @@ fn a_new_device_restores_the_key_from_the_server_and_reads_the_blobs() -> TestRe
     let pass = pass_file(&src, "pass", "correct horse battery staple");
 
     let started = Instant::now();
-    let out = blobctl(&[
-        "key",
-        "backup",
-        "--config",
-        &a.config_path().display().to_string(),
-        "--passphrase-file",
-        &pass,
-    ]);
+    succeeded(&key_cmd(&["backup"], a.config_path(), &pass));
     let took = started.elapsed();
-    assert!(out.status.success(), "{}", text(&out));
     eprintln!("key backup (Argon2id m=256 MiB, t=3, debug build) took {took:?}");
     // Again: the same key and passphrase are recognised, nothing changes.
-    let again = blobctl(&[
-        "key",
-        "backup",
-        "--config",
-        &a.config_path().display().to_string(),
-        "--passphrase-file",
-        &pass,
-    ]);
-    assert!(again.status.success(), "{}", text(&again));
+    let again = key_cmd(&["backup"], a.config_path(), &pass);
+    succeeded(&again);
     assert!(String::from_utf8_lossy(&again.stdout).contains("already backed up"));
 
     // A new device: the server, the token and the passphrase; no key file.
-    let user = &cluster.users[0];
-    let b_dir = env.subdir("device-b-setup")?;
-    let (b_cfg, b_key) = new_device_config(&b_dir, &cluster.server.url(), &user.name, &user.token);
-    // A wrong passphrase first: a clear error, nothing written.
+    let b_setup = NewDevice::new(&env.subdir("device-b-setup")?, &cluster, 0);
     let wrong = pass_file(&src, "wrong", "not the passphrase at all");
-    let out = blobctl(&[
-        "key",
-        "restore",
-        "--config",
-        &b_cfg.display().to_string(),
-        "--passphrase-file",
-        &wrong,
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("wrong passphrase"), "{}", text(&out));
-    assert!(!b_key.exists(), "nothing written on a wrong passphrase");
-    let out = blobctl(&[
-        "key",
-        "restore",
-        "--config",
-        &b_cfg.display().to_string(),
-        "--passphrase-file",
-        &pass,
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    b_setup.restore_refused(&wrong, "wrong passphrase");
+    succeeded(&b_setup.restore(&pass));
     assert_eq!(
-        std::fs::read(&b_key).unwrap(),
-        std::fs::read(&user.key_file).unwrap(),
+        std::fs::read(&b_setup.key).unwrap(),
+        std::fs::read(&cluster.users[0].key_file).unwrap(),
         "the restored key is the first device's"
     );
     // The new device starts with it and reads what the first one put.
     let mut opts = cluster.daemon_opts(0);
-    opts.key_file = b_key.clone();
+    opts.key_file = b_setup.key.clone();
     let b = DaemonProc::start(&env, "device-b", opts)?;
     wait_until("b to download f", Duration::from_secs(60), || {
         b.ctl().sync_wait()?;
@@ -155,58 +166,18 @@ fn no_backup_a_conflicting_backup_and_a_corrupted_one_are_clear_errors() -> Test
     let pass = pass_file(&dir, "pass", "a long enough passphrase");
 
     // No backup yet.
-    let (fresh_cfg, fresh_key) = new_device_config(
-        &dir.join("fresh"),
-        &cluster.server.url(),
-        &user.name,
-        &user.token,
-    );
-    let out = blobctl(&[
-        "key",
-        "restore",
-        "--config",
-        &fresh_cfg.display().to_string(),
-        "--passphrase-file",
-        &pass,
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("no key backup"), "{}", text(&out));
-    assert!(!fresh_key.exists());
+    let fresh = NewDevice::new(&dir.join("fresh"), &cluster, 0);
+    fresh.restore_refused(&pass, "no key backup");
 
     // Device 1 backs its key up.
-    let (one_cfg, one_key) = new_device_config(
-        &dir.join("one"),
-        &cluster.server.url(),
-        &user.name,
-        &user.token,
-    );
-    std::fs::copy(&user.key_file, &one_key).unwrap();
-    let out = blobctl(&[
-        "key",
-        "backup",
-        "--config",
-        &one_cfg.display().to_string(),
-        "--passphrase-file",
-        &pass,
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let one = NewDevice::new(&dir.join("one"), &cluster, 0);
+    std::fs::copy(&user.key_file, &one.key).unwrap();
+    succeeded(&one.backup(&pass));
 
     // Device 2 has another key: its backup meets the first one (412) and is refused.
-    let (two_cfg, two_key) = new_device_config(
-        &dir.join("two"),
-        &cluster.server.url(),
-        &user.name,
-        &user.token,
-    );
-    blobsync_tests::daemon::write_key_file(&two_key)?;
-    let out = blobctl(&[
-        "key",
-        "backup",
-        "--config",
-        &two_cfg.display().to_string(),
-        "--passphrase-file",
-        &pass,
-    ]);
+    let two = NewDevice::new(&dir.join("two"), &cluster, 0);
+    blobsync_tests::daemon::write_key_file(&two.key)?;
+    let out = two.backup(&pass);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let t = text(&out);
     assert!(
@@ -218,34 +189,13 @@ fn no_backup_a_conflicting_backup_and_a_corrupted_one_are_clear_errors() -> Test
         "says what to do: {t}"
     );
     // The server still holds device 1's key.
-    let out = blobctl(&[
-        "key",
-        "restore",
-        "--config",
-        &fresh_cfg.display().to_string(),
-        "--passphrase-file",
-        &pass,
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    succeeded(&fresh.restore(&pass));
     assert_eq!(
-        std::fs::read(&fresh_key).unwrap(),
-        std::fs::read(&one_key).unwrap()
+        std::fs::read(&fresh.key).unwrap(),
+        std::fs::read(&one.key).unwrap()
     );
-    // A restore onto a device holding another key writes nothing.
-    let out = blobctl(&[
-        "key",
-        "restore",
-        "--config",
-        &two_cfg.display().to_string(),
-        "--passphrase-file",
-        &pass,
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("different storage key"),
-        "{}",
-        text(&out)
-    );
+    // A restore onto a device holding another key leaves that key alone.
+    two.restore_refused(&pass, "different storage key");
 
     // The server's copy gets corrupted (a byte of its ciphertext flipped, through the API).
     let addr = cluster.server.addr();
@@ -265,25 +215,10 @@ fn no_backup_a_conflicting_backup_and_a_corrupted_one_are_clear_errors() -> Test
         &body,
     )?;
     assert!(put.status / 100 == 2, "{} {}", put.status, put.text());
-    let (cfg3, key3) = new_device_config(
-        &dir.join("three"),
-        &cluster.server.url(),
-        &user.name,
-        &user.token,
-    );
-    let out = blobctl(&[
-        "key",
-        "restore",
-        "--config",
-        &cfg3.display().to_string(),
-        "--passphrase-file",
-        &pass,
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let three = NewDevice::new(&dir.join("three"), &cluster, 0);
     // A flipped ciphertext byte fails the tag: indistinguishable from a wrong passphrase,
     // and said so.
-    assert!(text(&out).contains("altered"), "{}", text(&out));
-    assert!(!key3.exists());
+    three.restore_refused(&pass, "altered");
     // Garbage that is no backup at all.
     let got = rawhttp::request(addr, "GET", &path, &[("Authorization", &auth)], b"")?;
     let etag = got.header("etag").expect("an ETag").to_owned();
@@ -295,40 +230,13 @@ fn no_backup_a_conflicting_backup_and_a_corrupted_one_are_clear_errors() -> Test
         b"\x00\x01 not a key backup",
     )?;
     assert!(put.status / 100 == 2, "{} {}", put.status, put.text());
-    let out = blobctl(&[
-        "key",
-        "restore",
-        "--config",
-        &cfg3.display().to_string(),
-        "--passphrase-file",
-        &pass,
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("corrupted"), "{}", text(&out));
-    assert!(!key3.exists());
+    three.restore_refused(&pass, "corrupted");
     // `--replace` puts device 2's key there, and it restores.
-    let out = blobctl(&[
-        "key",
-        "backup",
-        "--replace",
-        "--config",
-        &two_cfg.display().to_string(),
-        "--passphrase-file",
-        &pass,
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let out = blobctl(&[
-        "key",
-        "restore",
-        "--config",
-        &cfg3.display().to_string(),
-        "--passphrase-file",
-        &pass,
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    succeeded(&key_cmd(&["backup", "--replace"], &two.cfg, &pass));
+    succeeded(&three.restore(&pass));
     assert_eq!(
-        std::fs::read(&key3).unwrap(),
-        std::fs::read(&two_key).unwrap()
+        std::fs::read(&three.key).unwrap(),
+        std::fs::read(&two.key).unwrap()
     );
     Ok(())
 }
