@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use blobsync_shared::writeback::GroupSync;
 use blobsync_shared::{BlobId, Namespace};
 
 /// Prefix of temp file names.
@@ -70,15 +71,22 @@ impl Layout {
     }
 }
 
-/// Makes `files` (written, closed) durable: their writeback started together, then
-/// `fdatasync` on several threads (`writeback::sync_data_all`). Not `syncfs`, which also
-/// waits for every other program's dirty pages on the file system.
-pub fn sync_files(files: &[PathBuf]) -> std::io::Result<()> {
+/// Makes `files` (written, closed) durable, together ([`GroupSync::choose`] picks `syncfs`
+/// or per-file syncs in parallel). `root` is the data dir.
+pub fn sync_files(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
     let open = files
         .iter()
         .map(std::fs::File::open)
         .collect::<std::io::Result<Vec<_>>>()?;
-    blobsync_shared::writeback::sync_data_all(&open.iter().collect::<Vec<_>>())
+    GroupSync::choose(files.len()).sync_data(
+        &std::fs::File::open(root)?,
+        &open.iter().collect::<Vec<_>>(),
+    )
+}
+
+/// Makes the names created in `dirs` durable, together. `root` is the data dir.
+pub fn sync_dirs(root: &Path, dirs: &[&PathBuf]) -> std::io::Result<()> {
+    GroupSync::choose(dirs.len()).sync_dirs(&std::fs::File::open(root)?, dirs)
 }
 
 /// A file found under the payload tree.

@@ -108,7 +108,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let shared = Arc::new(Shared {
             store,
             events,
-            syncer: payload::SyncGroup::new(),
+            syncer: payload::SyncGroup::new(&data),
             data,
             delete_key: DeleteKey::derive(&key),
             key,

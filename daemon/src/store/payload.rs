@@ -6,6 +6,7 @@
 //!
 //! Plain blocking file I/O: callers run it on the store thread or in `spawn_blocking`.
 
+use blobsync_shared::writeback::GroupSync;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -369,15 +370,15 @@ pub type Installed = Vec<(NewPayload, io::Result<()>)>;
 type InstallReply = tokio::sync::oneshot::Sender<Installed>;
 
 /// Installs small payloads for everyone at once: a thread that takes every batch waiting,
-/// makes their data durable together (every file's writeback started, then `fdatasync` on
-/// several threads, so the journal folds their commits: `writeback::sync_data_all`), links
-/// them all, and makes the links durable with one fsync per fan directory, also in parallel.
-/// Same crash order as a lone put: a file is complete and durable before its name exists, and
-/// its name before the caller's store commit. Not `syncfs`, which was cheaper on a quiet disk
-/// but also waits for every other program's dirty pages (BENCHMARKS.md, "A neighbour on the
-/// disk").
-#[derive(Debug, Default)]
+/// makes their data durable together, links them all, and makes the links durable together,
+/// instead of an fsync of each file and of each fan directory one after another. How
+/// (`syncfs`, or per-file syncs in parallel when the machine has much dirty data that a
+/// `syncfs` would wait for too) is [`GroupSync::choose`]'s call, per batch. Same crash order
+/// as a lone put: a file is complete and durable before its name exists, and its name before
+/// the caller's store commit.
+#[derive(Debug)]
 pub struct SyncGroup {
+    root: PathBuf,
     /// The thread's queue, started by the first install.
     tx: std::sync::OnceLock<tokio::sync::mpsc::Sender<(Vec<Install>, InstallReply)>>,
 }
@@ -386,15 +387,19 @@ pub struct SyncGroup {
 const SYNC_GROUP_QUEUE: usize = 256;
 
 impl SyncGroup {
-    /// A group (the thread starts with the first install).
-    pub fn new() -> Self {
-        Self::default()
+    /// A group for the file system of `data` (the thread starts with the first install).
+    pub fn new(data: &DataDir) -> Self {
+        Self {
+            root: data.root().to_path_buf(),
+            tx: std::sync::OnceLock::new(),
+        }
     }
 
     fn sender(&self) -> io::Result<&tokio::sync::mpsc::Sender<(Vec<Install>, InstallReply)>> {
         if let Some(tx) = self.tx.get() {
             return Ok(tx);
         }
+        let root = fs::File::open(&self.root)?;
         // Bounded: callers wait (asynchronously) while the thread is this far behind, instead
         // of queueing without limit.
         let (tx, mut rx) =
@@ -407,7 +412,7 @@ impl SyncGroup {
                     while let Ok(more) = rx.try_recv() {
                         batches.push(more);
                     }
-                    install_group(batches);
+                    install_group(&root, batches);
                 }
             })?;
         // Two first installs at once: the loser's thread ends when its sender drops.
@@ -431,13 +436,14 @@ impl SyncGroup {
     }
 }
 
-fn install_group(batches: Vec<(Vec<Install>, InstallReply)>) {
+fn install_group(root: &fs::File, batches: Vec<(Vec<Install>, InstallReply)>) {
     let files: Vec<&fs::File> = batches
         .iter()
         .flat_map(|(items, _)| items)
         .map(|i| &i.payload.file)
         .collect();
-    let data_synced = blobsync_shared::writeback::sync_data_all(&files);
+    let how = GroupSync::choose(files.len());
+    let data_synced = how.sync_data(root, &files);
     drop(files);
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut done: Vec<(Installed, InstallReply)> = Vec::new();
@@ -460,7 +466,7 @@ fn install_group(batches: Vec<(Vec<Install>, InstallReply)>) {
         }
         done.push((out, reply));
     }
-    let links_synced = blobsync_shared::writeback::sync_dirs(&dirs);
+    let links_synced = how.sync_dirs(root, &dirs);
     for (mut out, reply) in done {
         if links_synced.is_err() {
             for (_, r) in out.iter_mut().filter(|(_, r)| r.is_ok()) {
@@ -571,7 +577,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let data = DataDir::new(root.path());
         data.create().unwrap();
-        let group = std::sync::Arc::new(SyncGroup::new());
+        let group = std::sync::Arc::new(SyncGroup::new(&data));
         let ns = Namespace::default();
         let taken = data.payload_path(&ns, &BlobId::random());
         create_private_dir(taken.parent().unwrap()).unwrap();

@@ -94,8 +94,8 @@ impl PayloadStore for FsPayloads {
     }
 
     async fn sync_batch(&self, staged: &[Staged]) -> std::io::Result<()> {
-        let paths = files(staged);
-        blocking(move || layout::sync_files(&paths)).await
+        let (root, paths) = (self.layout.root().to_path_buf(), files(staged));
+        blocking(move || layout::sync_files(&root, &paths)).await
     }
 
     async fn discard(&self, staged: Vec<Staged>) {

@@ -9,13 +9,16 @@
 //! - `SYNC`: batches of 32 files of 10 KiB (W1's shape: 32 puts in flight), each written to a
 //!   temp name, made durable, renamed into one of 16 directories and the renames made
 //!   durable, as the daemon's and the server's group commits do, with each strategy:
-//!   `syncfs` (today's), `fdatasync` one file after another, `fdatasync` on 8 threads, and
-//!   `sync_file_range` to start every file's writeback first, then `fdatasync` on 8 threads.
+//!   `syncfs`, `fdatasync` one file after another, `fdatasync` on 8 threads,
+//!   `sync_file_range` to start every file's writeback first and then `fdatasync` on 8
+//!   threads (`GroupSync::PerFile`), and what `GroupSync::choose` picks per batch (the
+//!   product's way: `syncfs` while the machine has little dirty data, else per file).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use blobsync_shared::writeback::GroupSync;
 
 use super::*;
 
@@ -110,15 +113,18 @@ pub enum Strategy {
     FdatasyncSerial,
     /// `fdatasync` each file on 8 threads; `fsync` each directory on 8 threads.
     FdatasyncParallel,
-    /// `sync_file_range(WRITE)` every file, then as `FdatasyncParallel`.
+    /// `sync_file_range(WRITE)` every file, then as `FdatasyncParallel` (`GroupSync::PerFile`).
     StartThenFdatasync,
+    /// `GroupSync::choose`, per batch (what the daemon and the server do).
+    Chosen,
 }
 
-const STRATEGIES: [Strategy; 4] = [
+const STRATEGIES: [Strategy; 5] = [
     Strategy::Syncfs,
     Strategy::FdatasyncSerial,
     Strategy::FdatasyncParallel,
     Strategy::StartThenFdatasync,
+    Strategy::Chosen,
 ];
 const BATCH: usize = 32;
 const FILE_SIZE: usize = 10 * KIB as usize;
@@ -134,7 +140,7 @@ pub struct SyncResult {
     pub neighbour: bool,
     /// Files made durable.
     pub files: usize,
-    /// Files per second.
+    /// Files per second of batch time (the pauses between batches not counted).
     pub files_s: f64,
     /// Median batch, ms.
     pub p50_ms: f64,
@@ -159,28 +165,13 @@ fn on_threads<T: Sync>(
     })
 }
 
-fn fdatasync(f: &File) -> std::io::Result<()> {
-    f.sync_data()
-}
-
-fn start_writeback(f: &File) -> std::io::Result<()> {
-    // SAFETY: an fd we own and plain integers.
-    if unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn syncfs(dir: &File) -> std::io::Result<()> {
-    // SAFETY: syncfs on an fd we own.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Writes, makes durable and renames `batches` batches with `s`; batch latencies in ms.
-fn run_strategy(root: &Path, s: Strategy, batches: usize) -> std::io::Result<Vec<f64>> {
+fn run_strategy(
+    root: &Path,
+    s: Strategy,
+    batches: usize,
+    gap: Duration,
+) -> std::io::Result<Vec<f64>> {
     let dirs: Vec<PathBuf> = (0..DIRS).map(|d| root.join(format!("d{d:02}"))).collect();
     for d in &dirs {
         std::fs::create_dir_all(d)?;
@@ -192,6 +183,9 @@ fn run_strategy(root: &Path, s: Strategy, batches: usize) -> std::io::Result<Vec
     rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut data);
     let mut lat = Vec::with_capacity(batches);
     for b in 0..batches {
+        // A pause before each batch, as puts come in a real daemon: what a neighbour dirties
+        // meanwhile is what a `syncfs` has to wait for.
+        std::thread::sleep(gap);
         let t = Instant::now();
         let mut files = Vec::with_capacity(BATCH);
         for i in 0..BATCH {
@@ -201,14 +195,17 @@ fn run_strategy(root: &Path, s: Strategy, batches: usize) -> std::io::Result<Vec
             f.write_all(&data)?;
             files.push((p, f));
         }
-        match s {
-            Strategy::Syncfs => syncfs(&root_f)?,
-            Strategy::FdatasyncSerial => files.iter().try_for_each(|(_, f)| fdatasync(f))?,
-            Strategy::FdatasyncParallel => on_threads(&files, |(_, f)| fdatasync(f))?,
-            Strategy::StartThenFdatasync => {
-                files.iter().try_for_each(|(_, f)| start_writeback(f))?;
-                on_threads(&files, |(_, f)| fdatasync(f))?
-            }
+        let group = match s {
+            Strategy::Syncfs => Some(GroupSync::Syncfs),
+            Strategy::StartThenFdatasync => Some(GroupSync::PerFile),
+            Strategy::Chosen => Some(GroupSync::choose(files.len())),
+            Strategy::FdatasyncSerial | Strategy::FdatasyncParallel => None,
+        };
+        let handles: Vec<&File> = files.iter().map(|(_, f)| f).collect();
+        match (s, group) {
+            (_, Some(g)) => g.sync_data(&root_f, &handles)?,
+            (Strategy::FdatasyncSerial, _) => handles.iter().try_for_each(|f| f.sync_data())?,
+            _ => on_threads(&handles, |f| f.sync_data())?,
         }
         let mut touched = Vec::new();
         for (i, (p, _)) in files.iter().enumerate() {
@@ -218,13 +215,16 @@ fn run_strategy(root: &Path, s: Strategy, batches: usize) -> std::io::Result<Vec
                 touched.push(d);
             }
         }
-        let open = |d: &usize| File::open(&dirs[*d]);
-        match s {
-            Strategy::Syncfs => syncfs(&root_f)?,
-            Strategy::FdatasyncSerial => touched.iter().try_for_each(|d| open(d)?.sync_all())?,
-            Strategy::FdatasyncParallel | Strategy::StartThenFdatasync => {
-                on_threads(&touched, |d| open(d)?.sync_all())?
+        let touched: Vec<&PathBuf> = touched.iter().map(|d| &dirs[*d]).collect();
+        match (s, group) {
+            (Strategy::Chosen, _) => {
+                GroupSync::choose(touched.len()).sync_dirs(&root_f, &touched)?
             }
+            (_, Some(g)) => g.sync_dirs(&root_f, &touched)?,
+            (Strategy::FdatasyncSerial, _) => {
+                touched.iter().try_for_each(|d| File::open(d)?.sync_all())?
+            }
+            _ => on_threads(&touched, |d| File::open(d)?.sync_all())?,
         }
         lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
@@ -246,9 +246,9 @@ pub fn run_sync(opts: &BenchOpts) -> Result<Vec<SyncResult>, BenchError> {
         };
         for s in STRATEGIES {
             let root = env.subdir(&format!("sync-{s:?}-{neighbour}"))?;
-            let t = Instant::now();
-            let mut lat = run_strategy(&root, s, batches).map_err(io_err(format!("SYNC {s:?}")))?;
-            let secs = t.elapsed().as_secs_f64();
+            let mut lat = run_strategy(&root, s, batches, opts.sync_gap)
+                .map_err(io_err(format!("SYNC {s:?}")))?;
+            let secs = lat.iter().sum::<f64>() / 1e3;
             lat.sort_by(|a, b| a.total_cmp(b));
             let r = SyncResult {
                 strategy: s,

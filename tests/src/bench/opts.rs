@@ -96,6 +96,8 @@ pub struct BenchOpts {
     pub neighbour_bytes: u64,
     /// Batches of 32 files per strategy and condition in the SYNC row.
     pub sync_batches: usize,
+    /// Pause before each SYNC batch.
+    pub sync_gap: Duration,
 }
 
 impl Default for BenchOpts {
@@ -119,6 +121,7 @@ impl Default for BenchOpts {
             million_blobs: 1_000_000,
             neighbour_bytes: 0,
             sync_batches: 32,
+            sync_gap: Duration::from_millis(200),
         }
     }
 }

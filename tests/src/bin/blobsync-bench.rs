@@ -17,7 +17,7 @@ const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK INCOMING
   [--scaleout-nodes N] [--seed N] [--put-concurrency N] [--put-batch N] [--idle-secs S] [--idle-blobs N] [--idle-blob-size BYTES]
   [--idle-cycles N] [--disk-bytes BYTES] [--no-verify] [--phase-timeout S]
   [--server-devices N] [--server-rate PER_S] [--server-put-clients N] [--server-secs S] [--million-blobs N]
-  [--neighbour BYTES] [--sync-batches N]
+  [--neighbour BYTES] [--sync-batches N] [--sync-gap-ms MS]
 Rows default to DISK W1 W2 W3 W4 W5 W6 IDLE INCOMING SRV-LIST SRV-PUT (SYNC, and SRV-FULL and IDLE-1M, which
 share one populate of --million-blobs, run only when named). Temp dirs go under TMPDIR.
 Needs the release binaries: cargo build --release --workspace --bins";
@@ -62,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             "--million-blobs" => opts.million_blobs = num(&a, args.next())?,
             "--neighbour" => opts.neighbour_bytes = num(&a, args.next())?,
             "--sync-batches" => opts.sync_batches = num(&a, args.next())?,
+            "--sync-gap-ms" => opts.sync_gap = Duration::from_millis(num(&a, args.next())?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());

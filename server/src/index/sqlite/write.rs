@@ -328,9 +328,9 @@ fn commit_jobs(c: &mut Connection, jobs: Vec<CommitJob>, layout: &Layout) {
         for job in &jobs {
             results.push(apply_job(&tx, job, now, layout, &mut placed, &mut dirs)?);
         }
-        // The renames' directories, in parallel (their files' data was synced before).
+        // The renames' directories (their files' data was synced before).
         let dirs: Vec<&PathBuf> = dirs.iter().collect();
-        blobsync_shared::writeback::sync_dirs(&dirs)
+        crate::layout::sync_dirs(layout.root(), &dirs)
             .map_err(io("sync the directories of renamed files", layout.root()))?;
         tx.commit()?;
         Ok(())
