@@ -424,8 +424,12 @@ fn an_open_data_dir_is_tightened_at_start_and_a_foreign_one_refused() -> TestRes
     );
 
     // Something of another user's inside: chmod cannot make it private; refuse to start.
+    // Only an open data dir lets another user put something there, and an open root is what
+    // makes the daemon walk the whole tree (under a private root it checks the root's own
+    // entries only: nothing beneath is within another user's reach).
     a.terminate(Duration::from_secs(20));
     chown(&payload(&a), NOBODY);
+    chmod(a.data_dir(), 0o755);
     let err = a
         .restart(&env)
         .expect_err("started with a file of nobody's in its data dir");

@@ -123,7 +123,14 @@ pub struct Secured {
 /// and every file `0600`, the root, the store files, `tmp/` and the payload tree alike. What
 /// is looser is tightened (the caller logs it); what another user owns cannot be made ours by
 /// a chmod, so it is refused (`PermissionDenied`, naming the path and its owner). Symlinks
-/// inside are neither followed nor changed. One `lstat` per entry: cheap next to a rebuild.
+/// inside are neither followed nor changed.
+///
+/// The whole tree is walked (one `lstat` per entry) only when the root was open. A root that
+/// is already ours and `0700` lets no other (non-root) user reach, create or change anything
+/// beneath it, so then only its own entries (the store files, `blobs/`, `tmp/`) are checked:
+/// a start with a million payloads does not wait seconds for a million `lstat`s. The first
+/// start after an older version or a user's `chmod` of the root still walks and tightens
+/// everything.
 pub fn secure(data: &DataDir) -> io::Result<Secured> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -154,9 +161,12 @@ pub fn secure(data: &DataDir) -> io::Result<Secured> {
         Ok(())
     };
     // The root may be a symlink the user made: what counts is where it points.
-    check(data.root(), &fs::metadata(data.root())?, 0o700)?;
+    let root_meta = fs::metadata(data.root())?;
+    let root_was_private = root_meta.uid() == me && root_meta.mode() & 0o7077 == 0;
+    check(data.root(), &root_meta, 0o700)?;
     let mut dirs = vec![data.root().to_path_buf()];
     while let Some(dir) = dirs.pop() {
+        let descend = !root_was_private;
         for entry in fs::read_dir(&dir)? {
             let path = entry?.path();
             let meta = match fs::symlink_metadata(&path) {
@@ -170,7 +180,9 @@ pub fn secure(data: &DataDir) -> io::Result<Secured> {
             }
             if meta.is_dir() {
                 check(&path, &meta, 0o700)?;
-                dirs.push(path);
+                if descend {
+                    dirs.push(path);
+                }
             } else {
                 check(&path, &meta, 0o600)?;
             }
@@ -710,5 +722,19 @@ mod tests {
             "a symlink's target is not ours to change"
         );
         assert_eq!(secure(&data).unwrap(), Secured::default(), "idempotent");
+        // Under a private root nothing is walked below its own entries: a file opened there
+        // is out of other users' reach, and is tightened only when the root is open again.
+        chmod(&payload, 0o644).unwrap();
+        chmod(&data.store_file(), 0o644).unwrap();
+        let s = secure(&data).unwrap();
+        assert_eq!(s.tightened, 1, "only the store file, a direct entry: {s:?}");
+        assert_eq!(mode(&payload), 0o644);
+        chmod(data.root(), 0o755).unwrap();
+        assert_eq!(
+            secure(&data).unwrap().tightened,
+            2,
+            "the root and the payload"
+        );
+        assert_eq!(mode(&payload), 0o600);
     }
 }
