@@ -143,7 +143,7 @@ fn wait_writeback(_: &File, _: std::ops::Range<u64>) -> io::Result<()> {
 pub const SYNC_THREADS: usize = 8;
 
 /// Runs `f` on every item, on up to [`SYNC_THREADS`] scoped threads; the first error wins.
-fn on_threads<T: Sync>(items: &[T], f: impl Fn(&T) -> io::Result<()> + Sync) -> io::Result<()> {
+pub fn on_threads<T: Sync>(items: &[T], f: impl Fn(&T) -> io::Result<()> + Sync) -> io::Result<()> {
     if items.len() <= 1 {
         return items.iter().try_for_each(&f);
     }

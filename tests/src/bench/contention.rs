@@ -18,7 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use blobsync_shared::writeback::GroupSync;
+use blobsync_shared::writeback::{GroupSync, on_threads};
 
 use super::*;
 
@@ -129,7 +129,6 @@ const STRATEGIES: [Strategy; 5] = [
 const BATCH: usize = 32;
 const FILE_SIZE: usize = 10 * KIB as usize;
 const DIRS: usize = 16;
-const THREADS: usize = 8;
 
 /// Figures of one strategy under one condition.
 #[derive(Clone, Debug, Serialize)]
@@ -146,23 +145,6 @@ pub struct SyncResult {
     pub p50_ms: f64,
     /// 99th percentile batch, ms.
     pub p99_ms: f64,
-}
-
-fn on_threads<T: Sync>(
-    items: &[T],
-    f: impl Fn(&T) -> std::io::Result<()> + Sync,
-) -> std::io::Result<()> {
-    let per = items.len().div_ceil(THREADS).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = items
-            .chunks(per)
-            .map(|c| s.spawn(|| c.iter().try_for_each(&f)))
-            .collect();
-        handles.into_iter().try_for_each(|h| {
-            h.join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
-        })
-    })
 }
 
 /// Writes, makes durable and renames `batches` batches with `s`; batch latencies in ms.
