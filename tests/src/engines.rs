@@ -312,7 +312,19 @@ impl Garage {
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         };
-        g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
+        // `node id` can answer from the key on disk before the RPC listens: the first
+        // command that needs the RPC is retried until it does (seen as "Connection refused"
+        // on a busy box).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]) {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("{e}\n{}", g.log()));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
         g.cli(&["layout", "apply", "--version", "1"])?;
         // The layout takes a moment to apply; bucket creation succeeds once it has.
         let deadline = Instant::now() + Duration::from_secs(30);
