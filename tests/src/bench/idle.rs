@@ -43,26 +43,7 @@ pub fn run_idle(opts: &BenchOpts) -> Result<IdleResult, BenchError> {
         eprintln!("[IDLE] {} no-change cycles", opts.idle_cycles);
         let pids = [pid_of(&rig.a)?, server_pid];
         let s0 = Snapshot::take(&pids);
-        let mut ms = Vec::new();
-        let mut full = Vec::new();
-        for _ in 0..opts.idle_cycles {
-            let t = Instant::now();
-            let resp = ca
-                .sync(SyncRequest {
-                    wait: true,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            ms.push(t.elapsed().as_secs_f64() * 1e3);
-            let s = resp.summary.unwrap_or_default();
-            if s.uploaded + s.downloaded + s.deleted_local > 0 {
-                return Err(BenchError::Check(format!(
-                    "IDLE: a no-change cycle moved blobs: {s:?}"
-                )));
-            }
-            full.push(s.full_list);
-        }
+        let (ms, full) = time_nochange_cycles(&mut ca, opts.idle_cycles, "IDLE").await?;
         let s1 = Snapshot::take(&pids);
         let per_cycle = measure::usage(&s0, &s1);
         eprintln!("[IDLE] idle for {:?}", opts.idle);
@@ -148,4 +129,34 @@ pub(super) fn time_startup(env: &TestEnv, d: &mut DaemonProc) -> Result<(f64, f6
         .join()
         .map_err(|_| BenchError::Check("startup poller panicked".into()))?
         .ok_or_else(|| BenchError::Check("daemon did not answer within 60 s of a restart".into()))
+}
+
+/// Forces `n` cycles one after another, each awaited to its end: each one's ms and whether it
+/// listed in full. A cycle that moved blobs is an error naming `row` (the store was to be
+/// in sync).
+pub(super) async fn time_nochange_cycles(
+    c: &mut client::Client,
+    n: usize,
+    row: &str,
+) -> Result<(Vec<f64>, Vec<bool>), BenchError> {
+    let (mut ms, mut full) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let t = Instant::now();
+        let resp = c
+            .sync(SyncRequest {
+                wait: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let s = resp.summary.unwrap_or_default();
+        if s.uploaded + s.downloaded + s.deleted_local > 0 {
+            return Err(BenchError::Check(format!(
+                "{row}: a no-change cycle moved blobs: {s:?}"
+            )));
+        }
+        full.push(s.full_list);
+    }
+    Ok((ms, full))
 }

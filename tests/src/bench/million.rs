@@ -311,23 +311,8 @@ fn run_device(
             st.push(t.elapsed().as_secs_f64() * 1e3);
         }
         m.status_median_ms = measure::median(&st);
-        for _ in 0..opts.idle_cycles {
-            let t = Instant::now();
-            let resp = c
-                .sync(SyncRequest {
-                    wait: true,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            m.nochange_cycle_ms.push(t.elapsed().as_secs_f64() * 1e3);
-            let s = resp.summary.unwrap_or_default();
-            if s.uploaded + s.downloaded + s.deleted_local > 0 {
-                return Err(BenchError::Check(format!(
-                    "IDLE-1M: a no-change cycle moved blobs: {s:?}"
-                )));
-            }
-        }
+        (m.nochange_cycle_ms, _) =
+            super::idle::time_nochange_cycles(&mut c, opts.idle_cycles, "IDLE-1M").await?;
         m.nochange_cycle_median_ms = measure::median(&m.nochange_cycle_ms);
         let (synced, _) = synced_in(&mut c, NS).await?;
         if synced != n {
