@@ -78,7 +78,6 @@ async fn main() {
         .due(DueFilter {
             now: UNIX_EPOCH + Duration::from_secs(1 << 40),
             limit: 600,
-            statuses: vec![],
         })
         .await
         .unwrap();

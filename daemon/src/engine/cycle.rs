@@ -14,7 +14,6 @@ use super::{Engine, SyncError, mass_delete_limit};
 use crate::clock::Clock;
 use crate::events::{AlarmKind, CycleSummary, EventKind};
 use crate::remote::{Remote, RemoteError};
-use crate::status::Status;
 
 impl<R: Remote, C: Clock> Engine<R, C> {
     /// The cycle loop: a cycle every `sync_interval` and on request; transfers as soon as
@@ -111,15 +110,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
 
     /// Whether a due `PENDING_UPLOAD` row has had an upload attempt (salt recorded).
     pub(super) async fn attempted_upload_due(&self) -> bool {
-        let filter = crate::store::DueFilter {
-            now: self.clock.now(),
-            limit: 1000,
-            statuses: vec![Status::PendingUpload],
-        };
-        match self.shared.store.due(filter).await {
-            Ok(rows) => rows.iter().any(|b| b.upload_salt.is_some()),
-            Err(_) => false,
-        }
+        let now = self.clock.now();
+        self.shared
+            .store
+            .attempted_upload_due(now)
+            .await
+            .unwrap_or(false)
     }
 
     /// One full cycle: list every namespace, apply the diff, run due transfers. For tests and

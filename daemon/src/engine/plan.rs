@@ -676,4 +676,32 @@ mod tests {
         let acts = next_transfers(&due[..3], &HashSet::new(), 3, BatchPolicy::default());
         assert!(acts.iter().all(|a| matches!(a, Action::Upload(_))));
     }
+
+    /// A pick reads `due_limit` rows of the queue, not all of it: that many still fill every
+    /// free slot with a full batch when the rows in flight come first in pick order.
+    #[test]
+    fn a_pick_of_due_limit_rows_fills_every_free_slot_with_a_full_batch() {
+        let policy = BatchPolicy::default();
+        let (busy_n, slots) = (2 * policy.max_count, 1);
+        let limit = crate::engine::due_limit(busy_n, slots, policy.max_count);
+        assert_eq!(
+            limit,
+            3 * policy.max_count,
+            "bounded by what a pick can start"
+        );
+        let queue: Vec<BlobInfo> = (0..10 * policy.max_count)
+            .map(|i| row(&format!("d{i:05}"), Status::PendingDownload, Some(1)))
+            .collect();
+        let busy: HashSet<_> = queue[..busy_n]
+            .iter()
+            .map(|b| (b.ns.to_string(), b.id.to_string()))
+            .collect();
+        let acts = next_transfers(&queue[..limit], &busy, slots, policy);
+        assert_eq!(acts.len(), slots);
+        assert!(
+            matches!(&acts[0], Action::DownloadBatch(m)
+                if m.len() == policy.max_count && m[0].id == queue[busy_n].id),
+            "{acts:?}"
+        );
+    }
 }

@@ -333,6 +333,12 @@ impl Store {
         self.call(move |c| ops::due(c, &filter)).await
     }
 
+    /// Whether a due `PENDING_UPLOAD` row has had an upload attempt (see
+    /// [`ops::attempted_upload_due`]).
+    pub async fn attempted_upload_due(&self, now: SystemTime) -> Result<bool, StoreError> {
+        self.call(move |c| ops::attempted_upload_due(c, now)).await
+    }
+
     /// The earliest next-attempt time of any queued blob in an unpaused namespace.
     pub async fn next_due(&self) -> Result<Option<SystemTime>, StoreError> {
         self.call(ops::next_due).await

@@ -294,19 +294,29 @@ pub fn due(c: &Connection, f: &DueFilter) -> Result<Vec<BlobInfo>, StoreError> {
     // `status IN (2, 3, 6)` literally, so SQLite can walk the partial index `blobs_due` in
     // pick order and stop at the LIMIT. A blob whose proven remote deletion the guard holds is
     // not transferred either: uploading it would undo the deletion the user has yet to judge.
-    let extra = if f.statuses.is_empty() {
-        String::new()
-    } else {
-        let codes: Vec<String> = f.statuses.iter().map(|s| s.code().to_string()).collect();
-        format!(" AND status IN ({})", codes.join(","))
-    };
     let mut st = c.prepare_cached(&format!(
-        "SELECT {COLS} FROM blobs INDEXED BY blobs_due WHERE status IN (2, 3, 6){extra} \
+        "SELECT {COLS} FROM blobs INDEXED BY blobs_due WHERE status IN (2, 3, 6) \
          AND next_attempt_ms <= ?1 AND ns NOT IN (SELECT ns FROM paused) {NOT_HELD} \
          ORDER BY priority DESC, next_attempt_ms, created_ms, ns, id LIMIT ?2"
     ))?;
     let rows = st.query_map(params![to_millis(f.now), f.limit as i64], row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Whether a `PENDING_UPLOAD` blob due now (in an unpaused namespace, its deletion not held)
+/// has had an upload attempt (its salt is recorded). Seeks `blobs_queue` to the pending
+/// uploads and stops at the first: reading it through `due` walked every queued row, a new
+/// device's million downloads included, on every wake-up.
+pub fn attempted_upload_due(c: &Connection, now: SystemTime) -> Result<bool, StoreError> {
+    if is_paused_all(c)? {
+        return Ok(false);
+    }
+    let mut st = c.prepare_cached(&format!(
+        "SELECT EXISTS (SELECT 1 FROM blobs INDEXED BY blobs_queue WHERE status = 2 \
+         AND next_attempt_ms <= ?1 AND upload_salt IS NOT NULL \
+         AND ns NOT IN (SELECT ns FROM paused) {NOT_HELD})"
+    ))?;
+    Ok(st.query_row(params![to_millis(now)], |r| r.get(0))?)
 }
 
 /// Leaves out the blobs whose remote deletion the mass-deletion guard holds.

@@ -166,11 +166,7 @@ fn due_orders_by_priority_then_time_and_skips_paused_and_future() {
         &plan,
     )
     .unwrap();
-    let f = DueFilter {
-        now,
-        limit: 10,
-        statuses: vec![],
-    };
+    let f = DueFilter { now, limit: 10 };
     let ids: Vec<String> = due(&c, &f)
         .unwrap()
         .into_iter()
@@ -318,4 +314,36 @@ fn status_queries_seek_the_status_index_not_the_whole_namespace() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Whether a due upload has had an attempt: only a `PENDING_UPLOAD` row with a salt, in an
+/// unpaused namespace, counts; downloads queued ahead of it (a new device's) do not hide it.
+#[test]
+fn an_attempted_upload_is_found_behind_any_number_of_queued_downloads() {
+    let (_d, mut c) = open();
+    let ns = Namespace::default();
+    let now = UNIX_EPOCH + Duration::from_secs(100);
+    let downloads: Vec<RemoteFact> = (0..1500)
+        .map(|i| RemoteFact::New {
+            id: BlobId::new(format!("d{i:04}")).unwrap(),
+            remote_size: 10,
+            created: UNIX_EPOCH,
+            external: false,
+            seq: i + 1,
+            status: Status::PendingDownload,
+        })
+        .collect();
+    apply_remote(&mut c, &ns, &downloads, Some(1500), UNIX_EPOCH).unwrap();
+    let up = put(&mut c, "default", "up", Priority::Low, 1);
+    assert!(
+        !attempted_upload_due(&c, now).unwrap(),
+        "no salt: never tried"
+    );
+    record_upload_attempt(&mut c, &ns, &up.id, &[9; 32], 50).unwrap();
+    assert!(attempted_upload_due(&c, now).unwrap());
+    set_paused(&mut c, Some(&ns), true).unwrap();
+    assert!(!attempted_upload_due(&c, now).unwrap(), "paused namespace");
+    set_paused(&mut c, Some(&ns), false).unwrap();
+    set_paused(&mut c, None, true).unwrap();
+    assert!(!attempted_upload_due(&c, now).unwrap(), "everything paused");
 }

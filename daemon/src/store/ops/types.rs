@@ -94,8 +94,6 @@ pub struct DueFilter {
     pub now: SystemTime,
     /// At most this many.
     pub limit: usize,
-    /// Only these statuses (empty: every queued status).
-    pub statuses: Vec<Status>,
 }
 
 /// Counts per status, overall and per namespace.

@@ -231,17 +231,9 @@ impl Sim {
                 outcomes,
                 shuffle,
             } => {
-                let attempted_upload_due = ops::due(
-                    &self.devices[*dev].conn,
-                    &DueFilter {
-                        now: self.now,
-                        limit: 1000,
-                        statuses: vec![Status::PendingUpload],
-                    },
-                )
-                .map_err(|e| e.to_string())?
-                .iter()
-                .any(|b| b.upload_salt.is_some());
+                let attempted_upload_due =
+                    ops::attempted_upload_due(&self.devices[*dev].conn, self.now)
+                        .map_err(|e| e.to_string())?;
                 if !*reachable {
                     self.transfers(*dev, &[Outcome::Transport], *shuffle)?;
                 } else if attempted_upload_due {

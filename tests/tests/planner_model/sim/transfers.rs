@@ -16,15 +16,8 @@ impl Sim {
     ) -> Result<usize, String> {
         let now = self.now;
         let d = &mut self.devices[dev];
-        let due = ops::due(
-            &d.conn,
-            &DueFilter {
-                now,
-                limit: 10_000,
-                statuses: Vec::new(),
-            },
-        )
-        .map_err(|e| e.to_string())?;
+        let due =
+            ops::due(&d.conn, &DueFilter { now, limit: 10_000 }).map_err(|e| e.to_string())?;
         let mut actions =
             plan::next_transfers(&due, &HashSet::new(), 1_000, BatchPolicy::default());
         let planned = actions.len();
