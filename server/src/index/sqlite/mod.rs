@@ -194,6 +194,13 @@ impl Index {
             tx.commit()?;
         }
         let instance = instance_id(&c)?;
+        // The writer's transactions take the write lock at BEGIN, where SQLite waits for it
+        // (busy_timeout). A deferred one reads first and upgrades at its first write, and an
+        // upgrade that finds the lock held fails at once ("database is locked") instead of
+        // waiting: a reader that checks the WAL header while it is being written holds the
+        // lock for a moment, and the cache's watch connection reads it thousands of times a
+        // second (an SRV-PUT run lost 3 PUTs to it).
+        c.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         let cache = cache::Cache::open(&path);
         Ok(Self {
             path,
