@@ -4,7 +4,8 @@
 //!
 //! Handlers validate everything that comes in (ids and namespaces become newtypes before any
 //! path is built) and answer errors as plain text saying what was wrong. Index calls and file
-//! system work go through the blocking pool; blob bytes move in bounded chunks.
+//! system work go through the blocking pool (but what the SQLite index answers from memory:
+//! token owners and caught-up `since` cursors); blob bytes move in bounded chunks.
 //!
 //! Tokens come as `Bearer` or as Soledad's `Token base64(user:token)`; where Soledad's API
 //! differs, the request's dialect decides the answer ([`crate::soledad`]).

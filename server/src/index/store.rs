@@ -167,11 +167,14 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
     async fn integrity_check(&self) -> Result<Vec<String>, IndexError>;
 }
 
-/// The SQLite [`Index`] as an [`IndexStore`]: every call runs on the blocking pool.
+/// The SQLite [`Index`] as an [`IndexStore`]: every call runs on the blocking pool, but for a
+/// token owner or a user's head that the index keeps in memory (answered in place).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     index: Arc<Index>,
     layout: Layout,
+    /// Reads on the blocking pool at once, at most (one pooled read connection each).
+    reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl SqliteStore {
@@ -180,6 +183,7 @@ impl SqliteStore {
         Self {
             index: Arc::new(index),
             layout,
+            reads: Arc::new(tokio::sync::Semaphore::new(super::sqlite::READ_POOL)),
         }
     }
 
@@ -197,6 +201,23 @@ impl SqliteStore {
             .await
             .map_err(|e| IndexError::Batch(format!("index task failed: {e}")))?
     }
+
+    /// [`SqliteStore::run`] for a read: waits (as a future, not a thread) while
+    /// [`super::sqlite::READ_POOL`] reads run. Unbounded, an overloaded server had hundreds
+    /// of reads on blocking threads, each beyond the pool opening a fresh connection (schema
+    /// parse, statements prepared again) and dropping it after one query: most of its CPU
+    /// went there, and its memory grew with the queue (issue 20, `SRV-LIST`).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Index) -> Result<T, IndexError> + Send + 'static,
+    ) -> Result<T, IndexError> {
+        let _permit = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|e| IndexError::Batch(format!("index reads closed: {e}")))?;
+        self.run(move |i, _| f(i)).await
+    }
 }
 
 #[async_trait::async_trait]
@@ -208,7 +229,10 @@ impl IndexStore for SqliteStore {
         self.index.instance_id()
     }
     async fn principal(&self, token_hash: Vec<u8>) -> Result<Option<Principal>, IndexError> {
-        self.run(move |i, _| i.principal(&token_hash)).await
+        if let Some(p) = self.index.cached_principal(&token_hash) {
+            return Ok(Some(p));
+        }
+        self.read(move |i| i.principal(&token_hash)).await
     }
     async fn add_user(
         &self,
@@ -234,25 +258,25 @@ impl IndexStore for SqliteStore {
         self.run(move |i, _| i.remove_app(&n)).await
     }
     async fn list_apps(&self) -> Result<Vec<(String, Vec<Namespace>)>, IndexError> {
-        self.run(|i, _| i.list_apps()).await
+        self.read(|i| i.list_apps()).await
     }
     async fn remove_user(&self, name: &str) -> Result<bool, IndexError> {
         let n = name.to_owned();
         self.run(move |i, l| i.remove_user(&n, l)).await
     }
     async fn list_users(&self) -> Result<Vec<UserInfo>, IndexError> {
-        self.run(|i, _| i.list_users()).await
+        self.read(|i| i.list_users()).await
     }
     async fn usage(&self, name: &str) -> Result<Option<(u64, Option<u64>)>, IndexError> {
         let n = name.to_owned();
-        self.run(move |i, _| i.usage(&n)).await
+        self.read(move |i| i.usage(&n)).await
     }
     async fn user_exists(&self, name: &str) -> Result<bool, IndexError> {
         let n = name.to_owned();
-        self.run(move |i, _| i.user_exists(&n)).await
+        self.read(move |i| i.user_exists(&n)).await
     }
     async fn totals(&self) -> Result<(u64, u64), IndexError> {
-        self.run(|i, _| i.totals()).await
+        self.read(|i| i.totals()).await
     }
     async fn lookup(
         &self,
@@ -261,7 +285,7 @@ impl IndexStore for SqliteStore {
         id: &BlobId,
     ) -> Result<Option<BlobRow>, IndexError> {
         let (u, n, d) = (user.to_owned(), ns.clone(), id.clone());
-        self.run(move |i, _| i.lookup(&u, &n, &d)).await
+        self.read(move |i| i.lookup(&u, &n, &d)).await
     }
     async fn lookup_many_any(
         &self,
@@ -270,23 +294,26 @@ impl IndexStore for SqliteStore {
         ids: &[BlobId],
     ) -> Result<Vec<Option<BlobRow>>, IndexError> {
         let (u, n, d) = (user.to_owned(), ns.clone(), ids.to_vec());
-        self.run(move |i, _| i.lookup_many_any(&u, &n, &d)).await
+        self.read(move |i| i.lookup_many_any(&u, &n, &d)).await
     }
     async fn list(&self, q: &ListQuery) -> Result<Vec<BlobRow>, IndexError> {
         let q = q.clone();
-        self.run(move |i, _| i.list(&q)).await
+        self.read(move |i| i.list(&q)).await
     }
     async fn count(&self, q: &ListQuery) -> Result<u64, IndexError> {
         let q = q.clone();
-        self.run(move |i, _| i.count(&q)).await
+        self.read(move |i| i.count(&q)).await
     }
     async fn namespaces(&self, user: &str) -> Result<Vec<Namespace>, IndexError> {
         let u = user.to_owned();
-        self.run(move |i, _| i.namespaces(&u)).await
+        self.read(move |i| i.namespaces(&u)).await
     }
     async fn changes_head(&self, user: &str, since: u64) -> Result<u64, IndexError> {
+        if let Some((current, purged)) = self.index.cached_head(user) {
+            return super::check_since(since, current, purged);
+        }
         let u = user.to_owned();
-        self.run(move |i, _| i.changes_head(&u, since)).await
+        self.read(move |i| i.changes_head(&u, since)).await
     }
     async fn changes_page(
         &self,
@@ -297,7 +324,7 @@ impl IndexStore for SqliteStore {
         limit: u64,
     ) -> Result<Vec<Change>, IndexError> {
         let (u, n) = (user.to_owned(), ns.clone());
-        self.run(move |i, _| i.changes_page(&u, &n, after, upto, limit))
+        self.read(move |i| i.changes_page(&u, &n, after, upto, limit))
             .await
     }
     async fn commit_puts(
@@ -361,7 +388,7 @@ impl IndexStore for SqliteStore {
     }
     async fn incoming_recipient(&self, user: &str) -> Result<Option<String>, IndexError> {
         let u = user.to_owned();
-        self.run(move |i, _| i.incoming_recipient(&u)).await
+        self.read(move |i| i.incoming_recipient(&u)).await
     }
     async fn set_incoming_recipient(&self, user: &str, recipient: &str) -> Result<(), IndexError> {
         let (u, r) = (user.to_owned(), recipient.to_owned());
@@ -369,7 +396,7 @@ impl IndexStore for SqliteStore {
     }
     async fn key_backup(&self, user: &str) -> Result<Option<(Vec<u8>, String)>, IndexError> {
         let u = user.to_owned();
-        self.run(move |i, _| i.key_backup(&u)).await
+        self.read(move |i| i.key_backup(&u)).await
     }
     async fn put_key_backup(
         &self,
@@ -381,12 +408,12 @@ impl IndexStore for SqliteStore {
         self.run(move |i, _| i.put_key_backup(&u, &d, &c)).await
     }
     async fn all_live(&self) -> Result<Vec<LiveRow>, IndexError> {
-        self.run(|i, _| i.all_live()).await
+        self.read(|i| i.all_live()).await
     }
     async fn fix_usage(&self, repair: bool) -> Result<Vec<(String, u64, u64)>, IndexError> {
         self.run(move |i, _| i.fix_usage(repair)).await
     }
     async fn integrity_check(&self) -> Result<Vec<String>, IndexError> {
-        self.run(|i, _| i.integrity_check()).await
+        self.read(|i| i.integrity_check()).await
     }
 }

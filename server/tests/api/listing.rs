@@ -1,6 +1,7 @@
 //! Listings: incremental `since` listings of puts and deletes, pages in id and date order
-//! with counts, full listings that stream past one internal page, and a `since` older than
-//! the purged tombstones (410).
+//! with counts, full listings that stream past one internal page, a `since` older than the
+//! purged tombstones (410), and caught-up listings (answered from memory on `fs+sqlite`) that
+//! still see every later change, by this server or by another process on its index.
 
 use super::*;
 
@@ -178,4 +179,123 @@ async fn since_older_than_purged_tombstones_is_410() {
             .is_empty()
     );
 }
+}
+
+/// The changes of `since=cursor`: (id, op) in order, and the new cursor.
+async fn changes_after(s: &TestServer, t: &str, cursor: u64) -> (Vec<(String, ChangeOp)>, u64) {
+    let r = s
+        .get(&format!("/blobs/alice?since={cursor}&detail=1"), t)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ch: ChangesResponse = r.json();
+    let got = ch
+        .changes
+        .iter()
+        .map(|c| (c.id.to_string(), c.op))
+        .collect();
+    (got, ch.seq)
+}
+
+/// Asks `since=cursor` a few times while nothing changes (on `fs+sqlite` the head is then
+/// answered from memory): empty, same cursor.
+async fn caught_up(s: &TestServer, t: &str, cursor: u64) {
+    for _ in 0..3 {
+        assert_eq!(changes_after(s, t, cursor).await, (vec![], cursor));
+    }
+}
+
+both_backends! {
+#[tokio::test]
+async fn a_caught_up_listing_sees_every_later_change() {
+    let s = TestServer::start().await;
+    let t = s.add_user("alice", None).await;
+    let bob = s.add_user("bob", None).await;
+    s.put("/blobs/alice/a", &t, "a").await;
+    let (_, mut cursor) = changes_after(&s, &t, 0).await;
+    assert_eq!(cursor, 1);
+    // A PUT right after caught-up listings: the next listing has it.
+    caught_up(&s, &t, cursor).await;
+    assert_eq!(s.put("/blobs/alice/b", &t, "b").await.status, 201);
+    assert_eq!(changes_after(&s, &t, cursor).await, (vec![("b".into(), ChangeOp::Put)], 2));
+    cursor = 2;
+    // Through /stream.
+    caught_up(&s, &t, cursor).await;
+    let up = s
+        .post("/stream/alice?direction=upload", &t, stream_body(&[("c".into(), b"c".to_vec())]))
+        .await;
+    assert_eq!(up.status, 200, "{}", up.text());
+    assert_eq!(changes_after(&s, &t, cursor).await, (vec![("c".into(), ChangeOp::Put)], 3));
+    cursor = 3;
+    // A delete: its tombstone.
+    caught_up(&s, &t, cursor).await;
+    assert_eq!(s.delete("/blobs/alice/a", &t).await.status, 200);
+    assert_eq!(changes_after(&s, &t, cursor).await, (vec![("a".into(), ChangeOp::Delete)], 4));
+    cursor = 4;
+    // Another user's writes change nothing for alice; a cursor ahead is still refused.
+    caught_up(&s, &t, cursor).await;
+    assert_eq!(s.put("/blobs/bob/x", &bob, "x").await.status, 201);
+    caught_up(&s, &t, cursor).await;
+    assert_eq!(s.get("/blobs/alice?since=5", &t).await.status, 400);
+    // A purge makes an old cursor 410 at once, even right after it was answered.
+    assert_eq!(changes_after(&s, &t, 3).await, (vec![("a".into(), ChangeOp::Delete)], 4));
+    let idx = s.state.index();
+    assert_eq!(
+        idx.purge_tombstones(blobsync_server::index::now_secs() + 1).await.unwrap(),
+        1
+    );
+    assert_eq!(s.get("/blobs/alice?since=3", &t).await.status, 410);
+    caught_up(&s, &t, cursor).await;
+}
+}
+
+/// `fs+sqlite`: admin commands write the index while the server runs (no data dir lock), so
+/// what the server keeps in memory must not outlive their commits. Another `Index` on the
+/// same file plays the admin process.
+#[tokio::test]
+async fn changes_by_another_process_are_seen_at_once() {
+    use blobsync_server::index::{Index, PendingPut, PutOutcome, Staged};
+    let s = TestServer::start().await;
+    let t = s.add_user("alice", None).await;
+    s.put("/blobs/alice/a", &t, "a").await;
+    caught_up(&s, &t, 1).await;
+    let data = s.data_dir();
+    let other = tokio::task::spawn_blocking(move || Index::open(&data).unwrap())
+        .await
+        .unwrap();
+    // A put committed by the other process: the very next listing has it.
+    let layout = blobsync_server::Layout::new(&s.data_dir());
+    let ns = blobsync_shared::Namespace::default();
+    let temp = layout.temp_path("alice", &ns, &id("z"));
+    std::fs::create_dir_all(temp.parent().unwrap()).unwrap();
+    std::fs::write(&temp, b"zz").unwrap();
+    std::fs::File::open(&temp).unwrap().sync_all().unwrap();
+    let item = PendingPut {
+        id: id("z"),
+        size: 2,
+        staged: Staged::File(temp),
+        external: false,
+        age_sha256: None,
+        flags: 0,
+        if_absent_since: None,
+    };
+    let out = other
+        .commit_puts("alice", &ns, vec![item], None, &layout)
+        .unwrap();
+    assert_eq!(out, [PutOutcome::Created(2)]);
+    assert_eq!(
+        changes_after(&s, &t, 1).await,
+        (vec![("z".into(), ChangeOp::Put)], 2)
+    );
+    caught_up(&s, &t, 2).await;
+    // `user remove`, then `user add` of the same name: the old token is refused at once, and
+    // the new user's sequence starts over (the old cursor is ahead of it).
+    assert!(other.remove_user("alice", &layout).unwrap());
+    assert_eq!(s.get("/blobs/alice?since=2", &t).await.status, 401);
+    let t2 = blobsync_server::token::generate();
+    other
+        .add_user("alice", &blobsync_server::token::hash(&t2), None)
+        .unwrap();
+    assert_eq!(s.get("/blobs/alice?since=2", &t).await.status, 401);
+    assert_eq!(s.get("/blobs/alice?since=2", &t2).await.status, 400);
+    caught_up(&s, &t2, 0).await;
 }

@@ -85,7 +85,7 @@ impl Index {
         default_quota: Option<u64>,
         layout: &Layout,
     ) -> Result<ReplaceOutcome, IndexError> {
-        let mut c = self.writer();
+        let mut c = self.writer_for(user);
         let tx = c.transaction()?;
         let Some(row) = lookup_in(&tx, user, ns.as_str(), id.as_str())?.filter(|r| !r.deleted)
         else {

@@ -8,10 +8,11 @@
 //! does anyway) and is also the lock under which payload files are renamed into place or
 //! unlinked, so a put, a delete and another put of one id can never interleave their file and
 //! index steps. Reads use a small pool of read-only connections and never wait for the writer
-//! (WAL). This module never touches the network.
+//! (WAL). Users' sequence numbers and token owners are also kept in memory for as long as the
+//! file is known unchanged (`cache.rs`). This module never touches the network.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use blobsync_shared::Namespace;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -19,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{BlobRow, IndexError, Principal, UserInfo, check_name, now_secs, parse_namespaces};
 use crate::layout::Layout;
 
+mod cache;
 pub mod incoming;
 mod keys;
 mod read;
@@ -29,8 +31,9 @@ use write::CommitJob;
 /// directory can collide with it).
 pub const INDEX_FILE: &str = "index.sqlite3";
 
-/// How many idle read connections to keep.
-const READ_POOL: usize = 8;
+/// How many idle read connections to keep, and how many reads [`super::SqliteStore`] runs at
+/// once (so the pool never has to open a connection for one query).
+pub(crate) const READ_POOL: usize = 8;
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> IndexError + 'a {
     move |source| IndexError::Io {
@@ -120,6 +123,41 @@ pub struct Index {
     /// Put batches waiting for the writer (group commit; see [`Index::commit_puts`]).
     queue: Mutex<Vec<CommitJob>>,
     readers: Mutex<Vec<Connection>>,
+    /// Heads and token owners in memory (see `cache.rs`).
+    cache: cache::Cache,
+}
+
+/// The writer connection, locked. Releasing it rechecks the cache (`cache.rs`): every write
+/// goes through here, so the cache learns of each.
+pub(super) struct Writer<'a> {
+    conn: MutexGuard<'a, Connection>,
+    cache: &'a cache::Cache,
+    /// A user whose sequence number this write may move: forgotten on release, whatever
+    /// became of the write (see [`Index::writer_for`]).
+    user: Option<&'a str>,
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        // Still under the lock: no write of this process can come in between.
+        if let Some(u) = self.user {
+            self.cache.forget_user(u);
+        }
+        self.cache.revalidate(&self.conn);
+    }
 }
 
 impl std::fmt::Debug for Index {
@@ -156,12 +194,21 @@ impl Index {
             tx.commit()?;
         }
         let instance = instance_id(&c)?;
+        // The writer's transactions take the write lock at BEGIN, where SQLite waits for it
+        // (busy_timeout). A deferred one reads first and upgrades at its first write, and an
+        // upgrade that finds the lock held fails at once ("database is locked") instead of
+        // waiting: a reader that checks the WAL header while it is being written holds the
+        // lock for a moment, and the cache's watch connection reads it thousands of times a
+        // second (an SRV-PUT run lost 3 PUTs to it).
+        c.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+        let cache = cache::Cache::open(&path);
         Ok(Self {
             path,
             instance,
             writer: Mutex::new(c),
             queue: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::new()),
+            cache,
         })
     }
 
@@ -172,10 +219,51 @@ impl Index {
         &self.instance
     }
 
-    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
+    fn writer(&self) -> Writer<'_> {
         // A poisoned lock means a panic mid-transaction; SQLite rolled it back, so the
         // connection is still usable.
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+        Writer {
+            conn: self.writer.lock().unwrap_or_else(|e| e.into_inner()),
+            cache: &self.cache,
+            user: None,
+        }
+    }
+
+    /// The writer, for a write that may move `user`'s sequence number: their head is
+    /// forgotten when it is released, after the commit (or its failure) and before the
+    /// lock is, so no listing can be answered from the head before.
+    pub(super) fn writer_for<'a>(&'a self, user: &'a str) -> Writer<'a> {
+        Writer {
+            conn: self.writer.lock().unwrap_or_else(|e| e.into_inner()),
+            cache: &self.cache,
+            user: Some(user),
+        }
+    }
+
+    /// Rechecks the cache after a miss, unless a write holds the writer (which rechecks when
+    /// it is done): without it, a commit of another process would keep every answer a miss
+    /// until this process writes.
+    fn recheck_cache(&self) {
+        let conn = match self.writer.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        drop(Writer {
+            conn,
+            cache: &self.cache,
+            user: None,
+        });
+    }
+
+    /// The owner of a token from memory, if it is known there and current (no index read).
+    pub fn cached_principal(&self, token_hash: &[u8]) -> Option<Principal> {
+        self.cache.principal(token_hash)
+    }
+
+    /// A user's `(seq, purged_seq)` from memory, if known there and current (no index read).
+    pub fn cached_head(&self, user: &str) -> Option<(u64, u64)> {
+        self.cache.head(user)
     }
 
     fn read<T>(
@@ -205,7 +293,9 @@ impl Index {
 
     /// Who owns the token with this SHA-256 hash.
     pub fn principal(&self, token_hash: &[u8]) -> Result<Option<Principal>, IndexError> {
-        self.read(|c| {
+        self.recheck_cache();
+        let generation = self.cache.generation();
+        let who = self.read(|c| {
             let user: Option<String> = c
                 .prepare_cached("SELECT name FROM users WHERE token_hash = ?1")?
                 .query_row([token_hash], |r| r.get(0))
@@ -218,7 +308,11 @@ impl Index {
                 .query_row([token_hash], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             Ok(app.map(|(name, ns)| Principal::App(name, parse_namespaces(&ns))))
-        })
+        })?;
+        if let Some(p) = &who {
+            self.cache.fill_principal(generation, token_hash, p);
+        }
+        Ok(who)
     }
 
     /// Adds a user.
@@ -274,10 +368,11 @@ impl Index {
     /// Removes an app; false if there was none.
     pub fn remove_app(&self, name: &str) -> Result<bool, IndexError> {
         check_name(name)?;
-        Ok(self
-            .writer()
-            .execute("DELETE FROM apps WHERE name = ?1", [name])?
-            > 0)
+        let c = self.writer();
+        let n = c.execute("DELETE FROM apps WHERE name = ?1", [name]);
+        // Its token must stop working at once (success or not: forget what may be stale).
+        self.cache.forget_all();
+        Ok(n? > 0)
     }
 
     /// Apps with the namespaces they may deliver into.
@@ -299,15 +394,25 @@ impl Index {
     pub fn remove_user(&self, name: &str, layout: &Layout) -> Result<bool, IndexError> {
         check_name(name)?;
         let mut c = self.writer();
-        let tx = c.transaction()?;
-        let n = tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
+        let removed = (|| -> Result<usize, IndexError> {
+            let tx = c.transaction()?;
+            let n = tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
+            if n == 0 {
+                return Ok(0);
+            }
+            tx.execute("DELETE FROM blobs WHERE user = ?1", [name])?;
+            tx.execute("DELETE FROM incoming_keys WHERE user = ?1", [name])?;
+            tx.execute("DELETE FROM key_backups WHERE user = ?1", [name])?;
+            tx.commit()?;
+            Ok(n)
+        })();
+        // Their token and sequence number are gone (a user added again under the name
+        // starts at 0).
+        self.cache.forget_all();
+        let n = removed?;
         if n == 0 {
             return Ok(false);
         }
-        tx.execute("DELETE FROM blobs WHERE user = ?1", [name])?;
-        tx.execute("DELETE FROM incoming_keys WHERE user = ?1", [name])?;
-        tx.execute("DELETE FROM key_backups WHERE user = ?1", [name])?;
-        tx.commit()?;
         let dir = layout.user_dir(name);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}

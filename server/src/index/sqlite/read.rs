@@ -166,14 +166,18 @@ impl Index {
     /// the upper end of the listing: pages read later with `upto` = this number form one
     /// consistent answer even while changes land (those come in the next listing).
     pub fn changes_head(&self, user: &str, since: u64) -> Result<u64, IndexError> {
-        self.read(|c| {
+        self.recheck_cache();
+        let generation = self.cache.generation();
+        let (current, purged) = self.read(|c| {
             let (current, purged): (i64, i64) = c
                 .prepare_cached("SELECT seq, purged_seq FROM users WHERE name = ?1")?
                 .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?
                 .ok_or_else(|| IndexError::UnknownUser(user.to_owned()))?;
-            check_since(since, current as u64, purged as u64)
-        })
+            Ok((current as u64, purged as u64))
+        })?;
+        self.cache.fill_head(generation, user, (current, purged));
+        check_since(since, current, purged)
     }
 
     /// Up to `limit` changes with `after < seq <= upto`, ascending by seq (one per id: a row

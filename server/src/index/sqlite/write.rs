@@ -67,7 +67,7 @@ impl Index {
             let mut c = self.writer();
             let jobs = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
             if !jobs.is_empty() {
-                commit_jobs(&mut c, jobs, layout);
+                commit_jobs(&mut c, &self.cache, jobs, layout);
             }
         }
         // Our job was drained by us or by an earlier lock holder, who replied before
@@ -88,7 +88,7 @@ impl Index {
         proof: Option<&str>,
         layout: &Layout,
     ) -> Result<Option<BlobRow>, IndexError> {
-        let mut c = self.writer();
+        let mut c = self.writer_for(user);
         let tx = c.transaction()?;
         let Some(row) = lookup_in(&tx, user, ns.as_str(), id.as_str())?.filter(|r| !r.deleted)
         else {
@@ -136,9 +136,11 @@ impl Index {
         let n = tx.execute(
             "DELETE FROM blobs WHERE deleted = 1 AND created < ?1",
             [before],
-        )?;
-        tx.commit()?;
-        Ok(n as u64)
+        );
+        let n = n.and_then(|n| tx.commit().map(|()| n));
+        // Purge marks moved (an old cursor must now get 410).
+        self.cache.forget_all();
+        Ok(n? as u64)
     }
 
     /// Sets a live blob's flags; false if there is none.
@@ -318,7 +320,12 @@ fn apply_job(
 }
 
 /// Commits queued jobs in one transaction and replies to each. Runs under the writer lock.
-fn commit_jobs(c: &mut Connection, jobs: Vec<CommitJob>, layout: &Layout) {
+fn commit_jobs(
+    c: &mut Connection,
+    cache: &super::cache::Cache,
+    jobs: Vec<CommitJob>,
+    layout: &Layout,
+) {
     let mut placed: Vec<PathBuf> = Vec::new();
     let mut dirs: std::collections::BTreeSet<PathBuf> = Default::default();
     let mut results: Vec<Result<Vec<PutOutcome>, IndexError>> = Vec::with_capacity(jobs.len());
@@ -352,6 +359,10 @@ fn commit_jobs(c: &mut Connection, jobs: Vec<CommitJob>, layout: &Layout) {
                     .unwrap_or_else(|| IndexError::Batch(msg.clone())))
             })
             .collect();
+    }
+    // Before any reply: a listing after a 201 must not be answered from a stale head.
+    for job in &jobs {
+        cache.forget_user(&job.user);
     }
     for (job, result) in jobs.into_iter().zip(results) {
         // Temp files that were not placed (conflict, quota, failure) are removed here.
