@@ -462,6 +462,10 @@ static ADOPT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(A
 /// size, plaintext SHA-256, the age file's SHA-256), or why not.
 type Opened = Result<(Vec<u8>, u64, [u8; 32], [u8; 32]), IncomingError>;
 
+/// An adopted (format-v1) copy of a batch, verified: (its row, stored bytes, plaintext size,
+/// plaintext SHA-256, header salt).
+type VerifiedCopy<'a> = (&'a BlobInfo, Vec<u8>, u64, [u8; 32], [u8; 32]);
+
 impl<R: Remote, C: Clock> Engine<R, C> {
     /// Many small external blobs of an incoming namespace in one `/stream` request (each
     /// held in memory, as [`Engine::download_batch`] does): a delivery (an age file) is
@@ -592,8 +596,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         };
         // Sort the answers: deliveries to decrypt, and adopted copies verified here.
         let mut ages: Vec<(&BlobInfo, Vec<u8>)> = Vec::new();
-        // (blob, stored bytes, plaintext size, sha256, salt)
-        let mut copies: Vec<(&BlobInfo, Vec<u8>, u64, [u8; 32], [u8; 32])> = Vec::new();
+        let mut copies: Vec<VerifiedCopy<'_>> = Vec::new();
         for (id, stored) in complete {
             let Some(b) = blobs.iter().find(|b| b.id == id) else {
                 continue;
