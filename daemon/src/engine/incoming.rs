@@ -802,7 +802,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         if adopted {
             match self.shared.store.incoming_decrypted_many(&ns, adopt).await {
                 Ok(ch) => {
-                    info!(%ns, count = ch.len(), "incoming deliveries decrypted; adopting them on the server");
+                    for c in &ch {
+                        info!(ns = %c.ns, id = %c.id, "incoming delivery decrypted; adopting it on the server");
+                    }
                     changes.extend(ch);
                 }
                 Err(e) => error!(error = %e, "cannot record a batch of decrypted deliveries"),
@@ -1042,6 +1044,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 continue;
             };
             if ch.to == Some(Status::Synced) {
+                info!(ns = %b.ns, id = %b.id, "incoming delivery adopted: the server holds our format-v1 copy");
                 stats.uploaded += 1;
                 stats.bytes_up += stored;
                 self.finished(b, Direction::Upload, *stored);
@@ -1049,7 +1052,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 contested += 1;
             }
         }
-        info!(%ns, adopted = changes.len() - contested, contested, "incoming deliveries adopted");
+        debug!(%ns, adopted = changes.len() - contested, contested, "incoming deliveries adopted");
         if contested > 0 {
             self.shared.kick.notify_one();
         }
