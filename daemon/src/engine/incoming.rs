@@ -725,9 +725,20 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             .collect();
         locked.sort_by(|x, y| x.id.cmp(&y.id));
         let mut guards = Vec::with_capacity(locked.len());
+        let mut moved: std::collections::HashSet<BlobId> = std::collections::HashSet::new();
         for b in locked {
             guards.push(self.shared.blob_lock(&b.ns, &b.id).lock_owned().await);
+            // Under the lock: a row another path took meanwhile (an on-demand get) keeps the
+            // payload that path installed (ours would carry another salt).
+            match self.shared.store.get(&b.ns, &b.id).await {
+                Ok(Some(cur)) if cur.status == Status::PendingDownload => {}
+                _ => {
+                    moved.insert(b.id.clone());
+                }
+            }
         }
+        decrypted.retain(|d| !moved.contains(&d.0.id));
+        copies.retain(|c| !moved.contains(&c.0.id));
         // Installed together: one write pass, the data and the links made durable as a group
         // (the sync group), before any row moves.
         let mut files = Vec::with_capacity(decrypted.len() + copies.len());
