@@ -319,3 +319,209 @@ async fn a_server_that_swaps_the_age_file_back_after_adoption_gets_no_loop() {
         "a is not affected"
     );
 }
+
+/// Deliveries whose number reaches the batch size: delivered with one damaged and one
+/// encrypted to another recipient among them.
+async fn deliver_group(srv: &TestServer, n: usize) -> (Vec<Vec<u8>>, u64) {
+    let mut plains = Vec::new();
+    let mut at = 0;
+    for i in 0..n {
+        let plain = bytes(10_000 + i, i as u8);
+        at = deliver(srv, &format!("g{i:02}"), &age_file(&plain)).await;
+        plains.push(plain);
+    }
+    (plains, at)
+}
+
+/// The server's changes of `MX` after `since`.
+async fn changes_since(srv: &TestServer, since: u64) -> ChangesResponse {
+    serde_json::from_slice(
+        &request(
+            srv,
+            &srv.user_token,
+            "GET",
+            &format!("/blobs/alice?namespace=MX&since={since}"),
+            vec![],
+        )
+        .await
+        .1,
+    )
+    .unwrap()
+}
+
+/// Issue 20: a group of deliveries is fetched in one `/stream` batch, decrypted and installed
+/// together, and adopted in one batch; a tampered delivery and one encrypted to someone else
+/// in the same group fail alone, as the contract says (retried, then `FAILED_DOWNLOAD`,
+/// nothing handed out, the age file left on the server), and the others are adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_deliveries_is_adopted_in_batches_and_a_tampered_one_fails_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start_server(tmp.path()).await;
+    let clock = ManualClock::default();
+    let (plains, _) = deliver_group(&srv, 10).await;
+    let mut tampered = age_file(&bytes(20_000, 77));
+    let n = tampered.len();
+    tampered[n - 40] ^= 0x01;
+    deliver(&srv, "tampered", &tampered).await;
+    let stranger = {
+        let other = IncomingIdentity::derive(&blobsync_shared::StorageKey::from_bytes([9u8; 32]))
+            .recipient();
+        let r = age::x25519::Recipient::from_str(&other).unwrap();
+        let e =
+            age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
+        let mut out = Vec::new();
+        let mut w = e.wrap_output(&mut out).unwrap();
+        w.write_all(&bytes(5_000, 3)).unwrap();
+        w.finish().unwrap();
+        out
+    };
+    deliver(&srv, "stranger", &stranger).await;
+    let a = device(&tmp.path().join("a"), &srv, &clock).await;
+    let gets = |d: &Device<HttpRemote>| {
+        let f = &d.remote.faults;
+        f.gets.load(std::sync::atomic::Ordering::SeqCst)
+            - f.ranged_gets.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let s = a.engine.run_cycle().await;
+    assert_eq!(s.downloaded, 10, "{s:?}");
+    assert_eq!(s.uploaded, 10, "{s:?}");
+    assert_eq!(gets(&a), 0, "fetched in a batch, not one GET a delivery");
+    assert!(
+        a.remote
+            .faults
+            .batches
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    );
+    for (i, plain) in plains.iter().enumerate() {
+        let id = format!("g{i:02}");
+        let info = a.info_ns(&mx(), &id).await.unwrap();
+        assert_eq!(info.status, Status::Synced, "{info:?}");
+        assert!(info.external);
+        assert_eq!(&a.read_ns(&mx(), &id, false).await, plain, "{id}");
+        assert!(
+            !server_copy(&srv, &id)
+                .await
+                .starts_with(b"age-encryption.org/v1"),
+            "{id}: not adopted"
+        );
+    }
+    for _ in 0..5 {
+        a.cycle_after(120).await;
+    }
+    for (id, file) in [("tampered", &tampered), ("stranger", &stranger)] {
+        let info = a.info_ns(&mx(), id).await.unwrap();
+        assert_eq!(info.status, Status::FailedDownload, "{id}: {info:?}");
+        assert!(
+            info.last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("invalid incoming delivery"),
+            "{id}: {info:?}"
+        );
+        assert!(
+            a.handle
+                .open_for_read(&mx(), &BlobId::new(id).unwrap(), None, false)
+                .await
+                .is_err(),
+            "{id}: nothing handed out"
+        );
+        assert_eq!(&server_copy(&srv, id).await, file, "{id}: nothing adopted");
+    }
+    // Nothing half-done left behind.
+    let tmp_left: Vec<_> = std::fs::read_dir(tmp.path().join("a/tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(tmp_left.is_empty(), "{tmp_left:?}");
+}
+
+/// Two devices take in the same group at once: each delivery is adopted exactly once, the
+/// loser of each race takes the winner's copy (in a batch too), and both hold every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_adopting_one_group_adopt_each_delivery_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start_server(tmp.path()).await;
+    let clock = ManualClock::default();
+    let a = device(&tmp.path().join("a"), &srv, &clock).await;
+    let b = device(&tmp.path().join("b"), &srv, &clock).await;
+    a.engine.run_cycle().await;
+    b.engine.run_cycle().await;
+    let start = changes_since(&srv, 0).await.seq;
+    let (plains, delivered_at) = deliver_group(&srv, 12).await;
+    tokio::join!(a.engine.run_cycle(), b.engine.run_cycle());
+    for _ in 0..3 {
+        a.cycle_after(120).await;
+        b.cycle_after(0).await;
+    }
+    for (i, plain) in plains.iter().enumerate() {
+        let id = format!("g{i:02}");
+        for d in [&a, &b] {
+            let info = d.info_ns(&mx(), &id).await.unwrap();
+            assert_eq!(info.status, Status::Synced, "{info:?}");
+            assert_eq!(&d.read_ns(&mx(), &id, false).await, plain, "{id}");
+        }
+    }
+    let ch = changes_since(&srv, delivered_at).await;
+    assert_eq!(ch.changes.len(), 12, "one adoption each: {ch:?}");
+    assert!(ch.changes.iter().all(|c| c.external));
+    assert!(start < delivered_at);
+}
+
+/// The crash points of the adoption, hit in the batch path (a group of deliveries): a
+/// restart loses nothing, and each delivery is adopted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_adoption_survives_a_crash_at_every_step() {
+    for point in [
+        "download.after_install",
+        "incoming.before_adopt",
+        "incoming.after_adopt",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let srv = start_server(tmp.path()).await;
+        let clock = ManualClock::default();
+        let da = tmp.path().join("a");
+        let (plains, delivered_at) = deliver_group(&srv, 9).await;
+        {
+            let a = device(&da, &srv, &clock).await;
+            a.engine.arm_crash_point(point);
+            a.engine.run_cycle().await;
+            a.cycle_after(1).await;
+            let synced = {
+                let mut n = 0;
+                for i in 0..plains.len() {
+                    let info = a.info_ns(&mx(), &format!("g{i:02}")).await.unwrap();
+                    n += usize::from(info.status == Status::Synced);
+                }
+                n
+            };
+            assert!(
+                synced < plains.len(),
+                "{point}: the crash point never fired"
+            );
+        }
+        let a = device(&da, &srv, &clock).await;
+        for _ in 0..3 {
+            a.cycle_after(120).await;
+        }
+        for (i, plain) in plains.iter().enumerate() {
+            let id = format!("g{i:02}");
+            let info = a.info_ns(&mx(), &id).await.unwrap();
+            assert_eq!(info.status, Status::Synced, "{point} {id}: {info:?}");
+            assert_eq!(&a.read_ns(&mx(), &id, false).await, plain, "{point} {id}");
+            assert!(
+                !server_copy(&srv, &id)
+                    .await
+                    .starts_with(b"age-encryption.org/v1"),
+                "{point} {id}: not adopted"
+            );
+        }
+        let ch = changes_since(&srv, delivered_at).await;
+        assert_eq!(ch.changes.len(), plains.len(), "{point}: {ch:?}");
+        let tmp_left: Vec<_> = std::fs::read_dir(da.join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(tmp_left.is_empty(), "{point}: {tmp_left:?}");
+    }
+}

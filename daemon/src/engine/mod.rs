@@ -306,6 +306,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             Action::DeleteRemote(b) => self.delete_one(b, &mut s).await,
             Action::UploadBatch(bs) => self.upload_batch(bs, &cancel, &mut s).await,
             Action::DownloadBatch(bs) => self.download_batch(bs, &cancel, &mut s).await,
+            Action::IncomingBatch(bs) => self.incoming_batch(bs, &cancel, &mut s).await,
+            Action::AdoptBatch(bs) => self.adopt_batch(bs, &cancel, &mut s).await,
         }
         s
     }
@@ -329,6 +331,9 @@ fn action_keys(a: &Action) -> Vec<(String, String)> {
     let key = |b: &crate::store::BlobInfo| (b.ns.to_string(), b.id.to_string());
     match a {
         Action::Upload(b) | Action::Download(b) | Action::DeleteRemote(b) => vec![key(b)],
-        Action::UploadBatch(bs) | Action::DownloadBatch(bs) => bs.iter().map(key).collect(),
+        Action::UploadBatch(bs)
+        | Action::DownloadBatch(bs)
+        | Action::IncomingBatch(bs)
+        | Action::AdoptBatch(bs) => bs.iter().map(key).collect(),
     }
 }

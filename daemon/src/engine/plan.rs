@@ -224,6 +224,21 @@ pub enum Action {
     UploadBatch(Vec<BlobInfo>),
     /// Download many small blobs in one `/stream` request.
     DownloadBatch(Vec<BlobInfo>),
+    /// Fetch many small external blobs of an incoming namespace in one `/stream` request:
+    /// deliveries (age files) decrypted and installed together, or copies a device adopted.
+    IncomingBatch(Vec<BlobInfo>),
+    /// Adopt many decrypted deliveries (external rows waiting for an upload), several
+    /// `replace_external` PUTs in flight, the results recorded in one transaction.
+    AdoptBatch(Vec<BlobInfo>),
+}
+
+/// What kind of batch a small due row may join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum BatchKind {
+    Upload,
+    Download,
+    Incoming,
+    Adopt,
 }
 
 /// When to batch small blobs.
@@ -248,8 +263,9 @@ impl Default for BatchPolicy {
 }
 
 /// Turns due rows (already in priority order) into at most `slots` actions, skipping ids in
-/// flight. Small blobs of one namespace and direction are grouped into batches when at least
-/// `batch.min_count` of them are due; the batch takes the place of its first member.
+/// flight. Small blobs of one namespace and kind (upload, download, external download,
+/// adoption) are grouped into batches when at least `batch.min_count` of them are due; the
+/// batch takes the place of its first member.
 pub fn next_transfers(
     due: &[BlobInfo],
     in_flight: &HashSet<(String, String)>,
@@ -260,21 +276,35 @@ pub fn next_transfers(
         .iter()
         .filter(|b| !in_flight.contains(&(b.ns.to_string(), b.id.to_string())))
         .collect();
-    let small = |b: &BlobInfo| match b.status {
-        Status::PendingUpload => b.size.is_some_and(|s| s <= batch.max_blob),
-        // A raced re-upload is fetched alone: its content is compared with ours first.
-        Status::PendingDownload => {
-            !b.external && !b.reupload && b.remote_size.is_some_and(|s| s <= batch.max_blob)
+    let kind = |b: &BlobInfo| match b.status {
+        Status::PendingUpload if b.size.is_some_and(|s| s <= batch.max_blob) => {
+            // A decrypted delivery goes up as an adoption (`replace_external`), never in a
+            // plain upload batch.
+            Some(if b.external {
+                BatchKind::Adopt
+            } else {
+                BatchKind::Upload
+            })
         }
-        _ => false,
+        // A raced re-upload is fetched alone: its content is compared with ours first. An
+        // external one (a lost adoption race) is compared in the incoming batch.
+        Status::PendingDownload if b.remote_size.is_some_and(|s| s <= batch.max_blob) => {
+            if b.external {
+                Some(BatchKind::Incoming)
+            } else if b.reupload {
+                None
+            } else {
+                Some(BatchKind::Download)
+            }
+        }
+        _ => None,
     };
-    // Group small blobs per (namespace, direction), in priority order.
-    let mut groups: BTreeMap<(String, bool), Vec<&BlobInfo>> = BTreeMap::new();
-    for b in free.iter().filter(|b| small(b)) {
-        groups
-            .entry((b.ns.to_string(), b.status == Status::PendingUpload))
-            .or_default()
-            .push(b);
+    // Group small blobs per (namespace, kind), in priority order.
+    let mut groups: BTreeMap<(String, BatchKind), Vec<&BlobInfo>> = BTreeMap::new();
+    for b in &free {
+        if let Some(k) = kind(b) {
+            groups.entry((b.ns.to_string(), k)).or_default().push(b);
+        }
     }
     let mut batched: HashSet<(String, String)> = HashSet::new();
     let mut actions = Vec::new();
@@ -286,8 +316,8 @@ pub fn next_transfers(
         if batched.contains(&key) {
             continue;
         }
-        if small(b) {
-            let g = &groups[&(b.ns.to_string(), b.status == Status::PendingUpload)];
+        if let Some(k) = kind(b) {
+            let g = &groups[&(b.ns.to_string(), k)];
             if g.len() >= batch.min_count {
                 let members: Vec<BlobInfo> = g
                     .iter()
@@ -299,10 +329,11 @@ pub fn next_transfers(
                     for m in &members {
                         batched.insert((m.ns.to_string(), m.id.to_string()));
                     }
-                    actions.push(if b.status == Status::PendingUpload {
-                        Action::UploadBatch(members)
-                    } else {
-                        Action::DownloadBatch(members)
+                    actions.push(match k {
+                        BatchKind::Upload => Action::UploadBatch(members),
+                        BatchKind::Download => Action::DownloadBatch(members),
+                        BatchKind::Incoming => Action::IncomingBatch(members),
+                        BatchKind::Adopt => Action::AdoptBatch(members),
                     });
                     continue;
                 }
@@ -703,5 +734,47 @@ mod tests {
                 if m.len() == policy.max_count && m[0].id == queue[busy_n].id),
             "{acts:?}"
         );
+    }
+
+    #[test]
+    fn external_blobs_go_in_incoming_and_adoption_batches_never_in_plain_ones() {
+        let ext = |i: usize, status: Status, reupload: bool| BlobInfo {
+            external: true,
+            reupload,
+            ..row(&format!("e{i:02}"), status, Some(1))
+        };
+        let mut due: Vec<BlobInfo> = Vec::new();
+        for i in 0..10 {
+            // A lost adoption race (reupload) is compared in the incoming batch too.
+            due.push(ext(i, Status::PendingDownload, i % 3 == 0));
+            due.push(ext(10 + i, Status::PendingUpload, false));
+            due.push(row(&format!("p{i:02}"), Status::PendingUpload, None));
+        }
+        let acts = next_transfers(&due, &HashSet::new(), 5, BatchPolicy::default());
+        assert_eq!(acts.len(), 3, "{acts:?}");
+        assert!(
+            matches!(&acts[0], Action::IncomingBatch(m) if m.len() == 10
+                && m.iter().all(|b| b.external && b.status == Status::PendingDownload)),
+            "{acts:?}"
+        );
+        assert!(
+            matches!(&acts[1], Action::AdoptBatch(m) if m.len() == 10
+                && m.iter().all(|b| b.external && b.status == Status::PendingUpload)),
+            "{acts:?}"
+        );
+        assert!(
+            matches!(&acts[2], Action::UploadBatch(m) if m.len() == 10
+                && m.iter().all(|b| !b.external)),
+            "{acts:?}"
+        );
+        // A plain raced re-upload is still fetched alone.
+        let raced: Vec<BlobInfo> = (0..10)
+            .map(|i| BlobInfo {
+                reupload: true,
+                ..row(&format!("r{i}"), Status::PendingDownload, Some(1))
+            })
+            .collect();
+        let acts = next_transfers(&raced, &HashSet::new(), 3, BatchPolicy::default());
+        assert!(acts.iter().all(|a| matches!(a, Action::Download(_))));
     }
 }

@@ -60,6 +60,102 @@ impl Store {
         Ok(ch)
     }
 
+    /// The adoptions among `ids` that wait: id -> the age file's SHA-256.
+    pub async fn adoptions(
+        &self,
+        ns: &Namespace,
+        ids: Vec<BlobId>,
+    ) -> Result<std::collections::HashMap<BlobId, [u8; 32]>, StoreError> {
+        let ns = ns.clone();
+        self.call(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT age_sha256 FROM incoming_adoptions WHERE ns = ?1 AND id = ?2",
+            )?;
+            let mut out = std::collections::HashMap::new();
+            for id in ids {
+                let v: Option<Vec<u8>> = st
+                    .query_row(params![ns.as_str(), id.as_str()], |r| r.get(0))
+                    .optional()?;
+                if let Some(h) = v.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()) {
+                    out.insert(id, h);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// [`Store::incoming_decrypted`] for many deliveries of `ns`, in ONE transaction: each
+    /// (id, update, age file's SHA-256). A row that moved on meanwhile is left out of the
+    /// result (and its adoption is not recorded).
+    pub async fn incoming_decrypted_many(
+        &self,
+        ns: &Namespace,
+        items: Vec<(BlobId, RowUpdate, [u8; 32])>,
+    ) -> Result<Vec<StatusChange>, StoreError> {
+        let ns = ns.clone();
+        let changes = self
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let mut out = Vec::with_capacity(items.len());
+                for (id, update, age_sha256) in &items {
+                    match ops::transition(&tx, &ns, id, Transition::Decrypted, update) {
+                        Ok(ch) => out.push(ch),
+                        Err(StoreError::Illegal(_) | StoreError::NotFound { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                    super::plain::unmark_plain(&tx, &ns, id)?;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO incoming_adoptions (ns, id, age_sha256) \
+                         VALUES (?1, ?2, ?3)",
+                        params![ns.as_str(), id.as_str(), &age_sha256[..]],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(out)
+            })
+            .await?;
+        self.publish(&changes);
+        Ok(changes)
+    }
+
+    /// [`Store::incoming_adoption_done`] for many adoptions of `ns`, in ONE transaction: each
+    /// (id, transition, remote size). A row that moved on meanwhile is left out of the result.
+    pub async fn incoming_adoption_done_many(
+        &self,
+        ns: &Namespace,
+        items: Vec<(BlobId, Transition, Option<u64>)>,
+        now: SystemTime,
+    ) -> Result<Vec<StatusChange>, StoreError> {
+        let ns = ns.clone();
+        let changes = self
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let mut out = Vec::with_capacity(items.len());
+                for (id, t, remote_size) in &items {
+                    let update = RowUpdate {
+                        remote_size: *remote_size,
+                        now: Some(now),
+                        ..Default::default()
+                    };
+                    match ops::transition(&tx, &ns, id, *t, &update) {
+                        Ok(ch) => out.push(ch),
+                        Err(StoreError::Illegal(_) | StoreError::NotFound { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                    tx.execute(
+                        "DELETE FROM incoming_adoptions WHERE ns = ?1 AND id = ?2",
+                        params![ns.as_str(), id.as_str()],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(out)
+            })
+            .await?;
+        self.publish(&changes);
+        Ok(changes)
+    }
+
     /// Ends an adoption: `t` (`UploadSucceeded`: the server holds our format-v1 copy;
     /// `Contested`: another device's adoption won, fetch it) and the adoption row removed,
     /// in one transaction.

@@ -489,13 +489,14 @@ impl<R: Remote, C: Clock> Engine<R, C> {
 
 /// Verifies a small stored blob held in memory: its plaintext size, the plaintext's SHA-256
 /// and its header salt. The plaintext goes nowhere but the hash.
-fn open_small(
+pub(in crate::engine) fn open_small(
     key: &blobsync_shared::StorageKey,
     b: &BlobInfo,
     stored: &[u8],
 ) -> Result<(u64, [u8; 32], [u8; 32]), InvalidBlob> {
     if b.external {
-        // Never batched (`plan::next_transfers`): an age file goes through `incoming`.
+        // Never in a download batch (`plan::next_transfers` puts it in an incoming batch,
+        // which decrypts an age file, or passes a format-v1 copy here as a plain row).
         return Err(InvalidBlob::BadHeader(
             "an external blob cannot come in a batch".into(),
         ));

@@ -17,6 +17,7 @@ mod download;
 mod progress;
 mod upload;
 
+pub(super) use batch::open_small;
 pub(crate) use progress::Progress;
 pub(super) use upload::file_stream;
 

@@ -25,7 +25,10 @@ impl Sim {
         for a in &actions {
             let ids: Vec<&BlobInfo> = match a {
                 Action::Upload(b) | Action::Download(b) | Action::DeleteRemote(b) => vec![b],
-                Action::UploadBatch(v) | Action::DownloadBatch(v) => v.iter().collect(),
+                Action::UploadBatch(v)
+                | Action::DownloadBatch(v)
+                | Action::IncomingBatch(v)
+                | Action::AdoptBatch(v) => v.iter().collect(),
             };
             for b in ids {
                 if !seen.insert(b.id.clone()) {
@@ -41,9 +44,13 @@ impl Sim {
         for a in actions {
             let members: Vec<(BlobInfo, bool)> = match a {
                 Action::Upload(b) => vec![(b, true)],
-                Action::UploadBatch(v) => v.into_iter().map(|b| (b, true)).collect(),
+                Action::UploadBatch(v) | Action::AdoptBatch(v) => {
+                    v.into_iter().map(|b| (b, true)).collect()
+                }
                 Action::Download(b) => vec![(b, false)],
-                Action::DownloadBatch(v) => v.into_iter().map(|b| (b, false)).collect(),
+                Action::DownloadBatch(v) | Action::IncomingBatch(v) => {
+                    v.into_iter().map(|b| (b, false)).collect()
+                }
                 Action::DeleteRemote(b) => {
                     let o = outs[k % outs.len()];
                     k += 1;
