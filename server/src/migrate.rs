@@ -312,6 +312,7 @@ async fn copy_row(
             ns: ns.clone(),
             id: id.clone(),
             object_key: Some(k.clone()),
+            size,
         };
         let mut s = payloads
             .open(&loc, 0, size)

@@ -82,6 +82,7 @@ async fn a_one_node_server_moves_to_s3_postgres_with_its_identity() {
         ns,
         id: BlobId::new("b").unwrap(),
         object_key: row.object_key,
+        size: row.size,
     };
     let got = collect(b.payloads.open(&loc, 0, row.size).await.unwrap())
         .await

@@ -14,49 +14,58 @@ pub(super) async fn get(
     let ns = q.namespace("default")?;
     let only_flags = q.flag(query::ONLY_FLAGS)?;
     let missing = || ApiError::not_found(format!("no blob {id} in namespace {ns} of {user}"));
-    let t = std::time::Instant::now();
-    let row = st.index().lookup(&user, &ns, &id).await;
-    st.metrics()
-        .backend(st.index().kind(), "lookup", t.elapsed());
-    let row = row?.filter(|r| !r.deleted).ok_or_else(missing)?;
-    if only_flags {
-        return json(StatusCode::OK, &index::bits_to_flags(row.flags));
-    }
-    let range = match parse_range(req.headers().get(header::RANGE), row.size) {
-        Ok(r) => r,
-        Err(msg) => {
-            let mut r = ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, msg).into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", row.size)) {
-                r.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return Ok(r);
+    let head = req.method() == Method::HEAD;
+    // An incoming adoption may rename a new payload over this one between the index lookup
+    // and the open: the open refuses a file whose size is not the row's (`Interrupted`), and
+    // the lookup is made again.
+    let mut attempts = 0;
+    let (row, range, start, end, len, loc, stream) = loop {
+        attempts += 1;
+        let t = std::time::Instant::now();
+        let row = st.index().lookup(&user, &ns, &id).await;
+        st.metrics()
+            .backend(st.index().kind(), "lookup", t.elapsed());
+        let row = row?.filter(|r| !r.deleted).ok_or_else(missing)?;
+        if only_flags {
+            return json(StatusCode::OK, &index::bits_to_flags(row.flags));
         }
-    };
-    let (start, end) = range.unwrap_or((0, row.size.saturating_sub(1)));
-    let len = if row.size == 0 { 0 } else { end - start + 1 };
-    let loc = Location {
-        user: user.clone(),
-        ns: ns.clone(),
-        id: id.clone(),
-        object_key: row.object_key.clone(),
+        let range = match parse_range(req.headers().get(header::RANGE), row.size) {
+            Ok(r) => r,
+            Err(msg) => {
+                let mut r = ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, msg).into_response();
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", row.size)) {
+                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return Ok(r);
+            }
+        };
+        let (start, end) = range.unwrap_or((0, row.size.saturating_sub(1)));
+        let len = if row.size == 0 { 0 } else { end - start + 1 };
+        let loc = Location {
+            user: user.clone(),
+            ns: ns.clone(),
+            id: id.clone(),
+            object_key: row.object_key.clone(),
+            size: row.size,
+        };
+        // HEAD: the same headers (size, ranges) without reading the payload.
+        let t = std::time::Instant::now();
+        let opened = st
+            .payloads()
+            .open(&loc, start, if head { 0 } else { len })
+            .await;
+        st.metrics()
+            .backend(st.payloads().kind(), "open", t.elapsed());
+        match opened {
+            Ok(s) => break (row, range, start, end, len, loc, s),
+            // Deleted between the index lookup and the open.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted && attempts < 3 => continue,
+            Err(e) => return Err(ApiError::internal(e)),
+        }
     };
     // Soledad's client refuses a download without it.
     let tag = soledad::tag_header(st.payloads(), &loc, row.size).await;
-    let head = req.method() == Method::HEAD;
-    // HEAD: the same headers (size, ranges) without reading the payload.
-    let t = std::time::Instant::now();
-    let opened = st
-        .payloads()
-        .open(&loc, start, if head { 0 } else { len })
-        .await;
-    st.metrics()
-        .backend(st.payloads().kind(), "open", t.elapsed());
-    let stream = match opened {
-        Ok(s) => s,
-        // Deleted between the index lookup and the open.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
-        Err(e) => return Err(ApiError::internal(e)),
-    };
     let mut r = Response::new(if head {
         body::empty()
     } else {

@@ -273,6 +273,7 @@ async fn stream_down(
                         ns,
                         id: id.clone(),
                         object_key: r.object_key,
+                        size: r.size,
                     };
                     // Missing (deleted since the lookup): framed as missing.
                     let s = payloads.open(&loc, 0, r.size).await.ok();
@@ -366,6 +367,7 @@ fn soledad_down(
             ns: ns.clone(),
             id,
             object_key: row.object_key.clone(),
+            size: row.size,
         };
         files.push((loc, row));
     }

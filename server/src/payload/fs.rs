@@ -111,9 +111,19 @@ impl PayloadStore for FsPayloads {
 
     async fn open(&self, loc: &Location, start: u64, len: u64) -> std::io::Result<ByteStream> {
         let path = self.layout.blob_path(&loc.user, &loc.ns, &loc.id);
+        let size = loc.size;
         // A small read is done in the same blocking hop as the open.
         let (file, first) = blocking(move || {
             let mut f = std::fs::File::open(path)?;
+            // The name may have been replaced since the index row was read. The open file is
+            // ours whatever happens next, so this one check makes the whole read consistent.
+            let found = f.metadata()?.len();
+            if found != size {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    format!("payload replaced since its index row was read ({found} bytes, the row says {size})"),
+                ));
+            }
             f.seek(std::io::SeekFrom::Start(start))?;
             let n = len.min(CHUNK as u64) as usize;
             let mut buf = vec![0u8; n];
@@ -177,5 +187,42 @@ impl PayloadStore for FsPayloads {
     async fn remove_found(&self, key: &str) -> std::io::Result<()> {
         let p = std::path::PathBuf::from(key);
         blocking(move || std::fs::remove_file(p)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::collect;
+
+    /// A file renamed over the payload between the index lookup and the open (an incoming
+    /// adoption) is refused, not served under the old row's length: `get` then looks again.
+    #[tokio::test]
+    async fn a_payload_of_another_size_than_its_row_is_refused_as_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let ns = Namespace::new("default").unwrap();
+        let id = BlobId::new("b").unwrap();
+        let path = layout.blob_path("u", &ns, &id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"the sealed blob, longer than the age file").unwrap();
+        let store = FsPayloads::new(layout);
+        let loc = |size| Location {
+            user: "u".into(),
+            ns: ns.clone(),
+            id: id.clone(),
+            object_key: None,
+            size,
+        };
+        let Err(e) = store.open(&loc(12), 0, 12).await else {
+            panic!("served 12 bytes of a replaced file")
+        };
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "{e}");
+        assert!(e.to_string().contains("replaced"), "{e}");
+        let size = std::fs::metadata(&path).unwrap().len();
+        let got = collect(store.open(&loc(size), 0, size).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(got, std::fs::read(&path).unwrap());
     }
 }

@@ -44,6 +44,10 @@ pub struct Location {
     pub id: BlobId,
     /// The index row's `object_key`.
     pub object_key: Option<String>,
+    /// The index row's stored size. A file of another size was replaced since the row was
+    /// read (an incoming adoption renames its blob over the age file): the file store refuses
+    /// it with `ErrorKind::Interrupted` rather than serve the new bytes under the old length.
+    pub size: u64,
 }
 
 /// Bytes of a payload, in chunks of at most [`crate::body::CHUNK`]-ish size.

@@ -337,6 +337,7 @@ mod tests {
             ns,
             id,
             object_key: Some(key.clone()),
+            size: 11,
         };
         let got = super::super::collect(p.open(&loc, 6, 5).await.unwrap())
             .await
