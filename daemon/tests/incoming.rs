@@ -278,10 +278,23 @@ async fn a_server_that_swaps_the_age_file_back_after_adoption_gets_no_loop() {
     a.engine.run_cycle().await;
     a.cycle_after(1).await;
     assert_eq!(a.info_ns(&mx(), "m1").await.unwrap().status, Status::Synced);
-    // The operator puts the age file back under the adopted blob (same index row).
+    // The operator puts the age file back under the adopted blob (same index row) and sets
+    // the row's size to the file's: an honest server refuses to serve a file whose size is
+    // not its row's (it was replaced after the lookup), a hostile one serves what it likes.
     let path = tmp.path().join("server/alice/MX/m/m1/m1");
     assert!(path.exists(), "server layout changed: {}", path.display());
     std::fs::write(&path, &file).unwrap();
+    let index = rusqlite::Connection::open(tmp.path().join("server/index.sqlite3")).unwrap();
+    index
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    let rows = index
+        .execute(
+            "UPDATE blobs SET size = ?1 WHERE user = 'alice' AND namespace = 'MX' AND id = 'm1'",
+            [file.len() as i64],
+        )
+        .unwrap();
+    assert_eq!(rows, 1, "the adopted row");
 
     let c = device(&tmp.path().join("c"), &srv, &clock).await;
     let mut puts = Vec::new();

@@ -61,6 +61,12 @@ pub(super) async fn get(
             // Deleted between the index lookup and the open.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted && attempts < 3 => continue,
+            // Still not the row's size: the file and its row disagree (not a race).
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                return Err(ApiError::internal(format!(
+                    "{e}; the file and its index row disagree: run `blobsync-server fsck`"
+                )));
+            }
             Err(e) => return Err(ApiError::internal(e)),
         }
     };
