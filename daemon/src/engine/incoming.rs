@@ -893,40 +893,20 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         for b in &members {
             guards.push(self.shared.blob_lock(&b.ns, &b.id).lock_owned().await);
         }
-        // Under the locks: the rows as they are now.
-        let mut current = Vec::with_capacity(members.len());
-        for b in members {
-            match self.shared.store.get(&b.ns, &b.id).await {
-                Ok(Some(cur)) if cur.status == Status::PendingUpload => current.push(cur),
-                _ => {}
-            }
-        }
-        let paths: Vec<std::path::PathBuf> = current
-            .iter()
-            .map(|b| self.shared.data.payload_path(&b.ns, &b.id))
-            .collect();
-        let read = match tokio::task::spawn_blocking(move || {
-            paths.iter().map(std::fs::read).collect::<Vec<_>>()
-        })
-        .await
-        {
-            Ok(r) => r,
+        // Under the locks: the rows as they are now (one store trip).
+        let ids: Vec<BlobId> = members.iter().map(|b| b.id.clone()).collect();
+        let current: Vec<BlobInfo> = match self.shared.store.rows_for(&ns, ids).await {
+            Ok(rows) => rows
+                .into_iter()
+                .filter(|cur| cur.status == Status::PendingUpload)
+                .collect(),
             Err(e) => {
-                error!(error = %e, "cannot read a batch's payloads; left queued");
+                error!(error = %e, "cannot read a batch's rows; left queued");
                 return;
             }
         };
-        let seen = match self
-            .shared
-            .store
-            .seen_salts_many(&ns, current.iter().map(|b| b.id.clone()).collect())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                error!(error = %e, "cannot read the salts seen before; batch left queued");
-                return;
-            }
+        let Some((read, seen)) = self.read_batch_payloads(&ns, &current).await else {
+            return;
         };
         // (blob, header, stored bytes, age sha256)
         let mut ready: Vec<(BlobInfo, Header, Bytes, [u8; 32])> = Vec::new();

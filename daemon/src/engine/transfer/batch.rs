@@ -2,11 +2,12 @@
 //! they are) and many small downloads (verified in memory, installed together through the sync
 //! group), each recorded in one store transaction.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use blobsync_shared::codec::{DecodeError, Decoder, Header, MAX_HEADER_LEN};
-use blobsync_shared::{BlobId, InvalidBlob};
+use blobsync_shared::{BlobId, InvalidBlob, Namespace};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +84,42 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         results
     }
 
+    /// The payload files of a batch of small blobs of `ns`, each whole, in one trip to the
+    /// blocking pool (at most `BatchPolicy::max_blob` of plaintext each, so a batch is a few
+    /// MiB; each is the stored blob, sent as it is), and the salts each id was seen with
+    /// (the rollback check). `None`, logged, when either cannot be read: the batch stays
+    /// queued.
+    pub(in crate::engine) async fn read_batch_payloads(
+        &self,
+        ns: &Namespace,
+        blobs: &[BlobInfo],
+    ) -> Option<(
+        Vec<std::io::Result<Vec<u8>>>,
+        HashMap<BlobId, Vec<[u8; 32]>>,
+    )> {
+        let paths: Vec<std::path::PathBuf> = blobs
+            .iter()
+            .map(|b| self.shared.data.payload_path(&b.ns, &b.id))
+            .collect();
+        let read = tokio::task::spawn_blocking(move || {
+            paths.iter().map(std::fs::read).collect::<Vec<_>>()
+        })
+        .await
+        .inspect_err(|e| error!(error = %e, "cannot read a batch's payloads; left queued"))
+        .ok()?;
+        let ids = blobs.iter().map(|b| b.id.clone()).collect();
+        let seen = self
+            .shared
+            .store
+            .seen_salts_many(ns, ids)
+            .await
+            .inspect_err(
+                |e| error!(error = %e, "cannot read the salts seen before; batch left queued"),
+            )
+            .ok()?;
+        Some((read, seen))
+    }
+
     /// Many small uploads in one `/stream` request; results recorded in one transaction.
     pub(in crate::engine) async fn upload_batch(
         self: &Arc<Self>,
@@ -91,35 +128,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         stats: &mut TransferStats,
     ) {
         let ns = blobs[0].ns.clone();
-        // Every payload file whole, in one trip to the blocking pool (small blobs: at most
-        // `BatchPolicy::max_blob` of plaintext each, so a batch is a few MiB): each is the
-        // stored blob, sent as it is, and its header is read from memory.
-        let paths: Vec<std::path::PathBuf> = blobs
-            .iter()
-            .map(|b| self.shared.data.payload_path(&b.ns, &b.id))
-            .collect();
-        let read = match tokio::task::spawn_blocking(move || {
-            paths.iter().map(std::fs::read).collect::<Vec<_>>()
-        })
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                error!(error = %e, "cannot read a batch's payloads; left queued");
-                return;
-            }
-        };
-        let seen = match self
-            .shared
-            .store
-            .seen_salts_many(&ns, blobs.iter().map(|b| b.id.clone()).collect())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                error!(error = %e, "cannot read the salts seen before; batch left queued");
-                return;
-            }
+        let Some((read, seen)) = self.read_batch_payloads(&ns, &blobs).await else {
+            return;
         };
         let mut entries = Vec::new();
         let mut encoders: Vec<(BlobInfo, Header, Bytes)> = Vec::new();
