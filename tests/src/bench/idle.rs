@@ -10,7 +10,14 @@ pub fn run_idle(opts: &BenchOpts) -> Result<IdleResult, BenchError> {
     let stage_dir = env.subdir("stage")?;
     let n = opts.idle_blobs;
     eprintln!("[IDLE] staging {n} x {} bytes", opts.idle_blob_size);
-    let blobs = stage(&stage_dir, "IDLE", n, opts.idle_blob_size, opts.seed)?;
+    let blobs = stage(
+        &stage_dir,
+        "IDLE",
+        n,
+        opts.idle_blob_size,
+        opts.seed,
+        opts.spread_ids,
+    )?;
     // The daemon's default sync interval: the idle minute includes its periodic cycles.
     let ns = "idle";
     let mut rig = start_rig(&env, false, None, ns, opts.scaleout_nodes)?;

@@ -77,12 +77,9 @@ pub struct MillionDevice {
     pub data_dir_bytes: u64,
 }
 
-/// Blob `i`'s id: 16 hex digits spread over the id space, as random or hashed ids are (so
-/// over the daemon's and the server's fan directories). Multiplying by an odd constant is a
-/// bijection: ids never repeat.
+/// Blob `i`'s id: [`super::staging::spread_id`].
 fn blob_id(i: usize) -> BlobId {
-    let spread = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    BlobId::new(format!("{spread:016x}")).expect("hex digits are a valid id")
+    BlobId::new(super::staging::spread_id(i)).expect("hex digits are a valid id")
 }
 
 /// Seals blobs `range` of the populate: plaintext is the index and a fixed pattern (the

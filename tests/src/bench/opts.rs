@@ -75,6 +75,10 @@ pub struct BenchOpts {
     pub disk_bytes: u64,
     /// Read every blob back from B and compare SHA-256 (not timed).
     pub verify: bool,
+    /// Spread the blobs' ids over the id space as random or hashed ids are
+    /// ([`super::staging::spread_id`]) instead of `b000000`, `b000001`.. (which keep every
+    /// blob of a row in one fan directory and append to the store's indexes).
+    pub spread_ids: bool,
     /// Longest wait for one phase (upload or download) before giving up.
     pub phase_timeout: Duration,
     /// Server nodes on `s3+postgres` (a throwaway Garage and PostgreSQL, see
@@ -112,6 +116,7 @@ impl Default for BenchOpts {
             idle_cycles: 10,
             disk_bytes: 1024 * MIB,
             verify: true,
+            spread_ids: false,
             phase_timeout: Duration::from_secs(1800),
             scaleout_nodes: 0,
             server_devices: 1000,

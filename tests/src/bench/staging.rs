@@ -56,7 +56,7 @@ pub(super) fn trash_dir() -> PathBuf {
 
 /// How long the trash keeps files: longer than ext4's inode "recentcy" (60 s, 360 s while
 /// the inode table block is dirty).
-pub(super) const TRASH_AGE: Duration = Duration::from_secs(420);
+pub const TRASH_AGE: Duration = Duration::from_secs(420);
 
 /// Cleans up after the rows run so far, without slowing the next run. Deleting tens of
 /// thousands of files would be measured in every run of the next few minutes: on ext4
@@ -77,12 +77,31 @@ pub fn remove_row_dirs() {
     }
 }
 
-/// Deletes what earlier runs put in the trash more than 7 minutes ago (`TRASH_AGE`).
+/// Marks when [`empty_old_trash`] last deleted something (its mtime).
+const EMPTIED_STAMP: &str = ".emptied";
+
+/// How long ago a run last deleted old trash, if it did.
+pub fn trash_emptied_ago() -> Option<Duration> {
+    let stamp = trash_dir().join(EMPTIED_STAMP);
+    std::fs::metadata(stamp)
+        .ok()?
+        .modified()
+        .ok()?
+        .elapsed()
+        .ok()
+}
+
+/// Deletes what earlier runs put in the trash more than 7 minutes ago (`TRASH_AGE`). Called
+/// at the end of a run, after its rows; the next run warns while the deletes are recent.
 pub fn empty_old_trash() {
     let Ok(entries) = std::fs::read_dir(trash_dir()) else {
         return;
     };
+    let mut deleted = false;
     for e in entries.flatten() {
+        if e.file_name() == EMPTIED_STAMP {
+            continue;
+        }
         let old = e
             .metadata()
             .and_then(|m| m.modified())
@@ -91,7 +110,11 @@ pub fn empty_old_trash() {
             .is_some_and(|age| age > TRASH_AGE);
         if old {
             let _ = std::fs::remove_dir_all(e.path());
+            deleted = true;
         }
+    }
+    if deleted {
+        let _ = std::fs::write(trash_dir().join(EMPTIED_STAMP), b"");
     }
 }
 
@@ -110,13 +133,22 @@ pub(super) fn remove_big_files(dir: &Path) {
     }
 }
 
-/// Writes `count` files of `size` random bytes (stream from `seed`, per workload) into `dir`.
+/// Blob `i`'s id spread over the id space, as random or hashed ids are (so over the daemon's
+/// and the server's fan directories): 16 hex digits. Multiplying by an odd constant is a
+/// bijection: ids never repeat.
+pub fn spread_id(i: usize) -> String {
+    format!("{:016x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// Writes `count` files of `size` random bytes (stream from `seed`, per workload) into `dir`,
+/// each named by its blob id ([`spread_id`] when `spread_ids`, else `b000000`..).
 pub(super) fn stage(
     dir: &Path,
     name: &str,
     count: usize,
     size: u64,
     seed: u64,
+    spread_ids: bool,
 ) -> Result<Vec<Staged>, BenchError> {
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_be_bytes());
@@ -127,7 +159,11 @@ pub(super) fn stage(
     let mut buf = vec![0u8; size.min(MIB) as usize];
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
-        let id = format!("b{i:06}");
+        let id = if spread_ids {
+            spread_id(i)
+        } else {
+            format!("b{i:06}")
+        };
         let path = dir.join(&id);
         let f =
             std::fs::File::create(&path).map_err(io_err(format!("create {}", path.display())))?;

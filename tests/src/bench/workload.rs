@@ -8,7 +8,14 @@ pub fn run_workload(opts: &BenchOpts, wl: &Workload) -> Result<WorkloadResult, B
     let env = new_env(opts)?;
     let stage_dir = env.subdir("stage")?;
     eprintln!("[{}] staging {} x {} bytes", wl.name, wl.count, wl.size);
-    let blobs = stage(&stage_dir, wl.name, wl.count, wl.size, opts.seed)?;
+    let blobs = stage(
+        &stage_dir,
+        wl.name,
+        wl.count,
+        wl.size,
+        opts.seed,
+        opts.spread_ids,
+    )?;
     let ns = wl.name.to_ascii_lowercase();
     let rig = start_rig(&env, true, Some(86_400), &ns, opts.scaleout_nodes)?;
     let b = rig.b.as_ref().expect("two devices were started");

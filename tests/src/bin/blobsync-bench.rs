@@ -15,7 +15,7 @@ use blobsync_tests::bench::{self, BenchOpts, BenchReport, WORKLOADS};
 
 const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK INCOMING SRV-LIST SRV-PUT SRV-FULL IDLE-1M SYNC ...] [--json FILE]
   [--scaleout-nodes N] [--seed N] [--put-concurrency N] [--put-batch N] [--idle-secs S] [--idle-blobs N] [--idle-blob-size BYTES]
-  [--idle-cycles N] [--disk-bytes BYTES] [--no-verify] [--phase-timeout S]
+  [--idle-cycles N] [--disk-bytes BYTES] [--no-verify] [--spread-ids] [--phase-timeout S]
   [--server-devices N] [--server-rate PER_S] [--server-put-clients N] [--server-secs S] [--million-blobs N]
   [--neighbour BYTES] [--sync-batches N] [--sync-gap-ms MS]
 Rows default to DISK W1 W2 W3 W4 W5 W6 IDLE INCOMING SRV-LIST SRV-PUT (SYNC, and SRV-FULL and IDLE-1M, which
@@ -53,6 +53,7 @@ fn main() -> anyhow::Result<()> {
                 opts.phase_timeout = Duration::from_secs_f64(num(&a, args.next())?)
             }
             "--no-verify" => opts.verify = false,
+            "--spread-ids" => opts.spread_ids = true,
             // s3+postgres on N nodes (Garage + PostgreSQL started for each row).
             "--scaleout-nodes" => opts.scaleout_nodes = num(&a, args.next())?,
             "--server-devices" => opts.server_devices = num(&a, args.next())?,
@@ -103,13 +104,25 @@ fn main() -> anyhow::Result<()> {
                 "gRPC PutPaths of {b} staged files per call, {} calls in flight",
                 opts.put_concurrency
             ),
+        } + if opts.spread_ids {
+            "; ids spread (16 hex digits)"
+        } else {
+            "; ids b000000.."
         },
         seed: opts.seed,
         machine: bench::machine(),
         neighbour_bytes: opts.neighbour_bytes,
         ..Default::default()
     };
-    bench::empty_old_trash();
+    if let Some(age) = bench::trash_emptied_ago().filter(|a| *a < bench::TRASH_AGE) {
+        eprintln!(
+            "blobsync-bench: warning: the last run deleted old files {} s ago; on ext4 without a \
+             journal, rows that create many small files (W1, W5, SRV-PUT) run slower until \
+             {} s have passed (the inode allocator skips recently freed inodes)",
+            age.as_secs(),
+            bench::TRASH_AGE.as_secs()
+        );
+    }
     let mut run_rows = || -> anyhow::Result<()> {
         for row in &rows {
             match row.as_str() {
@@ -174,6 +187,9 @@ fn main() -> anyhow::Result<()> {
     let ran = run_rows();
     // Rows keep their files until now, so one row's cleanup is not measured in the next.
     bench::remove_row_dirs();
+    // After the rows, not before: deleting earlier runs' files is itself slow to recover
+    // from (see `remove_row_dirs`), and must not be measured in this run.
+    bench::empty_old_trash();
     ran?;
     print!("{}", bench::report::table(&report));
     Ok(())
