@@ -228,3 +228,29 @@ pub fn run_disk(opts: &BenchOpts) -> Result<DiskResult, BenchError> {
     let env = new_env(opts)?;
     disk_rate(env.root(), opts.disk_bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--spread-ids` must name every blob differently, with an id the daemon and the server
+    /// accept, and land them in many fan directories (the point of the option): the daemon
+    /// fans out by the first two characters, the server by the first three.
+    #[test]
+    fn spread_ids_are_unique_valid_and_fill_the_fan_directories() {
+        let ids: Vec<String> = (0..10_000).map(spread_id).collect();
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        for id in &ids {
+            blobsync_shared::BlobId::new(id.clone()).expect("a valid blob id");
+        }
+        let fans = |n: usize| {
+            ids.iter()
+                .map(|i| &i[..n])
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        };
+        assert_eq!(fans(2), 256, "every fan directory of the daemon");
+        assert!(fans(3) > 2_000, "most of the server's: {}", fans(3));
+    }
+}
