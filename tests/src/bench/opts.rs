@@ -76,7 +76,7 @@ pub struct BenchOpts {
     /// Read every blob back from B and compare SHA-256 (not timed).
     pub verify: bool,
     /// Spread the blobs' ids over the id space as random or hashed ids are
-    /// ([`super::staging::spread_id`]) instead of `b000000`, `b000001`.. (which keep every
+    /// (`staging::spread_id`) instead of `b000000`, `b000001`.. (which keep every
     /// blob of a row in one fan directory and append to the store's indexes).
     pub spread_ids: bool,
     /// Longest wait for one phase (upload or download) before giving up.
