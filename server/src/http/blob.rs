@@ -238,8 +238,7 @@ async fn store_one(
         return Err(too_large(n, max));
     }
     // Early answers save the client the upload; the commit below re-checks under the lock.
-    let row = st.index().lookup(&user, &ns, &id).await?;
-    let usage = st.index().usage(&user).await?;
+    let (row, usage) = st.index().lookup_with_usage(&user, &ns, &id).await?;
     if row.as_ref().is_some_and(|r| !r.deleted) {
         return Err(exists(&id, &ns));
     }

@@ -68,6 +68,17 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
         ns: &Namespace,
         id: &BlobId,
     ) -> Result<Option<BlobRow>, IndexError>;
+    /// [`IndexStore::lookup`] and [`IndexStore::usage`] together: what a PUT checks before
+    /// it takes the body. One trip where the index can make it one (SQLite: one blocking
+    /// task instead of two in a row, a tenth of a small PUT's hops).
+    async fn lookup_with_usage(
+        &self,
+        user: &str,
+        ns: &Namespace,
+        id: &BlobId,
+    ) -> Result<(Option<BlobRow>, Option<(u64, Option<u64>)>), IndexError> {
+        Ok((self.lookup(user, ns, id).await?, self.usage(user).await?))
+    }
     /// Rows of many ids in order, tombstones included.
     async fn lookup_many_any(
         &self,
@@ -286,6 +297,16 @@ impl IndexStore for SqliteStore {
     ) -> Result<Option<BlobRow>, IndexError> {
         let (u, n, d) = (user.to_owned(), ns.clone(), id.clone());
         self.read(move |i| i.lookup(&u, &n, &d)).await
+    }
+    async fn lookup_with_usage(
+        &self,
+        user: &str,
+        ns: &Namespace,
+        id: &BlobId,
+    ) -> Result<(Option<BlobRow>, Option<(u64, Option<u64>)>), IndexError> {
+        let (u, n, d) = (user.to_owned(), ns.clone(), id.clone());
+        self.read(move |i| Ok((i.lookup(&u, &n, &d)?, i.usage(&u)?)))
+            .await
     }
     async fn lookup_many_any(
         &self,

@@ -79,6 +79,11 @@ pub struct BenchOpts {
     /// (`staging::spread_id`) instead of `b000000`, `b000001`.. (which keep every
     /// blob of a row in one fan directory and append to the store's indexes).
     pub spread_ids: bool,
+    /// Flush the staged files to disk (one `syncfs`, not timed) before the clock starts, as
+    /// files a user hands over a while after writing them are. Off: they are still dirty, as
+    /// files an app saves and puts at once are, and their 4 KiB page each (40 MB for W5) is
+    /// dirty data of another program that makes the daemon's groups choose per-file syncs.
+    pub staged_at_rest: bool,
     /// Longest wait for one phase (upload or download) before giving up.
     pub phase_timeout: Duration,
     /// Server nodes on `s3+postgres` (a throwaway Garage and PostgreSQL, see
@@ -117,6 +122,7 @@ impl Default for BenchOpts {
             disk_bytes: 1024 * MIB,
             verify: true,
             spread_ids: false,
+            staged_at_rest: false,
             phase_timeout: Duration::from_secs(1800),
             scaleout_nodes: 0,
             server_devices: 1000,

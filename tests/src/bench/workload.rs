@@ -21,6 +21,12 @@ pub fn run_workload(opts: &BenchOpts, wl: &Workload) -> Result<WorkloadResult, B
     let b = rig.b.as_ref().expect("two devices were started");
     let pids = [pid_of(&rig.a)?, pid_of(b)?, server_pid(&rig.server)?];
     let rt = runtime()?;
+    if opts.staged_at_rest {
+        blobsync_shared::writeback::syncfs(
+            &std::fs::File::open(&stage_dir).map_err(io_err("open the stage dir"))?,
+        )
+        .map_err(io_err("syncfs after staging"))?;
+    }
     // Started after staging and the daemons' start, stopped when the row returns.
     let _neighbour = contention::neighbour_for_row(opts)?;
     let (put_s, upload_s, download_s, verified, before, after) = rt.block_on(async {

@@ -15,7 +15,7 @@ use blobsync_tests::bench::{self, BenchOpts, BenchReport, WORKLOADS};
 
 const USAGE: &str = "usage: blobsync-bench [W1 W2 W3 W4 W5 W6 IDLE DISK INCOMING SRV-LIST SRV-PUT SRV-FULL IDLE-1M SYNC ...] [--json FILE]
   [--scaleout-nodes N] [--seed N] [--put-concurrency N] [--put-batch N] [--idle-secs S] [--idle-blobs N] [--idle-blob-size BYTES]
-  [--idle-cycles N] [--disk-bytes BYTES] [--no-verify] [--spread-ids] [--phase-timeout S]
+  [--idle-cycles N] [--disk-bytes BYTES] [--no-verify] [--spread-ids] [--staged-at-rest] [--phase-timeout S]
   [--server-devices N] [--server-rate PER_S] [--server-put-clients N] [--server-secs S] [--million-blobs N]
   [--neighbour BYTES] [--sync-batches N] [--sync-gap-ms MS]
 Rows default to DISK W1 W2 W3 W4 W5 W6 IDLE INCOMING SRV-LIST SRV-PUT (SYNC, and SRV-FULL and IDLE-1M, which
@@ -54,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             }
             "--no-verify" => opts.verify = false,
             "--spread-ids" => opts.spread_ids = true,
+            "--staged-at-rest" => opts.staged_at_rest = true,
             // s3+postgres on N nodes (Garage + PostgreSQL started for each row).
             "--scaleout-nodes" => opts.scaleout_nodes = num(&a, args.next())?,
             "--server-devices" => opts.server_devices = num(&a, args.next())?,
@@ -108,6 +109,10 @@ fn main() -> anyhow::Result<()> {
             "; ids spread (16 hex digits)"
         } else {
             "; ids b000000.."
+        } + if opts.staged_at_rest {
+            "; staged files flushed before the clock"
+        } else {
+            ""
         },
         seed: opts.seed,
         machine: bench::machine(),

@@ -25,7 +25,7 @@ pub mod incoming;
 mod keys;
 mod read;
 mod write;
-use write::CommitJob;
+use write::CommitQueue;
 
 /// The index file name inside the data dir (user names cannot contain a dot, so no user
 /// directory can collide with it).
@@ -121,7 +121,7 @@ pub struct Index {
     instance: String,
     writer: Mutex<Connection>,
     /// Put batches waiting for the writer (group commit; see [`Index::commit_puts`]).
-    queue: Mutex<Vec<CommitJob>>,
+    queue: Mutex<CommitQueue>,
     readers: Mutex<Vec<Connection>>,
     /// Heads and token owners in memory (see `cache.rs`).
     cache: cache::Cache,
@@ -206,7 +206,7 @@ impl Index {
             path,
             instance,
             writer: Mutex::new(c),
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(CommitQueue::default()),
             readers: Mutex::new(Vec::new()),
             cache,
         })

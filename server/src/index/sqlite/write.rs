@@ -41,9 +41,13 @@ impl Index {
     /// A crash before the commit leaves payload files with no index row, which no request can
     /// see and `fsck` removes; it never leaves an index row without its payload.
     ///
-    /// Group commit: callers queue their job, then take the writer lock; whoever holds it
-    /// drains every queued job into one transaction (one set of directory fsyncs, one WAL
-    /// fsync). Concurrent PUTs thus share their durability cost instead of queueing for it.
+    /// Group commit: a caller queues its job; if no commit is leading, it leads: it drains
+    /// every queued job into one transaction (one set of directory fsyncs, one WAL fsync)
+    /// under the writer lock, answers each job, and hands the lead to the first job queued
+    /// meanwhile, if any. The others sleep on their own reply and wake once, with the answer
+    /// or the lead. (Before, every caller queued for the writer lock itself: a group of N
+    /// jobs woke N-1 threads one after another, each to find its job done; issue 20,
+    /// `SRV-PUT`.) Each leader commits one round, so no caller waits on others' rounds.
     pub fn commit_puts(
         &self,
         user: &str,
@@ -52,29 +56,40 @@ impl Index {
         default_quota: Option<u64>,
         layout: &Layout,
     ) -> Result<Vec<PutOutcome>, IndexError> {
-        let (reply, result) = std::sync::mpsc::sync_channel(1);
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(CommitJob {
-                user: user.to_owned(),
-                ns: ns.clone(),
-                items,
-                default_quota,
-                reply,
-            });
-        {
-            let mut c = self.writer();
-            let jobs = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
-            if !jobs.is_empty() {
-                commit_jobs(&mut c, &self.cache, jobs, layout);
+        let (reply, turn) = std::sync::mpsc::sync_channel(1);
+        let job = CommitJob {
+            user: user.to_owned(),
+            ns: ns.clone(),
+            items,
+            default_quota,
+            reply,
+        };
+        let lead = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.jobs.push(job);
+            !std::mem::replace(&mut q.leading, true)
+        };
+        let vanished = || Err(IndexError::Batch("commit worker vanished".into()));
+        if !lead {
+            match turn.recv() {
+                Ok(Turn::Done(r)) => return r,
+                Ok(Turn::Lead) => {}
+                Err(_) => return vanished(),
             }
         }
-        // Our job was drained by us or by an earlier lock holder, who replied before
-        // releasing the lock; so the reply is already there.
-        result
-            .recv()
-            .unwrap_or_else(|_| Err(IndexError::Batch("commit worker vanished".into())))
+        {
+            // Hands the lead on (or drops it) when this round ends, also if it panics.
+            let _handoff = HandOff(&self.queue);
+            let jobs =
+                std::mem::take(&mut self.queue.lock().unwrap_or_else(|e| e.into_inner()).jobs);
+            let mut c = self.writer();
+            commit_jobs(&mut c, &self.cache, jobs, layout);
+        }
+        // Our job was in the round we led (it was queued before we took the lead).
+        match turn.recv() {
+            Ok(Turn::Done(r)) => r,
+            _ => vanished(),
+        }
     }
 
     /// Deletes a live blob: tombstone with a new seq (and the deleting device's `proof`, kept
@@ -227,13 +242,48 @@ impl Index {
     }
 }
 
+/// Put jobs waiting for a group commit, and whether a caller is leading one.
+#[derive(Default)]
+pub(super) struct CommitQueue {
+    jobs: Vec<CommitJob>,
+    leading: bool,
+}
+
 /// One caller's share of a group commit.
-pub(super) struct CommitJob {
+struct CommitJob {
     user: String,
     ns: Namespace,
     items: Vec<PendingPut>,
     default_quota: Option<u64>,
-    reply: std::sync::mpsc::SyncSender<Result<Vec<PutOutcome>, IndexError>>,
+    /// Room for one message: the lead, or the answer (never both: a job handed the lead is
+    /// answered by the round it then leads, after it has read the lead).
+    reply: std::sync::mpsc::SyncSender<Turn>,
+}
+
+/// What a queued caller is woken with.
+enum Turn {
+    /// Its job's outcome.
+    Done(Result<Vec<PutOutcome>, IndexError>),
+    /// Lead the next round.
+    Lead,
+}
+
+/// Ends a leader's round: the lead goes to the first job queued meanwhile, or lapses when
+/// none is. Runs on unwind too, so a panicking round cannot leave queued callers asleep.
+struct HandOff<'a>(&'a std::sync::Mutex<CommitQueue>);
+
+impl Drop for HandOff<'_> {
+    fn drop(&mut self) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(first) = q.jobs.first() {
+            if first.reply.try_send(Turn::Lead).is_ok() {
+                return;
+            }
+            // Its caller is gone (it cannot be, while it waits; but never hang on it).
+            q.jobs.remove(0);
+        }
+        q.leading = false;
+    }
 }
 
 /// Applies one job inside the batch transaction: renames and rows. A missing user fails only
@@ -381,6 +431,79 @@ fn commit_jobs(
             }
         }
         // The caller waits on this channel; it has room for the one reply.
-        let _ = job.reply.send(result);
+        let _ = job.reply.send(Turn::Done(result));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many callers at once, as PUTs from many devices: every job is answered exactly once,
+    /// with its own outcome, whoever leads; the numbers are unique and every row is there.
+    /// A lost hand-off would leave callers asleep and the test would hang.
+    #[test]
+    fn concurrent_callers_each_get_their_own_outcome() {
+        const CALLERS: usize = 32;
+        const PUTS: usize = 25;
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let layout = Layout::new(dir.path());
+        index.add_user("alice", b"token-hash", None).unwrap();
+        let ns = Namespace::default();
+        let seqs = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for t in 0..CALLERS {
+                let (index, layout, ns, seqs) = (&index, &layout, &ns, &seqs);
+                s.spawn(move || {
+                    for i in 0..PUTS {
+                        let id = BlobId::new(format!("c{t:02}-{i:03}")).unwrap();
+                        let temp = layout.temp_path("alice", ns, &id);
+                        std::fs::create_dir_all(temp.parent().unwrap()).unwrap();
+                        std::fs::write(&temp, id.as_str()).unwrap();
+                        let item = PendingPut {
+                            id: id.clone(),
+                            size: id.as_str().len() as u64,
+                            staged: Staged::File(temp),
+                            external: false,
+                            age_sha256: None,
+                            flags: 0,
+                            if_absent_since: None,
+                        };
+                        let out = index
+                            .commit_puts("alice", ns, vec![item], None, layout)
+                            .unwrap();
+                        let [PutOutcome::Created(seq)] = out[..] else {
+                            panic!("{id}: {out:?}");
+                        };
+                        seqs.lock().unwrap().push(seq);
+                        let row = index.lookup("alice", ns, &id).unwrap().unwrap();
+                        assert_eq!((row.id.as_str(), row.seq), (id.as_str(), seq));
+                    }
+                });
+            }
+        });
+        let mut seqs = seqs.into_inner().unwrap();
+        seqs.sort_unstable();
+        let want: Vec<u64> = (1..=(CALLERS * PUTS) as u64).collect();
+        assert_eq!(seqs, want);
+        // A repeat of a taken id is refused, and the lead is free again afterwards.
+        let id = BlobId::new("c00-000").unwrap();
+        let temp = layout.temp_path("alice", &ns, &id);
+        std::fs::write(&temp, "again").unwrap();
+        let item = PendingPut {
+            id,
+            size: 5,
+            staged: Staged::File(temp.clone()),
+            external: false,
+            age_sha256: None,
+            flags: 0,
+            if_absent_since: None,
+        };
+        let out = index
+            .commit_puts("alice", &ns, vec![item], None, &layout)
+            .unwrap();
+        assert_eq!(out, [PutOutcome::Exists]);
+        assert!(!temp.exists(), "the refused temp file is removed");
     }
 }
