@@ -168,7 +168,11 @@ pub fn on_threads<T: Sync>(items: &[T], f: impl Fn(&T) -> io::Result<()> + Sync)
     match sync_pool() {
         // One task per item: the work is waiting for the disk, not computing, so every item
         // should be in flight at once rather than split by cores.
-        Some(pool) => pool.install(|| items.par_iter().with_max_len(1).try_for_each(&f)),
+        // A panic in `f` comes back as an error, as from the scoped threads.
+        Some(pool) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| items.par_iter().with_max_len(1).try_for_each(&f))
+        }))
+        .unwrap_or_else(|_| Err(io::Error::other("a sync thread panicked"))),
         None => on_scoped_threads(items, f),
     }
 }
@@ -377,6 +381,12 @@ mod tests {
             })
             .unwrap_err();
             assert_eq!(err.to_string(), "disk on fire", "{name}");
+            let err = run(&items, &|&i| match i {
+                3 => panic!("a bug in a sync"),
+                _ => Ok(()),
+            })
+            .unwrap_err();
+            assert_eq!(err.to_string(), "a sync thread panicked", "{name}");
         }
     }
 
