@@ -146,8 +146,9 @@ impl TempBlob {
         Ok(())
     }
 
-    /// Writes the rest, closes (fsyncing first when `sync`; a batch syncs once later with
-    /// [`crate::layout::sync_files`]) and returns the temp path, now owned by the caller.
+    /// Writes the rest, closes (fsyncing first when `sync`; a put's commit makes it durable
+    /// with its group otherwise, [`crate::layout::sync_placed`]) and returns the temp path,
+    /// now owned by the caller.
     pub async fn finish(mut self, sync: bool) -> std::io::Result<PathBuf> {
         self.flush(sync).await?;
         self.file = None;

@@ -150,8 +150,8 @@ pub fn import_soledad(
                 if let Some(d) = temp.parent() {
                     std::fs::create_dir_all(d)?;
                 }
+                // The commit makes the batch's files durable together.
                 let size = std::fs::copy(&path, &temp)?;
-                std::fs::File::open(&temp)?.sync_all()?;
                 batch.push(PendingPut {
                     id,
                     size,

@@ -71,22 +71,11 @@ impl Layout {
     }
 }
 
-/// Makes `files` (written, closed) durable, together ([`GroupSync::choose`] picks `syncfs`
-/// or per-file syncs in parallel). `root` is the data dir.
-pub fn sync_files(root: &Path, files: &[PathBuf]) -> std::io::Result<()> {
-    let open = files
-        .iter()
-        .map(std::fs::File::open)
-        .collect::<std::io::Result<Vec<_>>>()?;
-    GroupSync::choose(files.len()).sync_data(
-        &std::fs::File::open(root)?,
-        &open.iter().collect::<Vec<_>>(),
-    )
-}
-
-/// Makes the names created in `dirs` durable, together. `root` is the data dir.
-pub fn sync_dirs(root: &Path, dirs: &[&PathBuf]) -> std::io::Result<()> {
-    GroupSync::choose(dirs.len()).sync_dirs(&std::fs::File::open(root)?, dirs)
+/// Makes renamed `files` (written, closed, maybe not synced) durable together with their
+/// names in `dirs` ([`GroupSync::choose`] picks one `syncfs`, or per-file syncs in parallel).
+/// `root` is the data dir.
+pub fn sync_placed(root: &Path, files: &[PathBuf], dirs: &[PathBuf]) -> std::io::Result<()> {
+    GroupSync::choose(files.len()).sync_placed(&std::fs::File::open(root)?, files, dirs)
 }
 
 /// A file found under the payload tree.

@@ -247,6 +247,27 @@ impl GroupSync {
         }
     }
 
+    /// Makes renamed `files` durable together with their names in `dirs`: one `syncfs`, or
+    /// each file's data and then each directory. `root` as for [`GroupSync::sync_data`].
+    pub fn sync_placed<P: AsRef<std::path::Path> + Sync>(
+        self,
+        root: &File,
+        files: &[P],
+        dirs: &[P],
+    ) -> io::Result<()> {
+        match self {
+            GroupSync::Syncfs => syncfs(root),
+            GroupSync::PerFile => {
+                let open = files
+                    .iter()
+                    .map(|p| File::open(p.as_ref()))
+                    .collect::<io::Result<Vec<_>>>()?;
+                self.sync_data(root, &open.iter().collect::<Vec<_>>())?;
+                self.sync_dirs(root, dirs)
+            }
+        }
+    }
+
     /// Makes the names created in `dirs` durable. `root` as for [`GroupSync::sync_data`].
     pub fn sync_dirs<P: AsRef<std::path::Path> + Sync>(
         self,

@@ -286,7 +286,7 @@ async fn store_one(
     // An /incoming body must be an age file; `w` is dropped (and removed) on refusal.
     let age_sha256 = age.map(|a| a.finish(&user)).transpose()?;
     let t = std::time::Instant::now();
-    let staged = w.finish(true).await.map_err(ApiError::internal)?;
+    let staged = w.finish(false).await.map_err(ApiError::internal)?;
     st.metrics()
         .backend(st.payloads().kind(), "finish", t.elapsed());
     let item = PendingPut {

@@ -32,7 +32,7 @@ pub(super) async fn stream(st: &ServerState, user: String, req: Request<Incoming
 /// Payloads a `/stream` download opens ahead of the one it is sending.
 const DOWN_AHEAD: usize = 8;
 
-/// A blob of a stream upload that reached its end and is being fsynced.
+/// A blob of a stream upload that reached its end and is being written out.
 type Finished = Result<(usize, BlobId, u64, Staged), std::io::Error>;
 
 async fn stream_up(
@@ -155,7 +155,7 @@ async fn stream_up(
             .map_err(|e| ApiError::bad(format!("malformed stream body: {e}")))
     }
     .await;
-    // Whatever happened, wait for every fsync so no temp file is written after we decide.
+    // Whatever happened, wait for every write so no temp file is written after we decide.
     let mut done: Vec<(usize, BlobId, u64, Staged)> = Vec::new();
     let mut write_err: Option<std::io::Error> = None;
     while let Some(r) = fsyncs.join_next().await {
@@ -177,12 +177,6 @@ async fn stream_up(
             .discard(done.into_iter().map(|d| d.3).collect())
             .await;
         return Err(e);
-    }
-    // One durability barrier for the whole batch instead of an fsync per blob.
-    let staged: Vec<Staged> = done.iter().map(|d| d.3.clone()).collect();
-    if let Err(e) = st.payloads().sync_batch(&staged).await {
-        st.payloads().discard(staged).await;
-        return Err(ApiError::internal(e));
     }
     done.sort_by_key(|d| d.0);
     // In commit order, to match the outcomes.

@@ -190,7 +190,7 @@ pub struct PendingPut {
     pub id: BlobId,
     /// Its size.
     pub size: u64,
-    /// The written payload: an fsynced temp file the commit renames into place, or an object
+    /// The written payload: a temp file the commit renames into place and syncs, or an object
     /// under its unique key that the commit records.
     pub staged: Staged,
     /// `/incoming` delivery.

@@ -1,7 +1,7 @@
 //! `fs` payloads: files in Soledad's layout under the data dir ([`crate::layout`]), written
-//! through [`TempBlob`] (temp file beside the final name, fsync) and renamed into place by the
-//! SQLite index's commit under its writer lock (`index/sqlite/write.rs`). Reads and walks run
-//! on the blocking pool.
+//! through [`TempBlob`] (temp file beside the final name), then renamed into place and made
+//! durable with the rest of their round by the SQLite index's commit under its writer lock
+//! (`index/sqlite/write.rs`). Reads and walks run on the blocking pool.
 
 use std::io::{Read, Seek};
 
@@ -91,11 +91,6 @@ impl PayloadStore for FsPayloads {
 
     fn writer(&self, user: &str, ns: &Namespace, id: &BlobId) -> Box<dyn PayloadWriter> {
         Box::new(TempBlob::new(self.layout.temp_path(user, ns, id)))
-    }
-
-    async fn sync_batch(&self, staged: &[Staged]) -> std::io::Result<()> {
-        let (root, paths) = (self.layout.root().to_path_buf(), files(staged));
-        blocking(move || layout::sync_files(&root, &paths)).await
     }
 
     async fn discard(&self, staged: Vec<Staged>) {

@@ -25,7 +25,8 @@ pub use s3::{S3Config, S3Payloads};
 /// A payload written and durable, not yet published by an index commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Staged {
-    /// An fsynced temp file beside its final path (`fs`): the commit renames it into place.
+    /// A written temp file beside its final path (`fs`): the commit renames it into place
+    /// and makes it durable with the rest of its round.
     File(std::path::PathBuf),
     /// A complete object under a key no other upload uses (`s3`): the commit records the key,
     /// which is what makes the object visible.
@@ -90,8 +91,9 @@ pub trait PayloadWriter: Send {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Completes the payload. `sync`: make it durable now (a batch may pass false and call
-    /// [`PayloadStore::sync_batch`] once for all).
+    /// Completes the payload. `sync`: make it durable now. Puts pass false: the index's
+    /// commit makes a round's files durable together before it publishes them (an object
+    /// is durable once its upload completes).
     async fn finish(self: Box<Self>, sync: bool) -> std::io::Result<Staged>;
 }
 
@@ -107,9 +109,6 @@ pub trait PayloadStore: Send + Sync + std::fmt::Debug {
     }
     /// A writer for a new payload of `user`/`ns`/`id`.
     fn writer(&self, user: &str, ns: &Namespace, id: &BlobId) -> Box<dyn PayloadWriter>;
-    /// Makes finished payloads durable together (files: one `syncfs`; objects: nothing, a
-    /// completed PUT is durable).
-    async fn sync_batch(&self, staged: &[Staged]) -> std::io::Result<()>;
     /// Removes staged payloads that will not be published.
     async fn discard(&self, staged: Vec<Staged>);
     /// `len` bytes from `start` of a payload. A missing payload is `ErrorKind::NotFound`.

@@ -213,10 +213,6 @@ impl PayloadStore for S3Payloads {
         })
     }
 
-    async fn sync_batch(&self, _staged: &[Staged]) -> std::io::Result<()> {
-        Ok(())
-    }
-
     async fn discard(&self, staged: Vec<Staged>) {
         for s in staged {
             if let Staged::Object(k) = s {

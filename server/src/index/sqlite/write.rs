@@ -33,13 +33,15 @@ impl Index {
         })
     }
 
-    /// Renames fsynced temp files into place and indexes them in ONE transaction; per item
+    /// Renames written temp files into place and indexes them in ONE transaction; per item
     /// the outcome. `default_quota` applies to users without their own.
     ///
-    /// Order (what makes a crash safe): temp files were fsynced by the caller; here each is
-    /// renamed to its final name, the directories are fsynced, then the transaction commits.
-    /// A crash before the commit leaves payload files with no index row, which no request can
-    /// see and `fsck` removes; it never leaves an index row without its payload.
+    /// Order (what makes a crash safe): each temp file is renamed to its final name, then the
+    /// files' data and their directories are made durable together, then the transaction
+    /// commits. A crash before the commit leaves payload files (maybe incomplete) with no
+    /// index row, which no request can see and `fsck` removes; it never leaves an index row
+    /// without its whole payload. The callers do not sync the temp files themselves: one
+    /// `syncfs` per round replaces a flush per PUT (issue 20, `SRV-PUT`).
     ///
     /// Group commit: a caller queues its job; if no commit is leading, it leads: it drains
     /// every queued job into one transaction (one set of directory fsyncs, one WAL fsync)
@@ -385,10 +387,13 @@ fn commit_jobs(
         for job in &jobs {
             results.push(apply_job(&tx, job, now, layout, &mut placed, &mut dirs)?);
         }
-        // The renames' directories (their files' data was synced before).
-        let dirs: Vec<&PathBuf> = dirs.iter().collect();
-        crate::layout::sync_dirs(layout.root(), &dirs)
-            .map_err(io("sync the directories of renamed files", layout.root()))?;
+        // The placed files' data and names, together (one `syncfs` for the whole round, or
+        // per-file syncs when the machine has much dirty data), before the rows commit.
+        let dirs: Vec<PathBuf> = dirs.into_iter().collect();
+        crate::layout::sync_placed(layout.root(), &placed, &dirs).map_err(io(
+            "sync the renamed files and their directories",
+            layout.root(),
+        ))?;
         tx.commit()?;
         Ok(())
     })();
