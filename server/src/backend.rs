@@ -209,14 +209,14 @@ pub struct Backends {
 
 /// `fs+sqlite` in `data_dir`: takes the lock and opens (creating, migrating) the index.
 /// Blocking.
-pub fn open_fs_sqlite(data_dir: &Path) -> Result<Backends, ServerError> {
+pub fn open_fs_sqlite(data_dir: &Path, inline_max: usize) -> Result<Backends, ServerError> {
     crate::ensure_data_dir(data_dir)?;
     let lock = DirLock::acquire(data_dir)?;
     let layout = Layout::new(data_dir);
-    let index = Index::open(data_dir)?;
+    let index = SqliteStore::new(Index::open(data_dir)?, layout.clone());
     Ok(Backends {
-        index: Arc::new(SqliteStore::new(index, layout.clone())),
-        payloads: Arc::new(FsPayloads::new(layout)),
+        index: Arc::new(index.clone()),
+        payloads: Arc::new(FsPayloads::with_inline(layout, index, inline_max)),
         lock: Some(lock),
     })
 }

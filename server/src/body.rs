@@ -60,6 +60,7 @@ pub struct TempBlob {
     behind: WriteBehind,
     len: u64,
     done: bool,
+    inline_max: usize,
 }
 
 impl TempBlob {
@@ -72,6 +73,7 @@ impl TempBlob {
             behind: WriteBehind::default(),
             len: 0,
             done: false,
+            inline_max: 0,
         }
     }
 
@@ -144,6 +146,22 @@ impl TempBlob {
         self.behind = behind;
         self.file = Some(file);
         Ok(())
+    }
+
+    /// Lets [`TempBlob::take_small`] hand out payloads of at most `max` bytes (default 0).
+    pub fn inline_up_to(mut self, max: usize) -> Self {
+        self.inline_max = max;
+        self
+    }
+
+    /// The bytes received, if they are at most [`TempBlob::inline_up_to`] and none was written
+    /// to disk yet; the writer is then done (it never creates its file).
+    pub fn take_small(&mut self) -> Option<Bytes> {
+        if self.file.is_some() || self.buf.len() > self.inline_max || self.inline_max == 0 {
+            return None;
+        }
+        self.done = true;
+        Some(Bytes::from(std::mem::take(&mut self.buf)))
     }
 
     /// Writes the rest, closes (fsyncing first when `sync`; a put's commit makes it durable

@@ -113,6 +113,14 @@ fn compare(report: &mut FsckReport, live: Vec<LiveRow>, found: Vec<Found>, min_a
     let mut by_key: HashMap<String, (String, String, String, u64)> = HashMap::new();
     let mut by_name: HashMap<(String, String, String), u64> = HashMap::new();
     for r in live {
+        if let Some(n) = r.inline {
+            // Kept inside the index: nothing to find on disk (a file at its path is an orphan).
+            if n != r.size {
+                let what = format!("inline payload of {}/{}/{}", r.user, r.namespace, r.id);
+                report.wrong_size.push((what, r.size, n));
+            }
+            continue;
+        }
         match r.object_key {
             Some(k) => {
                 by_key.insert(k, (r.user, r.namespace, r.id, r.size));

@@ -75,6 +75,9 @@ impl Layout {
 /// names in `dirs` ([`GroupSync::choose`] picks one `syncfs`, or per-file syncs in parallel).
 /// `root` is the data dir.
 pub fn sync_placed(root: &Path, files: &[PathBuf], dirs: &[PathBuf]) -> std::io::Result<()> {
+    if files.is_empty() && dirs.is_empty() {
+        return Ok(()); // a round of inline payloads only
+    }
     GroupSync::choose(files.len()).sync_placed(&std::fs::File::open(root)?, files, dirs)
 }
 

@@ -81,6 +81,10 @@ pub struct ServerConfig {
     /// while a kept-alive connection waits for its next request, so it is also the idle
     /// keep-alive timeout. Default 30 s.
     pub header_timeout: Duration,
+    /// `fs+sqlite`: payloads of at most this many bytes are kept inside the index instead
+    /// of as files (default [`payload::INLINE_MAX`]; 0: every payload a file; at most
+    /// [`payload::INLINE_CAP`]). Payloads stored earlier stay readable whatever it is now.
+    pub inline_max: usize,
     /// TLS, when set.
     pub tls: Option<TlsFiles>,
 }
@@ -114,6 +118,7 @@ impl ServerConfig {
             stream_parallel_writes: 32,
             shutdown_grace: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
+            inline_max: payload::INLINE_MAX,
             tls: None,
         }
     }
@@ -217,7 +222,7 @@ impl ServerState {
     /// `fs` + `sqlite`: locks the data dir, opens the index and removes temp files left by a
     /// crash. Blocking: call it before serving (or from `spawn_blocking`).
     pub fn open(config: ServerConfig) -> Result<Self, ServerError> {
-        let b = backend::open_fs_sqlite(&config.data_dir)?;
+        let b = backend::open_fs_sqlite(&config.data_dir, config.inline_max)?;
         let removed = layout::remove_temp_files(&config.data_dir)
             .map_err(io_err("remove leftover temp files"))?;
         if removed > 0 {

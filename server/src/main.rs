@@ -157,6 +157,11 @@ struct ServeArgs {
     /// Largest blob accepted, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     max_blob_size: u64,
+    /// fs+sqlite: blobs of at most this many bytes are kept inside the index (one commit for
+    /// data and row) instead of as files; 0 keeps every blob a file. At most 65536.
+    #[arg(long, default_value_t = blobsync_server::payload::INLINE_MAX as u64,
+          value_parser = clap::value_parser!(u64).range(0..=blobsync_server::payload::INLINE_CAP as u64))]
+    inline_max: u64,
     /// Quota in bytes of users without their own (default: unlimited).
     #[arg(long)]
     default_quota: Option<u64>,
@@ -328,9 +333,10 @@ async fn open_admin(
                 .await?
                 .with_context(|| format!("open the index in {}", data.display()))?;
             let layout = Layout::new(data);
+            let index = SqliteStore::new(index, layout.clone());
             Ok((
-                Arc::new(SqliteStore::new(index, layout.clone())),
-                Arc::new(FsPayloads::new(layout)),
+                Arc::new(index.clone()),
+                Arc::new(FsPayloads::with_inline(layout, index, 0)),
             ))
         }
     }
@@ -533,6 +539,7 @@ fn serve(data: PathBuf, kind: Kind, scale: Option<ScaleOut>, a: ServeArgs) -> an
         .init();
     let mut cfg = ServerConfig::new(&data);
     cfg.max_blob_size = a.max_blob_size;
+    cfg.inline_max = a.inline_max as usize;
     cfg.default_quota = a.default_quota;
     cfg.max_connections = a.max_connections;
     cfg.max_connections_per_client = a.max_connections_per_client.max(1);

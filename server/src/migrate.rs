@@ -79,6 +79,8 @@ struct SrcRow {
     external: bool,
     proof: Option<String>,
     age_sha256: Option<String>,
+    /// A small payload kept inside the index (schema 7 on) instead of as a file.
+    inline: Option<Vec<u8>>,
 }
 
 /// Reads everything but the blob rows from the read-only source.
@@ -210,11 +212,18 @@ pub async fn migrate(from: &Path, to: &ScaleOut) -> Result<MigrateReport, Server
         let path = index_path.clone();
         let page: Vec<SrcRow> = tokio::task::spawn_blocking(move || {
             let c = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            let mut s = c.prepare(
+            let inline = if version >= 7 {
+                "(SELECT data FROM inline_payloads i WHERE i.user = b.user \
+                 AND i.namespace = b.namespace AND i.id = b.id)"
+            } else {
+                "NULL"
+            };
+            let mut s = c.prepare(&format!(
                 "SELECT user, namespace, id, size, created, seq, deleted, flags, external, \
-                 proof, age_sha256 FROM blobs WHERE (user, namespace, id) > (?1, ?2, ?3) \
-                 ORDER BY user, namespace, id LIMIT 500",
-            )?;
+                 proof, age_sha256, {inline} FROM blobs b \
+                 WHERE (user, namespace, id) > (?1, ?2, ?3) \
+                 ORDER BY user, namespace, id LIMIT 500"
+            ))?;
             let rows = s
                 .query_map([&a.0, &a.1, &a.2], |r| {
                     Ok(SrcRow {
@@ -229,6 +238,7 @@ pub async fn migrate(from: &Path, to: &ScaleOut) -> Result<MigrateReport, Server
                         external: r.get(8)?,
                         proof: r.get(9)?,
                         age_sha256: r.get(10)?,
+                        inline: r.get(11)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -272,10 +282,17 @@ async fn copy_row(
     );
     let mut key: Option<String> = None;
     if !row.deleted {
-        let path = crate::Layout::new(from).blob_path(&row.user, &ns, &id);
-        let mut f = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| bad(&format!("open {}: {e}", path.display())))?;
+        let mut f: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match &row.inline {
+            Some(data) => Box::new(std::io::Cursor::new(data.clone())),
+            None => {
+                let path = crate::Layout::new(from).blob_path(&row.user, &ns, &id);
+                Box::new(
+                    tokio::fs::File::open(&path)
+                        .await
+                        .map_err(|e| bad(&format!("open {}: {e}", path.display())))?,
+                )
+            }
+        };
         let mut w = payloads.writer(&row.user, &ns, &id);
         let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
         let mut buf = vec![0u8; 1 << 20];

@@ -290,8 +290,10 @@ pub struct LiveRow {
     pub id: String,
     /// Size in bytes.
     pub size: u64,
-    /// Object key (None: a file at its layout path).
+    /// Object key (None: a file at its layout path, or inline).
     pub object_key: Option<String>,
+    /// Kept inside the index (`Staged::Inline`): its length in bytes.
+    pub inline: Option<u64>,
 }
 
 /// The precondition a key-backup write must meet (`PUT /keys/{user}/storage`).

@@ -8,20 +8,40 @@ use std::io::{Read, Seek};
 use blobsync_shared::{BlobId, Namespace};
 use bytes::Bytes;
 
-use super::{ByteStream, Found, Location, PayloadStore, PayloadWriter, Staged};
+use super::{ByteStream, Found, INLINE_CAP, Location, PayloadStore, PayloadWriter, Staged};
 use crate::body::{CHUNK, TempBlob};
+use crate::index::SqliteStore;
 use crate::layout::{self, Layout};
 
-/// Payload files under a data dir.
+/// Payload files under a data dir, and the small payloads its SQLite index keeps.
 #[derive(Debug, Clone)]
 pub struct FsPayloads {
     layout: Layout,
+    /// Where small payloads are (`Staged::Inline`); without it every payload is a file.
+    inline: Option<SqliteStore>,
+    /// New payloads of at most this many bytes are kept inline.
+    inline_max: usize,
 }
 
 impl FsPayloads {
-    /// Payloads in `layout`.
+    /// Payloads in `layout`, all of them files.
     pub fn new(layout: Layout) -> Self {
-        Self { layout }
+        Self {
+            layout,
+            inline: None,
+            inline_max: 0,
+        }
+    }
+
+    /// Payloads in `layout`, the new ones of at most `inline_max` bytes (capped at
+    /// [`INLINE_CAP`]) inside `index` (the server's pairing); earlier inline payloads are
+    /// read from there whatever `inline_max` is now.
+    pub fn with_inline(layout: Layout, index: SqliteStore, inline_max: usize) -> Self {
+        Self {
+            layout,
+            inline: Some(index),
+            inline_max: inline_max.min(INLINE_CAP),
+        }
     }
 }
 
@@ -33,7 +53,10 @@ impl PayloadWriter for TempBlob {
     fn len(&self) -> u64 {
         TempBlob::len(self)
     }
-    async fn finish(self: Box<Self>, sync: bool) -> std::io::Result<Staged> {
+    async fn finish(mut self: Box<Self>, sync: bool) -> std::io::Result<Staged> {
+        if let Some(small) = self.take_small() {
+            return Ok(Staged::Inline(small));
+        }
         Ok(Staged::File(TempBlob::finish(*self, sync).await?))
     }
 }
@@ -66,9 +89,34 @@ fn files(staged: &[Staged]) -> Vec<std::path::PathBuf> {
         .iter()
         .filter_map(|s| match s {
             Staged::File(p) => Some(p.clone()),
-            Staged::Object(_) => None,
+            Staged::Object(_) | Staged::Inline(_) => None,
         })
         .collect()
+}
+
+/// `len` bytes from `start` of a payload kept in the index, checked against its row's `size`
+/// as a file is (a replace may have changed it since the row was read).
+fn inline_range(data: Bytes, size: u64, start: u64, len: u64) -> std::io::Result<ByteStream> {
+    if data.len() as u64 != size {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Interrupted,
+            format!(
+                "payload replaced since its index row was read ({} bytes, the row says {size})",
+                data.len()
+            ),
+        ));
+    }
+    let end = start
+        .checked_add(len)
+        .filter(|e| *e <= size)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("bytes {start}+{len} are outside a payload of {size} bytes"),
+            )
+        })?;
+    let part = data.slice(start as usize..end as usize);
+    Ok(Box::pin(futures_util::stream::iter([Ok(part)])))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -90,7 +138,7 @@ impl PayloadStore for FsPayloads {
     }
 
     fn writer(&self, user: &str, ns: &Namespace, id: &BlobId) -> Box<dyn PayloadWriter> {
-        Box::new(TempBlob::new(self.layout.temp_path(user, ns, id)))
+        Box::new(TempBlob::new(self.layout.temp_path(user, ns, id)).inline_up_to(self.inline_max))
     }
 
     async fn discard(&self, staged: Vec<Staged>) {
@@ -105,6 +153,17 @@ impl PayloadStore for FsPayloads {
     }
 
     async fn open(&self, loc: &Location, start: u64, len: u64) -> std::io::Result<ByteStream> {
+        if let Some(index) = self
+            .inline
+            .as_ref()
+            .filter(|_| loc.size <= INLINE_CAP as u64)
+            && let Some(data) = index
+                .inline_payload(&loc.user, &loc.ns, &loc.id)
+                .await
+                .map_err(std::io::Error::other)?
+        {
+            return inline_range(data, loc.size, start, len);
+        }
         let path = self.layout.blob_path(&loc.user, &loc.ns, &loc.id);
         let size = loc.size;
         // A small read is done in the same blocking hop as the open.

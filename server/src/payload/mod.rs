@@ -31,7 +31,20 @@ pub enum Staged {
     /// A complete object under a key no other upload uses (`s3`): the commit records the key,
     /// which is what makes the object visible.
     Object(String),
+    /// A payload of at most `inline_max` bytes (`fs`), held until the SQLite index's commit
+    /// writes it beside its row.
+    Inline(Bytes),
 }
+
+/// Payloads of at most this many bytes are kept inside the SQLite index (`fs+sqlite`): a
+/// blob of a few KiB costs a file create, a rename and its share of a `syncfs` as a file, and
+/// a slice of one sequential WAL write inline (issue 20, `SRV-PUT` and `W5`). About a page,
+/// so most stay in the table's leaf pages; and a bound on what a request holds in memory.
+pub const INLINE_MAX: usize = 4096;
+
+/// The largest `inline_max` a server accepts; payloads up to this size are looked for in the
+/// index before the file system, so any earlier setting's stay readable.
+pub const INLINE_CAP: usize = 64 * 1024;
 
 /// Where one blob's payload is: its names, and the object key the index recorded (None for
 /// `fs`, whose path follows from the names).

@@ -30,15 +30,23 @@ async fn put_get_list_delete_round_trip() {
     let c: CountResponse = s.get("/blobs/alice?only_count=1", &t).await.json();
     assert_eq!(c.count, 2);
 
-    // fs: the payload sits in Soledad's layout, and is gone after the delete.
+    // fs: a payload this small is kept inside the index (no file in the layout), and is gone
+    // after the delete.
     let p = s.data_dir().join("alice/default/b/b1/b1");
     if s.engines.is_none() {
-        assert_eq!(std::fs::read(&p).unwrap(), b"hello world");
+        assert!(!p.exists());
+        assert_eq!(
+            s.inline_payload("alice", "default", "b1").as_deref(),
+            Some(&b"hello world"[..])
+        );
     }
 
     let r = s.delete("/blobs/alice/b1", &t).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!p.exists());
+    if s.engines.is_none() {
+        assert_eq!(s.inline_payload("alice", "default", "b1"), None);
+    }
     assert_eq!(s.get("/blobs/alice/b1", &t).await.status, 404);
     assert_eq!(s.delete("/blobs/alice/b1", &t).await.status, 404);
     assert_eq!(
@@ -343,4 +351,95 @@ async fn incoming_stores_external_pending_blobs_in_mx() {
         b"age-encryption.org/v1\nmail"
     );
 }
+}
+
+/// fs+sqlite keeps blobs of at most `--inline-max` bytes inside the index: they read, range,
+/// delete and come back like files, the next byte up is a file, and 0 turns it off (while
+/// what was stored inline stays readable).
+#[tokio::test]
+async fn small_blobs_live_inside_the_index_and_behave_like_files() {
+    let max = blobsync_server::payload::INLINE_MAX;
+    let mut s = TestServer::start().await;
+    let t = s.add_user("alice", None).await;
+    let small: Vec<u8> = (0..max).map(|i| (i % 251) as u8).collect();
+    let large: Vec<u8> = (0..=max).map(|i| (i % 253) as u8).collect();
+    assert_eq!(
+        s.put("/blobs/alice/small", &t, small.clone()).await.status,
+        201
+    );
+    assert_eq!(
+        s.put("/blobs/alice/large", &t, large.clone()).await.status,
+        201
+    );
+    let d = s.data_dir();
+    assert!(!d.join("alice/default/s/sma/small").exists());
+    assert_eq!(
+        s.inline_payload("alice", "default", "small"),
+        Some(small.clone())
+    );
+    assert_eq!(
+        std::fs::read(d.join("alice/default/l/lar/large")).unwrap(),
+        large
+    );
+    assert_eq!(s.inline_payload("alice", "default", "large"), None);
+
+    assert_eq!(s.get("/blobs/alice/small", &t).await.body, small);
+    let r = s
+        .req(
+            "GET",
+            "/blobs/alice/small",
+            Some(&t),
+            body(""),
+            &[("range", "bytes=10-19")],
+        )
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, small[10..20]);
+    let r = s
+        .req(
+            "GET",
+            "/blobs/alice/small",
+            Some(&t),
+            body(""),
+            &[("range", "bytes=-5")],
+        )
+        .await;
+    assert_eq!((r.status, &r.body[..]), (206, &small[max - 5..]));
+    let r = s
+        .req(
+            "GET",
+            "/blobs/alice/small",
+            Some(&t),
+            body(""),
+            &[("range", "bytes=5000-")],
+        )
+        .await;
+    assert_eq!(r.status, 416);
+    let r = s
+        .req("HEAD", "/blobs/alice/small", Some(&t), body(""), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some(max.to_string().as_str()));
+    // Soledad's client checks this tag: the last 16 bytes, as for a file.
+    assert!(r.header("tag").is_some());
+
+    // Immutable while live; deleted, then stored again with other bytes.
+    assert_eq!(s.put("/blobs/alice/small", &t, "x").await.status, 409);
+    assert_eq!(s.delete("/blobs/alice/small", &t).await.status, 200);
+    assert_eq!(s.inline_payload("alice", "default", "small"), None);
+    assert_eq!(s.get("/blobs/alice/small", &t).await.status, 404);
+    assert_eq!(s.put("/blobs/alice/small", &t, "again").await.status, 201);
+    assert_eq!(&s.get("/blobs/alice/small", &t).await.body[..], b"again");
+
+    // 0: every new blob a file; the inline one stays readable.
+    s.stop().await;
+    let dir = s.into_dir().await;
+    let s = TestServer::start_in(dir, |c| c.inline_max = 0).await;
+    assert_eq!(&s.get("/blobs/alice/small", &t).await.body[..], b"again");
+    assert_eq!(s.put("/blobs/alice/tiny", &t, "t").await.status, 201);
+    assert_eq!(
+        std::fs::read(d.join("alice/default/t/tin/tiny")).unwrap(),
+        b"t"
+    );
+    assert_eq!(&s.get("/blobs/alice/tiny", &t).await.body[..], b"t");
 }

@@ -173,28 +173,42 @@ async fn shutdown_lets_in_flight_requests_finish() {
     drop(tx);
     assert_eq!(upload.await.unwrap(), 201);
     s.stop().await;
-    let p = s.data_dir().join("alice/default/s/slo/slow");
-    assert_eq!(std::fs::read(p).unwrap(), b"first second");
+    assert_eq!(
+        s.inline_payload("alice", "default", "slow").as_deref(),
+        Some(&b"first second"[..])
+    );
 }
 
 #[tokio::test]
 async fn fsck_finds_and_repairs_leftovers() {
     let s = TestServer::start().await;
     let t = s.add_user("alice", None).await;
-    s.put("/blobs/alice/keep", &t, "k").await;
-    s.put("/blobs/alice/gone", &t, "g").await;
+    // Files (over --inline-max) and one blob kept inside the index.
+    let big = |c: u8| vec![c; blobsync_server::payload::INLINE_MAX + 1];
+    s.put("/blobs/alice/keep", &t, big(b'k')).await;
+    s.put("/blobs/alice/gone", &t, big(b'g')).await;
+    s.put("/blobs/alice/tiny", &t, "t").await;
     let dir = s.into_dir().await;
     let d = dir.path().join("data");
-    // An orphan payload (crash between rename and commit), a temp file, a lost payload.
+    assert!(!d.join("alice/default/t/tin/tiny").exists());
+    let clean = blobsync_server::fsck::fsck(&d, false).unwrap();
+    assert!(clean.is_clean(), "{}", clean.render());
+    assert_eq!(clean.checked, 3);
+    // An orphan payload (crash between rename and commit), a temp file, a lost payload, and a
+    // file where the inline blob's name would be (a crash before an unlink; orphan too).
     std::fs::create_dir_all(d.join("alice/default/o/orp")).unwrap();
     std::fs::write(d.join("alice/default/o/orp/orphan"), "o").unwrap();
     std::fs::write(d.join("alice/default/k/kee/.tmp-keep-1234"), "t").unwrap();
     std::fs::remove_file(d.join("alice/default/g/gon/gone")).unwrap();
+    std::fs::create_dir_all(d.join("alice/default/t/tin")).unwrap();
+    std::fs::write(d.join("alice/default/t/tin/tiny"), "stale").unwrap();
     let r = blobsync_server::fsck::fsck(&d, false).unwrap();
     assert!(!r.is_clean());
     assert_eq!(
         (r.orphans.len(), r.temp_files.len(), r.missing.len()),
-        (1, 1, 1)
+        (2, 1, 1),
+        "{}",
+        r.render()
     );
     let r = blobsync_server::fsck::fsck(&d, true).unwrap();
     assert!(
@@ -204,6 +218,11 @@ async fn fsck_finds_and_repairs_leftovers() {
     assert!(!d.join("alice/default/o/orp/orphan").exists());
     assert!(!d.join("alice/default/k/kee/.tmp-keep-1234").exists());
     assert!(d.join("alice/default/k/kee/keep").exists());
+    assert!(!d.join("alice/default/t/tin/tiny").exists());
+    assert_eq!(
+        common::inline_payload(&d, "alice", "default", "tiny").as_deref(),
+        Some(&b"t"[..])
+    );
 }
 
 #[tokio::test]

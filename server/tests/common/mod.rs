@@ -35,6 +35,22 @@ impl Resp {
     }
 }
 
+/// fs+sqlite: the bytes a small blob keeps inside the index of `data` (read-only, so also
+/// while a server runs or after it stopped), if any.
+pub fn inline_payload(data: &std::path::Path, user: &str, ns: &str, id: &str) -> Option<Vec<u8>> {
+    let c = rusqlite::Connection::open_with_flags(
+        data.join(blobsync_server::index::INDEX_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    rusqlite::OptionalExtension::optional(c.query_row(
+        "SELECT data FROM inline_payloads WHERE user = ?1 AND namespace = ?2 AND id = ?3",
+        [user, ns, id],
+        |r| r.get(0),
+    ))
+    .unwrap()
+}
+
 pub fn body(b: impl Into<Bytes>) -> ReqBody {
     Full::new(b.into()).map_err(|e| match e {}).boxed()
 }
@@ -128,7 +144,11 @@ impl TestServer {
     }
 
     pub async fn start_with(f: impl FnOnce(&mut ServerConfig)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), f).await
+    }
+
+    /// A server on the data of an earlier one (see [`TestServer::into_dir`]).
+    pub async fn start_in(dir: tempfile::TempDir, f: impl FnOnce(&mut ServerConfig)) -> Self {
         let mut cfg = ServerConfig::new(dir.path().join("data"));
         cfg.shutdown_grace = Duration::from_secs(5);
         f(&mut cfg);
@@ -173,6 +193,11 @@ impl TestServer {
 
     pub fn data_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// fs+sqlite: the bytes a small blob keeps inside the index (`--inline-max`), if any.
+    pub fn inline_payload(&self, user: &str, ns: &str, id: &str) -> Option<Vec<u8>> {
+        inline_payload(&self.data_dir(), user, ns, id)
     }
 
     pub async fn add_user(&self, name: &str, quota: Option<u64>) -> String {

@@ -38,6 +38,9 @@ fn object_of(s: &Staged) -> Result<&str, IndexError> {
             "the postgres index stores object keys, not files ({}): pair it with s3 payloads",
             p.display()
         ))),
+        Staged::Inline(_) => Err(IndexError::Unsupported(
+            "the postgres index stores object keys, not payloads: pair it with s3 payloads".into(),
+        )),
     }
 }
 
@@ -598,6 +601,7 @@ impl IndexStore for PgIndex {
             id: r.get(2),
             size: r.get::<_, i64>(3) as u64,
             object_key: r.get(4),
+            inline: None,
         })
         .collect())
     }

@@ -34,7 +34,8 @@ impl Index {
 
     /// Adopts a delivered age file: if the live blob `ns/id` is external and still the age
     /// file whose SHA-256 is `age_sha256`, `staged` (`size` bytes: an fsynced temp file in the
-    /// blob's directory, or an object under its own key) replaces it in one index transaction with one new sequence number. Flags,
+    /// blob's directory, a small payload kept inline, or an object under its own key) replaces
+    /// it in one index transaction with one new sequence number. Flags,
     /// creation time and `external` stay; the age hash is cleared, so a second replace (the
     /// other device's) gets [`ReplaceOutcome::NotThatFile`].
     ///
@@ -107,6 +108,9 @@ impl Index {
         if size > row.size && quota.is_some_and(|q| used_after > q) {
             return Ok(ReplaceOutcome::OverQuota);
         }
+        // The old payload may be a file or inline, whatever the new one is: the one not
+        // replaced is removed (the inline row in this transaction, a file after the commit).
+        let mut old_file = None;
         let new_key = match staged {
             Staged::File(temp) => {
                 let dest = layout.blob_path(user, ns, id);
@@ -114,9 +118,22 @@ impl Index {
                 if let Some(d) = dest.parent() {
                     fsync_dir(d)?;
                 }
+                tx.execute(
+                    "DELETE FROM inline_payloads WHERE user = ?1 AND namespace = ?2 AND id = ?3",
+                    params![user, ns.as_str(), id.as_str()],
+                )?;
                 None
             }
             Staged::Object(k) => Some(k.as_str()),
+            Staged::Inline(data) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO inline_payloads (user, namespace, id, data) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![user, ns.as_str(), id.as_str(), &data[..]],
+                )?;
+                old_file = Some(layout.blob_path(user, ns, id));
+                None
+            }
         };
         tx.execute(
             "UPDATE users SET seq = seq + 1, used_bytes = ?2 WHERE name = ?1",
@@ -132,6 +149,17 @@ impl Index {
             r.get(0)
         })?;
         tx.commit()?;
+        if let Some(old) = old_file {
+            // Still under the writer lock, as a delete unlinks; a crash first leaves an orphan
+            // that fsck removes (the row now names the inline payload).
+            match std::fs::remove_file(&old) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %old.display(), "removing a replaced payload file failed; fsck --repair removes it")
+                }
+            }
+        }
         Ok(ReplaceOutcome::Replaced {
             seq: seq as u64,
             old_object: row.object_key,

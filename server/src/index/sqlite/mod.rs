@@ -112,6 +112,19 @@ CREATE TABLE key_backups (
 -- at their layout path.
 ALTER TABLE blobs ADD COLUMN object_key TEXT;
 "#,
+    r#"
+-- Small payloads (issue 20): the bytes of a live blob of at most INLINE_MAX bytes, written in
+-- the same transaction as its row instead of as a file (no temp file, rename or file sync:
+-- the round's one WAL commit makes data, name and row durable together). A rowid table, so
+-- rows of a few KiB sit in its leaf pages instead of each taking an overflow page.
+CREATE TABLE inline_payloads (
+    user TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    id TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE UNIQUE INDEX inline_payloads_by_name ON inline_payloads (user, namespace, id);
+"#,
 ];
 
 /// The index handle; cheap to share behind an `Arc`.
@@ -401,6 +414,7 @@ impl Index {
                 return Ok(0);
             }
             tx.execute("DELETE FROM blobs WHERE user = ?1", [name])?;
+            tx.execute("DELETE FROM inline_payloads WHERE user = ?1", [name])?;
             tx.execute("DELETE FROM incoming_keys WHERE user = ?1", [name])?;
             tx.execute("DELETE FROM key_backups WHERE user = ?1", [name])?;
             tx.commit()?;

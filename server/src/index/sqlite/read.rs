@@ -10,6 +10,22 @@ use crate::index::{BlobRow, IndexError, ListQuery, Order, change_of, check_since
 impl Index {
     // ---- blobs: reads ----------------------------------------------------------------
 
+    /// The bytes of a small payload kept in the index (`Staged::Inline`), if `id` has one.
+    pub fn inline_payload(
+        &self,
+        user: &str,
+        ns: &Namespace,
+        id: &BlobId,
+    ) -> Result<Option<Vec<u8>>, IndexError> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT data FROM inline_payloads WHERE user = ?1 AND namespace = ?2 AND id = ?3",
+            )?
+            .query_row(params![user, ns.as_str(), id.as_str()], |r| r.get(0))
+            .optional()?)
+        })
+    }
+
     /// The row of one id (live or tombstone).
     pub fn lookup(
         &self,

@@ -121,6 +121,10 @@ impl Index {
              WHERE user = ?1 AND namespace = ?2 AND id = ?3",
             params![user, ns.as_str(), id.as_str(), now_secs(), proof],
         )?;
+        tx.execute(
+            "DELETE FROM inline_payloads WHERE user = ?1 AND namespace = ?2 AND id = ?3",
+            params![user, ns.as_str(), id.as_str()],
+        )?;
         tx.commit()?;
         if row.object_key.is_some() {
             // An object: the caller removes it (an orphan if we crash first; fsck removes it).
@@ -181,8 +185,10 @@ impl Index {
     pub fn all_live(&self) -> Result<Vec<LiveRow>, IndexError> {
         self.read(|c| {
             let mut s = c.prepare(
-                "SELECT user, namespace, id, size, object_key FROM blobs WHERE deleted = 0 \
-                 ORDER BY user, namespace, id",
+                "SELECT b.user, b.namespace, b.id, b.size, b.object_key, length(i.data) \
+                 FROM blobs b LEFT JOIN inline_payloads i \
+                 ON i.user = b.user AND i.namespace = b.namespace AND i.id = b.id \
+                 WHERE b.deleted = 0 ORDER BY b.user, b.namespace, b.id",
             )?;
             let v = s
                 .query_map([], |r| {
@@ -192,6 +198,7 @@ impl Index {
                         id: r.get(2)?,
                         size: r.get::<_, i64>(3)? as u64,
                         object_key: r.get(4)?,
+                        inline: r.get::<_, Option<i64>>(5)?.map(|n| n as u64),
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -341,6 +348,14 @@ fn apply_job(
                 None
             }
             Staged::Object(key) => Some(key.as_str()),
+            Staged::Inline(data) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO inline_payloads (user, namespace, id, data) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![user, ns.as_str(), it.id.as_str(), &data[..]])?;
+                None
+            }
         };
         seq += 1;
         used += it.size as i64;
