@@ -250,7 +250,12 @@ pub fn check_server(view: &ServerView<'_>, model: &Model) -> Result<()> {
     }
     for ((ns, id), sha) in model {
         let path = view.server.blob_path(view.user, ns, id);
-        let got = decrypt_sha256(&key, ns, id, &path)?;
+        let got = match view.server.inline_payload(view.user, ns, id)? {
+            Some(b) if !path.exists() => {
+                decrypt_read_sha256(&key, ns, id, &format!("inline {ns}/{id}"), &b[..])?
+            }
+            _ => decrypt_sha256(&key, ns, id, &path)?,
+        };
         if &got != sha {
             return Err(diverged(format!(
                 "server copy of {ns}/{id} decrypts to sha256 {got}, want {sha}"
@@ -285,19 +290,30 @@ pub fn decrypt_sha256(
     id: &str,
     stored: &Path,
 ) -> Result<String> {
+    let f = std::fs::File::open(stored).ctx(|| format!("open {}", stored.display()))?;
+    decrypt_read_sha256(key, ns, id, &stored.display().to_string(), f)
+}
+
+/// [`decrypt_sha256`] of stored bytes from any reader; `what` names them in errors.
+pub fn decrypt_read_sha256(
+    key: &blobsync_shared::StorageKey,
+    ns: &str,
+    id: &str,
+    what: &str,
+    mut f: impl std::io::Read,
+) -> Result<String> {
     let ns = Namespace::new(ns).map_err(|e| diverged(format!("namespace {ns:?}: {e}")))?;
     let bid = BlobId::new(id).map_err(|e| diverged(format!("id {id:?}: {e}")))?;
-    let mut f = std::fs::File::open(stored).ctx(|| format!("open {}", stored.display()))?;
     let mut w = blobsync_shared::codec::DecryptWriter::new(
         key,
         &ns,
         &bid,
         HashSink(ring::digest::Context::new(&ring::digest::SHA256)),
     );
-    std::io::copy(&mut f, &mut w).ctx(|| format!("decrypt {}", stored.display()))?;
+    std::io::copy(&mut f, &mut w).ctx(|| format!("decrypt {what}"))?;
     let (_, sink) = w
         .finish()
-        .map_err(|e| diverged(format!("{} does not decrypt: {e}", stored.display())))?;
+        .map_err(|e| diverged(format!("{what} does not decrypt: {e}")))?;
     Ok(hex::encode(sink.0.finish()))
 }
 

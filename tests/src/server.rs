@@ -107,6 +107,33 @@ impl ServerProc {
         }
     }
 
+    /// The bytes a small blob keeps inside the server's index (`--inline-max`) instead of a
+    /// file at [`ServerProc::blob_path`], if it has them. Read-only, while the server runs.
+    pub fn inline_payload(&self, user: &str, namespace: &str, id: &str) -> Result<Option<Vec<u8>>> {
+        let Some(index) = [self.data_dir.join("data"), self.data_dir.clone()]
+            .into_iter()
+            .map(|d| d.join("index.sqlite3"))
+            .find(|p| p.exists())
+        else {
+            return Ok(None);
+        };
+        let read = || -> rusqlite::Result<Option<Vec<u8>>> {
+            let c = rusqlite::Connection::open_with_flags(
+                &index,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )?;
+            rusqlite::OptionalExtension::optional(c.query_row(
+                "SELECT data FROM inline_payloads WHERE user = ?1 AND namespace = ?2 AND id = ?3",
+                [user, namespace, id],
+                |r| r.get(0),
+            ))
+        };
+        read().map_err(|e| HarnessError::Protocol {
+            what: format!("the server's index {}", index.display()),
+            detail: e.to_string(),
+        })
+    }
+
     /// Runs `blobsync-server --data D <args>` to completion and returns its stdout.
     pub fn admin(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(&self.bin)

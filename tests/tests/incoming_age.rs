@@ -106,12 +106,14 @@ fn stored_payload(path: &std::path::Path) -> blobsync_tests::Result<Vec<u8>> {
         .take(5)
         .map(|c| c.to_string_lossy().into_owned())
         .collect();
-    let data = path.ancestors().nth(5).expect("a layout path");
-    let c = rusqlite::Connection::open_with_flags(
-        data.join("index.sqlite3"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open the server's index");
+    let index = path
+        .ancestors()
+        .map(|a| a.join("index.sqlite3"))
+        .find(|i| i.exists())
+        .expect("the server's index above its layout path");
+    let c =
+        rusqlite::Connection::open_with_flags(index, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the server's index");
     let (id, ns, user) = (&names[0], &names[3], &names[4]);
     Ok(c.query_row(
         "SELECT data FROM inline_payloads WHERE user = ?1 AND namespace = ?2 AND id = ?3",
