@@ -161,7 +161,9 @@ impl TempBlob {
             return None;
         }
         self.done = true;
-        Some(Bytes::from(std::mem::take(&mut self.buf)))
+        // A copy of the length, not the buffer's capacity (8 KiB or more), is what waits for
+        // the commit.
+        Some(Bytes::copy_from_slice(&self.buf))
     }
 
     /// Writes the rest, closes (fsyncing first when `sync`; a put's commit makes it durable

@@ -32,6 +32,11 @@ pub(super) async fn stream(st: &ServerState, user: String, req: Request<Incoming
 /// Payloads a `/stream` download opens ahead of the one it is sending.
 const DOWN_AHEAD: usize = 8;
 
+/// Bytes of small payloads one `/stream` upload may hold in memory until its commit (they are
+/// kept inside the index, `--inline-max`); later small blobs of the request are files. A
+/// daemon's batch (at most 200 blobs) of blobs of a few KiB fits.
+const STREAM_INLINE_BUDGET: u64 = 1 << 20;
+
 /// A blob of a stream upload that reached its end and is being written out.
 type Finished = Result<(usize, BlobId, u64, Staged), std::io::Error>;
 
@@ -57,6 +62,7 @@ async fn stream_up(
     // Room left under the quota (None: unlimited), and bytes accepted against it so far.
     let mut room: Option<u64> = None;
     let mut accepted = 0u64;
+    let mut inline_held = 0u64;
 
     let result: Result<(), ApiError> = async {
         let mut eof = false;
@@ -116,9 +122,19 @@ async fn stream_up(
                             }
                         }
                     }
-                    Some(UploadEvent::Blob { id, .. }) => {
-                        let writer =
-                            (!skip.contains(&id)).then(|| st.payloads().writer(&user, &ns, &id));
+                    Some(UploadEvent::Blob { id, size }) => {
+                        // Small payloads kept inline wait in memory for the one commit: at
+                        // most STREAM_INLINE_BUDGET of them per request, the rest are files.
+                        let inline = size <= crate::payload::INLINE_CAP as u64
+                            && inline_held + size <= STREAM_INLINE_BUDGET;
+                        let writer = (!skip.contains(&id)).then(|| {
+                            if inline {
+                                inline_held += size;
+                                st.payloads().writer(&user, &ns, &id)
+                            } else {
+                                st.payloads().file_writer(&user, &ns, &id)
+                            }
+                        });
                         current = Some((position, writer));
                         position += 1;
                     }

@@ -141,6 +141,10 @@ impl PayloadStore for FsPayloads {
         Box::new(TempBlob::new(self.layout.temp_path(user, ns, id)).inline_up_to(self.inline_max))
     }
 
+    fn file_writer(&self, user: &str, ns: &Namespace, id: &BlobId) -> Box<dyn PayloadWriter> {
+        Box::new(TempBlob::new(self.layout.temp_path(user, ns, id)))
+    }
+
     async fn discard(&self, staged: Vec<Staged>) {
         let paths = files(&staged);
         let _ = blocking(move || {

@@ -122,6 +122,11 @@ pub trait PayloadStore: Send + Sync + std::fmt::Debug {
     }
     /// A writer for a new payload of `user`/`ns`/`id`.
     fn writer(&self, user: &str, ns: &Namespace, id: &BlobId) -> Box<dyn PayloadWriter>;
+    /// [`PayloadStore::writer`] that never keeps the payload in memory for the index
+    /// (`Staged::Inline`), whatever its size: for a request over its budget of those.
+    fn file_writer(&self, user: &str, ns: &Namespace, id: &BlobId) -> Box<dyn PayloadWriter> {
+        self.writer(user, ns, id)
+    }
     /// Removes staged payloads that will not be published.
     async fn discard(&self, staged: Vec<Staged>);
     /// `len` bytes from `start` of a payload. A missing payload is `ErrorKind::NotFound`.

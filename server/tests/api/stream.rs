@@ -78,3 +78,44 @@ async fn a_stream_with_a_blob_over_max_size_stores_the_others_and_leaves_no_temp
     assert!(report.is_clean(), "{}", report.render());
     assert_eq!(report.checked, 1);
 }
+
+/// A `/stream` upload holds its small payloads in memory until its one commit, so it keeps at
+/// most 1 MiB of them inline; the rest of its small blobs are files. All read back alike.
+#[tokio::test]
+async fn a_stream_of_many_small_blobs_keeps_a_bounded_share_inline() {
+    let s = TestServer::start().await;
+    let t = s.add_user("alice", None).await;
+    let size = blobsync_server::payload::INLINE_MAX;
+    let blobs: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| (format!("s{i:03}"), vec![(i % 251) as u8; size]))
+        .collect();
+    let st: BTreeMap<String, u16> = s
+        .post("/stream/alice?direction=upload", &t, stream_body(&blobs))
+        .await
+        .json();
+    assert!(st.values().all(|c| *c == 201), "{st:?}");
+    let inline = blobs
+        .iter()
+        .filter(|(i, _)| s.inline_payload("alice", "default", i).is_some())
+        .count();
+    let files = blobs
+        .iter()
+        .filter(|(i, _)| {
+            s.data_dir()
+                .join(format!("alice/default/s/{}/{i}", &i[..3]))
+                .exists()
+        })
+        .count();
+    // 256 x 4 KiB fill the 1 MiB; each blob is one or the other.
+    assert_eq!((inline, files), (256, 44));
+    for (i, b) in &blobs {
+        assert_eq!(
+            &s.get(&format!("/blobs/alice/{i}"), &t).await.body[..],
+            &b[..]
+        );
+    }
+    let dir = s.into_dir().await;
+    let report = blobsync_server::fsck::fsck(&dir.path().join("data"), false).unwrap();
+    assert!(report.is_clean(), "{}", report.render());
+    assert_eq!(report.checked, 300);
+}
