@@ -18,7 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use blobsync_shared::writeback::{GroupSync, SyncJob, on_threads};
+use blobsync_shared::writeback::{GroupSync, on_threads};
 
 use super::*;
 
@@ -187,15 +187,7 @@ fn run_strategy(
         match (s, group) {
             (_, Some(g)) => g.sync_data(&root_f, &handles)?,
             (Strategy::FdatasyncSerial, _) => handles.iter().try_for_each(|f| f.sync_data())?,
-            _ => on_threads(
-                handles
-                    .iter()
-                    .map(|f| {
-                        let f = f.try_clone()?;
-                        Ok(Box::new(move || f.sync_data()) as SyncJob)
-                    })
-                    .collect::<std::io::Result<_>>()?,
-            )?,
+            _ => on_threads(&handles, |f| f.sync_data())?,
         }
         let mut touched = Vec::new();
         for (i, (p, _)) in files.iter().enumerate() {
@@ -214,15 +206,7 @@ fn run_strategy(
             (Strategy::FdatasyncSerial, _) => {
                 touched.iter().try_for_each(|d| File::open(d)?.sync_all())?
             }
-            _ => on_threads(
-                touched
-                    .iter()
-                    .map(|d| {
-                        let d = d.to_path_buf();
-                        Box::new(move || File::open(d)?.sync_all()) as SyncJob
-                    })
-                    .collect(),
-            )?,
+            _ => on_threads(&touched, |d| File::open(d)?.sync_all())?,
         }
         lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
