@@ -142,110 +142,56 @@ fn wait_writeback(_: &File, _: std::ops::Range<u64>) -> io::Result<()> {
 /// together and the disk queue stays full.
 pub const SYNC_THREADS: usize = 8;
 
-/// One sync for [`on_threads`]: owned, because the threads that run it outlive the call.
-pub type SyncJob = Box<dyn FnOnce() -> io::Result<()> + Send>;
-
-/// A job on its way to a pool thread, with where its result goes.
-struct Task {
-    job: SyncJob,
-    done: std::sync::mpsc::Sender<io::Result<()>>,
-}
-
 /// The threads of [`on_threads`], started on first use and kept: starting eight threads per
 /// batch (clone, stack mappings, exit) cost the daemon about as much CPU as the syncs they
-/// waited for (W5 of issue 20: 8 % of the uploading daemon's samples). Plain threads that sleep
-/// on a queue, not a work-stealing pool: rayon's idle workers yield in a loop before they
-/// sleep, and on two cores that spinning took 12 % of the uploading daemon's samples in W5.
+/// waited for (W5 of issue 20: 8 % of the uploading daemon's samples).
 /// `None` if the threads cannot be started; each batch then starts its own.
-fn sync_pool() -> Option<&'static std::sync::Mutex<std::sync::mpsc::Sender<Task>>> {
-    use std::sync::{Arc, Mutex, OnceLock, mpsc};
-    static POOL: OnceLock<Option<Mutex<mpsc::Sender<Task>>>> = OnceLock::new();
+fn sync_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Task>();
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..SYNC_THREADS {
-            let rx = Arc::clone(&rx);
-            let worker = move || {
-                loop {
-                    // One thread waits for the next task; the others sleep on the lock.
-                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok(task) = next else { return };
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task.job))
-                        .unwrap_or_else(|_| Err(io::Error::other("a sync thread panicked")));
-                    let _ = task.done.send(r);
-                }
-            };
-            // Threads already started exit when `tx` is dropped below.
-            std::thread::Builder::new()
-                .name(format!("blobsync-fsync-{i}"))
-                .spawn(worker)
-                .ok()?;
-        }
-        Some(Mutex::new(tx))
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(SYNC_THREADS)
+            .thread_name(|i| format!("blobsync-fsync-{i}"))
+            .build()
+            .ok()
     })
     .as_ref()
 }
 
-/// Runs every job, up to [`SYNC_THREADS`] at once (shared by every caller of the process), and
-/// waits for all of them; the first error wins. A job that panics is an error.
-pub fn on_threads(jobs: Vec<SyncJob>) -> io::Result<()> {
-    if jobs.len() <= 1 {
-        return jobs.into_iter().try_for_each(|j| j());
+/// Runs `f` on every item, up to [`SYNC_THREADS`] at once (shared by every caller of the
+/// process); the first error wins. Blocking: waits until every item is done or one failed.
+pub fn on_threads<T: Sync>(items: &[T], f: impl Fn(&T) -> io::Result<()> + Sync) -> io::Result<()> {
+    use rayon::prelude::*;
+    if items.len() <= 1 {
+        return items.iter().try_for_each(&f);
     }
-    let Some(pool) = sync_pool() else {
-        return on_scoped_threads(jobs);
-    };
-    let n = jobs.len();
-    let (done, results) = std::sync::mpsc::channel();
-    {
-        let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-        for job in jobs {
-            let task = Task {
-                job,
-                done: done.clone(),
-            };
-            if let Err(std::sync::mpsc::SendError(task)) = pool.send(task) {
-                // No thread left to take it (cannot happen while the pool lives): run it here.
-                let _ = done.send((task.job)());
-            }
-        }
+    match sync_pool() {
+        // One task per item: the work is waiting for the disk, not computing, so every item
+        // should be in flight at once rather than split by cores.
+        // A panic in `f` comes back as an error, as from the scoped threads.
+        Some(pool) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| items.par_iter().with_max_len(1).try_for_each(&f))
+        }))
+        .unwrap_or_else(|_| Err(io::Error::other("a sync thread panicked"))),
+        None => on_scoped_threads(items, f),
     }
-    drop(done);
-    let mut first = Ok(());
-    for _ in 0..n {
-        let r = results
-            .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("a sync thread vanished")));
-        if first.is_ok() {
-            first = r;
-        }
-    }
-    first
 }
 
 /// [`on_threads`] on threads started for this call.
-fn on_scoped_threads(jobs: Vec<SyncJob>) -> io::Result<()> {
-    let per = jobs.len().div_ceil(SYNC_THREADS).max(1);
-    let mut jobs = jobs.into_iter();
-    let chunks: Vec<Vec<SyncJob>> = std::iter::from_fn(|| {
-        let c: Vec<SyncJob> = jobs.by_ref().take(per).collect();
-        (!c.is_empty()).then_some(c)
-    })
-    .collect();
+fn on_scoped_threads<T: Sync>(
+    items: &[T],
+    f: impl Fn(&T) -> io::Result<()> + Sync,
+) -> io::Result<()> {
+    let per = items.len().div_ceil(SYNC_THREADS);
     std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|c| s.spawn(move || c.into_iter().try_for_each(|j| j())))
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|c| s.spawn(|| c.iter().try_for_each(&f)))
             .collect();
-        // Every thread is joined, also after an error: nothing runs once this returns.
-        let mut first = Ok(());
-        for h in handles {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("a sync thread panicked")));
-            first = first.and(r);
-        }
-        first
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(io::Error::other("a sync thread panicked")))
+        })
     })
 }
 
@@ -291,15 +237,12 @@ impl GroupSync {
         match self {
             GroupSync::Syncfs => syncfs(root),
             GroupSync::PerFile => {
-                let mut jobs: Vec<SyncJob> = Vec::with_capacity(files.len());
                 for f in files {
                     // An empty range is the whole file (sync_file_range's length 0 runs to
                     // the end): the disk gets every file at once.
                     start_writeback(f, 0..0)?;
-                    let f = f.try_clone()?;
-                    jobs.push(Box::new(move || f.sync_data()));
                 }
-                on_threads(jobs)
+                on_threads(files, |f| f.sync_data())
             }
         }
     }
@@ -333,14 +276,7 @@ impl GroupSync {
     ) -> io::Result<()> {
         match self {
             GroupSync::Syncfs if !dirs.is_empty() => syncfs(root),
-            _ => on_threads(
-                dirs.iter()
-                    .map(|d| {
-                        let d = d.as_ref().to_path_buf();
-                        Box::new(move || File::open(d)?.sync_all()) as SyncJob
-                    })
-                    .collect(),
-            ),
+            _ => on_threads(dirs, |d| File::open(d.as_ref())?.sync_all()),
         }
     }
 }
@@ -437,52 +373,41 @@ mod tests {
 
     #[test]
     fn on_threads_runs_every_item_at_once_and_reports_a_failure() {
-        use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
-        type Runner = fn(Vec<SyncJob>) -> io::Result<()>;
-        let runners: [(&str, Runner); 2] = [("pool", on_threads), ("scoped", on_scoped_threads)];
-        let jobs = |f: Arc<dyn Fn(usize) -> io::Result<()> + Send + Sync>| -> Vec<SyncJob> {
-            (0..2 * SYNC_THREADS)
-                .map(|i| {
-                    let f = Arc::clone(&f);
-                    Box::new(move || f(i)) as SyncJob
-                })
-                .collect()
-        };
+        type Runner = fn(&[usize], &(dyn Fn(&usize) -> io::Result<()> + Sync)) -> io::Result<()>;
+        let runners: [(&str, Runner); 2] = [
+            ("pool", |items, f| on_threads(items, f)),
+            ("scoped", |items, f| on_scoped_threads(items, f)),
+        ];
         for (name, run) in runners {
-            let done: Arc<Vec<AtomicUsize>> =
-                Arc::new((0..2 * SYNC_THREADS).map(|_| AtomicUsize::new(0)).collect());
-            let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-            let (d, n, m) = (Arc::clone(&done), Arc::clone(&now), Arc::clone(&most));
-            run(jobs(Arc::new(move |i| {
-                let c = n.fetch_add(1, Ordering::SeqCst) + 1;
-                m.fetch_max(c, Ordering::SeqCst);
+            let items: Vec<usize> = (0..2 * SYNC_THREADS).collect();
+            let done: Vec<AtomicUsize> = items.iter().map(|_| AtomicUsize::new(0)).collect();
+            let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            run(&items, &|&i| {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(n, Ordering::SeqCst);
                 // Long enough that items overlap when they can; a disk wait stands in.
                 std::thread::sleep(std::time::Duration::from_millis(30));
-                n.fetch_sub(1, Ordering::SeqCst);
-                d[i].fetch_add(1, Ordering::SeqCst);
+                now.fetch_sub(1, Ordering::SeqCst);
+                done[i].fetch_add(1, Ordering::SeqCst);
                 Ok(())
-            })))
+            })
             .unwrap();
-            // Every job ran once and had returned when the call did.
             assert!(done.iter().all(|d| d.load(Ordering::SeqCst) == 1), "{name}");
-            assert_eq!(now.load(Ordering::SeqCst), 0, "{name}");
             let most = most.load(Ordering::SeqCst);
             assert!((2..=SYNC_THREADS).contains(&most), "{name}: {most} at once");
-            let err = run(jobs(Arc::new(|i| match i {
+            let err = run(&items, &|&i| match i {
                 5 => Err(io::Error::other("disk on fire")),
                 _ => Ok(()),
-            })))
+            })
             .unwrap_err();
             assert_eq!(err.to_string(), "disk on fire", "{name}");
-            let err = run(jobs(Arc::new(|i| match i {
+            let err = run(&items, &|&i| match i {
                 3 => panic!("a bug in a sync"),
                 _ => Ok(()),
-            })))
+            })
             .unwrap_err();
             assert_eq!(err.to_string(), "a sync thread panicked", "{name}");
-            // The pool's threads survive a panic: the next batch still runs on all of them.
-            run(jobs(Arc::new(|_| Ok(())))).unwrap();
         }
     }
 
