@@ -183,6 +183,13 @@ async fn a_corrupt_store_is_moved_aside_and_rebuilt_from_payloads_and_the_listin
     )
     .unwrap();
     let _ = std::fs::remove_file(da.join("store.sqlite-wal"));
+    // A put cut off by a crash after its name reached the disk and before its data did (the
+    // sync group names files before its one barrier, and commits the row after it): an empty
+    // file and no row.
+    let cut = blobsyncd::store::payload::DataDir::new(&da)
+        .payload_path(&Namespace::default(), &BlobId::new("cut").unwrap());
+    std::fs::create_dir_all(cut.parent().unwrap()).unwrap();
+    std::fs::File::create(&cut).unwrap();
     let a = Device::open(&da, &remote, settings()).await;
     let moved: Vec<_> = std::fs::read_dir(&da)
         .unwrap()
@@ -201,6 +208,12 @@ async fn a_corrupt_store_is_moved_aside_and_rebuilt_from_payloads_and_the_listin
         "adopted then uploaded"
     );
     assert_eq!(s.downloaded, 0, "nothing re-downloaded: {s:?}");
+    assert_eq!(
+        a.status_of("cut").await,
+        None,
+        "an empty file is no payload: not adopted"
+    );
+    assert!(!remote_ids(&a).await.iter().any(|id| id == "cut"));
     // The only read is of the adopted copy's header: its salt, for delete proofs.
     assert!(a.remote.faults.gets.load(Ordering::SeqCst) <= 1);
     assert!(a.info("synced").await.unwrap().upload_salt.is_some());

@@ -205,11 +205,17 @@ fn on_scoped_threads<T: Sync>(
 /// syncs otherwise. Both are equally durable; only the cost differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupSync {
-    /// One `syncfs` of the file system for the data, one for the names.
+    /// One `syncfs` of the file system (files already named: data and names at once).
     Syncfs,
-    /// Every file's writeback started, then `fdatasync` on [`SYNC_THREADS`] threads; one
-    /// fsync per directory, in parallel.
+    /// Every file's writeback started, then `fdatasync` of each file and `fsync` of each
+    /// directory on [`SYNC_THREADS`] threads.
     PerFile,
+}
+
+/// One sync of [`GroupSync::sync_linked`]'s per-file barrier.
+enum SyncJob<'a, P> {
+    Data(&'a File),
+    Dir(&'a P),
 }
 
 /// Dirty data on the machine below which [`GroupSync::Syncfs`] is chosen: a `syncfs` then
@@ -247,8 +253,8 @@ impl GroupSync {
         }
     }
 
-    /// Makes renamed `files` durable together with their names in `dirs`: one `syncfs`, or
-    /// each file's data and then each directory. `root` as for [`GroupSync::sync_data`].
+    /// Makes renamed `files` durable together with their names in `dirs`, as
+    /// [`GroupSync::sync_linked`] does for open files.
     pub fn sync_placed<P: AsRef<std::path::Path> + Sync>(
         self,
         root: &File,
@@ -262,8 +268,37 @@ impl GroupSync {
                     .iter()
                     .map(|p| File::open(p.as_ref()))
                     .collect::<io::Result<Vec<_>>>()?;
-                self.sync_data(root, &open.iter().collect::<Vec<_>>())?;
-                self.sync_dirs(root, dirs)
+                self.sync_linked(root, &open.iter().collect::<Vec<_>>(), dirs)
+            }
+        }
+    }
+
+    /// Makes written `files` that already have their names in `dirs` durable, data and names
+    /// in one barrier: one `syncfs`, or every file's `fdatasync` and every directory's
+    /// `fsync` in flight at once. Nothing is durable in any particular order before it
+    /// returns, so the caller's commit (the row that makes the files count) comes after.
+    pub fn sync_linked<P: AsRef<std::path::Path> + Sync>(
+        self,
+        root: &File,
+        files: &[&File],
+        dirs: &[P],
+    ) -> io::Result<()> {
+        match self {
+            GroupSync::Syncfs if files.is_empty() && dirs.is_empty() => Ok(()),
+            GroupSync::Syncfs => syncfs(root),
+            GroupSync::PerFile => {
+                for f in files {
+                    start_writeback(f, 0..0)?;
+                }
+                let jobs: Vec<SyncJob<'_, P>> = files
+                    .iter()
+                    .map(|f| SyncJob::Data(f))
+                    .chain(dirs.iter().map(SyncJob::Dir))
+                    .collect();
+                on_threads(&jobs, |j| match j {
+                    SyncJob::Data(f) => f.sync_data(),
+                    SyncJob::Dir(d) => File::open(d.as_ref())?.sync_all(),
+                })
             }
         }
     }
@@ -319,6 +354,7 @@ pub fn syncfs(dir: &File) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::path::PathBuf;
 
     const MEMINFO: &str = "MemTotal:       24000000 kB\nDirty:              2048 kB\nWriteback:           0 kB\nWritebackTmp:        0 kB\n";
 
@@ -367,6 +403,37 @@ mod tests {
                     std::fs::read(dir.path().join(format!("d/{i}"))).unwrap(),
                     [i; 100]
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn one_barrier_makes_named_files_durable_and_reports_what_it_could_not_sync() {
+        for how in [GroupSync::Syncfs, GroupSync::PerFile] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = File::open(dir.path()).unwrap();
+            let d = dir.path().join("d");
+            std::fs::create_dir(&d).unwrap();
+            let mut files = Vec::new();
+            for i in 0..5u8 {
+                // Named before the barrier, as the daemon's sync group does.
+                let mut f = File::create(d.join(i.to_string())).unwrap();
+                f.write_all(&[i; 100]).unwrap();
+                files.push(f);
+            }
+            let files: Vec<&File> = files.iter().collect();
+            how.sync_linked(&root, &files, std::slice::from_ref(&d))
+                .unwrap();
+            for i in 0..5u8 {
+                assert_eq!(std::fs::read(d.join(i.to_string())).unwrap(), [i; 100]);
+            }
+            how.sync_linked::<PathBuf>(&root, &[], &[]).unwrap();
+            if how == GroupSync::PerFile {
+                // Each directory is synced on its own: one that vanished is an error, not
+                // a silent success.
+                let gone = dir.path().join("gone");
+                let err = how.sync_linked(&root, &files, &[d, gone]).unwrap_err();
+                assert_eq!(err.kind(), io::ErrorKind::NotFound);
             }
         }
     }

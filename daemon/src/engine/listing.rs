@@ -381,6 +381,13 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             let (ns2, id2) = (ns.clone(), id.clone());
             let read = tokio::task::spawn_blocking(move || {
                 let len = std::fs::metadata(&path)?.len();
+                if len == 0 {
+                    // No payload is empty (a sealed one has a header at least): a put or
+                    // download cut off by a crash after its name and before its data
+                    // reached the disk (`payload::SyncGroup`).
+                    warn!(ns = %ns2, id = %id2, "rebuild: a payload file is empty; not adopted");
+                    return Ok(None);
+                }
                 // A header naming this very blob is a sealed payload (damaged if its length or
                 // a segment is wrong, and then left out); anything else is plaintext of an
                 // earlier release.

@@ -310,7 +310,8 @@ impl NewPayload {
     }
 
     /// Gives `dest` to the file, never replacing an existing one (`AlreadyExists` if `dest`
-    /// exists). The caller fsyncs the file before and the directory after (see [`sync_dir`]).
+    /// exists). The caller makes the file and the directory durable (see [`sync_dir`]) before
+    /// it commits the row.
     /// A failed link may be retried (after removing what is in the way).
     pub fn link(&mut self, dest: &Path) -> io::Result<()> {
         match &self.temp {
@@ -393,12 +394,14 @@ pub type Installed = Vec<(NewPayload, io::Result<()>)>;
 type InstallReply = tokio::sync::oneshot::Sender<Installed>;
 
 /// Installs small payloads for everyone at once: a thread that takes every batch waiting,
-/// makes their data durable together, links them all, and makes the links durable together,
-/// instead of an fsync of each file and of each fan directory one after another. How
-/// (`syncfs`, or per-file syncs in parallel when the machine has much dirty data that a
-/// `syncfs` would wait for too) is [`GroupSync::choose`]'s call, per batch. Same crash order
-/// as a lone put: a file is complete and durable before its name exists, and its name before
-/// the caller's store commit.
+/// links them all, and makes their data and names durable in one barrier, instead of an
+/// fsync of each file and of each fan directory one after another. How (`syncfs`, or
+/// per-file syncs in parallel when the machine has much dirty data that a `syncfs` would
+/// wait for too) is [`GroupSync::choose`]'s call, per batch. A file and its name are
+/// durable before the caller's store commit; unlike a lone big put, the name may reach the
+/// disk before the data, so a crash can leave a named file, cut short, without a row: never
+/// counted (rows are the truth), replaced by the next put or download of its id, and left
+/// out by a rebuild, which authenticates every file.
 #[derive(Debug)]
 pub struct SyncGroup {
     root: PathBuf,
@@ -460,43 +463,63 @@ impl SyncGroup {
 }
 
 fn install_group(root: &fs::File, batches: Vec<(Vec<Install>, InstallReply)>) {
-    let files: Vec<&fs::File> = batches
-        .iter()
-        .flat_map(|(items, _)| items)
-        .map(|i| &i.payload.file)
-        .collect();
-    let how = GroupSync::choose(files.len());
-    let data_synced = how.sync_data(root, &files);
-    drop(files);
+    // Named first, then data and names made durable in one barrier: the caller's store
+    // commit comes after it, so a crash can leave a named file without a row (which a later
+    // put or download of the id replaces, and a rebuild authenticates) but never a row
+    // without its complete file.
     let mut dirs: Vec<PathBuf> = Vec::new();
-    let mut done: Vec<(Installed, InstallReply)> = Vec::new();
+    // Each batch's items, linked or not, with where each went.
+    type Linked = Vec<(NewPayload, io::Result<()>, PathBuf)>;
+    let mut done: Vec<(Linked, InstallReply)> = Vec::new();
     for (items, reply) in batches {
         let mut out = Vec::with_capacity(items.len());
         for mut i in items {
-            let r = clone_err(&data_synced).and_then(|()| {
-                if i.replace {
-                    remove(&i.dest)?;
-                }
-                i.payload.link(&i.dest)
-            });
+            let r = link_into_place(&mut i.payload, &i.dest, i.replace);
             if r.is_ok()
                 && let Some(d) = i.dest.parent()
                 && !dirs.iter().any(|x| x == d)
             {
                 dirs.push(d.to_path_buf());
             }
-            out.push((i.payload, r));
+            out.push((i.payload, r, i.dest));
         }
         done.push((out, reply));
     }
-    let links_synced = how.sync_dirs(root, &dirs);
-    for (mut out, reply) in done {
-        if links_synced.is_err() {
-            for (_, r) in out.iter_mut().filter(|(_, r)| r.is_ok()) {
-                *r = clone_err(&links_synced);
-            }
-        }
+    let linked: Vec<&fs::File> = done
+        .iter()
+        .flat_map(|(out, _)| out)
+        .filter(|(_, r, _)| r.is_ok())
+        .map(|(p, _, _)| &p.file)
+        .collect();
+    let how = GroupSync::choose(linked.len());
+    let synced = how.sync_linked(root, &linked, &dirs);
+    drop(linked);
+    for (out, reply) in done {
+        let out = out
+            .into_iter()
+            .map(|(p, r, dest)| match (r, &synced) {
+                (Ok(()), Err(_)) => {
+                    // Not durable, so not installed: no name stays for a file the caller
+                    // will not commit.
+                    let _ = remove(&dest);
+                    (p, clone_err(&synced))
+                }
+                (r, _) => (p, r),
+            })
+            .collect();
         let _ = reply.send(out);
+    }
+}
+
+/// Links a written payload at `dest`; with `replace`, a file already there (a stale
+/// download) is removed first. Only then, so the common case costs one `linkat`.
+fn link_into_place(payload: &mut NewPayload, dest: &Path, replace: bool) -> io::Result<()> {
+    match payload.link(dest) {
+        Err(e) if replace && e.kind() == io::ErrorKind::AlreadyExists => {
+            remove(dest)?;
+            payload.link(dest)
+        }
+        r => r,
     }
 }
 
