@@ -28,6 +28,9 @@ pub struct FsckReport {
     pub temp_files: Vec<String>,
     /// Payloads (file paths, object keys) without a live index row (removed with repair).
     pub orphans: Vec<String>,
+    /// Small payloads kept inside the index with no live row, as `user/namespace/id`
+    /// (removed with repair).
+    pub orphan_inline: Vec<String>,
     /// Objects without a live row but younger than `min_age`: maybe uploads in flight, left.
     pub young: usize,
     /// Live rows whose payload file is missing: (user, namespace, id).
@@ -52,7 +55,10 @@ impl FsckReport {
             && self.wrong_size.is_empty()
             && self.integrity.is_empty()
             && (fixed
-                || (self.temp_files.is_empty() && self.orphans.is_empty() && self.usage.is_empty()))
+                || (self.temp_files.is_empty()
+                    && self.orphans.is_empty()
+                    && self.orphan_inline.is_empty()
+                    && self.usage.is_empty()))
     }
 
     /// Human-readable lines, one per finding, then a summary.
@@ -64,6 +70,9 @@ impl FsckReport {
         }
         for p in &self.orphans {
             s += &format!("{act} payload with no index entry: {p}\n");
+        }
+        for b in &self.orphan_inline {
+            s += &format!("{act} inline payload with no live index entry: {b}\n");
         }
         for (u, n, i) in &self.missing {
             s += &format!(
@@ -218,6 +227,7 @@ pub fn fsck(data_dir: &Path, repair: bool) -> Result<FsckReport, ServerError> {
     // The data dir is locked: no upload is in flight, so every orphan is one.
     compare(&mut report, live, found, 0);
     report.usage = index.fix_usage(repair)?;
+    report.orphan_inline = index.fix_orphan_inline(repair)?;
     if repair {
         for p in report.temp_files.iter().chain(&report.orphans) {
             std::fs::remove_file(p).map_err(io(&format!("remove {p}")))?;

@@ -134,6 +134,31 @@ impl ServerProc {
         })
     }
 
+    /// The stored bytes of a blob wherever the server keeps them: its file at
+    /// [`ServerProc::blob_path`], else its row in the index ([`ServerProc::inline_payload`]).
+    /// `NotFound` when it has neither.
+    pub fn stored_payload(&self, user: &str, namespace: &str, id: &str) -> Result<Vec<u8>> {
+        let path = self.blob_path(user, namespace, id);
+        match std::fs::read(&path) {
+            Ok(b) => return Ok(b),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(HarnessError::Protocol {
+                    what: format!("the server's payload {}", path.display()),
+                    detail: e.to_string(),
+                });
+            }
+            Err(_) => {}
+        }
+        self.inline_payload(user, namespace, id)?
+            .ok_or_else(|| HarnessError::Protocol {
+                what: format!("the server's copy of {user}/{namespace}/{id}"),
+                detail: format!(
+                    "no file at {} and no row in the index's inline_payloads",
+                    path.display()
+                ),
+            })
+    }
+
     /// Runs `blobsync-server --data D <args>` to completion and returns its stdout.
     pub fn admin(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(&self.bin)

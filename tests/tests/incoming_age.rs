@@ -92,37 +92,6 @@ fn wait_status(d: &DaemonProc, ids: &[String], status: &str, secs: u64) -> TestR
     Ok(())
 }
 
-/// The stored bytes of a blob as the server keeps them, given its layout path: the file
-/// there, or (a small blob, `--inline-max`) its row in the index's `inline_payloads`, read
-/// while the server runs.
-fn stored_payload(path: &std::path::Path) -> blobsync_tests::Result<Vec<u8>> {
-    if path.exists() {
-        return Ok(std::fs::read(path).expect("server payload"));
-    }
-    // {data}/{user}/{namespace}/{id[0]}/{id[0..3]}/{id}
-    let names: Vec<String> = path
-        .iter()
-        .rev()
-        .take(5)
-        .map(|c| c.to_string_lossy().into_owned())
-        .collect();
-    let index = path
-        .ancestors()
-        .map(|a| a.join("index.sqlite3"))
-        .find(|i| i.exists())
-        .expect("the server's index above its layout path");
-    let c =
-        rusqlite::Connection::open_with_flags(index, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open the server's index");
-    let (id, ns, user) = (&names[0], &names[3], &names[4]);
-    Ok(c.query_row(
-        "SELECT data FROM inline_payloads WHERE user = ?1 AND namespace = ?2 AND id = ?3",
-        [user, ns, id],
-        |r| r.get(0),
-    )
-    .unwrap_or_else(|e| panic!("{user}/{ns}/{id}: no payload file and no inline row: {e}")))
-}
-
 fn get_plain(d: &DaemonProc, id: &str) -> Vec<u8> {
     let out = d.dir().join(format!("{id}.out"));
     d.ctl().get_to(id, "MX", &out).expect("get");
@@ -191,7 +160,7 @@ fn age_deliveries_are_decrypted_and_adopted_on_both_devices() -> TestResult {
             assert_eq!(row.size, plain.len() as u64);
         }
         // The server holds format v1 now, not the age file, still marked external, PENDING.
-        let stored = stored_payload(&cluster.server.blob_path("alice", "MX", id))?;
+        let stored = cluster.server.stored_payload("alice", "MX", id)?;
         assert!(
             !stored.starts_with(AGE_MAGIC),
             "{id}: the age file is still on the server"
@@ -278,7 +247,7 @@ fn two_devices_racing_to_adopt_end_with_one_copy_and_the_same_plaintext() -> Tes
     for (id, plain) in &expect {
         assert!(get_plain(&a, id) == *plain, "device-a: {id}");
         assert!(get_plain(&b, id) == *plain, "device-b: {id}");
-        let stored = stored_payload(&cluster.server.blob_path("alice", "MX", id))?;
+        let stored = cluster.server.stored_payload("alice", "MX", id)?;
         assert!(!stored.starts_with(AGE_MAGIC), "{id} not adopted");
     }
     let listed = cluster
@@ -383,7 +352,7 @@ fn bad_deliveries_get_clear_errors_and_store_nothing() -> TestResult {
     }
     // Nothing was adopted: the server still holds the two age files as delivered.
     for (id, body) in [("truncated", truncated), ("foreign", &foreign[..])] {
-        let stored = stored_payload(&cluster.server.blob_path("alice", "MX", id))?;
+        let stored = cluster.server.stored_payload("alice", "MX", id)?;
         assert!(stored == body, "{id} was changed on the server");
     }
     Ok(())

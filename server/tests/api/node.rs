@@ -202,6 +202,16 @@ async fn fsck_finds_and_repairs_leftovers() {
     std::fs::remove_file(d.join("alice/default/g/gon/gone")).unwrap();
     std::fs::create_dir_all(d.join("alice/default/t/tin")).unwrap();
     std::fs::write(d.join("alice/default/t/tin/tiny"), "stale").unwrap();
+    // And inline bytes no live row owns (a delete removes them in its transaction, so only
+    // damage or a bug leaves them).
+    rusqlite::Connection::open(d.join(blobsync_server::index::INDEX_FILE))
+        .unwrap()
+        .execute(
+            "INSERT INTO inline_payloads (user, namespace, id, data) \
+             VALUES ('alice', 'default', 'ghost', x'00')",
+            [],
+        )
+        .unwrap();
     let r = blobsync_server::fsck::fsck(&d, false).unwrap();
     assert!(!r.is_clean());
     assert_eq!(
@@ -209,6 +219,11 @@ async fn fsck_finds_and_repairs_leftovers() {
         (2, 1, 1),
         "{}",
         r.render()
+    );
+    assert_eq!(r.orphan_inline, ["alice/default/ghost"], "{}", r.render());
+    assert!(
+        r.render()
+            .contains("found inline payload with no live index entry: alice/default/ghost")
     );
     let r = blobsync_server::fsck::fsck(&d, true).unwrap();
     assert!(
@@ -223,6 +238,12 @@ async fn fsck_finds_and_repairs_leftovers() {
         common::inline_payload(&d, "alice", "default", "tiny").as_deref(),
         Some(&b"t"[..])
     );
+    assert_eq!(
+        common::inline_payload(&d, "alice", "default", "ghost"),
+        None
+    );
+    let again = blobsync_server::fsck::fsck(&d, false).unwrap();
+    assert!(again.orphan_inline.is_empty(), "{}", again.render());
 }
 
 #[tokio::test]

@@ -239,6 +239,32 @@ impl Index {
         Ok(off)
     }
 
+    /// Inline payloads no live row owns, as `user/namespace/id` (none should exist: a delete
+    /// removes the bytes in the tombstone's transaction); with `repair`, removed.
+    pub fn fix_orphan_inline(&self, repair: bool) -> Result<Vec<String>, IndexError> {
+        let c = self.writer();
+        const ORPHANS: &str = "FROM inline_payloads AS i WHERE NOT EXISTS (SELECT 1 FROM blobs b \
+             WHERE b.user = i.user AND b.namespace = i.namespace AND b.id = i.id \
+             AND b.deleted = 0)";
+        let found = c
+            .prepare(&format!(
+                "SELECT i.user, i.namespace, i.id {ORPHANS} ORDER BY i.user, i.namespace, i.id"
+            ))?
+            .query_map([], |r| {
+                Ok(format!(
+                    "{}/{}/{}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        if repair && !found.is_empty() {
+            c.execute(&format!("DELETE {ORPHANS}"), [])?;
+        }
+        Ok(found)
+    }
+
     /// Runs SQLite's own integrity check; the problems it reports (empty when fine).
     pub fn integrity_check(&self) -> Result<Vec<String>, IndexError> {
         self.read(|c| {
