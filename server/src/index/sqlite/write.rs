@@ -485,6 +485,19 @@ fn commit_jobs(
 mod tests {
     use super::*;
 
+    /// A plain put of a file, as a PUT without flags or conditions queues it.
+    fn file_put(id: BlobId, size: u64, temp: std::path::PathBuf) -> PendingPut {
+        PendingPut {
+            id,
+            size,
+            staged: Staged::File(temp),
+            external: false,
+            age_sha256: None,
+            flags: 0,
+            if_absent_since: None,
+        }
+    }
+
     /// Many callers at once, as PUTs from many devices: every job is answered exactly once,
     /// with its own outcome, whoever leads; the numbers are unique and every row is there.
     /// A lost hand-off would leave callers asleep and the test would hang.
@@ -507,15 +520,7 @@ mod tests {
                         let temp = layout.temp_path("alice", ns, &id);
                         std::fs::create_dir_all(temp.parent().unwrap()).unwrap();
                         std::fs::write(&temp, id.as_str()).unwrap();
-                        let item = PendingPut {
-                            id: id.clone(),
-                            size: id.as_str().len() as u64,
-                            staged: Staged::File(temp),
-                            external: false,
-                            age_sha256: None,
-                            flags: 0,
-                            if_absent_since: None,
-                        };
+                        let item = file_put(id.clone(), id.as_str().len() as u64, temp);
                         let out = index
                             .commit_puts("alice", ns, vec![item], None, layout)
                             .unwrap();
@@ -537,15 +542,7 @@ mod tests {
         let id = BlobId::new("c00-000").unwrap();
         let temp = layout.temp_path("alice", &ns, &id);
         std::fs::write(&temp, "again").unwrap();
-        let item = PendingPut {
-            id,
-            size: 5,
-            staged: Staged::File(temp.clone()),
-            external: false,
-            age_sha256: None,
-            flags: 0,
-            if_absent_since: None,
-        };
+        let item = file_put(id, 5, temp.clone());
         let out = index
             .commit_puts("alice", &ns, vec![item], None, &layout)
             .unwrap();
