@@ -31,7 +31,8 @@ pub use million::{MillionDevice, MillionResult, run_million};
 pub use opts::{BenchOpts, PUT_METHOD, WORKLOADS, Workload};
 pub use results::{BenchReport, DiskResult, IdleResult, WorkloadResult};
 pub use staging::{
-    TRASH_AGE, disk_rate, empty_old_trash, remove_row_dirs, run_disk, trash_emptied_ago,
+    SLOW_CREATE, TRASH_AGE, create_probe, disk_rate, empty_old_trash, remove_row_dirs, run_disk,
+    trash_emptied_ago,
 };
 pub use workload::run_workload;
 

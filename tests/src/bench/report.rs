@@ -21,8 +21,12 @@ fn size(bytes: u64) -> String {
 /// The table: one line per workload, then the disk, idle and startup figures.
 pub fn table(r: &BenchReport) -> String {
     let mut out = String::new();
+    let create = r
+        .create_us
+        .map(|us| format!("; file create {us:.0} us"))
+        .unwrap_or_default();
     out.push_str(&format!(
-        "blobsync-bench ({}; put: {}; MB = 10^6 B, RSS in MiB)\n",
+        "blobsync-bench ({}; put: {}{create}; MB = 10^6 B, RSS in MiB)\n",
         r.machine, r.put_method
     ));
     out.push_str(&format!(

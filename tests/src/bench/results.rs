@@ -119,4 +119,7 @@ pub struct BenchReport {
     pub million: Option<super::MillionResult>,
     /// `uname -r`, CPU count: where it ran.
     pub machine: String,
+    /// Median microseconds to create one file in the temp dir before the rows
+    /// ([`super::staging::create_probe`]); `None` where not measured.
+    pub create_us: Option<f64>,
 }

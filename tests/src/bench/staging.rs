@@ -77,6 +77,53 @@ pub fn remove_row_dirs() {
     }
 }
 
+/// Median time to create (and write, and drop) one unnamed file in a new directory under
+/// `dir`, over `CREATE_PROBES` files: a check that the file system is in its usual state before
+/// rows that create thousands of files. On ext4 without a journal it is about 20 us, and 10-30
+/// times that in the minutes after a mass delete anywhere on the file system (not only the
+/// bench's own, which [`trash_emptied_ago`] knows about). A new directory, because that is
+/// where the rows create their files, and ext4 places a new directory in a block group with
+/// many free inodes, often the group a mass delete just emptied. Often, not always: the probe
+/// can miss what a row's directory meets, and the other way round; it is a warning, not a
+/// gate. `None` where there is no `O_TMPFILE`.
+#[cfg(target_os = "linux")]
+pub fn create_probe(dir: &Path) -> Option<Duration> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fresh = tempfile::Builder::new()
+        .prefix("create-probe")
+        .tempdir_in(dir)
+        .ok()?;
+    let mut times = Vec::with_capacity(CREATE_PROBES);
+    for _ in 0..CREATE_PROBES {
+        let t = std::time::Instant::now();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(fresh.path())
+            .ok()?;
+        f.write_all(&[0u8; 1024]).ok()?;
+        drop(f);
+        times.push(t.elapsed());
+    }
+    times.sort_unstable();
+    Some(times[times.len() / 2])
+}
+
+/// [`create_probe`] off Linux: not measured.
+#[cfg(not(target_os = "linux"))]
+pub fn create_probe(_: &Path) -> Option<Duration> {
+    None
+}
+
+/// Files [`create_probe`] creates: few enough that the inodes it frees cost the next row
+/// nothing measurable, enough for a stable median.
+const CREATE_PROBES: usize = 200;
+
+/// A median [`create_probe`] above this is reported as a file system not in its usual state.
+pub const SLOW_CREATE: Duration = Duration::from_micros(150);
+
 /// Marks when [`empty_old_trash`] last deleted something (its mtime).
 const EMPTIED_STAMP: &str = ".emptied";
 

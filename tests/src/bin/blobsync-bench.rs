@@ -128,6 +128,18 @@ fn main() -> anyhow::Result<()> {
             bench::TRASH_AGE.as_secs()
         );
     }
+    report.create_us = bench::create_probe(&std::env::temp_dir()).map(|d| d.as_secs_f64() * 1e6);
+    if let Some(us) = report
+        .create_us
+        .filter(|us| *us > bench::SLOW_CREATE.as_secs_f64() * 1e6)
+    {
+        eprintln!(
+            "blobsync-bench: warning: creating a file takes {us:.0} us here (usually about 20 us); \
+             rows that create many small files (W1, W5, SRV-PUT) may measure the file system, \
+             not blobsync. On ext4 without a journal this follows a mass delete in the last \
+             minutes: wait and run again"
+        );
+    }
     let mut run_rows = || -> anyhow::Result<()> {
         for row in &rows {
             match row.as_str() {
