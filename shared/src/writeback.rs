@@ -408,7 +408,7 @@ mod tests {
     }
 
     #[test]
-    fn one_barrier_makes_named_files_durable_and_reports_what_it_could_not_sync() {
+    fn one_barrier_leaves_named_files_readable_and_reports_a_directory_it_could_not_sync() {
         for how in [GroupSync::Syncfs, GroupSync::PerFile] {
             let dir = tempfile::tempdir().unwrap();
             let root = File::open(dir.path()).unwrap();

@@ -125,7 +125,7 @@ async fn stream_up(
                     Some(UploadEvent::Blob { id, size }) => {
                         // Small payloads kept inline wait in memory for the one commit: at
                         // most STREAM_INLINE_BUDGET of them per request, the rest are files.
-                        let inline = size <= crate::payload::INLINE_CAP as u64
+                        let inline = size <= st.payloads().inline_max()
                             && inline_held + size <= STREAM_INLINE_BUDGET;
                         let writer = (!skip.contains(&id)).then(|| {
                             if inline {

@@ -141,6 +141,10 @@ impl PayloadStore for FsPayloads {
         Box::new(TempBlob::new(self.layout.temp_path(user, ns, id)).inline_up_to(self.inline_max))
     }
 
+    fn inline_max(&self) -> u64 {
+        self.inline_max as u64
+    }
+
     fn file_writer(&self, user: &str, ns: &Namespace, id: &BlobId) -> Box<dyn PayloadWriter> {
         Box::new(TempBlob::new(self.layout.temp_path(user, ns, id)))
     }

@@ -122,6 +122,11 @@ pub trait PayloadStore: Send + Sync + std::fmt::Debug {
     }
     /// A writer for a new payload of `user`/`ns`/`id`.
     fn writer(&self, user: &str, ns: &Namespace, id: &BlobId) -> Box<dyn PayloadWriter>;
+    /// The largest payload [`PayloadStore::writer`] keeps inside the index instead of a file
+    /// (0: none).
+    fn inline_max(&self) -> u64 {
+        0
+    }
     /// [`PayloadStore::writer`] that never keeps the payload in memory for the index
     /// (`Staged::Inline`), whatever its size: for a request over its budget of those.
     fn file_writer(&self, user: &str, ns: &Namespace, id: &BlobId) -> Box<dyn PayloadWriter> {
