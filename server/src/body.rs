@@ -48,20 +48,85 @@ pub fn channel() -> (
     (tx, StreamBody::new(stream).boxed_unsync())
 }
 
+/// Read buffers for a file streamed out in [`CHUNK`]s, each handed back when hyper drops its
+/// `Bytes`: a big download reuses a few buffers instead of mapping and unmapping one per chunk
+/// (the server's allocator maps every chunk-sized buffer, `tune_allocator`, and on a VM each
+/// freshly mapped page is a fault). Buffers exist only while in flight or waiting here.
+#[derive(Debug)]
+pub struct ChunkPool {
+    back: std::sync::mpsc::Receiver<Vec<u8>>,
+    tx: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl Default for ChunkPool {
+    fn default() -> Self {
+        let (tx, back) = std::sync::mpsc::channel();
+        Self { back, tx }
+    }
+}
+
+impl ChunkPool {
+    /// A buffer of `n` zero bytes: one handed back, or a new one.
+    pub fn take(&self, n: usize) -> Vec<u8> {
+        let mut v = self.back.try_recv().unwrap_or_default();
+        v.clear();
+        v.resize(n, 0);
+        v
+    }
+
+    /// `buf` as `Bytes` that return it to this pool when dropped (or free it, once the pool
+    /// is gone).
+    pub fn bytes(&self, buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Recycled {
+            buf,
+            back: self.tx.clone(),
+        })
+    }
+}
+
+struct Recycled {
+    buf: Vec<u8>,
+    back: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        let _ = self.back.send(std::mem::take(&mut self.buf));
+    }
+}
+
 /// A blob being received into a temp file. Data is buffered up to [`CHUNK`] bytes and written
-/// on the blocking pool; the file is created lazily, so a small blob costs one blocking hop
-/// (create, write, fsync) at [`TempBlob::finish`]. Dropped unfinished, it removes its file.
+/// on the blocking pool while the next chunk arrives (one write in flight: a big upload
+/// receives and writes at once, on two cores); the file is created lazily, so a small blob
+/// costs one blocking hop (create, write, fsync) at [`TempBlob::finish`]. Dropped unfinished,
+/// it removes its file.
 #[derive(Debug)]
 pub struct TempBlob {
     path: PathBuf,
+    /// `None` before the first write, and while a write is in flight (it holds the file).
     file: Option<std::fs::File>,
     buf: Vec<u8>,
-    /// Starts the disk on each chunk as it is written, so the final fsync is short.
+    /// The chunk being written; it hands back the file, its buffer and the write-behind.
+    pending: Option<tokio::task::JoinHandle<std::io::Result<Written>>>,
+    /// Starts the disk on each chunk as it is written, so the final fsync is short, and
+    /// drops the chunks already on disk from the page cache: a big blob is written once and
+    /// read rarely, and should not push the index and the small blobs out of the cache (it
+    /// also lets the kernel reuse the same pages instead of taking fresh ones, which on a VM
+    /// costs a host fault each; issue 20's W6 figures in BENCHMARKS.md).
     behind: WriteBehind,
     len: u64,
     done: bool,
     inline_max: usize,
 }
+
+/// What a chunk's write hands back: the file, its emptied buffer, the write-behind state.
+type Written = (std::fs::File, Vec<u8>, WriteBehind);
 
 impl TempBlob {
     /// A writer for `path` (not created yet).
@@ -70,7 +135,8 @@ impl TempBlob {
             path,
             file: None,
             buf: Vec::new(),
-            behind: WriteBehind::default(),
+            pending: None,
+            behind: WriteBehind::default().uncached(),
             len: 0,
             done: false,
             inline_max: 0,
@@ -87,7 +153,8 @@ impl TempBlob {
         self.len == 0
     }
 
-    /// Appends bytes, writing a chunk out when the buffer is full.
+    /// Appends bytes, handing a chunk to the disk when the buffer is full. A failed write
+    /// is reported here or by [`TempBlob::finish`], always before anything is committed.
     pub async fn write(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
             let room = CHUNK - self.buf.len();
@@ -105,46 +172,59 @@ impl TempBlob {
         Ok(())
     }
 
+    /// Waits for the write in flight, if any, taking back the file and a buffer.
+    async fn settle(&mut self) -> std::io::Result<Vec<u8>> {
+        let Some(h) = self.pending.take() else {
+            return Ok(Vec::new());
+        };
+        let (file, mut buf, behind) = h.await.map_err(std::io::Error::other)??;
+        buf.clear();
+        self.file = Some(file);
+        self.behind = behind;
+        Ok(buf)
+    }
+
+    /// Hands the buffer to the blocking pool; with `sync`, waits for it and the fsync.
     async fn flush(&mut self, sync: bool) -> std::io::Result<()> {
+        let spare = self.settle().await?;
         let path = self.path.clone();
         let file = self.file.take();
-        let buf = std::mem::take(&mut self.buf);
+        let buf = std::mem::replace(&mut self.buf, spare);
         let mut behind = std::mem::take(&mut self.behind);
-        let (file, mut buf, behind) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let mut file = match file {
-                Some(f) => f,
-                None => {
-                    let open = || {
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .open(&path)
-                    };
-                    match open() {
-                        Ok(f) => f,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                            if let Some(dir) = path.parent() {
-                                std::fs::create_dir_all(dir)?;
+        self.pending = Some(tokio::task::spawn_blocking(
+            move || -> std::io::Result<_> {
+                let mut file = match file {
+                    Some(f) => f,
+                    None => {
+                        let open = || {
+                            std::fs::OpenOptions::new()
+                                .write(true)
+                                .create_new(true)
+                                .open(&path)
+                        };
+                        match open() {
+                            Ok(f) => f,
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                if let Some(dir) = path.parent() {
+                                    std::fs::create_dir_all(dir)?;
+                                }
+                                open()?
                             }
-                            open()?
+                            Err(e) => return Err(e),
                         }
-                        Err(e) => return Err(e),
                     }
+                };
+                file.write_all(&buf)?;
+                behind.wrote(&file, buf.len())?;
+                if sync {
+                    file.sync_all()?;
                 }
-            };
-            file.write_all(&buf)?;
-            behind.wrote(&file, buf.len())?;
-            if sync {
-                file.sync_all()?;
-            }
-            Ok((file, buf, behind))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        buf.clear();
-        self.buf = buf;
-        self.behind = behind;
-        self.file = Some(file);
+                Ok((file, buf, behind))
+            },
+        ));
+        if sync {
+            self.settle().await?;
+        }
         Ok(())
     }
 
@@ -157,7 +237,11 @@ impl TempBlob {
     /// The bytes received, if they are at most [`TempBlob::inline_up_to`] and none was written
     /// to disk yet; the writer is then done (it never creates its file).
     pub fn take_small(&mut self) -> Option<Bytes> {
-        if self.file.is_some() || self.buf.len() > self.inline_max || self.inline_max == 0 {
+        if self.file.is_some()
+            || self.pending.is_some()
+            || self.buf.len() > self.inline_max
+            || self.inline_max == 0
+        {
             return None;
         }
         self.done = true;
@@ -171,6 +255,7 @@ impl TempBlob {
     /// now owned by the caller.
     pub async fn finish(mut self, sync: bool) -> std::io::Result<PathBuf> {
         self.flush(sync).await?;
+        self.settle().await?;
         self.file = None;
         self.done = true;
         Ok(self.path.clone())
@@ -184,16 +269,88 @@ impl Drop for TempBlob {
         }
         let path = std::mem::take(&mut self.path);
         let file = self.file.take();
+        let pending = self.pending.take();
         let remove = move || {
             drop(file);
             let _ = std::fs::remove_file(path);
         };
-        // Unlinking is a blocking call: keep it off the async threads when we can.
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
+        // Unlinking is a blocking call: keep it off the async threads when we can. A write
+        // in flight may still create the file: remove it once that write is over.
+        match (tokio::runtime::Handle::try_current(), pending) {
+            (Ok(h), Some(write)) => {
+                h.spawn(async move {
+                    let _ = write.await;
+                    let _ = tokio::task::spawn_blocking(remove).await;
+                });
+            }
+            (Ok(h), None) => {
                 h.spawn_blocking(remove);
             }
-            Err(_) => remove(),
+            (Err(_), _) => remove(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_pool_reuses_a_buffer_once_its_bytes_are_dropped() {
+        let pool = ChunkPool::default();
+        let mut v = pool.take(CHUNK);
+        v[0] = 7;
+        let first = v.as_ptr();
+        let b = pool.bytes(v);
+        assert_eq!((b.len(), b[0]), (CHUNK, 7));
+        // Still in flight: the next chunk gets a buffer of its own.
+        let other = pool.take(100);
+        assert_ne!(other.as_ptr(), first);
+        drop(b);
+        let again = pool.take(CHUNK / 2);
+        assert_eq!(
+            again.as_ptr(),
+            first,
+            "the dropped chunk's buffer came back"
+        );
+        assert!(again.iter().all(|&x| x == 0) && again.len() == CHUNK / 2);
+        // Bytes that outlive their pool just free their buffer.
+        let late = pool.bytes(again);
+        drop(pool);
+        assert_eq!(late.len(), CHUNK / 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_temp_blob_writes_every_chunk_in_order_and_a_dropped_one_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..CHUNK * 3 + CHUNK / 2)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let path = dir.path().join("sub").join("t1");
+        let mut w = TempBlob::new(path.clone());
+        // Pieces that straddle chunk boundaries, as network frames do.
+        for piece in data.chunks(100_003) {
+            w.write(piece).await.unwrap();
+        }
+        assert_eq!(w.len(), data.len() as u64);
+        assert_eq!(w.finish(true).await.unwrap(), path);
+        assert!(std::fs::read(&path).unwrap() == data);
+
+        // Dropped with a chunk still being written: the file it creates is removed after.
+        let path = dir.path().join("t2");
+        let mut w = TempBlob::new(path.clone());
+        w.write(&data[..CHUNK + 1]).await.unwrap();
+        assert!(w.pending.is_some(), "the first chunk is in flight");
+        drop(w);
+        // Give the write time to create the file first: a removal that ran before it would
+        // leave the file for good, which the loop below then reports.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        for _ in 0..500 {
+            if !path.exists() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{} is left behind", path.display());
     }
 }

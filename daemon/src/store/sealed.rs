@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use blobsync_shared::codec::{
     CodecError, DecryptWriter, Encoder, Header, InvalidBlob, MAX_HEADER_LEN, StorageKey,
@@ -34,18 +35,26 @@ pub struct Sealer {
     /// Plaintext taken so far.
     taken: u64,
     header_out: bool,
-    sha: ring::digest::Context,
+    /// `None` when the caller hashes the plaintext itself ([`seal_file`] on another thread).
+    sha: Option<ring::digest::Context>,
 }
 
 impl Sealer {
     /// Seals under `header` (its salt, size, names and segment size).
     pub fn new(key: &StorageKey, header: Header) -> Self {
+        let mut s = Self::unhashed(key, header);
+        s.sha = Some(ring::digest::Context::new(&ring::digest::SHA256));
+        s
+    }
+
+    /// A sealer that leaves hashing the plaintext to its caller.
+    fn unhashed(key: &StorageKey, header: Header) -> Self {
         Self {
             enc: Encoder::new(key, header),
             buf: Vec::new(),
             taken: 0,
             header_out: false,
-            sha: ring::digest::Context::new(&ring::digest::SHA256),
+            sha: None,
         }
     }
 
@@ -68,13 +77,22 @@ impl Sealer {
                 return Err(self.size_error(self.taken + data.len() as u64));
             };
             let take = (n - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            self.sha.update(&data[..take]);
-            self.taken += take as u64;
-            data = &data[take..];
-            if self.buf.len() == n {
-                self.seal_buf(out)?;
+            if let Some(sha) = self.sha.as_mut() {
+                sha.update(&data[..take]);
             }
+            self.taken += take as u64;
+            if self.buf.is_empty() && take == n {
+                // A whole segment at hand: seal it from `data`, saving a copy per byte.
+                self.enc
+                    .seal_next(&data[..n], out)
+                    .map_err(io::Error::other)?;
+            } else {
+                self.buf.extend_from_slice(&data[..take]);
+                if self.buf.len() == n {
+                    self.seal_buf(out)?;
+                }
+            }
+            data = &data[take..];
         }
         Ok(())
     }
@@ -82,6 +100,16 @@ impl Sealer {
     /// Ends the blob: appends what is left (the last segment; the only one of an empty blob)
     /// and returns the plaintext's SHA-256. Less plaintext than announced is `InvalidInput`.
     pub fn finish(mut self, out: &mut Vec<u8>) -> io::Result<[u8; 32]> {
+        self.finish_segments(out)?;
+        let sha = self
+            .sha
+            .take()
+            .expect("Sealer::new hashes; only seal_file makes an unhashed one");
+        Ok(digest32(sha))
+    }
+
+    /// Appends the last segment (see [`Sealer::finish`]), leaving the hash to the caller.
+    fn finish_segments(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         self.header_into(out);
         if let Some(n) = self.enc.next_plain_len() {
             if self.buf.len() != n || self.enc.next_segment() + 1 < self.header().segment_count() {
@@ -89,9 +117,7 @@ impl Sealer {
             }
             self.seal_buf(out)?;
         }
-        let mut sha = [0u8; 32];
-        sha.copy_from_slice(self.sha.finish().as_ref());
-        Ok(sha)
+        Ok(())
     }
 
     fn header_into(&mut self, out: &mut Vec<u8>) {
@@ -118,9 +144,21 @@ impl Sealer {
     }
 }
 
+/// Plaintext size from which [`seal_file`] hashes on a second thread: below it the thread
+/// would cost more than it saves.
+const HASH_THREAD_MIN: u64 = 4 << 20;
+
+/// Plaintext buffers a big [`seal_file`] has in flight between its reader and its hasher:
+/// bounds its memory to this many read buffers.
+const HASH_BUFFERS: usize = 4;
+
 /// Blocking: seals all of `plain` (exactly `header.plain_size` bytes, else `InvalidInput`)
 /// into `out`, calling `wrote(out, n)` after each write (write-behind) and `stop()` before
 /// each read (a cancelled put). Returns the plaintext's SHA-256.
+///
+/// A big file is hashed on a second thread while this one reads, seals and writes: SHA-256
+/// costs more than AES-GCM here, and a big put would otherwise keep one core busy while the
+/// other waits (issue 20, W6).
 pub fn seal_file<R: Read, W: Write>(
     key: &StorageKey,
     header: Header,
@@ -132,33 +170,117 @@ pub fn seal_file<R: Read, W: Write>(
     // Sized to the file (within 4 KiB..256 KiB): most puts are small, and zeroing and
     // freeing 256 KiB for each 1 KB file cost more than sealing it.
     let cap = header.plain_size.clamp(4096, 256 * 1024) as usize;
-    let mut sealer = Sealer::new(key, header);
-    let mut buf = vec![0u8; cap];
-    let mut sealed = Vec::with_capacity(buf.len() + 4096);
-    loop {
-        if stop() {
-            return Err(io::Error::new(
-                io::ErrorKind::Interrupted,
-                "the caller cancelled the put; nothing was stored",
-            ));
+    if header.plain_size < HASH_THREAD_MIN {
+        let mut sealer = Sealer::new(key, header);
+        let mut buf = vec![0u8; cap];
+        let mut sealed = Vec::with_capacity(buf.len() + 4096);
+        loop {
+            let n = read_plain(plain, &mut buf, &stop)?;
+            if n == 0 {
+                break;
+            }
+            sealer.push(&buf[..n], &mut sealed)?;
+            write_sealed(out, &mut sealed, &mut wrote)?;
         }
-        let n = match plain.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
+        let sha = sealer.finish(&mut sealed)?;
+        write_sealed(out, &mut sealed, &mut wrote)?;
+        return Ok(sha);
+    }
+    let mut sealer = Sealer::unhashed(key, header);
+    std::thread::scope(|s| {
+        let (to_hash, hash_rx) =
+            std::sync::mpsc::sync_channel::<(Arc<Vec<u8>>, usize)>(HASH_BUFFERS);
+        let (back_tx, back) = std::sync::mpsc::channel::<Arc<Vec<u8>>>();
+        let hasher = std::thread::Builder::new()
+            .name("blobsyncd-hash".into())
+            .spawn_scoped(s, move || {
+                let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+                for (buf, n) in hash_rx {
+                    sha.update(&buf[..n]);
+                    // The reader may be gone (an error): then the buffer is just freed.
+                    let _ = back_tx.send(buf);
+                }
+                digest32(sha)
+            })?;
+        let sealed_all = (|| -> io::Result<()> {
+            let mut made = 0;
+            let mut sealed = Vec::with_capacity(cap + 4096);
+            loop {
+                let buf = match back.try_recv() {
+                    Ok(b) => b,
+                    Err(_) if made < HASH_BUFFERS => {
+                        made += 1;
+                        Arc::new(vec![0u8; cap])
+                    }
+                    Err(_) => back.recv().map_err(|_| hash_thread_gone())?,
+                };
+                // The hasher hands a buffer back only once done with it, and this thread
+                // dropped its own clone last round: the count is one.
+                let mut buf = Arc::try_unwrap(buf).unwrap_or_else(|_| vec![0u8; cap]);
+                let n = read_plain(plain, &mut buf, &stop)?;
+                if n == 0 {
+                    break;
+                }
+                let buf = Arc::new(buf);
+                sealer.push(&buf[..n], &mut sealed)?;
+                to_hash
+                    .send((Arc::clone(&buf), n))
+                    .map_err(|_| hash_thread_gone())?;
+                write_sealed(out, &mut sealed, &mut wrote)?;
+            }
+            sealer.finish_segments(&mut sealed)?;
+            write_sealed(out, &mut sealed, &mut wrote)
+        })();
+        // Closing the channel ends the hasher, on success and on error alike.
+        drop(to_hash);
+        let sha = hasher.join().map_err(|_| hash_thread_gone());
+        sealed_all?;
+        sha
+    })
+}
+
+/// Blocking: reads the next plaintext into `buf` (checking `stop` first); 0 at the end.
+fn read_plain<R: Read>(
+    plain: &mut R,
+    buf: &mut [u8],
+    stop: &impl Fn() -> bool,
+) -> io::Result<usize> {
+    if stop() {
+        return Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "the caller cancelled the put; nothing was stored",
+        ));
+    }
+    loop {
+        match plain.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io::Error::new(e.kind(), SourceError(e))),
-        };
-        sealer.push(&buf[..n], &mut sealed)?;
-        if !sealed.is_empty() {
-            out.write_all(&sealed)?;
-            wrote(out, sealed.len())?;
-            sealed.clear();
+            Ok(n) => return Ok(n),
         }
     }
-    let sha = sealer.finish(&mut sealed)?;
-    out.write_all(&sealed)?;
-    wrote(out, sealed.len())?;
-    Ok(sha)
+}
+
+fn write_sealed<W: Write>(
+    out: &mut W,
+    sealed: &mut Vec<u8>,
+    wrote: &mut impl FnMut(&mut W, usize) -> io::Result<()>,
+) -> io::Result<()> {
+    if !sealed.is_empty() {
+        out.write_all(sealed)?;
+        wrote(out, sealed.len())?;
+        sealed.clear();
+    }
+    Ok(())
+}
+
+fn hash_thread_gone() -> io::Error {
+    io::Error::other("the put's hashing thread stopped; nothing was stored")
+}
+
+fn digest32(sha: ring::digest::Context) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(sha.finish().as_ref());
+    out
 }
 
 /// A read error of the plaintext source (not of the payload): the caller names the source.
@@ -639,6 +761,70 @@ mod tests {
             blobsync_shared::codec::encrypt_to(&key, fresh, &plain[..], &mut expect).unwrap();
             assert_eq!(resealed, expect);
         }
+    }
+
+    #[test]
+    fn a_big_file_hashed_on_its_own_thread_seals_the_same_bytes_and_stops_cleanly() {
+        let key = StorageKey::generate();
+        let size = HASH_THREAD_MIN as usize + 3 * 65_536 + 17;
+        let plain: Vec<u8> = (0..size).map(|i| (i * 31 % 253) as u8).collect();
+        let h = header(size as u64, 16);
+        let mut out = Vec::new();
+        let sha = seal_file(
+            &key,
+            h.clone(),
+            &mut &plain[..],
+            &mut out,
+            |_, _| Ok(()),
+            || false,
+        )
+        .unwrap();
+        assert_eq!(
+            &sha[..],
+            ring::digest::digest(&ring::digest::SHA256, &plain).as_ref()
+        );
+        let mut expect = Vec::new();
+        blobsync_shared::codec::encrypt_to(&key, h.clone(), &plain[..], &mut expect).unwrap();
+        assert!(
+            out == expect,
+            "the two-thread path sealed other bytes than the codec"
+        );
+
+        // A cancel half-way and a source that fails half-way end the put with their own
+        // error (the hasher thread is joined, nothing hangs).
+        let reads = std::cell::Cell::new(0);
+        let e = seal_file(
+            &key,
+            h.clone(),
+            &mut &plain[..],
+            &mut Vec::new(),
+            |_, _| Ok(()),
+            || {
+                reads.set(reads.get() + 1);
+                reads.get() > 8
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+        struct Failing<'a>(&'a [u8]);
+        impl Read for Failing<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.len() < 1 << 20 {
+                    return Err(io::Error::other("disk gone"));
+                }
+                self.0.read(buf)
+            }
+        }
+        let e = seal_file(
+            &key,
+            h,
+            &mut Failing(&plain),
+            &mut Vec::new(),
+            |_, _| Ok(()),
+            || false,
+        )
+        .unwrap_err();
+        assert!(is_source_error(&e), "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use blobsync_shared::{BlobId, Namespace};
 use bytes::Bytes;
 
 use super::{ByteStream, Found, INLINE_CAP, Location, PayloadStore, PayloadWriter, Staged};
-use crate::body::{CHUNK, TempBlob};
+use crate::body::{CHUNK, ChunkPool, TempBlob};
 use crate::index::SqliteStore;
 use crate::layout::{self, Layout};
 
@@ -201,14 +201,15 @@ impl PayloadStore for FsPayloads {
         let (tx, rx) = tokio::sync::mpsc::channel(crate::body::BODY_CHANNEL);
         tokio::task::spawn_blocking(move || {
             let (mut file, mut left) = (file, left);
+            let pool = ChunkPool::default();
             while left > 0 {
-                let mut buf = vec![0u8; left.min(CHUNK as u64) as usize];
+                let mut buf = pool.take(left.min(CHUNK as u64) as usize);
                 if let Err(e) = file.read_exact(&mut buf) {
                     let _ = tx.blocking_send(Err(e));
                     return;
                 }
                 left -= buf.len() as u64;
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                if tx.blocking_send(Ok(pool.bytes(buf))).is_err() {
                     return; // the reader went away
                 }
             }
