@@ -114,11 +114,9 @@ pub struct TempBlob {
     buf: Vec<u8>,
     /// The chunk being written; it hands back the file, its buffer and the write-behind.
     pending: Option<tokio::task::JoinHandle<std::io::Result<Written>>>,
-    /// Starts the disk on each chunk as it is written, so the final fsync is short, and
-    /// drops the chunks already on disk from the page cache: a big blob is written once and
-    /// read rarely, and should not push the index and the small blobs out of the cache (it
-    /// also lets the kernel reuse the same pages instead of taking fresh ones, which on a VM
-    /// costs a host fault each; issue 20's W6 figures in BENCHMARKS.md).
+    /// Starts the disk on each chunk as it is written, so the final fsync is short. Written
+    /// chunks stay cached: the user's other devices usually fetch a new blob soon after (see
+    /// BENCHMARKS.md, issue 20's W6, for what dropping them did).
     behind: WriteBehind,
     len: u64,
     done: bool,
@@ -136,7 +134,7 @@ impl TempBlob {
             file: None,
             buf: Vec::new(),
             pending: None,
-            behind: WriteBehind::default().uncached(),
+            behind: WriteBehind::default(),
             len: 0,
             done: false,
             inline_max: 0,

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::hashpipe::PlainHash;
 use super::{DownloadError, Fetched, MAX_CUTS_WITHOUT_PROGRESS, Progress};
 use crate::clock::Clock;
 use crate::engine::{Engine, TransferStats};
@@ -225,6 +226,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let partial = self.shared.data.partial(&b.ns, &b.id);
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         let (file, mut decoder, _) = self.open_partial(b, allow_resume, &mut hasher).await?;
+        let mut hash = PlainHash::new(hasher, b.remote_size.unwrap_or(0));
         // Written in big pieces, one in flight while the next is verified (not a pool hop per
         // HTTP chunk: 1 GB = ~65k chunks). What a crash loses from the buffer is only fetched
         // again: a restart resumes from the partial file's whole segments. Only verified
@@ -259,13 +261,14 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 unwritten.extend_from_slice(&chunk);
                 decoder
                     .feed(&chunk, |p| {
-                        hasher.update(p);
+                        hash.update(p);
                         Ok::<(), Infallible>(())
                     })
                     .map_err(|e| match e {
                         DecodeError::Invalid(i) => i,
                         DecodeError::Sink(never) => match never {},
                     })?;
+                hash.pass_on().await?;
                 let verified = decoder.verified_stored_bytes();
                 if verified > written {
                     let n = (verified - written) as usize;
@@ -318,8 +321,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         }
         let h = decoder.finish()?;
         let (size, salt) = (h.plain_size, Some(h.salt));
-        let mut sha = [0u8; 32];
-        sha.copy_from_slice(hasher.finish().as_ref());
+        let sha = hash.finish().await?;
         self.check_rollback(b, salt, &sha, forbidden)?;
         if b.reupload && b.sha256.is_some_and(|ours| ours != sha) {
             return Err(DownloadError::Conflict(format!(

@@ -2,7 +2,8 @@
 //! sent as it is; remote deletes), `download` (remote body -> Decoder, verified segments kept
 //! as they came -> partial file -> fsync -> link into place, resumed with a Range request from
 //! the last verified segment after a cut), `batch` (the `/stream` batches for many small
-//! blobs), `progress` (what `status` and Watch show). This module holds what they share: the
+//! blobs), `progress` (what `status` and Watch show), `hashpipe` (a big download's plaintext
+//! hash, on a thread of its own). This module holds what they share: the
 //! errors, the failure schedule, and the checks a download must pass (rollback, external
 //! blobs, foreign formats).
 
@@ -14,6 +15,7 @@ use tracing::{error, info, warn};
 
 mod batch;
 mod download;
+mod hashpipe;
 mod progress;
 mod upload;
 
