@@ -148,23 +148,23 @@ impl Sealer {
 /// would cost more than it saves.
 const HASH_THREAD_MIN: u64 = 4 << 20;
 
-/// Plaintext buffers a big [`seal_file`] has in flight between its reader and its hasher:
-/// bounds its memory to this many read buffers.
+/// Buffers a big [`seal_file`] has in flight from its reader to its hasher, and as many to
+/// its writer: bounds its memory to a few read buffers each way.
 const HASH_BUFFERS: usize = 4;
 
 /// Blocking: seals all of `plain` (exactly `header.plain_size` bytes, else `InvalidInput`)
 /// into `out`, calling `wrote(out, n)` after each write (write-behind) and `stop()` before
 /// each read (a cancelled put). Returns the plaintext's SHA-256.
 ///
-/// A big file is hashed on a second thread while this one reads, seals and writes: SHA-256
-/// costs more than AES-GCM here, and a big put would otherwise keep one core busy while the
-/// other waits (issue 20, W6).
-pub fn seal_file<R: Read, W: Write>(
+/// A big file is hashed on a second thread and written on a third while this one reads and
+/// seals: SHA-256 costs more than AES-GCM here, and a big put would otherwise keep one core
+/// busy (or wait for the disk) while the other idles (issue 20, W6).
+pub fn seal_file<R: Read, W: Write + Send>(
     key: &StorageKey,
     header: Header,
     plain: &mut R,
     out: &mut W,
-    mut wrote: impl FnMut(&mut W, usize) -> io::Result<()>,
+    mut wrote: impl FnMut(&mut W, usize) -> io::Result<()> + Send,
     stop: impl Fn() -> bool,
 ) -> io::Result<[u8; 32]> {
     // Sized to the file (within 4 KiB..256 KiB): most puts are small, and zeroing and
@@ -202,9 +202,21 @@ pub fn seal_file<R: Read, W: Write>(
                 }
                 digest32(sha)
             })?;
+        // The writes (and write-behind's waits for the disk) on a third thread, so reading
+        // and sealing the next chunk never waits for the disk.
+        let (to_write, write_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(HASH_BUFFERS);
+        let (wback_tx, wback) = std::sync::mpsc::channel::<Vec<u8>>();
+        let writer = std::thread::Builder::new()
+            .name("blobsyncd-write".into())
+            .spawn_scoped(s, move || -> io::Result<()> {
+                for mut sealed in write_rx {
+                    write_sealed(out, &mut sealed, &mut wrote)?;
+                    let _ = wback_tx.send(sealed);
+                }
+                Ok(())
+            })?;
         let sealed_all = (|| -> io::Result<()> {
             let mut made = 0;
-            let mut sealed = Vec::with_capacity(cap + 4096);
             loop {
                 let buf = match back.try_recv() {
                     Ok(b) => b,
@@ -212,28 +224,36 @@ pub fn seal_file<R: Read, W: Write>(
                         made += 1;
                         Arc::new(vec![0u8; cap])
                     }
-                    Err(_) => back.recv().map_err(|_| hash_thread_gone())?,
+                    Err(_) => back.recv().map_err(|_| helper_gone())?,
                 };
                 // The hasher hands a buffer back only once done with it, and this thread
                 // dropped its own clone last round: the count is one.
                 let mut buf = Arc::try_unwrap(buf).unwrap_or_else(|_| vec![0u8; cap]);
                 let n = read_plain(plain, &mut buf, &stop)?;
+                let mut sealed = wback
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(cap + 4096));
                 if n == 0 {
-                    break;
+                    sealer.finish_segments(&mut sealed)?;
+                    return to_write.send(sealed).map_err(|_| helper_gone());
                 }
                 let buf = Arc::new(buf);
                 sealer.push(&buf[..n], &mut sealed)?;
                 to_hash
                     .send((Arc::clone(&buf), n))
-                    .map_err(|_| hash_thread_gone())?;
-                write_sealed(out, &mut sealed, &mut wrote)?;
+                    .map_err(|_| helper_gone())?;
+                if !sealed.is_empty() {
+                    to_write.send(sealed).map_err(|_| helper_gone())?;
+                }
             }
-            sealer.finish_segments(&mut sealed)?;
-            write_sealed(out, &mut sealed, &mut wrote)
         })();
-        // Closing the channel ends the hasher, on success and on error alike.
+        // Closing the channels ends both helpers, on success and on error alike.
         drop(to_hash);
-        let sha = hasher.join().map_err(|_| hash_thread_gone());
+        drop(to_write);
+        let written = writer.join().map_err(|_| helper_gone())?;
+        let sha = hasher.join().map_err(|_| helper_gone());
+        // A failed write is the cause when this thread only saw the writer go.
+        written?;
         sealed_all?;
         sha
     })
@@ -273,8 +293,8 @@ fn write_sealed<W: Write>(
     Ok(())
 }
 
-fn hash_thread_gone() -> io::Error {
-    io::Error::other("the put's hashing thread stopped; nothing was stored")
+fn helper_gone() -> io::Error {
+    io::Error::other("a helper thread of the put stopped; nothing was stored")
 }
 
 fn digest32(sha: ring::digest::Context) -> [u8; 32] {
@@ -693,7 +713,7 @@ impl EphemeralSpool {
 /// Blocking: seals a plaintext payload of the previous release (`src`) under `header` into
 /// `out`, checking the plaintext against `expect_sha` (what the store recorded) so damage is
 /// never sealed in as if it were the blob.
-pub fn seal_legacy<W: Write>(
+pub fn seal_legacy<W: Write + Send>(
     key: &StorageKey,
     src: &Path,
     header: Header,
@@ -815,6 +835,31 @@ mod tests {
                 self.0.read(buf)
             }
         }
+        // A write that fails half-way (a full disk) is the error reported, not "a helper
+        // stopped".
+        struct Full(usize);
+        impl Write for Full {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if self.0 > 1 << 20 {
+                    return Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"));
+                }
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let e = seal_file(
+            &key,
+            h.clone(),
+            &mut &plain[..],
+            &mut Full(0),
+            |_, _| Ok(()),
+            || false,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
         let e = seal_file(
             &key,
             h,
