@@ -77,7 +77,12 @@ fn daemon_kill_rounds(seed: u64) -> TestResult {
         // New uploads on one device, which the other will be downloading.
         let up = rng.gen_range(0..2);
         for k in 0..3 {
-            let size = rng.gen_range(64 * 1024..3 * 1024 * 1024);
+            // One blob a round is big enough (4 MiB and up) for the put's and the download's
+            // helper threads, so kills land in those paths too.
+            let size = match k {
+                0 => rng.gen_range(4 << 20..6 << 20),
+                _ => rng.gen_range(64 * 1024..3 * 1024 * 1024),
+            };
             put_random(
                 &devices[up],
                 &format!("r{round}-{k}"),
@@ -219,7 +224,10 @@ fn server_kill(seed: u64) -> TestResult {
     // Mid-download: A uploads more (fast), B downloads them through its slow proxy.
     let before = proxy_b.bytes(Direction::Down);
     for k in 0..4 {
-        put_random(&a, &format!("down{k}"), 2 << 20, rng.r#gen(), &mut model)?;
+        // The first is big enough for the download's hash thread, whose hash must go on
+        // across the cut and the ranged resume.
+        let size = if k == 0 { 5 << 20 } else { 2 << 20 };
+        put_random(&a, &format!("down{k}"), size, rng.r#gen(), &mut model)?;
     }
     wait_bytes(
         &proxy_b,
