@@ -735,6 +735,16 @@ pub fn seal_legacy<W: Write + Send>(
 mod tests {
     use super::*;
 
+    /// [`seal_file`] without write-behind or a cancel.
+    fn seal<R: Read, W: Write + Send>(
+        key: &StorageKey,
+        h: Header,
+        plain: &mut R,
+        out: &mut W,
+    ) -> io::Result<[u8; 32]> {
+        seal_file(key, h, plain, out, |_, _| Ok(()), || false)
+    }
+
     fn header(size: u64, exp: u8) -> Header {
         Header::new(Namespace::default(), BlobId::new("b1").unwrap(), size, exp).unwrap()
     }
@@ -748,15 +758,7 @@ mod tests {
             let h = header(size as u64, 12);
             let path = dir.path().join(format!("p{size}"));
             let mut out = File::create(&path).unwrap();
-            let sha = seal_file(
-                &key,
-                h.clone(),
-                &mut &plain[..],
-                &mut out,
-                |_, _| Ok(()),
-                || false,
-            )
-            .unwrap();
+            let sha = seal(&key, h.clone(), &mut &plain[..], &mut out).unwrap();
             drop(out);
             // Byte-identical to the codec's own encoding of the same header.
             let mut expect = Vec::new();
@@ -790,15 +792,7 @@ mod tests {
         let plain: Vec<u8> = (0..size).map(|i| (i * 31 % 253) as u8).collect();
         let h = header(size as u64, 16);
         let mut out = Vec::new();
-        let sha = seal_file(
-            &key,
-            h.clone(),
-            &mut &plain[..],
-            &mut out,
-            |_, _| Ok(()),
-            || false,
-        )
-        .unwrap();
+        let sha = seal(&key, h.clone(), &mut &plain[..], &mut out).unwrap();
         assert_eq!(
             &sha[..],
             ring::digest::digest(&ring::digest::SHA256, &plain).as_ref()
@@ -850,25 +844,9 @@ mod tests {
                 Ok(())
             }
         }
-        let e = seal_file(
-            &key,
-            h.clone(),
-            &mut &plain[..],
-            &mut Full(0),
-            |_, _| Ok(()),
-            || false,
-        )
-        .unwrap_err();
+        let e = seal(&key, h.clone(), &mut &plain[..], &mut Full(0)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
-        let e = seal_file(
-            &key,
-            h,
-            &mut Failing(&plain),
-            &mut Vec::new(),
-            |_, _| Ok(()),
-            || false,
-        )
-        .unwrap_err();
+        let e = seal(&key, h, &mut Failing(&plain), &mut Vec::new()).unwrap_err();
         assert!(is_source_error(&e), "{e}");
     }
 
@@ -880,15 +858,7 @@ mod tests {
         let h = header(plain.len() as u64, 12);
         let path = dir.path().join("p");
         let mut out = File::create(&path).unwrap();
-        seal_file(
-            &key,
-            h.clone(),
-            &mut &plain[..],
-            &mut out,
-            |_, _| Ok(()),
-            || false,
-        )
-        .unwrap();
+        seal(&key, h.clone(), &mut &plain[..], &mut out).unwrap();
         drop(out);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
@@ -905,15 +875,7 @@ mod tests {
         assert_eq!(got, plain[..4096]);
         assert!(src.copy_range(0..10_000, &mut Vec::new()).is_err());
         let short = header(plain.len() as u64 + 1, 12);
-        let e = seal_file(
-            &key,
-            short,
-            &mut &plain[..],
-            &mut Vec::new(),
-            |_, _| Ok(()),
-            || false,
-        )
-        .unwrap_err();
+        let e = seal(&key, short, &mut &plain[..], &mut Vec::new()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
