@@ -20,7 +20,6 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
 
 use blobsync_shared::codec::{
     CodecError, DecryptWriter, Encoder, Header, InvalidBlob, MAX_HEADER_LEN, StorageKey,
@@ -186,11 +185,14 @@ pub fn seal_file<R: Read, W: Write + Send>(
         write_sealed(out, &mut sealed, &mut wrote)?;
         return Ok(sha);
     }
+    // A sealed message holds at least a read's worth, or one whole segment when segments are
+    // bigger than a read (up to 16 MiB): fewer of those wait for the writer.
+    let segment = usize::try_from(header.segment_size()).unwrap_or(usize::MAX);
+    let write_depth = (HASH_BUFFERS * cap / segment.max(cap)).max(1);
     let mut sealer = Sealer::unhashed(key, header);
     std::thread::scope(|s| {
-        let (to_hash, hash_rx) =
-            std::sync::mpsc::sync_channel::<(Arc<Vec<u8>>, usize)>(HASH_BUFFERS);
-        let (back_tx, back) = std::sync::mpsc::channel::<Arc<Vec<u8>>>();
+        let (to_hash, hash_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(HASH_BUFFERS);
+        let (back_tx, back) = std::sync::mpsc::channel::<Vec<u8>>();
         let hasher = std::thread::Builder::new()
             .name("blobsyncd-hash".into())
             .spawn_scoped(s, move || {
@@ -204,7 +206,7 @@ pub fn seal_file<R: Read, W: Write + Send>(
             })?;
         // The writes (and write-behind's waits for the disk) on a third thread, so reading
         // and sealing the next chunk never waits for the disk.
-        let (to_write, write_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(HASH_BUFFERS);
+        let (to_write, write_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(write_depth);
         let (wback_tx, wback) = std::sync::mpsc::channel::<Vec<u8>>();
         let writer = std::thread::Builder::new()
             .name("blobsyncd-write".into())
@@ -218,17 +220,16 @@ pub fn seal_file<R: Read, W: Write + Send>(
         let sealed_all = (|| -> io::Result<()> {
             let mut made = 0;
             loop {
-                let buf = match back.try_recv() {
+                // A buffer the hasher is done with, or a new one while fewer than
+                // HASH_BUFFERS exist.
+                let mut buf = match back.try_recv() {
                     Ok(b) => b,
                     Err(_) if made < HASH_BUFFERS => {
                         made += 1;
-                        Arc::new(vec![0u8; cap])
+                        vec![0u8; cap]
                     }
                     Err(_) => back.recv().map_err(|_| helper_gone())?,
                 };
-                // The hasher hands a buffer back only once done with it, and this thread
-                // dropped its own clone last round: the count is one.
-                let mut buf = Arc::try_unwrap(buf).unwrap_or_else(|_| vec![0u8; cap]);
                 let n = read_plain(plain, &mut buf, &stop)?;
                 let mut sealed = wback
                     .try_recv()
@@ -237,11 +238,10 @@ pub fn seal_file<R: Read, W: Write + Send>(
                     sealer.finish_segments(&mut sealed)?;
                     return to_write.send(sealed).map_err(|_| helper_gone());
                 }
-                let buf = Arc::new(buf);
+                // Sealed first, then handed over: the hasher gets the same bytes, and owns
+                // them until it gives the buffer back.
                 sealer.push(&buf[..n], &mut sealed)?;
-                to_hash
-                    .send((Arc::clone(&buf), n))
-                    .map_err(|_| helper_gone())?;
+                to_hash.send((buf, n)).map_err(|_| helper_gone())?;
                 if !sealed.is_empty() {
                     to_write.send(sealed).map_err(|_| helper_gone())?;
                 }
@@ -786,23 +786,27 @@ mod tests {
     }
 
     #[test]
-    fn a_big_file_hashed_on_its_own_thread_seals_the_same_bytes_and_stops_cleanly() {
+    fn a_big_file_sealed_on_three_threads_seals_the_same_bytes_and_stops_cleanly() {
         let key = StorageKey::generate();
         let size = HASH_THREAD_MIN as usize + 3 * 65_536 + 17;
         let plain: Vec<u8> = (0..size).map(|i| (i * 31 % 253) as u8).collect();
+        // 64 KiB segments, and 4 MiB ones (bigger than a read: one segment per write).
+        for exp in [22, 16] {
+            let h = header(size as u64, exp);
+            let mut out = Vec::new();
+            let sha = seal(&key, h.clone(), &mut &plain[..], &mut out).unwrap();
+            assert_eq!(
+                &sha[..],
+                ring::digest::digest(&ring::digest::SHA256, &plain).as_ref()
+            );
+            let mut expect = Vec::new();
+            blobsync_shared::codec::encrypt_to(&key, h, &plain[..], &mut expect).unwrap();
+            assert!(
+                out == expect,
+                "segment exp {exp}: the three-thread path sealed other bytes than the codec"
+            );
+        }
         let h = header(size as u64, 16);
-        let mut out = Vec::new();
-        let sha = seal(&key, h.clone(), &mut &plain[..], &mut out).unwrap();
-        assert_eq!(
-            &sha[..],
-            ring::digest::digest(&ring::digest::SHA256, &plain).as_ref()
-        );
-        let mut expect = Vec::new();
-        blobsync_shared::codec::encrypt_to(&key, h.clone(), &plain[..], &mut expect).unwrap();
-        assert!(
-            out == expect,
-            "the two-thread path sealed other bytes than the codec"
-        );
 
         // A cancel half-way and a source that fails half-way end the put with their own
         // error (the hasher thread is joined, nothing hangs).

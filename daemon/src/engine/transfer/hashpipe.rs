@@ -4,14 +4,17 @@
 //! so hashing inline kept the other core idle (issue 20, W6 down).
 
 use std::io;
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// Plaintext bytes per hand-off to the hashing thread.
 const PIPE_CHUNK: usize = 1 << 20;
 
-/// Hand-offs in flight: bounds the memory to about this many [`PIPE_CHUNK`]s.
-const PIPE_DEPTH: usize = 4;
+/// Bytes handed off and not hashed yet, at most (one hand-off bigger than this, a single
+/// segment of a blob with 16 MiB segments, goes alone): bounds the pipe's memory whatever
+/// segment size the blob's header picked.
+const PIPE_BYTES: usize = 4 * PIPE_CHUNK;
 
 /// Blob size from which the hash runs on its own thread: below it a thread hop costs more
 /// than it saves.
@@ -25,7 +28,9 @@ pub(super) enum PlainHash {
 
 pub(super) struct Pipe {
     buf: Vec<u8>,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<(Vec<u8>, OwnedSemaphorePermit)>,
+    /// [`PIPE_BYTES`] of permits: a hand-off holds as many as it has bytes until hashed.
+    room: Arc<Semaphore>,
     /// Buffers the hasher is done with, reused so a big download allocates only a few.
     back: std::sync::mpsc::Receiver<Vec<u8>>,
     task: tokio::task::JoinHandle<ring::digest::Context>,
@@ -38,12 +43,13 @@ impl PlainHash {
         if size < PIPE_MIN {
             return Self::Inline(ctx);
         }
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(PIPE_DEPTH);
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<u8>, OwnedSemaphorePermit)>();
         let (back_tx, back) = std::sync::mpsc::channel();
         let task = tokio::task::spawn_blocking(move || {
             let mut ctx = ctx;
-            while let Some(buf) = rx.blocking_recv() {
+            while let Some((buf, permit)) = rx.blocking_recv() {
                 ctx.update(&buf);
+                drop(permit);
                 // The download may be gone (an error): then the buffer is just freed.
                 let _ = back_tx.send(buf);
             }
@@ -52,6 +58,7 @@ impl PlainHash {
         Self::Piped(Pipe {
             buf: Vec::with_capacity(PIPE_CHUNK),
             tx,
+            room: Arc::new(Semaphore::new(PIPE_BYTES)),
             back,
             task,
         })
@@ -66,7 +73,7 @@ impl PlainHash {
     }
 
     /// Hands what was taken to the hashing thread once it is a chunk's worth (waiting while
-    /// the thread is [`PIPE_DEPTH`] chunks behind).
+    /// the thread is [`PIPE_BYTES`] behind).
     pub(super) async fn pass_on(&mut self) -> io::Result<()> {
         match self {
             Self::Piped(pipe) if pipe.buf.len() >= PIPE_CHUNK => pipe.send().await,
@@ -102,8 +109,13 @@ impl Pipe {
                 b
             })
             .unwrap_or_else(|_| Vec::with_capacity(PIPE_CHUNK));
+        let n = self.buf.len().min(PIPE_BYTES) as u32;
+        let permit = Arc::clone(&self.room)
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| gone())?;
         let full = std::mem::replace(&mut self.buf, next);
-        self.tx.send(full).await.map_err(|_| gone())
+        self.tx.send((full, permit)).map_err(|_| gone())
     }
 }
 
@@ -121,17 +133,23 @@ mod tests {
             .map(|i| (i * 13 % 255) as u8)
             .collect();
         let want = ring::digest::digest(&ring::digest::SHA256, &data);
-        for size in [0, PIPE_MIN] {
+        // Inline, then piped with 64 KiB segments, then with segments bigger than the pipe's
+        // whole byte budget (each goes alone).
+        for (size, segment) in [(0, 65_536), (PIPE_MIN, 65_536), (PIPE_MIN, PIPE_BYTES + 7)] {
             // A context that already holds a resumed prefix, then segment-sized pieces.
             let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
             ctx.update(&data[..1000]);
             let mut h = PlainHash::new(ctx, size);
             assert_eq!(matches!(h, PlainHash::Piped(_)), size > 0);
-            for piece in data[1000..].chunks(65_536) {
+            for piece in data[1000..].chunks(segment) {
                 h.update(piece);
                 h.pass_on().await.unwrap();
             }
-            assert_eq!(&h.finish().await.unwrap()[..], want.as_ref(), "size {size}");
+            assert_eq!(
+                &h.finish().await.unwrap()[..],
+                want.as_ref(),
+                "size {size}, segment {segment}"
+            );
         }
     }
 }
