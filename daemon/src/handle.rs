@@ -175,6 +175,8 @@ pub(crate) trait EngineOps: Send + Sync {
         ns: Namespace,
         f: RemoteListFilter,
     ) -> BoxFuture<'_, Result<Vec<BlobDetail>, EngineError>>;
+    /// Runs a big put's early upload to its end (`transfer::early`).
+    fn early_upload(&self, e: crate::engine::transfer::early::EarlyUpload) -> BoxFuture<'_, ()>;
 }
 
 impl<R: Remote, C: Clock> EngineOps for Engine<R, C> {
@@ -233,6 +235,10 @@ impl<R: Remote, C: Clock> EngineOps for Engine<R, C> {
         f: RemoteListFilter,
     ) -> BoxFuture<'_, Result<Vec<BlobDetail>, EngineError>> {
         Box::pin(async move { Ok(self.remote.list(&ns, &f).await?) })
+    }
+
+    fn early_upload(&self, e: crate::engine::transfer::early::EarlyUpload) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.self_arc().early_upload(e).await })
     }
 }
 

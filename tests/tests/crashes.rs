@@ -78,8 +78,10 @@ fn daemon_kill_rounds(seed: u64) -> TestResult {
         let up = rng.gen_range(0..2);
         for k in 0..3 {
             // One blob a round is big enough (4 MiB and up) for the put's and the download's
-            // helper threads, so kills land in those paths too.
+            // helper threads, and every other round one (16 MiB and up) goes up while it is
+            // put (an early upload), so kills land in those paths too.
             let size = match k {
+                0 if round % 2 == 1 => rng.gen_range(16 << 20..18 << 20),
                 0 => rng.gen_range(4 << 20..6 << 20),
                 _ => rng.gen_range(64 * 1024..3 * 1024 * 1024),
             };

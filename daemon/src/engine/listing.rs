@@ -24,6 +24,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         allow_mass_delete: bool,
         summary: &mut CycleSummary,
     ) -> Result<(), SyncError> {
+        // Not while a big put's early upload waits for its answer (`transfer::early`).
+        let _quiet = self.shared.early.quiet().await;
         // Never apply what one remote says to cursors and sequence numbers learnt from
         // another: a changed remote is reconciled by a full listing first.
         let changed = self.check_remote_identity().await?;

@@ -125,6 +125,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             crashed: Default::default(),
             resumed: Mutex::new(HashSet::new()),
             key_check: Default::default(),
+            early: Default::default(),
         });
         Arc::new_cyclic(|me| Self {
             me: me.clone(),

@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use blobsync_shared::writeback::WriteBehind;
 use blobsync_shared::{BlobId, Namespace};
+use tokio::sync::oneshot;
 
 use crate::engine::Shared;
-use crate::handle::{EngineError, EngineHandle, blocking};
+use crate::engine::transfer::early::{self, EarlyUpload, Feed, Handoff};
+use crate::handle::{EngineError, EngineHandle, EngineOps, blocking};
 use crate::spool::Spool;
 use crate::status::{Priority, Status};
 use crate::store::{BlobInfo, NewLocalBlob, StoreError, payload, sealed};
@@ -122,7 +124,7 @@ impl EngineHandle {
         keys.sort();
         let mut guards = Vec::with_capacity(keys.len());
         for (ns, id) in &keys {
-            guards.push(self.shared.blob_lock(ns, id).lock_owned().await);
+            guards.push(Some(self.shared.blob_lock(ns, id).lock_owned().await));
         }
         // No look-up of the ids first (a trip to the store thread): a taken id is refused by
         // the no-clobber link or by the store commit, and its copy is discarded. One trip to
@@ -130,10 +132,16 @@ impl EngineHandle {
         let data = self.shared.data.clone();
         let key = self.shared.key.clone();
         let seg = self.shared.settings().segment_exp;
-        let jobs: Vec<(PathBuf, Namespace, BlobId)> = work
+        let jobs: Vec<(PathBuf, Namespace, BlobId, bool)> = work
             .iter()
-            .map(|w| (w.1.clone(), w.2.clone(), w.3.clone()))
+            .map(|w| (w.1.clone(), w.2.clone(), w.3.clone(), w.5))
             .collect();
+        // A big file is uploaded while it is copied in (`transfer::early`).
+        let early = EarlyStart {
+            rt: tokio::runtime::Handle::current(),
+            ops: self.ops.clone(),
+            shared: self.shared.clone(),
+        };
         // The copy outlives this future on the blocking pool: if the caller goes away (the
         // RPC is dropped), the flag stops it at the next chunk.
         let cancel = CancelOnDrop::default();
@@ -141,7 +149,10 @@ impl EngineHandle {
         let copied = blocking(move || {
             Ok(jobs
                 .into_iter()
-                .map(|(src, ns, id)| copy_in(&data, &key, seg, &src, ns, id, &flag))
+                .map(|(src, ns, id, local_only)| {
+                    let early = (!local_only).then_some(&early);
+                    copy_in(&data, &key, seg, &src, ns, id, &flag, early)
+                })
                 .collect::<Vec<_>>())
         })
         .await?;
@@ -159,29 +170,39 @@ impl EngineHandle {
                         dest: self.shared.data.payload_path(&work[k].2, &work[k].3),
                         replace: false,
                     });
-                    copies.push(Ok((None, None, c.size, c.sha256)));
+                    copies.push(Ok((None, None, c.size, c.sha256, c.handoff)));
                 }
-                Ok(c) => copies.push(Ok((Some(c.payload), c.linked, c.size, c.sha256))),
+                Ok(c) => copies.push(Ok((Some(c.payload), c.linked, c.size, c.sha256, c.handoff))),
                 Err(e) => copies.push(Err(e)),
             }
         }
         if !group.is_empty() {
             let installed = self.shared.syncer.install(group).await?;
             for (k, (p, linked)) in slots.into_iter().zip(installed) {
-                if let Ok((payload, l, _, _)) = &mut copies[k] {
+                if let Ok((payload, l, _, _, _)) = &mut copies[k] {
                     *payload = Some(p);
                     *l = Some(linked);
                 }
             }
         }
         // Every row commits; concurrent inserts share one store transaction.
-        let commits = work.into_iter().zip(copies).map(|(w, c)| {
+        let commits = work.into_iter().zip(copies).map(|(w, mut c)| {
             let shared = self.shared.clone();
+            // An early upload takes the row and the blob's lock from the commit.
+            let handoff = match &mut c {
+                Ok((.., tx @ Some(_))) => {
+                    let k = keys
+                        .binary_search_by(|(ns, id)| (ns, id).cmp(&(&w.2, &w.3)))
+                        .expect("every item's key was locked");
+                    tx.take().zip(guards[k].take())
+                }
+                _ => None,
+            };
             async move {
                 let (i, _, ns, id, priority, local_only) = w;
                 let r = match c {
                     Err(e) => Err(e),
-                    Ok((payload, linked, size, sha256)) => {
+                    Ok((payload, linked, size, sha256, _)) => {
                         let payload = payload.expect("set for every copied item");
                         let linked = linked.expect("set for every copied item");
                         let new = NewLocalBlob {
@@ -193,7 +214,15 @@ impl EngineHandle {
                             local_only,
                             created: (shared.now)(),
                         };
-                        commit_put(&shared, payload, linked, new).await
+                        let r = commit_put(&shared, payload, linked, new).await;
+                        if let (Ok(blob), Some((tx, guard))) = (&r, handoff) {
+                            // Nobody takes it when the early upload has ended.
+                            let _ = tx.send(Handoff {
+                                blob: blob.clone(),
+                                guard,
+                            });
+                        }
+                        r
                     }
                 };
                 (i, r)
@@ -373,6 +402,43 @@ pub struct PutItem {
     pub local_only: bool,
 }
 
+/// What [`copy_in`] needs to start a big put's early upload (`transfer::early`).
+struct EarlyStart {
+    rt: tokio::runtime::Handle,
+    ops: Arc<dyn EngineOps>,
+    shared: Arc<Shared>,
+}
+
+impl EarlyStart {
+    /// Starts the early upload of the payload being written to `file` under `header`, when
+    /// it is big enough and a slot is free; returns the feed the writer advances and the
+    /// sender of the hand-off.
+    fn begin(
+        &self,
+        header: &blobsync_shared::codec::Header,
+        file: &std::fs::File,
+    ) -> Option<(Arc<Feed>, oneshot::Sender<Handoff>)> {
+        let stored = header.stored_size();
+        let permit = early::slot(&self.shared, stored)?;
+        let file = file.try_clone().ok()?;
+        let feed = Arc::new(Feed::default());
+        let (tx, rx) = oneshot::channel();
+        let e = EarlyUpload::new(
+            header.namespace.clone(),
+            header.id.clone(),
+            header.salt,
+            stored,
+            file,
+            feed.clone(),
+            rx,
+            permit,
+        );
+        let ops = self.ops.clone();
+        self.rt.spawn(async move { ops.early_upload(e).await });
+        Some((feed, tx))
+    }
+}
+
 /// A file copied into a new payload by [`copy_in`].
 struct Copied {
     payload: payload::NewPayload,
@@ -380,6 +446,8 @@ struct Copied {
     linked: Option<std::io::Result<()>>,
     size: u64,
     sha256: [u8; 32],
+    /// Hands the committed row to the early upload, when one started.
+    handoff: Option<oneshot::Sender<Handoff>>,
 }
 
 /// Blocking: seals `src` into a new payload for `ns/id` while copying it (blob format v1,
@@ -387,6 +455,7 @@ struct Copied {
 /// file is also fsynced and linked here (write-behind already overlapped most of its
 /// writing); a small one is left for the sync group. A file that changes size while it is
 /// copied is refused: the header has already promised its size.
+#[allow(clippy::too_many_arguments)]
 fn copy_in(
     data: &payload::DataDir,
     key: &blobsync_shared::StorageKey,
@@ -395,6 +464,7 @@ fn copy_in(
     ns: Namespace,
     id: BlobId,
     cancelled: &AtomicBool,
+    early: Option<&EarlyStart>,
 ) -> Result<Copied, EngineError> {
     let mut from = open_regular(src)?;
     let size = from
@@ -408,13 +478,19 @@ fn copy_in(
     let header = blobsync_shared::codec::Header::new(ns, id, size, seg)
         .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
     let mut payload = payload::NewPayload::create(data, &dest)?;
+    let (feed, handoff) = early.and_then(|e| e.begin(&header, payload.file())).unzip();
     let mut behind = WriteBehind::default();
     let sealed = sealed::seal_file(
         key,
         header,
         &mut from,
         payload.file(),
-        |f, n| behind.wrote(f, n),
+        |f, n| {
+            if let Some(feed) = &feed {
+                feed.advance(n);
+            }
+            behind.wrote(f, n)
+        },
         || cancelled.load(Ordering::Relaxed),
     );
     let sha256 = match sealed {
@@ -443,6 +519,7 @@ fn copy_in(
         linked,
         size,
         sha256,
+        handoff,
     })
 }
 

@@ -176,6 +176,8 @@ pub(crate) struct Shared {
     pub resumed: Mutex<HashSet<(Namespace, BlobId)>>,
     /// Downloads failing authentication: the wrong-key guard (see [`keycheck`]).
     pub key_check: keycheck::KeyCheck,
+    /// Big puts uploaded while they are written: their slots, and the lock listings take.
+    pub early: super::transfer::early::Gate,
 }
 
 impl Shared {

@@ -3,7 +3,7 @@
 //! as they came -> partial file -> fsync -> link into place, resumed with a Range request from
 //! the last verified segment after a cut), `batch` (the `/stream` batches for many small
 //! blobs), `progress` (what `status` and Watch show), `hashpipe` (a big download's plaintext
-//! hash, on a thread of its own). This module holds what they share: the
+//! hash, on a thread of its own), `early` (a big put uploaded while it is written). This module holds what they share: the
 //! errors, the failure schedule, and the checks a download must pass (rollback, external
 //! blobs, foreign formats).
 
@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 mod batch;
 mod download;
+pub(crate) mod early;
 mod hashpipe;
 mod progress;
 mod upload;
