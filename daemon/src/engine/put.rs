@@ -423,16 +423,16 @@ impl EarlyStart {
         let file = file.try_clone().ok()?;
         let feed = Arc::new(Feed::default());
         let (tx, rx) = oneshot::channel();
-        let e = EarlyUpload::new(
-            header.namespace.clone(),
-            header.id.clone(),
-            header.salt,
+        let e = EarlyUpload {
+            ns: header.namespace.clone(),
+            id: header.id.clone(),
+            salt: header.salt,
             stored,
             file,
-            feed.clone(),
-            rx,
+            feed: feed.clone(),
+            handoff: rx,
             permit,
-        );
+        };
         let ops = self.ops.clone();
         self.rt.spawn(async move { ops.early_upload(e).await });
         Some((feed, tx))

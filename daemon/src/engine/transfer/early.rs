@@ -21,11 +21,11 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use blobsync_shared::{BlobId, Namespace};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, RwLock, RwLockWriteGuard, Semaphore};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info, info_span};
 
+use super::upload::paced_body;
 use super::{Progress, READ_AHEAD, UPLOAD_CHUNK};
 use crate::clock::Clock;
 use crate::engine::{Engine, Shared, TransferStats};
@@ -157,7 +157,8 @@ pub(crate) struct EarlyUpload {
     pub file: std::fs::File,
     pub feed: Arc<Feed>,
     pub handoff: oneshot::Receiver<Handoff>,
-    permit: OwnedSemaphorePermit,
+    /// Its slot, given back when it ends.
+    pub permit: OwnedSemaphorePermit,
 }
 
 /// Takes an early-upload slot for a put of `stored` bytes: `None` when the put is too small,
@@ -167,32 +168,6 @@ pub(crate) fn slot(shared: &Shared, stored: u64) -> Option<OwnedSemaphorePermit>
         return None;
     }
     shared.early.slots.clone().try_acquire_owned().ok()
-}
-
-impl EarlyUpload {
-    /// The upload of `ns/id` (header salt `salt`, `stored` bytes) fed from `file` by `feed`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        ns: Namespace,
-        id: BlobId,
-        salt: [u8; 32],
-        stored: u64,
-        file: std::fs::File,
-        feed: Arc<Feed>,
-        handoff: oneshot::Receiver<Handoff>,
-        permit: OwnedSemaphorePermit,
-    ) -> Self {
-        Self {
-            ns,
-            id,
-            salt,
-            stored,
-            file,
-            feed,
-            handoff,
-            permit,
-        }
-    }
 }
 
 /// Bytes sent so far, and the transfer `status` shows once the row exists.
@@ -242,25 +217,13 @@ fn feed_stream(
     tokio::task::spawn_blocking(move || {
         follow(&file, stored, &feed, |c| tx.blocking_send(c).is_ok())
     });
-    Box::pin(
-        futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        })
-        .then(move |item| {
-            let (shared, sent) = (shared.clone(), sent.clone());
-            async move {
-                if let Ok(b) = &item {
-                    shared.up.acquire(b.len()).await;
-                    let mut s = sent.lock().unwrap_or_else(|p| p.into_inner());
-                    s.bytes += b.len() as u64;
-                    if let Some(p) = s.progress.as_mut() {
-                        p.add(b.len() as u64);
-                    }
-                }
-                item
-            }
-        }),
-    )
+    paced_body(shared, rx, move |n| {
+        let mut s = sent.lock().unwrap_or_else(|p| p.into_inner());
+        s.bytes += n;
+        if let Some(p) = s.progress.as_mut() {
+            p.add(n);
+        }
+    })
 }
 
 impl<R: Remote, C: Clock> Engine<R, C> {

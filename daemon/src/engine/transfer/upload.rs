@@ -63,19 +63,32 @@ pub(in crate::engine) fn file_stream(
             )));
         }
     });
-    let progress = Arc::new(std::sync::Mutex::new(progress));
+    let progress = std::sync::Mutex::new(progress);
+    paced_body(shared, rx, move |n| {
+        if let Some(p) = progress.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            p.add(n);
+        }
+    })
+}
+
+/// An upload's body: the chunks from `rx`, each paced by the upload limiter and then
+/// reported to `sent` as the body takes it.
+pub(super) fn paced_body(
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    sent: impl Fn(u64) + Send + Sync + 'static,
+) -> ByteStream {
+    let sent = Arc::new(sent);
     Box::pin(
         futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         })
         .then(move |item| {
-            let (shared, progress) = (shared.clone(), progress.clone());
+            let (shared, sent) = (shared.clone(), sent.clone());
             async move {
                 if let Ok(b) = &item {
                     shared.up.acquire(b.len()).await;
-                    if let Some(p) = progress.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                        p.add(b.len() as u64);
-                    }
+                    sent(b.len() as u64);
                 }
                 item
             }
