@@ -10,19 +10,8 @@ use std::sync::atomic::Ordering;
 
 use blobsync_shared::{BlobId, Namespace};
 use blobsyncd::clock::ManualClock;
-use blobsyncd::remote::Remote;
 use blobsyncd::status::{Priority, Status};
 use common::*;
-
-async fn remote_ids(d: &Device) -> Vec<String> {
-    d.dir_remote()
-        .list(&Namespace::default(), &Default::default())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.id.to_string())
-        .collect()
-}
 
 fn tmp_files(data: &Path) -> Vec<String> {
     std::fs::read_dir(data.join("tmp"))
@@ -55,7 +44,7 @@ async fn upload_survives_a_crash_at_every_step() {
         assert_eq!(s.uploaded, 1, "{point}: {s:?}");
         assert_eq!(a.status_of("u").await, Some(Status::Synced), "{point}");
         assert_eq!(
-            remote_ids(&a).await,
+            a.remote_ids().await,
             ["u"],
             "{point}: exactly one copy on the server"
         );
@@ -157,7 +146,7 @@ async fn a_delete_that_crashed_after_the_server_call_completes_on_restart() {
     let a = Device::open(&da, &remote, settings()).await;
     a.engine.run_cycle().await;
     assert_eq!(a.status_of("x").await, None);
-    assert!(remote_ids(&a).await.is_empty());
+    assert!(a.remote_ids().await.is_empty());
 }
 
 #[tokio::test]
@@ -213,7 +202,7 @@ async fn a_corrupt_store_is_moved_aside_and_rebuilt_from_payloads_and_the_listin
         None,
         "an empty file is no payload: not adopted"
     );
-    assert!(!remote_ids(&a).await.iter().any(|id| id == "cut"));
+    assert!(!a.remote_ids().await.iter().any(|id| id == "cut"));
     // The only read is of the adopted copy's header: its salt, for delete proofs.
     assert!(a.remote.faults.gets.load(Ordering::SeqCst) <= 1);
     assert!(a.info("synced").await.unwrap().upload_salt.is_some());

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use blobsync_shared::{BlobId, Namespace};
 use blobsyncd::handle::{EngineError, PutItem};
-use blobsyncd::remote::{Remote, RemoteError};
+use blobsyncd::remote::RemoteError;
 use blobsyncd::status::{Priority, Status};
 use common::{Device, bytes, settings};
 
@@ -34,16 +34,6 @@ async fn put_path(d: &Device, src: &Path, id: &str, local_only: bool) -> Result<
         .await
         .unwrap();
     r.pop().unwrap().map(|_| ())
-}
-
-async fn remote_ids(d: &Device) -> Vec<String> {
-    d.dir_remote()
-        .list(&Namespace::default(), &Default::default())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.id.to_string())
-        .collect()
 }
 
 async fn wait_status(d: &Device, id: &str, want: Status) {
@@ -73,7 +63,7 @@ async fn a_big_put_is_synced_without_a_cycle_and_reads_back_elsewhere() {
     let s = a.engine.run_cycle().await;
     assert_eq!(s.uploaded, 1, "{s:?}");
     assert_eq!(a.remote.faults.puts.load(Ordering::SeqCst), 1);
-    assert_eq!(remote_ids(&a).await, ["big"]);
+    assert_eq!(a.remote_ids().await, ["big"]);
     let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
     b.engine.run_cycle().await;
     assert_eq!(b.status_of("big").await, Some(Status::Synced));
@@ -94,13 +84,13 @@ async fn a_put_that_dies_before_its_commit_never_reaches_the_remote() {
         let r = put_path(&a, &src, "dead", false).await;
         assert!(r.is_err(), "the put stopped at its crash point: {r:?}");
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(remote_ids(&a).await, Vec::<String>::new());
+        assert_eq!(a.remote_ids().await, Vec::<String>::new());
     }
     // Restarted: the uncommitted payload is garbage, and nothing goes up.
     let a = Device::open(&da, &remote, settings()).await;
     a.engine.run_cycle().await;
     assert_eq!(a.status_of("dead").await, None);
-    assert_eq!(remote_ids(&a).await, Vec::<String>::new());
+    assert_eq!(a.remote_ids().await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,14 +104,14 @@ async fn local_only_and_paused_big_puts_stay_home() {
     a.handle.pause(None).await.unwrap();
     put_path(&a, &src, "later", false).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(remote_ids(&a).await, Vec::<String>::new());
+    assert_eq!(a.remote_ids().await, Vec::<String>::new());
     assert_eq!(a.status_of("mine").await, Some(Status::LocalOnly));
     assert_eq!(a.status_of("later").await, Some(Status::PendingUpload));
     // Resumed, the queue uploads the paused one as any other.
     a.handle.resume(None).await.unwrap();
     let s = a.engine.run_cycle().await;
     assert_eq!(s.uploaded, 1, "{s:?}");
-    assert_eq!(remote_ids(&a).await, ["later"]);
+    assert_eq!(a.remote_ids().await, ["later"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,6 +99,17 @@ impl Device<DirRemote> {
     pub fn dir_remote(&self) -> &DirRemote {
         self.remote.inner()
     }
+
+    /// The ids the folder remote lists in the default namespace.
+    pub async fn remote_ids(&self) -> Vec<String> {
+        self.dir_remote()
+            .list(&Namespace::default(), &Default::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.id.to_string())
+            .collect()
+    }
 }
 
 impl<X: Remote + Clone> Device<X> {
