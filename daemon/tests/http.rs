@@ -182,3 +182,63 @@ async fn https_with_a_ca_file_works_and_an_unknown_ca_is_refused() {
         "{err}"
     );
 }
+
+/// An upload may take as long as it keeps moving: the timeout is on progress, not on the
+/// whole request (a big blob under a bandwidth limit takes minutes). One that stops moving
+/// is given up after the stall timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_completes_and_a_stalled_one_times_out() {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start_server(tmp.path()).await;
+    let stall = Duration::from_millis(300);
+    let r = http_remote(&srv).with_stall_timeout(stall);
+    let ns = Namespace::default();
+    // Eight pieces 100 ms apart: 0.8 s in all, more than twice the stall timeout.
+    let piece = vec![7u8; 16 * 1024];
+    let data: Vec<u8> = piece.repeat(8);
+    let slow = futures_util::stream::iter(0..8).then(move |_| {
+        let p = Bytes::from(piece.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, std::io::Error>(p)
+        }
+    });
+    let id = BlobId::new("slow").unwrap();
+    r.put(&ns, &id, data.len() as u64, Box::pin(slow), None)
+        .await
+        .expect("a slow upload that keeps moving completes");
+    let got = r.get(&ns, &id, None).await.unwrap();
+    let got = blobsyncd::remote::collect_body(got.body, 1 << 20)
+        .await
+        .unwrap();
+    assert!(got == data, "the server holds what was sent");
+
+    // One piece, then nothing: given up after the stall timeout, not kept forever.
+    let stalled = futures_util::stream::iter([Ok(Bytes::from(vec![1u8; 1024]))])
+        .chain(futures_util::stream::pending());
+    let t = std::time::Instant::now();
+    let e = r
+        .put(
+            &ns,
+            &BlobId::new("stalled").unwrap(),
+            4096,
+            Box::pin(stalled),
+            None,
+        )
+        .await
+        .expect_err("a stalled upload fails");
+    assert!(e.to_string().contains("no progress"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(
+        r.list(&ns, &Default::default())
+            .await
+            .unwrap()
+            .iter()
+            .all(|b| b.id.as_str() != "stalled")
+    );
+}

@@ -37,8 +37,9 @@ const MAX_JSON: usize = 256 << 20;
 const MAX_ERROR_BODY: usize = 4096;
 /// Connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time to the response head (bodies may take as long as they stream).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait without progress: no request body taken and no response head. A big upload
+/// may take as long as it keeps moving (a 1 GB blob at a 5 MB/s limit takes 200 s).
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle pooled connections kept per host.
 const POOL_IDLE: usize = 16;
 /// Changes per listing page.
@@ -65,6 +66,8 @@ pub struct HttpRemote {
     token: Arc<Mutex<Option<String>>>,
     /// Send Soledad's `Token base64(user:token)` instead of `Bearer` ([`super::soledad`]).
     soledad_auth: bool,
+    /// See [`STALL_TIMEOUT`].
+    stall: Duration,
 }
 
 fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, RemoteError> {
@@ -186,7 +189,15 @@ impl HttpRemote {
             client,
             token: Arc::new(Mutex::new(token)),
             soledad_auth: false,
+            stall: STALL_TIMEOUT,
         })
+    }
+
+    /// The same client, giving up on a request after `stall` without progress (tests).
+    #[doc(hidden)]
+    pub fn with_stall_timeout(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
     }
 
     /// The same client, authenticating with Soledad's `Token base64(user:token)`.
@@ -245,13 +256,38 @@ impl HttpRemote {
         for (k, v) in headers {
             req = req.header(k, v);
         }
+        // The clock restarts each time the connection takes a piece of the body, so only a
+        // request that stops moving times out, not an upload that is merely long.
+        let start = tokio::time::Instant::now();
+        let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stamp = moved.clone();
+        let body = body
+            .map_frame(move |f| {
+                let ms = start.elapsed().as_millis() as u64;
+                stamp.store(ms, std::sync::atomic::Ordering::Relaxed);
+                f
+            })
+            .boxed_unsync();
         let req = req
             .body(body)
             .map_err(|e| RemoteError::Config(format!("bad request for {url}: {e}")))?;
-        let resp = tokio::time::timeout(HEAD_TIMEOUT, self.client.request(req))
-            .await
-            .map_err(|_| RemoteError::Transport(format!("no answer within {HEAD_TIMEOUT:?}")))?
-            .map_err(transport)?;
+        let answer = self.client.request(req);
+        tokio::pin!(answer);
+        let resp = loop {
+            let last = moved.load(std::sync::atomic::Ordering::Relaxed);
+            let deadline = start + Duration::from_millis(last) + self.stall;
+            tokio::select! {
+                r = &mut answer => break r.map_err(transport)?,
+                _ = tokio::time::sleep_until(deadline) => {
+                    if moved.load(std::sync::atomic::Ordering::Relaxed) == last {
+                        return Err(RemoteError::Transport(format!(
+                            "no progress and no answer within {:?}",
+                            self.stall
+                        )));
+                    }
+                }
+            }
+        };
         if resp.status().is_success() {
             return Ok(resp);
         }
