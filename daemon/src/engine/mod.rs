@@ -212,7 +212,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
     ) -> TransferStats {
         let mut stats = TransferStats::default();
         let mut tasks: JoinSet<TransferStats> = JoinSet::new();
-        let mut in_flight: HashMap<tokio::task::Id, Vec<(String, String)>> = HashMap::new();
+        let mut in_flight: HashMap<tokio::task::Id, Running> = HashMap::new();
         let child = cancel.child_token();
         loop {
             if cancel.is_cancelled()
@@ -225,7 +225,15 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 break;
             }
             let settings = self.shared.settings();
-            let busy: HashSet<(String, String)> = in_flight.values().flatten().cloned().collect();
+            let busy: HashSet<(String, String)> = in_flight
+                .values()
+                .flat_map(|r| r.keys.iter())
+                .cloned()
+                .collect();
+            let small_uploads: HashSet<String> = in_flight
+                .values()
+                .filter_map(|r| r.small_upload.clone())
+                .collect();
             let slots = settings.transfers.saturating_sub(tasks.len());
             let mut started = 0;
             if slots > 0 {
@@ -245,12 +253,17 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     // Nothing it downloads can be decrypted: leave downloads queued.
                     due.retain(|b| b.status != Status::PendingDownload);
                 }
-                for action in plan::next_transfers(&due, &busy, slots, settings.batch) {
-                    let keys = action_keys(&action);
+                for action in
+                    plan::next_transfers(&due, &busy, &small_uploads, slots, settings.batch)
+                {
+                    let running = Running {
+                        keys: action_keys(&action),
+                        small_upload: plan::small_upload_ns(&action, settings.batch),
+                    };
                     let me = self.clone();
                     let token = child.clone();
                     let h = tasks.spawn(async move { me.execute(action, token).await });
-                    in_flight.insert(h.id(), keys);
+                    in_flight.insert(h.id(), running);
                     started += 1;
                 }
             }
@@ -312,6 +325,15 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         }
         s
     }
+}
+
+/// A transfer task of [`Engine::run_transfers`].
+struct Running {
+    /// The (namespace, id) of every blob it moves.
+    keys: Vec<(String, String)>,
+    /// Its namespace when it is a small upload: `plan::next_transfers` holds that namespace's
+    /// next wave of small uploads until it ends.
+    small_upload: Option<String>,
 }
 
 /// How many queued rows a pick reads: enough to skip every row already in flight and fill

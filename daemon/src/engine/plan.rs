@@ -266,9 +266,17 @@ impl Default for BatchPolicy {
 /// flight. Small blobs of one namespace and kind (upload, download, external download,
 /// adoption) are grouped into batches when at least `batch.min_count` of them are due; the
 /// batch takes the place of its first member.
+///
+/// Small uploads go in waves: while a namespace has a small upload in flight
+/// (`small_uploads`, see [`small_upload_ns`]), its other small uploads wait for that wave to
+/// end, unless a full batch of them is due. Puts arriving one by one (W5 of issue 20: 32 in
+/// flight) were otherwise sent as they came, in a single upload or a batch of ten each, and
+/// every upload costs two store commits and a request whatever its size; waiting a moment
+/// for the wave in flight sends them in batches of dozens instead.
 pub fn next_transfers(
     due: &[BlobInfo],
     in_flight: &HashSet<(String, String)>,
+    small_uploads: &HashSet<String>,
     slots: usize,
     batch: BatchPolicy,
 ) -> Vec<Action> {
@@ -318,6 +326,10 @@ pub fn next_transfers(
         }
         if let Some(k) = kind(b) {
             let g = &groups[&(b.ns.to_string(), k)];
+            let waits = k == BatchKind::Upload && small_uploads.contains(&b.ns.to_string());
+            if waits && g.len() < batch.max_count {
+                continue;
+            }
             if g.len() >= batch.min_count {
                 let members: Vec<BlobInfo> = g
                     .iter()
@@ -325,6 +337,9 @@ pub fn next_transfers(
                     .take(batch.max_count)
                     .map(|m| (*m).clone())
                     .collect();
+                if waits && members.len() < batch.max_count {
+                    continue;
+                }
                 if members.len() >= batch.min_count {
                     for m in &members {
                         batched.insert((m.ns.to_string(), m.id.to_string()));
@@ -346,6 +361,19 @@ pub fn next_transfers(
         });
     }
     actions
+}
+
+/// The namespace of a small upload (a batch, or one blob the batch policy could have
+/// batched), whose wave holds back that namespace's other small uploads in
+/// [`next_transfers`].
+pub fn small_upload_ns(action: &Action, batch: BatchPolicy) -> Option<String> {
+    match action {
+        Action::UploadBatch(bs) => bs.first().map(|b| b.ns.to_string()),
+        Action::Upload(b) if !b.external && b.size.is_some_and(|s| s <= batch.max_blob) => {
+            Some(b.ns.to_string())
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -686,7 +714,7 @@ mod tests {
             })
             .collect();
         let busy: HashSet<_> = [("default".to_string(), "a".to_string())].into();
-        let acts = next_transfers(&due, &busy, 1, BatchPolicy::default());
+        let acts = next_transfers(&due, &busy, &HashSet::new(), 1, BatchPolicy::default());
         assert_eq!(acts, vec![Action::Upload(due[1].clone())]);
     }
 
@@ -699,13 +727,89 @@ mod tests {
             size: Some(1 << 30),
             ..row("big", Status::PendingUpload, None)
         });
-        let acts = next_transfers(&due, &HashSet::new(), 3, BatchPolicy::default());
+        let acts = next_transfers(
+            &due,
+            &HashSet::new(),
+            &HashSet::new(),
+            3,
+            BatchPolicy::default(),
+        );
         assert_eq!(acts.len(), 2);
         assert!(matches!(&acts[0], Action::UploadBatch(m) if m.len() == 10));
         assert!(matches!(&acts[1], Action::Upload(b) if b.id.as_str() == "big"));
         // Below the threshold, one by one.
-        let acts = next_transfers(&due[..3], &HashSet::new(), 3, BatchPolicy::default());
+        let acts = next_transfers(
+            &due[..3],
+            &HashSet::new(),
+            &HashSet::new(),
+            3,
+            BatchPolicy::default(),
+        );
         assert!(acts.iter().all(|a| matches!(a, Action::Upload(_))));
+    }
+
+    /// While a small upload of a namespace is in flight, its other small uploads wait for the
+    /// wave to end (unless a full batch is due); big uploads, downloads and other namespaces
+    /// do not wait.
+    #[test]
+    fn small_uploads_wait_for_the_wave_in_flight() {
+        let policy = BatchPolicy::default();
+        let mut due: Vec<BlobInfo> = (0..30)
+            .map(|i| row(&format!("s{i:02}"), Status::PendingUpload, None))
+            .collect();
+        due.push(BlobInfo {
+            size: Some(1 << 30),
+            ..row("big", Status::PendingUpload, None)
+        });
+        due.push(row("d", Status::PendingDownload, Some(1)));
+        due.push(BlobInfo {
+            ns: Namespace::new("other").unwrap(),
+            ..row("o", Status::PendingUpload, None)
+        });
+        let waiting: HashSet<String> = ["default".to_string()].into();
+        let acts = next_transfers(&due, &HashSet::new(), &waiting, 5, policy);
+        assert_eq!(acts.len(), 3, "{acts:?}");
+        assert!(matches!(&acts[0], Action::Upload(b) if b.id.as_str() == "big"));
+        assert!(matches!(&acts[1], Action::Download(b) if b.id.as_str() == "d"));
+        assert!(matches!(&acts[2], Action::Upload(b) if b.ns.as_str() == "other"));
+        // Nothing in flight: the same rows go at once, the small ones in one batch.
+        let acts = next_transfers(&due, &HashSet::new(), &HashSet::new(), 5, policy);
+        assert!(
+            matches!(&acts[0], Action::UploadBatch(m) if m.len() == 30),
+            "{acts:?}"
+        );
+        assert_eq!(acts.len(), 4);
+        // A full batch does not wait: a backlog keeps every slot busy.
+        let backlog: Vec<BlobInfo> = (0..2 * policy.max_count + 5)
+            .map(|i| row(&format!("b{i:04}"), Status::PendingUpload, None))
+            .collect();
+        let acts = next_transfers(&backlog, &HashSet::new(), &waiting, 3, policy);
+        assert_eq!(
+            acts.len(),
+            2,
+            "two full batches, the last five wait: {acts:?}"
+        );
+        assert!(
+            acts.iter()
+                .all(|a| matches!(a, Action::UploadBatch(m) if m.len() == policy.max_count))
+        );
+        // What holds a namespace back.
+        assert_eq!(
+            small_upload_ns(&acts[0], policy).as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            small_upload_ns(&Action::Upload(due[0].clone()), policy).as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            small_upload_ns(&Action::Upload(due[30].clone()), policy),
+            None
+        );
+        assert_eq!(
+            small_upload_ns(&Action::Download(due[31].clone()), policy),
+            None
+        );
     }
 
     /// A pick reads `due_limit` rows of the queue, not all of it: that many still fill every
@@ -727,7 +831,7 @@ mod tests {
             .iter()
             .map(|b| (b.ns.to_string(), b.id.to_string()))
             .collect();
-        let acts = next_transfers(&queue[..limit], &busy, slots, policy);
+        let acts = next_transfers(&queue[..limit], &busy, &HashSet::new(), slots, policy);
         assert_eq!(acts.len(), slots);
         assert!(
             matches!(&acts[0], Action::DownloadBatch(m)
@@ -750,7 +854,13 @@ mod tests {
             due.push(ext(10 + i, Status::PendingUpload, false));
             due.push(row(&format!("p{i:02}"), Status::PendingUpload, None));
         }
-        let acts = next_transfers(&due, &HashSet::new(), 5, BatchPolicy::default());
+        let acts = next_transfers(
+            &due,
+            &HashSet::new(),
+            &HashSet::new(),
+            5,
+            BatchPolicy::default(),
+        );
         assert_eq!(acts.len(), 3, "{acts:?}");
         assert!(
             matches!(&acts[0], Action::IncomingBatch(m) if m.len() == 10
@@ -774,7 +884,13 @@ mod tests {
                 ..row(&format!("r{i}"), Status::PendingDownload, Some(1))
             })
             .collect();
-        let acts = next_transfers(&raced, &HashSet::new(), 3, BatchPolicy::default());
+        let acts = next_transfers(
+            &raced,
+            &HashSet::new(),
+            &HashSet::new(),
+            3,
+            BatchPolicy::default(),
+        );
         assert!(acts.iter().all(|a| matches!(a, Action::Download(_))));
     }
 }
