@@ -633,6 +633,82 @@ async fn the_run_loop_uploads_at_once_after_a_put_and_coalesces_forced_syncs() {
     ));
 }
 
+/// Small puts made while a small upload is in flight wait for it (a big one does not), then go
+/// up together in one batch; none is left behind by the kick each of them skipped
+/// (`Shared::kick_for_put`): all are uploaded at once, with no cycle in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_puts_during_an_upload_go_up_together_when_it_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+    // The first upload is held at the remote's door until the gate opens.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (g, c) = (gate.clone(), calls.clone());
+    a.remote.faults.before_put(std::sync::Arc::new(move |_, _| {
+        let (g, c) = (g.clone(), c.clone());
+        Box::pin(async move {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                let _ = g.acquire().await.unwrap();
+            }
+        })
+    }));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(a.engine.clone().run(cancel.clone()));
+    a.handle.sync(true).await.unwrap();
+    a.put("w00", &bytes(1000, 0)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while calls.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "w00 never went up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ids: Vec<String> = (1..12).map(|i| format!("w{i:02}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        a.put(id, &bytes(1000, i as u8 + 1)).await;
+    }
+    // A big put does not wait, and its pick leaves the small ones waiting.
+    a.put("big", &bytes(100_000, 50)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a.status_of("big").await != Some(Status::Synced) {
+        assert!(tokio::time::Instant::now() < deadline, "big never went up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the small puts wait for the upload in flight"
+    );
+    gate.add_permits(1);
+    // Well within the 30 s cycle interval: only the end of the first upload picks them up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for id in std::iter::once("w00").chain(ids.iter().map(String::as_str)) {
+        while a.status_of(id).await != Some(Status::Synced) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} was not uploaded after the first upload ended: {:?}",
+                a.status_of(id).await
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the first upload, the big one, then one batch of the eleven that waited"
+    );
+    // With nothing in flight, a small put wakes the loop again.
+    a.put("late", &bytes(1000, 99)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a.status_of("late").await != Some(Status::Synced) {
+        assert!(tokio::time::Instant::now() < deadline, "late never went up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the loop stops on cancel")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_download_of_a_blob_deleted_meanwhile_leaves_no_partial_file() {
     let tmp = tempfile::tempdir().unwrap();

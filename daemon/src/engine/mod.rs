@@ -126,6 +126,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             resumed: Mutex::new(HashSet::new()),
             key_check: Default::default(),
             early: Default::default(),
+            waves: Default::default(),
         });
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -234,6 +235,9 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 .values()
                 .filter_map(|r| r.small_upload.clone())
                 .collect();
+            // Before the pick: a put that skipped its kick (`Shared::kick_for_put`) saw its
+            // namespace here, so its row committed before this pick reads the queue.
+            self.shared.set_waves(small_uploads.clone());
             let slots = settings.transfers.saturating_sub(tasks.len());
             let mut started = 0;
             if slots > 0 {
@@ -266,6 +270,14 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     in_flight.insert(h.id(), running);
                     started += 1;
                 }
+            }
+            if started > 0 {
+                self.shared.set_waves(
+                    in_flight
+                        .values()
+                        .filter_map(|r| r.small_upload.clone())
+                        .collect(),
+                );
             }
             if tasks.is_empty() && started == 0 {
                 break;
@@ -307,6 +319,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 while tasks.join_next().await.is_some() {}
             }
         }
+        self.shared.set_waves(HashSet::new());
         stats
     }
 

@@ -653,9 +653,10 @@ async fn commit_put(
     if shared.crash_here("put.after_link") {
         return Err(EngineError::ShuttingDown);
     }
+    let (size, local_only) = (blob.size, blob.local_only);
     match shared.store.insert_local(blob).await {
         Ok(info) => {
-            shared.kick.notify_one();
+            shared.kick_for_put(&ns, size, local_only);
             Ok(info)
         }
         Err(e) => {

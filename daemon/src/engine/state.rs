@@ -178,9 +178,37 @@ pub(crate) struct Shared {
     pub key_check: keycheck::KeyCheck,
     /// Big puts uploaded while they are written: their slots, and the lock listings take.
     pub early: super::transfer::early::Gate,
+    /// Namespaces with a wave of small uploads in flight (kept by the transfer loop, see
+    /// `plan::next_transfers`): a small put there needs no kick, the wave's end picks it up.
+    pub waves: Mutex<HashSet<String>>,
 }
 
 impl Shared {
+    /// Replaces the namespaces with a wave of small uploads in flight.
+    pub fn set_waves(&self, waves: HashSet<String>) {
+        *self.waves.lock().unwrap_or_else(|p| p.into_inner()) = waves;
+    }
+
+    /// Wakes the transfer loop for a blob just put, unless it is a small upload that would
+    /// only wait for its namespace's wave in flight (W5 of issue 20: one put in a wave of
+    /// dozens woke a pick of the queue each, to start nothing). Called after the row commits:
+    /// the loop clears a wave before its next pick, so a row this skips is in that pick.
+    pub fn kick_for_put(&self, ns: &Namespace, size: u64, local_only: bool) {
+        if local_only {
+            return;
+        }
+        let small = size <= self.settings().batch.max_blob;
+        let waiting = small
+            && self
+                .waves
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(ns.as_str());
+        if !waiting {
+            self.kick.notify_one();
+        }
+    }
+
     /// True (once) when the test armed `point`: the caller stops right there, leaving disk
     /// and store exactly as a process killed at that step would.
     pub fn crash_here(&self, point: &'static str) -> bool {
