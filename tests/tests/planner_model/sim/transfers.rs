@@ -18,8 +18,13 @@ impl Sim {
         let d = &mut self.devices[dev];
         let due =
             ops::due(&d.conn, &DueFilter { now, limit: 10_000 }).map_err(|e| e.to_string())?;
-        let mut actions =
-            plan::next_transfers(&due, &HashSet::new(), 1_000, BatchPolicy::default());
+        let mut actions = plan::next_transfers(
+            &due,
+            &HashSet::new(),
+            &HashSet::new(),
+            1_000,
+            BatchPolicy::default(),
+        );
         let planned = actions.len();
         let mut seen = HashSet::new();
         for a in &actions {
