@@ -709,6 +709,46 @@ async fn small_puts_during_an_upload_go_up_together_when_it_ends() {
         .unwrap();
 }
 
+/// The mass-deletion guard weighs a listing's deletions against the namespace as this device
+/// had it: new blobs listed beside them do not widen the 25 %. Here 101 of B's 120 blobs are
+/// deleted on A while A puts 300 new ones: with the 420 rows after the listing as the measure,
+/// 101 <= max(100, 105) passed; against B's 120 they are held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_blobs_listed_beside_a_mass_deletion_do_not_let_it_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let remote = tmp.path().join("r");
+    let a = Device::open(&tmp.path().join("a"), &remote, settings()).await;
+    let b = Device::open(&tmp.path().join("b"), &remote, settings()).await;
+    for i in 0..120 {
+        a.put(&format!("old{i:03}"), &bytes(100, i as u8)).await;
+    }
+    a.engine.run_cycle().await;
+    b.engine.run_cycle().await;
+    assert_eq!(b.handle.list(Default::default()).await.unwrap().len(), 120);
+    for i in 0..101 {
+        a.handle
+            .delete(
+                &Namespace::default(),
+                &BlobId::new(format!("old{i:03}")).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    for i in 0..300 {
+        a.put(&format!("new{i:03}"), &bytes(100, i as u8)).await;
+    }
+    a.engine.run_cycle().await;
+    let s = b.engine.run_cycle().await;
+    assert_eq!(s.deletions_held, 101, "{s:?}");
+    for i in 0..120 {
+        assert_eq!(
+            b.status_of(&format!("old{i:03}")).await,
+            Some(Status::Synced),
+            "old{i:03} is kept while the deletion is held"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_download_of_a_blob_deleted_meanwhile_leaves_no_partial_file() {
     let tmp = tempfile::tempdir().unwrap();

@@ -350,14 +350,32 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         }
     }
 
+    /// How many blobs (rows, any status) a namespace has.
+    pub(super) async fn namespace_total(&self, ns: &Namespace) -> Result<u64, SyncError> {
+        Ok(self
+            .shared
+            .store
+            .counts()
+            .await?
+            .by_namespace
+            .get(ns)
+            .map_or(0, |m| m.values().sum()))
+    }
+
     /// The mass-deletion guard, after a namespace's listing: proven remote deletions are
     /// applied unless they would remove more than max(100, 25 %) of the namespace's blobs in
     /// one go; then they stay held (nothing is deleted) and an alarm asks the user to allow
     /// them (`blobctl sync --allow-mass-delete`) or to look into it.
+    ///
+    /// `total` is the namespace's size before this listing: the rows the same listing adds
+    /// (new blobs from elsewhere, not held here yet) must not widen the 25 %, or 101 deletions
+    /// of 332 blobs would pass with 101 new ones listed beside them (found by
+    /// `planner_model`).
     pub(super) async fn apply_held_deletions(
         &self,
         ns: &Namespace,
         allow: bool,
+        total: u64,
         summary: &mut CycleSummary,
     ) -> Result<(), SyncError> {
         let store = &self.shared.store;
@@ -365,12 +383,6 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         if held == 0 {
             return Ok(());
         }
-        let total: u64 = store
-            .counts()
-            .await?
-            .by_namespace
-            .get(ns)
-            .map_or(0, |m| m.values().sum());
         let limit = mass_delete_limit(total);
         if allow || !self.shared.settings().mass_delete_guard || held <= limit {
             let applied = store.apply_held(ns, self.clock.now()).await?;

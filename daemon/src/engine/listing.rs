@@ -43,9 +43,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             self.shared.state().namespaces_head = Some(before);
         }
         for ns in &known {
-            self.sync_namespace(ns, force_full || rebuild, summary)
-                .await?;
-            self.apply_held_deletions(ns, allow_mass_delete, summary)
+            self.sync_and_guard(ns, force_full || rebuild, allow_mass_delete, summary)
                 .await?;
         }
         // Something changed on the server since the namespaces were last asked for (the
@@ -57,9 +55,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             for ns in self.namespaces(true).await? {
                 if !known.contains(&ns) {
                     info!(%ns, "a namespace created elsewhere: syncing it");
-                    self.sync_namespace(&ns, force_full || rebuild, summary)
-                        .await?;
-                    self.apply_held_deletions(&ns, allow_mass_delete, summary)
+                    self.sync_and_guard(&ns, force_full || rebuild, allow_mass_delete, summary)
                         .await?;
                 }
             }
@@ -70,6 +66,21 @@ impl<R: Remote, C: Clock> Engine<R, C> {
             self.shared.state().rebuild_pending = false;
         }
         Ok(())
+    }
+
+    /// Lists and applies one namespace, then its held deletions through the mass-deletion
+    /// guard, weighed against the namespace as it was before the listing.
+    async fn sync_and_guard(
+        &self,
+        ns: &Namespace,
+        full: bool,
+        allow_mass_delete: bool,
+        summary: &mut CycleSummary,
+    ) -> Result<(), SyncError> {
+        let total = self.namespace_total(ns).await?;
+        self.sync_namespace(ns, full, summary).await?;
+        self.apply_held_deletions(ns, allow_mass_delete, total, summary)
+            .await
     }
 
     /// The highest listing cursor of `namespaces`: the user's sequence number as of the

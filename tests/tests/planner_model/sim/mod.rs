@@ -292,12 +292,13 @@ impl Sim {
             ListingKind::Incremental
         };
         let changes = self.server.changes_since(since);
+        // `Engine::apply_held_deletions` weighs them against the namespace before the listing.
+        let total = d.rows(&ns).len() as u64;
         let facts = plan::diff(&d.rows(&ns), &changes, kind, NamespacePolicy::Eager, proven);
         ops::apply_remote(&mut d.conn, &ns, &facts, Some(self.server.seq), now)
             .map_err(|e| format!("apply_remote {facts:?}: {e}"))?;
         // `Engine::apply_held_deletions`: proven deletions go through the mass-deletion guard.
         let held = ops::held_count(&mut d.conn, &ns).map_err(|e| e.to_string())?;
-        let total = d.rows(&ns).len() as u64;
         if held > 0
             && (self.allow_mass_delete || held <= blobsyncd::engine::mass_delete_limit(total))
         {
