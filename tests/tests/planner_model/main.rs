@@ -25,7 +25,7 @@ mod history;
 mod server;
 mod sim;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use blobsync_shared::config::NamespacePolicy;

@@ -73,8 +73,24 @@ impl Sim {
         })
     }
 
+    /// Ids whose deletion a device holds under the mass-deletion guard, per device: each was
+    /// a tombstone proving the deletion of the version held, checked when it was listed.
+    pub(crate) fn held_deletions(&self) -> [BTreeSet<String>; 2] {
+        std::array::from_fn(|d| {
+            let conn = &self.devices[d].conn;
+            let mut st = conn
+                .prepare("SELECT id FROM held_deletions WHERE ns = ?1")
+                .expect("held_deletions");
+            st.query_map([self.ns.as_str()], |r| r.get::<_, String>(0))
+                .expect("held_deletions")
+                .collect::<Result<_, _>>()
+                .expect("held_deletions")
+        })
+    }
+
     pub(crate) fn apply(&mut self, op: &Op) -> Result<(), String> {
         let before = self.held();
+        let proven_before = self.held_deletions();
         let totals: [u64; 2] = std::array::from_fn(|d| self.devices[d].rows(&self.ns).len() as u64);
         self.apply_op(op)?;
         // Nothing is lost: a copy a device held disappears only by the user's own delete on
@@ -104,10 +120,15 @@ impl Sim {
                     continue;
                 }
                 let deleted_here = matches!(op, Op::LocalDelete { dev: d, .. } if *d == dev);
-                let proven = match (salt, self.server.dead.get(id)) {
-                    (Some(s), Some((_, _, _, _, Some(p)))) => *p == proof_of(s),
-                    _ => false,
-                };
+                // A held deletion was proven when it was listed; applied later (the user
+                // allowed it, or what was held shrank under the guard's limit), it stays
+                // proven even if the server has since lost that tombstone: the device cannot
+                // know, and the deletion is the user's own, made on another device.
+                let proven = proven_before[dev].contains(id)
+                    || match (salt, self.server.dead.get(id)) {
+                        (Some(s), Some((_, _, _, _, Some(p)))) => *p == proof_of(s),
+                        _ => false,
+                    };
                 if !deleted_here && !proven {
                     return Err(format!(
                         "device {dev} lost its copy of {id} without a proven tombstone ({op:?})"
