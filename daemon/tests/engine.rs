@@ -709,6 +709,72 @@ async fn small_puts_during_an_upload_go_up_together_when_it_ends() {
         .unwrap();
 }
 
+/// A wave stuck on a stalled connection holds the next small puts back for a few seconds
+/// only: they go up while it is still stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_puts_wait_for_a_stuck_upload_only_a_few_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (g, c) = (gate.clone(), calls.clone());
+    a.remote.faults.before_put(std::sync::Arc::new(move |_, _| {
+        let (g, c) = (g.clone(), c.clone());
+        Box::pin(async move {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                let _ = g.acquire().await.unwrap();
+            }
+        })
+    }));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(a.engine.clone().run(cancel.clone()));
+    a.handle.sync(true).await.unwrap();
+    a.put("stuck", &bytes(1000, 0)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while calls.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stuck never went up"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = tokio::time::Instant::now();
+    a.put("next1", &bytes(1000, 1)).await;
+    a.put("next2", &bytes(1000, 2)).await;
+    // Within the 30 s cycle interval, while the first upload is still held at the door.
+    let deadline = started + Duration::from_secs(20);
+    for id in ["next1", "next2"] {
+        while a.status_of(id).await != Some(Status::Synced) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} waited for the stuck upload: {:?}",
+                a.status_of(id).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "they did wait for the wave a while first: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(a.status_of("stuck").await, Some(Status::PendingUpload));
+    gate.add_permits(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.status_of("stuck").await != Some(Status::Synced) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stuck never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the loop stops on cancel")
+        .unwrap();
+}
+
 /// The mass-deletion guard weighs a listing's deletions against the namespace as this device
 /// had it: new blobs listed beside them do not widen the 25 %. Here 101 of B's 120 blobs are
 /// deleted on A while A puts 300 new ones: with the 420 rows after the listing as the measure,

@@ -26,6 +26,7 @@ pub mod verify;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use blobsync_shared::StorageKey;
 use blobsync_shared::tombstone::DeleteKey;
@@ -231,10 +232,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 .flat_map(|r| r.keys.iter())
                 .cloned()
                 .collect();
-            let small_uploads: HashSet<String> = in_flight
-                .values()
-                .filter_map(|r| r.small_upload.clone())
-                .collect();
+            let small_uploads = waves(&in_flight);
             // Before the pick: a put that skipped its kick (`Shared::kick_for_put`) saw its
             // namespace here, so its row committed before this pick reads the queue.
             self.shared.set_waves(small_uploads.clone());
@@ -263,6 +261,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     let running = Running {
                         keys: action_keys(&action),
                         small_upload: plan::small_upload_ns(&action, settings.batch),
+                        since: tokio::time::Instant::now(),
                     };
                     let me = self.clone();
                     let token = child.clone();
@@ -272,16 +271,18 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 }
             }
             if started > 0 {
-                self.shared.set_waves(
-                    in_flight
-                        .values()
-                        .filter_map(|r| r.small_upload.clone())
-                        .collect(),
-                );
+                self.shared.set_waves(waves(&in_flight));
             }
             if tasks.is_empty() && started == 0 {
                 break;
             }
+            // A wave that holds others back for WAVE_HOLD stops holding them: wake then.
+            let hold_ends = in_flight
+                .values()
+                .filter(|r| r.small_upload.is_some())
+                .map(|r| r.since + WAVE_HOLD)
+                .filter(|t| *t > tokio::time::Instant::now())
+                .min();
             tokio::select! {
                 Some(done) = tasks.join_next_with_id() => {
                     match done {
@@ -290,6 +291,8 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                     }
                 }
                 _ = self.shared.kick.notified() => {}
+                _ = tokio::time::sleep_until(hold_ends.unwrap_or_else(tokio::time::Instant::now)),
+                    if hold_ends.is_some() => {}
                 _ = cancel.cancelled() => break,
             }
         }
@@ -345,8 +348,26 @@ struct Running {
     /// The (namespace, id) of every blob it moves.
     keys: Vec<(String, String)>,
     /// Its namespace when it is a small upload: `plan::next_transfers` holds that namespace's
-    /// next wave of small uploads until it ends.
+    /// next wave of small uploads until it ends, or for [`WAVE_HOLD`] at most.
     small_upload: Option<String>,
+    /// When it started.
+    since: tokio::time::Instant,
+}
+
+/// The longest a wave of small uploads holds the next one back. A wave normally ends in
+/// milliseconds; one stuck on a stalled connection (given up only after a minute without
+/// progress) must not keep every later small put of its namespace waiting with it.
+const WAVE_HOLD: Duration = Duration::from_secs(5);
+
+/// The namespaces whose small uploads wait for a wave in flight (one younger than
+/// [`WAVE_HOLD`]).
+fn waves(in_flight: &HashMap<tokio::task::Id, Running>) -> HashSet<String> {
+    let now = tokio::time::Instant::now();
+    in_flight
+        .values()
+        .filter(|r| now.duration_since(r.since) < WAVE_HOLD)
+        .filter_map(|r| r.small_upload.clone())
+        .collect()
 }
 
 /// How many queued rows a pick reads: enough to skip every row already in flight and fill

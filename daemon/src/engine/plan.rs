@@ -268,8 +268,9 @@ impl Default for BatchPolicy {
 /// batch takes the place of its first member.
 ///
 /// Small uploads go in waves: while a namespace has a small upload in flight
-/// (`small_uploads`, see [`small_upload_ns`]), its other small uploads wait for that wave to
-/// end, unless a full batch of them is due. Puts arriving one by one (W5 of issue 20: 32 in
+/// (`small_uploads`, see [`small_upload_ns`]; the engine leaves out a wave older than a few
+/// seconds, so a stuck one holds nobody for long), its other small uploads wait for that
+/// wave to end, unless a full batch of them is due. Puts arriving one by one (W5 of issue 20: 32 in
 /// flight) were otherwise sent as they came, in a single upload or a batch of ten each, and
 /// every upload costs two store commits and a request whatever its size; waiting a moment
 /// for the wave in flight sends them in batches of dozens instead.
