@@ -633,80 +633,121 @@ async fn the_run_loop_uploads_at_once_after_a_put_and_coalesces_forced_syncs() {
     ));
 }
 
+/// A device whose run loop is running and whose first upload (PUT or batch) is held at the
+/// remote's door until `gate` gets a permit; `calls` counts every upload that reached it.
+struct GatedDevice {
+    dev: Device,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cancel: tokio_util::sync::CancellationToken,
+    run: tokio::task::JoinHandle<()>,
+}
+
+impl GatedDevice {
+    async fn start(dir: &Path) -> GatedDevice {
+        let dev = Device::open(&dir.join("a"), &dir.join("r"), settings()).await;
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (g, c) = (gate.clone(), calls.clone());
+        dev.remote
+            .faults
+            .before_put(std::sync::Arc::new(move |_, _| {
+                let (g, c) = (g.clone(), c.clone());
+                Box::pin(async move {
+                    if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                        let _ = g.acquire().await.unwrap();
+                    }
+                })
+            }));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(dev.engine.clone().run(cancel.clone()));
+        dev.handle.sync(true).await.unwrap();
+        GatedDevice {
+            dev,
+            gate,
+            calls,
+            cancel,
+            run,
+        }
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Puts a small blob and waits until its upload is at the door.
+    async fn put_first(&self, id: &str) {
+        self.dev.put(id, &bytes(1000, 0)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.calls() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "{id} never went up");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits until every id is `SYNCED`, failing at `deadline`.
+    async fn wait_synced<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+        deadline: tokio::time::Instant,
+    ) {
+        for id in ids {
+            while self.dev.status_of(id).await != Some(Status::Synced) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{id} was not uploaded in time: {:?}",
+                    self.dev.status_of(id).await
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.run)
+            .await
+            .expect("the loop stops on cancel")
+            .unwrap();
+    }
+}
+
+fn in_secs(s: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(s)
+}
+
 /// Small puts made while a small upload is in flight wait for it (a big one does not), then go
 /// up together in one batch; none is left behind by the kick each of them skipped
 /// (`Shared::kick_for_put`): all are uploaded at once, with no cycle in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_puts_during_an_upload_go_up_together_when_it_ends() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
-    // The first upload is held at the remote's door until the gate opens.
-    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (g, c) = (gate.clone(), calls.clone());
-    a.remote.faults.before_put(std::sync::Arc::new(move |_, _| {
-        let (g, c) = (g.clone(), c.clone());
-        Box::pin(async move {
-            if c.fetch_add(1, Ordering::SeqCst) == 0 {
-                let _ = g.acquire().await.unwrap();
-            }
-        })
-    }));
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(a.engine.clone().run(cancel.clone()));
-    a.handle.sync(true).await.unwrap();
-    a.put("w00", &bytes(1000, 0)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while calls.load(Ordering::SeqCst) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "w00 never went up");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let g = GatedDevice::start(tmp.path()).await;
+    g.put_first("w00").await;
     let ids: Vec<String> = (1..12).map(|i| format!("w{i:02}")).collect();
     for (i, id) in ids.iter().enumerate() {
-        a.put(id, &bytes(1000, i as u8 + 1)).await;
+        g.dev.put(id, &bytes(1000, i as u8 + 1)).await;
     }
     // A big put does not wait, and its pick leaves the small ones waiting.
-    a.put("big", &bytes(100_000, 50)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while a.status_of("big").await != Some(Status::Synced) {
-        assert!(tokio::time::Instant::now() < deadline, "big never went up");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        2,
-        "the small puts wait for the upload in flight"
-    );
-    gate.add_permits(1);
+    g.dev.put("big", &bytes(100_000, 50)).await;
+    g.wait_synced(["big"], in_secs(5)).await;
+    assert_eq!(g.calls(), 2, "the small puts wait for the upload in flight");
+    g.gate.add_permits(1);
     // Well within the 30 s cycle interval: only the end of the first upload picks them up.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for id in std::iter::once("w00").chain(ids.iter().map(String::as_str)) {
-        while a.status_of(id).await != Some(Status::Synced) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} was not uploaded after the first upload ended: {:?}",
-                a.status_of(id).await
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    g.wait_synced(
+        std::iter::once("w00").chain(ids.iter().map(String::as_str)),
+        in_secs(10),
+    )
+    .await;
     assert_eq!(
-        calls.load(Ordering::SeqCst),
+        g.calls(),
         3,
         "the first upload, the big one, then one batch of the eleven that waited"
     );
     // With nothing in flight, a small put wakes the loop again.
-    a.put("late", &bytes(1000, 99)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while a.status_of("late").await != Some(Status::Synced) {
-        assert!(tokio::time::Instant::now() < deadline, "late never went up");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(5), run)
-        .await
-        .expect("the loop stops on cancel")
-        .unwrap();
+    g.dev.put("late", &bytes(1000, 99)).await;
+    g.wait_synced(["late"], in_secs(5)).await;
+    g.stop().await;
 }
 
 /// A wave stuck on a stalled connection holds the next small puts back for a few seconds
@@ -714,65 +755,23 @@ async fn small_puts_during_an_upload_go_up_together_when_it_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_puts_wait_for_a_stuck_upload_only_a_few_seconds() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = Device::open(&tmp.path().join("a"), &tmp.path().join("r"), settings()).await;
-    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (g, c) = (gate.clone(), calls.clone());
-    a.remote.faults.before_put(std::sync::Arc::new(move |_, _| {
-        let (g, c) = (g.clone(), c.clone());
-        Box::pin(async move {
-            if c.fetch_add(1, Ordering::SeqCst) == 0 {
-                let _ = g.acquire().await.unwrap();
-            }
-        })
-    }));
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(a.engine.clone().run(cancel.clone()));
-    a.handle.sync(true).await.unwrap();
-    a.put("stuck", &bytes(1000, 0)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while calls.load(Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stuck never went up"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let g = GatedDevice::start(tmp.path()).await;
+    g.put_first("stuck").await;
     let started = tokio::time::Instant::now();
-    a.put("next1", &bytes(1000, 1)).await;
-    a.put("next2", &bytes(1000, 2)).await;
+    g.dev.put("next1", &bytes(1000, 1)).await;
+    g.dev.put("next2", &bytes(1000, 2)).await;
     // Within the 30 s cycle interval, while the first upload is still held at the door.
-    let deadline = started + Duration::from_secs(20);
-    for id in ["next1", "next2"] {
-        while a.status_of(id).await != Some(Status::Synced) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} waited for the stuck upload: {:?}",
-                a.status_of(id).await
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    g.wait_synced(["next1", "next2"], started + Duration::from_secs(20))
+        .await;
     assert!(
         started.elapsed() >= Duration::from_secs(4),
         "they did wait for the wave a while first: {:?}",
         started.elapsed()
     );
-    assert_eq!(a.status_of("stuck").await, Some(Status::PendingUpload));
-    gate.add_permits(1);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while a.status_of("stuck").await != Some(Status::Synced) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stuck never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(5), run)
-        .await
-        .expect("the loop stops on cancel")
-        .unwrap();
+    assert_eq!(g.dev.status_of("stuck").await, Some(Status::PendingUpload));
+    g.gate.add_permits(1);
+    g.wait_synced(["stuck"], in_secs(10)).await;
+    g.stop().await;
 }
 
 /// The mass-deletion guard weighs a listing's deletions against the namespace as this device
