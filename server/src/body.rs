@@ -66,11 +66,14 @@ impl Default for ChunkPool {
 }
 
 impl ChunkPool {
-    /// A buffer of `n` zero bytes: one handed back, or a new one.
+    /// A buffer of `n` bytes to read into: one handed back (holding its old bytes: not zeroed
+    /// again when its length fits, a memset per chunk for nothing), or a new one of zeroes.
     pub fn take(&self, n: usize) -> Vec<u8> {
         let mut v = self.back.try_recv().unwrap_or_default();
-        v.clear();
-        v.resize(n, 0);
+        if v.len() != n {
+            v.clear();
+            v.resize(n, 0);
+        }
         v
     }
 

@@ -280,6 +280,28 @@ fn sink_errors_pass_through_and_do_not_count_the_segment() {
 }
 
 #[test]
+fn a_sink_may_take_each_segments_buffer() {
+    let (key, n, i) = (key(), ns("default"), id("blob"));
+    let plain = pattern(4 * SEG + 7);
+    let stored = encrypt(&key, &n, &i, &plain, K);
+    let mut d = Decoder::new(&key, &n, &i);
+    let mut taken: Vec<Vec<u8>> = Vec::new();
+    // Odd-sized pieces, so segments straddle them; the sink takes every buffer and leaves an
+    // empty one, which the decoder must grow again.
+    for piece in stored.chunks(1000) {
+        d.feed_segments(piece, |seg| {
+            taken.push(std::mem::take(seg));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+    }
+    d.finish().unwrap();
+    assert_eq!(taken.len(), 5);
+    assert!(taken[..4].iter().all(|s| s.len() == SEG));
+    assert_eq!(taken.concat(), plain);
+}
+
+#[test]
 fn resume_at_a_segment_boundary() {
     let (key, n, i) = (key(), ns("default"), id("blob"));
     let plain = pattern(4 * SEG + 7);

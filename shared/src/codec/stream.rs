@@ -244,7 +244,18 @@ impl Decoder {
     pub fn feed<E>(
         &mut self,
         data: &[u8],
-        sink: impl FnMut(&[u8]) -> Result<(), E>,
+        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), DecodeError<E>> {
+        self.feed_segments(data, |plain| sink(plain))
+    }
+
+    /// As [`Decoder::feed`], but the sink gets the buffer that holds the segment's plaintext
+    /// (exactly): it may take it, leaving another buffer in its place, so a consumer on another
+    /// thread gets the plaintext without a copy. Whatever buffer is left is cleared and reused.
+    pub fn feed_segments<E>(
+        &mut self,
+        data: &[u8],
+        sink: impl FnMut(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), DecodeError<E>> {
         if let Some(e) = &self.failed {
             return Err(DecodeError::Invalid(e.clone()));
@@ -259,7 +270,7 @@ impl Decoder {
     fn feed_inner<E>(
         &mut self,
         mut data: &[u8],
-        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+        mut sink: impl FnMut(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), DecodeError<E>> {
         loop {
             match &mut self.state {
@@ -311,14 +322,17 @@ impl Decoder {
                     }
                     let sealed_len = header.segment_sealed_len(*next) as usize;
                     let take = (sealed_len - self.seg.len()).min(data.len());
+                    // A buffer a sink left in place may be small: grow it once, not by doublings.
+                    self.seg.reserve(sealed_len - self.seg.len());
                     self.seg.extend_from_slice(&data[..take]);
                     data = &data[take..];
                     self.received += take as u64;
                     if self.seg.len() == sealed_len {
                         let last = header.is_last_segment(*next);
-                        let plain = cipher.open(*next, last, &mut self.seg)?;
-                        if !plain.is_empty()
-                            && let Err(e) = sink(plain)
+                        let plain_len = cipher.open(*next, last, &mut self.seg)?.len();
+                        self.seg.truncate(plain_len);
+                        if plain_len > 0
+                            && let Err(e) = sink(&mut self.seg)
                         {
                             // The plaintext went nowhere: the caller must not resume past it,
                             // and this decoder's buffer no longer holds the sealed bytes.

@@ -229,12 +229,12 @@ impl<R: Remote, C: Clock> Engine<R, C> {
         let mut hash = PlainHash::new(hasher, b.remote_size.unwrap_or(0));
         // Written in big pieces, one in flight while the next is verified (not a pool hop per
         // HTTP chunk: 1 GB = ~65k chunks). What a crash loses from the buffer is only fetched
-        // again: a restart resumes from the partial file's whole segments. Only verified
-        // stored bytes are written (the header as soon as it parsed: segment 0 authenticates
-        // it, and a resume checks it again), so the partial is always a prefix of the blob.
+        // again: a restart resumes from the partial file's whole segments. Received bytes wait
+        // in the spool until verified (the header as soon as it parsed: segment 0
+        // authenticates it, and a resume checks it again), so the partial is always a prefix
+        // of the blob.
         let mut file = Spool::new(file);
         let mut written = decoder.verified_stored_bytes();
-        let mut unwritten: Vec<u8> = Vec::new();
         let mut total = b.remote_size.unwrap_or(0);
         let mut progress = Progress::start(&self.shared, b, Direction::Download, total, 1);
         let mut cuts = 0u32;
@@ -258,10 +258,10 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 };
                 self.shared.down.acquire(chunk.len()).await;
                 at += chunk.len() as u64;
-                unwritten.extend_from_slice(&chunk);
+                file.hold(&chunk);
                 decoder
-                    .feed(&chunk, |p| {
-                        hash.update(p);
+                    .feed_segments(&chunk, |seg| {
+                        hash.take(seg);
                         Ok::<(), Infallible>(())
                     })
                     .map_err(|e| match e {
@@ -271,9 +271,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 hash.pass_on().await?;
                 let verified = decoder.verified_stored_bytes();
                 if verified > written {
-                    let n = (verified - written) as usize;
-                    file.write_all(&unwritten[..n]).await?;
-                    unwritten.drain(..n);
+                    file.release((verified - written) as usize).await?;
                     written = verified;
                 }
                 progress.set(at);
@@ -298,7 +296,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                         return Err(DownloadError::Cancelled);
                     }
                     // Drop the half-received segment: resume exactly at the boundary.
-                    unwritten.clear();
+                    file.discard_held();
                     if let Some(hb) = decoder.header_bytes() {
                         let hb = hb.to_vec();
                         decoder = Decoder::resume(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-/// Plaintext bytes per hand-off to the hashing thread.
+/// Plaintext bytes per hand-off to the hashing thread (a batch of whole segments).
 const PIPE_CHUNK: usize = 1 << 20;
 
 /// Bytes handed off and not hashed yet, at most (one hand-off bigger than this, a single
@@ -27,11 +27,14 @@ pub(super) enum PlainHash {
 }
 
 pub(super) struct Pipe {
-    buf: Vec<u8>,
-    tx: mpsc::UnboundedSender<(Vec<u8>, OwnedSemaphorePermit)>,
+    /// Segments taken and not handed off yet, and their bytes.
+    batch: Vec<Vec<u8>>,
+    batch_bytes: usize,
+    tx: mpsc::UnboundedSender<(Vec<Vec<u8>>, OwnedSemaphorePermit)>,
     /// [`PIPE_BYTES`] of permits: a hand-off holds as many as it has bytes until hashed.
     room: Arc<Semaphore>,
-    /// Buffers the hasher is done with, reused so a big download allocates only a few.
+    /// Segment buffers the hasher is done with, given back to the decoder so a big download
+    /// allocates only a few.
     back: std::sync::mpsc::Receiver<Vec<u8>>,
     task: tokio::task::JoinHandle<ring::digest::Context>,
 }
@@ -43,20 +46,23 @@ impl PlainHash {
         if size < PIPE_MIN {
             return Self::Inline(ctx);
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<u8>, OwnedSemaphorePermit)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<Vec<u8>>, OwnedSemaphorePermit)>();
         let (back_tx, back) = std::sync::mpsc::channel();
         let task = tokio::task::spawn_blocking(move || {
             let mut ctx = ctx;
-            while let Some((buf, permit)) = rx.blocking_recv() {
-                ctx.update(&buf);
+            while let Some((batch, permit)) = rx.blocking_recv() {
+                for seg in batch {
+                    ctx.update(&seg);
+                    // The download may be gone (an error): then the buffer is just freed.
+                    let _ = back_tx.send(seg);
+                }
                 drop(permit);
-                // The download may be gone (an error): then the buffer is just freed.
-                let _ = back_tx.send(buf);
             }
             ctx
         });
         Self::Piped(Pipe {
-            buf: Vec::with_capacity(PIPE_CHUNK),
+            batch: Vec::new(),
+            batch_bytes: 0,
             tx,
             room: Arc::new(Semaphore::new(PIPE_BYTES)),
             back,
@@ -64,11 +70,18 @@ impl PlainHash {
         })
     }
 
-    /// Takes verified plaintext (a copy, when piped; [`PlainHash::pass_on`] hands it over).
-    pub(super) fn update(&mut self, p: &[u8]) {
+    /// Takes a verified segment's plaintext: hashed at once, or its buffer taken for the
+    /// hashing thread (a used one, or none, left in its place: no copy).
+    pub(super) fn take(&mut self, seg: &mut Vec<u8>) {
         match self {
-            Self::Inline(ctx) => ctx.update(p),
-            Self::Piped(pipe) => pipe.buf.extend_from_slice(p),
+            Self::Inline(ctx) => ctx.update(seg),
+            Self::Piped(pipe) => {
+                let mut spare = pipe.back.try_recv().unwrap_or_default();
+                spare.clear();
+                let seg = std::mem::replace(seg, spare);
+                pipe.batch_bytes += seg.len();
+                pipe.batch.push(seg);
+            }
         }
     }
 
@@ -76,7 +89,7 @@ impl PlainHash {
     /// the thread is [`PIPE_BYTES`] behind).
     pub(super) async fn pass_on(&mut self) -> io::Result<()> {
         match self {
-            Self::Piped(pipe) if pipe.buf.len() >= PIPE_CHUNK => pipe.send().await,
+            Self::Piped(pipe) if pipe.batch_bytes >= PIPE_CHUNK => pipe.send().await,
             _ => Ok(()),
         }
     }
@@ -86,7 +99,7 @@ impl PlainHash {
         let ctx = match self {
             Self::Inline(ctx) => ctx,
             Self::Piped(mut pipe) => {
-                if !pipe.buf.is_empty() {
+                if !pipe.batch.is_empty() {
                     pipe.send().await?;
                 }
                 drop(pipe.tx);
@@ -101,21 +114,14 @@ impl PlainHash {
 
 impl Pipe {
     async fn send(&mut self) -> io::Result<()> {
-        let next = self
-            .back
-            .try_recv()
-            .map(|mut b| {
-                b.clear();
-                b
-            })
-            .unwrap_or_else(|_| Vec::with_capacity(PIPE_CHUNK));
-        let n = self.buf.len().min(PIPE_BYTES) as u32;
+        let n = self.batch_bytes.min(PIPE_BYTES) as u32;
         let permit = Arc::clone(&self.room)
             .acquire_many_owned(n)
             .await
             .map_err(|_| gone())?;
-        let full = std::mem::replace(&mut self.buf, next);
-        self.tx.send((full, permit)).map_err(|_| gone())
+        self.batch_bytes = 0;
+        let batch = std::mem::take(&mut self.batch);
+        self.tx.send((batch, permit)).map_err(|_| gone())
     }
 }
 
@@ -142,7 +148,10 @@ mod tests {
             let mut h = PlainHash::new(ctx, size);
             assert_eq!(matches!(h, PlainHash::Piped(_)), size > 0);
             for piece in data[1000..].chunks(segment) {
-                h.update(piece);
+                let mut seg = piece.to_vec();
+                h.take(&mut seg);
+                // Piped, the buffer was taken (no copy): an empty one is left in its place.
+                assert_eq!(seg.is_empty(), size > 0);
                 h.pass_on().await.unwrap();
             }
             assert_eq!(
