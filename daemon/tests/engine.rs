@@ -476,6 +476,57 @@ async fn many_small_blobs_go_up_and_down_in_batches(#[case] kind: RemoteKind) {
     on_remote!(kind, many_small_blobs_go_up_and_down_in_batches_on);
 }
 
+async fn a_blob_answered_twice_in_a_batch_breaks_it_and_nothing_hangs_on<M: Meeting>(
+    m: &M,
+    dir: &Path,
+) {
+    let a = m.device(&dir.join("a"), settings()).await;
+    let b = m.device(&dir.join("b"), settings()).await;
+    for i in 0..10 {
+        a.put(&format!("s{i:02}"), &bytes(100 + i, i as u8)).await;
+    }
+    assert_eq!(a.engine.run_cycle().await.uploaded, 10);
+    // A hostile server answers each blob twice: both copies are authentic, and two copies of
+    // one blob in a batch once made it wait for its own lock, forever.
+    b.remote
+        .faults
+        .repeat_batch_items
+        .store(true, Ordering::SeqCst);
+    let s = tokio::time::timeout(Duration::from_secs(30), b.engine.run_cycle())
+        .await
+        .expect("a blob answered twice hung the batch");
+    assert!(s.downloaded < 10, "{s:?}");
+    let waiting = (0..10).map(|i| format!("s{i:02}")).collect::<Vec<_>>();
+    let mut said_twice = false;
+    for id in &waiting {
+        let info = b.info(id).await.unwrap();
+        if info.status == Status::PendingDownload {
+            said_twice |= info.last_error.is_some_and(|e| e.contains("twice"));
+        }
+    }
+    assert!(said_twice, "the blobs left waiting say why");
+    // An honest answer later brings the rest.
+    b.remote
+        .faults
+        .repeat_batch_items
+        .store(false, Ordering::SeqCst);
+    b.cycle_after(60).await;
+    for (i, id) in waiting.iter().enumerate() {
+        assert_eq!(b.read(id).await, bytes(100 + i, i as u8));
+    }
+}
+
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_answered_twice_in_a_batch_breaks_it_and_nothing_hangs(#[case] kind: RemoteKind) {
+    on_remote!(
+        kind,
+        a_blob_answered_twice_in_a_batch_breaks_it_and_nothing_hangs_on
+    );
+}
+
 #[tokio::test]
 async fn pause_is_persisted_and_resume_restarts_transfers() {
     let tmp = tempfile::tempdir().unwrap();

@@ -49,6 +49,8 @@ pub struct Faults {
     pub batches: AtomicU64,
     /// The next upload batches are stored but answer a transport error.
     pub lose_batch_answers: AtomicU64,
+    /// Batch downloads answer every blob twice (a hostile server replaying an item).
+    pub repeat_batch_items: AtomicBool,
     /// Reshapes every listing answer (see [`ChangesHook`]).
     pub on_changes: Mutex<Option<ChangesHook>>,
     /// Runs before every PUT and upload batch reaches the remote (see [`BeforePutHook`]).
@@ -362,6 +364,19 @@ impl<R: Remote> Remote for FaultyRemote<R> {
     ) -> Result<super::BatchItems, RemoteError> {
         self.faults.batches.fetch_add(1, Ordering::SeqCst);
         self.faults.check()?;
-        self.inner.get_batch(ns, ids, max_blob).await
+        let items = self.inner.get_batch(ns, ids, max_blob).await?;
+        if !self.faults.repeat_batch_items.load(Ordering::SeqCst) {
+            return Ok(items);
+        }
+        Ok(Box::pin(items.flat_map(|item| {
+            let again = match &item {
+                Ok(super::BatchItem::Blob { id, stored }) => Some(Ok(super::BatchItem::Blob {
+                    id: id.clone(),
+                    stored: stored.clone(),
+                })),
+                _ => None,
+            };
+            futures_util::stream::iter(std::iter::once(item).chain(again))
+        })))
     }
 }

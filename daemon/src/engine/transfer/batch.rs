@@ -2,7 +2,7 @@
 //! they are) and many small downloads (verified in memory, installed together through the sync
 //! group), each recorded in one store transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -355,24 +355,41 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 return;
             }
         };
-        let mut complete: Vec<(BlobId, Vec<u8>)> = Vec::new();
-        let mut missing: Vec<BlobId> = Vec::new();
+        let asked: HashMap<&BlobId, &BlobInfo> = blobs.iter().map(|b| (&b.id, b)).collect();
+        let mut complete: Vec<(&BlobInfo, Vec<u8>)> = Vec::new();
+        let mut missing: HashSet<BlobId> = HashSet::new();
+        let mut answered: HashSet<BlobId> = HashSet::new();
         let mut broken: Option<String> = None;
         while let Some(item) = items.next().await {
-            match item {
-                Ok(BatchItem::Blob { id, stored }) => {
-                    self.shared.down.acquire(stored.len()).await;
-                    progress.add(stored.len() as u64);
-                    complete.push((id, stored));
-                }
-                Ok(BatchItem::Missing { id }) => missing.push(id),
+            let item = match item {
+                Ok(item) => item,
                 Err(e) => {
                     broken = Some(e.to_string());
                     break;
                 }
+            };
+            let (BatchItem::Blob { id, .. } | BatchItem::Missing { id }) = &item;
+            // A hostile server must not answer one blob twice: the copies would both pass
+            // and then wait on each other's lock below.
+            if !answered.insert(id.clone()) {
+                broken = Some(format!("the batch answer holds blob {id} twice"));
+                break;
+            }
+            match item {
+                BatchItem::Blob { id, stored } => {
+                    self.shared.down.acquire(stored.len()).await;
+                    progress.add(stored.len() as u64);
+                    // An id that was not asked for is dropped.
+                    if let Some(b) = asked.get(&id) {
+                        complete.push((b, stored));
+                    }
+                }
+                BatchItem::Missing { id } => {
+                    missing.insert(id);
+                }
             }
             // A hostile server must not make us hold more than we asked for.
-            if complete.len() + missing.len() > ids.len() {
+            if answered.len() > ids.len() {
                 broken = Some("the batch answer holds more blobs than were asked for".into());
                 break;
             }
@@ -391,10 +408,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 return;
             }
         };
-        for (id, stored) in complete {
-            let Some(b) = blobs.iter().find(|b| b.id == id) else {
-                continue;
-            };
+        for (b, stored) in complete {
             let forbidden: Vec<[u8; 32]> = seen
                 .get(&b.id)
                 .into_iter()
@@ -487,7 +501,7 @@ impl<R: Remote, C: Clock> Engine<R, C> {
                 stats.downloaded += changes.len() as u64;
                 stats.bytes_down += total;
                 for ch in changes {
-                    if let Some(b) = blobs.iter().find(|b| b.id == ch.id) {
+                    if let Some(b) = asked.get(&ch.id) {
                         self.finished(b, Direction::Download, b.remote_size.unwrap_or(0));
                     }
                 }
