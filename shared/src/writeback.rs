@@ -9,8 +9,10 @@
 //! to the rest of the machine than a gigabyte of dirty pages). Write-behind is Linux only
 //! (`sync_file_range`); elsewhere a no-op, and the final fsync does all the work as before.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 /// Bytes between two write-behind calls.
 pub const CHUNK: u64 = 8 << 20;
@@ -142,39 +144,123 @@ fn wait_writeback(_: &File, _: std::ops::Range<u64>) -> io::Result<()> {
 /// together and the disk queue stays full.
 pub const SYNC_THREADS: usize = 8;
 
-/// The threads of [`on_threads`], started on first use and kept: starting eight threads per
-/// batch (clone, stack mappings, exit) cost the daemon about as much CPU as the syncs they
-/// waited for (W5 of issue 20: 8 % of the uploading daemon's samples).
-/// `None` if the threads cannot be started; each batch then starts its own.
-fn sync_pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(SYNC_THREADS)
-            .thread_name(|i| format!("blobsync-fsync-{i}"))
-            .build()
-            .ok()
+/// A job for the sync threads, and the call it belongs to.
+type Job = (Box<dyn FnOnce() -> io::Result<()> + Send>, Arc<Countdown>);
+
+/// The threads of [`on_threads`] and their queue, started on first use and kept: starting
+/// eight threads per batch (clone, stack mappings, exit) cost the daemon about as much CPU as
+/// the syncs they waited for (W5 of issue 20: 8 % of the uploading daemon's samples). An idle
+/// thread sleeps on the queue; a work-stealing pool (rayon, before) spun through
+/// `sched_yield` between batches, two thirds of these threads' CPU in W5's put phase.
+struct SyncPool {
+    jobs: Mutex<VecDeque<Job>>,
+    ready: Condvar,
+}
+
+/// One [`on_threads`] call: jobs not done yet, and the first error.
+struct Countdown {
+    state: Mutex<(usize, Option<io::Error>)>,
+    done: Condvar,
+}
+
+impl Countdown {
+    fn finish(&self, r: io::Result<()>) {
+        let mut st = lock(&self.state);
+        st.0 -= 1;
+        if let Err(e) = r {
+            st.1.get_or_insert(e);
+        }
+        if st.0 == 0 {
+            self.done.notify_all();
+        }
+    }
+
+    fn wait(&self) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        while st.0 > 0 {
+            st = self.done.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        st.1.take().map_or(Ok(()), Err)
+    }
+}
+
+/// The queue's locks are never held while a job runs, so a poisoned one holds no broken state.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `None` if no thread can be started; each batch then starts its own.
+fn sync_pool() -> Option<&'static SyncPool> {
+    static POOL: OnceLock<Option<&'static SyncPool>> = OnceLock::new();
+    *POOL.get_or_init(|| {
+        let pool: &'static SyncPool = Box::leak(Box::new(SyncPool {
+            jobs: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+        }));
+        let started = (0..SYNC_THREADS)
+            .filter(|i| {
+                std::thread::Builder::new()
+                    .name(format!("blobsync-fsync-{i}"))
+                    .spawn(move || pool.work())
+                    .is_ok()
+            })
+            .count();
+        (started > 0).then_some(pool)
     })
-    .as_ref()
+}
+
+impl SyncPool {
+    fn work(&self) {
+        loop {
+            let (job, call) = {
+                let mut q = lock(&self.jobs);
+                loop {
+                    match q.pop_front() {
+                        Some(j) => break j,
+                        None => q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner),
+                    }
+                }
+            };
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                .unwrap_or_else(|_| Err(io::Error::other("a sync thread panicked")));
+            call.finish(r);
+        }
+    }
 }
 
 /// Runs `f` on every item, up to [`SYNC_THREADS`] at once (shared by every caller of the
-/// process); the first error wins. Blocking: waits until every item is done or one failed.
-pub fn on_threads<T: Sync>(items: &[T], f: impl Fn(&T) -> io::Result<()> + Sync) -> io::Result<()> {
-    use rayon::prelude::*;
+/// process), one item per job: the work is waiting for the disk, not computing, so every item
+/// should be in flight at once. Every item runs; the first error wins, and a panic in `f`
+/// comes back as an error. Blocking: waits until every item is done. `f` must not call
+/// `on_threads` itself: a job waiting for jobs queued behind it could wait forever.
+pub fn on_threads<T, F>(items: Vec<T>, f: F) -> io::Result<()>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&T) -> io::Result<()> + Send + Sync + 'static,
+{
     if items.len() <= 1 {
         return items.iter().try_for_each(&f);
     }
-    match sync_pool() {
-        // One task per item: the work is waiting for the disk, not computing, so every item
-        // should be in flight at once rather than split by cores.
-        // A panic in `f` comes back as an error, as from the scoped threads.
-        Some(pool) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pool.install(|| items.par_iter().with_max_len(1).try_for_each(&f))
-        }))
-        .unwrap_or_else(|_| Err(io::Error::other("a sync thread panicked"))),
-        None => on_scoped_threads(items, f),
+    let Some(pool) = sync_pool() else {
+        return on_scoped_threads(&items, f);
+    };
+    let call = Arc::new(Countdown {
+        state: Mutex::new((items.len(), None)),
+        done: Condvar::new(),
+    });
+    let (f, n) = (Arc::new(f), items.len());
+    {
+        let mut q = lock(&pool.jobs);
+        for item in items {
+            let f = Arc::clone(&f);
+            q.push_back((Box::new(move || f(&item)), Arc::clone(&call)));
+        }
     }
+    // Wake as many threads as there are jobs, no more: the others would find nothing.
+    for _ in 0..n.min(SYNC_THREADS) {
+        pool.ready.notify_one();
+    }
+    call.wait()
 }
 
 /// [`on_threads`] on threads started for this call.
@@ -213,9 +299,14 @@ pub enum GroupSync {
 }
 
 /// One sync of [`GroupSync::sync_linked`]'s per-file barrier.
-enum SyncJob<'a, P> {
-    Data(&'a File),
-    Dir(&'a P),
+enum SyncJob {
+    Data(File),
+    Dir(std::path::PathBuf),
+}
+
+/// Handles of `files` the sync threads can own (a `dup` each: a syscall, against an fsync).
+fn handed(files: &[&File]) -> io::Result<Vec<File>> {
+    files.iter().map(|f| f.try_clone()).collect()
 }
 
 /// Dirty data on the machine below which [`GroupSync::Syncfs`] is chosen: a `syncfs` then
@@ -248,7 +339,7 @@ impl GroupSync {
                     // the end): the disk gets every file at once.
                     start_writeback(f, 0..0)?;
                 }
-                on_threads(files, |f| f.sync_data())
+                on_threads(handed(files)?, |f| f.sync_data())
             }
         }
     }
@@ -290,14 +381,14 @@ impl GroupSync {
                 for f in files {
                     start_writeback(f, 0..0)?;
                 }
-                let jobs: Vec<SyncJob<'_, P>> = files
-                    .iter()
-                    .map(|f| SyncJob::Data(f))
-                    .chain(dirs.iter().map(SyncJob::Dir))
+                let jobs: Vec<SyncJob> = handed(files)?
+                    .into_iter()
+                    .map(SyncJob::Data)
+                    .chain(dirs.iter().map(|d| SyncJob::Dir(d.as_ref().to_path_buf())))
                     .collect();
-                on_threads(&jobs, |j| match j {
+                on_threads(jobs, |j| match j {
                     SyncJob::Data(f) => f.sync_data(),
-                    SyncJob::Dir(d) => File::open(d.as_ref())?.sync_all(),
+                    SyncJob::Dir(d) => File::open(d)?.sync_all(),
                 })
             }
         }
@@ -311,7 +402,10 @@ impl GroupSync {
     ) -> io::Result<()> {
         match self {
             GroupSync::Syncfs if !dirs.is_empty() => syncfs(root),
-            _ => on_threads(dirs, |d| File::open(d.as_ref())?.sync_all()),
+            _ => on_threads(
+                dirs.iter().map(|d| d.as_ref().to_path_buf()).collect(),
+                |d| File::open(d)?.sync_all(),
+            ),
         }
     }
 }
@@ -441,41 +535,62 @@ mod tests {
     #[test]
     fn on_threads_runs_every_item_at_once_and_reports_a_failure() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        type Runner = fn(&[usize], &(dyn Fn(&usize) -> io::Result<()> + Sync)) -> io::Result<()>;
+        type Check = Arc<dyn Fn(&usize) -> io::Result<()> + Send + Sync>;
+        type Runner = fn(Vec<usize>, Check) -> io::Result<()>;
         let runners: [(&str, Runner); 2] = [
-            ("pool", |items, f| on_threads(items, f)),
-            ("scoped", |items, f| on_scoped_threads(items, f)),
+            ("pool", |items, f| on_threads(items, move |i| f(i))),
+            ("scoped", |items, f| on_scoped_threads(&items, |i| f(i))),
         ];
         for (name, run) in runners {
             let items: Vec<usize> = (0..2 * SYNC_THREADS).collect();
-            let done: Vec<AtomicUsize> = items.iter().map(|_| AtomicUsize::new(0)).collect();
-            let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
-            run(&items, &|&i| {
-                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(n, Ordering::SeqCst);
-                // Long enough that items overlap when they can; a disk wait stands in.
-                std::thread::sleep(std::time::Duration::from_millis(30));
-                now.fetch_sub(1, Ordering::SeqCst);
-                done[i].fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            })
+            let done: Arc<Vec<AtomicUsize>> =
+                Arc::new(items.iter().map(|_| AtomicUsize::new(0)).collect());
+            let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let (d, n, m) = (done.clone(), now.clone(), most.clone());
+            run(
+                items.clone(),
+                Arc::new(move |&i| {
+                    let k = n.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(k, Ordering::SeqCst);
+                    // Long enough that items overlap when they can; a disk wait stands in.
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    d[i].fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }),
+            )
             .unwrap();
             assert!(done.iter().all(|d| d.load(Ordering::SeqCst) == 1), "{name}");
             let most = most.load(Ordering::SeqCst);
             assert!((2..=SYNC_THREADS).contains(&most), "{name}: {most} at once");
-            let err = run(&items, &|&i| match i {
-                5 => Err(io::Error::other("disk on fire")),
-                _ => Ok(()),
-            })
+            let err = run(
+                items.clone(),
+                Arc::new(|&i| match i {
+                    5 => Err(io::Error::other("disk on fire")),
+                    _ => Ok(()),
+                }),
+            )
             .unwrap_err();
             assert_eq!(err.to_string(), "disk on fire", "{name}");
-            let err = run(&items, &|&i| match i {
-                3 => panic!("a bug in a sync"),
-                _ => Ok(()),
-            })
+            let err = run(
+                items.clone(),
+                Arc::new(|&i| match i {
+                    3 => panic!("a bug in a sync"),
+                    _ => Ok(()),
+                }),
+            )
             .unwrap_err();
             assert_eq!(err.to_string(), "a sync thread panicked", "{name}");
         }
+        // The pool's threads outlived the panic: a batch after it still runs on all of them.
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        on_threads((0..SYNC_THREADS).collect(), move |_: &usize| {
+            r.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), SYNC_THREADS);
     }
 
     #[test]

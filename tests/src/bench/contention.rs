@@ -187,7 +187,13 @@ fn run_strategy(
         match (s, group) {
             (_, Some(g)) => g.sync_data(&root_f, &handles)?,
             (Strategy::FdatasyncSerial, _) => handles.iter().try_for_each(|f| f.sync_data())?,
-            _ => on_threads(&handles, |f| f.sync_data())?,
+            _ => on_threads(
+                handles
+                    .iter()
+                    .map(|f| f.try_clone())
+                    .collect::<std::io::Result<_>>()?,
+                |f| f.sync_data(),
+            )?,
         }
         let mut touched = Vec::new();
         for (i, (p, _)) in files.iter().enumerate() {
@@ -206,7 +212,9 @@ fn run_strategy(
             (Strategy::FdatasyncSerial, _) => {
                 touched.iter().try_for_each(|d| File::open(d)?.sync_all())?
             }
-            _ => on_threads(&touched, |d| File::open(d)?.sync_all())?,
+            _ => on_threads(touched.iter().map(|d| d.to_path_buf()).collect(), |d| {
+                File::open(d)?.sync_all()
+            })?,
         }
         lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
