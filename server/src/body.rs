@@ -48,62 +48,6 @@ pub fn channel() -> (
     (tx, StreamBody::new(stream).boxed_unsync())
 }
 
-/// Read buffers for a file streamed out in [`CHUNK`]s, each handed back when hyper drops its
-/// `Bytes`: a big download reuses a few buffers instead of mapping and unmapping one per chunk
-/// (the server's allocator maps every chunk-sized buffer, `tune_allocator`, and on a VM each
-/// freshly mapped page is a fault). Buffers exist only while in flight or waiting here.
-#[derive(Debug)]
-pub struct ChunkPool {
-    back: std::sync::mpsc::Receiver<Vec<u8>>,
-    tx: std::sync::mpsc::Sender<Vec<u8>>,
-}
-
-impl Default for ChunkPool {
-    fn default() -> Self {
-        let (tx, back) = std::sync::mpsc::channel();
-        Self { back, tx }
-    }
-}
-
-impl ChunkPool {
-    /// A buffer of `n` bytes to read into: one handed back (holding its old bytes: not zeroed
-    /// again when its length fits, a memset per chunk for nothing), or a new one of zeroes.
-    pub fn take(&self, n: usize) -> Vec<u8> {
-        let mut v = self.back.try_recv().unwrap_or_default();
-        if v.len() != n {
-            v.clear();
-            v.resize(n, 0);
-        }
-        v
-    }
-
-    /// `buf` as `Bytes` that return it to this pool when dropped (or free it, once the pool
-    /// is gone).
-    pub fn bytes(&self, buf: Vec<u8>) -> Bytes {
-        Bytes::from_owner(Recycled {
-            buf,
-            back: self.tx.clone(),
-        })
-    }
-}
-
-struct Recycled {
-    buf: Vec<u8>,
-    back: std::sync::mpsc::Sender<Vec<u8>>,
-}
-
-impl AsRef<[u8]> for Recycled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Recycled {
-    fn drop(&mut self) {
-        let _ = self.back.send(std::mem::take(&mut self.buf));
-    }
-}
-
 /// A blob being received into a temp file. Data is buffered up to [`CHUNK`] bytes and written
 /// on the blocking pool while the next chunk arrives (one write in flight: a big upload
 /// receives and writes at once, on two cores); the file is created lazily, so a small blob
@@ -295,31 +239,6 @@ impl Drop for TempBlob {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_chunk_pool_reuses_a_buffer_once_its_bytes_are_dropped() {
-        let pool = ChunkPool::default();
-        let mut v = pool.take(CHUNK);
-        v[0] = 7;
-        let first = v.as_ptr();
-        let b = pool.bytes(v);
-        assert_eq!((b.len(), b[0]), (CHUNK, 7));
-        // Still in flight: the next chunk gets a buffer of its own.
-        let other = pool.take(100);
-        assert_ne!(other.as_ptr(), first);
-        drop(b);
-        let again = pool.take(CHUNK / 2);
-        assert_eq!(
-            again.as_ptr(),
-            first,
-            "the dropped chunk's buffer came back"
-        );
-        assert!(again.iter().all(|&x| x == 0) && again.len() == CHUNK / 2);
-        // Bytes that outlive their pool just free their buffer.
-        let late = pool.bytes(again);
-        drop(pool);
-        assert_eq!(late.len(), CHUNK / 2);
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_temp_blob_writes_every_chunk_in_order_and_a_dropped_one_leaves_no_file() {

@@ -1,6 +1,7 @@
 //! `blobsync-shared`: what every part of blobsync agrees on — the blob format, keys, validated
 //! ids, the HTTP wire types and the config. This crate runs no servers and opens no sockets.
 
+pub mod chunks;
 pub mod codec;
 pub mod config;
 pub mod id;

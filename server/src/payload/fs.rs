@@ -9,9 +9,10 @@ use blobsync_shared::{BlobId, Namespace};
 use bytes::Bytes;
 
 use super::{ByteStream, Found, INLINE_CAP, Location, PayloadStore, PayloadWriter, Staged};
-use crate::body::{CHUNK, ChunkPool, TempBlob};
+use crate::body::{CHUNK, TempBlob};
 use crate::index::SqliteStore;
 use crate::layout::{self, Layout};
+use blobsync_shared::chunks::ChunkPool;
 
 /// Payload files under a data dir, and the small payloads its SQLite index keeps.
 #[derive(Debug, Clone)]

@@ -16,7 +16,6 @@
 //! ([`Gate::quiet`]): the transfer loop never lists with an upload in flight either, and a
 //! full listing that missed the blob by a moment would take it for lost.
 
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex};
 
 use blobsync_shared::{BlobId, Namespace};
@@ -26,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info, info_span};
 
 use super::upload::paced_body;
-use super::{Progress, READ_AHEAD, UPLOAD_CHUNK};
+use super::{Progress, READ_AHEAD, UPLOAD_CHUNK, read_chunks};
 use crate::clock::Clock;
 use crate::engine::{Engine, Shared, TransferStats};
 use crate::events::Direction;
@@ -177,31 +176,17 @@ struct Sent {
     progress: Option<Progress>,
 }
 
-/// Blocking: reads the payload in `file` front to back as the feed allows, handing each chunk
-/// (or the error that ends it) to `send` until it returns `false`.
+/// Blocking: reads the payload in `file` front to back as the feed allows (its last [`HOLD`]
+/// bytes only after the hand-off), handing each chunk, or the error that ends it, to `send`
+/// until it returns `false`.
 fn follow(
     file: &std::fs::File,
     stored: u64,
     feed: &Feed,
-    mut send: impl FnMut(std::io::Result<Bytes>) -> bool,
+    send: impl FnMut(std::io::Result<Bytes>) -> bool,
 ) {
     let held_from = stored - stored.min(HOLD);
-    let mut off = 0;
-    while off < stored {
-        let n = (stored - off).min(UPLOAD_CHUNK as u64);
-        let mut buf = vec![0u8; n as usize];
-        let read = feed
-            .wait_for(off + n, held_from)
-            .and_then(|()| file.read_exact_at(&mut buf, off));
-        if let Err(e) = read {
-            send(Err(e));
-            return;
-        }
-        off += n;
-        if !send(Ok(Bytes::from(buf))) {
-            return;
-        }
-    }
+    read_chunks(file, stored, |end| feed.wait_for(end, held_from), send);
 }
 
 /// The body: the payload read front to back as the put writes it, its last [`HOLD`] bytes

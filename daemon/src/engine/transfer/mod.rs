@@ -37,6 +37,33 @@ use crate::store::{BlobInfo, RetryPlan};
 pub(super) const READ_AHEAD: usize = 4;
 /// Bytes per read of a payload file being uploaded.
 pub(super) const UPLOAD_CHUNK: usize = 1 << 20;
+
+/// Blocking: reads `len` bytes of `file` front to back in [`UPLOAD_CHUNK`]s (buffers recycled
+/// once sent), each once `ready(its end)` allows, handing each chunk, or the error that ends
+/// the read, to `send` until it returns `false`. `true` when all `len` bytes went.
+pub(super) fn read_chunks(
+    file: &std::fs::File,
+    len: u64,
+    mut ready: impl FnMut(u64) -> std::io::Result<()>,
+    mut send: impl FnMut(std::io::Result<bytes::Bytes>) -> bool,
+) -> bool {
+    use std::os::unix::fs::FileExt;
+    let pool = blobsync_shared::chunks::ChunkPool::default();
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(UPLOAD_CHUNK as u64);
+        let mut buf = pool.take(n as usize);
+        if let Err(e) = ready(off + n).and_then(|()| file.read_exact_at(&mut buf, off)) {
+            send(Err(e));
+            return false;
+        }
+        off += n;
+        if !send(Ok(pool.bytes(buf))) {
+            return false;
+        }
+    }
+    true
+}
 /// Cuts without progress before a download attempt counts as failed.
 pub(super) const MAX_CUTS_WITHOUT_PROGRESS: u32 = 3;
 /// Progress events per transfer at most every this often.

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::{NotReady, Progress, READ_AHEAD, UPLOAD_CHUNK};
+use super::{NotReady, Progress, READ_AHEAD, read_chunks};
 use crate::clock::Clock;
 use crate::engine::{Engine, Shared, TransferStats, atrest};
 use crate::events::{Direction, EventKind};
@@ -35,29 +35,20 @@ pub(in crate::engine) fn file_stream(
     // progress are applied as the body takes each chunk.
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD);
     tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut file = match std::fs::File::open(&path) {
+        use std::os::unix::fs::FileExt;
+        let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));
                 return;
             }
         };
-        let mut left = len;
-        while left > 0 {
-            let mut buf = vec![0u8; (left as usize).min(UPLOAD_CHUNK)];
-            if let Err(e) = file.read_exact(&mut buf) {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-            left -= buf.len() as u64;
-            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                return;
-            }
+        if !read_chunks(&file, len, |_| Ok(()), |c| tx.blocking_send(c).is_ok()) {
+            return;
         }
         // The file must not have grown: immutable payloads are exactly `len` long.
         let mut extra = [0u8; 1];
-        if let Ok(1..) = file.read(&mut extra) {
+        if let Ok(1..) = file.read_at(&mut extra, len) {
             let _ = tx.blocking_send(Err(std::io::Error::other(
                 "payload file is longer than recorded",
             )));
