@@ -941,3 +941,35 @@ async fn a_lost_put_answer_is_settled_at_once_by_the_salt_check() {
         "no second PUT"
     );
 }
+
+async fn a_listing_that_names_a_blob_twice_is_applied_once_on<M: Meeting>(m: &M, dir: &Path) {
+    let a = m.device(&dir.join("a"), settings()).await;
+    let b = m.device(&dir.join("b"), settings()).await;
+    for i in 0..5 {
+        a.put(&format!("d{i}"), &bytes(100 + i, i as u8)).await;
+    }
+    assert_eq!(a.engine.run_cycle().await.uploaded, 5);
+    // A hostile or buggy server repeats every change of the page.
+    b.remote
+        .faults
+        .on_changes(std::sync::Arc::new(|_, _, mut r| {
+            let again = r.changes.clone();
+            r.changes.extend(again);
+            Ok(r)
+        }));
+    let s = b.engine.run_cycle().await;
+    assert_eq!((s.error.as_deref(), s.downloaded), (None, 5), "{s:?}");
+    for i in 0..5 {
+        let id = format!("d{i}");
+        assert_eq!(b.status_of(&id).await, Some(Status::Synced));
+        assert_eq!(b.read(&id).await, bytes(100 + i, i as u8));
+    }
+}
+
+#[rstest]
+#[case::dir(RemoteKind::Dir)]
+#[case::http(RemoteKind::Http)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_that_names_a_blob_twice_is_applied_once(#[case] kind: RemoteKind) {
+    on_remote!(kind, a_listing_that_names_a_blob_twice_is_applied_once_on);
+}
