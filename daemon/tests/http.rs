@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 
 use blobsync_shared::{BlobId, Namespace};
-use blobsyncd::remote::Remote;
 use blobsyncd::remote::http::{HttpRemote, HttpRemoteConfig};
+use blobsyncd::remote::{Remote, RemoteError};
 use blobsyncd::status::Status;
 use common::*;
 
@@ -241,4 +241,98 @@ async fn a_slow_upload_completes_and_a_stalled_one_times_out() {
             .iter()
             .all(|b| b.id.as_str() != "stalled")
     );
+}
+
+/// A proxy in front of the real server that drops every request's `Range` header, as some
+/// proxies do (HTTP lets a server answer a ranged GET with the whole blob), or with `from_0`
+/// asks for the whole blob from byte 0 instead. Returns its base.
+async fn range_dropping_proxy(upstream: &str, from_0: bool) -> String {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<hyper::body::Incoming>();
+    let upstream = upstream.to_owned();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (client, upstream) = (client.clone(), upstream.clone());
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                let (client, upstream) = (client.clone(), upstream.clone());
+                async move {
+                    if req.headers_mut().remove(hyper::header::RANGE).is_some() && from_0 {
+                        let v = hyper::header::HeaderValue::from_static("bytes=0-");
+                        req.headers_mut().insert(hyper::header::RANGE, v);
+                    }
+                    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    *req.uri_mut() = format!("{upstream}{pq}").parse().unwrap();
+                    client.request(req).await
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc),
+            );
+        }
+    });
+    base
+}
+
+/// A download cut short resumes with a Range; through a proxy that drops it, the whole blob
+/// comes back, and the remote skips to where it asked instead of handing the decoder bytes
+/// it would take for tampering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_download_through_a_proxy_that_drops_range_is_not_tampering() {
+    use std::sync::atomic::Ordering;
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = start_server(tmp.path()).await;
+    let clock = blobsyncd::clock::ManualClock::default();
+    let a = Device::open_on(
+        &tmp.path().join("a"),
+        srv.remote(),
+        settings(),
+        clock.clone(),
+    )
+    .await;
+    let data = bytes(300_000, 5);
+    a.put("big", &data).await;
+    assert_eq!(a.engine.run_cycle().await.uploaded, 1);
+    let via = HttpRemote::new(HttpRemoteConfig {
+        base: range_dropping_proxy(&srv.base, false).await,
+        user: "alice".into(),
+        token_file: Some(srv.token_file.clone()),
+        ca_file: None,
+    })
+    .unwrap();
+    // The remote itself: a ranged GET answered whole comes back from the byte asked for.
+    let (ns, id) = (Namespace::default(), BlobId::new("big").unwrap());
+    let whole = srv.remote().get(&ns, &id, None).await.unwrap();
+    let whole = blobsyncd::remote::collect_body(whole.body, 1 << 20)
+        .await
+        .unwrap();
+    let r = via.get(&ns, &id, Some(1000..u64::MAX)).await.unwrap();
+    assert_eq!((r.offset, r.len), (1000, whole.len() as u64 - 1000));
+    let tail = blobsyncd::remote::collect_body(r.body, 1 << 20)
+        .await
+        .unwrap();
+    assert!(tail == whole[1000..], "the tail from byte 1000");
+    // An answer for another range than the one asked for is a protocol error, not bytes.
+    let other = HttpRemote::new(HttpRemoteConfig {
+        base: range_dropping_proxy(&srv.base, true).await,
+        user: "alice".into(),
+        token_file: Some(srv.token_file.clone()),
+        ca_file: None,
+    })
+    .unwrap();
+    match other.get(&ns, &id, Some(1000..u64::MAX)).await {
+        Err(RemoteError::Protocol(m)) => assert!(m.contains("starts at byte 0"), "{m}"),
+        r => panic!("{:?}", r.map(|r| r.offset)),
+    }
+    // The engine: cut after 100 KB, resumed through the proxy, verified, not tampering.
+    let b = Device::open_on(&tmp.path().join("b"), via, settings(), clock).await;
+    b.remote.faults.cut_next_get(100_000);
+    let s = b.engine.run_cycle().await;
+    assert_eq!(s.downloaded, 1, "{s:?} {:?}", b.info("big").await);
+    assert_eq!(b.read("big").await, data);
+    assert_eq!(b.remote.faults.ranged_gets.load(Ordering::SeqCst), 1);
+    let info = b.info("big").await.unwrap();
+    assert_eq!((info.attempts, info.invalid_attempts), (0, 0));
 }

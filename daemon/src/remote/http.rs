@@ -480,7 +480,8 @@ impl Remote for HttpRemote {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .ok_or_else(|| RemoteError::Protocol("GET answer has no Content-Length".into()))?;
-        let (offset, total) = if resp.status() == StatusCode::PARTIAL_CONTENT {
+        let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
+        let (offset, total) = if partial {
             // Content-Range: bytes a-b/total
             let cr = resp
                 .headers()
@@ -496,11 +497,29 @@ impl Remote for HttpRemote {
         } else {
             (0, len)
         };
+        let mut body = body_stream(resp.into_body());
+        let asked = range.as_ref().map_or(0, |r| r.start);
+        let (offset, len) = match (offset == asked, partial) {
+            (true, _) => (offset, len),
+            // A server or proxy may ignore Range and send the whole blob (HTTP allows it):
+            // skip to where we asked, rather than hand the decoder bytes from the start that it
+            // would take for tampering.
+            (false, false) if asked < len => {
+                body = super::skip_bytes(body, asked);
+                (asked, len - asked)
+            }
+            (false, false) => return Err(RemoteError::RangeNotSatisfiable),
+            (false, true) => {
+                return Err(RemoteError::Protocol(format!(
+                    "asked for the bytes from {asked} on, the answer starts at byte {offset}"
+                )));
+            }
+        };
         Ok(GetResponse {
             total,
             offset,
             len,
-            body: body_stream(resp.into_body()),
+            body,
         })
     }
 

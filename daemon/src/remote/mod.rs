@@ -444,6 +444,26 @@ pub fn identity_string(url: &str, user: &str, instance: Option<&str>) -> String 
     )
 }
 
+/// Drops the first `skip` bytes of a body.
+pub(crate) fn skip_bytes(body: ByteStream, skip: u64) -> ByteStream {
+    let mut left = skip;
+    Box::pin(futures_util::StreamExt::filter_map(body, move |chunk| {
+        let out = match chunk {
+            Ok(c) if left >= c.len() as u64 => {
+                left -= c.len() as u64;
+                None
+            }
+            Ok(c) => {
+                let c = c.slice(left as usize..);
+                left = 0;
+                Some(Ok(c))
+            }
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(out)
+    }))
+}
+
 pub fn once_body(bytes: impl Into<Bytes>) -> ByteStream {
     Box::pin(futures_util::stream::once(std::future::ready(Ok(
         bytes.into()
@@ -469,6 +489,25 @@ pub async fn collect_body(mut body: ByteStream, max: usize) -> Result<Vec<u8>, R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn skipping_drops_exactly_the_prefix() {
+        let parts: Vec<io::Result<Bytes>> = vec![
+            Ok(Bytes::from_static(b"abc")),
+            Ok(Bytes::from_static(b"defg")),
+            Ok(Bytes::from_static(b"h")),
+        ];
+        for (skip, want) in [(0, "abcdefgh"), (3, "defgh"), (5, "fgh"), (8, "")] {
+            let body: ByteStream = Box::pin(futures_util::stream::iter(
+                parts
+                    .iter()
+                    .map(|p| Ok(p.as_ref().unwrap().clone()))
+                    .collect::<Vec<_>>(),
+            ));
+            let got = collect_body(skip_bytes(body, skip), 100).await.unwrap();
+            assert_eq!(got, want.as_bytes(), "skip {skip}");
+        }
+    }
     use blobsync_shared::wire::encode_frame_header;
     use futures_util::StreamExt;
 

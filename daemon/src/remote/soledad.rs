@@ -243,26 +243,6 @@ fn content_length(resp: &http::Response<hyper::body::Incoming>) -> Option<u64> {
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
 }
 
-/// Drops the first `skip` bytes of a body.
-fn skip_bytes(body: ByteStream, skip: u64) -> ByteStream {
-    let mut left = skip;
-    Box::pin(body.filter_map(move |chunk| {
-        let out = match chunk {
-            Ok(c) if left >= c.len() as u64 => {
-                left -= c.len() as u64;
-                None
-            }
-            Ok(c) => {
-                let c = c.slice(left as usize..);
-                left = 0;
-                Some(Ok(c))
-            }
-            Err(e) => Some(Err(e)),
-        };
-        std::future::ready(out)
-    }))
-}
-
 impl Remote for SoledadRemote {
     fn describe(&self) -> String {
         format!(
@@ -393,7 +373,7 @@ impl Remote for SoledadRemote {
         if r.start >= end {
             return Err(RemoteError::RangeNotSatisfiable);
         }
-        let body = skip_bytes(body, r.start);
+        let body = super::skip_bytes(body, r.start);
         Ok(GetResponse {
             total,
             offset: r.start,
@@ -572,26 +552,5 @@ mod tests {
     #[test]
     fn credentials_are_base64_of_user_colon_token() {
         assert_eq!(token_credentials("u", "t"), "Token dTp0");
-    }
-
-    #[tokio::test]
-    async fn skipping_drops_exactly_the_prefix() {
-        let parts: Vec<io::Result<Bytes>> = vec![
-            Ok(Bytes::from_static(b"abc")),
-            Ok(Bytes::from_static(b"defg")),
-            Ok(Bytes::from_static(b"h")),
-        ];
-        for (skip, want) in [(0, "abcdefgh"), (3, "defgh"), (5, "fgh"), (8, "")] {
-            let body: ByteStream = Box::pin(futures_util::stream::iter(
-                parts
-                    .iter()
-                    .map(|p| Ok(p.as_ref().unwrap().clone()))
-                    .collect::<Vec<_>>(),
-            ));
-            let got = super::super::collect_body(skip_bytes(body, skip), 100)
-                .await
-                .unwrap();
-            assert_eq!(got, want.as_bytes(), "skip {skip}");
-        }
     }
 }
