@@ -243,6 +243,17 @@ async fn a_slow_upload_completes_and_a_stalled_one_times_out() {
     );
 }
 
+/// Alice's `HttpRemote` through `base` (a proxy in front of `srv`).
+fn alice_at(srv: &TestServer, base: String) -> HttpRemote {
+    HttpRemote::new(HttpRemoteConfig {
+        base,
+        user: "alice".into(),
+        token_file: Some(srv.token_file.clone()),
+        ca_file: None,
+    })
+    .unwrap()
+}
+
 /// A proxy in front of the real server that drops every request's `Range` header, as some
 /// proxies do (HTTP lets a server answer a ranged GET with the whole blob), or with `from_0`
 /// asks for the whole blob from byte 0 instead. Returns its base.
@@ -295,13 +306,7 @@ async fn a_resumed_download_through_a_proxy_that_drops_range_is_not_tampering() 
     let data = bytes(300_000, 5);
     a.put("big", &data).await;
     assert_eq!(a.engine.run_cycle().await.uploaded, 1);
-    let via = HttpRemote::new(HttpRemoteConfig {
-        base: range_dropping_proxy(&srv.base, false).await,
-        user: "alice".into(),
-        token_file: Some(srv.token_file.clone()),
-        ca_file: None,
-    })
-    .unwrap();
+    let via = alice_at(&srv, range_dropping_proxy(&srv.base, false).await);
     // The remote itself: a ranged GET answered whole comes back from the byte asked for.
     let (ns, id) = (Namespace::default(), BlobId::new("big").unwrap());
     let whole = srv.remote().get(&ns, &id, None).await.unwrap();
@@ -315,13 +320,7 @@ async fn a_resumed_download_through_a_proxy_that_drops_range_is_not_tampering() 
         .unwrap();
     assert!(tail == whole[1000..], "the tail from byte 1000");
     // An answer for another range than the one asked for is a protocol error, not bytes.
-    let other = HttpRemote::new(HttpRemoteConfig {
-        base: range_dropping_proxy(&srv.base, true).await,
-        user: "alice".into(),
-        token_file: Some(srv.token_file.clone()),
-        ca_file: None,
-    })
-    .unwrap();
+    let other = alice_at(&srv, range_dropping_proxy(&srv.base, true).await);
     match other.get(&ns, &id, Some(1000..u64::MAX)).await {
         Err(RemoteError::Protocol(m)) => assert!(m.contains("starts at byte 0"), "{m}"),
         r => panic!("{:?}", r.map(|r| r.offset)),

@@ -298,15 +298,43 @@ pub enum GroupSync {
     PerFile,
 }
 
-/// One sync of [`GroupSync::sync_linked`]'s per-file barrier.
+/// One sync of the per-file barrier.
 enum SyncJob {
     Data(File),
     Dir(std::path::PathBuf),
 }
 
-/// Handles of `files` the sync threads can own (a `dup` each: a syscall, against an fsync).
-fn handed(files: &[&File]) -> io::Result<Vec<File>> {
-    files.iter().map(|f| f.try_clone()).collect()
+/// File handles given to the sync threads at a time. Each job owns a `dup` of its file (a
+/// syscall, against an fsync); handing over a group of hundreds at once would double the
+/// process's descriptors (its callers hold every file open) and could meet the limit (1,024 by
+/// default). Eight threads sync eight at a time anyway.
+const HANDED_AT_ONCE: usize = 4 * SYNC_THREADS;
+
+/// The per-file barrier: every file's `fdatasync` and every directory's `fsync` on the sync
+/// threads, the files' handles [`HANDED_AT_ONCE`] at a time (the directories go with the
+/// first of them).
+fn sync_per_file<P: AsRef<std::path::Path>>(files: &[&File], dirs: &[P]) -> io::Result<()> {
+    let mut dirs: Option<Vec<SyncJob>> = Some(
+        dirs.iter()
+            .map(|d| SyncJob::Dir(d.as_ref().to_path_buf()))
+            .collect(),
+    );
+    let run = |j: &SyncJob| match j {
+        SyncJob::Data(f) => f.sync_data(),
+        SyncJob::Dir(d) => File::open(d)?.sync_all(),
+    };
+    for window in files.chunks(HANDED_AT_ONCE) {
+        let mut jobs = window
+            .iter()
+            .map(|f| f.try_clone().map(SyncJob::Data))
+            .collect::<io::Result<Vec<_>>>()?;
+        jobs.extend(dirs.take().into_iter().flatten());
+        on_threads(jobs, run)?;
+    }
+    match dirs {
+        Some(d) => on_threads(d, run),
+        None => Ok(()),
+    }
 }
 
 /// Dirty data on the machine below which [`GroupSync::Syncfs`] is chosen: a `syncfs` then
@@ -339,7 +367,7 @@ impl GroupSync {
                     // the end): the disk gets every file at once.
                     start_writeback(f, 0..0)?;
                 }
-                on_threads(handed(files)?, |f| f.sync_data())
+                sync_per_file::<&std::path::Path>(files, &[])
             }
         }
     }
@@ -381,15 +409,7 @@ impl GroupSync {
                 for f in files {
                     start_writeback(f, 0..0)?;
                 }
-                let jobs: Vec<SyncJob> = handed(files)?
-                    .into_iter()
-                    .map(SyncJob::Data)
-                    .chain(dirs.iter().map(|d| SyncJob::Dir(d.as_ref().to_path_buf())))
-                    .collect();
-                on_threads(jobs, |j| match j {
-                    SyncJob::Data(f) => f.sync_data(),
-                    SyncJob::Dir(d) => File::open(d)?.sync_all(),
-                })
+                sync_per_file(files, dirs)
             }
         }
     }
@@ -508,8 +528,10 @@ mod tests {
             let root = File::open(dir.path()).unwrap();
             let d = dir.path().join("d");
             std::fs::create_dir(&d).unwrap();
+            // More files than are handed to the sync threads at once: several windows.
+            let n = (2 * HANDED_AT_ONCE + 3) as u8;
             let mut files = Vec::new();
-            for i in 0..5u8 {
+            for i in 0..n {
                 // Named before the barrier, as the daemon's sync group does.
                 let mut f = File::create(d.join(i.to_string())).unwrap();
                 f.write_all(&[i; 100]).unwrap();
@@ -518,7 +540,7 @@ mod tests {
             let files: Vec<&File> = files.iter().collect();
             how.sync_linked(&root, &files, std::slice::from_ref(&d))
                 .unwrap();
-            for i in 0..5u8 {
+            for i in 0..n {
                 assert_eq!(std::fs::read(d.join(i.to_string())).unwrap(), [i; 100]);
             }
             how.sync_linked::<PathBuf>(&root, &[], &[]).unwrap();
@@ -526,7 +548,12 @@ mod tests {
                 // Each directory is synced on its own: one that vanished is an error, not
                 // a silent success.
                 let gone = dir.path().join("gone");
-                let err = how.sync_linked(&root, &files, &[d, gone]).unwrap_err();
+                let err = how
+                    .sync_linked(&root, &files, &[d, gone.clone()])
+                    .unwrap_err();
+                assert_eq!(err.kind(), io::ErrorKind::NotFound);
+                // Also with no file at all to sync.
+                let err = how.sync_linked(&root, &[], &[gone]).unwrap_err();
                 assert_eq!(err.kind(), io::ErrorKind::NotFound);
             }
         }

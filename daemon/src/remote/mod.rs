@@ -490,6 +490,9 @@ pub async fn collect_body(mut body: ByteStream, max: usize) -> Result<Vec<u8>, R
 mod tests {
     use super::*;
 
+    use blobsync_shared::wire::encode_frame_header;
+    use futures_util::StreamExt;
+
     #[tokio::test]
     async fn skipping_drops_exactly_the_prefix() {
         let parts: Vec<io::Result<Bytes>> = vec![
@@ -508,8 +511,6 @@ mod tests {
             assert_eq!(got, want.as_bytes(), "skip {skip}");
         }
     }
-    use blobsync_shared::wire::encode_frame_header;
-    use futures_util::StreamExt;
 
     fn id(s: &str) -> BlobId {
         BlobId::new(s).unwrap()

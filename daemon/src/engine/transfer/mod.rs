@@ -38,6 +38,11 @@ pub(super) const READ_AHEAD: usize = 4;
 /// Bytes per read of a payload file being uploaded.
 pub(super) const UPLOAD_CHUNK: usize = 1 << 20;
 
+/// Cuts without progress before a download attempt counts as failed.
+pub(super) const MAX_CUTS_WITHOUT_PROGRESS: u32 = 3;
+/// Progress events per transfer at most every this often.
+pub(super) const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
 /// Blocking: reads `len` bytes of `file` front to back in [`UPLOAD_CHUNK`]s (buffers recycled
 /// once sent), each once `ready(its end)` allows, handing each chunk, or the error that ends
 /// the read, to `send` until it returns `false`. `true` when all `len` bytes went.
@@ -64,10 +69,6 @@ pub(super) fn read_chunks(
     }
     true
 }
-/// Cuts without progress before a download attempt counts as failed.
-pub(super) const MAX_CUTS_WITHOUT_PROGRESS: u32 = 3;
-/// Progress events per transfer at most every this often.
-pub(super) const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// The reason kept on a blob that is not in blobsync's format (`Engine::foreign_format`).
 pub(crate) const FOREIGN_FORMAT: &str =
