@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
+use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 /// Bytes between two write-behind calls.
@@ -72,7 +73,6 @@ impl WriteBehind {
 
 #[cfg(target_os = "linux")]
 fn sync_range(file: &File, range: std::ops::Range<u64>, flags: libc::c_uint) -> io::Result<()> {
-    use std::os::unix::io::AsRawFd;
     let len = range.end.saturating_sub(range.start);
     // SAFETY: an fd we own and plain integers; no memory is passed.
     let r = unsafe {
@@ -115,7 +115,6 @@ fn wait_writeback(file: &File, range: std::ops::Range<u64>) -> io::Result<()> {
 /// Drops clean cached pages of the range (a hint; failure is harmless).
 #[cfg(target_os = "linux")]
 fn drop_cached(file: &File, range: std::ops::Range<u64>) {
-    use std::os::unix::io::AsRawFd;
     // SAFETY: an fd we own and plain integers.
     unsafe {
         libc::posix_fadvise(
@@ -231,7 +230,8 @@ impl SyncPool {
 /// Runs `f` on every item, up to [`SYNC_THREADS`] at once (shared by every caller of the
 /// process), one item per job: the work is waiting for the disk, not computing, so every item
 /// should be in flight at once. Every item runs; the first error wins, and a panic in `f`
-/// comes back as an error. Blocking: waits until every item is done. `f` must not call
+/// comes back as an error. Blocking: waits until every item is done, always (the per-file
+/// barrier's jobs borrow descriptors on that promise). `f` must not call
 /// `on_threads` itself: a job waiting for jobs queued behind it could wait forever.
 pub fn on_threads<T, F>(items: Vec<T>, f: F) -> io::Result<()>
 where
@@ -294,47 +294,52 @@ pub enum GroupSync {
     /// One `syncfs` of the file system (files already named: data and names at once).
     Syncfs,
     /// Every file's writeback started, then `fdatasync` of each file and `fsync` of each
-    /// directory on [`SYNC_THREADS`] threads.
+    /// directory, all on [`SYNC_THREADS`] threads.
     PerFile,
 }
 
 /// One sync of the per-file barrier.
 enum SyncJob {
-    Data(File),
+    /// Start the writeback of these files (queued before every `fdatasync`, so the disk
+    /// gets every file's data at once, not as each thread comes to it).
+    Start(Vec<RawFd>),
+    /// A file the caller holds open until the barrier returns (see [`sync_per_file`]).
+    Data(RawFd),
     Dir(std::path::PathBuf),
 }
 
-/// File handles given to the sync threads at a time. Each job owns a `dup` of its file (a
-/// syscall, against an fsync); handing over a group of hundreds at once would double the
-/// process's descriptors (its callers hold every file open) and could meet the limit (1,024 by
-/// default). Eight threads sync eight at a time anyway.
-const HANDED_AT_ONCE: usize = 4 * SYNC_THREADS;
-
-/// The per-file barrier: every file's `fdatasync` and every directory's `fsync` on the sync
-/// threads, the files' handles [`HANDED_AT_ONCE`] at a time (the directories go with the
-/// first of them).
+/// The per-file barrier: every file's `fdatasync` and every directory's `fsync` queued for
+/// the sync threads at once. The jobs borrow the callers' descriptors rather than owning a
+/// `dup` each: a `dup` per file was a syscall on the one thread that feeds the pool, and
+/// owning hundreds of them at once could meet the process's descriptor limit.
 fn sync_per_file<P: AsRef<std::path::Path>>(files: &[&File], dirs: &[P]) -> io::Result<()> {
-    let mut dirs: Option<Vec<SyncJob>> = Some(
-        dirs.iter()
-            .map(|d| SyncJob::Dir(d.as_ref().to_path_buf()))
+    let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+    // Every file's writeback is started first, split over the threads (a syscall per file
+    // was the feeding thread's largest cost in W5); a lone file's fdatasync starts its own.
+    let starts = match fds.len() {
+        0 | 1 => Vec::new(),
+        n => fds
+            .chunks(n.div_ceil(SYNC_THREADS))
+            .map(|c| SyncJob::Start(c.to_vec()))
             .collect(),
-    );
-    let run = |j: &SyncJob| match j {
-        SyncJob::Data(f) => f.sync_data(),
-        SyncJob::Dir(d) => File::open(d)?.sync_all(),
     };
-    for window in files.chunks(HANDED_AT_ONCE) {
-        let mut jobs = window
-            .iter()
-            .map(|f| f.try_clone().map(SyncJob::Data))
-            .collect::<io::Result<Vec<_>>>()?;
-        jobs.extend(dirs.take().into_iter().flatten());
-        on_threads(jobs, run)?;
-    }
-    match dirs {
-        Some(d) => on_threads(d, run),
-        None => Ok(()),
-    }
+    let jobs = starts
+        .into_iter()
+        .chain(fds.iter().map(|&fd| SyncJob::Data(fd)))
+        .chain(dirs.iter().map(|d| SyncJob::Dir(d.as_ref().to_path_buf())))
+        .collect();
+    // SAFETY (both uses): `fd` is open for as long as its job runs: it comes from a `&File`
+    // of this call's caller, and `on_threads` returns only once every job has run (a
+    // panicking job included). `ManuallyDrop` leaves closing it to its owner.
+    let borrow = |fd: RawFd| std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
+    on_threads(jobs, move |j: &SyncJob| match j {
+        SyncJob::Start(fds) => fds.iter().try_for_each(|&fd| {
+            // An empty range is the whole file (sync_file_range's length 0 runs to the end).
+            start_writeback(&borrow(fd), 0..0)
+        }),
+        SyncJob::Data(fd) => borrow(*fd).sync_data(),
+        SyncJob::Dir(d) => File::open(d)?.sync_all(),
+    })
 }
 
 /// Dirty data on the machine below which [`GroupSync::Syncfs`] is chosen: a `syncfs` then
@@ -361,14 +366,7 @@ impl GroupSync {
     pub fn sync_data(self, root: &File, files: &[&File]) -> io::Result<()> {
         match self {
             GroupSync::Syncfs => syncfs(root),
-            GroupSync::PerFile => {
-                for f in files {
-                    // An empty range is the whole file (sync_file_range's length 0 runs to
-                    // the end): the disk gets every file at once.
-                    start_writeback(f, 0..0)?;
-                }
-                sync_per_file::<&std::path::Path>(files, &[])
-            }
+            GroupSync::PerFile => sync_per_file::<&std::path::Path>(files, &[]),
         }
     }
 
@@ -405,12 +403,7 @@ impl GroupSync {
         match self {
             GroupSync::Syncfs if files.is_empty() && dirs.is_empty() => Ok(()),
             GroupSync::Syncfs => syncfs(root),
-            GroupSync::PerFile => {
-                for f in files {
-                    start_writeback(f, 0..0)?;
-                }
-                sync_per_file(files, dirs)
-            }
+            GroupSync::PerFile => sync_per_file(files, dirs),
         }
     }
 
@@ -448,7 +441,6 @@ fn parse_dirty(meminfo: &str) -> Option<u64> {
 /// and the device's write cache.
 #[cfg(target_os = "linux")]
 pub fn syncfs(dir: &File) -> io::Result<()> {
-    use std::os::unix::io::AsRawFd;
     // SAFETY: syncfs on an fd we own; no memory is passed.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
         return Err(io::Error::last_os_error());
@@ -528,8 +520,8 @@ mod tests {
             let root = File::open(dir.path()).unwrap();
             let d = dir.path().join("d");
             std::fs::create_dir(&d).unwrap();
-            // More files than are handed to the sync threads at once: several windows.
-            let n = (2 * HANDED_AT_ONCE + 3) as u8;
+            // More files than there are sync threads.
+            let n = (8 * SYNC_THREADS + 3) as u8;
             let mut files = Vec::new();
             for i in 0..n {
                 // Named before the barrier, as the daemon's sync group does.
@@ -542,6 +534,10 @@ mod tests {
                 .unwrap();
             for i in 0..n {
                 assert_eq!(std::fs::read(d.join(i.to_string())).unwrap(), [i; 100]);
+            }
+            // The barrier borrowed the callers' descriptors: each is still open and theirs.
+            for f in &files {
+                f.sync_data().unwrap();
             }
             how.sync_linked::<PathBuf>(&root, &[], &[]).unwrap();
             if how == GroupSync::PerFile {
